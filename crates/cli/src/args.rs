@@ -1,0 +1,222 @@
+//! Command-line arguments. Every flag that sets a run parameter is optional so that it can
+//! override a value from `--config FILE` or the environment only when given.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Train and evaluate ResNet-18..152 image classifiers (CIFAR-10/100, image folders, synthetic).
+#[derive(Parser, Debug)]
+#[command(name = "resnet", version, about, long_about = None)]
+pub struct Cli {
+    /// Log format for diagnostics on stderr.
+    #[arg(long, global = true, default_value = "human", value_parser = ["human", "json"])]
+    pub log_format: String,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Train a model; writes metrics, the resolved config and checkpoints to --out.
+    Train(TrainArgs),
+    /// Evaluate a checkpoint: accuracy, top-5, per-class precision/recall/F1, confusion matrix.
+    Eval(EvalArgs),
+    /// Print a model's parameter counts and per-stage output shapes.
+    Info(InfoArgs),
+    /// Measure training or inference throughput (images/s) on synthetic input.
+    Bench(BenchArgs),
+}
+
+/// Where to run.
+#[derive(Args, Debug, Clone)]
+pub struct DeviceArgs {
+    /// Run on CUDA device N (needs a build with `--features cuda` and an NVIDIA driver).
+    #[arg(long, value_name = "N", conflicts_with = "cpu")]
+    pub gpu: Option<usize>,
+    /// Run on the CPU (the default).
+    #[arg(long)]
+    pub cpu: bool,
+}
+
+/// `resnet train`.
+#[derive(Args, Debug)]
+pub struct TrainArgs {
+    /// TOML file with any fields of the run config (see README); flags override it, and
+    /// RESNET_CLUSTER__SECTION__FIELD environment variables sit between the two.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Dataset: cifar10, cifar100, folder or synthetic [default: synthetic].
+    #[arg(long)]
+    pub dataset: Option<String>,
+    /// Data directory (CIFAR .bin files or their tarball folder; image-folder root) [default: data].
+    #[arg(long, value_name = "DIR")]
+    pub data: Option<PathBuf>,
+    /// Download CIFAR into --data if it is missing (verifies the official MD5).
+    #[arg(long)]
+    pub download: bool,
+    /// ResNet depth: 18, 34, 50, 101 or 152 [default: 18].
+    #[arg(long)]
+    pub depth: Option<usize>,
+    /// Stem: cifar (3x3, no max-pool) or imagenet (7x7/2 + max-pool) [default: cifar].
+    #[arg(long)]
+    pub stem: Option<String>,
+    /// Base width (torchvision: 64) [default: 64].
+    #[arg(long)]
+    pub width: Option<usize>,
+    /// Epochs [default: 10].
+    #[arg(long)]
+    pub epochs: Option<usize>,
+    /// Batch size [default: 128].
+    #[arg(long)]
+    pub batch_size: Option<usize>,
+    /// Base learning rate [default: 0.1].
+    #[arg(long)]
+    pub lr: Option<f64>,
+    /// Optimizer: sgd, adam or adamw [default: sgd].
+    #[arg(long)]
+    pub optimizer: Option<String>,
+    /// Weight decay (L2 for sgd/adam, decoupled for adamw) [default: 5e-4].
+    #[arg(long)]
+    pub weight_decay: Option<f64>,
+    /// SGD momentum [default: 0.9].
+    #[arg(long)]
+    pub momentum: Option<f64>,
+    /// Nesterov momentum.
+    #[arg(long)]
+    pub nesterov: bool,
+    /// LR schedule: constant, step, cosine or onecycle [default: cosine].
+    #[arg(long)]
+    pub schedule: Option<String>,
+    /// Step schedule: decay every N epochs [default: 30].
+    #[arg(long)]
+    pub step_epochs: Option<usize>,
+    /// Step schedule: decay factor [default: 0.1].
+    #[arg(long)]
+    pub gamma: Option<f64>,
+    /// Linear warm-up epochs in front of the schedule [default: 0].
+    #[arg(long)]
+    pub warmup_epochs: Option<f64>,
+    /// Label smoothing [default: 0].
+    #[arg(long)]
+    pub label_smoothing: Option<f64>,
+    /// Stop after N steps in total (the schedule still spans --epochs).
+    #[arg(long)]
+    pub max_steps: Option<usize>,
+    /// Use only the first N training records.
+    #[arg(long)]
+    pub train_limit: Option<usize>,
+    /// Use only the first N test records.
+    #[arg(long)]
+    pub test_limit: Option<usize>,
+    /// Seed for weights, shuffling and augmentation [default: 42].
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Disable augmentation (random crop + flip).
+    #[arg(long)]
+    pub no_augment: bool,
+    /// Threads preparing batches [default: 2].
+    #[arg(long)]
+    pub loader_workers: Option<usize>,
+    /// Checkpoint every N steps as well as every epoch.
+    #[arg(long)]
+    pub checkpoint_steps: Option<usize>,
+    /// Run directory: config.json, metrics.jsonl, summary.json, checkpoints/ [default: runs/train-<time>].
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+    /// Continue a run: a checkpoint directory, a run directory, or `latest` (the newest
+    /// checkpoint under --out, or else of the newest run in runs/).
+    #[arg(long, value_name = "DIR|latest")]
+    pub resume: Option<String>,
+    /// Print the final summary as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub device: DeviceArgs,
+}
+
+/// `resnet eval`.
+#[derive(Args, Debug)]
+pub struct EvalArgs {
+    /// Checkpoint directory or run directory (its newest valid checkpoint).
+    #[arg(long, value_name = "DIR")]
+    pub checkpoint: PathBuf,
+    /// Data directory; default: the one recorded in the checkpoint's config.
+    #[arg(long, value_name = "DIR")]
+    pub data: Option<PathBuf>,
+    /// Evaluate only the first N test records.
+    #[arg(long)]
+    pub test_limit: Option<usize>,
+    /// Images per batch.
+    #[arg(long, default_value_t = 256)]
+    pub batch_size: usize,
+    /// Print the full report as JSON.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub device: DeviceArgs,
+}
+
+/// `resnet info`.
+#[derive(Args, Debug)]
+pub struct InfoArgs {
+    /// 18, 34, 50, 101 or 152.
+    #[arg(long, default_value_t = 18)]
+    pub depth: usize,
+    /// Classifier outputs.
+    #[arg(long, default_value_t = 10)]
+    pub num_classes: usize,
+    /// cifar or imagenet.
+    #[arg(long, default_value = "cifar")]
+    pub stem: String,
+    /// Base width.
+    #[arg(long, default_value_t = 64)]
+    pub width: usize,
+    /// Input side length for the shape table.
+    #[arg(long, default_value_t = 32)]
+    pub image_size: usize,
+    /// JSON output.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `resnet bench`.
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    /// 18, 34, 50, 101 or 152.
+    #[arg(long, default_value_t = 18)]
+    pub depth: usize,
+    /// cifar or imagenet.
+    #[arg(long, default_value = "cifar")]
+    pub stem: String,
+    /// Base width.
+    #[arg(long, default_value_t = 64)]
+    pub width: usize,
+    /// Images per step.
+    #[arg(long, default_value_t = 64)]
+    pub batch_size: usize,
+    /// train (forward + backward + optimizer) or eval (inference forward).
+    #[arg(long, default_value = "train", value_parser = ["train", "eval"])]
+    pub mode: String,
+    /// Optimizer for train mode: sgd or adam.
+    #[arg(long, default_value = "sgd")]
+    pub optimizer: String,
+    /// Untimed warm-up steps.
+    #[arg(long, default_value_t = 2)]
+    pub warmup: usize,
+    /// Timed steps (the median is reported).
+    #[arg(long, default_value_t = 10)]
+    pub steps: usize,
+    /// Input side length.
+    #[arg(long, default_value_t = 32)]
+    pub image_size: usize,
+    /// Classes.
+    #[arg(long, default_value_t = 10)]
+    pub num_classes: usize,
+    /// JSON output.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub device: DeviceArgs,
+}

@@ -1,0 +1,204 @@
+//! `resnet bench`: images/s of a training step or an inference forward on synthetic input.
+//! Same protocol as `benchmarks/pytorch_baseline.py`: fixed random batch, `--warmup` untimed
+//! steps, then the median of `--steps` timed steps.
+
+use std::time::Instant;
+
+use anyhow::Result;
+use burn::optim::GradientsParams;
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::{Distribution, Tensor};
+use resnet_model::ResNetConfig;
+use resnet_train::{smoothed_targets, soft_cross_entropy, targets_tensor, OptimConfig};
+use serde::Serialize;
+
+use crate::args::BenchArgs;
+use crate::device::select;
+
+/// One benchmark's result.
+#[derive(Debug, Serialize)]
+pub struct BenchResult {
+    /// e.g. `resnet18`.
+    pub model: String,
+    /// cifar or imagenet.
+    pub stem: String,
+    /// Base width.
+    pub width: usize,
+    /// train or eval.
+    pub mode: String,
+    /// Images per step.
+    pub batch_size: usize,
+    /// Input side.
+    pub image_size: usize,
+    /// Backend and device.
+    pub device: String,
+    /// CPU threads available to the process.
+    pub threads: usize,
+    /// Timed steps.
+    pub steps: usize,
+    /// Median seconds per step.
+    pub median_step_s: f64,
+    /// batch_size / median_step_s.
+    pub images_per_sec: f64,
+    /// Fastest and slowest step, seconds.
+    pub min_step_s: f64,
+    /// Slowest step, seconds.
+    pub max_step_s: f64,
+    /// Median seconds of forward (+loss), backward and optimizer (train mode).
+    pub phases: Option<[f64; 3]>,
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    let n = v.len();
+    if n == 0 {
+        0.0
+    } else if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+fn sync<B: Backend>(device: &B::Device) {
+    // Eager CPU backends are already synchronous; GPU backends queue work.
+    let _ = B::sync(device);
+}
+
+fn bench_train<B: AutodiffBackend>(
+    cfg: &ResNetConfig,
+    a: &BenchArgs,
+    device: &B::Device,
+) -> Result<(Vec<f64>, [f64; 3])> {
+    B::seed(device, 0);
+    let mut model = cfg.init::<B>(device)?;
+    let mut optim = OptimConfig {
+        kind: a.optimizer.parse()?,
+        lr: 0.01,
+        ..Default::default()
+    }
+    .init::<B>();
+    let s = a.image_size;
+    let x = Tensor::<B, 4>::random(
+        [a.batch_size, 3, s, s],
+        Distribution::Normal(0.0, 1.0),
+        device,
+    );
+    let labels: Vec<u16> = (0..a.batch_size)
+        .map(|i| (i % a.num_classes) as u16)
+        .collect();
+    let targets = targets_tensor::<B>(
+        smoothed_targets(&labels, a.num_classes, 0.0),
+        a.batch_size,
+        a.num_classes,
+        device,
+    );
+    let (mut total, mut fwd, mut bwd, mut opt) = (vec![], vec![], vec![], vec![]);
+    for i in 0..a.warmup + a.steps {
+        let t0 = Instant::now();
+        let loss = soft_cross_entropy(model.forward(x.clone()), targets.clone());
+        sync::<B>(device);
+        let t1 = Instant::now();
+        let grads = GradientsParams::from_grads(loss.backward(), &model);
+        sync::<B>(device);
+        let t2 = Instant::now();
+        model = optim.step(0.01, model, grads);
+        sync::<B>(device);
+        let t3 = Instant::now();
+        if i >= a.warmup {
+            total.push((t3 - t0).as_secs_f64());
+            fwd.push((t1 - t0).as_secs_f64());
+            bwd.push((t2 - t1).as_secs_f64());
+            opt.push((t3 - t2).as_secs_f64());
+        }
+        if i + 1 == a.warmup {
+            eprintln!("warm-up done ({} steps)", a.warmup);
+        }
+    }
+    Ok((
+        total,
+        [median(&mut fwd), median(&mut bwd), median(&mut opt)],
+    ))
+}
+
+fn bench_eval<B: Backend>(
+    cfg: &ResNetConfig,
+    a: &BenchArgs,
+    device: &B::Device,
+) -> Result<Vec<f64>> {
+    B::seed(device, 0);
+    let model = cfg.init::<B>(device)?;
+    let s = a.image_size;
+    let x = Tensor::<B, 4>::random(
+        [a.batch_size, 3, s, s],
+        Distribution::Normal(0.0, 1.0),
+        device,
+    );
+    let mut total = vec![];
+    for i in 0..a.warmup + a.steps {
+        let t0 = Instant::now();
+        let _ = model.forward(x.clone()).into_data();
+        let dt = t0.elapsed().as_secs_f64();
+        if i >= a.warmup {
+            total.push(dt);
+        }
+    }
+    Ok(total)
+}
+
+/// Runs `resnet bench`.
+pub fn run(a: BenchArgs) -> Result<()> {
+    anyhow::ensure!(a.steps > 0, "--steps must be at least 1");
+    let sel = select(&a.device)?;
+    let cfg = ResNetConfig {
+        depth: a.depth,
+        num_classes: a.num_classes,
+        stem: a.stem.parse()?,
+        width: a.width,
+        ..Default::default()
+    };
+    cfg.validate()?;
+    let (mut steps, phases) = if a.mode == "train" {
+        let (t, p) =
+            crate::with_train_backend!(sel, |B, device| bench_train::<B>(&cfg, &a, &device)?);
+        (t, Some(p))
+    } else {
+        (
+            crate::with_infer_backend!(sel, |B, device| bench_eval::<B>(&cfg, &a, &device)?),
+            None,
+        )
+    };
+    let min = steps.iter().copied().fold(f64::INFINITY, f64::min);
+    let max = steps.iter().copied().fold(0.0, f64::max);
+    let med = median(&mut steps);
+    let r = BenchResult {
+        model: format!("resnet{}", a.depth),
+        stem: a.stem.clone(),
+        width: a.width,
+        mode: a.mode.clone(),
+        batch_size: a.batch_size,
+        image_size: a.image_size,
+        device: format!("{sel:?}"),
+        threads: std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1),
+        steps: a.steps,
+        median_step_s: med,
+        images_per_sec: a.batch_size as f64 / med,
+        min_step_s: min,
+        max_step_s: max,
+        phases,
+    };
+    if a.json {
+        println!("{}", serde_json::to_string(&r)?);
+    } else {
+        println!(
+            "{} {} stem {} batch {}: {:.1} images/s (median {:.4}s/step, min {:.4}, max {:.4}, {} steps, {} threads)",
+            r.model, r.stem, r.mode, r.batch_size, r.images_per_sec, med, min, max, r.steps, r.threads
+        );
+        if let Some([f, b, o]) = r.phases {
+            println!("  forward {f:.4}s  backward {b:.4}s  optimizer {o:.4}s");
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,151 @@
+//! `resnet train`.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use indicatif::{ProgressBar, ProgressStyle};
+use resnet_data::Splits;
+use resnet_train::{load_state, TrainConfig, TrainSummary, Trainer};
+
+use crate::args::TrainArgs;
+use crate::device::select;
+use crate::progress::Progress;
+use crate::settings::{resolve, resolve_resume};
+
+/// Loads the data named by `cfg`, showing a progress bar while downloading.
+pub fn load_data(cfg: &TrainConfig) -> Result<Splits> {
+    let bar = ProgressBar::hidden();
+    let mut shown = false;
+    let mut progress = |done: u64, total: Option<u64>| {
+        if !shown {
+            bar.set_draw_target(indicatif::ProgressDrawTarget::stderr());
+            bar.set_style(
+                ProgressStyle::with_template(
+                    "downloading [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} ({eta})",
+                )
+                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+            );
+            shown = true;
+        }
+        if let Some(t) = total {
+            bar.set_length(t);
+        }
+        bar.set_position(done);
+    };
+    let splits = cfg.data.load(cfg.seed, &mut progress).with_context(|| {
+        format!(
+            "loading {:?} data from {}",
+            cfg.data.dataset,
+            cfg.data.dir.display()
+        )
+    })?;
+    bar.finish_and_clear();
+    eprintln!(
+        "data: {} train / {} test images of {}x{}, {} classes",
+        splits.train.len(),
+        splits.test.len(),
+        splits.train.height,
+        splits.train.width,
+        splits.train.classes.len()
+    );
+    Ok(splits)
+}
+
+fn default_out() -> PathBuf {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    PathBuf::from("runs").join(format!("train-{secs}"))
+}
+
+/// Runs `resnet train`.
+pub fn run(args: TrainArgs) -> Result<()> {
+    let sel = select(&args.device)?;
+    let resume = match &args.resume {
+        Some(spec) => {
+            let dir = resolve_resume(spec, args.out.as_deref())?;
+            let mut state = load_state(&dir)?;
+            // A resumed run keeps its configuration; only how long it runs and where the data
+            // lives may change.
+            if let Some(e) = args.epochs {
+                state.config.epochs = e;
+            }
+            if args.max_steps.is_some() {
+                state.config.max_steps = args.max_steps;
+            }
+            if let Some(d) = &args.data {
+                state.config.data.dir = d.clone();
+            }
+            eprintln!(
+                "resuming from {} (step {}, epoch {})",
+                dir.display(),
+                state.global_step,
+                state.epoch + 1
+            );
+            Some((dir, state))
+        }
+        None => None,
+    };
+    let out = match (&args.out, &resume) {
+        (Some(o), _) => o.clone(),
+        // A checkpoint lives in <run>/checkpoints/<name>: continue writing into <run>.
+        (None, Some((dir, _))) => dir
+            .parent()
+            .and_then(|p| p.parent())
+            .map(PathBuf::from)
+            .unwrap_or_else(default_out),
+        (None, None) => default_out(),
+    };
+    let mut cfg = match &resume {
+        Some((_, state)) => state.config.clone(),
+        None => resolve(&args)?,
+    };
+    let splits = load_data(&cfg)?;
+    if resume.is_none() {
+        cfg.model.num_classes = splits.train.classes.len();
+    }
+    eprintln!(
+        "model: resnet-{} {} stem, width {}, {} classes; {:?} lr {} {:?} schedule; batch {} x {} epochs; out {}",
+        cfg.model.depth,
+        cfg.model.stem,
+        cfg.model.width,
+        cfg.model.num_classes,
+        cfg.optim.kind,
+        cfg.optim.lr,
+        cfg.schedule.kind,
+        cfg.batch_size,
+        cfg.epochs,
+        out.display()
+    );
+    let summary: TrainSummary = crate::with_train_backend!(sel, |B, device| {
+        let mut trainer = match resume {
+            Some((dir, state)) => {
+                Trainer::<B>::resume(&dir, state, splits, device, Some(out.clone()))?
+            }
+            None => Trainer::<B>::new(cfg, splits, device, Some(out.clone()))?,
+        };
+        trainer.fit(&mut Progress::new())?
+    });
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&summary)?);
+    } else {
+        print_summary(&summary);
+    }
+    Ok(())
+}
+
+fn print_summary(s: &TrainSummary) {
+    println!("steps        {}", s.steps);
+    println!("epochs       {}", s.epochs_completed);
+    if let Some(e) = &s.final_eval {
+        println!(
+            "test acc     {:.4} (top-5 {:.4}, loss {:.4}, macro F1 {:.4}, {} images)",
+            e.accuracy, e.top5, e.loss, e.macro_f1, e.samples
+        );
+    }
+    if let Some(c) = &s.checkpoint {
+        println!("checkpoint   {}", c.display());
+    }
+    println!("param hash   {}", s.param_hash);
+}

@@ -1,0 +1,117 @@
+//! Layered run configuration: defaults < TOML file < RESNET_CLUSTER__* env vars < CLI flags.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use resnet_train::TrainConfig;
+
+use crate::args::TrainArgs;
+
+/// Resolves the run configuration from every layer; validation happens in the trainer.
+pub fn resolve(args: &TrainArgs) -> Result<TrainConfig> {
+    let mut cfg = layered(args.config.as_deref())?;
+    apply_flags(&mut cfg, args)?;
+    Ok(cfg)
+}
+
+/// Defaults, then the optional TOML file, then the environment.
+pub fn layered(file: Option<&Path>) -> Result<TrainConfig> {
+    let defaults =
+        config::Config::try_from(&TrainConfig::default()).context("serialising defaults")?;
+    let mut builder = config::Config::builder().add_source(defaults);
+    if let Some(f) = file {
+        anyhow::ensure!(f.is_file(), "--config {}: file not found", f.display());
+        builder = builder.add_source(config::File::from(f).format(config::FileFormat::Toml));
+    }
+    builder = builder.add_source(
+        config::Environment::with_prefix("RESNET_CLUSTER")
+            .prefix_separator("__")
+            .separator("__")
+            .try_parsing(true),
+    );
+    let merged = builder.build().with_context(|| match file {
+        Some(f) => format!("reading {}", f.display()),
+        None => "reading RESNET_CLUSTER__* environment".into(),
+    })?;
+    merged
+        .try_deserialize::<TrainConfig>()
+        .with_context(|| match file {
+            Some(f) => format!("{}: invalid run config", f.display()),
+            None => "invalid run config in RESNET_CLUSTER__* environment".into(),
+        })
+}
+
+fn apply_flags(cfg: &mut TrainConfig, a: &TrainArgs) -> Result<()> {
+    fn set<T: Clone>(slot: &mut T, v: &Option<T>) {
+        if let Some(v) = v {
+            *slot = v.clone();
+        }
+    }
+    if let Some(d) = &a.dataset {
+        cfg.data.dataset = d.parse()?;
+    }
+    set(&mut cfg.data.dir, &a.data);
+    cfg.data.download |= a.download;
+    set(&mut cfg.model.depth, &a.depth);
+    if let Some(s) = &a.stem {
+        cfg.model.stem = s.parse()?;
+    }
+    set(&mut cfg.model.width, &a.width);
+    set(&mut cfg.epochs, &a.epochs);
+    set(&mut cfg.batch_size, &a.batch_size);
+    set(&mut cfg.optim.lr, &a.lr);
+    if let Some(o) = &a.optimizer {
+        cfg.optim.kind = o.parse()?;
+    }
+    set(&mut cfg.optim.weight_decay, &a.weight_decay);
+    set(&mut cfg.optim.momentum, &a.momentum);
+    cfg.optim.nesterov |= a.nesterov;
+    if let Some(s) = &a.schedule {
+        cfg.schedule.kind = s.parse()?;
+    }
+    set(&mut cfg.schedule.step_epochs, &a.step_epochs);
+    set(&mut cfg.schedule.gamma, &a.gamma);
+    set(&mut cfg.schedule.warmup_epochs, &a.warmup_epochs);
+    set(&mut cfg.label_smoothing, &a.label_smoothing);
+    if a.max_steps.is_some() {
+        cfg.max_steps = a.max_steps;
+    }
+    if a.train_limit.is_some() {
+        cfg.data.train_limit = a.train_limit;
+    }
+    if a.test_limit.is_some() {
+        cfg.data.test_limit = a.test_limit;
+    }
+    set(&mut cfg.seed, &a.seed);
+    if a.no_augment {
+        cfg.data.augment = resnet_data::AugmentConfig::none();
+    }
+    set(&mut cfg.loader_workers, &a.loader_workers);
+    if a.checkpoint_steps.is_some() {
+        cfg.checkpoint_steps = a.checkpoint_steps;
+    }
+    Ok(())
+}
+
+/// `--resume latest`: the newest checkpoint under `--out`, else under the newest run in `runs/`.
+pub fn resolve_resume(spec: &str, out: Option<&Path>) -> Result<PathBuf> {
+    let base = if spec == "latest" {
+        match out {
+            Some(o) => o.to_path_buf(),
+            None => newest_run(Path::new("runs"))
+                .context("--resume latest: no run with checkpoints under runs/; pass --out DIR or a checkpoint path")?,
+        }
+    } else {
+        PathBuf::from(spec)
+    };
+    Ok(resnet_train::resolve_checkpoint(&base)?)
+}
+
+fn newest_run(runs: &Path) -> Option<PathBuf> {
+    std::fs::read_dir(runs)
+        .ok()?
+        .filter_map(|e| e.ok())
+        .filter(|e| e.path().join("checkpoints").is_dir())
+        .max_by_key(|e| e.metadata().and_then(|m| m.modified()).ok())
+        .map(|e| e.path())
+}

@@ -1,0 +1,39 @@
+//! ResNet 18/34/50/101/152 for Burn, laid out exactly as torchvision's `resnet*` so that
+//! state dicts import and export with a small remap and parameter counts match.
+//!
+//! ```text
+//! input [N,3,H,W] -> stem (cifar: 3x3/1 | imagenet: 7x7/2 + maxpool 3x3/2)
+//!                 -> layer1 (stride 1) -> layer2..4 (stride 2) -> global avg pool -> dropout -> fc
+//! ```
+//!
+//! The model knows nothing about devices, data or parallelism: callers pick the backend.
+
+mod batchnorm;
+mod block;
+mod config;
+mod resnet;
+mod shapes;
+mod weights;
+
+pub use batchnorm::BatchNorm2d;
+pub use block::{Block, Downsample};
+pub use config::{BlockKind, ResNetConfig, Stem};
+pub use resnet::ResNet;
+pub use shapes::{stage_shapes, StageShape};
+pub use weights::{export_torchvision_safetensors, import_torchvision, ImportReport};
+
+/// Errors of model construction and weight import/export.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    /// An invalid configuration value; the message names the field and the expected range.
+    #[error("invalid model config: {0}")]
+    Config(String),
+    /// A weights file that could not be read, written or matched to the model.
+    #[error("{path}: {message}")]
+    Weights {
+        /// The file.
+        path: String,
+        /// What went wrong.
+        message: String,
+    },
+}

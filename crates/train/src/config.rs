@@ -1,0 +1,91 @@
+//! The resolved configuration of a training run; saved in `--out` and inside every checkpoint.
+
+use resnet_data::DataConfig;
+use resnet_model::ResNetConfig;
+use serde::{Deserialize, Serialize};
+
+use crate::{OptimConfig, ScheduleConfig, TrainError};
+
+/// Everything that determines a run. Every field has a documented default.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TrainConfig {
+    /// The network. `num_classes` is set from the dataset.
+    pub model: ResNetConfig,
+    /// Data source, limits and augmentation.
+    pub data: DataConfig,
+    /// Optimizer.
+    pub optim: OptimConfig,
+    /// LR schedule.
+    pub schedule: ScheduleConfig,
+    /// Epochs; the schedule spans them all. Default 10.
+    pub epochs: usize,
+    /// Images per step. Default 128.
+    pub batch_size: usize,
+    /// Stop after this many steps in total (smoke runs). Does not change the schedule, so a run
+    /// stopped early and resumed follows the same LR curve. Default: no limit.
+    pub max_steps: Option<usize>,
+    /// Seed for weights, shuffling and augmentation. Default 42.
+    pub seed: u64,
+    /// Label smoothing for the training loss (PyTorch convention). Default 0.
+    pub label_smoothing: f64,
+    /// Threads preparing batches. Default 2.
+    pub loader_workers: usize,
+    /// Images per evaluation batch. Default 256.
+    pub eval_batch_size: usize,
+    /// Evaluate on the test split after every epoch. Default true.
+    pub eval_each_epoch: bool,
+    /// Checkpoint every N epochs (0: only at the end). Default 1.
+    pub checkpoint_epochs: usize,
+    /// Also checkpoint every N steps. Default: never.
+    pub checkpoint_steps: Option<usize>,
+    /// Checkpoints to keep. Default 3.
+    pub keep_checkpoints: usize,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        Self {
+            model: ResNetConfig::default(),
+            data: DataConfig::default(),
+            optim: OptimConfig::default(),
+            schedule: ScheduleConfig::default(),
+            epochs: 10,
+            batch_size: 128,
+            max_steps: None,
+            seed: 42,
+            label_smoothing: 0.0,
+            loader_workers: 2,
+            eval_batch_size: 256,
+            eval_each_epoch: true,
+            checkpoint_epochs: 1,
+            checkpoint_steps: None,
+            keep_checkpoints: 3,
+        }
+    }
+}
+
+impl TrainConfig {
+    /// Checks every section; errors name the field.
+    pub fn validate(&self) -> Result<(), TrainError> {
+        self.model
+            .validate()
+            .map_err(|e| TrainError::Config(e.to_string()))?;
+        self.optim.validate()?;
+        self.schedule.validate()?;
+        let bad = |m: &str| Err(TrainError::Config(m.to_string()));
+        if self.epochs == 0 {
+            return bad("epochs must be at least 1");
+        }
+        if self.batch_size == 0 || self.eval_batch_size == 0 {
+            return bad("batch_size and eval_batch_size must be at least 1");
+        }
+        if !(0.0..1.0).contains(&self.label_smoothing) {
+            return bad("label_smoothing must be in 0..1");
+        }
+        if self.max_steps == Some(0) {
+            return bad("max_steps must be at least 1");
+        }
+        Ok(())
+    }
+}

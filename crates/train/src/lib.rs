@@ -1,0 +1,42 @@
+//! Training for resnet-cluster: the step, optimizers with PyTorch's defaults, stateless LR
+//! schedules, soft-target cross-entropy, exact evaluation counts, and an atomic, verified
+//! checkpoint format that resumes bit-exactly.
+//!
+//! The crate is generic over the Burn backend; the binaries choose the device.
+
+mod checkpoint;
+mod config;
+mod eval;
+mod hash;
+mod loss;
+mod metrics;
+mod optim;
+mod schedule;
+mod trainer;
+
+pub use checkpoint::{list_checkpoints, resolve_checkpoint, verify, Manifest, FORMAT_VERSION};
+pub use config::TrainConfig;
+pub use eval::{batch_tensor, evaluate, predict};
+pub use hash::param_hash;
+pub use loss::{smoothed_targets, soft_cross_entropy, targets_tensor};
+pub use metrics::{argmax, count_batch, ClassMetrics, EvalCounts, EvalReport};
+pub use optim::{AnyOptimizer, OptimConfig, OptimizerKind};
+pub use schedule::{ScheduleConfig, ScheduleKind};
+pub use trainer::{
+    load_model, load_state, EpochRecord, EvalSummary, Quiet, StepStats, StepTiming, TrainObserver,
+    TrainState, TrainSummary, Trainer,
+};
+
+/// Errors of training, evaluation and checkpoints.
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    /// An invalid configuration; the message names the field.
+    #[error("invalid config: {0}")]
+    Config(String),
+    /// A checkpoint that cannot be written, read or verified; the message names the path.
+    #[error("checkpoint: {0}")]
+    Checkpoint(String),
+    /// A data problem.
+    #[error(transparent)]
+    Data(#[from] resnet_data::DataError),
+}

@@ -1,0 +1,205 @@
+//! Optimizers with PyTorch's defaults, chosen at run time, with checkpointable state.
+//!
+//! Burn's defaults differ from PyTorch's in places that silently change training: SGD momentum
+//! dampening (Burn 0.1, PyTorch 0), Adam epsilon (Burn 1e-5, PyTorch 1e-8), AdamW weight decay
+//! (Burn 1e-4, PyTorch 1e-2). Every value is set explicitly here.
+
+use std::path::Path;
+
+use burn::optim::adaptor::OptimizerAdaptor;
+use burn::optim::decay::WeightDecayConfig;
+use burn::optim::momentum::MomentumConfig;
+use burn::optim::{
+    Adam, AdamConfig, AdamW, AdamWConfig, GradientsParams, Optimizer, Sgd, SgdConfig,
+};
+use burn::record::{FullPrecisionSettings, NamedMpkFileRecorder, Recorder};
+use burn::tensor::backend::AutodiffBackend;
+use resnet_model::ResNet;
+use serde::{Deserialize, Serialize};
+
+use crate::TrainError;
+
+/// Which optimizer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum OptimizerKind {
+    /// SGD with (Nesterov) momentum and L2 weight decay.
+    #[default]
+    Sgd,
+    /// Adam with L2 weight decay added to the gradient (PyTorch `Adam(weight_decay=...)`).
+    Adam,
+    /// AdamW: decoupled weight decay.
+    Adamw,
+}
+
+impl std::str::FromStr for OptimizerKind {
+    type Err = TrainError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.to_ascii_lowercase().as_str() {
+            "sgd" => Ok(Self::Sgd),
+            "adam" => Ok(Self::Adam),
+            "adamw" => Ok(Self::Adamw),
+            o => Err(TrainError::Config(format!(
+                "unknown optimizer '{o}', expected sgd, adam or adamw"
+            ))),
+        }
+    }
+}
+
+/// Optimizer configuration; every field has a documented default.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct OptimConfig {
+    /// Optimizer. Default `sgd`.
+    pub kind: OptimizerKind,
+    /// Base learning rate (before the schedule). Default 0.1 (SGD on CIFAR, batch 128).
+    pub lr: f64,
+    /// SGD momentum; 0 disables. Default 0.9.
+    pub momentum: f64,
+    /// Nesterov momentum. Default false.
+    pub nesterov: bool,
+    /// Weight decay: L2 for SGD/Adam, decoupled for AdamW. Default 5e-4.
+    pub weight_decay: f64,
+    /// Adam beta1. Default 0.9.
+    pub beta1: f64,
+    /// Adam beta2. Default 0.999.
+    pub beta2: f64,
+    /// Adam epsilon. Default 1e-8 (PyTorch; Burn's own default is 1e-5).
+    pub eps: f64,
+}
+
+impl Default for OptimConfig {
+    fn default() -> Self {
+        Self {
+            kind: OptimizerKind::Sgd,
+            lr: 0.1,
+            momentum: 0.9,
+            nesterov: false,
+            weight_decay: 5e-4,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+        }
+    }
+}
+
+impl OptimConfig {
+    /// Checks ranges; errors name the field.
+    pub fn validate(&self) -> Result<(), TrainError> {
+        let bad = |f: &str, w: &str| Err(TrainError::Config(format!("optim.{f}: {w}")));
+        if !(self.lr > 0.0) {
+            return bad("lr", "must be > 0");
+        }
+        if !(0.0..1.0).contains(&self.momentum) {
+            return bad("momentum", "must be in 0..1");
+        }
+        if !(self.weight_decay >= 0.0) {
+            return bad("weight_decay", "must be >= 0");
+        }
+        if !(0.0..1.0).contains(&self.beta1) || !(0.0..1.0).contains(&self.beta2) {
+            return bad("beta1/beta2", "must be in 0..1");
+        }
+        if self.nesterov && self.momentum == 0.0 {
+            return bad("nesterov", "needs momentum > 0");
+        }
+        Ok(())
+    }
+
+    /// Builds the optimizer for a ResNet on backend `B`.
+    pub fn init<B: AutodiffBackend>(&self) -> AnyOptimizer<B> {
+        let wd = (self.weight_decay > 0.0).then(|| WeightDecayConfig {
+            penalty: self.weight_decay as f32,
+        });
+        match self.kind {
+            OptimizerKind::Sgd => {
+                let momentum = (self.momentum > 0.0).then(|| MomentumConfig {
+                    momentum: self.momentum,
+                    dampening: 0.0,
+                    nesterov: self.nesterov,
+                });
+                AnyOptimizer::Sgd(
+                    SgdConfig::new()
+                        .with_momentum(momentum)
+                        .with_weight_decay(wd)
+                        .init(),
+                )
+            }
+            OptimizerKind::Adam => AnyOptimizer::Adam(
+                AdamConfig::new()
+                    .with_beta_1(self.beta1 as f32)
+                    .with_beta_2(self.beta2 as f32)
+                    .with_epsilon(self.eps as f32)
+                    .with_weight_decay(wd)
+                    .init(),
+            ),
+            OptimizerKind::Adamw => AnyOptimizer::AdamW(
+                AdamWConfig::new()
+                    .with_beta_1(self.beta1 as f32)
+                    .with_beta_2(self.beta2 as f32)
+                    .with_epsilon(self.eps as f32)
+                    .with_weight_decay(self.weight_decay as f32)
+                    .init(),
+            ),
+        }
+    }
+}
+
+/// One of the supported optimizers over a ResNet.
+#[derive(Clone)]
+pub enum AnyOptimizer<B: AutodiffBackend> {
+    /// SGD.
+    Sgd(OptimizerAdaptor<Sgd<B::InnerBackend>, ResNet<B>, B>),
+    /// Adam.
+    Adam(OptimizerAdaptor<Adam, ResNet<B>, B>),
+    /// AdamW.
+    AdamW(OptimizerAdaptor<AdamW, ResNet<B>, B>),
+}
+
+impl<B: AutodiffBackend> AnyOptimizer<B> {
+    /// Applies one update with learning rate `lr`.
+    pub fn step(&mut self, lr: f64, model: ResNet<B>, grads: GradientsParams) -> ResNet<B> {
+        match self {
+            AnyOptimizer::Sgd(o) => o.step(lr, model, grads),
+            AnyOptimizer::Adam(o) => o.step(lr, model, grads),
+            AnyOptimizer::AdamW(o) => o.step(lr, model, grads),
+        }
+    }
+
+    /// Writes the optimizer state (momentum buffers, Adam moments, step counts) to `path`.
+    pub fn save(&self, path: &Path) -> Result<(), TrainError> {
+        let rec = NamedMpkFileRecorder::<FullPrecisionSettings>::new();
+        let r = match self {
+            AnyOptimizer::Sgd(o) => rec.record(o.to_record(), path.to_path_buf()),
+            AnyOptimizer::Adam(o) => rec.record(o.to_record(), path.to_path_buf()),
+            AnyOptimizer::AdamW(o) => rec.record(o.to_record(), path.to_path_buf()),
+        };
+        r.map_err(|e| {
+            TrainError::Checkpoint(format!(
+                "{}: cannot write optimizer state: {e}",
+                path.display()
+            ))
+        })
+    }
+
+    /// Restores state written by [`save`](Self::save) by the same optimizer kind.
+    pub fn load(self, path: &Path, device: &B::Device) -> Result<Self, TrainError> {
+        let rec = NamedMpkFileRecorder::<FullPrecisionSettings>::new();
+        let err = |e: burn::record::RecorderError| {
+            TrainError::Checkpoint(format!(
+                "{}: cannot read optimizer state: {e}",
+                path.display()
+            ))
+        };
+        Ok(match self {
+            AnyOptimizer::Sgd(o) => {
+                AnyOptimizer::Sgd(o.load_record(rec.load(path.to_path_buf(), device).map_err(err)?))
+            }
+            AnyOptimizer::Adam(o) => AnyOptimizer::Adam(
+                o.load_record(rec.load(path.to_path_buf(), device).map_err(err)?),
+            ),
+            AnyOptimizer::AdamW(o) => AnyOptimizer::AdamW(
+                o.load_record(rec.load(path.to_path_buf(), device).map_err(err)?),
+            ),
+        })
+    }
+}

@@ -1,0 +1,170 @@
+//! Bad input through the binary: every failure is an error that names what and where, never a panic.
+
+use std::process::Command;
+
+fn resnet(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_resnet"))
+        .args(args)
+        .output()
+        .expect("run resnet");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn record(label: u8) -> Vec<u8> {
+    let mut r = vec![label];
+    r.extend(std::iter::repeat_n(128u8, 3072));
+    r
+}
+
+#[test]
+fn corrupt_cifar_label_is_reported_with_file_and_record() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let good: Vec<u8> = (0..4).flat_map(|i| record(i)).collect();
+    for f in [
+        "data_batch_1.bin",
+        "data_batch_2.bin",
+        "data_batch_4.bin",
+        "data_batch_5.bin",
+        "test_batch.bin",
+    ] {
+        std::fs::write(dir.path().join(f), &good).expect("write");
+    }
+    let bad: Vec<u8> = [record(1), record(2), record(17)].concat();
+    std::fs::write(dir.path().join("data_batch_3.bin"), bad).expect("write");
+    let (ok, _, stderr) = resnet(&[
+        "train",
+        "--dataset",
+        "cifar10",
+        "--data",
+        dir.path().to_str().expect("utf8"),
+        "--width",
+        "4",
+        "--max-steps",
+        "1",
+        "--out",
+        dir.path().join("run").to_str().expect("utf8"),
+    ]);
+    assert!(!ok);
+    assert!(
+        stderr.contains("data_batch_3.bin")
+            && stderr.contains("record 2")
+            && stderr.contains("label 17, expected 0..9"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+#[test]
+fn missing_cifar_says_how_to_get_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (ok, _, stderr) = resnet(&[
+        "train",
+        "--dataset",
+        "cifar10",
+        "--data",
+        dir.path().to_str().expect("utf8"),
+        "--out",
+        dir.path().join("run").to_str().expect("utf8"),
+    ]);
+    assert!(!ok);
+    assert!(
+        stderr.contains("--download") && stderr.contains("test_batch.bin"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn bad_flags_and_config_values_are_named() {
+    let (ok, _, stderr) = resnet(&["train", "--depth", "20", "--max-steps", "1"]);
+    assert!(!ok && stderr.contains("depth 20"), "{stderr}");
+    let (ok, _, stderr) = resnet(&["train", "--optimizer", "rmsprop"]);
+    assert!(
+        !ok && stderr.contains("unknown optimizer 'rmsprop'"),
+        "{stderr}"
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = dir.path().join("run.toml");
+    std::fs::write(&cfg, "epochs = 3\n[optim]\nlearning_rate = 0.1\n").expect("write");
+    let (ok, _, stderr) = resnet(&["train", "--config", cfg.to_str().expect("utf8")]);
+    assert!(
+        !ok && stderr.contains("run.toml") && stderr.contains("learning_rate"),
+        "{stderr}"
+    );
+    let (ok, _, stderr) = resnet(&["eval", "--checkpoint", dir.path().to_str().expect("utf8")]);
+    assert!(!ok && stderr.contains("no checkpoint found"), "{stderr}");
+}
+
+#[cfg(not(feature = "cuda"))]
+#[test]
+fn gpu_without_cuda_build_is_a_clear_error() {
+    let (ok, _, stderr) = resnet(&["bench", "--gpu", "0", "--steps", "1"]);
+    assert!(!ok && stderr.contains("without CUDA support"), "{stderr}");
+}
+
+#[test]
+fn info_reports_torchvision_counts_and_shapes() {
+    let (ok, stdout, stderr) = resnet(&[
+        "info",
+        "--depth",
+        "50",
+        "--num-classes",
+        "1000",
+        "--stem",
+        "imagenet",
+        "--json",
+    ]);
+    assert!(ok, "{stderr}");
+    let v: serde_json::Value = serde_json::from_str(&stdout).expect("json");
+    assert_eq!(v["trainable_params"], 25_557_032);
+    assert!(v["total_params"].as_u64().expect("total") > 25_557_032);
+    let stages = v["stages"].as_array().expect("stages");
+    let shape = |name: &str| {
+        stages
+            .iter()
+            .find(|s| s["name"] == name)
+            .map(|s| s["shape"].clone())
+            .expect("stage")
+    };
+    // 32x32 through the ImageNet stem: 16 after conv1, 8 after max-pool; layer4 is 1x1.
+    assert_eq!(shape("layer1"), serde_json::json!([256, 8, 8]));
+    assert_eq!(shape("layer4"), serde_json::json!([2048, 1, 1]));
+}
+
+#[test]
+fn config_file_and_env_layer_under_flags() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = dir.path().join("run.toml");
+    std::fs::write(&cfg, "epochs = 1\nbatch_size = 16\n[model]\nwidth = 4\n[data]\ntrain_limit = 32\ntest_limit = 16\n[optim]\nlr = 0.02\n").expect("write");
+    let out = dir.path().join("run");
+    let status = Command::new(env!("CARGO_BIN_EXE_resnet"))
+        .args([
+            "train",
+            "--config",
+            cfg.to_str().expect("utf8"),
+            "--lr",
+            "0.03",
+            "--out",
+            out.to_str().expect("utf8"),
+            "--json",
+        ])
+        .env("RESNET_CLUSTER__SEED", "99")
+        .env("RESNET_CLUSTER__OPTIM__LR", "0.5")
+        .output()
+        .expect("run");
+    assert!(
+        status.status.success(),
+        "{}",
+        String::from_utf8_lossy(&status.stderr)
+    );
+    let resolved: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).expect("config"))
+            .expect("json");
+    assert_eq!(resolved["model"]["width"], 4); // file
+    assert_eq!(resolved["seed"], 99); // env
+    assert_eq!(resolved["optim"]["lr"], 0.03); // flag beats env and file
+    assert_eq!(resolved["batch_size"], 16);
+}
