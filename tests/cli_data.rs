@@ -23,7 +23,7 @@ fn record(label: u8) -> Vec<u8> {
 #[test]
 fn corrupt_cifar_label_is_reported_with_file_and_record() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let good: Vec<u8> = (0..4).flat_map(|i| record(i)).collect();
+    let good: Vec<u8> = (0..4).flat_map(record).collect();
     for f in [
         "data_batch_1.bin",
         "data_batch_2.bin",
@@ -167,4 +167,67 @@ fn config_file_and_env_layer_under_flags() {
     assert_eq!(resolved["seed"], 99); // env
     assert_eq!(resolved["optim"]["lr"], 0.03); // flag beats env and file
     assert_eq!(resolved["batch_size"], 16);
+}
+
+#[test]
+fn image_folder_trains_and_resume_refuses_config_changes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for (class, colour) in [("red", [220u8, 20, 20]), ("blue", [20, 20, 220])] {
+        for split in ["train", "test"] {
+            let d = dir.path().join("imgs").join(split).join(class);
+            std::fs::create_dir_all(&d).expect("mkdir");
+            for i in 0..8u8 {
+                let img = image::RgbImage::from_fn(20, 12, |x, y| {
+                    let n = (x as u8).wrapping_mul(7) ^ (y as u8).wrapping_mul(13) ^ i;
+                    image::Rgb([
+                        colour[0] ^ (n & 15),
+                        colour[1] ^ (n & 15),
+                        colour[2] ^ (n & 15),
+                    ])
+                });
+                img.save(d.join(format!("{i}.png"))).expect("save");
+            }
+        }
+    }
+    let data = dir.path().join("imgs");
+    let out = dir.path().join("run");
+    let (ok, stdout, stderr) = resnet(&[
+        "train",
+        "--dataset",
+        "folder",
+        "--data",
+        data.to_str().expect("utf8"),
+        "--width",
+        "4",
+        "--batch-size",
+        "8",
+        "--epochs",
+        "1",
+        "--out",
+        out.to_str().expect("utf8"),
+        "--json",
+    ]);
+    assert!(ok, "{stderr}");
+    assert!(
+        stderr.contains("16 train / 16 test images of 32x32, 2 classes"),
+        "{stderr}"
+    );
+    let s: serde_json::Value = serde_json::from_str(&stdout).expect("json");
+    assert_eq!(s["steps"], 2);
+    assert_eq!(s["final_eval"]["samples"], 16);
+    let (ok, _, stderr) = resnet(&[
+        "train",
+        "--resume",
+        "latest",
+        "--out",
+        out.to_str().expect("utf8"),
+        "--lr",
+        "0.5",
+        "--depth",
+        "50",
+    ]);
+    assert!(
+        !ok && stderr.contains("--depth, --lr cannot change it"),
+        "{stderr}"
+    );
 }

@@ -20,7 +20,7 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Train a model; writes metrics, the resolved config and checkpoints to --out.
-    Train(TrainArgs),
+    Train(Box<TrainArgs>),
     /// Evaluate a checkpoint: accuracy, top-5, per-class precision/recall/F1, confusion matrix.
     Eval(EvalArgs),
     /// Print a model's parameter counts and per-stage output shapes.

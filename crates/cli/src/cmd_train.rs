@@ -64,6 +64,13 @@ pub fn run(args: TrainArgs) -> Result<()> {
     let sel = select(&args.device)?;
     let resume = match &args.resume {
         Some(spec) => {
+            let fixed = fixed_by_resume(&args);
+            anyhow::ensure!(
+                fixed.is_empty(),
+                "--resume continues a run with the configuration saved in its checkpoint; {} cannot \
+                 change it (allowed with --resume: --epochs, --max-steps, --data, --out, --json)",
+                fixed.join(", ")
+            );
             let dir = resolve_resume(spec, args.out.as_deref())?;
             let mut state = load_state(&dir)?;
             // A resumed run keeps its configuration; only how long it runs and where the data
@@ -133,6 +140,40 @@ pub fn run(args: TrainArgs) -> Result<()> {
         print_summary(&summary);
     }
     Ok(())
+}
+
+/// Flags that would change a resumed run's saved configuration.
+fn fixed_by_resume(a: &TrainArgs) -> Vec<&'static str> {
+    let given = [
+        ("--config", a.config.is_some()),
+        ("--dataset", a.dataset.is_some()),
+        ("--download", a.download),
+        ("--depth", a.depth.is_some()),
+        ("--stem", a.stem.is_some()),
+        ("--width", a.width.is_some()),
+        ("--batch-size", a.batch_size.is_some()),
+        ("--lr", a.lr.is_some()),
+        ("--optimizer", a.optimizer.is_some()),
+        ("--weight-decay", a.weight_decay.is_some()),
+        ("--momentum", a.momentum.is_some()),
+        ("--nesterov", a.nesterov),
+        ("--schedule", a.schedule.is_some()),
+        ("--step-epochs", a.step_epochs.is_some()),
+        ("--gamma", a.gamma.is_some()),
+        ("--warmup-epochs", a.warmup_epochs.is_some()),
+        ("--label-smoothing", a.label_smoothing.is_some()),
+        ("--train-limit", a.train_limit.is_some()),
+        ("--test-limit", a.test_limit.is_some()),
+        ("--seed", a.seed.is_some()),
+        ("--no-augment", a.no_augment),
+        ("--loader-workers", a.loader_workers.is_some()),
+        ("--checkpoint-steps", a.checkpoint_steps.is_some()),
+    ];
+    given
+        .into_iter()
+        .filter(|(_, g)| *g)
+        .map(|(n, _)| n)
+        .collect()
 }
 
 fn print_summary(s: &TrainSummary) {

@@ -24,7 +24,7 @@ fn main() -> std::process::ExitCode {
         builder.init();
     }
     let result = match cli.command {
-        args::Command::Train(a) => cmd_train::run(a),
+        args::Command::Train(a) => cmd_train::run(*a),
         args::Command::Eval(a) => cmd_eval::run(a),
         args::Command::Info(a) => cmd_info::run(a),
         args::Command::Bench(a) => cmd_bench::run(a),

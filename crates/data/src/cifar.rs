@@ -141,7 +141,7 @@ pub fn parse_records(
     if bytes.is_empty() {
         return Err(DataError::format(path, "file is empty"));
     }
-    if bytes.len() % record != 0 {
+    if !bytes.len().is_multiple_of(record) {
         let whole = bytes.len() / record;
         return Err(DataError::format(
             path,

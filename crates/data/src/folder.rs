@@ -27,7 +27,10 @@ fn read_dir_sorted(dir: &Path) -> Result<Vec<PathBuf>, DataError> {
 }
 
 /// Lists `(file, class index)` under `dir/<class>/`, and the class names.
-fn scan(dir: &Path) -> Result<(Vec<(PathBuf, usize)>, Vec<String>), DataError> {
+/// Image files with their class index, and the class names.
+type Listing = (Vec<(PathBuf, usize)>, Vec<String>);
+
+fn scan(dir: &Path) -> Result<Listing, DataError> {
     let class_dirs: Vec<PathBuf> = read_dir_sorted(dir)?
         .into_iter()
         .filter(|p| p.is_dir())
@@ -133,7 +136,7 @@ pub fn load_folder(
                             .fold(0u64, |a, b| mix(a ^ b as u64))
                     })
                     .unwrap_or(0);
-                h % 10 == 0
+                h.is_multiple_of(10)
             };
             (
                 files

@@ -62,7 +62,7 @@ fn inside(shape: usize, dx: f32, dy: f32, r: f32) -> bool {
         4 => ay <= bar && ax <= r,
         5 => ax <= bar && ay <= r,
         6 => (ax <= bar && ay <= r) || (ay <= bar && ax <= r),
-        7 => (dx - dy).abs() <= bar * 1.2 && ax <= r || (dx + dy).abs() <= bar * 1.2 && ax <= r,
+        7 => ax <= r && ((dx - dy).abs() <= bar * 1.2 || (dx + dy).abs() <= bar * 1.2),
         8 => {
             ax <= r
                 && ay <= r

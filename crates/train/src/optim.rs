@@ -107,12 +107,12 @@ impl OptimConfig {
 
     /// Builds the optimizer for a ResNet on backend `B`.
     pub fn init<B: AutodiffBackend>(&self) -> AnyOptimizer<B> {
-        let wd = (self.weight_decay > 0.0).then(|| WeightDecayConfig {
+        let wd = (self.weight_decay > 0.0).then_some(WeightDecayConfig {
             penalty: self.weight_decay as f32,
         });
         match self.kind {
             OptimizerKind::Sgd => {
-                let momentum = (self.momentum > 0.0).then(|| MomentumConfig {
+                let momentum = (self.momentum > 0.0).then_some(MomentumConfig {
                     momentum: self.momentum,
                     dampening: 0.0,
                     nesterov: self.nesterov,

@@ -230,10 +230,7 @@ impl<B: AutodiffBackend> Trainer<B> {
         cfg.validate()?;
         check_classes(&cfg, &splits)?;
         if let Some(o) = &out {
-            if crate::checkpoint::list_checkpoints(&o.join("checkpoints"))
-                .first()
-                .is_some()
-            {
+            if !crate::checkpoint::list_checkpoints(&o.join("checkpoints")).is_empty() {
                 return Err(TrainError::Config(format!(
                     "{} already holds checkpoints of a run; continue it with --resume {} or choose another --out",
                     o.display(),
@@ -396,7 +393,7 @@ impl<B: AutodiffBackend> Trainer<B> {
                 });
                 if cfg
                     .checkpoint_steps
-                    .is_some_and(|n| n > 0 && s.global_step % n == 0)
+                    .is_some_and(|n| n > 0 && s.global_step.is_multiple_of(n))
                 {
                     self.checkpoint(obs)?;
                 }
@@ -464,7 +461,8 @@ impl<B: AutodiffBackend> Trainer<B> {
             write_metrics(&o.join("metrics.jsonl"), &s.history)?;
         }
         obs.on_epoch(&record);
-        let due = cfg.checkpoint_epochs > 0 && (self.state.epoch % cfg.checkpoint_epochs == 0);
+        let due =
+            cfg.checkpoint_epochs > 0 && self.state.epoch.is_multiple_of(cfg.checkpoint_epochs);
         if due || self.state.epoch == cfg.epochs {
             self.checkpoint(obs)?;
         }
