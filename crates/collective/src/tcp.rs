@@ -1,0 +1,278 @@
+//! Ranks in different processes: a ring of TCP connections.
+//!
+//! Each rank listens on its data-plane address, connects to the next rank and accepts the
+//! previous one. The connecting side opens with a handshake (magic, its rank, the group
+//! generation); the accepting side drops connections that are not from its predecessor in this
+//! generation, so a stray or stale peer cannot join the ring. Frames are `[u32 count][count x f32
+//! LE]`. A writer thread per rank makes `send` non-blocking; every read has a timeout.
+
+use std::io::{ErrorKind, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
+use std::sync::mpsc::{channel, Sender};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crate::ring::{self, RingLink};
+use crate::{Collective, CollectiveError};
+
+const MAGIC: &[u8; 4] = b"RCR1";
+
+/// One rank's TCP ring.
+pub struct TcpRing {
+    rank: usize,
+    world: usize,
+    writer: Option<Sender<Vec<u8>>>,
+    writer_thread: Option<JoinHandle<()>>,
+    writer_error: Arc<Mutex<Option<String>>>,
+    reader: Option<TcpStream>,
+    timeout: Duration,
+    bytes: Vec<u8>,
+}
+
+/// Settings for forming the ring.
+#[derive(Debug, Clone)]
+pub struct TcpRingConfig {
+    /// This rank.
+    pub rank: usize,
+    /// Data-plane address of every rank, indexed by rank.
+    pub peers: Vec<String>,
+    /// Group generation; peers of another generation are refused.
+    pub generation: u64,
+    /// Time allowed to form the ring, and per read afterwards.
+    pub timeout: Duration,
+}
+
+fn setup(msg: impl Into<String>) -> CollectiveError {
+    CollectiveError::Setup(msg.into())
+}
+
+impl TcpRing {
+    /// Forms the ring using an already-bound `listener` (bind early so the address can be
+    /// announced before the peers are known).
+    pub fn connect(listener: TcpListener, cfg: &TcpRingConfig) -> Result<Self, CollectiveError> {
+        let world = cfg.peers.len();
+        let rank = cfg.rank;
+        if rank >= world {
+            return Err(setup(format!("rank {rank} out of range for {world} peers")));
+        }
+        let writer_error = Arc::new(Mutex::new(None));
+        if world == 1 {
+            return Ok(Self {
+                rank,
+                world,
+                writer: None,
+                writer_thread: None,
+                writer_error,
+                reader: None,
+                timeout: cfg.timeout,
+                bytes: vec![],
+            });
+        }
+        let deadline = Instant::now() + cfg.timeout;
+        let prev = (rank + world - 1) % world;
+        let next = (rank + 1) % world;
+        let generation = cfg.generation;
+        let acceptor =
+            std::thread::spawn(move || accept_prev(listener, prev, generation, deadline));
+        let out = connect_next(&cfg.peers[next], next, rank, generation, deadline)?;
+        let inbound = acceptor
+            .join()
+            .map_err(|_| setup("accept thread panicked"))??;
+        inbound
+            .set_read_timeout(Some(cfg.timeout))
+            .map_err(|e| setup(e.to_string()))?;
+        let _ = inbound.set_nodelay(true);
+        let (tx, rx) = channel::<Vec<u8>>();
+        let err = writer_error.clone();
+        let mut out_stream = out;
+        let writer_thread = std::thread::spawn(move || {
+            for frame in rx {
+                if let Err(e) = out_stream.write_all(&frame) {
+                    *err.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.to_string());
+                    return;
+                }
+            }
+        });
+        Ok(Self {
+            rank,
+            world,
+            writer: Some(tx),
+            writer_thread: Some(writer_thread),
+            writer_error,
+            reader: Some(inbound),
+            timeout: cfg.timeout,
+            bytes: vec![],
+        })
+    }
+}
+
+fn connect_next(
+    addr: &str,
+    next: usize,
+    rank: usize,
+    generation: u64,
+    deadline: Instant,
+) -> Result<TcpStream, CollectiveError> {
+    let mut last_err = String::from("no attempt");
+    while Instant::now() < deadline {
+        let target: Option<SocketAddr> = addr.to_socket_addrs().ok().and_then(|mut a| a.next());
+        if let Some(target) = target {
+            match TcpStream::connect_timeout(&target, Duration::from_millis(500)) {
+                Ok(mut s) => {
+                    let _ = s.set_nodelay(true);
+                    let mut hello = Vec::with_capacity(16);
+                    hello.extend_from_slice(MAGIC);
+                    hello.extend_from_slice(&(rank as u32).to_le_bytes());
+                    hello.extend_from_slice(&generation.to_le_bytes());
+                    s.write_all(&hello)
+                        .map_err(|e| setup(format!("handshake to rank {next} at {addr}: {e}")))?;
+                    return Ok(s);
+                }
+                Err(e) => last_err = e.to_string(),
+            }
+        } else {
+            last_err = format!("cannot resolve '{addr}'");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Err(setup(format!(
+        "cannot connect to rank {next} at {addr}: {last_err}"
+    )))
+}
+
+fn accept_prev(
+    listener: TcpListener,
+    prev: usize,
+    generation: u64,
+    deadline: Instant,
+) -> Result<TcpStream, CollectiveError> {
+    listener
+        .set_nonblocking(true)
+        .map_err(|e| setup(e.to_string()))?;
+    while Instant::now() < deadline {
+        match listener.accept() {
+            Ok((mut s, from)) => {
+                let _ = s.set_nonblocking(false);
+                let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+                let mut hello = [0u8; 16];
+                match s.read_exact(&mut hello) {
+                    Ok(()) => {
+                        let r =
+                            u32::from_le_bytes([hello[4], hello[5], hello[6], hello[7]]) as usize;
+                        let mut g = [0u8; 8];
+                        g.copy_from_slice(&hello[8..16]);
+                        let g = u64::from_le_bytes(g);
+                        if &hello[..4] == MAGIC && r == prev && g == generation {
+                            return Ok(s);
+                        }
+                        tracing::warn!(%from, claimed_rank = r, generation = g, expected_rank = prev, expected_generation = generation, "refused ring connection");
+                    }
+                    Err(e) => {
+                        tracing::warn!(%from, error = %e, "ring connection without a handshake")
+                    }
+                }
+            }
+            Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                std::thread::sleep(Duration::from_millis(20))
+            }
+            Err(e) => return Err(setup(format!("accept: {e}"))),
+        }
+    }
+    Err(setup(format!("rank {prev} did not connect in time")))
+}
+
+impl RingLink for TcpRing {
+    fn rank(&self) -> usize {
+        self.rank
+    }
+    fn world(&self) -> usize {
+        self.world
+    }
+    fn send(&mut self, data: &[f32]) -> Result<(), CollectiveError> {
+        let peer = (self.rank + 1) % self.world;
+        if let Some(e) = self
+            .writer_error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+        {
+            return Err(CollectiveError::Disconnected { peer, detail: e });
+        }
+        let mut frame = Vec::with_capacity(4 + data.len() * 4);
+        frame.extend_from_slice(&(data.len() as u32).to_le_bytes());
+        for v in data {
+            frame.extend_from_slice(&v.to_le_bytes());
+        }
+        let tx = self
+            .writer
+            .as_ref()
+            .ok_or_else(|| CollectiveError::Disconnected {
+                peer,
+                detail: "ring closed".into(),
+            })?;
+        tx.send(frame).map_err(|_| CollectiveError::Disconnected {
+            peer,
+            detail: "writer stopped".into(),
+        })
+    }
+    fn recv(&mut self, out: &mut [f32]) -> Result<(), CollectiveError> {
+        let peer = (self.rank + self.world - 1) % self.world;
+        let timeout = self.timeout;
+        let stream = self
+            .reader
+            .as_mut()
+            .ok_or_else(|| CollectiveError::Disconnected {
+                peer,
+                detail: "ring closed".into(),
+            })?;
+        let map = |e: std::io::Error| match e.kind() {
+            ErrorKind::WouldBlock | ErrorKind::TimedOut => {
+                CollectiveError::Timeout { peer, timeout }
+            }
+            _ => CollectiveError::Disconnected {
+                peer,
+                detail: e.to_string(),
+            },
+        };
+        let mut len = [0u8; 4];
+        stream.read_exact(&mut len).map_err(map)?;
+        let n = u32::from_le_bytes(len) as usize;
+        if n != out.len() {
+            return Err(CollectiveError::Protocol {
+                peer,
+                detail: format!("frame of {n} elements, expected {}", out.len()),
+            });
+        }
+        self.bytes.resize(n * 4, 0);
+        stream.read_exact(&mut self.bytes).map_err(map)?;
+        for (o, b) in out.iter_mut().zip(self.bytes.chunks_exact(4)) {
+            *o = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+        }
+        Ok(())
+    }
+}
+
+impl Collective for TcpRing {
+    fn rank(&self) -> usize {
+        self.rank
+    }
+    fn world(&self) -> usize {
+        self.world
+    }
+    fn all_reduce_sum(&mut self, buf: &mut [f32]) -> Result<(), CollectiveError> {
+        ring::all_reduce_sum(self, buf)
+    }
+    fn broadcast(&mut self, buf: &mut [f32], root: usize) -> Result<(), CollectiveError> {
+        ring::broadcast(self, buf, root)
+    }
+}
+
+impl Drop for TcpRing {
+    fn drop(&mut self) {
+        self.writer.take();
+        if let Some(h) = self.writer_thread.take() {
+            let _ = h.join();
+        }
+    }
+}
