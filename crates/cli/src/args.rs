@@ -12,6 +12,7 @@ pub struct Cli {
     /// Log format for diagnostics on stderr.
     #[arg(long, global = true, default_value = "human", value_parser = ["human", "json"])]
     pub log_format: String,
+    /// The subcommand.
     #[command(subcommand)]
     pub command: Command,
 }
@@ -40,9 +41,9 @@ pub struct DeviceArgs {
     pub cpu: bool,
 }
 
-/// `resnet train`.
-#[derive(Args, Debug)]
-pub struct TrainArgs {
+/// Flags that set run parameters; shared by `resnet train` and `coordinator`.
+#[derive(Args, Debug, Default)]
+pub struct RunArgs {
     /// TOML file with any fields of the run config (see README); flags override it, and
     /// RESNET_CLUSTER__SECTION__FIELD environment variables sit between the two.
     #[arg(long, value_name = "FILE")]
@@ -122,6 +123,17 @@ pub struct TrainArgs {
     /// Checkpoint every N steps as well as every epoch.
     #[arg(long)]
     pub checkpoint_steps: Option<usize>,
+    /// Freeze BatchNorm statistics while training (use and keep the running statistics).
+    #[arg(long)]
+    pub freeze_bn: bool,
+}
+
+/// `resnet train`.
+#[derive(Args, Debug)]
+pub struct TrainArgs {
+    /// Run parameters.
+    #[command(flatten)]
+    pub run: RunArgs,
     /// Run directory: config.json, metrics.jsonl, summary.json, checkpoints/ [default: runs/train-<time>].
     #[arg(long, value_name = "DIR")]
     pub out: Option<PathBuf>,
@@ -132,6 +144,7 @@ pub struct TrainArgs {
     /// Print the final summary as JSON on stdout.
     #[arg(long)]
     pub json: bool,
+    /// Device selection.
     #[command(flatten)]
     pub device: DeviceArgs,
 }
@@ -154,6 +167,7 @@ pub struct EvalArgs {
     /// Print the full report as JSON.
     #[arg(long)]
     pub json: bool,
+    /// Device selection.
     #[command(flatten)]
     pub device: DeviceArgs,
 }
@@ -217,6 +231,7 @@ pub struct BenchArgs {
     /// JSON output.
     #[arg(long)]
     pub json: bool,
+    /// Device selection.
     #[command(flatten)]
     pub device: DeviceArgs,
 }

@@ -75,13 +75,13 @@ pub fn run(args: TrainArgs) -> Result<()> {
             let mut state = load_state(&dir)?;
             // A resumed run keeps its configuration; only how long it runs and where the data
             // lives may change.
-            if let Some(e) = args.epochs {
+            if let Some(e) = args.run.epochs {
                 state.config.epochs = e;
             }
-            if args.max_steps.is_some() {
-                state.config.max_steps = args.max_steps;
+            if args.run.max_steps.is_some() {
+                state.config.max_steps = args.run.max_steps;
             }
-            if let Some(d) = &args.data {
+            if let Some(d) = &args.run.data {
                 state.config.data.dir = d.clone();
             }
             eprintln!(
@@ -106,7 +106,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
     };
     let mut cfg = match &resume {
         Some((_, state)) => state.config.clone(),
-        None => resolve(&args)?,
+        None => resolve(&args.run)?,
     };
     let splits = load_data(&cfg)?;
     if resume.is_none() {
@@ -143,8 +143,10 @@ pub fn run(args: TrainArgs) -> Result<()> {
 }
 
 /// Flags that would change a resumed run's saved configuration.
-fn fixed_by_resume(a: &TrainArgs) -> Vec<&'static str> {
+fn fixed_by_resume(t: &TrainArgs) -> Vec<&'static str> {
+    let a = &t.run;
     let given = [
+        ("--freeze-bn", a.freeze_bn),
         ("--config", a.config.is_some()),
         ("--dataset", a.dataset.is_some()),
         ("--download", a.download),

@@ -5,10 +5,10 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use resnet_train::TrainConfig;
 
-use crate::args::TrainArgs;
+use crate::args::RunArgs;
 
 /// Resolves the run configuration from every layer; validation happens in the trainer.
-pub fn resolve(args: &TrainArgs) -> Result<TrainConfig> {
+pub fn resolve(args: &RunArgs) -> Result<TrainConfig> {
     let mut cfg = layered(args.config.as_deref())?;
     apply_flags(&mut cfg, args)?;
     Ok(cfg)
@@ -41,7 +41,7 @@ pub fn layered(file: Option<&Path>) -> Result<TrainConfig> {
         })
 }
 
-fn apply_flags(cfg: &mut TrainConfig, a: &TrainArgs) -> Result<()> {
+fn apply_flags(cfg: &mut TrainConfig, a: &RunArgs) -> Result<()> {
     fn set<T: Clone>(slot: &mut T, v: &Option<T>) {
         if let Some(v) = v {
             *slot = v.clone();
@@ -90,6 +90,7 @@ fn apply_flags(cfg: &mut TrainConfig, a: &TrainArgs) -> Result<()> {
     if a.checkpoint_steps.is_some() {
         cfg.checkpoint_steps = a.checkpoint_steps;
     }
+    cfg.freeze_bn |= a.freeze_bn;
     Ok(())
 }
 

@@ -55,6 +55,23 @@ impl<B: Backend> BatchNorm2d<B> {
         }
     }
 
+    /// Running mean and variance, with pending updates applied.
+    pub fn running_stats(&self) -> (Tensor<B, 1>, Tensor<B, 1>) {
+        (
+            self.running_mean.value_sync(),
+            self.running_var.value_sync(),
+        )
+    }
+
+    /// Replaces the running statistics, keeping their parameter ids (which checkpoints and
+    /// optimizer state are keyed by). Used to average statistics across data-parallel replicas.
+    pub fn set_running_stats(&mut self, mean: Tensor<B, 1>, var: Tensor<B, 1>) {
+        let mean_id = self.running_mean.clone().into_record().id;
+        let var_id = self.running_var.clone().into_record().id;
+        self.running_mean = RunningState::with_id(mean_id, mean);
+        self.running_var = RunningState::with_id(var_id, var);
+    }
+
     /// Number of channels.
     pub fn channels(&self) -> usize {
         self.weight.dims()[0]

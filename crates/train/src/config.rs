@@ -41,6 +41,13 @@ pub struct TrainConfig {
     pub checkpoint_steps: Option<usize>,
     /// Checkpoints to keep. Default 3.
     pub keep_checkpoints: usize,
+    /// Normalise with the running BatchNorm statistics while training and never update them
+    /// (fine-tuning; exact data-parallel equivalence checks). Default false.
+    pub freeze_bn: bool,
+    /// Data-parallel sharding: drop the tail that does not divide by the world size instead of
+    /// padding every rank's shard by wrapping around (PyTorch `DistributedSampler` semantics).
+    /// Default false (pad).
+    pub shard_drop_last: bool,
 }
 
 impl Default for TrainConfig {
@@ -61,6 +68,8 @@ impl Default for TrainConfig {
             checkpoint_epochs: 1,
             checkpoint_steps: None,
             keep_checkpoints: 3,
+            freeze_bn: false,
+            shard_drop_last: false,
         }
     }
 }

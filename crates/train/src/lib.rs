@@ -11,6 +11,8 @@ mod hash;
 mod loss;
 mod metrics;
 mod optim;
+mod parallel;
+mod records;
 mod schedule;
 mod trainer;
 
@@ -21,11 +23,13 @@ pub use hash::param_hash;
 pub use loss::{smoothed_targets, soft_cross_entropy, targets_tensor};
 pub use metrics::{argmax, count_batch, ClassMetrics, EvalCounts, EvalReport};
 pub use optim::{AnyOptimizer, OptimConfig, OptimizerKind};
-pub use schedule::{ScheduleConfig, ScheduleKind};
-pub use trainer::{
-    load_model, load_state, EpochRecord, EvalSummary, Quiet, StepStats, StepTiming, TrainObserver,
-    TrainState, TrainSummary, Trainer,
+pub use parallel::{broadcast_model, sync_batchnorm, sync_gradients, GradSync};
+pub use records::{
+    EpochCounts, EpochRecord, EvalSummary, Quiet, StepStats, StepTiming, TrainObserver, TrainState,
+    TrainSummary,
 };
+pub use schedule::{ScheduleConfig, ScheduleKind};
+pub use trainer::{load_model, load_state, Trainer};
 
 /// Errors of training, evaluation and checkpoints.
 #[derive(Debug, thiserror::Error)]
@@ -36,6 +40,9 @@ pub enum TrainError {
     /// A checkpoint that cannot be written, read or verified; the message names the path.
     #[error("checkpoint: {0}")]
     Checkpoint(String),
+    /// A collective operation with the other replicas failed (names the peer).
+    #[error("collective: {0}")]
+    Collective(String),
     /// A data problem.
     #[error(transparent)]
     Data(#[from] resnet_data::DataError),

@@ -1,5 +1,6 @@
-//! The single-process training loop: data -> forward -> loss -> backward -> optimizer, with
-//! per-epoch evaluation, metrics files and checkpoints that resume bit-exactly.
+//! The training loop: data -> forward -> loss -> backward -> [all-reduce] -> optimizer, with
+//! per-epoch evaluation, metrics files and checkpoints that resume bit-exactly. The same loop
+//! runs one process (`resnet train`) or one replica of a data-parallel group (a worker).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -8,166 +9,24 @@ use std::time::Instant;
 use burn::module::{AutodiffModule, Module};
 use burn::optim::GradientsParams;
 use burn::record::{FullPrecisionSettings, NamedMpkFileRecorder};
-use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::ElementConversion;
 use resnet_data::{
     num_batches, Batch, ImageDataset, Loader, LoaderConfig, Normalization, ShardPlan, Splits,
     Transform,
 };
 use resnet_model::ResNet;
-use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::{prune, verify, write_checkpoint, write_json_synced, FORMAT_VERSION};
 use crate::eval::{batch_tensor, evaluate};
 use crate::loss::{smoothed_targets, soft_cross_entropy, targets_tensor};
-use crate::metrics::{argmax, EvalReport};
+use crate::metrics::{argmax, EvalCounts, EvalReport};
+use crate::parallel::{broadcast_model, sync_batchnorm, sync_gradients, GradSync};
+use crate::records::{
+    EpochCounts, EpochRecord, EvalSummary, StepStats, StepTiming, TrainObserver, TrainState,
+    TrainSummary,
+};
 use crate::{param_hash, AnyOptimizer, TrainConfig, TrainError};
-
-/// Seconds spent in each phase of one step.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
-pub struct StepTiming {
-    /// Waiting for the loader.
-    pub data: f64,
-    /// Forward pass and loss.
-    pub forward: f64,
-    /// Backward pass.
-    pub backward: f64,
-    /// Optimizer update.
-    pub optimizer: f64,
-}
-
-impl StepTiming {
-    /// Sum of all phases.
-    pub fn total(&self) -> f64 {
-        self.data + self.forward + self.backward + self.optimizer
-    }
-}
-
-/// What the loop reports after every step.
-#[derive(Debug, Clone)]
-pub struct StepStats {
-    /// Epoch (0-based).
-    pub epoch: usize,
-    /// Global steps completed.
-    pub step: usize,
-    /// Batch index within the epoch just completed (0-based).
-    pub batch: usize,
-    /// Steps per epoch.
-    pub steps_per_epoch: usize,
-    /// Training loss of this batch.
-    pub loss: f64,
-    /// Running accuracy over the epoch so far.
-    pub epoch_accuracy: f64,
-    /// Learning rate used.
-    pub lr: f64,
-    /// Images in the batch.
-    pub images: usize,
-    /// Phase timings.
-    pub timing: StepTiming,
-}
-
-/// Test-split metrics kept per epoch.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct EvalSummary {
-    /// Top-1 accuracy.
-    pub accuracy: f64,
-    /// Top-5 accuracy.
-    pub top5: f64,
-    /// Mean cross-entropy.
-    pub loss: f64,
-    /// Macro F1.
-    pub macro_f1: f64,
-}
-
-impl From<&EvalReport> for EvalSummary {
-    fn from(r: &EvalReport) -> Self {
-        Self {
-            accuracy: r.accuracy,
-            top5: r.top5,
-            loss: r.loss,
-            macro_f1: r.macro_f1,
-        }
-    }
-}
-
-/// One line of `metrics.jsonl`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct EpochRecord {
-    /// Epoch (1-based, as printed).
-    pub epoch: usize,
-    /// Global steps at the end of the epoch.
-    pub step: usize,
-    /// Mean training loss over the epoch.
-    pub train_loss: f64,
-    /// Training accuracy over the epoch (augmented images, model in training mode).
-    pub train_accuracy: f64,
-    /// LR of the epoch's last step.
-    pub lr: f64,
-    /// Test metrics, when evaluated.
-    pub test: Option<EvalSummary>,
-    /// Wall-clock seconds of the epoch's training steps.
-    pub seconds: f64,
-    /// Training images per second over the epoch.
-    pub images_per_sec: f64,
-}
-
-/// Where a run is; `state.json` in every checkpoint.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct TrainState {
-    /// Checkpoint format version.
-    pub format_version: u32,
-    /// Epoch in progress (0-based).
-    pub epoch: usize,
-    /// Next batch of that epoch.
-    pub batch_in_epoch: usize,
-    /// Steps completed.
-    pub global_step: usize,
-    /// The resolved configuration.
-    pub config: TrainConfig,
-    /// Completed epochs.
-    pub history: Vec<EpochRecord>,
-    /// Running sums of the epoch in progress (so a mid-epoch resume reports the same epoch).
-    pub epoch_loss_sum: f64,
-    /// Correct training predictions so far this epoch.
-    pub epoch_correct: u64,
-    /// Training images so far this epoch.
-    pub epoch_seen: u64,
-    /// Training seconds so far this epoch.
-    pub epoch_seconds: f64,
-}
-
-/// Called by the loop; the CLI draws progress bars with it.
-pub trait TrainObserver {
-    /// Before the first step: steps per epoch, steps planned in this invocation, step resumed at.
-    fn on_start(&mut self, _steps_per_epoch: usize, _last_step: usize, _start_step: usize) {}
-    /// After every step.
-    fn on_step(&mut self, _s: &StepStats) {}
-    /// After every epoch (and its evaluation).
-    fn on_epoch(&mut self, _e: &EpochRecord) {}
-    /// After a checkpoint is written.
-    fn on_checkpoint(&mut self, _dir: &Path) {}
-}
-
-/// An observer that does nothing (tests, library use).
-pub struct Quiet;
-impl TrainObserver for Quiet {}
-
-/// The result of [`Trainer::fit`].
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct TrainSummary {
-    /// Steps completed in total.
-    pub steps: usize,
-    /// Epochs completed.
-    pub epochs_completed: usize,
-    /// Per-epoch records.
-    pub history: Vec<EpochRecord>,
-    /// Test-split evaluation of the final model.
-    pub final_eval: Option<EvalReport>,
-    /// The last checkpoint written.
-    pub checkpoint: Option<PathBuf>,
-    /// [`param_hash`] of the final model.
-    pub param_hash: String,
-}
 
 /// A model, its optimizer and data, and the state that says where training is.
 pub struct Trainer<B: AutodiffBackend> {
@@ -180,25 +39,27 @@ pub struct Trainer<B: AutodiffBackend> {
     norm: Normalization,
     out: Option<PathBuf>,
     last_saved: Option<(usize, PathBuf)>,
+    parallel: Option<Box<dyn GradSync>>,
 }
 
 fn recorder() -> NamedMpkFileRecorder<FullPrecisionSettings> {
     NamedMpkFileRecorder::new()
 }
 
+fn ckpt_err(path: &Path, e: impl std::fmt::Display) -> TrainError {
+    TrainError::Checkpoint(format!("{}: {e}", path.display()))
+}
+
 /// Reads `state.json` of a verified checkpoint directory.
 pub fn load_state(dir: &Path) -> Result<TrainState, TrainError> {
     verify(dir)?;
     let path = dir.join("state.json");
-    let text = std::fs::read_to_string(&path)
-        .map_err(|e| TrainError::Checkpoint(format!("{}: {e}", path.display())))?;
-    let state: TrainState = serde_json::from_str(&text)
-        .map_err(|e| TrainError::Checkpoint(format!("{}: malformed state: {e}", path.display())))?;
-    Ok(state)
+    let text = std::fs::read_to_string(&path).map_err(|e| ckpt_err(&path, e))?;
+    serde_json::from_str(&text).map_err(|e| ckpt_err(&path, format!("malformed state: {e}")))
 }
 
 /// Loads the model stored in a checkpoint directory onto any backend (for `resnet eval`).
-pub fn load_model<B: burn::tensor::backend::Backend>(
+pub fn load_model<B: Backend>(
     dir: &Path,
     device: &B::Device,
 ) -> Result<(ResNet<B>, TrainState), TrainError> {
@@ -210,13 +71,16 @@ pub fn load_model<B: burn::tensor::backend::Backend>(
         .map_err(|e| TrainError::Config(e.to_string()))?;
     let model = model
         .load_file(dir.join("model"), &recorder(), device)
-        .map_err(|e| {
-            TrainError::Checkpoint(format!(
-                "{}: cannot read model: {e}",
-                dir.join("model.mpk").display()
-            ))
-        })?;
+        .map_err(|e| ckpt_err(&dir.join("model.mpk"), format!("cannot read model: {e}")))?;
     Ok((model, state))
+}
+
+fn prepare_out(out: &Option<PathBuf>, cfg: &TrainConfig) -> Result<(), TrainError> {
+    if let Some(o) = out {
+        std::fs::create_dir_all(o).map_err(|e| ckpt_err(o, e))?;
+        write_json_synced(&o.join("config.json"), cfg)?;
+    }
+    Ok(())
 }
 
 impl<B: AutodiffBackend> Trainer<B> {
@@ -237,17 +101,16 @@ impl<B: AutodiffBackend> Trainer<B> {
                     o.display()
                 )));
             }
-            std::fs::create_dir_all(o)
-                .map_err(|e| TrainError::Checkpoint(format!("{}: {e}", o.display())))?;
-            write_json_synced(&o.join("config.json"), &cfg)?;
         }
+        prepare_out(&out, &cfg)?;
         B::seed(&device, cfg.seed);
         let model = cfg
             .model
             .init::<B>(&device)
             .map_err(|e| TrainError::Config(e.to_string()))?;
+        let model = model.set_frozen_batchnorm(cfg.freeze_bn);
         // Parameters initialise lazily on first read; read them all now, in a fixed order, so the
-        // weights depend only on the seed (and clones of the model share them).
+        // weights depend only on the seed (and every replica of a group starts identical).
         let _ = param_hash(&model);
         let optim = cfg.optim.init::<B>();
         let state = TrainState {
@@ -277,16 +140,13 @@ impl<B: AutodiffBackend> Trainer<B> {
         state.config.validate()?;
         check_classes(&state.config, &splits)?;
         let (model, _) = load_model::<B>(dir, &device)?;
+        let model = model.set_frozen_batchnorm(state.config.freeze_bn);
         let optim = state
             .config
             .optim
             .init::<B>()
             .load(&dir.join("optim"), &device)?;
-        if let Some(o) = &out {
-            std::fs::create_dir_all(o)
-                .map_err(|e| TrainError::Checkpoint(format!("{}: {e}", o.display())))?;
-            write_json_synced(&o.join("config.json"), &state.config)?;
-        }
+        prepare_out(&out, &state.config)?;
         Ok(Self::assemble(device, model, optim, state, splits, out))
     }
 
@@ -308,7 +168,17 @@ impl<B: AutodiffBackend> Trainer<B> {
             norm: splits.norm,
             out,
             last_saved: None,
+            parallel: None,
         }
+    }
+
+    /// Makes this trainer one replica of a data-parallel group: it reads its rank's shard,
+    /// averages gradients and BatchNorm statistics through `sync`, and evaluates its slice of the
+    /// test set, reported through [`TrainObserver::on_epoch_counts`]. Replicas start identical
+    /// because every rank initialises from the same seed.
+    pub fn with_parallel(mut self, sync: Box<dyn GradSync>) -> Self {
+        self.parallel = Some(sync);
+        self
     }
 
     /// The current model.
@@ -323,9 +193,35 @@ impl<B: AutodiffBackend> Trainer<B> {
         &self.state
     }
 
-    /// Steps per epoch (partial last batches are dropped in training).
+    fn rank_world(&self) -> (usize, usize) {
+        self.parallel
+            .as_ref()
+            .map_or((0, 1), |p| (p.rank(), p.world()))
+    }
+
+    fn shard_plan(&self, epoch: usize) -> ShardPlan {
+        let (rank, world) = self.rank_world();
+        let cfg = &self.state.config;
+        ShardPlan {
+            seed: cfg.seed,
+            epoch: epoch as u64,
+            world,
+            rank,
+            shuffle: true,
+            drop_last: cfg.shard_drop_last,
+        }
+    }
+
+    /// Steps per epoch: batches in this rank's shard (partial last batches are dropped).
     pub fn steps_per_epoch(&self) -> usize {
-        num_batches(self.train.len(), self.state.config.batch_size, true)
+        let (_, world) = self.rank_world();
+        let len = self.train.len();
+        let shard = if self.state.config.shard_drop_last {
+            len / world
+        } else {
+            len.div_ceil(world)
+        };
+        num_batches(shard, self.state.config.batch_size, true)
     }
 
     /// Trains until `epochs` are done or `max_steps` is reached, then evaluates and checkpoints.
@@ -334,7 +230,7 @@ impl<B: AutodiffBackend> Trainer<B> {
         let spe = self.steps_per_epoch();
         if spe == 0 {
             return Err(TrainError::Config(format!(
-                "{} has {} images, fewer than one batch of {}",
+                "{} has {} images, fewer than one batch of {} per rank",
                 self.train.name,
                 self.train.len(),
                 cfg.batch_size
@@ -342,6 +238,10 @@ impl<B: AutodiffBackend> Trainer<B> {
         }
         let total = cfg.epochs * spe;
         let limit = cfg.max_steps.unwrap_or(usize::MAX).min(total);
+        if let (Some(sync), Some(model)) = (self.parallel.as_mut(), self.model.take()) {
+            self.model = Some(broadcast_model(model, sync.as_mut(), 0)?);
+        }
+        let lr_at = |step: usize| cfg.schedule.lr(cfg.optim.lr, step, spe, total);
         obs.on_start(spe, limit, self.state.global_step);
         let loader_cfg = LoaderConfig {
             batch_size: cfg.batch_size,
@@ -351,7 +251,7 @@ impl<B: AutodiffBackend> Trainer<B> {
         };
         while self.state.epoch < cfg.epochs && self.state.global_step < limit {
             let epoch = self.state.epoch;
-            let indices = ShardPlan::single(cfg.seed, epoch as u64, true).indices(self.train.len());
+            let indices = self.shard_plan(epoch).indices(self.train.len());
             let tf = Transform {
                 augment: cfg.data.augment.clone(),
                 norm: self.norm,
@@ -368,10 +268,9 @@ impl<B: AutodiffBackend> Trainer<B> {
             let mut waited = Instant::now();
             for batch in loader {
                 let data = waited.elapsed().as_secs_f64();
-                let lr = cfg
-                    .schedule
-                    .lr(cfg.optim.lr, self.state.global_step, spe, total);
-                let (loss, correct, mut timing) = self.train_step(&batch, lr, cfg.label_smoothing);
+                let lr = lr_at(self.state.global_step);
+                let (loss, correct, mut timing) =
+                    self.train_step(&batch, lr, cfg.label_smoothing)?;
                 timing.data = data;
                 let s = &mut self.state;
                 s.global_step += 1;
@@ -405,9 +304,21 @@ impl<B: AutodiffBackend> Trainer<B> {
             if self.state.batch_in_epoch < spe {
                 break; // stopped by max_steps inside the epoch
             }
-            self.finish_epoch(&cfg, spe, total, obs)?;
+            self.finish_epoch(&cfg, lr_at(self.state.global_step.saturating_sub(1)), obs)?;
         }
-        let final_eval = self.evaluate_test();
+        self.sync_replicas()?;
+        let final_eval = if self.parallel.is_some() {
+            // Each rank holds a slice of the evaluation and the coordinator sums the counts; a run
+            // that stopped inside an epoch reports that partial epoch with its evaluation.
+            if self.state.batch_in_epoch > 0 || self.state.history.is_empty() {
+                let counts =
+                    self.epoch_counts(false, lr_at(self.state.global_step.saturating_sub(1)));
+                obs.on_epoch_counts(&counts);
+            }
+            None
+        } else {
+            self.evaluate_test()
+        };
         if self.last_saved.as_ref().map(|(s, _)| *s) != Some(self.state.global_step) {
             self.checkpoint(obs)?;
         }
@@ -425,14 +336,45 @@ impl<B: AutodiffBackend> Trainer<B> {
         Ok(summary)
     }
 
+    /// Averages BatchNorm statistics over the replicas (no-op for a single process).
+    fn sync_replicas(&mut self) -> Result<(), TrainError> {
+        if let (Some(sync), Some(model)) = (self.parallel.as_mut(), self.model.as_mut()) {
+            sync_batchnorm(model, sync.as_mut())?;
+        }
+        Ok(())
+    }
+
+    /// This rank's counts for the epoch in progress, with its slice of the evaluation.
+    fn epoch_counts(&self, complete: bool, lr: f64) -> EpochCounts {
+        let s = &self.state;
+        EpochCounts {
+            epoch: s.epoch + 1,
+            step: s.global_step,
+            complete,
+            train_loss_sum: s.epoch_loss_sum,
+            train_correct: s.epoch_correct,
+            train_seen: s.epoch_seen,
+            seconds: s.epoch_seconds,
+            lr,
+            eval: if s.config.eval_each_epoch || !complete {
+                self.eval_counts()
+            } else {
+                None
+            },
+        }
+    }
+
     fn finish_epoch(
         &mut self,
         cfg: &TrainConfig,
-        spe: usize,
-        total: usize,
+        lr: f64,
         obs: &mut dyn TrainObserver,
     ) -> Result<(), TrainError> {
-        let test = if cfg.eval_each_epoch {
+        self.sync_replicas()?;
+        let test = if self.parallel.is_some() {
+            obs.on_epoch_counts(&self.epoch_counts(true, lr));
+            None // only the coordinator sees the whole evaluation
+        } else if cfg.eval_each_epoch {
             self.evaluate_test().map(|r| EvalSummary::from(&r))
         } else {
             None
@@ -443,9 +385,7 @@ impl<B: AutodiffBackend> Trainer<B> {
             step: s.global_step,
             train_loss: s.epoch_loss_sum / s.epoch_seen.max(1) as f64,
             train_accuracy: s.epoch_correct as f64 / s.epoch_seen.max(1) as f64,
-            lr: cfg
-                .schedule
-                .lr(cfg.optim.lr, s.global_step.saturating_sub(1), spe, total),
+            lr,
             test,
             seconds: s.epoch_seconds,
             images_per_sec: s.epoch_seen as f64 / s.epoch_seconds.max(1e-9),
@@ -469,7 +409,12 @@ impl<B: AutodiffBackend> Trainer<B> {
         Ok(())
     }
 
-    fn train_step(&mut self, batch: &Batch, lr: f64, smoothing: f64) -> (f64, usize, StepTiming) {
+    fn train_step(
+        &mut self,
+        batch: &Batch,
+        lr: f64,
+        smoothing: f64,
+    ) -> Result<(f64, usize, StepTiming), TrainError> {
         let k = self.train.classes.len();
         let t0 = Instant::now();
         let model = self.model.take().expect("model present between steps");
@@ -495,37 +440,51 @@ impl<B: AutodiffBackend> Trainer<B> {
             .filter(|(row, &l)| argmax(row) == l as usize)
             .count();
         let t1 = Instant::now();
-        let grads = loss.backward();
-        let grads = GradientsParams::from_grads(grads, &model);
+        let mut grads = GradientsParams::from_grads(loss.backward(), &model);
         let t2 = Instant::now();
-        self.model = Some(self.optim.step(lr, model, grads));
+        if let Some(sync) = self.parallel.as_mut() {
+            if let Err(e) = sync_gradients(&model, &mut grads, sync.as_mut(), &self.device) {
+                self.model = Some(model);
+                return Err(e);
+            }
+        }
         let t3 = Instant::now();
+        self.model = Some(self.optim.step(lr, model, grads));
+        let t4 = Instant::now();
         let timing = StepTiming {
             data: 0.0,
             forward: (t1 - t0).as_secs_f64(),
             backward: (t2 - t1).as_secs_f64(),
-            optimizer: (t3 - t2).as_secs_f64(),
+            allreduce: (t3 - t2).as_secs_f64(),
+            optimizer: (t4 - t3).as_secs_f64(),
         };
-        (loss_value as f64, correct, timing)
+        Ok((loss_value as f64, correct, timing))
     }
 
     /// Evaluates the current model on the test split (None when the split is empty).
     pub fn evaluate_test(&self) -> Option<EvalReport> {
+        self.eval_counts().map(|c| c.report(&self.test.classes))
+    }
+
+    /// Exact counts over this rank's slice of the test split: indices `rank, rank + world, ...`
+    /// (disjoint and unpadded, so the ranks' counts sum to the whole split).
+    fn eval_counts(&self) -> Option<EvalCounts> {
         if self.test.is_empty() {
             return None;
         }
         let cfg = &self.state.config;
+        let (rank, world) = self.rank_world();
         let model = self.model().valid();
-        let counts = evaluate(
+        let indices: Vec<usize> = (rank..self.test.len()).step_by(world).collect();
+        Some(evaluate(
             &model,
             self.test.clone(),
-            (0..self.test.len()).collect(),
+            indices,
             self.norm,
             cfg.eval_batch_size,
             cfg.loader_workers,
             &self.device,
-        );
-        Some(counts.report(&self.test.classes))
+        ))
     }
 
     /// Writes a checkpoint of the current state into `<out>/checkpoints` (no-op without `--out`).
@@ -537,9 +496,7 @@ impl<B: AutodiffBackend> Trainer<B> {
             model
                 .clone()
                 .save_file(d.join("model"), &recorder())
-                .map_err(|e| {
-                    TrainError::Checkpoint(format!("{}: cannot write model: {e}", d.display()))
-                })?;
+                .map_err(|e| ckpt_err(d, format!("cannot write model: {e}")))?;
             self.optim.save(&d.join("optim"))?;
             write_json_synced(&d.join("state.json"), &self.state)
         })?;
@@ -569,6 +526,5 @@ fn write_metrics(path: &Path, history: &[EpochRecord]) -> Result<(), TrainError>
         );
         text.push('\n');
     }
-    std::fs::write(path, text)
-        .map_err(|e| TrainError::Checkpoint(format!("{}: {e}", path.display())))
+    std::fs::write(path, text).map_err(|e| ckpt_err(path, e))
 }

@@ -1,0 +1,9 @@
+//! `coordinator`: the cluster's control plane (see `coordinator --help`).
+
+use clap::Parser;
+
+fn main() -> std::process::ExitCode {
+    let cli = resnet_cli::cluster::CoordinatorCli::parse();
+    resnet_cli::init_logging(&cli.log_format);
+    resnet_cli::exit(resnet_cli::cluster::run_coordinator(cli))
+}

@@ -1,0 +1,16 @@
+//! `resnet`: train, evaluate, inspect and benchmark ResNet image classifiers on one machine.
+
+use clap::Parser;
+use resnet_cli::{args, cmd_bench, cmd_eval, cmd_info, cmd_train};
+
+fn main() -> std::process::ExitCode {
+    let cli = args::Cli::parse();
+    resnet_cli::init_logging(&cli.log_format);
+    let result = match cli.command {
+        args::Command::Train(a) => cmd_train::run(*a),
+        args::Command::Eval(a) => cmd_eval::run(a),
+        args::Command::Info(a) => cmd_info::run(a),
+        args::Command::Bench(a) => cmd_bench::run(a),
+    };
+    resnet_cli::exit(result)
+}

@@ -1,0 +1,9 @@
+//! `worker`: one data-parallel replica (see `worker --help`).
+
+use clap::Parser;
+
+fn main() -> std::process::ExitCode {
+    let cli = resnet_cli::cluster::WorkerCli::parse();
+    resnet_cli::init_logging(&cli.log_format);
+    resnet_cli::exit(resnet_cli::cluster::run_worker_cli(cli))
+}

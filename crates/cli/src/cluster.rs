@@ -1,0 +1,296 @@
+//! `coordinator` and `worker`: the cluster's two binaries.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::Parser;
+use resnet_collective::memory::MemoryRing;
+use resnet_coordinator::{serve, Coordinator, CoordinatorConfig, RunSummary};
+use resnet_proto::GrpcControlPlane;
+use resnet_worker::{run_worker, Transport, WorkerOptions, WorkerResult};
+
+use crate::args::{DeviceArgs, RunArgs};
+use crate::device::{select, Selected};
+use crate::settings::resolve;
+
+/// The control plane: waits for `--workers` workers, assigns ranks, sends them the run
+/// configuration (the run flags below, as for `resnet train`) and the ring layout, collects
+/// exact per-epoch counts and ends with a summary. With `--local` the workers are threads of
+/// this process (in-memory ring).
+#[derive(Parser, Debug)]
+#[command(name = "coordinator", version)]
+pub struct CoordinatorCli {
+    /// Run parameters.
+    #[command(flatten)]
+    pub run: RunArgs,
+    /// Number of workers in the group.
+    #[arg(long, default_value_t = 1)]
+    pub workers: usize,
+    /// gRPC address to listen on (port 0 picks a free port; the chosen address is logged).
+    #[arg(long, default_value = "127.0.0.1:50051")]
+    pub listen: String,
+    /// Run the workers as threads of this process, on this machine's device.
+    #[arg(long)]
+    pub local: bool,
+    /// Seconds a joined worker waits for the rest of the group.
+    #[arg(long, default_value_t = 300)]
+    pub join_timeout: u64,
+    /// Seconds without a heartbeat after which a worker counts as dead and the run fails.
+    #[arg(long, default_value_t = 60)]
+    pub heartbeat_timeout: u64,
+    /// Directory for config.json, metrics.jsonl (one line per epoch) and summary.json.
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+    /// Print the summary as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+    /// Log format: human or json.
+    #[arg(long, default_value = "human", value_parser = ["human", "json"])]
+    pub log_format: String,
+    /// Device selection.
+    #[command(flatten)]
+    pub device: DeviceArgs,
+}
+
+/// A data-parallel replica: joins the coordinator at `--coordinator`, receives its rank and the
+/// run configuration, all-reduces gradients with its peers over TCP, and exits when the run ends.
+#[derive(Parser, Debug)]
+#[command(name = "worker", version)]
+pub struct WorkerCli {
+    /// Coordinator URL, e.g. http://10.0.0.5:50051.
+    #[arg(long, value_name = "URL")]
+    pub coordinator: String,
+    /// This worker's copy of the data (overrides the coordinator's data directory).
+    #[arg(long, value_name = "DIR")]
+    pub data: Option<PathBuf>,
+    /// Data-plane address for the gradient ring (port 0 picks a free port).
+    #[arg(long, default_value = "127.0.0.1:0")]
+    pub listen: String,
+    /// Address peers connect to, when --listen binds every interface (0.0.0.0).
+    #[arg(long)]
+    pub advertise: Option<String>,
+    /// Unique name [default: <hostname>-<pid>].
+    #[arg(long)]
+    pub worker_id: Option<String>,
+    /// Seconds to keep retrying an unreachable coordinator.
+    #[arg(long, default_value_t = 30)]
+    pub connect_timeout: u64,
+    /// Seconds an all-reduce may wait for a peer before the step fails.
+    #[arg(long, default_value_t = 120)]
+    pub collective_timeout: u64,
+    /// Print the result as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+    /// Log format: human or json.
+    #[arg(long, default_value = "human", value_parser = ["human", "json"])]
+    pub log_format: String,
+    /// Device selection.
+    #[command(flatten)]
+    pub device: DeviceArgs,
+}
+
+fn device_name(sel: Selected) -> String {
+    match sel {
+        Selected::Cpu => "cpu".into(),
+        #[cfg(feature = "cuda")]
+        Selected::Gpu(n) => format!("cuda:{n}"),
+    }
+}
+
+fn default_worker_id() -> String {
+    let host = std::fs::read_to_string("/etc/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "worker".into());
+    format!("{host}-{}", std::process::id())
+}
+
+/// Runs `coordinator`.
+pub fn run_coordinator(a: CoordinatorCli) -> Result<()> {
+    let sel = select(&a.device)?;
+    let mut run = resolve(&a.run)?;
+    run.model.num_classes = match run.data.dataset {
+        resnet_data::DatasetKind::Cifar100 => 100,
+        _ => run.model.num_classes,
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let listen = if a.local {
+        "127.0.0.1:0".to_string()
+    } else {
+        a.listen.clone()
+    };
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind(&listen))
+        .with_context(|| format!("--listen {listen}"))?;
+    let addr = listener.local_addr()?;
+    if let Some(o) = &a.out {
+        std::fs::create_dir_all(o).with_context(|| format!("--out {}", o.display()))?;
+        std::fs::write(o.join("config.json"), serde_json::to_vec_pretty(&run)?)?;
+    }
+    let coord = Arc::new(
+        Coordinator::new(CoordinatorConfig {
+            workers: a.workers,
+            join_timeout: Duration::from_secs(a.join_timeout),
+            heartbeat_timeout: Duration::from_secs(a.heartbeat_timeout),
+            run,
+            out: a.out.clone(),
+            fingerprint: resnet_proto::fingerprint(),
+        })
+        .map_err(anyhow::Error::msg)?,
+    );
+    tracing::info!(%addr, workers = a.workers, local = a.local, "coordinator listening");
+    eprintln!(
+        "coordinator listening on {addr}, waiting for {} worker(s)",
+        a.workers
+    );
+    let server = rt.spawn(serve(coord.clone(), listener));
+    if a.local {
+        let results = run_local_workers(sel, a.workers, &format!("http://{addr}"));
+        if let Err(e) = results {
+            coord.fail(format!("local worker failed: {e:#}"));
+            let _ = rt.block_on(server);
+            return Err(e);
+        }
+    }
+    rt.block_on(server)
+        .context("coordinator server task")?
+        .map_err(anyhow::Error::msg)?;
+    let summary = coord.summary().ok_or_else(|| {
+        anyhow::anyhow!(
+            "{}",
+            coord
+                .failure()
+                .unwrap_or_else(|| "run ended without a summary".into())
+        )
+    })?;
+    print_summary(&summary, a.json)?;
+    if !summary.replicas_identical {
+        bail!(
+            "replicas ended with different parameters: {:?}",
+            summary.param_hashes
+        );
+    }
+    Ok(())
+}
+
+fn run_local_workers(sel: Selected, n: usize, url: &str) -> Result<Vec<WorkerResult>> {
+    let table = Arc::new(Mutex::new(
+        MemoryRing::group(n, Duration::from_secs(300))
+            .into_iter()
+            .map(Some)
+            .collect::<Vec<_>>(),
+    ));
+    let handles: Vec<_> = (0..n)
+        .map(|i| {
+            let (table, url) = (table.clone(), url.to_string());
+            std::thread::Builder::new()
+                .name(format!("worker-{i}"))
+                .spawn(move || -> Result<WorkerResult> {
+                    let mut control = GrpcControlPlane::connect(&url, Duration::from_secs(10))?;
+                    let beats = GrpcControlPlane::connect(&url, Duration::from_secs(10))?;
+                    let opts = WorkerOptions {
+                        worker_id: format!("local-{i}"),
+                        data_dir: None,
+                        device: device_name(sel),
+                        collective_timeout: Duration::from_secs(300),
+                        heartbeat_every: Duration::from_secs(2),
+                    };
+                    let r = crate::with_train_backend!(sel, |B, device| run_worker::<B>(
+                        &mut control,
+                        Some(Box::new(beats)),
+                        Transport::Memory(table),
+                        &opts,
+                        device
+                    )?);
+                    Ok(r)
+                })
+                .map_err(anyhow::Error::from)
+        })
+        .collect::<Result<_>>()?;
+    handles
+        .into_iter()
+        .map(|h| {
+            h.join()
+                .map_err(|_| anyhow::anyhow!("a worker thread panicked"))?
+        })
+        .collect()
+}
+
+fn print_summary(s: &RunSummary, json: bool) -> Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(s)?);
+        return Ok(());
+    }
+    println!("workers      {} (generation {})", s.world, s.generation);
+    println!("steps        {}", s.steps);
+    for e in &s.epochs {
+        let test = e
+            .test
+            .as_ref()
+            .map(|t| format!(", test acc {:.4} top-5 {:.4}", t.accuracy, t.top5))
+            .unwrap_or_default();
+        println!(
+            "epoch {:>4}   train loss {:.4} acc {:.4}, {:.0} img/s{test}{}",
+            e.epoch,
+            e.train_loss,
+            e.train_accuracy,
+            e.images_per_sec,
+            if e.complete { "" } else { " (partial)" }
+        );
+    }
+    println!(
+        "replicas     {}",
+        if s.replicas_identical {
+            "identical"
+        } else {
+            "DIFFER"
+        }
+    );
+    println!(
+        "param hash   {}",
+        s.param_hashes.first().map(String::as_str).unwrap_or("-")
+    );
+    Ok(())
+}
+
+/// Runs `worker`.
+pub fn run_worker_cli(a: WorkerCli) -> Result<()> {
+    let sel = select(&a.device)?;
+    let timeout = Duration::from_secs(a.connect_timeout);
+    let mut control = GrpcControlPlane::connect(&a.coordinator, timeout)?;
+    let beats = GrpcControlPlane::connect(&a.coordinator, timeout)?;
+    let opts = WorkerOptions {
+        worker_id: a.worker_id.clone().unwrap_or_else(default_worker_id),
+        data_dir: a.data.clone(),
+        device: device_name(sel),
+        collective_timeout: Duration::from_secs(a.collective_timeout),
+        heartbeat_every: Duration::from_secs(2),
+    };
+    let transport = Transport::Tcp {
+        listen: a.listen.clone(),
+        advertise: a.advertise.clone(),
+    };
+    let r = crate::with_train_backend!(sel, |B, device| run_worker::<B>(
+        &mut control,
+        Some(Box::new(beats)),
+        transport,
+        &opts,
+        device
+    )?);
+    if a.json {
+        println!(
+            "{}",
+            serde_json::json!({"rank": r.rank, "world": r.world, "steps": r.steps, "param_hash": r.param_hash})
+        );
+    } else {
+        println!(
+            "rank {} of {}: {} steps, param hash {}",
+            r.rank, r.world, r.steps, r.param_hash
+        );
+    }
+    Ok(())
+}

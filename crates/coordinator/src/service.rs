@@ -1,0 +1,125 @@
+//! The gRPC face of [`Coordinator`]: converts types, maps refusals to status codes, logs.
+
+use std::sync::Arc;
+
+use resnet_proto::v1;
+use resnet_proto::v1::coordinator_server::Coordinator as CoordinatorRpc;
+use tonic::{Request, Response, Status};
+
+use crate::state::{Coordinator, Refusal};
+
+/// tonic service over a shared [`Coordinator`].
+pub struct CoordinatorService(pub Arc<Coordinator>);
+
+fn status(method: &str, r: Refusal) -> Status {
+    tracing::warn!(method, reason = %r, "request refused");
+    match r {
+        Refusal::Incompatible(m) | Refusal::NotJoinable(m) => Status::failed_precondition(m),
+        Refusal::Unknown(m) => Status::not_found(m),
+        Refusal::Invalid(m) => Status::invalid_argument(m),
+        Refusal::Timeout(m) => Status::deadline_exceeded(m),
+    }
+}
+
+#[tonic::async_trait]
+impl CoordinatorRpc for CoordinatorService {
+    async fn join(
+        &self,
+        req: Request<v1::JoinRequest>,
+    ) -> Result<Response<v1::JoinResponse>, Status> {
+        let peer = req.remote_addr().map(|a| a.to_string()).unwrap_or_default();
+        tracing::debug!(%peer, "join request");
+        let a = self
+            .0
+            .join(req.into_inner().into())
+            .await
+            .map_err(|r| status("Join", r))?;
+        Ok(Response::new(a.into()))
+    }
+
+    async fn heartbeat(
+        &self,
+        req: Request<v1::HeartbeatRequest>,
+    ) -> Result<Response<v1::HeartbeatResponse>, Status> {
+        let stop = self
+            .0
+            .heartbeat(req.into_inner().into())
+            .map_err(|r| status("Heartbeat", r))?;
+        Ok(Response::new(v1::HeartbeatResponse { stop }))
+    }
+
+    async fn report_epoch(
+        &self,
+        req: Request<v1::EpochReport>,
+    ) -> Result<Response<v1::Ack>, Status> {
+        self.0
+            .report_epoch(req.into_inner().into())
+            .map_err(|r| status("ReportEpoch", r))?;
+        Ok(Response::new(v1::Ack {}))
+    }
+
+    async fn finish(&self, req: Request<v1::FinishRequest>) -> Result<Response<v1::Ack>, Status> {
+        self.0
+            .finish(req.into_inner().into())
+            .map_err(|r| status("Finish", r))?;
+        Ok(Response::new(v1::Ack {}))
+    }
+}
+
+/// Serves the coordinator, gRPC health (`grpc.health.v1`) and reflection on `listener` until
+/// the run finishes, then shuts down gracefully (in-flight responses complete).
+pub async fn serve(
+    coord: Arc<Coordinator>,
+    listener: tokio::net::TcpListener,
+) -> Result<(), String> {
+    let (mut reporter, health) = tonic_health::server::health_reporter();
+    reporter
+        .set_serving::<v1::coordinator_server::CoordinatorServer<CoordinatorService>>()
+        .await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(v1::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| e.to_string())?;
+    let svc = v1::coordinator_server::CoordinatorServer::new(CoordinatorService(coord.clone()))
+        .max_decoding_message_size(16 << 20);
+    let done = coord.clone();
+    let progress = tokio::spawn(log_progress(coord.clone()));
+    let incoming = tokio_stream_from(listener);
+    let result = tonic::transport::Server::builder()
+        .add_service(health)
+        .add_service(reflection)
+        .add_service(svc)
+        .serve_with_incoming_shutdown(incoming, async move {
+            done.wait_finished().await;
+            // Let the last Finish response reach its worker before the listener closes.
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        })
+        .await
+        .map_err(|e| e.to_string());
+    progress.abort();
+    result
+}
+
+fn tokio_stream_from(
+    listener: tokio::net::TcpListener,
+) -> tokio_stream::wrappers::TcpListenerStream {
+    tokio_stream::wrappers::TcpListenerStream::new(listener)
+}
+
+/// Checks liveness every second and logs a progress line every 10 s while training: each
+/// worker's step, loss, throughput and how long it has been silent.
+async fn log_progress(coord: Arc<Coordinator>) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+    let mut n = 0u64;
+    loop {
+        tick.tick().await;
+        coord.check_liveness();
+        n += 1;
+        if coord.phase() != crate::state::Phase::Running || n % 10 != 0 {
+            continue;
+        }
+        for (id, step, loss, ips, silent) in coord.progress() {
+            tracing::info!(worker = %id, step, loss = format!("{loss:.4}"), images_per_sec = format!("{ips:.0}"), silent_s = format!("{silent:.1}"), "progress");
+        }
+    }
+}

@@ -1,0 +1,509 @@
+//! Membership, rendezvous and progress: the coordinator's logic, independent of gRPC so it can
+//! be driven in-process by tests. The service layer only converts types.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use resnet_proto::{Assignment, EpochReport, Finish, Heartbeat, JoinRequest, PROTOCOL_VERSION};
+use resnet_train::TrainConfig;
+use tokio::sync::watch;
+
+use crate::summary::{merge_epoch, ClusterEpoch, RunSummary};
+
+/// Why a request was refused; the service maps these to gRPC status codes.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum Refusal {
+    /// Incompatible build or protocol (FAILED_PRECONDITION).
+    #[error("{0}")]
+    Incompatible(String),
+    /// The run cannot take this worker now (FAILED_PRECONDITION / RESOURCE_EXHAUSTED).
+    #[error("{0}")]
+    NotJoinable(String),
+    /// Unknown worker, wrong rank or stale generation (NOT_FOUND / FAILED_PRECONDITION).
+    #[error("{0}")]
+    Unknown(String),
+    /// A malformed field (INVALID_ARGUMENT).
+    #[error("{0}")]
+    Invalid(String),
+    /// Rendezvous did not complete in time (DEADLINE_EXCEEDED).
+    #[error("{0}")]
+    Timeout(String),
+}
+
+/// Where the run is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Waiting for workers to join.
+    Waiting,
+    /// All workers joined; training.
+    Running,
+    /// Every worker finished.
+    Finished,
+    /// The run cannot complete (a worker died or failed); see [`Coordinator::failure`].
+    Failed,
+}
+
+/// Coordinator settings.
+#[derive(Debug, Clone)]
+pub struct CoordinatorConfig {
+    /// Workers the run needs.
+    pub workers: usize,
+    /// How long a joined worker waits for the rest of the group.
+    pub join_timeout: Duration,
+    /// Silence after which a training worker counts as dead.
+    pub heartbeat_timeout: Duration,
+    /// The run configuration every worker receives.
+    pub run: TrainConfig,
+    /// Where `metrics.jsonl`, `config.json` and `summary.json` go.
+    pub out: Option<PathBuf>,
+    /// The build fingerprint workers must match.
+    pub fingerprint: String,
+}
+
+#[derive(Debug, Clone)]
+struct Member {
+    worker_id: String,
+    data_addr: String,
+    device: String,
+    last_seen: Instant,
+    step: u64,
+    loss: f64,
+    images_per_sec: f64,
+}
+
+#[derive(Default)]
+struct Inner {
+    members: Vec<Member>,
+    generation: u64,
+    reports: BTreeMap<u32, Vec<Option<EpochReport>>>,
+    partial: BTreeMap<u32, Vec<Option<EpochReport>>>,
+    epochs: Vec<ClusterEpoch>,
+    finished: Vec<Option<Finish>>,
+    summary: Option<RunSummary>,
+    failure: Option<String>,
+}
+
+/// The coordinator's state. Cheap to share (`Arc`).
+pub struct Coordinator {
+    cfg: CoordinatorConfig,
+    run_json: String,
+    classes: Vec<String>,
+    inner: Mutex<Inner>,
+    phase: watch::Sender<Phase>,
+}
+
+fn class_names(cfg: &TrainConfig) -> Vec<String> {
+    use resnet_data::DatasetKind as K;
+    match cfg.data.dataset {
+        K::Cifar10 => resnet_data::CIFAR10_CLASSES
+            .iter()
+            .map(|s| s.to_string())
+            .collect(),
+        K::Synthetic => resnet_data::SYNTHETIC_CLASSES
+            .iter()
+            .map(|s| s.to_string())
+            .collect(),
+        _ => (0..cfg.model.num_classes).map(|i| i.to_string()).collect(),
+    }
+}
+
+impl Coordinator {
+    /// A coordinator waiting for `cfg.workers` workers.
+    pub fn new(cfg: CoordinatorConfig) -> Result<Self, String> {
+        if cfg.workers == 0 {
+            return Err("--workers must be at least 1".into());
+        }
+        cfg.run.validate().map_err(|e| e.to_string())?;
+        let run_json = serde_json::to_string(&cfg.run).map_err(|e| e.to_string())?;
+        let (phase, _) = watch::channel(Phase::Waiting);
+        Ok(Self {
+            classes: class_names(&cfg.run),
+            cfg,
+            run_json,
+            inner: Mutex::new(Inner::default()),
+            phase,
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Current phase.
+    pub fn phase(&self) -> Phase {
+        *self.phase.borrow()
+    }
+
+    /// Waits until the run has finished or failed.
+    pub async fn wait_finished(&self) {
+        let mut rx = self.phase.subscribe();
+        let _ = rx
+            .wait_for(|p| matches!(p, Phase::Finished | Phase::Failed))
+            .await;
+    }
+
+    /// Ends the run as failed with `reason` (logged; reported by [`failure`](Self::failure)).
+    pub fn fail(&self, reason: String) {
+        let mut inner = self.lock();
+        if inner.failure.is_none() && self.phase() != Phase::Finished {
+            tracing::error!(%reason, "run failed");
+            inner.failure = Some(reason);
+            self.phase.send_replace(Phase::Failed);
+        }
+    }
+
+    /// Why the run failed, if it did.
+    pub fn failure(&self) -> Option<String> {
+        self.lock().failure.clone()
+    }
+
+    /// Fails the run if a training worker has been silent longer than the heartbeat timeout.
+    /// (Fault tolerance — dropping the worker and re-forming the group — replaces this.)
+    pub fn check_liveness(&self) {
+        if self.phase() != Phase::Running {
+            return;
+        }
+        let silent = {
+            let inner = self.lock();
+            inner
+                .members
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| inner.finished.get(*i).is_some_and(Option::is_none))
+                .find(|(_, m)| m.last_seen.elapsed() > self.cfg.heartbeat_timeout)
+                .map(|(i, m)| {
+                    format!(
+                        "worker '{}' (rank {i}) sent no heartbeat for {:.0?}",
+                        m.worker_id,
+                        m.last_seen.elapsed()
+                    )
+                })
+        };
+        if let Some(reason) = silent {
+            self.fail(reason);
+        }
+    }
+
+    /// The summary, once every worker finished.
+    pub fn summary(&self) -> Option<RunSummary> {
+        self.lock().summary.clone()
+    }
+
+    fn check_join(&self, req: &JoinRequest) -> Result<(), Refusal> {
+        if req.protocol_version != PROTOCOL_VERSION {
+            return Err(Refusal::Incompatible(format!(
+                "worker '{}' speaks protocol v{}, this coordinator speaks v{PROTOCOL_VERSION}",
+                req.worker_id, req.protocol_version
+            )));
+        }
+        if req.fingerprint != self.cfg.fingerprint {
+            return Err(Refusal::Incompatible(format!(
+                "worker '{}' build fingerprint '{}' does not match the coordinator's '{}'",
+                req.worker_id, req.fingerprint, self.cfg.fingerprint
+            )));
+        }
+        if req.worker_id.is_empty() || req.worker_id.len() > 256 {
+            return Err(Refusal::Invalid(
+                "worker_id must be 1..256 characters".into(),
+            ));
+        }
+        if req.data_addr.is_empty() || !req.data_addr.contains(':') || req.data_addr.len() > 256 {
+            return Err(Refusal::Invalid(format!(
+                "data_addr '{}' is not host:port",
+                req.data_addr
+            )));
+        }
+        Ok(())
+    }
+
+    /// Rendezvous. Registers the worker, and once `workers` have joined, answers every one of
+    /// them with its rank and the group. A worker whose request is dropped before that (its
+    /// connection closed) is removed again, so it never receives a rank.
+    pub async fn join(&self, req: JoinRequest) -> Result<Assignment, Refusal> {
+        self.check_join(&req)?;
+        {
+            let mut inner = self.lock();
+            match self.phase() {
+                Phase::Waiting => {}
+                Phase::Running => {
+                    return Err(Refusal::NotJoinable(format!(
+                        "the run already has its {} workers and is training (generation {})",
+                        self.cfg.workers, inner.generation
+                    )))
+                }
+                Phase::Finished | Phase::Failed => {
+                    return Err(Refusal::NotJoinable("the run has ended".into()))
+                }
+            }
+            if inner.members.iter().any(|m| m.worker_id == req.worker_id) {
+                return Err(Refusal::NotJoinable(format!(
+                    "a worker named '{}' already joined",
+                    req.worker_id
+                )));
+            }
+            inner.members.push(Member {
+                worker_id: req.worker_id.clone(),
+                data_addr: req.data_addr.clone(),
+                device: req.device.clone(),
+                last_seen: Instant::now(),
+                step: 0,
+                loss: f64::NAN,
+                images_per_sec: 0.0,
+            });
+            tracing::info!(worker = %req.worker_id, device = %req.device, data_addr = %req.data_addr, joined = inner.members.len(), of = self.cfg.workers, "worker joined");
+            if inner.members.len() == self.cfg.workers {
+                inner.generation += 1;
+                let n = self.cfg.workers;
+                inner.finished = vec![None; n];
+                let now = Instant::now();
+                inner.members.iter_mut().for_each(|m| m.last_seen = now);
+                tracing::info!(
+                    generation = inner.generation,
+                    world = n,
+                    "group complete, training starts"
+                );
+                self.phase.send_replace(Phase::Running);
+            }
+        }
+        let guard = LeaveOnDrop {
+            coord: self,
+            worker_id: Some(req.worker_id.clone()),
+        };
+        let mut rx = self.phase.subscribe();
+        let waited =
+            tokio::time::timeout(self.cfg.join_timeout, rx.wait_for(|p| *p != Phase::Waiting))
+                .await;
+        let mut guard = guard;
+        if waited.is_err() {
+            let joined = self.lock().members.len();
+            drop(guard); // removes this worker
+            return Err(Refusal::Timeout(format!(
+                "rendezvous timed out after {:?}: {joined} of {} workers joined",
+                self.cfg.join_timeout, self.cfg.workers
+            )));
+        }
+        guard.worker_id = None;
+        let inner = self.lock();
+        let rank = inner
+            .members
+            .iter()
+            .position(|m| m.worker_id == req.worker_id)
+            .ok_or_else(|| Refusal::Unknown("worker left during rendezvous".into()))?;
+        Ok(Assignment {
+            rank,
+            world: inner.members.len(),
+            generation: inner.generation,
+            run_config_json: self.run_json.clone(),
+            peers: inner.members.iter().map(|m| m.data_addr.clone()).collect(),
+        })
+    }
+
+    fn member(
+        &self,
+        inner: &Inner,
+        worker_id: &str,
+        rank: usize,
+        generation: u64,
+    ) -> Result<usize, Refusal> {
+        let idx = inner
+            .members
+            .iter()
+            .position(|m| m.worker_id == worker_id)
+            .ok_or_else(|| Refusal::Unknown(format!("unknown worker '{worker_id}'")))?;
+        if idx != rank {
+            return Err(Refusal::Unknown(format!(
+                "worker '{worker_id}' has rank {idx}, not {rank}"
+            )));
+        }
+        if generation != inner.generation {
+            return Err(Refusal::Unknown(format!(
+                "stale generation {generation} from '{worker_id}' (current {})",
+                inner.generation
+            )));
+        }
+        Ok(idx)
+    }
+
+    /// Records liveness and progress. Returns whether the worker should stop.
+    pub fn heartbeat(&self, hb: Heartbeat) -> Result<bool, Refusal> {
+        let mut inner = self.lock();
+        let idx = self.member(&inner, &hb.worker_id, hb.rank, hb.generation)?;
+        let m = &mut inner.members[idx];
+        m.last_seen = Instant::now();
+        m.step = hb.step;
+        m.loss = hb.loss;
+        m.images_per_sec = hb.images_per_sec;
+        Ok(false)
+    }
+
+    /// Stores one rank's epoch counts; when every rank has reported the epoch, logs and records
+    /// the cluster's epoch.
+    pub fn report_epoch(&self, r: EpochReport) -> Result<(), Refusal> {
+        let complete = r.complete;
+        let mut inner = self.lock();
+        let idx = self.member(&inner, &r.worker_id, r.rank, r.generation)?;
+        let k = r.num_classes;
+        if !r.confusion.is_empty() && (k == 0 || k > 10_000 || r.confusion.len() != k * k) {
+            return Err(Refusal::Invalid(format!(
+                "confusion has {} entries, expected num_classes^2 = {}",
+                r.confusion.len(),
+                k * k
+            )));
+        }
+        let n = self.cfg.workers;
+        let epoch = r.epoch;
+        let table = if complete {
+            &mut inner.reports
+        } else {
+            &mut inner.partial
+        };
+        let slot = table.entry(epoch).or_insert_with(|| vec![None; n]);
+        slot[idx] = Some(r);
+        if slot.iter().all(Option::is_some) {
+            let reports: Vec<EpochReport> = slot.iter().flatten().cloned().collect();
+            let merged = merge_epoch(&reports, complete, &self.classes);
+            log_epoch(&merged);
+            inner.epochs.push(merged);
+            if let Some(out) = &self.cfg.out {
+                write_lines(&out.join("metrics.jsonl"), &inner.epochs);
+            }
+        }
+        Ok(())
+    }
+
+    /// Records a finished worker; the last one completes the run.
+    pub fn finish(&self, f: Finish) -> Result<(), Refusal> {
+        let mut inner = self.lock();
+        let idx = self.member(&inner, &f.worker_id, f.rank, f.generation)?;
+        tracing::info!(worker = %f.worker_id, rank = idx, steps = f.steps, param_hash = %f.param_hash, "worker finished");
+        inner.finished[idx] = Some(f);
+        if inner.finished.iter().all(Option::is_some) {
+            let hashes: Vec<String> = inner
+                .finished
+                .iter()
+                .flatten()
+                .map(|f| f.param_hash.clone())
+                .collect();
+            let summary = RunSummary {
+                world: inner.members.len(),
+                generation: inner.generation,
+                steps: inner
+                    .finished
+                    .iter()
+                    .flatten()
+                    .map(|f| f.steps)
+                    .max()
+                    .unwrap_or(0),
+                epochs: inner.epochs.clone(),
+                replicas_identical: hashes.iter().all(|h| h == &hashes[0]),
+                param_hashes: hashes,
+                final_eval: inner.epochs.iter().rev().find_map(|e| e.test.clone()),
+            };
+            if let Some(out) = &self.cfg.out {
+                write_json(&out.join("summary.json"), &summary);
+            }
+            inner.summary = Some(summary);
+            self.phase.send_replace(Phase::Finished);
+        }
+        Ok(())
+    }
+
+    /// Per-worker progress for logs: (worker id, step, loss, images/s, seconds since heard from).
+    pub fn progress(&self) -> Vec<(String, u64, f64, f64, f64)> {
+        self.lock()
+            .members
+            .iter()
+            .map(|m| {
+                (
+                    m.worker_id.clone(),
+                    m.step,
+                    m.loss,
+                    m.images_per_sec,
+                    m.last_seen.elapsed().as_secs_f64(),
+                )
+            })
+            .collect()
+    }
+
+    /// Workers joined so far and their devices.
+    pub fn members(&self) -> Vec<(String, String)> {
+        self.lock()
+            .members
+            .iter()
+            .map(|m| (m.worker_id.clone(), m.device.clone()))
+            .collect()
+    }
+
+    fn leave(&self, worker_id: &str) {
+        let mut inner = self.lock();
+        if self.phase() == Phase::Waiting {
+            inner.members.retain(|m| m.worker_id != worker_id);
+            tracing::warn!(
+                worker = worker_id,
+                joined = inner.members.len(),
+                "worker left before the group was complete"
+            );
+        }
+    }
+}
+
+/// Removes a joining worker if its request ends before the group is complete.
+struct LeaveOnDrop<'a> {
+    coord: &'a Coordinator,
+    worker_id: Option<String>,
+}
+
+impl Drop for LeaveOnDrop<'_> {
+    fn drop(&mut self) {
+        if let Some(id) = self.worker_id.take() {
+            self.coord.leave(&id);
+        }
+    }
+}
+
+fn log_epoch(e: &ClusterEpoch) {
+    let test = e
+        .test
+        .as_ref()
+        .map(|t| {
+            format!(
+                " | test acc {:.4} top5 {:.4} loss {:.4} ({} images)",
+                t.accuracy, t.top5, t.loss, t.samples
+            )
+        })
+        .unwrap_or_default();
+    let what = if e.complete { "epoch" } else { "partial epoch" };
+    tracing::info!(
+        "{what} {} step {} | train loss {:.4} acc {:.4} | lr {:.5} | {:.0} img/s{test}",
+        e.epoch,
+        e.step,
+        e.train_loss,
+        e.train_accuracy,
+        e.lr,
+        e.images_per_sec
+    );
+}
+
+fn write_lines(path: &std::path::Path, epochs: &[ClusterEpoch]) {
+    let text: String = epochs
+        .iter()
+        .filter_map(|e| serde_json::to_string(e).ok())
+        .map(|l| l + "\n")
+        .collect();
+    if let Err(e) = std::fs::write(path, text) {
+        tracing::error!(path = %path.display(), error = %e, "cannot write metrics");
+    }
+}
+
+fn write_json<T: serde::Serialize>(path: &std::path::Path, v: &T) {
+    match serde_json::to_vec_pretty(v) {
+        Ok(bytes) => {
+            if let Err(e) = std::fs::write(path, bytes) {
+                tracing::error!(path = %path.display(), error = %e, "cannot write summary");
+            }
+        }
+        Err(e) => tracing::error!(error = %e, "cannot serialise summary"),
+    }
+}

@@ -1,0 +1,80 @@
+//! Turning the ranks' exact counts into the cluster's epoch records and run summary.
+
+use resnet_proto::EpochReport;
+use resnet_train::{EvalCounts, EvalReport};
+use serde::{Deserialize, Serialize};
+
+/// One epoch of the whole cluster (all ranks' counts summed).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClusterEpoch {
+    /// 1-based epoch.
+    pub epoch: u32,
+    /// Global step at its end.
+    pub step: u64,
+    /// False for the partial epoch of a run stopped by `max_steps`.
+    pub complete: bool,
+    /// Mean training loss over every rank's images.
+    pub train_loss: f64,
+    /// Training accuracy over every rank's images.
+    pub train_accuracy: f64,
+    /// LR of the last step.
+    pub lr: f64,
+    /// Training images per second of the whole cluster (slowest rank's time).
+    pub images_per_sec: f64,
+    /// Evaluation over the whole test split, from exact counts.
+    pub test: Option<EvalReport>,
+}
+
+/// Sums the reports of all ranks for one epoch. `classes` names the confusion rows.
+pub fn merge_epoch(reports: &[EpochReport], complete: bool, classes: &[String]) -> ClusterEpoch {
+    let seen: u64 = reports.iter().map(|r| r.train_seen).sum();
+    let correct: u64 = reports.iter().map(|r| r.train_correct).sum();
+    let loss: f64 = reports.iter().map(|r| r.train_loss_sum).sum();
+    let slowest = reports.iter().map(|r| r.train_seconds).fold(0.0, f64::max);
+    let k = reports.first().map_or(0, |r| r.num_classes);
+    let test = reports
+        .iter()
+        .all(|r| r.confusion.len() == k * k && k > 0)
+        .then(|| {
+            let mut total = EvalCounts::new(k);
+            for r in reports {
+                let counts = EvalCounts {
+                    confusion: r.confusion.chunks(k).map(|row| row.to_vec()).collect(),
+                    top5_correct: r.top5_correct,
+                    loss_sum: r.eval_loss_sum,
+                };
+                total.merge(&counts);
+            }
+            total.report(classes)
+        });
+    let first = &reports[0];
+    ClusterEpoch {
+        epoch: first.epoch,
+        step: reports.iter().map(|r| r.step).max().unwrap_or(0),
+        complete,
+        train_loss: loss / seen.max(1) as f64,
+        train_accuracy: correct as f64 / seen.max(1) as f64,
+        lr: first.lr,
+        images_per_sec: seen as f64 / slowest.max(1e-9),
+        test,
+    }
+}
+
+/// What the coordinator prints and writes when a run ends.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunSummary {
+    /// Number of workers.
+    pub world: usize,
+    /// Final group generation.
+    pub generation: u64,
+    /// Steps completed (every rank runs the same number).
+    pub steps: u64,
+    /// Epoch records.
+    pub epochs: Vec<ClusterEpoch>,
+    /// Each rank's final parameter hash, by rank.
+    pub param_hashes: Vec<String>,
+    /// True when every rank ended with bit-identical parameters and BatchNorm statistics.
+    pub replicas_identical: bool,
+    /// The last evaluation (accuracy etc. over the whole test split).
+    pub final_eval: Option<EvalReport>,
+}

@@ -1,0 +1,104 @@
+//! The gRPC implementation of [`ControlPlane`], with connection retry and backoff.
+
+use std::time::{Duration, Instant};
+
+use tonic::transport::{Channel, Endpoint};
+
+use crate::domain::{
+    Assignment, ControlError, ControlPlane, EpochReport, Finish, Heartbeat, JoinRequest,
+};
+use crate::v1::coordinator_client::CoordinatorClient;
+
+/// A blocking gRPC client; owns a small runtime so callers stay synchronous.
+pub struct GrpcControlPlane {
+    rt: tokio::runtime::Runtime,
+    client: CoordinatorClient<Channel>,
+    url: String,
+}
+
+fn status(url: &str, what: &str, s: tonic::Status) -> ControlError {
+    ControlError(format!(
+        "coordinator {url}: {what} refused: {} ({:?})",
+        s.message(),
+        s.code()
+    ))
+}
+
+impl GrpcControlPlane {
+    /// Connects to `url` (e.g. `http://127.0.0.1:50051`), retrying with exponential backoff
+    /// (100 ms doubling to 2 s) until `timeout`; the error names the address, the attempts and
+    /// the last failure.
+    pub fn connect(url: &str, timeout: Duration) -> Result<Self, ControlError> {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .map_err(|e| ControlError(format!("cannot start the gRPC runtime: {e}")))?;
+        let endpoint = Endpoint::from_shared(url.to_string())
+            .map_err(|e| {
+                ControlError(format!(
+                    "invalid coordinator address '{url}': {e} (expected e.g. http://host:50051)"
+                ))
+            })?
+            .connect_timeout(Duration::from_secs(2));
+        let deadline = Instant::now() + timeout;
+        let mut delay = Duration::from_millis(100);
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            match rt.block_on(endpoint.connect()) {
+                Ok(channel) => {
+                    let client =
+                        CoordinatorClient::new(channel).max_decoding_message_size(16 << 20);
+                    return Ok(Self {
+                        rt,
+                        client,
+                        url: url.to_string(),
+                    });
+                }
+                Err(e) if Instant::now() + delay < deadline => {
+                    tracing::info!(coordinator = url, attempt = attempts, error = %e, "coordinator not reachable yet, retrying");
+                    std::thread::sleep(delay);
+                    delay = (delay * 2).min(Duration::from_secs(2));
+                }
+                Err(e) => {
+                    return Err(ControlError(format!(
+                        "cannot reach coordinator at {url} after {:.0?} ({attempts} attempts): {e}",
+                        timeout
+                    )))
+                }
+            }
+        }
+    }
+}
+
+impl ControlPlane for GrpcControlPlane {
+    fn join(&mut self, req: JoinRequest) -> Result<Assignment, ControlError> {
+        let r = self
+            .rt
+            .block_on(self.client.join(crate::v1::JoinRequest::from(req)));
+        r.map(|r| r.into_inner().into())
+            .map_err(|s| status(&self.url, "join", s))
+    }
+    fn heartbeat(&mut self, hb: Heartbeat) -> Result<bool, ControlError> {
+        let r = self
+            .rt
+            .block_on(self.client.heartbeat(crate::v1::HeartbeatRequest::from(hb)));
+        r.map(|r| r.into_inner().stop)
+            .map_err(|s| status(&self.url, "heartbeat", s))
+    }
+    fn report_epoch(&mut self, report: EpochReport) -> Result<(), ControlError> {
+        let r = self.rt.block_on(
+            self.client
+                .report_epoch(crate::v1::EpochReport::from(report)),
+        );
+        r.map(|_| ())
+            .map_err(|s| status(&self.url, "epoch report", s))
+    }
+    fn finish(&mut self, f: Finish) -> Result<(), ControlError> {
+        let r = self
+            .rt
+            .block_on(self.client.finish(crate::v1::FinishRequest::from(f)));
+        r.map(|_| ()).map_err(|s| status(&self.url, "finish", s))
+    }
+}

@@ -1,0 +1,253 @@
+//! Domain types of the control plane and their conversions. Training code uses these; prost
+//! structs stay inside this crate and the gRPC service.
+
+use crate::v1;
+
+/// What a worker says when it joins.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JoinRequest {
+    /// Protocol version of the worker's build.
+    pub protocol_version: u32,
+    /// Unique worker id.
+    pub worker_id: String,
+    /// Build fingerprint.
+    pub fingerprint: String,
+    /// Data-plane address (host:port).
+    pub data_addr: String,
+    /// "cpu" or "cuda:N".
+    pub device: String,
+}
+
+/// What the coordinator assigns once the group is complete.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Assignment {
+    /// This worker's rank.
+    pub rank: usize,
+    /// Group size.
+    pub world: usize,
+    /// Group generation.
+    pub generation: u64,
+    /// Resolved run configuration as JSON (`resnet_train::TrainConfig`).
+    pub run_config_json: String,
+    /// Data-plane address of every rank.
+    pub peers: Vec<String>,
+}
+
+/// Periodic liveness and progress.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Heartbeat {
+    /// Worker id.
+    pub worker_id: String,
+    /// Rank.
+    pub rank: usize,
+    /// Generation the worker belongs to.
+    pub generation: u64,
+    /// Steps completed.
+    pub step: u64,
+    /// Last training loss.
+    pub loss: f64,
+    /// Recent throughput.
+    pub images_per_sec: f64,
+}
+
+/// One rank's exact counts for an epoch.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EpochReport {
+    /// Worker id.
+    pub worker_id: String,
+    /// Rank.
+    pub rank: usize,
+    /// Generation.
+    pub generation: u64,
+    /// 1-based epoch.
+    pub epoch: u32,
+    /// Global step at the end of the epoch.
+    pub step: u64,
+    /// Sum of per-image training loss.
+    pub train_loss_sum: f64,
+    /// Correct training predictions.
+    pub train_correct: u64,
+    /// Training images.
+    pub train_seen: u64,
+    /// Training seconds.
+    pub train_seconds: f64,
+    /// LR of the last step.
+    pub lr: f64,
+    /// Classes.
+    pub num_classes: usize,
+    /// Row-major confusion counts of this rank's evaluation slice (empty: no evaluation).
+    pub confusion: Vec<u64>,
+    /// Top-5 hits.
+    pub top5_correct: u64,
+    /// Sum of evaluation cross-entropy.
+    pub eval_loss_sum: f64,
+    /// False for the partial epoch of a run stopped by `max_steps`.
+    pub complete: bool,
+}
+
+/// A worker finished.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Finish {
+    /// Worker id.
+    pub worker_id: String,
+    /// Rank.
+    pub rank: usize,
+    /// Generation.
+    pub generation: u64,
+    /// Steps completed.
+    pub steps: u64,
+    /// Hash of the final parameters.
+    pub param_hash: String,
+}
+
+impl From<JoinRequest> for v1::JoinRequest {
+    fn from(r: JoinRequest) -> Self {
+        Self {
+            protocol_version: r.protocol_version,
+            worker_id: r.worker_id,
+            fingerprint: r.fingerprint,
+            data_addr: r.data_addr,
+            device: r.device,
+        }
+    }
+}
+impl From<v1::JoinRequest> for JoinRequest {
+    fn from(r: v1::JoinRequest) -> Self {
+        Self {
+            protocol_version: r.protocol_version,
+            worker_id: r.worker_id,
+            fingerprint: r.fingerprint,
+            data_addr: r.data_addr,
+            device: r.device,
+        }
+    }
+}
+impl From<Assignment> for v1::JoinResponse {
+    fn from(a: Assignment) -> Self {
+        Self {
+            rank: a.rank as u32,
+            world_size: a.world as u32,
+            generation: a.generation,
+            run_config_json: a.run_config_json,
+            peer_addrs: a.peers,
+        }
+    }
+}
+impl From<v1::JoinResponse> for Assignment {
+    fn from(r: v1::JoinResponse) -> Self {
+        Self {
+            rank: r.rank as usize,
+            world: r.world_size as usize,
+            generation: r.generation,
+            run_config_json: r.run_config_json,
+            peers: r.peer_addrs,
+        }
+    }
+}
+impl From<Heartbeat> for v1::HeartbeatRequest {
+    fn from(h: Heartbeat) -> Self {
+        Self {
+            worker_id: h.worker_id,
+            rank: h.rank as u32,
+            generation: h.generation,
+            step: h.step,
+            loss: h.loss,
+            images_per_sec: h.images_per_sec,
+        }
+    }
+}
+impl From<v1::HeartbeatRequest> for Heartbeat {
+    fn from(h: v1::HeartbeatRequest) -> Self {
+        Self {
+            worker_id: h.worker_id,
+            rank: h.rank as usize,
+            generation: h.generation,
+            step: h.step,
+            loss: h.loss,
+            images_per_sec: h.images_per_sec,
+        }
+    }
+}
+impl From<EpochReport> for v1::EpochReport {
+    fn from(e: EpochReport) -> Self {
+        Self {
+            worker_id: e.worker_id,
+            rank: e.rank as u32,
+            generation: e.generation,
+            epoch: e.epoch,
+            step: e.step,
+            train_loss_sum: e.train_loss_sum,
+            train_correct: e.train_correct,
+            train_seen: e.train_seen,
+            train_seconds: e.train_seconds,
+            lr: e.lr,
+            num_classes: e.num_classes as u32,
+            confusion: e.confusion,
+            top5_correct: e.top5_correct,
+            eval_loss_sum: e.eval_loss_sum,
+            complete: e.complete,
+        }
+    }
+}
+impl From<v1::EpochReport> for EpochReport {
+    fn from(e: v1::EpochReport) -> Self {
+        Self {
+            worker_id: e.worker_id,
+            rank: e.rank as usize,
+            generation: e.generation,
+            epoch: e.epoch,
+            step: e.step,
+            train_loss_sum: e.train_loss_sum,
+            train_correct: e.train_correct,
+            train_seen: e.train_seen,
+            train_seconds: e.train_seconds,
+            lr: e.lr,
+            num_classes: e.num_classes as usize,
+            confusion: e.confusion,
+            top5_correct: e.top5_correct,
+            eval_loss_sum: e.eval_loss_sum,
+            complete: e.complete,
+        }
+    }
+}
+impl From<Finish> for v1::FinishRequest {
+    fn from(f: Finish) -> Self {
+        Self {
+            worker_id: f.worker_id,
+            rank: f.rank as u32,
+            generation: f.generation,
+            steps: f.steps,
+            param_hash: f.param_hash,
+        }
+    }
+}
+impl From<v1::FinishRequest> for Finish {
+    fn from(f: v1::FinishRequest) -> Self {
+        Self {
+            worker_id: f.worker_id,
+            rank: f.rank as usize,
+            generation: f.generation,
+            steps: f.steps,
+            param_hash: f.param_hash,
+        }
+    }
+}
+
+/// Control-plane errors as the worker sees them.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{0}")]
+pub struct ControlError(pub String);
+
+/// The worker's view of the coordinator. Blocking on purpose: it is called from the training
+/// thread, which must not run on the async runtime. Implemented over gRPC ([`crate::client`])
+/// and in-process by the coordinator crate (for tests without a network).
+pub trait ControlPlane: Send {
+    /// Rendezvous: returns once the group is complete.
+    fn join(&mut self, req: JoinRequest) -> Result<Assignment, ControlError>;
+    /// Liveness/progress; returns true when the coordinator asks the worker to stop.
+    fn heartbeat(&mut self, hb: Heartbeat) -> Result<bool, ControlError>;
+    /// End-of-epoch counts.
+    fn report_epoch(&mut self, report: EpochReport) -> Result<(), ControlError>;
+    /// The worker is done.
+    fn finish(&mut self, f: Finish) -> Result<(), ControlError>;
+}

@@ -1,0 +1,183 @@
+//! What the training loop reports and records: per-step stats, per-epoch records, the state saved
+//! in checkpoints, and the observer interface the CLI and the worker implement.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::metrics::{EvalCounts, EvalReport};
+use crate::TrainConfig;
+
+/// Seconds spent in each phase of one step.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct StepTiming {
+    /// Waiting for the loader.
+    pub data: f64,
+    /// Forward pass and loss.
+    pub forward: f64,
+    /// Backward pass.
+    pub backward: f64,
+    /// Gradient all-reduce (data-parallel runs).
+    pub allreduce: f64,
+    /// Optimizer update.
+    pub optimizer: f64,
+}
+
+impl StepTiming {
+    /// Sum of all phases.
+    pub fn total(&self) -> f64 {
+        self.data + self.forward + self.backward + self.allreduce + self.optimizer
+    }
+}
+
+/// What the loop reports after every step.
+#[derive(Debug, Clone)]
+pub struct StepStats {
+    /// Epoch (0-based).
+    pub epoch: usize,
+    /// Global steps completed.
+    pub step: usize,
+    /// Batch index within the epoch just completed (0-based).
+    pub batch: usize,
+    /// Steps per epoch.
+    pub steps_per_epoch: usize,
+    /// Training loss of this batch.
+    pub loss: f64,
+    /// Running accuracy over the epoch so far.
+    pub epoch_accuracy: f64,
+    /// Learning rate used.
+    pub lr: f64,
+    /// Images in the batch.
+    pub images: usize,
+    /// Phase timings.
+    pub timing: StepTiming,
+}
+
+/// Test-split metrics kept per epoch.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EvalSummary {
+    /// Top-1 accuracy.
+    pub accuracy: f64,
+    /// Top-5 accuracy.
+    pub top5: f64,
+    /// Mean cross-entropy.
+    pub loss: f64,
+    /// Macro F1.
+    pub macro_f1: f64,
+}
+
+impl From<&EvalReport> for EvalSummary {
+    fn from(r: &EvalReport) -> Self {
+        Self {
+            accuracy: r.accuracy,
+            top5: r.top5,
+            loss: r.loss,
+            macro_f1: r.macro_f1,
+        }
+    }
+}
+
+/// One line of `metrics.jsonl`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EpochRecord {
+    /// Epoch (1-based, as printed).
+    pub epoch: usize,
+    /// Global steps at the end of the epoch.
+    pub step: usize,
+    /// Mean training loss over the epoch.
+    pub train_loss: f64,
+    /// Training accuracy over the epoch (augmented images, model in training mode).
+    pub train_accuracy: f64,
+    /// LR of the epoch's last step.
+    pub lr: f64,
+    /// Test metrics, when evaluated.
+    pub test: Option<EvalSummary>,
+    /// Wall-clock seconds of the epoch's training steps.
+    pub seconds: f64,
+    /// Training images per second over the epoch.
+    pub images_per_sec: f64,
+}
+
+/// Where a run is; `state.json` in every checkpoint.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainState {
+    /// Checkpoint format version.
+    pub format_version: u32,
+    /// Epoch in progress (0-based).
+    pub epoch: usize,
+    /// Next batch of that epoch.
+    pub batch_in_epoch: usize,
+    /// Steps completed.
+    pub global_step: usize,
+    /// The resolved configuration.
+    pub config: TrainConfig,
+    /// Completed epochs.
+    pub history: Vec<EpochRecord>,
+    /// Running sums of the epoch in progress (so a mid-epoch resume reports the same epoch).
+    pub epoch_loss_sum: f64,
+    /// Correct training predictions so far this epoch.
+    pub epoch_correct: u64,
+    /// Training images so far this epoch.
+    pub epoch_seen: u64,
+    /// Training seconds so far this epoch.
+    pub epoch_seconds: f64,
+}
+
+/// Called by the loop; the CLI draws progress bars with it.
+pub trait TrainObserver {
+    /// Before the first step: steps per epoch, steps planned in this invocation, step resumed at.
+    fn on_start(&mut self, _steps_per_epoch: usize, _last_step: usize, _start_step: usize) {}
+    /// After every step.
+    fn on_step(&mut self, _s: &StepStats) {}
+    /// After every epoch (and its evaluation).
+    fn on_epoch(&mut self, _e: &EpochRecord) {}
+    /// After a checkpoint is written.
+    fn on_checkpoint(&mut self, _dir: &Path) {}
+    /// After every epoch, and at the end of a run stopped mid-epoch: this rank's exact counts
+    /// (data-parallel workers forward them to the coordinator, which sums them).
+    fn on_epoch_counts(&mut self, _c: &EpochCounts) {}
+}
+
+/// One rank's additive counts for an epoch (or the partial epoch a run stopped in).
+#[derive(Debug, Clone)]
+pub struct EpochCounts {
+    /// 1-based epoch.
+    pub epoch: usize,
+    /// Global step at the end.
+    pub step: usize,
+    /// False for the partial epoch at the end of a run stopped by `max_steps`.
+    pub complete: bool,
+    /// Sum of per-image training loss.
+    pub train_loss_sum: f64,
+    /// Correct training predictions.
+    pub train_correct: u64,
+    /// Training images.
+    pub train_seen: u64,
+    /// Training seconds.
+    pub seconds: f64,
+    /// LR of the last step.
+    pub lr: f64,
+    /// This rank's share of the evaluation (every rank evaluates a disjoint slice).
+    pub eval: Option<EvalCounts>,
+}
+
+/// An observer that does nothing (tests, library use).
+pub struct Quiet;
+impl TrainObserver for Quiet {}
+
+/// The result of [`Trainer::fit`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TrainSummary {
+    /// Steps completed in total.
+    pub steps: usize,
+    /// Epochs completed.
+    pub epochs_completed: usize,
+    /// Per-epoch records.
+    pub history: Vec<EpochRecord>,
+    /// Test-split evaluation of the final model.
+    pub final_eval: Option<EvalReport>,
+    /// The last checkpoint written.
+    pub checkpoint: Option<PathBuf>,
+    /// [`param_hash`] of the final model.
+    pub param_hash: String,
+}

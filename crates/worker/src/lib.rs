@@ -1,0 +1,37 @@
+//! A worker: one data-parallel replica. It joins the coordinator (which assigns its rank and
+//! sends the run configuration), forms the gradient ring with its peers, trains its shard with
+//! the shared training loop, reports exact per-epoch counts and a final parameter hash, and
+//! leaves. Training runs on the calling thread; heartbeats go from a background thread.
+
+mod observer;
+mod run;
+
+pub use run::{run_worker, Transport, WorkerOptions, WorkerResult};
+
+/// Worker errors; each says which step failed.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    /// Talking to the coordinator failed.
+    #[error(transparent)]
+    Control(#[from] resnet_proto::ControlError),
+    /// Forming the ring or an all-reduce failed.
+    #[error("data plane: {0}")]
+    Collective(#[from] resnet_collective::CollectiveError),
+    /// The run configuration from the coordinator is unusable.
+    #[error("run configuration from the coordinator: {0}")]
+    Config(String),
+    /// Training failed.
+    #[error(transparent)]
+    Train(#[from] resnet_train::TrainError),
+    /// Data could not be loaded.
+    #[error(transparent)]
+    Data(#[from] resnet_data::DataError),
+    /// The data-plane socket could not be opened.
+    #[error("data-plane listener {addr}: {source}")]
+    Listen {
+        /// The address.
+        addr: String,
+        /// The error.
+        source: std::io::Error,
+    },
+}

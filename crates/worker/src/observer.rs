@@ -1,0 +1,110 @@
+//! Forwards training progress to the coordinator: epoch counts synchronously, step progress
+//! through shared state that the heartbeat thread sends.
+
+use std::sync::{Arc, Mutex};
+
+use resnet_proto::{ControlPlane, EpochReport};
+use resnet_train::{EpochCounts, EpochRecord, StepStats, TrainObserver};
+
+/// Latest progress, read by the heartbeat thread.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Progress {
+    /// Steps completed.
+    pub step: u64,
+    /// Last loss.
+    pub loss: f64,
+    /// Images per second of the last step.
+    pub images_per_sec: f64,
+}
+
+pub(crate) struct WorkerObserver<'a> {
+    pub control: &'a mut dyn ControlPlane,
+    pub worker_id: String,
+    pub rank: usize,
+    pub generation: u64,
+    pub progress: Arc<Mutex<Progress>>,
+    pub error: Option<resnet_proto::ControlError>,
+    pub last_log: std::time::Instant,
+}
+
+impl TrainObserver for WorkerObserver<'_> {
+    fn on_start(&mut self, spe: usize, last: usize, start: usize) {
+        tracing::info!(
+            rank = self.rank,
+            steps_per_epoch = spe,
+            first_step = start + 1,
+            last_step = last,
+            "training"
+        );
+    }
+
+    fn on_step(&mut self, s: &StepStats) {
+        let ips = s.images as f64 / s.timing.total().max(1e-9);
+        *self.progress.lock().unwrap_or_else(|p| p.into_inner()) = Progress {
+            step: s.step as u64,
+            loss: s.loss,
+            images_per_sec: ips,
+        };
+        if self.last_log.elapsed().as_secs() >= 10 || s.batch == 0 {
+            let t = &s.timing;
+            tracing::info!(
+                rank = self.rank,
+                epoch = s.epoch + 1,
+                step = s.step,
+                loss = format!("{:.4}", s.loss),
+                lr = format!("{:.5}", s.lr),
+                images_per_sec = format!("{ips:.0}"),
+                "step (data {:.3}s forward {:.3}s backward {:.3}s all-reduce {:.3}s optimizer {:.3}s)",
+                t.data,
+                t.forward,
+                t.backward,
+                t.allreduce,
+                t.optimizer
+            );
+            self.last_log = std::time::Instant::now();
+        }
+    }
+
+    fn on_epoch(&mut self, e: &EpochRecord) {
+        tracing::info!(
+            rank = self.rank,
+            epoch = e.epoch,
+            step = e.step,
+            train_loss = format!("{:.4}", e.train_loss),
+            "epoch done"
+        );
+    }
+
+    fn on_epoch_counts(&mut self, c: &EpochCounts) {
+        let (k, confusion, top5, loss) = match &c.eval {
+            Some(ev) => (
+                ev.confusion.len(),
+                ev.confusion.iter().flatten().copied().collect(),
+                ev.top5_correct,
+                ev.loss_sum,
+            ),
+            None => (0, Vec::new(), 0, 0.0),
+        };
+        let report = EpochReport {
+            worker_id: self.worker_id.clone(),
+            rank: self.rank,
+            generation: self.generation,
+            epoch: c.epoch as u32,
+            step: c.step as u64,
+            train_loss_sum: c.train_loss_sum,
+            train_correct: c.train_correct,
+            train_seen: c.train_seen,
+            train_seconds: c.seconds,
+            lr: c.lr,
+            num_classes: k,
+            confusion,
+            top5_correct: top5,
+            eval_loss_sum: loss,
+            complete: c.complete,
+        };
+        if let Err(e) = self.control.report_epoch(report) {
+            tracing::error!(rank = self.rank, error = %e, "cannot report epoch");
+            self.error.get_or_insert(e);
+        }
+    }
+}

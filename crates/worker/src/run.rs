@@ -1,0 +1,235 @@
+//! The worker's life: join, form the ring, train, report, finish.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use burn::tensor::backend::AutodiffBackend;
+use resnet_collective::memory::MemoryRing;
+use resnet_collective::tcp::{TcpRing, TcpRingConfig};
+use resnet_collective::Collective;
+use resnet_proto::{fingerprint, ControlPlane, Finish, Heartbeat, JoinRequest, PROTOCOL_VERSION};
+use resnet_train::{GradSync, TrainConfig, Trainer};
+
+use crate::observer::{Progress, WorkerObserver};
+use crate::WorkerError;
+
+/// How this worker exchanges gradients with its peers.
+pub enum Transport {
+    /// A TCP ring between processes: listen on `listen` (e.g. `0.0.0.0:7070`, port 0 picks one)
+    /// and announce `advertise` to the peers (default: the bound address).
+    Tcp {
+        /// Address to bind.
+        listen: String,
+        /// Address peers should connect to.
+        advertise: Option<String>,
+    },
+    /// Threads of one process: the ring end for the assigned rank is taken from this table.
+    Memory(Arc<Mutex<Vec<Option<MemoryRing>>>>),
+}
+
+/// Local settings of a worker (everything else comes from the coordinator).
+#[derive(Debug, Clone)]
+pub struct WorkerOptions {
+    /// Unique id (default in the binary: host-pid).
+    pub worker_id: String,
+    /// This worker's copy of the data; overrides the directory in the run configuration.
+    pub data_dir: Option<PathBuf>,
+    /// Device description sent to the coordinator ("cpu", "cuda:0").
+    pub device: String,
+    /// Per-operation timeout of the ring (a dead peer becomes an error after this).
+    pub collective_timeout: Duration,
+    /// Heartbeat period.
+    pub heartbeat_every: Duration,
+}
+
+/// What a worker reports when it is done.
+#[derive(Debug, Clone)]
+pub struct WorkerResult {
+    /// Assigned rank.
+    pub rank: usize,
+    /// Group size.
+    pub world: usize,
+    /// Steps trained.
+    pub steps: usize,
+    /// Hash of the final parameters and BatchNorm statistics.
+    pub param_hash: String,
+}
+
+struct CollectiveSync(Box<dyn Collective>);
+
+impl GradSync for CollectiveSync {
+    fn rank(&self) -> usize {
+        self.0.rank()
+    }
+    fn world(&self) -> usize {
+        self.0.world()
+    }
+    fn all_reduce_mean(&mut self, buf: &mut [f32]) -> Result<(), String> {
+        self.0.all_reduce_mean(buf).map_err(|e| e.to_string())
+    }
+    fn broadcast(&mut self, buf: &mut [f32], root: usize) -> Result<(), String> {
+        self.0.broadcast(buf, root).map_err(|e| e.to_string())
+    }
+}
+
+/// Runs one worker to the end of the run. `control` carries the joins and reports;
+/// `heartbeats`, when given, is a second connection used by the heartbeat thread.
+pub fn run_worker<B: AutodiffBackend>(
+    control: &mut dyn ControlPlane,
+    heartbeats: Option<Box<dyn ControlPlane>>,
+    transport: Transport,
+    opts: &WorkerOptions,
+    device: B::Device,
+) -> Result<WorkerResult, WorkerError> {
+    let (listener, data_addr) = match &transport {
+        Transport::Tcp { listen, advertise } => {
+            let l = std::net::TcpListener::bind(listen).map_err(|source| WorkerError::Listen {
+                addr: listen.clone(),
+                source,
+            })?;
+            let bound = l.local_addr().map_err(|source| WorkerError::Listen {
+                addr: listen.clone(),
+                source,
+            })?;
+            let addr = match advertise {
+                Some(a) => a.clone(),
+                None if bound.ip().is_unspecified() => {
+                    return Err(WorkerError::Config(format!(
+                        "--listen {listen} binds every interface; pass --advertise HOST:{} so peers know where to connect",
+                        bound.port()
+                    )))
+                }
+                None => bound.to_string(),
+            };
+            (Some(l), addr)
+        }
+        Transport::Memory(_) => (None, format!("in-process:{}", opts.worker_id)),
+    };
+    tracing::info!(worker = %opts.worker_id, data_addr = %data_addr, "joining");
+    let a = control.join(JoinRequest {
+        protocol_version: PROTOCOL_VERSION,
+        worker_id: opts.worker_id.clone(),
+        fingerprint: fingerprint(),
+        data_addr,
+        device: opts.device.clone(),
+    })?;
+    tracing::info!(worker = %opts.worker_id, rank = a.rank, world = a.world, generation = a.generation, "joined");
+    let mut cfg: TrainConfig =
+        serde_json::from_str(&a.run_config_json).map_err(|e| WorkerError::Config(e.to_string()))?;
+    if let Some(d) = &opts.data_dir {
+        cfg.data.dir = d.clone();
+    }
+    let splits = cfg.data.load(cfg.seed, &mut |_, _| {})?;
+    cfg.model.num_classes = splits.train.classes.len();
+    tracing::info!(
+        rank = a.rank,
+        train = splits.train.len(),
+        test = splits.test.len(),
+        "data loaded"
+    );
+
+    let collective: Box<dyn Collective> = match (transport, listener) {
+        (Transport::Tcp { .. }, Some(l)) => Box::new(TcpRing::connect(
+            l,
+            &TcpRingConfig {
+                rank: a.rank,
+                peers: a.peers.clone(),
+                generation: a.generation,
+                timeout: opts.collective_timeout,
+            },
+        )?),
+        (Transport::Memory(table), _) => {
+            let ring = table
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get_mut(a.rank)
+                .and_then(Option::take);
+            Box::new(ring.ok_or_else(|| {
+                WorkerError::Config(format!("no in-process ring end for rank {}", a.rank))
+            })?)
+        }
+        (Transport::Tcp { .. }, None) => unreachable!("a TCP transport always binds a listener"),
+    };
+    let mut trainer = Trainer::<B>::new(cfg, splits, device, None)?
+        .with_parallel(Box::new(CollectiveSync(collective)));
+
+    let progress = Arc::new(Mutex::new(Progress::default()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let beat = heartbeats.map(|hb| {
+        spawn_heartbeats(
+            hb,
+            opts,
+            a.rank,
+            a.generation,
+            progress.clone(),
+            stop.clone(),
+        )
+    });
+    let mut obs = WorkerObserver {
+        control,
+        worker_id: opts.worker_id.clone(),
+        rank: a.rank,
+        generation: a.generation,
+        progress,
+        error: None,
+        last_log: std::time::Instant::now(),
+    };
+    let result = trainer.fit(&mut obs);
+    stop.store(true, Ordering::Relaxed);
+    if let Some(h) = beat {
+        let _ = h.join();
+    }
+    let summary = result?;
+    if let Some(e) = obs.error {
+        return Err(e.into());
+    }
+    control.finish(Finish {
+        worker_id: opts.worker_id.clone(),
+        rank: a.rank,
+        generation: a.generation,
+        steps: summary.steps as u64,
+        param_hash: summary.param_hash.clone(),
+    })?;
+    Ok(WorkerResult {
+        rank: a.rank,
+        world: a.world,
+        steps: summary.steps,
+        param_hash: summary.param_hash,
+    })
+}
+
+fn spawn_heartbeats(
+    mut hb: Box<dyn ControlPlane>,
+    opts: &WorkerOptions,
+    rank: usize,
+    generation: u64,
+    progress: Arc<Mutex<Progress>>,
+    stop: Arc<AtomicBool>,
+) -> std::thread::JoinHandle<()> {
+    let (every, worker_id) = (opts.heartbeat_every, opts.worker_id.clone());
+    std::thread::spawn(move || {
+        while !stop.load(Ordering::Relaxed) {
+            let start = std::time::Instant::now();
+            while start.elapsed() < every && !stop.load(Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            if stop.load(Ordering::Relaxed) {
+                break;
+            }
+            let p = *progress.lock().unwrap_or_else(|p| p.into_inner());
+            let beat = Heartbeat {
+                worker_id: worker_id.clone(),
+                rank,
+                generation,
+                step: p.step,
+                loss: p.loss,
+                images_per_sec: p.images_per_sec,
+            };
+            if let Err(e) = hb.heartbeat(beat) {
+                tracing::warn!(rank, error = %e, "heartbeat failed");
+            }
+        }
+    })
+}
