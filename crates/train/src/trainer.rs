@@ -42,6 +42,8 @@ pub struct Trainer<B: AutodiffBackend> {
     parallel: Option<Box<dyn GradSync>>,
 }
 
+static INIT_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 fn recorder() -> NamedMpkFileRecorder<FullPrecisionSettings> {
     NamedMpkFileRecorder::new()
 }
@@ -103,15 +105,21 @@ impl<B: AutodiffBackend> Trainer<B> {
             }
         }
         prepare_out(&out, &cfg)?;
-        B::seed(&device, cfg.seed);
-        let model = cfg
-            .model
-            .init::<B>(&device)
-            .map_err(|e| TrainError::Config(e.to_string()))?;
+        let model = {
+            // Backends keep one process-wide RNG: trainers created concurrently (replicas that
+            // are threads of one process) must not interleave their draws, or the weights would
+            // depend on thread scheduling instead of the seed.
+            let _guard = INIT_LOCK.lock().unwrap_or_else(|p| p.into_inner());
+            B::seed(&device, cfg.seed);
+            let model = cfg
+                .model
+                .init::<B>(&device)
+                .map_err(|e| TrainError::Config(e.to_string()))?;
+            // Parameters initialise lazily on first read; read them all now, in a fixed order.
+            let _ = param_hash(&model);
+            model
+        };
         let model = model.set_frozen_batchnorm(cfg.freeze_bn);
-        // Parameters initialise lazily on first read; read them all now, in a fixed order, so the
-        // weights depend only on the seed (and every replica of a group starts identical).
-        let _ = param_hash(&model);
         let optim = cfg.optim.init::<B>();
         let state = TrainState {
             format_version: FORMAT_VERSION,

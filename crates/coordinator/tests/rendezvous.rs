@@ -1,0 +1,187 @@
+//! The coordinator's admission and bookkeeping rules, driven in-process (no network): every bad
+//! request is refused with a precise reason, and nothing is left half-registered.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use resnet_coordinator::{Coordinator, CoordinatorConfig, Phase, Refusal};
+use resnet_proto::{fingerprint, EpochReport, Finish, Heartbeat, JoinRequest, PROTOCOL_VERSION};
+
+fn coord(workers: usize, join_timeout_ms: u64) -> Arc<Coordinator> {
+    Arc::new(
+        Coordinator::new(CoordinatorConfig {
+            workers,
+            join_timeout: Duration::from_millis(join_timeout_ms),
+            heartbeat_timeout: Duration::from_secs(60),
+            run: Default::default(),
+            out: None,
+            fingerprint: fingerprint(),
+        })
+        .expect("coordinator"),
+    )
+}
+
+fn join_req(id: &str) -> JoinRequest {
+    JoinRequest {
+        protocol_version: PROTOCOL_VERSION,
+        worker_id: id.into(),
+        fingerprint: fingerprint(),
+        data_addr: "127.0.0.1:7000".into(),
+        device: "cpu".into(),
+    }
+}
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+#[test]
+fn incompatible_builds_and_bad_fields_are_refused() {
+    let rt = rt();
+    let c = coord(2, 1000);
+    let bad_fp = JoinRequest {
+        fingerprint: "resnet-cluster/0.0.0/proto-v1/burn-0.20".into(),
+        ..join_req("a")
+    };
+    let e = rt.block_on(c.join(bad_fp)).expect_err("fingerprint");
+    assert!(
+        matches!(&e, Refusal::Incompatible(m) if m.contains("does not match")),
+        "{e}"
+    );
+    let bad_proto = JoinRequest {
+        protocol_version: 99,
+        ..join_req("a")
+    };
+    let e = rt.block_on(c.join(bad_proto)).expect_err("protocol");
+    assert!(
+        matches!(&e, Refusal::Incompatible(m) if m.contains("protocol v99")),
+        "{e}"
+    );
+    let e = rt
+        .block_on(c.join(JoinRequest {
+            data_addr: "nonsense".into(),
+            ..join_req("a")
+        }))
+        .expect_err("addr");
+    assert!(matches!(e, Refusal::Invalid(_)));
+    assert!(
+        c.members().is_empty(),
+        "refused workers must not be registered"
+    );
+}
+
+#[test]
+fn rendezvous_assigns_ranks_and_refuses_latecomers_and_duplicates() {
+    let rt = rt();
+    let c = coord(2, 5000);
+    let (c1, c2) = (c.clone(), c.clone());
+    let a = rt.spawn(async move { c1.join(join_req("a")).await });
+    std::thread::sleep(Duration::from_millis(100));
+    let dup = rt
+        .block_on(c.join(join_req("a")))
+        .expect_err("duplicate id");
+    assert!(
+        matches!(&dup, Refusal::NotJoinable(m) if m.contains("already joined")),
+        "{dup}"
+    );
+    let b = rt.spawn(async move { c2.join(join_req("b")).await });
+    let (a, b) = (
+        rt.block_on(a).expect("task").expect("join a"),
+        rt.block_on(b).expect("task").expect("join b"),
+    );
+    assert_eq!((a.rank, b.rank, a.world, a.generation), (0, 1, 2, 1));
+    assert_eq!(a.peers, b.peers);
+    assert_eq!(c.phase(), Phase::Running);
+    let late = rt.block_on(c.join(join_req("c"))).expect_err("full");
+    assert!(
+        matches!(&late, Refusal::NotJoinable(m) if m.contains("already has its 2 workers")),
+        "{late}"
+    );
+}
+
+#[test]
+fn join_timeout_unregisters_the_worker() {
+    let rt = rt();
+    let c = coord(2, 200);
+    let e = rt
+        .block_on(c.join(join_req("lonely")))
+        .expect_err("timeout");
+    assert!(
+        matches!(&e, Refusal::Timeout(m) if m.contains("1 of 2 workers")),
+        "{e}"
+    );
+    assert!(c.members().is_empty());
+    assert_eq!(c.phase(), Phase::Waiting);
+}
+
+#[test]
+fn stale_unknown_and_malformed_reports_are_refused_and_counts_are_summed() {
+    let rt = rt();
+    let c = coord(1, 1000);
+    let a = rt.block_on(c.join(join_req("a"))).expect("join");
+    let hb = Heartbeat {
+        worker_id: "a".into(),
+        rank: 0,
+        generation: a.generation,
+        step: 3,
+        loss: 1.0,
+        images_per_sec: 10.0,
+    };
+    assert_eq!(c.heartbeat(hb.clone()), Ok(false));
+    assert!(
+        matches!(c.heartbeat(Heartbeat { generation: 7, ..hb.clone() }), Err(Refusal::Unknown(m)) if m.contains("stale generation 7"))
+    );
+    assert!(matches!(
+        c.heartbeat(Heartbeat {
+            worker_id: "ghost".into(),
+            ..hb.clone()
+        }),
+        Err(Refusal::Unknown(_))
+    ));
+    assert!(
+        matches!(c.heartbeat(Heartbeat { rank: 5, ..hb }), Err(Refusal::Unknown(m)) if m.contains("has rank 0"))
+    );
+    let report = EpochReport {
+        worker_id: "a".into(),
+        rank: 0,
+        generation: a.generation,
+        epoch: 1,
+        step: 10,
+        train_loss_sum: 20.0,
+        train_correct: 5,
+        train_seen: 10,
+        train_seconds: 2.0,
+        lr: 0.1,
+        num_classes: 2,
+        confusion: vec![3, 1, 0, 4],
+        top5_correct: 8,
+        eval_loss_sum: 4.0,
+        complete: true,
+    };
+    let bad = EpochReport {
+        confusion: vec![1, 2, 3],
+        ..report.clone()
+    };
+    assert!(
+        matches!(c.report_epoch(bad), Err(Refusal::Invalid(m)) if m.contains("expected num_classes^2 = 4"))
+    );
+    c.report_epoch(report).expect("report");
+    c.finish(Finish {
+        worker_id: "a".into(),
+        rank: 0,
+        generation: a.generation,
+        steps: 10,
+        param_hash: "h".into(),
+    })
+    .expect("finish");
+    assert_eq!(c.phase(), Phase::Finished);
+    let s = c.summary().expect("summary");
+    assert_eq!(s.epochs[0].train_loss, 2.0);
+    let t = s.final_eval.expect("eval");
+    assert_eq!((t.samples, t.accuracy), (8, 7.0 / 8.0));
+    assert!(s.replicas_identical);
+}

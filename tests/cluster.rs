@@ -1,0 +1,215 @@
+//! Real clusters on 127.0.0.1: a `coordinator` process and `worker` processes training over the
+//! TCP ring. Every replica must end bit-identical, the loss must fall, the coordinator's summary
+//! must match the workers, and local mode must reproduce the multi-process run exactly.
+
+use std::io::Write;
+use std::net::{TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+
+use serde_json::Value;
+
+const RUN: &[&str] = &[
+    "--dataset",
+    "synthetic",
+    "--width",
+    "4",
+    "--batch-size",
+    "16",
+    "--train-limit",
+    "480",
+    "--test-limit",
+    "96",
+    "--epochs",
+    "3",
+    "--lr",
+    "0.05",
+    "--seed",
+    "11",
+];
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+fn spawn(bin: &str, args: &[&str]) -> Child {
+    Command::new(bin)
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{bin}: {e}"))
+}
+
+fn finish(child: Child, what: &str) -> String {
+    let out = child.wait_with_output().expect("wait");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{what} failed:\n{stderr}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn cluster(workers: usize) -> (Value, Vec<Value>) {
+    let port = free_port().to_string();
+    let listen = format!("127.0.0.1:{port}");
+    let url = format!("http://127.0.0.1:{port}");
+    let n = workers.to_string();
+    let mut args = vec!["--workers", &n, "--listen", &listen, "--json"];
+    args.extend(RUN);
+    let coord = spawn(env!("CARGO_BIN_EXE_coordinator"), &args);
+    // A malformed client must not take the coordinator down: raw garbage on its gRPC port.
+    for _ in 0..50 {
+        if let Ok(mut s) = TcpStream::connect(&listen) {
+            let _ = s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n\x00\xff garbage");
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let ws: Vec<Child> = (0..workers)
+        .map(|i| {
+            spawn(
+                env!("CARGO_BIN_EXE_worker"),
+                &[
+                    "--coordinator",
+                    &url,
+                    "--worker-id",
+                    &format!("w{i}"),
+                    "--json",
+                ],
+            )
+        })
+        .collect();
+    let results: Vec<Value> = ws
+        .into_iter()
+        .enumerate()
+        .map(|(i, w)| {
+            serde_json::from_str(&finish(w, &format!("worker {i}"))).expect("worker json")
+        })
+        .collect();
+    let summary: Value =
+        serde_json::from_str(&finish(coord, "coordinator")).expect("coordinator json");
+    (summary, results)
+}
+
+fn check(summary: &Value, results: &[Value], world: usize) {
+    assert_eq!(summary["world"], world);
+    assert_eq!(summary["replicas_identical"], true, "{summary}");
+    let hash = &summary["param_hashes"][0];
+    let mut ranks: Vec<u64> = results
+        .iter()
+        .map(|r| r["rank"].as_u64().expect("rank"))
+        .collect();
+    ranks.sort();
+    assert_eq!(ranks, (0..world as u64).collect::<Vec<_>>());
+    for r in results {
+        assert_eq!(
+            &r["param_hash"], hash,
+            "a worker's hash differs from the coordinator's summary"
+        );
+        assert_eq!(r["steps"], summary["steps"]);
+    }
+    let epochs = summary["epochs"].as_array().expect("epochs");
+    assert_eq!(epochs.len(), 3);
+    let loss = |i: usize| epochs[i]["train_loss"].as_f64().expect("loss");
+    assert!(
+        loss(2) < loss(0),
+        "loss did not fall: {} -> {}",
+        loss(0),
+        loss(2)
+    );
+    // Sharded evaluation is exact: every test image counted once.
+    assert_eq!(epochs[2]["test"]["samples"], 96);
+}
+
+#[test]
+fn two_and_three_worker_processes_train_identical_replicas() {
+    for world in [2, 3] {
+        let (summary, results) = cluster(world);
+        check(&summary, &results, world);
+        // Same seed in local mode (threads, in-memory ring): bit-identical to the processes.
+        let n = world.to_string();
+        let mut args = vec!["--local", "--workers", &n, "--json"];
+        args.extend(RUN);
+        let local: Value = serde_json::from_str(&finish(
+            spawn(env!("CARGO_BIN_EXE_coordinator"), &args),
+            "local coordinator",
+        ))
+        .expect("json");
+        assert_eq!(
+            local["param_hashes"][0], summary["param_hashes"][0],
+            "local mode differs from the multi-process run (world {world})"
+        );
+    }
+}
+
+#[test]
+fn unreachable_coordinator_is_a_clear_error_after_retries() {
+    let port = free_port();
+    let out = Command::new(env!("CARGO_BIN_EXE_worker"))
+        .args([
+            "--coordinator",
+            &format!("http://127.0.0.1:{port}"),
+            "--connect-timeout",
+            "2",
+        ])
+        .output()
+        .expect("run worker");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains(&format!(
+            "cannot reach coordinator at http://127.0.0.1:{port}"
+        )) && stderr.contains("attempts"),
+        "{stderr}"
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_worker"))
+        .args(["--coordinator", "not a url"])
+        .output()
+        .expect("run");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("invalid coordinator address"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn a_worker_that_never_comes_back_fails_the_run_instead_of_hanging() {
+    // One of two workers is killed after joining: the survivor's all-reduce times out, the
+    // coordinator notices the silence, and both report an error instead of waiting forever.
+    let port = free_port().to_string();
+    let listen = format!("127.0.0.1:{port}");
+    let url = format!("http://127.0.0.1:{port}");
+    let mut args = vec![
+        "--workers",
+        "2",
+        "--listen",
+        &listen,
+        "--heartbeat-timeout",
+        "3",
+    ];
+    args.extend(RUN);
+    let coord = spawn(env!("CARGO_BIN_EXE_coordinator"), &args);
+    let survivor = spawn(
+        env!("CARGO_BIN_EXE_worker"),
+        &["--coordinator", &url, "--collective-timeout", "5"],
+    );
+    let mut victim = spawn(env!("CARGO_BIN_EXE_worker"), &["--coordinator", &url]);
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    victim.kill().expect("kill");
+    let _ = victim.wait();
+    let s = survivor.wait_with_output().expect("survivor");
+    let c = coord.wait_with_output().expect("coordinator");
+    assert!(!s.status.success(), "the survivor cannot finish alone");
+    assert!(
+        !c.status.success(),
+        "the coordinator must report the failed run"
+    );
+    let cerr = String::from_utf8_lossy(&c.stderr);
+    assert!(
+        cerr.contains("no heartbeat") || cerr.contains("failed"),
+        "{cerr}"
+    );
+}
