@@ -28,6 +28,8 @@ pub enum Command {
     Info(InfoArgs),
     /// Measure training or inference throughput (images/s) on synthetic input.
     Bench(BenchArgs),
+    /// Measure TCP-ring all-reduce bus bandwidth on loopback against a plain TCP copy.
+    BenchAllreduce(crate::cmd_allreduce::AllReduceArgs),
 }
 
 /// Where to run.

@@ -3,6 +3,7 @@
 
 pub mod args;
 pub mod cluster;
+pub mod cmd_allreduce;
 pub mod cmd_bench;
 pub mod cmd_eval;
 pub mod cmd_info;

@@ -40,6 +40,12 @@ impl Progress {
     }
 }
 
+impl Default for Progress {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl TrainObserver for Progress {
     fn on_start(&mut self, spe: usize, last: usize, start: usize) {
         eprintln!(

@@ -122,7 +122,7 @@ fn dead_peer_is_an_error_not_a_hang() {
     let errs: Vec<CollectiveError> = group
         .into_iter()
         .map(|mut c| {
-            std::thread::spawn(move || c.all_reduce_sum(&mut vec![1.0; 10]).expect_err("must fail"))
+            std::thread::spawn(move || c.all_reduce_sum(&mut [1.0; 10]).expect_err("must fail"))
         })
         .map(|h| h.join().expect("thread"))
         .collect();

@@ -115,7 +115,7 @@ async fn log_progress(coord: Arc<Coordinator>) {
         tick.tick().await;
         coord.check_liveness();
         n += 1;
-        if coord.phase() != crate::state::Phase::Running || n % 10 != 0 {
+        if coord.phase() != crate::state::Phase::Running || !n.is_multiple_of(10) {
             continue;
         }
         for (id, step, loss, ips, silent) in coord.progress() {

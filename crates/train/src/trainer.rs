@@ -201,6 +201,12 @@ impl<B: AutodiffBackend> Trainer<B> {
         &self.state
     }
 
+    /// The group to exchange with, if there is anyone to exchange with: a group of one skips
+    /// the flatten/copy work (it still reports through the observer like any replica).
+    fn peers(&mut self) -> Option<&mut Box<dyn GradSync>> {
+        self.parallel.as_mut().filter(|p| p.world() > 1)
+    }
+
     fn rank_world(&self) -> (usize, usize) {
         self.parallel
             .as_ref()
@@ -246,7 +252,9 @@ impl<B: AutodiffBackend> Trainer<B> {
         }
         let total = cfg.epochs * spe;
         let limit = cfg.max_steps.unwrap_or(usize::MAX).min(total);
-        if let (Some(sync), Some(model)) = (self.parallel.as_mut(), self.model.take()) {
+        if self.peers().is_some() {
+            let model = self.model.take().expect("model present between steps");
+            let sync = self.peers().expect("checked above");
             self.model = Some(broadcast_model(model, sync.as_mut(), 0)?);
         }
         let lr_at = |step: usize| cfg.schedule.lr(cfg.optim.lr, step, spe, total);
@@ -346,7 +354,10 @@ impl<B: AutodiffBackend> Trainer<B> {
 
     /// Averages BatchNorm statistics over the replicas (no-op for a single process).
     fn sync_replicas(&mut self) -> Result<(), TrainError> {
-        if let (Some(sync), Some(model)) = (self.parallel.as_mut(), self.model.as_mut()) {
+        if let (Some(sync), Some(model)) = (
+            self.parallel.as_mut().filter(|p| p.world() > 1),
+            self.model.as_mut(),
+        ) {
             sync_batchnorm(model, sync.as_mut())?;
         }
         Ok(())
@@ -450,7 +461,7 @@ impl<B: AutodiffBackend> Trainer<B> {
         let t1 = Instant::now();
         let mut grads = GradientsParams::from_grads(loss.backward(), &model);
         let t2 = Instant::now();
-        if let Some(sync) = self.parallel.as_mut() {
+        if let Some(sync) = self.parallel.as_mut().filter(|p| p.world() > 1) {
             if let Err(e) = sync_gradients(&model, &mut grads, sync.as_mut(), &self.device) {
                 self.model = Some(model);
                 return Err(e);

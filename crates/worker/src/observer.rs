@@ -25,6 +25,29 @@ pub(crate) struct WorkerObserver<'a> {
     pub progress: Arc<Mutex<Progress>>,
     pub error: Option<resnet_proto::ControlError>,
     pub last_log: std::time::Instant,
+    /// Sums of the phase timings, for the final breakdown.
+    pub timing: resnet_train::StepTiming,
+    /// Steps summed in `timing`.
+    pub steps: usize,
+}
+
+impl WorkerObserver<'_> {
+    /// Logs the mean time of each step phase over this worker's run.
+    pub fn log_breakdown(&self) {
+        let n = self.steps.max(1) as f64;
+        let t = &self.timing;
+        tracing::info!(
+            rank = self.rank,
+            steps = self.steps,
+            "mean step {:.4}s: data {:.4}s forward {:.4}s backward {:.4}s all-reduce {:.4}s optimizer {:.4}s",
+            t.total() / n,
+            t.data / n,
+            t.forward / n,
+            t.backward / n,
+            t.allreduce / n,
+            t.optimizer / n
+        );
+    }
 }
 
 impl TrainObserver for WorkerObserver<'_> {
@@ -40,6 +63,16 @@ impl TrainObserver for WorkerObserver<'_> {
 
     fn on_step(&mut self, s: &StepStats) {
         let ips = s.images as f64 / s.timing.total().max(1e-9);
+        // The first step of a run pays one-off costs (allocation, the initial broadcast).
+        if s.step > 1 {
+            let (a, b) = (&mut self.timing, &s.timing);
+            a.data += b.data;
+            a.forward += b.forward;
+            a.backward += b.backward;
+            a.allreduce += b.allreduce;
+            a.optimizer += b.optimizer;
+            self.steps += 1;
+        }
         *self.progress.lock().unwrap_or_else(|p| p.into_inner()) = Progress {
             step: s.step as u64,
             loss: s.loss,

@@ -175,8 +175,11 @@ pub fn run_worker<B: AutodiffBackend>(
         progress,
         error: None,
         last_log: std::time::Instant::now(),
+        timing: Default::default(),
+        steps: 0,
     };
     let result = trainer.fit(&mut obs);
+    obs.log_breakdown();
     stop.store(true, Ordering::Relaxed);
     if let Some(h) = beat {
         let _ = h.join();

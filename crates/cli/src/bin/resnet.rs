@@ -11,6 +11,7 @@ fn main() -> std::process::ExitCode {
         args::Command::Eval(a) => cmd_eval::run(a),
         args::Command::Info(a) => cmd_info::run(a),
         args::Command::Bench(a) => cmd_bench::run(a),
+        args::Command::BenchAllreduce(a) => resnet_cli::cmd_allreduce::run(a),
     };
     resnet_cli::exit(result)
 }

@@ -1,0 +1,156 @@
+//! `resnet bench-allreduce`: TCP-ring all-reduce throughput on this machine's loopback, as bus
+//! bandwidth `2 (n-1)/n * bytes / time` (NCCL's convention), next to a plain TCP copy of the same
+//! bytes between two sockets as the ceiling. Every rank is a thread with real sockets.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use clap::Args;
+use resnet_collective::tcp::{TcpRing, TcpRingConfig};
+use resnet_collective::Collective;
+use serde::Serialize;
+
+/// `resnet bench-allreduce`.
+#[derive(Args, Debug)]
+pub struct AllReduceArgs {
+    /// World sizes to measure.
+    #[arg(long, value_delimiter = ',', default_value = "2,3,4")]
+    pub world: Vec<usize>,
+    /// Buffer sizes in MB (ResNet-18 gradients: 44.7 MB).
+    #[arg(long, value_delimiter = ',', default_value = "1,10,45")]
+    pub mb: Vec<f64>,
+    /// Timed repetitions (median reported) after one warm-up.
+    #[arg(long, default_value_t = 5)]
+    pub repeats: usize,
+    /// JSON lines output.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Serialize)]
+struct Row {
+    world: usize,
+    mb: f64,
+    median_s: f64,
+    bus_gb_per_s: f64,
+    tcp_copy_gb_per_s: f64,
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+fn ring_time(world: usize, elems: usize, repeats: usize) -> Result<f64> {
+    let listeners: Vec<TcpListener> = (0..world)
+        .map(|_| TcpListener::bind("127.0.0.1:0"))
+        .collect::<std::io::Result<_>>()?;
+    let peers: Vec<String> = listeners
+        .iter()
+        .map(|l| l.local_addr().map(|a| a.to_string()))
+        .collect::<std::io::Result<_>>()?;
+    let handles: Vec<_> = listeners
+        .into_iter()
+        .enumerate()
+        .map(|(rank, l)| {
+            let cfg = TcpRingConfig {
+                rank,
+                peers: peers.clone(),
+                generation: 1,
+                timeout: Duration::from_secs(60),
+            };
+            std::thread::spawn(move || -> Result<Vec<f64>> {
+                let mut ring = TcpRing::connect(l, &cfg)?;
+                let mut buf = vec![1.0f32; elems];
+                let mut times = Vec::new();
+                for i in 0..=repeats {
+                    let t = Instant::now();
+                    ring.all_reduce_sum(&mut buf)?;
+                    if i > 0 {
+                        times.push(t.elapsed().as_secs_f64());
+                    }
+                }
+                Ok(times)
+            })
+        })
+        .collect();
+    let mut slowest = vec![0f64; repeats];
+    for h in handles {
+        let times = h
+            .join()
+            .map_err(|_| anyhow::anyhow!("rank thread panicked"))??;
+        for (s, t) in slowest.iter_mut().zip(times) {
+            *s = s.max(t);
+        }
+    }
+    Ok(median(slowest))
+}
+
+fn tcp_copy_time(bytes: usize, repeats: usize) -> Result<f64> {
+    let l = TcpListener::bind("127.0.0.1:0")?;
+    let addr = l.local_addr()?;
+    // The reader acknowledges each complete message, so a timing covers delivery, not just the
+    // copy into the sender's socket buffer.
+    let reader = std::thread::spawn(move || -> std::io::Result<()> {
+        let (mut s, _) = l.accept()?;
+        let mut buf = vec![0u8; 1 << 20];
+        for _ in 0..=repeats {
+            let mut left = bytes;
+            while left > 0 {
+                let n = s.read(&mut buf[..left.min(1 << 20)])?;
+                if n == 0 {
+                    return Ok(());
+                }
+                left -= n;
+            }
+            s.write_all(b"k")?;
+        }
+        Ok(())
+    });
+    let mut s = TcpStream::connect(addr)?;
+    let data = vec![7u8; bytes];
+    let mut ack = [0u8; 1];
+    let mut times = Vec::new();
+    for i in 0..=repeats {
+        let t = Instant::now();
+        s.write_all(&data)?;
+        s.read_exact(&mut ack)?;
+        if i > 0 {
+            times.push(t.elapsed().as_secs_f64());
+        }
+    }
+    reader
+        .join()
+        .map_err(|_| anyhow::anyhow!("reader panicked"))??;
+    Ok(median(times))
+}
+
+/// Runs `resnet bench-allreduce`.
+pub fn run(a: AllReduceArgs) -> Result<()> {
+    anyhow::ensure!(a.repeats > 0, "--repeats must be at least 1");
+    for &mb in &a.mb {
+        let bytes = (mb * 1e6) as usize;
+        let elems = bytes / 4;
+        let copy = bytes as f64 / tcp_copy_time(bytes, a.repeats).context("loopback copy")? / 1e9;
+        for &world in &a.world {
+            let t = ring_time(world, elems, a.repeats)
+                .with_context(|| format!("world {world}, {mb} MB"))?;
+            let bus = 2.0 * (world as f64 - 1.0) / world as f64 * bytes as f64 / t / 1e9;
+            let row = Row {
+                world,
+                mb,
+                median_s: t,
+                bus_gb_per_s: bus,
+                tcp_copy_gb_per_s: copy,
+            };
+            if a.json {
+                println!("{}", serde_json::to_string(&row)?);
+            } else {
+                println!("world {world} {mb:>5} MB: {:.4} s, bus {:.2} GB/s (plain loopback TCP copy {:.2} GB/s)", t, bus, copy);
+            }
+        }
+    }
+    Ok(())
+}
