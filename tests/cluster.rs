@@ -124,8 +124,8 @@ fn check(summary: &Value, results: &[Value], world: usize) {
 }
 
 #[test]
-fn two_and_three_worker_processes_train_identical_replicas() {
-    for world in [2, 3] {
+fn two_three_and_four_worker_processes_train_identical_replicas() {
+    for world in [2, 3, 4] {
         let (summary, results) = cluster(world);
         check(&summary, &results, world);
         // Same seed in local mode (threads, in-memory ring): bit-identical to the processes.
