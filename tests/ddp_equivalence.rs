@@ -7,27 +7,11 @@ use std::time::Duration;
 use burn::backend::{Autodiff, Flex};
 use burn::module::Module;
 use resnet_collective::memory::MemoryRing;
-use resnet_collective::Collective;
 use resnet_data::DataConfig;
-use resnet_train::{GradSync, Quiet, TrainConfig, Trainer};
+use resnet_train::{Quiet, TrainConfig, Trainer};
+use resnet_worker::CollectiveSync;
 
 type B = Autodiff<Flex>;
-
-struct Sync(MemoryRing);
-impl GradSync for Sync {
-    fn rank(&self) -> usize {
-        self.0.rank()
-    }
-    fn world(&self) -> usize {
-        self.0.world()
-    }
-    fn all_reduce_mean(&mut self, buf: &mut [f32]) -> Result<(), String> {
-        self.0.all_reduce_mean(buf).map_err(|e| e.to_string())
-    }
-    fn broadcast(&mut self, buf: &mut [f32], root: usize) -> Result<(), String> {
-        self.0.broadcast(buf, root).map_err(|e| e.to_string())
-    }
-}
 
 fn cfg(batch: usize) -> TrainConfig {
     let mut c = TrainConfig {
@@ -75,7 +59,7 @@ fn train(world: usize, batch: usize) -> Vec<Vec<f32>> {
                 let splits = c.data.load(c.seed, &mut |_, _| {}).expect("data");
                 let mut t = Trainer::<B>::new(c, splits, Default::default(), None)
                     .expect("trainer")
-                    .with_parallel(Box::new(Sync(ring)));
+                    .with_parallel(Box::new(CollectiveSync(Box::new(ring))));
                 t.fit(&mut Quiet).expect("fit");
                 params(&burn::module::AutodiffModule::valid(t.model()))
             })

@@ -67,3 +67,19 @@ pub trait Collective: Send {
         Ok(())
     }
 }
+
+/// Every ring link is a collective: the ring algorithm is written once, in [`ring`].
+impl<L: ring::RingLink + Send> Collective for L {
+    fn rank(&self) -> usize {
+        ring::RingLink::rank(self)
+    }
+    fn world(&self) -> usize {
+        ring::RingLink::world(self)
+    }
+    fn all_reduce_sum(&mut self, buf: &mut [f32]) -> Result<(), CollectiveError> {
+        ring::all_reduce_sum(self, buf)
+    }
+    fn broadcast(&mut self, buf: &mut [f32], root: usize) -> Result<(), CollectiveError> {
+        ring::broadcast(self, buf, root)
+    }
+}

@@ -4,8 +4,8 @@
 use std::sync::mpsc::{channel, Receiver, RecvTimeoutError, Sender};
 use std::time::Duration;
 
-use crate::ring::{self, RingLink};
-use crate::{Collective, CollectiveError};
+use crate::ring::RingLink;
+use crate::CollectiveError;
 
 /// One rank's end of an in-memory ring.
 pub struct MemoryRing {
@@ -75,20 +75,5 @@ impl RingLink for MemoryRing {
         }
         out.copy_from_slice(&msg);
         Ok(())
-    }
-}
-
-impl Collective for MemoryRing {
-    fn rank(&self) -> usize {
-        self.rank
-    }
-    fn world(&self) -> usize {
-        self.world
-    }
-    fn all_reduce_sum(&mut self, buf: &mut [f32]) -> Result<(), CollectiveError> {
-        ring::all_reduce_sum(self, buf)
-    }
-    fn broadcast(&mut self, buf: &mut [f32], root: usize) -> Result<(), CollectiveError> {
-        ring::broadcast(self, buf, root)
     }
 }

@@ -13,8 +13,8 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crate::ring::{self, RingLink};
-use crate::{Collective, CollectiveError};
+use crate::ring::RingLink;
+use crate::CollectiveError;
 
 const MAGIC: &[u8; 4] = b"RCR1";
 
@@ -250,21 +250,6 @@ impl RingLink for TcpRing {
             *o = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
         }
         Ok(())
-    }
-}
-
-impl Collective for TcpRing {
-    fn rank(&self) -> usize {
-        self.rank
-    }
-    fn world(&self) -> usize {
-        self.world
-    }
-    fn all_reduce_sum(&mut self, buf: &mut [f32]) -> Result<(), CollectiveError> {
-        ring::all_reduce_sum(self, buf)
-    }
-    fn broadcast(&mut self, buf: &mut [f32], root: usize) -> Result<(), CollectiveError> {
-        ring::broadcast(self, buf, root)
     }
 }
 

@@ -6,7 +6,7 @@
 mod observer;
 mod run;
 
-pub use run::{run_worker, Transport, WorkerOptions, WorkerResult};
+pub use run::{run_worker, CollectiveSync, Transport, WorkerOptions, WorkerResult};
 
 /// Worker errors; each says which step failed.
 #[derive(Debug, thiserror::Error)]

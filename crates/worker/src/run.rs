@@ -57,7 +57,8 @@ pub struct WorkerResult {
     pub param_hash: String,
 }
 
-struct CollectiveSync(Box<dyn Collective>);
+/// Adapts any [`Collective`] to the trainer's [`GradSync`] hook.
+pub struct CollectiveSync(pub Box<dyn Collective>);
 
 impl GradSync for CollectiveSync {
     fn rank(&self) -> usize {
