@@ -177,27 +177,54 @@ fn unreachable_coordinator_is_a_clear_error_after_retries() {
 
 #[test]
 fn a_worker_that_never_comes_back_fails_the_run_instead_of_hanging() {
-    // One of two workers is killed after joining: the survivor's all-reduce times out, the
+    // One of two workers is killed while training: the survivor's all-reduce times out, the
     // coordinator notices the silence, and both report an error instead of waiting forever.
     let port = free_port().to_string();
     let listen = format!("127.0.0.1:{port}");
     let url = format!("http://127.0.0.1:{port}");
-    let mut args = vec![
+    let out = tempfile::tempdir().expect("tempdir");
+    let o = out.path().to_str().expect("utf8");
+    // Long enough (200 epochs) that the run is still training when the victim is killed.
+    let args = [
         "--workers",
         "2",
         "--listen",
         &listen,
         "--heartbeat-timeout",
         "3",
+        "--join-timeout",
+        "60",
+        "--out",
+        o,
+        "--dataset",
+        "synthetic",
+        "--width",
+        "4",
+        "--batch-size",
+        "16",
+        "--train-limit",
+        "64",
+        "--test-limit",
+        "16",
+        "--epochs",
+        "200",
     ];
-    args.extend(RUN);
     let coord = spawn(env!("CARGO_BIN_EXE_coordinator"), &args);
     let survivor = spawn(
         env!("CARGO_BIN_EXE_worker"),
         &["--coordinator", &url, "--collective-timeout", "5"],
     );
     let mut victim = spawn(env!("CARGO_BIN_EXE_worker"), &["--coordinator", &url]);
-    std::thread::sleep(std::time::Duration::from_millis(1500));
+    // Kill only once training is under way: the coordinator writes metrics.jsonl after epoch 1.
+    let metrics = out.path().join("metrics.jsonl");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !metrics.exists() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(
+        metrics.exists(),
+        "the cluster never finished its first epoch"
+    );
     victim.kill().expect("kill");
     let _ = victim.wait();
     let s = survivor.wait_with_output().expect("survivor");
@@ -211,5 +238,21 @@ fn a_worker_that_never_comes_back_fails_the_run_instead_of_hanging() {
     assert!(
         cerr.contains("no heartbeat") || cerr.contains("failed"),
         "{cerr}"
+    );
+}
+
+#[test]
+fn an_incomplete_group_times_out_instead_of_waiting_forever() {
+    let port = free_port().to_string();
+    let listen = format!("127.0.0.1:{port}");
+    let out = Command::new(env!("CARGO_BIN_EXE_coordinator"))
+        .args(["--workers", "2", "--listen", &listen, "--join-timeout", "2"])
+        .output()
+        .expect("run coordinator");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("rendezvous timed out") && stderr.contains("0 of 2 workers joined"),
+        "{stderr}"
     );
 }

@@ -34,7 +34,8 @@ pub struct CoordinatorCli {
     /// Run the workers as threads of this process, on this machine's device.
     #[arg(long)]
     pub local: bool,
-    /// Seconds a joined worker waits for the rest of the group.
+    /// Seconds to wait for the whole group: a joined worker waits this long for the rest, and
+    /// the run fails if the group is not complete this long after the coordinator started.
     #[arg(long, default_value_t = 300)]
     pub join_timeout: u64,
     /// Seconds without a heartbeat after which a worker counts as dead and the run fails.

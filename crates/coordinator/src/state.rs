@@ -92,6 +92,7 @@ pub struct Coordinator {
     classes: Vec<String>,
     inner: Mutex<Inner>,
     phase: watch::Sender<Phase>,
+    started: Instant,
 }
 
 fn class_names(cfg: &TrainConfig) -> Vec<String> {
@@ -124,6 +125,7 @@ impl Coordinator {
             run_json,
             inner: Mutex::new(Inner::default()),
             phase,
+            started: Instant::now(),
         })
     }
 
@@ -159,9 +161,18 @@ impl Coordinator {
         self.lock().failure.clone()
     }
 
-    /// Fails the run if a training worker has been silent longer than the heartbeat timeout.
+    /// Fails the run if the group is not complete within the join timeout of the coordinator's
+    /// start, or if a training worker has been silent longer than the heartbeat timeout.
     /// (Fault tolerance — dropping the worker and re-forming the group — replaces this.)
     pub fn check_liveness(&self) {
+        if self.phase() == Phase::Waiting && self.started.elapsed() > self.cfg.join_timeout {
+            let joined = self.lock().members.len();
+            self.fail(format!(
+                "rendezvous timed out after {:?}: {joined} of {} workers joined",
+                self.cfg.join_timeout, self.cfg.workers
+            ));
+            return;
+        }
         if self.phase() != Phase::Running {
             return;
         }
