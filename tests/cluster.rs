@@ -256,3 +256,62 @@ fn an_incomplete_group_times_out_instead_of_waiting_forever() {
         "{stderr}"
     );
 }
+
+#[test]
+fn only_workers_with_the_cluster_token_can_join() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (good, bad) = (dir.path().join("token"), dir.path().join("wrong"));
+    std::fs::write(&good, "c0ffee-0123456789abcdef\n").expect("write");
+    std::fs::write(&bad, "not-the-token-0123456789").expect("write");
+    let port = free_port().to_string();
+    let listen = format!("127.0.0.1:{port}");
+    let url = format!("http://127.0.0.1:{port}");
+    let mut args = vec![
+        "--workers",
+        "1",
+        "--listen",
+        &listen,
+        "--json",
+        "--token-file",
+        good.to_str().expect("utf8"),
+    ];
+    args.extend(RUN);
+    let coord = spawn(env!("CARGO_BIN_EXE_coordinator"), &args);
+    for token in [None, Some(&bad)] {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_worker"));
+        cmd.args(["--coordinator", &url, "--connect-timeout", "10"]);
+        if let Some(t) = token {
+            cmd.args(["--token-file", t.to_str().expect("utf8")]);
+        }
+        let out = cmd.output().expect("run worker");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success(),
+            "a worker with token {token:?} joined"
+        );
+        assert!(
+            stderr.contains("missing or wrong cluster token") && stderr.contains("Unauthenticated"),
+            "{stderr}"
+        );
+    }
+    // The refused attempts changed nothing: the real worker joins as rank 0 and the run completes.
+    let w = Command::new(env!("CARGO_BIN_EXE_worker"))
+        .args(["--coordinator", &url, "--json"])
+        .env("RESNET_CLUSTER_TOKEN_FILE", &good)
+        .output()
+        .expect("run worker");
+    assert!(w.status.success(), "{}", String::from_utf8_lossy(&w.stderr));
+    let r: Value = serde_json::from_slice(&w.stdout).expect("json");
+    assert_eq!(r["rank"], 0);
+    let summary: Value = serde_json::from_str(&finish(coord, "coordinator")).expect("json");
+    assert_eq!(summary["world"], 1);
+    let e = Command::new(env!("CARGO_BIN_EXE_worker"))
+        .args(["--coordinator", &url, "--token-file", "/nonexistent/token"])
+        .output()
+        .expect("run");
+    assert!(
+        String::from_utf8_lossy(&e.stderr).contains("token file /nonexistent/token"),
+        "{}",
+        String::from_utf8_lossy(&e.stderr)
+    );
+}

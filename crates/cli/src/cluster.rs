@@ -10,6 +10,7 @@ use resnet_collective::memory::MemoryRing;
 use resnet_coordinator::{serve, Coordinator, CoordinatorConfig, RunSummary};
 use resnet_proto::GrpcControlPlane;
 use resnet_worker::{run_worker, Transport, WorkerOptions, WorkerResult};
+use sha2::Digest;
 
 use crate::args::{DeviceArgs, RunArgs};
 use crate::device::{select, Selected};
@@ -44,6 +45,10 @@ pub struct CoordinatorCli {
     /// Directory for config.json, metrics.jsonl (one line per epoch) and summary.json.
     #[arg(long, value_name = "DIR")]
     pub out: Option<PathBuf>,
+    /// File holding the shared cluster token (at least 16 printable characters); every RPC and
+    /// ring connection must present it. The env var names the file, never the secret itself.
+    #[arg(long, value_name = "FILE", env = "RESNET_CLUSTER_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
     /// Print the summary as JSON on stdout.
     #[arg(long)]
     pub json: bool,
@@ -81,6 +86,10 @@ pub struct WorkerCli {
     /// Seconds an all-reduce may wait for a peer before the step fails.
     #[arg(long, default_value_t = 120)]
     pub collective_timeout: u64,
+    /// File holding the shared cluster token (at least 16 printable characters); every RPC and
+    /// ring connection must present it. The env var names the file, never the secret itself.
+    #[arg(long, value_name = "FILE", env = "RESNET_CLUSTER_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
     /// Print the result as JSON on stdout.
     #[arg(long)]
     pub json: bool,
@@ -100,6 +109,16 @@ fn device_name(sel: Selected) -> String {
     }
 }
 
+/// The token from `--token-file` (if any) and its SHA-256 for the ring handshake.
+fn load_token(file: &Option<PathBuf>) -> Result<(Option<String>, [u8; 32])> {
+    let Some(f) = file else {
+        return Ok((None, [0; 32]));
+    };
+    let token = resnet_proto::read_token_file(f)?;
+    let digest: [u8; 32] = sha2::Sha256::digest(token.as_bytes()).into();
+    Ok((Some(token), digest))
+}
+
 fn default_worker_id() -> String {
     let host = std::fs::read_to_string("/etc/hostname")
         .map(|h| h.trim().to_string())
@@ -110,6 +129,7 @@ fn default_worker_id() -> String {
 /// Runs `coordinator`.
 pub fn run_coordinator(a: CoordinatorCli) -> Result<()> {
     let sel = select(&a.device)?;
+    let (token, ring_auth) = load_token(&a.token_file)?;
     let mut run = resolve(&a.run)?;
     run.model.num_classes = match run.data.dataset {
         resnet_data::DatasetKind::Cifar100 => 100,
@@ -148,9 +168,15 @@ pub fn run_coordinator(a: CoordinatorCli) -> Result<()> {
         "coordinator listening on {addr}, waiting for {} worker(s)",
         a.workers
     );
-    let server = rt.spawn(serve(coord.clone(), listener));
+    let server = rt.spawn(serve(coord.clone(), listener, token.clone()));
     if a.local {
-        let results = run_local_workers(sel, a.workers, &format!("http://{addr}"));
+        let results = run_local_workers(
+            sel,
+            a.workers,
+            &format!("http://{addr}"),
+            token.as_deref(),
+            ring_auth,
+        );
         if let Err(e) = results {
             coord.fail(format!("local worker failed: {e:#}"));
             let _ = rt.block_on(server);
@@ -178,7 +204,13 @@ pub fn run_coordinator(a: CoordinatorCli) -> Result<()> {
     Ok(())
 }
 
-fn run_local_workers(sel: Selected, n: usize, url: &str) -> Result<Vec<WorkerResult>> {
+fn run_local_workers(
+    sel: Selected,
+    n: usize,
+    url: &str,
+    token: Option<&str>,
+    ring_auth: [u8; 32],
+) -> Result<Vec<WorkerResult>> {
     let table = Arc::new(Mutex::new(
         MemoryRing::group(n, Duration::from_secs(300))
             .into_iter()
@@ -187,18 +219,21 @@ fn run_local_workers(sel: Selected, n: usize, url: &str) -> Result<Vec<WorkerRes
     ));
     let handles: Vec<_> = (0..n)
         .map(|i| {
-            let (table, url) = (table.clone(), url.to_string());
+            let (table, url, token) = (table.clone(), url.to_string(), token.map(str::to_string));
             std::thread::Builder::new()
                 .name(format!("worker-{i}"))
                 .spawn(move || -> Result<WorkerResult> {
-                    let mut control = GrpcControlPlane::connect(&url, Duration::from_secs(10))?;
-                    let beats = GrpcControlPlane::connect(&url, Duration::from_secs(10))?;
+                    let mut control =
+                        GrpcControlPlane::connect(&url, Duration::from_secs(10), token.as_deref())?;
+                    let beats =
+                        GrpcControlPlane::connect(&url, Duration::from_secs(10), token.as_deref())?;
                     let opts = WorkerOptions {
                         worker_id: format!("local-{i}"),
                         data_dir: None,
                         device: device_name(sel),
                         collective_timeout: Duration::from_secs(300),
                         heartbeat_every: Duration::from_secs(2),
+                        ring_auth,
                     };
                     let r = crate::with_train_backend!(sel, |B, device| run_worker::<B>(
                         &mut control,
@@ -262,14 +297,16 @@ fn print_summary(s: &RunSummary, json: bool) -> Result<()> {
 pub fn run_worker_cli(a: WorkerCli) -> Result<()> {
     let sel = select(&a.device)?;
     let timeout = Duration::from_secs(a.connect_timeout);
-    let mut control = GrpcControlPlane::connect(&a.coordinator, timeout)?;
-    let beats = GrpcControlPlane::connect(&a.coordinator, timeout)?;
+    let (token, ring_auth) = load_token(&a.token_file)?;
+    let mut control = GrpcControlPlane::connect(&a.coordinator, timeout, token.as_deref())?;
+    let beats = GrpcControlPlane::connect(&a.coordinator, timeout, token.as_deref())?;
     let opts = WorkerOptions {
         worker_id: a.worker_id.clone().unwrap_or_else(default_worker_id),
         data_dir: a.data.clone(),
         device: device_name(sel),
         collective_timeout: Duration::from_secs(a.collective_timeout),
         heartbeat_every: Duration::from_secs(2),
+        ring_auth,
     };
     let transport = Transport::Tcp {
         listen: a.listen.clone(),

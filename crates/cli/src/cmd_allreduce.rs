@@ -60,6 +60,7 @@ fn ring_time(world: usize, elems: usize, repeats: usize) -> Result<f64> {
                 peers: peers.clone(),
                 generation: 1,
                 timeout: Duration::from_secs(60),
+                auth: [0; 32],
             };
             std::thread::spawn(move || -> Result<Vec<f64>> {
                 let mut ring = TcpRing::connect(l, &cfg)?;

@@ -4,7 +4,7 @@
 //! previous one. The connecting side opens with a handshake (magic, its rank, the group
 //! generation); the accepting side drops connections that are not from its predecessor in this
 //! generation, so a stray or stale peer cannot join the ring. Frames are `[u32 count][count x f32
-//! LE]`. A writer thread per rank makes `send` non-blocking; every read has a timeout.
+//! LE]`. The handshake also carries a digest of the cluster token. A writer thread per rank makes `send` non-blocking; every read has a timeout.
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
@@ -41,6 +41,9 @@ pub struct TcpRingConfig {
     pub generation: u64,
     /// Time allowed to form the ring, and per read afterwards.
     pub timeout: Duration,
+    /// SHA-256 of the cluster token (all zeros without one); a peer presenting another digest is
+    /// refused, so only holders of the token can join the ring.
+    pub auth: [u8; 32],
 }
 
 fn setup(msg: impl Into<String>) -> CollectiveError {
@@ -72,10 +75,10 @@ impl TcpRing {
         let deadline = Instant::now() + cfg.timeout;
         let prev = (rank + world - 1) % world;
         let next = (rank + 1) % world;
-        let generation = cfg.generation;
+        let (generation, auth) = (cfg.generation, cfg.auth);
         let acceptor =
-            std::thread::spawn(move || accept_prev(listener, prev, generation, deadline));
-        let out = connect_next(&cfg.peers[next], next, rank, generation, deadline)?;
+            std::thread::spawn(move || accept_prev(listener, prev, generation, auth, deadline));
+        let out = connect_next(&cfg.peers[next], next, rank, generation, auth, deadline)?;
         let inbound = acceptor
             .join()
             .map_err(|_| setup("accept thread panicked"))??;
@@ -112,6 +115,7 @@ fn connect_next(
     next: usize,
     rank: usize,
     generation: u64,
+    auth: [u8; 32],
     deadline: Instant,
 ) -> Result<TcpStream, CollectiveError> {
     let mut last_err = String::from("no attempt");
@@ -121,10 +125,11 @@ fn connect_next(
             match TcpStream::connect_timeout(&target, Duration::from_millis(500)) {
                 Ok(mut s) => {
                     let _ = s.set_nodelay(true);
-                    let mut hello = Vec::with_capacity(16);
+                    let mut hello = Vec::with_capacity(48);
                     hello.extend_from_slice(MAGIC);
                     hello.extend_from_slice(&(rank as u32).to_le_bytes());
                     hello.extend_from_slice(&generation.to_le_bytes());
+                    hello.extend_from_slice(&auth);
                     s.write_all(&hello)
                         .map_err(|e| setup(format!("handshake to rank {next} at {addr}: {e}")))?;
                     return Ok(s);
@@ -145,6 +150,7 @@ fn accept_prev(
     listener: TcpListener,
     prev: usize,
     generation: u64,
+    auth: [u8; 32],
     deadline: Instant,
 ) -> Result<TcpStream, CollectiveError> {
     listener
@@ -155,7 +161,7 @@ fn accept_prev(
             Ok((mut s, from)) => {
                 let _ = s.set_nonblocking(false);
                 let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-                let mut hello = [0u8; 16];
+                let mut hello = [0u8; 48];
                 match s.read_exact(&mut hello) {
                     Ok(()) => {
                         let r =
@@ -163,7 +169,11 @@ fn accept_prev(
                         let mut g = [0u8; 8];
                         g.copy_from_slice(&hello[8..16]);
                         let g = u64::from_le_bytes(g);
-                        if &hello[..4] == MAGIC && r == prev && g == generation {
+                        if &hello[..4] == MAGIC
+                            && r == prev
+                            && g == generation
+                            && hello[16..] == auth
+                        {
                             return Ok(s);
                         }
                         tracing::warn!(%from, claimed_rank = r, generation = g, expected_rank = prev, expected_generation = generation, "refused ring connection");

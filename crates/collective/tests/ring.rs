@@ -67,6 +67,7 @@ fn tcp_group(world: usize) -> Vec<TcpRing> {
                 peers: peers.clone(),
                 generation: 1,
                 timeout: Duration::from_secs(10),
+                auth: [0; 32],
             };
             std::thread::spawn(move || TcpRing::connect(l, &cfg).expect("connect"))
         })
@@ -155,6 +156,7 @@ fn tcp_ring_refuses_a_stale_generation() {
                 peers: p,
                 generation: 1,
                 timeout: Duration::from_secs(2),
+                auth: [0; 32],
             },
         )
     });
@@ -166,9 +168,35 @@ fn tcp_ring_refuses_a_stale_generation() {
                 peers,
                 generation: 2,
                 timeout: Duration::from_secs(2),
+                auth: [0; 32],
             },
         )
     });
+    assert!(a.join().expect("a").is_err());
+    assert!(b.join().expect("b").is_err());
+}
+
+#[test]
+fn tcp_ring_refuses_a_peer_without_the_token() {
+    let listeners: Vec<TcpListener> = (0..2)
+        .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind"))
+        .collect();
+    let peers: Vec<String> = listeners
+        .iter()
+        .map(|l| l.local_addr().expect("addr").to_string())
+        .collect();
+    let mut it = listeners.into_iter();
+    let (l0, l1) = (it.next().expect("l0"), it.next().expect("l1"));
+    let p = peers.clone();
+    let cfg = |rank, peers, auth| TcpRingConfig {
+        rank,
+        peers,
+        generation: 1,
+        timeout: Duration::from_secs(2),
+        auth,
+    };
+    let a = std::thread::spawn(move || TcpRing::connect(l0, &cfg(0, p, [7; 32])));
+    let b = std::thread::spawn(move || TcpRing::connect(l1, &cfg(1, peers, [0; 32])));
     assert!(a.join().expect("a").is_err());
     assert!(b.join().expect("b").is_err());
 }

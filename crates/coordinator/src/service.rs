@@ -68,9 +68,13 @@ impl CoordinatorRpc for CoordinatorService {
 
 /// Serves the coordinator, gRPC health (`grpc.health.v1`) and reflection on `listener` until
 /// the run finishes, then shuts down gracefully (in-flight responses complete).
+///
+/// With `token`, every coordinator RPC must carry it (`UNAUTHENTICATED` otherwise; health and
+/// reflection stay open for probes).
 pub async fn serve(
     coord: Arc<Coordinator>,
     listener: tokio::net::TcpListener,
+    token: Option<String>,
 ) -> Result<(), String> {
     let (mut reporter, health) = tonic_health::server::health_reporter();
     reporter
@@ -82,6 +86,10 @@ pub async fn serve(
         .map_err(|e| e.to_string())?;
     let svc = v1::coordinator_server::CoordinatorServer::new(CoordinatorService(coord.clone()))
         .max_decoding_message_size(16 << 20);
+    let svc = tonic::service::interceptor::InterceptedService::new(
+        svc,
+        resnet_proto::RequireToken::new(token.as_deref()),
+    );
     let done = coord.clone();
     let progress = tokio::spawn(log_progress(coord.clone()));
     let incoming = tokio_stream_from(listener);

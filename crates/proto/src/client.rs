@@ -2,7 +2,10 @@
 
 use std::time::{Duration, Instant};
 
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
+
+use crate::auth::AttachToken;
 
 use crate::domain::{
     Assignment, ControlError, ControlPlane, EpochReport, Finish, Heartbeat, JoinRequest,
@@ -12,7 +15,7 @@ use crate::v1::coordinator_client::CoordinatorClient;
 /// A blocking gRPC client; owns a small runtime so callers stay synchronous.
 pub struct GrpcControlPlane {
     rt: tokio::runtime::Runtime,
-    client: CoordinatorClient<Channel>,
+    client: CoordinatorClient<InterceptedService<Channel, AttachToken>>,
     url: String,
 }
 
@@ -27,8 +30,13 @@ fn status(url: &str, what: &str, s: tonic::Status) -> ControlError {
 impl GrpcControlPlane {
     /// Connects to `url` (e.g. `http://127.0.0.1:50051`), retrying with exponential backoff
     /// (100 ms doubling to 2 s) until `timeout`; the error names the address, the attempts and
-    /// the last failure.
-    pub fn connect(url: &str, timeout: Duration) -> Result<Self, ControlError> {
+    /// the last failure. `token` is sent with every request.
+    pub fn connect(
+        url: &str,
+        timeout: Duration,
+        token: Option<&str>,
+    ) -> Result<Self, ControlError> {
+        let attach = AttachToken::new(token)?;
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .enable_all()
@@ -48,8 +56,8 @@ impl GrpcControlPlane {
             attempts += 1;
             match rt.block_on(endpoint.connect()) {
                 Ok(channel) => {
-                    let client =
-                        CoordinatorClient::new(channel).max_decoding_message_size(16 << 20);
+                    let client = CoordinatorClient::with_interceptor(channel, attach.clone())
+                        .max_decoding_message_size(16 << 20);
                     return Ok(Self {
                         rt,
                         client,

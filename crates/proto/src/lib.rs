@@ -2,9 +2,11 @@
 //! domain types with conversions, the blocking [`ControlPlane`] trait the worker programs
 //! against, and its gRPC client. Nothing here knows about Burn.
 
+pub mod auth;
 pub mod client;
 pub mod domain;
 
+pub use auth::{read_token_file, AttachToken, RequireToken};
 pub use client::GrpcControlPlane;
 pub use domain::{
     Assignment, ControlError, ControlPlane, EpochReport, Finish, Heartbeat, JoinRequest,

@@ -42,6 +42,8 @@ pub struct WorkerOptions {
     pub collective_timeout: Duration,
     /// Heartbeat period.
     pub heartbeat_every: Duration,
+    /// SHA-256 of the cluster token (zeros without one), presented in the ring handshake.
+    pub ring_auth: [u8; 32],
 }
 
 /// What a worker reports when it is done.
@@ -139,6 +141,7 @@ pub fn run_worker<B: AutodiffBackend>(
                 peers: a.peers.clone(),
                 generation: a.generation,
                 timeout: opts.collective_timeout,
+                auth: opts.ring_auth,
             },
         )?),
         (Transport::Memory(table), _) => {
