@@ -136,8 +136,8 @@ fn dead_peer_is_an_error_not_a_hang() {
     );
 }
 
-#[test]
-fn tcp_ring_refuses_a_stale_generation() {
+/// Two ranks that try to form a ring with the given (generation, token digest) each.
+fn pair(a: (u64, [u8; 32]), b: (u64, [u8; 32])) -> (bool, bool) {
     let listeners: Vec<TcpListener> = (0..2)
         .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind"))
         .collect();
@@ -145,58 +145,32 @@ fn tcp_ring_refuses_a_stale_generation() {
         .iter()
         .map(|l| l.local_addr().expect("addr").to_string())
         .collect();
-    let mut it = listeners.into_iter();
-    let (l0, l1) = (it.next().expect("l0"), it.next().expect("l1"));
-    let p = peers.clone();
-    let a = std::thread::spawn(move || {
-        TcpRing::connect(
-            l0,
-            &TcpRingConfig {
-                rank: 0,
-                peers: p,
-                generation: 1,
+    let handles: Vec<_> = listeners
+        .into_iter()
+        .zip([a, b])
+        .enumerate()
+        .map(|(rank, (l, (generation, auth)))| {
+            let cfg = TcpRingConfig {
+                rank,
+                peers: peers.clone(),
+                generation,
                 timeout: Duration::from_secs(2),
-                auth: [0; 32],
-            },
-        )
-    });
-    let b = std::thread::spawn(move || {
-        TcpRing::connect(
-            l1,
-            &TcpRingConfig {
-                rank: 1,
-                peers,
-                generation: 2,
-                timeout: Duration::from_secs(2),
-                auth: [0; 32],
-            },
-        )
-    });
-    assert!(a.join().expect("a").is_err());
-    assert!(b.join().expect("b").is_err());
+                auth,
+            };
+            std::thread::spawn(move || TcpRing::connect(l, &cfg).is_ok())
+        })
+        .collect();
+    let mut ok = handles.into_iter().map(|h| h.join().expect("thread"));
+    (ok.next().expect("a"), ok.next().expect("b"))
+}
+
+#[test]
+fn tcp_ring_refuses_a_stale_generation() {
+    assert_eq!(pair((1, [0; 32]), (2, [0; 32])), (false, false));
 }
 
 #[test]
 fn tcp_ring_refuses_a_peer_without_the_token() {
-    let listeners: Vec<TcpListener> = (0..2)
-        .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind"))
-        .collect();
-    let peers: Vec<String> = listeners
-        .iter()
-        .map(|l| l.local_addr().expect("addr").to_string())
-        .collect();
-    let mut it = listeners.into_iter();
-    let (l0, l1) = (it.next().expect("l0"), it.next().expect("l1"));
-    let p = peers.clone();
-    let cfg = |rank, peers, auth| TcpRingConfig {
-        rank,
-        peers,
-        generation: 1,
-        timeout: Duration::from_secs(2),
-        auth,
-    };
-    let a = std::thread::spawn(move || TcpRing::connect(l0, &cfg(0, p, [7; 32])));
-    let b = std::thread::spawn(move || TcpRing::connect(l1, &cfg(1, peers, [0; 32])));
-    assert!(a.join().expect("a").is_err());
-    assert!(b.join().expect("b").is_err());
+    assert_eq!(pair((1, [7; 32]), (1, [0; 32])), (false, false));
+    assert_eq!(pair((1, [7; 32]), (1, [7; 32])), (true, true));
 }
