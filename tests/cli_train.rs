@@ -180,3 +180,29 @@ fn trains_evaluates_and_writes_run_files() {
         "{stdout}"
     );
 }
+
+#[test]
+fn failed_checkpoint_writes_are_loud_but_do_not_stop_training() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let out = dir.path().join("run");
+    std::fs::create_dir_all(&out).expect("mkdir");
+    // A file where the checkpoint directory should be: every write fails (as root, too, unlike a
+    // read-only directory).
+    std::fs::write(out.join("checkpoints"), b"in the way").expect("write");
+    let out_s = out.to_str().expect("utf-8");
+    let mut args = SMALL.to_vec();
+    args.extend(["--checkpoint-steps", "5", "--out", out_s]);
+    let (ok, stdout, stderr) = resnet(&args);
+    assert!(!ok, "must fail at the end: no checkpoint was written");
+    // Training went on to the end despite the failures.
+    assert!(stdout.contains("\"epochs_completed\": 2"), "{stdout}\n{stderr}");
+    assert!(stderr.contains("CHECKPOINT FAILED"), "{stderr}");
+    assert!(
+        stderr.contains("no checkpoint could be written"),
+        "{stderr}"
+    );
+    assert_eq!(
+        std::fs::read(out.join("checkpoints")).expect("still a file"),
+        b"in the way"
+    );
+}

@@ -55,6 +55,14 @@ pub struct CoordinatorCli {
     /// Log format: human or json.
     #[arg(long, default_value = "human", value_parser = ["human", "json"])]
     pub log_format: String,
+    /// Serve Prometheus metrics at http://ADDR/metrics (read-only). With --local this
+    /// includes every in-process worker's series. Off by default.
+    #[arg(long, value_name = "ADDR", env = "RESNET_CLUSTER_METRICS_ADDR")]
+    pub metrics_addr: Option<std::net::SocketAddr>,
+    /// Keep serving metrics this many seconds after the run ends, so a scraper sees the final
+    /// values.
+    #[arg(long, default_value_t = 0, value_name = "SECS")]
+    pub metrics_linger: u64,
     /// Device selection.
     #[command(flatten)]
     pub device: DeviceArgs,
@@ -96,6 +104,13 @@ pub struct WorkerCli {
     /// Log format: human or json.
     #[arg(long, default_value = "human", value_parser = ["human", "json"])]
     pub log_format: String,
+    /// Serve Prometheus metrics at http://ADDR/metrics (read-only). Off by default.
+    #[arg(long, value_name = "ADDR", env = "RESNET_CLUSTER_METRICS_ADDR")]
+    pub metrics_addr: Option<std::net::SocketAddr>,
+    /// Directory for this worker's checkpoints, config.json and metrics.jsonl, written only if
+    /// it gets rank 0 (replicas are identical, so one copy is enough).
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
     /// Device selection.
     #[command(flatten)]
     pub device: DeviceArgs,
@@ -129,6 +144,18 @@ fn default_worker_id() -> String {
 /// Runs `coordinator`.
 pub fn run_coordinator(a: CoordinatorCli) -> Result<()> {
     let sel = select(&a.device)?;
+    if let Some(addr) = a.metrics_addr {
+        resnet_telemetry::serve_metrics(addr, "coordinator")?;
+    }
+    let result = coordinate(&a, sel);
+    if a.metrics_addr.is_some() && a.metrics_linger > 0 {
+        eprintln!("serving metrics for {} more seconds", a.metrics_linger);
+        std::thread::sleep(Duration::from_secs(a.metrics_linger));
+    }
+    result
+}
+
+fn coordinate(a: &CoordinatorCli, sel: Selected) -> Result<()> {
     let (token, ring_auth) = load_token(&a.token_file)?;
     let mut run = resolve(&a.run)?;
     run.model.num_classes = match run.data.dataset {
@@ -176,6 +203,7 @@ pub fn run_coordinator(a: CoordinatorCli) -> Result<()> {
             &format!("http://{addr}"),
             token.as_deref(),
             ring_auth,
+            a.out.as_ref().map(|o| o.join("rank0")),
         );
         if let Err(e) = results {
             coord.fail(format!("local worker failed: {e:#}"));
@@ -210,6 +238,7 @@ fn run_local_workers(
     url: &str,
     token: Option<&str>,
     ring_auth: [u8; 32],
+    out: Option<PathBuf>,
 ) -> Result<Vec<WorkerResult>> {
     let table = Arc::new(Mutex::new(
         MemoryRing::group(n, Duration::from_secs(300))
@@ -220,6 +249,7 @@ fn run_local_workers(
     let handles: Vec<_> = (0..n)
         .map(|i| {
             let (table, url, token) = (table.clone(), url.to_string(), token.map(str::to_string));
+            let out = out.clone();
             std::thread::Builder::new()
                 .name(format!("worker-{i}"))
                 .spawn(move || -> Result<WorkerResult> {
@@ -232,8 +262,9 @@ fn run_local_workers(
                         data_dir: None,
                         device: device_name(sel),
                         collective_timeout: Duration::from_secs(300),
-                        heartbeat_every: Duration::from_secs(2),
+                        heartbeat_every: resnet_proto::HEARTBEAT_INTERVAL,
                         ring_auth,
+                        out,
                     };
                     let r = crate::with_train_backend!(sel, |B, device| run_worker::<B>(
                         &mut control,
@@ -296,6 +327,9 @@ fn print_summary(s: &RunSummary, json: bool) -> Result<()> {
 /// Runs `worker`.
 pub fn run_worker_cli(a: WorkerCli) -> Result<()> {
     let sel = select(&a.device)?;
+    if let Some(addr) = a.metrics_addr {
+        resnet_telemetry::serve_metrics(addr, "worker")?;
+    }
     let timeout = Duration::from_secs(a.connect_timeout);
     let (token, ring_auth) = load_token(&a.token_file)?;
     let mut control = GrpcControlPlane::connect(&a.coordinator, timeout, token.as_deref())?;
@@ -305,8 +339,9 @@ pub fn run_worker_cli(a: WorkerCli) -> Result<()> {
         data_dir: a.data.clone(),
         device: device_name(sel),
         collective_timeout: Duration::from_secs(a.collective_timeout),
-        heartbeat_every: Duration::from_secs(2),
+        heartbeat_every: resnet_proto::HEARTBEAT_INTERVAL,
         ring_auth,
+        out: a.out.clone(),
     };
     let transport = Transport::Tcp {
         listen: a.listen.clone(),

@@ -139,6 +139,14 @@ pub fn run(args: TrainArgs) -> Result<()> {
     } else {
         print_summary(&summary);
     }
+    // Training survives failed checkpoint writes, but a run that ends with none of its state on
+    // disk must not look like a success.
+    if summary.checkpoint.is_none() {
+        anyhow::bail!(
+            "training finished but no checkpoint could be written under {} (see the CHECKPOINT FAILED lines)",
+            out.join("checkpoints").display()
+        );
+    }
     Ok(())
 }
 

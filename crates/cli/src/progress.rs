@@ -100,11 +100,29 @@ impl TrainObserver for Progress {
         );
     }
 
-    fn on_checkpoint(&mut self, dir: &Path) {
-        if let Some(bar) = &self.bar {
-            bar.suspend(|| eprintln!("checkpoint {}", dir.display()));
-        } else {
-            eprintln!("checkpoint {}", dir.display());
+    fn on_checkpoint(&mut self, dir: &Path, info: &resnet_train::CheckpointInfo) {
+        let line = format!(
+            "checkpoint {} ({:.1} MB in {:.2}s)",
+            dir.display(),
+            info.bytes as f64 / 1e6,
+            info.seconds
+        );
+        self.print(&line);
+    }
+
+    fn on_checkpoint_failed(&mut self, error: &str) {
+        self.print(&format!(
+            "CHECKPOINT FAILED (training continues; earlier checkpoints are intact): {error}"
+        ));
+    }
+}
+
+impl Progress {
+    /// A line that does not tear the progress bar.
+    fn print(&self, line: &str) {
+        match &self.bar {
+            Some(bar) => bar.suspend(|| eprintln!("{line}")),
+            None => eprintln!("{line}"),
         }
     }
 }

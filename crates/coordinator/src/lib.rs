@@ -4,6 +4,7 @@
 //! exact evaluation counts each epoch, and ends the run with a summary. Gradients never pass
 //! through it.
 
+pub mod metrics;
 mod service;
 mod state;
 mod summary;

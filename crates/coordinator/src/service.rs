@@ -1,6 +1,7 @@
 //! The gRPC face of [`Coordinator`]: converts types, maps refusals to status codes, logs.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use resnet_proto::v1;
 use resnet_proto::v1::coordinator_server::Coordinator as CoordinatorRpc;
@@ -21,48 +22,80 @@ fn status(method: &str, r: Refusal) -> Status {
     }
 }
 
+/// Counts a handled request by method and outcome.
+// tonic's handler signature fixes `Result<_, Status>`; boxing here would only unbox again.
+#[allow(clippy::result_large_err)]
+fn observe<T>(method: &'static str, started: Instant, r: Result<T, Status>) -> Result<T, Status> {
+    let code = r.as_ref().map_or_else(Status::code, |_| tonic::Code::Ok);
+    crate::metrics::grpc(method, code, started.elapsed().as_secs_f64());
+    r
+}
+
+/// The token check, counting what it turns away (the method is not known at this layer, so
+/// those requests are counted as `method="*"`).
+#[derive(Clone)]
+struct CountingAuth(resnet_proto::RequireToken);
+
+impl tonic::service::Interceptor for CountingAuth {
+    fn call(&mut self, req: Request<()>) -> Result<Request<()>, Status> {
+        self.0
+            .call(req)
+            .inspect_err(|s| crate::metrics::grpc("*", s.code(), 0.0))
+    }
+}
+
 #[tonic::async_trait]
 impl CoordinatorRpc for CoordinatorService {
     async fn join(
         &self,
         req: Request<v1::JoinRequest>,
     ) -> Result<Response<v1::JoinResponse>, Status> {
+        let t = Instant::now();
         let peer = req.remote_addr().map(|a| a.to_string()).unwrap_or_default();
         tracing::debug!(%peer, "join request");
         let a = self
             .0
             .join(req.into_inner().into())
             .await
-            .map_err(|r| status("Join", r))?;
-        Ok(Response::new(a.into()))
+            .map_err(|r| status("Join", r));
+        observe("Join", t, a.map(|a| Response::new(a.into())))
     }
 
     async fn heartbeat(
         &self,
         req: Request<v1::HeartbeatRequest>,
     ) -> Result<Response<v1::HeartbeatResponse>, Status> {
-        let stop = self
+        let t = Instant::now();
+        let r = self
             .0
             .heartbeat(req.into_inner().into())
-            .map_err(|r| status("Heartbeat", r))?;
-        Ok(Response::new(v1::HeartbeatResponse { stop }))
+            .map_err(|r| status("Heartbeat", r));
+        observe(
+            "Heartbeat",
+            t,
+            r.map(|stop| Response::new(v1::HeartbeatResponse { stop })),
+        )
     }
 
     async fn report_epoch(
         &self,
         req: Request<v1::EpochReport>,
     ) -> Result<Response<v1::Ack>, Status> {
-        self.0
+        let t = Instant::now();
+        let r = self
+            .0
             .report_epoch(req.into_inner().into())
-            .map_err(|r| status("ReportEpoch", r))?;
-        Ok(Response::new(v1::Ack {}))
+            .map_err(|r| status("ReportEpoch", r));
+        observe("ReportEpoch", t, r.map(|()| Response::new(v1::Ack {})))
     }
 
     async fn finish(&self, req: Request<v1::FinishRequest>) -> Result<Response<v1::Ack>, Status> {
-        self.0
+        let t = Instant::now();
+        let r = self
+            .0
             .finish(req.into_inner().into())
-            .map_err(|r| status("Finish", r))?;
-        Ok(Response::new(v1::Ack {}))
+            .map_err(|r| status("Finish", r));
+        observe("Finish", t, r.map(|()| Response::new(v1::Ack {})))
     }
 }
 
@@ -88,7 +121,7 @@ pub async fn serve(
         .max_decoding_message_size(16 << 20);
     let svc = tonic::service::interceptor::InterceptedService::new(
         svc,
-        resnet_proto::RequireToken::new(token.as_deref()),
+        CountingAuth(resnet_proto::RequireToken::new(token.as_deref())),
     );
     let done = coord.clone();
     let progress = tokio::spawn(log_progress(coord.clone()));

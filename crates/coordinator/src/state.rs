@@ -71,6 +71,8 @@ struct Member {
     step: u64,
     loss: f64,
     images_per_sec: f64,
+    /// Heartbeat misses already counted for the current silence.
+    misses: u64,
 }
 
 #[derive(Default)]
@@ -119,6 +121,7 @@ impl Coordinator {
         cfg.run.validate().map_err(|e| e.to_string())?;
         let run_json = serde_json::to_string(&cfg.run).map_err(|e| e.to_string())?;
         let (phase, _) = watch::channel(Phase::Waiting);
+        crate::metrics::init(cfg.workers);
         Ok(Self {
             classes: class_names(&cfg.run),
             cfg,
@@ -127,6 +130,11 @@ impl Coordinator {
             phase,
             started: Instant::now(),
         })
+    }
+
+    fn set_phase(&self, p: Phase) {
+        self.phase.send_replace(p);
+        crate::metrics::phase(p);
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -152,7 +160,7 @@ impl Coordinator {
         if inner.failure.is_none() && self.phase() != Phase::Finished {
             tracing::error!(%reason, "run failed");
             inner.failure = Some(reason);
-            self.phase.send_replace(Phase::Failed);
+            self.set_phase(Phase::Failed);
         }
     }
 
@@ -177,7 +185,17 @@ impl Coordinator {
             return;
         }
         let silent = {
-            let inner = self.lock();
+            let mut inner = self.lock();
+            let interval = resnet_proto::HEARTBEAT_INTERVAL.as_secs_f64();
+            for m in inner.members.iter_mut() {
+                let missed = (m.last_seen.elapsed().as_secs_f64() / interval) as u64;
+                let missed = missed.saturating_sub(1);
+                if missed > m.misses {
+                    metrics::counter!(crate::metrics::HEARTBEAT_MISSES_TOTAL)
+                        .increment(missed - m.misses);
+                    m.misses = missed;
+                }
+            }
             inner
                 .members
                 .iter()
@@ -193,6 +211,8 @@ impl Coordinator {
                 })
         };
         if let Some(reason) = silent {
+            crate::metrics::membership("lost");
+            metrics::gauge!(crate::metrics::WORKERS_ALIVE).decrement(1.0);
             self.fail(reason);
         }
     }
@@ -262,7 +282,9 @@ impl Coordinator {
                 step: 0,
                 loss: f64::NAN,
                 images_per_sec: 0.0,
+                misses: 0,
             });
+            crate::metrics::membership("joined");
             tracing::info!(worker = %req.worker_id, device = %req.device, data_addr = %req.data_addr, joined = inner.members.len(), of = self.cfg.workers, "worker joined");
             if inner.members.len() == self.cfg.workers {
                 inner.generation += 1;
@@ -275,7 +297,9 @@ impl Coordinator {
                     world = n,
                     "group complete, training starts"
                 );
-                self.phase.send_replace(Phase::Running);
+                self.set_phase(Phase::Running);
+                metrics::gauge!(crate::metrics::GENERATION).set(inner.generation as f64);
+                metrics::gauge!(crate::metrics::WORKERS_ALIVE).set(n as f64);
             }
         }
         let guard = LeaveOnDrop {
@@ -343,9 +367,13 @@ impl Coordinator {
         let idx = self.member(&inner, &hb.worker_id, hb.rank, hb.generation)?;
         let m = &mut inner.members[idx];
         m.last_seen = Instant::now();
+        m.misses = 0;
         m.step = hb.step;
         m.loss = hb.loss;
         m.images_per_sec = hb.images_per_sec;
+        metrics::counter!(crate::metrics::HEARTBEATS_TOTAL).increment(1);
+        let slowest = inner.members.iter().map(|m| m.step).min().unwrap_or(0);
+        metrics::gauge!(crate::metrics::RUN_STEP).set(slowest as f64);
         Ok(false)
     }
 
@@ -376,6 +404,10 @@ impl Coordinator {
             let reports: Vec<EpochReport> = slot.iter().flatten().cloned().collect();
             let merged = merge_epoch(&reports, complete, &self.classes);
             log_epoch(&merged);
+            if complete {
+                let done = inner.epochs.iter().filter(|e| e.complete).count() + 1;
+                crate::metrics::epoch(&merged, done);
+            }
             inner.epochs.push(merged);
             if let Some(out) = &self.cfg.out {
                 write_lines(&out.join("metrics.jsonl"), &inner.epochs);
@@ -390,6 +422,7 @@ impl Coordinator {
         let idx = self.member(&inner, &f.worker_id, f.rank, f.generation)?;
         tracing::info!(worker = %f.worker_id, rank = idx, steps = f.steps, param_hash = %f.param_hash, "worker finished");
         inner.finished[idx] = Some(f);
+        crate::metrics::membership("finished");
         if inner.finished.iter().all(Option::is_some) {
             let hashes: Vec<String> = inner
                 .finished
@@ -416,7 +449,7 @@ impl Coordinator {
                 write_json(&out.join("summary.json"), &summary);
             }
             inner.summary = Some(summary);
-            self.phase.send_replace(Phase::Finished);
+            self.set_phase(Phase::Finished);
         }
         Ok(())
     }
@@ -451,6 +484,7 @@ impl Coordinator {
         let mut inner = self.lock();
         if self.phase() == Phase::Waiting {
             inner.members.retain(|m| m.worker_id != worker_id);
+            crate::metrics::membership("left");
             tracing::warn!(
                 worker = worker_id,
                 joined = inner.members.len(),

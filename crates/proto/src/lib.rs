@@ -24,6 +24,10 @@ pub mod v1 {
 /// Bumped on any incompatible change to the control protocol.
 pub const PROTOCOL_VERSION: u32 = 1;
 
+/// How often workers send heartbeats; the coordinator counts a miss for every further interval
+/// of silence.
+pub const HEARTBEAT_INTERVAL: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// What must match between coordinator and worker builds: package version, protocol, Burn.
 pub fn fingerprint() -> String {
     format!(

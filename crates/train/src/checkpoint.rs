@@ -256,6 +256,19 @@ pub fn prune(root: &Path, keep: usize) {
     }
 }
 
+/// Total bytes of the regular files directly inside `dir` (a checkpoint is flat).
+pub fn dir_size(dir: &Path) -> u64 {
+    std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.flatten()
+                .filter_map(|e| e.metadata().ok())
+                .filter(|m| m.is_file())
+                .map(|m| m.len())
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

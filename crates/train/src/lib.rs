@@ -25,8 +25,8 @@ pub use metrics::{argmax, count_batch, ClassMetrics, EvalCounts, EvalReport};
 pub use optim::{AnyOptimizer, OptimConfig, OptimizerKind};
 pub use parallel::{broadcast_model, sync_batchnorm, sync_gradients, GradSync};
 pub use records::{
-    EpochCounts, EpochRecord, EvalSummary, Quiet, StepStats, StepTiming, TrainObserver, TrainState,
-    TrainSummary,
+    CheckpointInfo, EpochCounts, EpochRecord, EvalSummary, Quiet, StepStats, StepTiming,
+    TrainObserver, TrainState, TrainSummary,
 };
 pub use schedule::{ScheduleConfig, ScheduleKind};
 pub use trainer::{load_model, load_state, Trainer};

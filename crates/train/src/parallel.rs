@@ -74,7 +74,7 @@ pub fn sync_gradients<B: AutodiffBackend>(
     grads: &mut GradientsParams,
     sync: &mut dyn GradSync,
     device: &B::Device,
-) -> Result<(), TrainError> {
+) -> Result<usize, TrainError> {
     let mut c = Collect {
         grads,
         flat: Vec::new(),
@@ -97,7 +97,7 @@ pub fn sync_gradients<B: AutodiffBackend>(
         device: device.clone(),
     };
     model.visit(&mut r);
-    Ok(())
+    Ok(flat.len() * std::mem::size_of::<f32>())
 }
 
 /// Averages BatchNorm running statistics over the replicas (each replica saw its own shard), so

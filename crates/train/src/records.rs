@@ -51,6 +51,10 @@ pub struct StepStats {
     pub images: usize,
     /// Phase timings.
     pub timing: StepTiming,
+    /// Gradient bytes this rank all-reduced in the step (0 without data parallelism).
+    pub allreduce_bytes: usize,
+    /// Data-parallel group size (1 on its own).
+    pub world: usize,
 }
 
 /// Test-split metrics kept per epoch.
@@ -132,10 +136,23 @@ pub trait TrainObserver {
     /// After every epoch (and its evaluation).
     fn on_epoch(&mut self, _e: &EpochRecord) {}
     /// After a checkpoint is written.
-    fn on_checkpoint(&mut self, _dir: &Path) {}
+    fn on_checkpoint(&mut self, _dir: &Path, _info: &CheckpointInfo) {}
+    /// After a checkpoint could not be written (training goes on).
+    fn on_checkpoint_failed(&mut self, _error: &str) {}
     /// After every epoch, and at the end of a run stopped mid-epoch: this rank's exact counts
     /// (data-parallel workers forward them to the coordinator, which sums them).
     fn on_epoch_counts(&mut self, _c: &EpochCounts) {}
+}
+
+/// What one checkpoint write cost.
+#[derive(Debug, Clone, Copy)]
+pub struct CheckpointInfo {
+    /// Global step saved.
+    pub step: usize,
+    /// Seconds to write it (serialise, fsync, rename).
+    pub seconds: f64,
+    /// Bytes on disk.
+    pub bytes: u64,
 }
 
 /// One rank's additive counts for an epoch (or the partial epoch a run stopped in).

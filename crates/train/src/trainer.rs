@@ -22,6 +22,7 @@ use crate::eval::{batch_tensor, evaluate};
 use crate::loss::{smoothed_targets, soft_cross_entropy, targets_tensor};
 use crate::metrics::{argmax, EvalCounts, EvalReport};
 use crate::parallel::{broadcast_model, sync_batchnorm, sync_gradients, GradSync};
+use crate::records::CheckpointInfo;
 use crate::records::{
     EpochCounts, EpochRecord, EvalSummary, StepStats, StepTiming, TrainObserver, TrainState,
     TrainSummary,
@@ -40,6 +41,8 @@ pub struct Trainer<B: AutodiffBackend> {
     out: Option<PathBuf>,
     last_saved: Option<(usize, PathBuf)>,
     parallel: Option<Box<dyn GradSync>>,
+    /// Gradient bytes all-reduced by the last step (for throughput metrics).
+    last_allreduce_bytes: usize,
 }
 
 static INIT_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
@@ -177,6 +180,7 @@ impl<B: AutodiffBackend> Trainer<B> {
             out,
             last_saved: None,
             parallel: None,
+            last_allreduce_bytes: 0,
         }
     }
 
@@ -305,6 +309,8 @@ impl<B: AutodiffBackend> Trainer<B> {
                     lr,
                     images: batch.n,
                     timing,
+                    allreduce_bytes: self.last_allreduce_bytes,
+                    world: self.parallel.as_ref().map_or(1, |p| p.world()),
                 });
                 if cfg
                     .checkpoint_steps
@@ -461,10 +467,14 @@ impl<B: AutodiffBackend> Trainer<B> {
         let t1 = Instant::now();
         let mut grads = GradientsParams::from_grads(loss.backward(), &model);
         let t2 = Instant::now();
+        self.last_allreduce_bytes = 0;
         if let Some(sync) = self.parallel.as_mut().filter(|p| p.world() > 1) {
-            if let Err(e) = sync_gradients(&model, &mut grads, sync.as_mut(), &self.device) {
-                self.model = Some(model);
-                return Err(e);
+            match sync_gradients(&model, &mut grads, sync.as_mut(), &self.device) {
+                Ok(bytes) => self.last_allreduce_bytes = bytes,
+                Err(e) => {
+                    self.model = Some(model);
+                    return Err(e);
+                }
             }
         }
         let t3 = Instant::now();
@@ -507,20 +517,37 @@ impl<B: AutodiffBackend> Trainer<B> {
     }
 
     /// Writes a checkpoint of the current state into `<out>/checkpoints` (no-op without `--out`).
+    ///
+    /// A failed write (full or read-only disk) is reported to the observer and logged, and
+    /// training goes on: the write is atomic, so earlier checkpoints are untouched.
     pub fn checkpoint(&mut self, obs: &mut dyn TrainObserver) -> Result<(), TrainError> {
         let Some(out) = &self.out else { return Ok(()) };
         let root = out.join("checkpoints");
+        let started = Instant::now();
         let model = self.model();
-        let dir = write_checkpoint(&root, self.state.global_step, self.state.epoch, |d| {
+        let written = write_checkpoint(&root, self.state.global_step, self.state.epoch, |d| {
             model
                 .clone()
                 .save_file(d.join("model"), &recorder())
                 .map_err(|e| ckpt_err(d, format!("cannot write model: {e}")))?;
             self.optim.save(&d.join("optim"))?;
             write_json_synced(&d.join("state.json"), &self.state)
-        })?;
+        });
+        let dir = match written {
+            Ok(dir) => dir,
+            Err(e) => {
+                tracing::error!(step = self.state.global_step, error = %e, "checkpoint failed; training continues, earlier checkpoints are intact");
+                obs.on_checkpoint_failed(&e.to_string());
+                return Ok(());
+            }
+        };
         prune(&root, self.state.config.keep_checkpoints);
-        obs.on_checkpoint(&dir);
+        let info = CheckpointInfo {
+            step: self.state.global_step,
+            seconds: started.elapsed().as_secs_f64(),
+            bytes: crate::checkpoint::dir_size(&dir),
+        };
+        obs.on_checkpoint(&dir, &info);
         self.last_saved = Some((self.state.global_step, dir));
         Ok(())
     }

@@ -29,6 +29,8 @@ pub(crate) struct WorkerObserver<'a> {
     pub timing: resnet_train::StepTiming,
     /// Steps summed in `timing`.
     pub steps: usize,
+    /// Prometheus series of this worker.
+    pub metrics: crate::metrics::WorkerMetrics,
 }
 
 impl WorkerObserver<'_> {
@@ -62,6 +64,7 @@ impl TrainObserver for WorkerObserver<'_> {
     }
 
     fn on_step(&mut self, s: &StepStats) {
+        self.metrics.step(s);
         let ips = s.images as f64 / s.timing.total().max(1e-9);
         // The first step of a run pays one-off costs (allocation, the initial broadcast).
         if s.step > 1 {
@@ -96,6 +99,15 @@ impl TrainObserver for WorkerObserver<'_> {
             );
             self.last_log = std::time::Instant::now();
         }
+    }
+
+    fn on_checkpoint(&mut self, dir: &std::path::Path, info: &resnet_train::CheckpointInfo) {
+        self.metrics.checkpoint(info);
+        tracing::info!(rank = self.rank, step = info.step, dir = %dir.display(), bytes = info.bytes, seconds = format!("{:.3}", info.seconds), "checkpoint written");
+    }
+
+    fn on_checkpoint_failed(&mut self, _error: &str) {
+        self.metrics.checkpoint_failed();
     }
 
     fn on_epoch(&mut self, e: &EpochRecord) {

@@ -44,6 +44,9 @@ pub struct WorkerOptions {
     pub heartbeat_every: Duration,
     /// SHA-256 of the cluster token (zeros without one), presented in the ring handshake.
     pub ring_auth: [u8; 32],
+    /// Where rank 0 writes checkpoints, metrics.jsonl and config.json (other ranks ignore it;
+    /// replicas are identical, so one copy is enough). None: no checkpoints.
+    pub out: Option<PathBuf>,
 }
 
 /// What a worker reports when it is done.
@@ -156,7 +159,9 @@ pub fn run_worker<B: AutodiffBackend>(
         }
         (Transport::Tcp { .. }, None) => unreachable!("a TCP transport always binds a listener"),
     };
-    let mut trainer = Trainer::<B>::new(cfg, splits, device, None)?
+    let out = opts.out.clone().filter(|_| a.rank == 0);
+    let writes_checkpoints = out.is_some();
+    let mut trainer = Trainer::<B>::new(cfg, splits, device, out)?
         .with_parallel(Box::new(CollectiveSync(collective)));
 
     let progress = Arc::new(Mutex::new(Progress::default()));
@@ -181,6 +186,12 @@ pub fn run_worker<B: AutodiffBackend>(
         last_log: std::time::Instant::now(),
         timing: Default::default(),
         steps: 0,
+        metrics: crate::metrics::WorkerMetrics::new(
+            a.rank,
+            &opts.worker_id,
+            &opts.device,
+            writes_checkpoints,
+        ),
     };
     let result = trainer.fit(&mut obs);
     obs.log_breakdown();
