@@ -195,7 +195,10 @@ fn failed_checkpoint_writes_are_loud_but_do_not_stop_training() {
     let (ok, stdout, stderr) = resnet(&args);
     assert!(!ok, "must fail at the end: no checkpoint was written");
     // Training went on to the end despite the failures.
-    assert!(stdout.contains("\"epochs_completed\": 2"), "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("\"epochs_completed\": 2"),
+        "{stdout}\n{stderr}"
+    );
     assert!(stderr.contains("CHECKPOINT FAILED"), "{stderr}");
     assert!(
         stderr.contains("no checkpoint could be written"),
