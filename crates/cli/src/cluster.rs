@@ -42,9 +42,16 @@ pub struct CoordinatorCli {
     /// Seconds without a heartbeat after which a worker counts as dead and the run fails.
     #[arg(long, default_value_t = 60)]
     pub heartbeat_timeout: u64,
-    /// Directory for config.json, metrics.jsonl (one line per epoch) and summary.json.
+    /// Directory for config.json, metrics.jsonl (one line per epoch), summary.json and the
+    /// central checkpoints (checkpoints/step-N, uploaded by rank 0; the newest
+    /// `keep_checkpoints` plus the best by test accuracy are kept).
     #[arg(long, value_name = "DIR")]
     pub out: Option<PathBuf>,
+    /// Continue a run from a checkpoint: `latest` (the newest valid one under --out) or a
+    /// checkpoint / run directory. Workers download it when they join; the run keeps its saved
+    /// configuration (only --epochs, --max-steps and --data may change).
+    #[arg(long, value_name = "latest|PATH")]
+    pub resume: Option<String>,
     /// File holding the shared cluster token (at least 16 printable characters); every RPC and
     /// ring connection must present it. The env var names the file, never the secret itself.
     #[arg(long, value_name = "FILE", env = "RESNET_CLUSTER_TOKEN_FILE")]
@@ -107,8 +114,9 @@ pub struct WorkerCli {
     /// Serve Prometheus metrics at http://ADDR/metrics (read-only). Off by default.
     #[arg(long, value_name = "ADDR", env = "RESNET_CLUSTER_METRICS_ADDR")]
     pub metrics_addr: Option<std::net::SocketAddr>,
-    /// Directory for this worker's checkpoints, config.json and metrics.jsonl, written only if
-    /// it gets rank 0 (replicas are identical, so one copy is enough).
+    /// A local copy of the checkpoints (plus config.json, metrics.jsonl), written only if this
+    /// worker gets rank 0 (replicas are identical, so one copy is enough). The coordinator's
+    /// --out holds the central copy either way.
     #[arg(long, value_name = "DIR")]
     pub out: Option<PathBuf>,
     /// Device selection.
@@ -157,7 +165,36 @@ pub fn run_coordinator(a: CoordinatorCli) -> Result<()> {
 
 fn coordinate(a: &CoordinatorCli, sel: Selected) -> Result<()> {
     let (token, ring_auth) = load_token(&a.token_file)?;
-    let mut run = resolve(&a.run)?;
+    let (mut run, resume) = match &a.resume {
+        Some(spec) => {
+            let fixed = crate::cmd_train::fixed_by_resume_run(&a.run);
+            anyhow::ensure!(
+                fixed.is_empty(),
+                "--resume continues a run with the configuration saved in its checkpoint; {} cannot \
+                 change it (allowed with --resume: --epochs, --max-steps, --data)",
+                fixed.join(", ")
+            );
+            let dir = crate::settings::resolve_resume(spec, a.out.as_deref())?;
+            let mut state = resnet_train::load_state(&dir)?;
+            if let Some(e) = a.run.epochs {
+                state.config.epochs = e;
+            }
+            if a.run.max_steps.is_some() {
+                state.config.max_steps = a.run.max_steps;
+            }
+            if let Some(d) = &a.run.data {
+                state.config.data.dir = d.clone();
+            }
+            eprintln!(
+                "resuming from {} (step {}, epoch {})",
+                dir.display(),
+                state.global_step,
+                state.epoch + 1
+            );
+            (state.config, Some(dir))
+        }
+        None => (resolve(&a.run)?, None),
+    };
     run.model.num_classes = match run.data.dataset {
         resnet_data::DatasetKind::Cifar100 => 100,
         _ => run.model.num_classes,
@@ -176,6 +213,13 @@ fn coordinate(a: &CoordinatorCli, sel: Selected) -> Result<()> {
         .with_context(|| format!("--listen {listen}"))?;
     let addr = listener.local_addr()?;
     if let Some(o) = &a.out {
+        if a.resume.is_none() && !resnet_train::list_checkpoints(&o.join("checkpoints")).is_empty()
+        {
+            bail!(
+                "{} already holds checkpoints of a run; continue it with --resume latest or choose another --out",
+                o.display()
+            );
+        }
         std::fs::create_dir_all(o).with_context(|| format!("--out {}", o.display()))?;
         std::fs::write(o.join("config.json"), serde_json::to_vec_pretty(&run)?)?;
     }
@@ -187,6 +231,7 @@ fn coordinate(a: &CoordinatorCli, sel: Selected) -> Result<()> {
             run,
             out: a.out.clone(),
             fingerprint: resnet_proto::fingerprint(),
+            resume,
         })
         .map_err(anyhow::Error::msg)?,
     );
@@ -203,7 +248,6 @@ fn coordinate(a: &CoordinatorCli, sel: Selected) -> Result<()> {
             &format!("http://{addr}"),
             token.as_deref(),
             ring_auth,
-            a.out.as_ref().map(|o| o.join("rank0")),
         );
         if let Err(e) = results {
             coord.fail(format!("local worker failed: {e:#}"));
@@ -238,7 +282,6 @@ fn run_local_workers(
     url: &str,
     token: Option<&str>,
     ring_auth: [u8; 32],
-    out: Option<PathBuf>,
 ) -> Result<Vec<WorkerResult>> {
     let table = Arc::new(Mutex::new(
         MemoryRing::group(n, Duration::from_secs(300))
@@ -249,13 +292,14 @@ fn run_local_workers(
     let handles: Vec<_> = (0..n)
         .map(|i| {
             let (table, url, token) = (table.clone(), url.to_string(), token.map(str::to_string));
-            let out = out.clone();
             std::thread::Builder::new()
                 .name(format!("worker-{i}"))
                 .spawn(move || -> Result<WorkerResult> {
                     let mut control =
                         GrpcControlPlane::connect(&url, Duration::from_secs(10), token.as_deref())?;
                     let beats =
+                        GrpcControlPlane::connect(&url, Duration::from_secs(10), token.as_deref())?;
+                    let uploads =
                         GrpcControlPlane::connect(&url, Duration::from_secs(10), token.as_deref())?;
                     let opts = WorkerOptions {
                         worker_id: format!("local-{i}"),
@@ -264,11 +308,12 @@ fn run_local_workers(
                         collective_timeout: Duration::from_secs(300),
                         heartbeat_every: resnet_proto::HEARTBEAT_INTERVAL,
                         ring_auth,
-                        out,
+                        out: None,
                     };
                     let r = crate::with_train_backend!(sel, |B, device| run_worker::<B>(
                         &mut control,
                         Some(Box::new(beats)),
+                        Some(Box::new(uploads)),
                         Transport::Memory(table),
                         &opts,
                         device
@@ -334,6 +379,7 @@ pub fn run_worker_cli(a: WorkerCli) -> Result<()> {
     let (token, ring_auth) = load_token(&a.token_file)?;
     let mut control = GrpcControlPlane::connect(&a.coordinator, timeout, token.as_deref())?;
     let beats = GrpcControlPlane::connect(&a.coordinator, timeout, token.as_deref())?;
+    let uploads = GrpcControlPlane::connect(&a.coordinator, timeout, token.as_deref())?;
     let opts = WorkerOptions {
         worker_id: a.worker_id.clone().unwrap_or_else(default_worker_id),
         data_dir: a.data.clone(),
@@ -350,6 +396,7 @@ pub fn run_worker_cli(a: WorkerCli) -> Result<()> {
     let r = crate::with_train_backend!(sel, |B, device| run_worker::<B>(
         &mut control,
         Some(Box::new(beats)),
+        Some(Box::new(uploads)),
         transport,
         &opts,
         device

@@ -152,7 +152,11 @@ pub fn run(args: TrainArgs) -> Result<()> {
 
 /// Flags that would change a resumed run's saved configuration.
 fn fixed_by_resume(t: &TrainArgs) -> Vec<&'static str> {
-    let a = &t.run;
+    fixed_by_resume_run(&t.run)
+}
+
+/// Run flags given that a resumed run cannot honour (its configuration is the checkpoint's).
+pub fn fixed_by_resume_run(a: &crate::args::RunArgs) -> Vec<&'static str> {
     let given = [
         ("--freeze-bn", a.freeze_bn),
         ("--config", a.config.is_some()),

@@ -4,9 +4,11 @@
 //! exact evaluation counts each epoch, and ends the run with a summary. Gradients never pass
 //! through it.
 
+mod checkpoints;
 pub mod metrics;
 mod service;
 mod state;
+pub mod store;
 mod summary;
 
 pub use service::{serve, CoordinatorService};

@@ -39,6 +39,15 @@ pub const EVAL_ACCURACY_RATIO: &str = "resnet_cluster_eval_accuracy_ratio";
 pub const EVAL_TOP5_ACCURACY_RATIO: &str = "resnet_cluster_eval_top5_accuracy_ratio";
 /// Mean test cross-entropy after the last epoch.
 pub const EVAL_LOSS: &str = "resnet_cluster_eval_loss";
+/// Histogram of central checkpoint writes (`store="coordinator"`).
+pub const CHECKPOINT_DURATION_SECONDS: &str = "resnet_cluster_checkpoint_duration_seconds";
+/// Size of the last stored checkpoint.
+pub const CHECKPOINT_SIZE_BYTES: &str = "resnet_cluster_checkpoint_size_bytes";
+/// Unix time of the last stored checkpoint.
+pub const CHECKPOINT_LAST_SUCCESS: &str =
+    "resnet_cluster_checkpoint_last_success_timestamp_seconds";
+/// Uploads that could not be stored.
+pub const CHECKPOINT_FAILURES_TOTAL: &str = "resnet_cluster_checkpoint_failures_total";
 /// gRPC requests: `method`, `code` (gRPC status name).
 pub const GRPC_REQUESTS_TOTAL: &str = "resnet_cluster_grpc_requests_total";
 /// Histogram of gRPC handling time by `method` (Join includes the rendezvous wait).
@@ -124,6 +133,29 @@ pub(crate) fn epoch(e: &ClusterEpoch, completed: usize) {
         gauge!(EVAL_TOP5_ACCURACY_RATIO).set(t.top5);
         gauge!(EVAL_LOSS).set(t.loss);
     }
+}
+
+pub(crate) fn checkpoint_stored(s: &crate::store::Stored) {
+    histogram!(CHECKPOINT_DURATION_SECONDS, "store" => "coordinator").record(s.seconds);
+    gauge!(CHECKPOINT_SIZE_BYTES, "store" => "coordinator").set(s.bytes as f64);
+    gauge!(CHECKPOINT_LAST_SUCCESS, "store" => "coordinator").set(unix_now());
+}
+
+/// The store's series exist from the start: 0 failures, and the age clock starts now.
+pub(crate) fn checkpoint_init() {
+    counter!(CHECKPOINT_FAILURES_TOTAL, "store" => "coordinator").increment(0);
+    gauge!(CHECKPOINT_LAST_SUCCESS, "store" => "coordinator").set(unix_now());
+}
+
+pub(crate) fn checkpoint_failed() {
+    counter!(CHECKPOINT_FAILURES_TOTAL, "store" => "coordinator").increment(1);
+}
+
+fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
 }
 
 /// Counts one handled request.

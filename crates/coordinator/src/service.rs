@@ -1,5 +1,8 @@
 //! The gRPC face of [`Coordinator`]: converts types, maps refusals to status codes, logs.
 
+// tonic's handler signatures fix `Result<_, Status>`; boxing it here would only unbox again.
+#![allow(clippy::result_large_err)]
+
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -19,12 +22,11 @@ fn status(method: &str, r: Refusal) -> Status {
         Refusal::Unknown(m) => Status::not_found(m),
         Refusal::Invalid(m) => Status::invalid_argument(m),
         Refusal::Timeout(m) => Status::deadline_exceeded(m),
+        Refusal::Storage(m) => Status::internal(m),
     }
 }
 
 /// Counts a handled request by method and outcome.
-// tonic's handler signature fixes `Result<_, Status>`; boxing here would only unbox again.
-#[allow(clippy::result_large_err)]
 fn observe<T>(method: &'static str, started: Instant, r: Result<T, Status>) -> Result<T, Status> {
     let code = r.as_ref().map_or_else(Status::code, |_| tonic::Code::Ok);
     crate::metrics::grpc(method, code, started.elapsed().as_secs_f64());
@@ -44,8 +46,42 @@ impl tonic::service::Interceptor for CountingAuth {
     }
 }
 
+type ChunkStream =
+    std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<v1::CheckpointChunk, Status>> + Send>>;
+
 #[tonic::async_trait]
 impl CoordinatorRpc for CoordinatorService {
+    type DownloadCheckpointStream = ChunkStream;
+
+    async fn upload_checkpoint(
+        &self,
+        req: Request<tonic::Streaming<v1::CheckpointChunk>>,
+    ) -> Result<Response<v1::CheckpointAck>, Status> {
+        let t = Instant::now();
+        let r = self.receive_checkpoint(req.into_inner()).await;
+        observe("UploadCheckpoint", t, r.map(Response::new))
+    }
+
+    async fn download_checkpoint(
+        &self,
+        req: Request<v1::CheckpointRequest>,
+    ) -> Result<Response<Self::DownloadCheckpointStream>, Status> {
+        let t = Instant::now();
+        let req = req.into_inner();
+        let coord = self.0.clone();
+        let files = tokio::task::spawn_blocking(move || {
+            coord.resume_checkpoint(&req.worker_id, req.generation)
+        })
+        .await
+        .map_err(|e| Status::internal(e.to_string()))
+        .and_then(|r| r.map_err(|r| status("DownloadCheckpoint", r)));
+        let r = files.map(|f| {
+            let chunks = resnet_proto::checkpoint::to_chunks(&f);
+            Response::new(Box::pin(tokio_stream::iter(chunks.into_iter().map(Ok))) as ChunkStream)
+        });
+        observe("DownloadCheckpoint", t, r)
+    }
+
     async fn join(
         &self,
         req: Request<v1::JoinRequest>,
@@ -96,6 +132,51 @@ impl CoordinatorRpc for CoordinatorService {
             .finish(req.into_inner().into())
             .map_err(|r| status("Finish", r));
         observe("Finish", t, r.map(|()| Response::new(v1::Ack {})))
+    }
+}
+
+impl CoordinatorService {
+    /// Reads an upload stream, checking the sender first and every chunk as it arrives, then
+    /// stores it off the async runtime.
+    async fn receive_checkpoint(
+        &self,
+        mut stream: tonic::Streaming<v1::CheckpointChunk>,
+    ) -> Result<v1::CheckpointAck, Status> {
+        let bad = |m: String| {
+            tracing::warn!(method = "UploadCheckpoint", reason = %m, "request refused");
+            Status::invalid_argument(m)
+        };
+        let mut asm: Option<resnet_proto::checkpoint::Assembler> = None;
+        while let Some(chunk) = stream.message().await? {
+            let a = match &mut asm {
+                Some(a) => a,
+                None => {
+                    let h = chunk
+                        .header
+                        .as_ref()
+                        .ok_or_else(|| bad("the first chunk carries no header".into()))?;
+                    let max = self
+                        .0
+                        .checkpoint_upload_allowed(&h.worker_id, h.rank as usize, h.generation)
+                        .map_err(|r| status("UploadCheckpoint", r))?;
+                    asm.insert(resnet_proto::checkpoint::Assembler::new(max))
+                }
+            };
+            a.push(chunk).map_err(bad)?;
+        }
+        let files = asm
+            .ok_or_else(|| bad("empty checkpoint stream".into()))?
+            .finish()
+            .map_err(bad)?;
+        let coord = self.0.clone();
+        let stored = tokio::task::spawn_blocking(move || coord.store_checkpoint(files))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(|r| status("UploadCheckpoint", r))?;
+        Ok(v1::CheckpointAck {
+            path: stored.dir.display().to_string(),
+            bytes: stored.bytes,
+        })
     }
 }
 

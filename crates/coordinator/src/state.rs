@@ -30,6 +30,9 @@ pub enum Refusal {
     /// Rendezvous did not complete in time (DEADLINE_EXCEEDED).
     #[error("{0}")]
     Timeout(String),
+    /// The checkpoint store failed (INTERNAL): disk full, read-only, unreadable.
+    #[error("{0}")]
+    Storage(String),
 }
 
 /// Where the run is.
@@ -60,11 +63,14 @@ pub struct CoordinatorConfig {
     pub out: Option<PathBuf>,
     /// The build fingerprint workers must match.
     pub fingerprint: String,
+    /// A verified checkpoint directory to resume the run from (`--resume`); workers download it
+    /// when they join. Its step and epoch come from its manifest.
+    pub resume: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone)]
-struct Member {
-    worker_id: String,
+pub(crate) struct Member {
+    pub(crate) worker_id: String,
     data_addr: String,
     device: String,
     last_seen: Instant,
@@ -76,9 +82,9 @@ struct Member {
 }
 
 #[derive(Default)]
-struct Inner {
-    members: Vec<Member>,
-    generation: u64,
+pub(crate) struct Inner {
+    pub(crate) members: Vec<Member>,
+    pub(crate) generation: u64,
     reports: BTreeMap<u32, Vec<Option<EpochReport>>>,
     partial: BTreeMap<u32, Vec<Option<EpochReport>>>,
     epochs: Vec<ClusterEpoch>,
@@ -89,7 +95,11 @@ struct Inner {
 
 /// The coordinator's state. Cheap to share (`Arc`).
 pub struct Coordinator {
-    cfg: CoordinatorConfig,
+    pub(crate) cfg: CoordinatorConfig,
+    /// Central checkpoints under `<out>/checkpoints` (None without `--out`).
+    pub(crate) store: Option<Mutex<crate::store::CheckpointStore>>,
+    /// (directory, step, epoch) of the checkpoint the run resumes from.
+    pub(crate) resume: Option<(PathBuf, u64, u32)>,
     run_json: String,
     classes: Vec<String>,
     inner: Mutex<Inner>,
@@ -122,11 +132,40 @@ impl Coordinator {
         let run_json = serde_json::to_string(&cfg.run).map_err(|e| e.to_string())?;
         let (phase, _) = watch::channel(Phase::Waiting);
         crate::metrics::init(cfg.workers);
+        let resume = match &cfg.resume {
+            Some(dir) => {
+                let m = resnet_train::verify(dir).map_err(|e| e.to_string())?;
+                Some((dir.clone(), m.step as u64, m.epoch as u32))
+            }
+            None => None,
+        };
+        let store = cfg.out.as_ref().map(|o| {
+            Mutex::new(crate::store::CheckpointStore::new(
+                crate::store::StoreConfig {
+                    root: o.join("checkpoints"),
+                    keep: cfg.run.keep_checkpoints,
+                    max_bytes: crate::store::MAX_UPLOAD_BYTES,
+                },
+            ))
+        });
+        if store.is_some() {
+            crate::metrics::checkpoint_init();
+        }
+        let mut inner = Inner::default();
+        // A resumed run continues the epoch records it had up to the checkpoint.
+        if let (Some((_, step, _)), Some(out)) = (&resume, &cfg.out) {
+            inner.epochs = read_lines(&out.join("metrics.jsonl"))
+                .into_iter()
+                .filter(|e| e.complete && e.step <= *step)
+                .collect();
+        }
         Ok(Self {
             classes: class_names(&cfg.run),
             cfg,
+            store,
+            resume,
             run_json,
-            inner: Mutex::new(Inner::default()),
+            inner: Mutex::new(inner),
             phase,
             started: Instant::now(),
         })
@@ -137,7 +176,7 @@ impl Coordinator {
         crate::metrics::phase(p);
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+    pub(crate) fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -332,10 +371,12 @@ impl Coordinator {
             generation: inner.generation,
             run_config_json: self.run_json.clone(),
             peers: inner.members.iter().map(|m| m.data_addr.clone()).collect(),
+            central_checkpoints: self.store.is_some(),
+            resume_step: self.resume.as_ref().map_or(0, |r| r.1),
         })
     }
 
-    fn member(
+    pub(crate) fn member(
         &self,
         inner: &Inner,
         worker_id: &str,
@@ -407,6 +448,12 @@ impl Coordinator {
             if complete {
                 let done = inner.epochs.iter().filter(|e| e.complete).count() + 1;
                 crate::metrics::epoch(&merged, done);
+                if let (Some(store), Some(t)) = (&self.store, &merged.test) {
+                    store
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .record_accuracy(merged.step, t.accuracy);
+                }
             }
             inner.epochs.push(merged);
             if let Some(out) = &self.cfg.out {
@@ -540,6 +587,14 @@ fn write_lines(path: &std::path::Path, epochs: &[ClusterEpoch]) {
     if let Err(e) = std::fs::write(path, text) {
         tracing::error!(path = %path.display(), error = %e, "cannot write metrics");
     }
+}
+
+fn read_lines(path: &std::path::Path) -> Vec<ClusterEpoch> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
 }
 
 fn write_json<T: serde::Serialize>(path: &std::path::Path, v: &T) {

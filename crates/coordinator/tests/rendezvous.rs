@@ -16,6 +16,7 @@ fn coord(workers: usize, join_timeout_ms: u64) -> Arc<Coordinator> {
             run: Default::default(),
             out: None,
             fingerprint: fingerprint(),
+            resume: None,
         })
         .expect("coordinator"),
     )

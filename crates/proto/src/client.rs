@@ -7,6 +7,7 @@ use tonic::transport::{Channel, Endpoint};
 
 use crate::auth::AttachToken;
 
+use crate::checkpoint::CheckpointFiles;
 use crate::domain::{
     Assignment, ControlError, ControlPlane, EpochReport, Finish, Heartbeat, JoinRequest,
 };
@@ -57,7 +58,8 @@ impl GrpcControlPlane {
             match rt.block_on(endpoint.connect()) {
                 Ok(channel) => {
                     let client = CoordinatorClient::with_interceptor(channel, attach.clone())
-                        .max_decoding_message_size(16 << 20);
+                        .max_decoding_message_size(16 << 20)
+                        .max_encoding_message_size(16 << 20);
                     return Ok(Self {
                         rt,
                         client,
@@ -108,5 +110,43 @@ impl ControlPlane for GrpcControlPlane {
             .rt
             .block_on(self.client.finish(crate::v1::FinishRequest::from(f)));
         r.map(|_| ()).map_err(|s| status(&self.url, "finish", s))
+    }
+    fn upload_checkpoint(&mut self, c: &CheckpointFiles) -> Result<String, ControlError> {
+        let chunks = crate::checkpoint::to_chunks(c);
+        let r = self
+            .rt
+            .block_on(self.client.upload_checkpoint(tokio_stream::iter(chunks)));
+        r.map(|r| r.into_inner().path)
+            .map_err(|s| status(&self.url, "checkpoint upload", s))
+    }
+    fn download_checkpoint(
+        &mut self,
+        worker_id: &str,
+        generation: u64,
+    ) -> Result<CheckpointFiles, ControlError> {
+        let url = self.url.clone();
+        let req = crate::v1::CheckpointRequest {
+            worker_id: worker_id.to_string(),
+            generation,
+        };
+        let client = &mut self.client;
+        self.rt.block_on(async move {
+            let mut stream = client
+                .download_checkpoint(req)
+                .await
+                .map_err(|s| status(&url, "checkpoint download", s))?
+                .into_inner();
+            let mut asm = crate::checkpoint::Assembler::new(u64::MAX);
+            while let Some(chunk) = stream
+                .message()
+                .await
+                .map_err(|s| status(&url, "checkpoint download", s))?
+            {
+                asm.push(chunk)
+                    .map_err(|e| ControlError(format!("checkpoint from {url}: {e}")))?;
+            }
+            asm.finish()
+                .map_err(|e| ControlError(format!("checkpoint from {url}: {e}")))
+        })
     }
 }

@@ -31,6 +31,10 @@ pub struct Assignment {
     pub run_config_json: String,
     /// Data-plane address of every rank.
     pub peers: Vec<String>,
+    /// The coordinator stores checkpoints: rank 0 uploads them.
+    pub central_checkpoints: bool,
+    /// Non-zero: download this step's checkpoint from the coordinator and resume from it.
+    pub resume_step: u64,
 }
 
 /// Periodic liveness and progress.
@@ -130,6 +134,8 @@ impl From<Assignment> for v1::JoinResponse {
             generation: a.generation,
             run_config_json: a.run_config_json,
             peer_addrs: a.peers,
+            central_checkpoints: a.central_checkpoints,
+            resume_step: a.resume_step,
         }
     }
 }
@@ -141,6 +147,8 @@ impl From<v1::JoinResponse> for Assignment {
             generation: r.generation,
             run_config_json: r.run_config_json,
             peers: r.peer_addrs,
+            central_checkpoints: r.central_checkpoints,
+            resume_step: r.resume_step,
         }
     }
 }
@@ -250,4 +258,12 @@ pub trait ControlPlane: Send {
     fn report_epoch(&mut self, report: EpochReport) -> Result<(), ControlError>;
     /// The worker is done.
     fn finish(&mut self, f: Finish) -> Result<(), ControlError>;
+    /// Stores a checkpoint centrally; returns where the coordinator put it.
+    fn upload_checkpoint(&mut self, c: &crate::CheckpointFiles) -> Result<String, ControlError>;
+    /// Fetches the checkpoint the run resumes from.
+    fn download_checkpoint(
+        &mut self,
+        worker_id: &str,
+        generation: u64,
+    ) -> Result<crate::CheckpointFiles, ControlError>;
 }

@@ -3,10 +3,12 @@
 //! against, and its gRPC client. Nothing here knows about Burn.
 
 pub mod auth;
+pub mod checkpoint;
 pub mod client;
 pub mod domain;
 
 pub use auth::{read_token_file, AttachToken, RequireToken};
+pub use checkpoint::CheckpointFiles;
 pub use client::GrpcControlPlane;
 pub use domain::{
     Assignment, ControlError, ControlPlane, EpochReport, Finish, Heartbeat, JoinRequest,

@@ -48,6 +48,30 @@ pub struct Manifest {
     pub epoch: usize,
     /// Every file of the checkpoint.
     pub files: Vec<FileEntry>,
+    /// Data-parallel group size that wrote it (absent in single-process checkpoints).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub world_size: Option<usize>,
+    /// SHA-256 of the resolved run configuration (see [`config_fingerprint`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_fingerprint: Option<String>,
+}
+
+/// What a manifest records beyond the files: who wrote the checkpoint and for which run.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ManifestInfo {
+    /// Data-parallel group size.
+    pub world_size: Option<usize>,
+    /// [`config_fingerprint`] of the run.
+    pub config_fingerprint: Option<String>,
+}
+
+/// SHA-256 (hex) of a configuration's JSON: equal configs, equal fingerprints.
+pub fn config_fingerprint<T: Serialize>(config: &T) -> String {
+    let json = serde_json::to_vec(config).unwrap_or_default();
+    Sha256::digest(&json)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 fn io(path: &Path, e: std::io::Error) -> TrainError {
@@ -84,6 +108,17 @@ pub fn write_checkpoint(
     epoch: usize,
     write_files: impl FnOnce(&Path) -> Result<(), TrainError>,
 ) -> Result<PathBuf, TrainError> {
+    write_checkpoint_with(root, step, epoch, &ManifestInfo::default(), write_files)
+}
+
+/// [`write_checkpoint`] with the run's identity recorded in the manifest.
+pub fn write_checkpoint_with(
+    root: &Path,
+    step: usize,
+    epoch: usize,
+    info: &ManifestInfo,
+    write_files: impl FnOnce(&Path) -> Result<(), TrainError>,
+) -> Result<PathBuf, TrainError> {
     std::fs::create_dir_all(root).map_err(|e| io(root, e))?;
     let name = checkpoint_name(step);
     let staging = root.join(format!(".tmp-{name}"));
@@ -117,6 +152,8 @@ pub fn write_checkpoint(
             step,
             epoch,
             files,
+            world_size: info.world_size,
+            config_fingerprint: info.config_fingerprint.clone(),
         };
         write_json_synced(&staging.join(MANIFEST), &manifest)?;
         let target = root.join(&name);
@@ -249,7 +286,16 @@ pub fn resolve_checkpoint(path: &Path) -> Result<PathBuf, TrainError> {
 
 /// Deletes all but the newest `keep` checkpoints.
 pub fn prune(root: &Path, keep: usize) {
-    for old in list_checkpoints(root).into_iter().skip(keep.max(1)) {
+    prune_except(root, keep, &[]);
+}
+
+/// Deletes all but the newest `keep` checkpoints and those in `protect` (e.g. the best one).
+pub fn prune_except(root: &Path, keep: usize, protect: &[PathBuf]) {
+    for old in list_checkpoints(root)
+        .into_iter()
+        .skip(keep.max(1))
+        .filter(|p| !protect.contains(p))
+    {
         if let Err(e) = std::fs::remove_dir_all(&old) {
             tracing::warn!(path = %old.display(), error = %e, "cannot prune old checkpoint");
         }

@@ -4,7 +4,7 @@
 //!
 //! The crate is generic over the Burn backend; the binaries choose the device.
 
-mod checkpoint;
+pub mod checkpoint;
 mod config;
 mod eval;
 mod hash;
@@ -16,7 +16,10 @@ mod records;
 mod schedule;
 mod trainer;
 
-pub use checkpoint::{list_checkpoints, resolve_checkpoint, verify, Manifest, FORMAT_VERSION};
+pub use checkpoint::{
+    config_fingerprint, list_checkpoints, resolve_checkpoint, verify, Manifest, ManifestInfo,
+    FORMAT_VERSION,
+};
 pub use config::TrainConfig;
 pub use eval::{batch_tensor, evaluate, predict};
 pub use hash::param_hash;

@@ -149,6 +149,8 @@ pub trait TrainObserver {
 pub struct CheckpointInfo {
     /// Global step saved.
     pub step: usize,
+    /// 0-based epoch in progress at that step.
+    pub epoch: usize,
     /// Seconds to write it (serialise, fsync, rename).
     pub seconds: f64,
     /// Bytes on disk.

@@ -17,7 +17,10 @@ use resnet_data::{
 };
 use resnet_model::ResNet;
 
-use crate::checkpoint::{prune, verify, write_checkpoint, write_json_synced, FORMAT_VERSION};
+use crate::checkpoint::{
+    config_fingerprint, prune, verify, write_checkpoint_with, write_json_synced, ManifestInfo,
+    FORMAT_VERSION,
+};
 use crate::eval::{batch_tensor, evaluate};
 use crate::loss::{smoothed_targets, soft_cross_entropy, targets_tensor};
 use crate::metrics::{argmax, EvalCounts, EvalReport};
@@ -43,6 +46,10 @@ pub struct Trainer<B: AutodiffBackend> {
     parallel: Option<Box<dyn GradSync>>,
     /// Gradient bytes all-reduced by the last step (for throughput metrics).
     last_allreduce_bytes: usize,
+    /// Step at which BatchNorm statistics were last averaged over the replicas.
+    bn_synced_at: Option<usize>,
+    /// Step of the last checkpoint (attempted, on every rank).
+    checkpointed_at: Option<usize>,
 }
 
 static INIT_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
@@ -181,6 +188,8 @@ impl<B: AutodiffBackend> Trainer<B> {
             last_saved: None,
             parallel: None,
             last_allreduce_bytes: 0,
+            bn_synced_at: None,
+            checkpointed_at: None,
         }
     }
 
@@ -341,7 +350,7 @@ impl<B: AutodiffBackend> Trainer<B> {
         } else {
             self.evaluate_test()
         };
-        if self.last_saved.as_ref().map(|(s, _)| *s) != Some(self.state.global_step) {
+        if self.checkpointed_at != Some(self.state.global_step) {
             self.checkpoint(obs)?;
         }
         let summary = TrainSummary {
@@ -358,13 +367,46 @@ impl<B: AutodiffBackend> Trainer<B> {
         Ok(summary)
     }
 
-    /// Averages BatchNorm statistics over the replicas (no-op for a single process).
+    /// Averages BatchNorm statistics over the replicas (no-op for a single process, and when
+    /// already done at this step: averaging equal values again could round differently).
     fn sync_replicas(&mut self) -> Result<(), TrainError> {
+        let step = self.state.global_step;
+        if self.bn_synced_at == Some(step) {
+            return Ok(());
+        }
         if let (Some(sync), Some(model)) = (
             self.parallel.as_mut().filter(|p| p.world() > 1),
             self.model.as_mut(),
         ) {
             sync_batchnorm(model, sync.as_mut())?;
+            self.bn_synced_at = Some(step);
+        }
+        Ok(())
+    }
+
+    /// Before a data-parallel checkpoint: every rank's partial-epoch sums move to rank 0 (the
+    /// only rank whose state is saved), so a resumed run reports the epoch exactly once.
+    fn pool_epoch_sums(&mut self) -> Result<(), TrainError> {
+        let Some(sync) = self.parallel.as_mut().filter(|p| p.world() > 1) else {
+            return Ok(());
+        };
+        let (rank, world) = (sync.rank(), sync.world() as f64);
+        let s = &mut self.state;
+        let mut buf = [
+            s.epoch_loss_sum as f32,
+            s.epoch_correct as f32,
+            s.epoch_seen as f32,
+        ];
+        sync.all_reduce_mean(&mut buf)
+            .map_err(TrainError::Collective)?;
+        if rank == 0 {
+            s.epoch_loss_sum = buf[0] as f64 * world;
+            s.epoch_correct = (buf[1] as f64 * world).round() as u64;
+            s.epoch_seen = (buf[2] as f64 * world).round() as u64;
+        } else {
+            s.epoch_loss_sum = 0.0;
+            s.epoch_correct = 0;
+            s.epoch_seen = 0;
         }
         Ok(())
     }
@@ -521,11 +563,25 @@ impl<B: AutodiffBackend> Trainer<B> {
     /// A failed write (full or read-only disk) is reported to the observer and logged, and
     /// training goes on: the write is atomic, so earlier checkpoints are untouched.
     pub fn checkpoint(&mut self, obs: &mut dyn TrainObserver) -> Result<(), TrainError> {
+        // Data parallel: every rank takes part (the policy is a function of the step, so all
+        // ranks get here together); the saved state must stand for the whole group. Only rank 0
+        // has an output directory.
+        if self.peers().is_some() {
+            self.sync_replicas()?;
+            self.pool_epoch_sums()?;
+        }
+        // On every rank, so all ranks agree whether the end of `fit` still needs one.
+        self.checkpointed_at = Some(self.state.global_step);
         let Some(out) = &self.out else { return Ok(()) };
         let root = out.join("checkpoints");
         let started = Instant::now();
         let model = self.model();
-        let written = write_checkpoint(&root, self.state.global_step, self.state.epoch, |d| {
+        let info = ManifestInfo {
+            world_size: Some(self.rank_world().1),
+            config_fingerprint: Some(config_fingerprint(&self.state.config)),
+        };
+        let (step, epoch) = (self.state.global_step, self.state.epoch);
+        let written = write_checkpoint_with(&root, step, epoch, &info, |d| {
             model
                 .clone()
                 .save_file(d.join("model"), &recorder())
@@ -544,6 +600,7 @@ impl<B: AutodiffBackend> Trainer<B> {
         prune(&root, self.state.config.keep_checkpoints);
         let info = CheckpointInfo {
             step: self.state.global_step,
+            epoch: self.state.epoch,
             seconds: started.elapsed().as_secs_f64(),
             bytes: crate::checkpoint::dir_size(&dir),
         };

@@ -6,6 +6,7 @@
 pub mod metrics;
 mod observer;
 mod run;
+pub mod upload;
 
 pub use run::{run_worker, CollectiveSync, Transport, WorkerOptions, WorkerResult};
 
@@ -21,6 +22,9 @@ pub enum WorkerError {
     /// The run configuration from the coordinator is unusable.
     #[error("run configuration from the coordinator: {0}")]
     Config(String),
+    /// A local file or directory (scratch space, downloaded checkpoint) could not be written.
+    #[error("local storage: {0}")]
+    Storage(String),
     /// Training failed.
     #[error(transparent)]
     Train(#[from] resnet_train::TrainError),

@@ -155,6 +155,11 @@ impl WorkerMetrics {
         }
     }
 
+    /// The failure counter (for the upload thread), on the rank that checkpoints.
+    pub fn checkpoint_failures(&self) -> Option<metrics::Counter> {
+        self.ckpt.as_ref().map(|c| c.failures.clone())
+    }
+
     /// Counts a failed checkpoint write.
     pub fn checkpoint_failed(&self) {
         if let Some(c) = &self.ckpt {

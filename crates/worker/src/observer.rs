@@ -31,6 +31,8 @@ pub(crate) struct WorkerObserver<'a> {
     pub steps: usize,
     /// Prometheus series of this worker.
     pub metrics: crate::metrics::WorkerMetrics,
+    /// Sends checkpoints to the coordinator (rank 0 of a run with central checkpoints).
+    pub uploader: Option<crate::upload::Uploader>,
 }
 
 impl WorkerObserver<'_> {
@@ -104,6 +106,22 @@ impl TrainObserver for WorkerObserver<'_> {
     fn on_checkpoint(&mut self, dir: &std::path::Path, info: &resnet_train::CheckpointInfo) {
         self.metrics.checkpoint(info);
         tracing::info!(rank = self.rank, step = info.step, dir = %dir.display(), bytes = info.bytes, seconds = format!("{:.3}", info.seconds), "checkpoint written");
+        if let Some(u) = &self.uploader {
+            match crate::upload::read_dir_files(dir) {
+                Ok(files) => u.submit(resnet_proto::CheckpointFiles {
+                    worker_id: self.worker_id.clone(),
+                    rank: self.rank,
+                    generation: self.generation,
+                    step: info.step as u64,
+                    epoch: info.epoch as u32,
+                    files,
+                }),
+                Err(e) => {
+                    self.metrics.checkpoint_failed();
+                    tracing::error!(dir = %dir.display(), error = %e, "cannot read the checkpoint back for upload");
+                }
+            }
+        }
     }
 
     fn on_checkpoint_failed(&mut self, _error: &str) {

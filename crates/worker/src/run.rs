@@ -81,10 +81,13 @@ impl GradSync for CollectiveSync {
 }
 
 /// Runs one worker to the end of the run. `control` carries the joins and reports;
-/// `heartbeats`, when given, is a second connection used by the heartbeat thread.
+/// `heartbeats`, when given, is a second connection used by the heartbeat thread, and
+/// `uploads` a third one for background checkpoint uploads (rank 0 of a run whose coordinator
+/// stores checkpoints).
 pub fn run_worker<B: AutodiffBackend>(
     control: &mut dyn ControlPlane,
     heartbeats: Option<Box<dyn ControlPlane>>,
+    uploads: Option<Box<dyn ControlPlane>>,
     transport: Transport,
     opts: &WorkerOptions,
     device: B::Device,
@@ -159,10 +162,43 @@ pub fn run_worker<B: AutodiffBackend>(
         }
         (Transport::Tcp { .. }, None) => unreachable!("a TCP transport always binds a listener"),
     };
-    let out = opts.out.clone().filter(|_| a.rank == 0);
+    // Rank 0 checkpoints: into --out if given, else into a scratch directory when the
+    // coordinator stores them (the upload reads them back from there).
+    let central = a.central_checkpoints && a.rank == 0;
+    let scratch = tempfile::Builder::new()
+        .prefix("resnet-worker-")
+        .tempdir()
+        .map_err(|e| WorkerError::Storage(format!("cannot create a scratch directory: {e}")))?;
+    let out = match (&opts.out, central) {
+        (Some(o), _) if a.rank == 0 => Some(o.clone()),
+        (None, true) => Some(scratch.path().join("run")),
+        _ => None,
+    };
     let writes_checkpoints = out.is_some();
-    let mut trainer = Trainer::<B>::new(cfg, splits, device, out)?
-        .with_parallel(Box::new(CollectiveSync(collective)));
+    let trainer = if a.resume_step > 0 {
+        let dir = fetch_resume_checkpoint(control, opts, &a, scratch.path())?;
+        let mut state = resnet_train::load_state(&dir)?;
+        tracing::info!(
+            rank = a.rank,
+            step = state.global_step,
+            epoch = state.epoch + 1,
+            "resuming from the coordinator's checkpoint"
+        );
+        // The coordinator's configuration (it may extend epochs/max_steps) with this worker's
+        // data directory and the dataset's class count, exactly as for a fresh start.
+        state.config = cfg;
+        // A data-parallel checkpoint's partial-epoch sums are the whole group's (pooled into
+        // rank 0 before saving): only rank 0 carries them on, or the epoch counts them twice.
+        if a.rank != 0 {
+            state.epoch_loss_sum = 0.0;
+            state.epoch_correct = 0;
+            state.epoch_seen = 0;
+        }
+        Trainer::<B>::resume(&dir, state, splits, device, out)?
+    } else {
+        Trainer::<B>::new(cfg, splits, device, out)?
+    };
+    let mut trainer = trainer.with_parallel(Box::new(CollectiveSync(collective)));
 
     let progress = Arc::new(Mutex::new(Progress::default()));
     let stop = Arc::new(AtomicBool::new(false));
@@ -192,9 +228,22 @@ pub fn run_worker<B: AutodiffBackend>(
             &opts.device,
             writes_checkpoints,
         ),
+        uploader: None,
     };
+    if central {
+        if let Some(up) = uploads {
+            obs.uploader = Some(crate::upload::Uploader::spawn(
+                up,
+                obs.metrics.checkpoint_failures(),
+            ));
+        }
+    }
     let result = trainer.fit(&mut obs);
     obs.log_breakdown();
+    // The final checkpoint reaches the coordinator before this worker reports Finish.
+    if let Some(u) = obs.uploader.take() {
+        u.finish();
+    }
     stop.store(true, Ordering::Relaxed);
     if let Some(h) = beat {
         let _ = h.join();
@@ -216,6 +265,35 @@ pub fn run_worker<B: AutodiffBackend>(
         steps: summary.steps,
         param_hash: summary.param_hash,
     })
+}
+
+/// Downloads the checkpoint the run resumes from into `scratch` and verifies it on disk.
+fn fetch_resume_checkpoint(
+    control: &mut dyn ControlPlane,
+    opts: &WorkerOptions,
+    a: &resnet_proto::Assignment,
+    scratch: &std::path::Path,
+) -> Result<PathBuf, WorkerError> {
+    let files = control.download_checkpoint(&opts.worker_id, a.generation)?;
+    let dir = scratch
+        .join("resume")
+        .join(resnet_train::checkpoint::checkpoint_name(
+            files.step as usize,
+        ));
+    std::fs::create_dir_all(&dir)
+        .map_err(|e| WorkerError::Storage(format!("{}: {e}", dir.display())))?;
+    for (name, data) in &files.files {
+        // Names were checked by the chunk assembler (plain file names only).
+        std::fs::write(dir.join(name), data)
+            .map_err(|e| WorkerError::Storage(format!("{}: {e}", dir.join(name).display())))?;
+    }
+    resnet_train::verify(&dir)?;
+    tracing::info!(
+        step = files.step,
+        bytes = files.bytes(),
+        "downloaded the resume checkpoint"
+    );
+    Ok(dir)
 }
 
 fn spawn_heartbeats(

@@ -1,0 +1,83 @@
+//! Central checkpoints on the coordinator: who may upload (rank 0 of the current generation),
+//! storing with metrics, and serving the resume checkpoint to joining workers.
+
+use resnet_proto::CheckpointFiles;
+use resnet_train::ManifestInfo;
+
+use crate::state::{Coordinator, Refusal};
+use crate::store::Stored;
+
+impl Coordinator {
+    /// Checks an upload's sender before any data is accepted; returns the size limit.
+    pub fn checkpoint_upload_allowed(
+        &self,
+        worker_id: &str,
+        rank: usize,
+        generation: u64,
+    ) -> Result<u64, Refusal> {
+        let Some(store) = &self.store else {
+            return Err(Refusal::NotJoinable(
+                "this coordinator stores no checkpoints (started without --out)".into(),
+            ));
+        };
+        let inner = self.lock();
+        self.member(&inner, worker_id, rank, generation)?;
+        if rank != 0 {
+            return Err(Refusal::Invalid(format!(
+                "only rank 0 uploads checkpoints; '{worker_id}' is rank {rank}"
+            )));
+        }
+        Ok(store.lock().unwrap_or_else(|p| p.into_inner()).max_bytes())
+    }
+
+    /// Stores a verified upload (blocking file I/O: call it off the async runtime).
+    pub fn store_checkpoint(&self, c: CheckpointFiles) -> Result<Stored, Refusal> {
+        self.checkpoint_upload_allowed(&c.worker_id, c.rank, c.generation)?;
+        let store = self
+            .store
+            .as_ref()
+            .ok_or_else(|| Refusal::NotJoinable("this coordinator stores no checkpoints".into()))?;
+        let info = ManifestInfo {
+            world_size: Some(self.lock().members.len()),
+            config_fingerprint: Some(resnet_train::config_fingerprint(&self.cfg.run)),
+        };
+        let result = store
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .save(&c, &info);
+        match result {
+            Ok(s) => {
+                crate::metrics::checkpoint_stored(&s);
+                tracing::info!(step = c.step, dir = %s.dir.display(), bytes = s.bytes, seconds = format!("{:.3}", s.seconds), "checkpoint stored");
+                Ok(s)
+            }
+            Err(e) => {
+                crate::metrics::checkpoint_failed();
+                tracing::error!(step = c.step, error = %e, "CHECKPOINT FAILED: cannot store the upload; training continues, earlier checkpoints are intact");
+                Err(Refusal::Storage(e))
+            }
+        }
+    }
+
+    /// The checkpoint the run resumes from, for a member of the current generation.
+    pub fn resume_checkpoint(
+        &self,
+        worker_id: &str,
+        generation: u64,
+    ) -> Result<CheckpointFiles, Refusal> {
+        let (dir, step, epoch) = self
+            .resume
+            .clone()
+            .ok_or_else(|| Refusal::Unknown("this run does not resume from a checkpoint".into()))?;
+        {
+            let inner = self.lock();
+            let rank = inner
+                .members
+                .iter()
+                .position(|m| m.worker_id == worker_id)
+                .ok_or_else(|| Refusal::Unknown(format!("unknown worker '{worker_id}'")))?;
+            self.member(&inner, worker_id, rank, generation)?;
+        }
+        crate::store::read_checkpoint(&dir, step, epoch).map_err(Refusal::Storage)
+    }
+}
