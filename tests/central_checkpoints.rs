@@ -266,7 +266,7 @@ fn without_the_token_nobody_reads_or_writes_checkpoints() {
         let e = c.upload_checkpoint(&upload).expect_err("upload refused");
         assert!(e.0.contains("Unauthenticated"), "{e}");
         let e = c
-            .download_checkpoint("intruder", 1)
+            .download_checkpoint("intruder", 1, 0)
             .expect_err("download refused");
         assert!(e.0.contains("Unauthenticated"), "{e}");
     }

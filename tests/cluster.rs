@@ -177,8 +177,9 @@ fn unreachable_coordinator_is_a_clear_error_after_retries() {
 
 #[test]
 fn a_worker_that_never_comes_back_fails_the_run_instead_of_hanging() {
-    // One of two workers is killed while training: the survivor's all-reduce times out, the
-    // coordinator notices the silence, and both report an error instead of waiting forever.
+    // One of two workers is killed while training and --min-workers 2 forbids continuing with
+    // one: the survivor's collective fails, the group cannot be re-formed, and both report an
+    // error instead of waiting forever. (tests/fault_tolerance.rs covers continuing.)
     let port = free_port().to_string();
     let listen = format!("127.0.0.1:{port}");
     let url = format!("http://127.0.0.1:{port}");
@@ -192,6 +193,10 @@ fn a_worker_that_never_comes_back_fails_the_run_instead_of_hanging() {
         &listen,
         "--heartbeat-timeout",
         "3",
+        "--min-workers",
+        "2",
+        "--regroup-timeout",
+        "2",
         "--join-timeout",
         "60",
         "--out",
@@ -235,10 +240,7 @@ fn a_worker_that_never_comes_back_fails_the_run_instead_of_hanging() {
         "the coordinator must report the failed run"
     );
     let cerr = String::from_utf8_lossy(&c.stderr);
-    assert!(
-        cerr.contains("no heartbeat") || cerr.contains("failed"),
-        "{cerr}"
-    );
+    assert!(cerr.contains("fewer than --min-workers 2"), "{cerr}");
 }
 
 #[test]

@@ -39,9 +39,16 @@ pub struct CoordinatorCli {
     /// the run fails if the group is not complete this long after the coordinator started.
     #[arg(long, default_value_t = 300)]
     pub join_timeout: u64,
-    /// Seconds without a heartbeat after which a worker counts as dead and the run fails.
-    #[arg(long, default_value_t = 60)]
+    /// Seconds without a heartbeat after which a worker counts as dead: with --out the group is
+    /// re-formed without it, otherwise the run fails.
+    #[arg(long, default_value_t = 10)]
     pub heartbeat_timeout: u64,
+    /// Fewest workers to continue with after losing some; below it the run fails.
+    #[arg(long, default_value_t = 1)]
+    pub min_workers: usize,
+    /// Seconds survivors have to rejoin when the group is re-formed after a loss.
+    #[arg(long, default_value_t = 5)]
+    pub regroup_timeout: u64,
     /// Directory for config.json, metrics.jsonl (one line per epoch), summary.json and the
     /// central checkpoints (checkpoints/step-N, uploaded by rank 0; the newest
     /// `keep_checkpoints` plus the best by test accuracy are kept).
@@ -228,6 +235,8 @@ fn coordinate(a: &CoordinatorCli, sel: Selected) -> Result<()> {
             workers: a.workers,
             join_timeout: Duration::from_secs(a.join_timeout),
             heartbeat_timeout: Duration::from_secs(a.heartbeat_timeout),
+            min_workers: a.min_workers,
+            regroup_timeout: Duration::from_secs(a.regroup_timeout),
             run,
             out: a.out.clone(),
             fingerprint: resnet_proto::fingerprint(),

@@ -18,6 +18,21 @@ use crate::CollectiveError;
 
 const MAGIC: &[u8; 4] = b"RCR1";
 
+/// Breaks a ring from another thread: blocked reads and writes return at once with an error.
+/// Used when the coordinator announces a new generation while a collective is waiting on a
+/// peer that will never answer.
+#[derive(Clone, Default)]
+pub struct RingAbort(Arc<Mutex<Vec<TcpStream>>>);
+
+impl RingAbort {
+    /// Shuts the ring's sockets down (idempotent).
+    pub fn abort(&self) {
+        for s in self.0.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+            let _ = s.shutdown(std::net::Shutdown::Both);
+        }
+    }
+}
+
 /// One rank's TCP ring.
 pub struct TcpRing {
     rank: usize,
@@ -28,6 +43,7 @@ pub struct TcpRing {
     reader: Option<TcpStream>,
     timeout: Duration,
     bytes: Vec<u8>,
+    abort: RingAbort,
 }
 
 /// Settings for forming the ring.
@@ -70,6 +86,7 @@ impl TcpRing {
                 reader: None,
                 timeout: cfg.timeout,
                 bytes: vec![],
+                abort: RingAbort::default(),
             });
         }
         let deadline = Instant::now() + cfg.timeout;
@@ -86,6 +103,10 @@ impl TcpRing {
             .set_read_timeout(Some(cfg.timeout))
             .map_err(|e| setup(e.to_string()))?;
         let _ = inbound.set_nodelay(true);
+        let abort = RingAbort::default();
+        for s in [inbound.try_clone(), out.try_clone()].into_iter().flatten() {
+            abort.0.lock().unwrap_or_else(|p| p.into_inner()).push(s);
+        }
         let (tx, rx) = channel::<Vec<u8>>();
         let err = writer_error.clone();
         let mut out_stream = out;
@@ -106,7 +127,13 @@ impl TcpRing {
             reader: Some(inbound),
             timeout: cfg.timeout,
             bytes: vec![],
+            abort,
         })
+    }
+
+    /// A handle that breaks this ring from another thread.
+    pub fn abort_handle(&self) -> RingAbort {
+        self.abort.clone()
     }
 }
 

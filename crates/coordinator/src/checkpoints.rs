@@ -59,16 +59,31 @@ impl Coordinator {
         }
     }
 
-    /// The checkpoint the run resumes from, for a member of the current generation.
+    /// For a member of the current generation: the checkpoint the run resumes from
+    /// (`step` 0), or the stored checkpoint of `step` (healing after a regroup).
     pub fn resume_checkpoint(
         &self,
         worker_id: &str,
         generation: u64,
+        step: u64,
     ) -> Result<CheckpointFiles, Refusal> {
-        let (dir, step, epoch) = self
-            .resume
-            .clone()
-            .ok_or_else(|| Refusal::Unknown("this run does not resume from a checkpoint".into()))?;
+        let (dir, step, epoch) = if step == 0 {
+            self.resume.clone().ok_or_else(|| {
+                Refusal::Unknown("this run does not resume from a checkpoint".into())
+            })?
+        } else {
+            let root = self
+                .store
+                .as_ref()
+                .ok_or_else(|| Refusal::Unknown("this coordinator stores no checkpoints".into()))?
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .root()
+                .to_path_buf();
+            let dir = root.join(resnet_train::checkpoint::checkpoint_name(step as usize));
+            let m = resnet_train::verify(&dir).map_err(|e| Refusal::Unknown(e.to_string()))?;
+            (dir, step, m.epoch as u32)
+        };
         {
             let inner = self.lock();
             let rank = inner

@@ -6,6 +6,7 @@
 
 mod checkpoints;
 pub mod metrics;
+mod regroup;
 mod service;
 mod state;
 pub mod store;
@@ -13,4 +14,4 @@ mod summary;
 
 pub use service::{serve, CoordinatorService};
 pub use state::{Coordinator, CoordinatorConfig, Phase, Refusal};
-pub use summary::{merge_epoch, ClusterEpoch, RunSummary};
+pub use summary::{merge_epoch, ClusterEpoch, RegroupRecord, RunSummary};

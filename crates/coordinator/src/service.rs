@@ -70,7 +70,7 @@ impl CoordinatorRpc for CoordinatorService {
         let req = req.into_inner();
         let coord = self.0.clone();
         let files = tokio::task::spawn_blocking(move || {
-            coord.resume_checkpoint(&req.worker_id, req.generation)
+            coord.resume_checkpoint(&req.worker_id, req.generation, req.step)
         })
         .await
         .map_err(|e| Status::internal(e.to_string()))
@@ -109,7 +109,12 @@ impl CoordinatorRpc for CoordinatorService {
         observe(
             "Heartbeat",
             t,
-            r.map(|stop| Response::new(v1::HeartbeatResponse { stop })),
+            r.map(|h| {
+                Response::new(v1::HeartbeatResponse {
+                    stop: h.stop,
+                    regroup: h.regroup,
+                })
+            }),
         )
     }
 

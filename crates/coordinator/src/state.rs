@@ -57,6 +57,11 @@ pub struct CoordinatorConfig {
     pub join_timeout: Duration,
     /// Silence after which a training worker counts as dead.
     pub heartbeat_timeout: Duration,
+    /// Fewest workers to continue with after losing some (the group is re-formed from the
+    /// survivors when a central checkpoint store lets them heal); below it the run fails.
+    pub min_workers: usize,
+    /// How long survivors have to rejoin when the group is re-formed.
+    pub regroup_timeout: Duration,
     /// The run configuration every worker receives.
     pub run: TrainConfig,
     /// Where `metrics.jsonl`, `config.json` and `summary.json` go.
@@ -71,26 +76,33 @@ pub struct CoordinatorConfig {
 #[derive(Debug, Clone)]
 pub(crate) struct Member {
     pub(crate) worker_id: String,
-    data_addr: String,
-    device: String,
-    last_seen: Instant,
-    step: u64,
-    loss: f64,
-    images_per_sec: f64,
+    pub(crate) data_addr: String,
+    pub(crate) device: String,
+    pub(crate) last_seen: Instant,
+    pub(crate) step: u64,
+    pub(crate) loss: f64,
+    pub(crate) images_per_sec: f64,
     /// Heartbeat misses already counted for the current silence.
-    misses: u64,
+    pub(crate) misses: u64,
 }
 
 #[derive(Default)]
 pub(crate) struct Inner {
     pub(crate) members: Vec<Member>,
     pub(crate) generation: u64,
-    reports: BTreeMap<u32, Vec<Option<EpochReport>>>,
-    partial: BTreeMap<u32, Vec<Option<EpochReport>>>,
+    pub(crate) reports: BTreeMap<u32, Vec<Option<EpochReport>>>,
+    pub(crate) partial: BTreeMap<u32, Vec<Option<EpochReport>>>,
     epochs: Vec<ClusterEpoch>,
-    finished: Vec<Option<Finish>>,
+    pub(crate) finished: Vec<Option<Finish>>,
     summary: Option<RunSummary>,
-    failure: Option<String>,
+    pub(crate) failure: Option<String>,
+    /// Workers the current group has (`--workers` until a regroup shrinks it).
+    pub(crate) world: usize,
+    /// A re-forming of the group in progress.
+    pub(crate) regroup: Option<crate::regroup::Regroup>,
+    pub(crate) regroups: Vec<crate::summary::RegroupRecord>,
+    /// Highest step any worker reported.
+    pub(crate) highest_step: u64,
 }
 
 /// The coordinator's state. Cheap to share (`Arc`).
@@ -100,10 +112,12 @@ pub struct Coordinator {
     pub(crate) store: Option<Mutex<crate::store::CheckpointStore>>,
     /// (directory, step, epoch) of the checkpoint the run resumes from.
     pub(crate) resume: Option<(PathBuf, u64, u32)>,
-    run_json: String,
+    pub(crate) run_json: String,
     classes: Vec<String>,
     inner: Mutex<Inner>,
     phase: watch::Sender<Phase>,
+    /// The current generation, for rejoining workers waiting on a regroup.
+    pub(crate) generation_tx: watch::Sender<u64>,
     started: Instant,
 }
 
@@ -151,7 +165,10 @@ impl Coordinator {
         if store.is_some() {
             crate::metrics::checkpoint_init();
         }
-        let mut inner = Inner::default();
+        let mut inner = Inner {
+            world: cfg.workers,
+            ..Inner::default()
+        };
         // A resumed run continues the epoch records it had up to the checkpoint.
         if let (Some((_, step, _)), Some(out)) = (&resume, &cfg.out) {
             inner.epochs = read_lines(&out.join("metrics.jsonl"))
@@ -167,11 +184,12 @@ impl Coordinator {
             run_json,
             inner: Mutex::new(inner),
             phase,
+            generation_tx: watch::channel(0).0,
             started: Instant::now(),
         })
     }
 
-    fn set_phase(&self, p: Phase) {
+    pub(crate) fn set_phase(&self, p: Phase) {
         self.phase.send_replace(p);
         crate::metrics::phase(p);
     }
@@ -223,6 +241,9 @@ impl Coordinator {
         if self.phase() != Phase::Running {
             return;
         }
+        if self.regroup_due() {
+            return;
+        }
         let silent = {
             let mut inner = self.lock();
             let interval = resnet_proto::HEARTBEAT_INTERVAL.as_secs_f64();
@@ -250,9 +271,11 @@ impl Coordinator {
                 })
         };
         if let Some(reason) = silent {
-            crate::metrics::membership("lost");
-            metrics::gauge!(crate::metrics::WORKERS_ALIVE).decrement(1.0);
-            self.fail(reason);
+            if !self.start_regroup_for_silence(&reason) {
+                crate::metrics::membership("lost");
+                metrics::gauge!(crate::metrics::WORKERS_ALIVE).decrement(1.0);
+                self.fail(reason);
+            }
         }
     }
 
@@ -293,6 +316,9 @@ impl Coordinator {
     /// connection closed) is removed again, so it never receives a rank.
     pub async fn join(&self, req: JoinRequest) -> Result<Assignment, Refusal> {
         self.check_join(&req)?;
+        if req.rejoin {
+            return self.rejoin(req).await;
+        }
         {
             let mut inner = self.lock();
             match self.phase() {
@@ -300,7 +326,7 @@ impl Coordinator {
                 Phase::Running => {
                     return Err(Refusal::NotJoinable(format!(
                         "the run already has its {} workers and is training (generation {})",
-                        self.cfg.workers, inner.generation
+                        inner.world, inner.generation
                     )))
                 }
                 Phase::Finished | Phase::Failed => {
@@ -324,10 +350,11 @@ impl Coordinator {
                 misses: 0,
             });
             crate::metrics::membership("joined");
-            tracing::info!(worker = %req.worker_id, device = %req.device, data_addr = %req.data_addr, joined = inner.members.len(), of = self.cfg.workers, "worker joined");
-            if inner.members.len() == self.cfg.workers {
+            tracing::info!(worker = %req.worker_id, device = %req.device, data_addr = %req.data_addr, joined = inner.members.len(), of = inner.world, "worker joined");
+            if inner.members.len() == inner.world {
                 inner.generation += 1;
-                let n = self.cfg.workers;
+                let n = inner.world;
+                self.generation_tx.send_replace(inner.generation);
                 inner.finished = vec![None; n];
                 let now = Instant::now();
                 inner.members.iter_mut().for_each(|m| m.last_seen = now);
@@ -403,9 +430,24 @@ impl Coordinator {
     }
 
     /// Records liveness and progress. Returns whether the worker should stop.
-    pub fn heartbeat(&self, hb: Heartbeat) -> Result<bool, Refusal> {
+    pub fn heartbeat(&self, hb: Heartbeat) -> Result<resnet_proto::HeartbeatReply, Refusal> {
         let mut inner = self.lock();
+        // A member of an older generation, or any member while the group re-forms: rejoin.
+        let regrouping = inner.regroup.is_some() || hb.generation < inner.generation;
+        let known = inner.members.iter().any(|m| m.worker_id == hb.worker_id)
+            || inner
+                .regroup
+                .as_ref()
+                .is_some_and(|r| r.expects(&hb.worker_id));
+        if regrouping && known {
+            inner.highest_step = inner.highest_step.max(hb.step);
+            return Ok(resnet_proto::HeartbeatReply {
+                stop: false,
+                regroup: true,
+            });
+        }
         let idx = self.member(&inner, &hb.worker_id, hb.rank, hb.generation)?;
+        inner.highest_step = inner.highest_step.max(hb.step);
         let m = &mut inner.members[idx];
         m.last_seen = Instant::now();
         m.misses = 0;
@@ -415,7 +457,7 @@ impl Coordinator {
         metrics::counter!(crate::metrics::HEARTBEATS_TOTAL).increment(1);
         let slowest = inner.members.iter().map(|m| m.step).min().unwrap_or(0);
         metrics::gauge!(crate::metrics::RUN_STEP).set(slowest as f64);
-        Ok(false)
+        Ok(resnet_proto::HeartbeatReply::default())
     }
 
     /// Stores one rank's epoch counts; when every rank has reported the epoch, logs and records
@@ -432,7 +474,7 @@ impl Coordinator {
                 k * k
             )));
         }
-        let n = self.cfg.workers;
+        let n = inner.world;
         let epoch = r.epoch;
         let table = if complete {
             &mut inner.reports
@@ -491,6 +533,7 @@ impl Coordinator {
                 replicas_identical: hashes.iter().all(|h| h == &hashes[0]),
                 param_hashes: hashes,
                 final_eval: inner.epochs.iter().rev().find_map(|e| e.test.clone()),
+                regroups: inner.regroups.clone(),
             };
             if let Some(out) = &self.cfg.out {
                 write_json(&out.join("summary.json"), &summary);

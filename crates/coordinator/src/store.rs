@@ -56,6 +56,11 @@ impl CheckpointStore {
         }
     }
 
+    /// The `checkpoints/` folder.
+    pub fn root(&self) -> &Path {
+        &self.cfg.root
+    }
+
     /// The largest upload accepted.
     pub fn max_bytes(&self) -> u64 {
         self.cfg.max_bytes

@@ -77,4 +77,24 @@ pub struct RunSummary {
     pub replicas_identical: bool,
     /// The last evaluation (accuracy etc. over the whole test split).
     pub final_eval: Option<EvalReport>,
+    /// Every time the group was re-formed after losing workers.
+    #[serde(default)]
+    pub regroups: Vec<RegroupRecord>,
+}
+
+/// One re-forming of the group.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RegroupRecord {
+    /// The new generation.
+    pub generation: u64,
+    /// Workers in the new group.
+    pub world: usize,
+    /// Workers dropped (their ids).
+    pub lost: Vec<String>,
+    /// The step the group continues from (the most advanced survivor's).
+    pub resumed_step: u64,
+    /// Highest step any worker had reported (heartbeats, rejoins) before the loss.
+    pub highest_step_seen: u64,
+    /// `highest_step_seen - resumed_step`, floored at 0: steps done by the lost workers only.
+    pub steps_lost: u64,
 }

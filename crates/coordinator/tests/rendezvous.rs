@@ -13,6 +13,8 @@ fn coord(workers: usize, join_timeout_ms: u64) -> Arc<Coordinator> {
             workers,
             join_timeout: Duration::from_millis(join_timeout_ms),
             heartbeat_timeout: Duration::from_secs(60),
+            min_workers: 1,
+            regroup_timeout: Duration::from_secs(5),
             run: Default::default(),
             out: None,
             fingerprint: fingerprint(),
@@ -29,6 +31,8 @@ fn join_req(id: &str) -> JoinRequest {
         fingerprint: fingerprint(),
         data_addr: "127.0.0.1:7000".into(),
         device: "cpu".into(),
+        step: 0,
+        rejoin: false,
     }
 }
 
@@ -132,7 +136,7 @@ fn stale_unknown_and_malformed_reports_are_refused_and_counts_are_summed() {
         loss: 1.0,
         images_per_sec: 10.0,
     };
-    assert_eq!(c.heartbeat(hb.clone()), Ok(false));
+    assert_eq!(c.heartbeat(hb.clone()), Ok(Default::default()));
     assert!(
         matches!(c.heartbeat(Heartbeat { generation: 7, ..hb.clone() }), Err(Refusal::Unknown(m)) if m.contains("stale generation 7"))
     );
@@ -185,4 +189,132 @@ fn stale_unknown_and_malformed_reports_are_refused_and_counts_are_summed() {
     let t = s.final_eval.expect("eval");
     assert_eq!((t.samples, t.accuracy), (8, 7.0 / 8.0));
     assert!(s.replicas_identical);
+}
+
+#[test]
+fn survivors_re_form_the_group_ranked_by_progress_and_the_silent_worker_is_dropped() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let c = Arc::new(
+        Coordinator::new(CoordinatorConfig {
+            workers: 3,
+            join_timeout: Duration::from_secs(10),
+            heartbeat_timeout: Duration::from_secs(60),
+            min_workers: 2,
+            regroup_timeout: Duration::from_millis(400),
+            run: Default::default(),
+            out: Some(tmp.path().to_path_buf()),
+            fingerprint: fingerprint(),
+            resume: None,
+        })
+        .expect("coordinator"),
+    );
+    let rt = rt();
+    let first: Vec<_> = rt.block_on(async {
+        let joins = ["a", "b", "c"].map(|id| {
+            let c = c.clone();
+            tokio::spawn(async move { c.join(join_req(id)).await })
+        });
+        let mut out = Vec::new();
+        for j in joins {
+            out.push(j.await.expect("task").expect("join"));
+        }
+        out
+    });
+    assert_eq!(first[0].generation, 1);
+    // "a" and "c" survive (c one step further); "b" is gone for good.
+    let rejoin = |id: &str, step: u64| JoinRequest {
+        step,
+        rejoin: true,
+        ..join_req(id)
+    };
+    let second: Vec<_> = rt.block_on(async {
+        let a = tokio::spawn({
+            let c = c.clone();
+            let r = rejoin("a", 10);
+            async move { c.join(r).await }
+        });
+        let cc = tokio::spawn({
+            let c = c.clone();
+            let r = rejoin("c", 11);
+            async move { c.join(r).await }
+        });
+        // While re-forming, members of the old generation are told to regroup.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let reply = c
+            .heartbeat(Heartbeat {
+                worker_id: "b".into(),
+                rank: 1,
+                generation: 1,
+                step: 10,
+                loss: 1.0,
+                images_per_sec: 1.0,
+            })
+            .expect("heartbeat");
+        assert!(reply.regroup);
+        // The deadline passes in check_liveness (the service calls it every second).
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        c.check_liveness();
+        vec![
+            a.await.expect("task").expect("a rejoined"),
+            cc.await.expect("task").expect("c rejoined"),
+        ]
+    });
+    let (a, cc) = (&second[0], &second[1]);
+    assert_eq!((cc.rank, a.rank), (0, 1), "the most advanced replica leads");
+    assert_eq!((a.world, a.generation, cc.generation), (2, 2, 2));
+    assert_eq!(a.resume_step, 11);
+    assert_eq!(a.peers.len(), 2);
+    // "b" cannot come back into the new generation.
+    let e = rt.block_on(c.join(rejoin("b", 12))).expect_err("dropped");
+    assert!(matches!(e, Refusal::Unknown(_)), "{e:?}");
+    assert_eq!(c.phase(), Phase::Running);
+}
+
+#[test]
+fn too_few_survivors_fail_the_run_with_the_reason() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let c = Arc::new(
+        Coordinator::new(CoordinatorConfig {
+            workers: 2,
+            join_timeout: Duration::from_secs(10),
+            heartbeat_timeout: Duration::from_secs(60),
+            min_workers: 2,
+            regroup_timeout: Duration::from_millis(200),
+            run: Default::default(),
+            out: Some(tmp.path().to_path_buf()),
+            fingerprint: fingerprint(),
+            resume: None,
+        })
+        .expect("coordinator"),
+    );
+    let rt = rt();
+    rt.block_on(async {
+        let a = tokio::spawn({
+            let c = c.clone();
+            async move { c.join(join_req("a")).await }
+        });
+        c.join(join_req("b")).await.expect("b");
+        a.await.expect("task").expect("a");
+    });
+    let r = rt.block_on(async {
+        let h = tokio::spawn({
+            let c = c.clone();
+            let r = JoinRequest {
+                step: 5,
+                rejoin: true,
+                ..join_req("a")
+            };
+            async move { c.join(r).await }
+        });
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        c.check_liveness();
+        h.await.expect("task")
+    });
+    assert!(r.is_err());
+    assert_eq!(c.phase(), Phase::Failed);
+    let why = c.failure().expect("reason");
+    assert!(
+        why.contains("lost: b") && why.contains("--min-workers 2"),
+        "{why}"
+    );
 }

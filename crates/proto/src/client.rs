@@ -9,7 +9,8 @@ use crate::auth::AttachToken;
 
 use crate::checkpoint::CheckpointFiles;
 use crate::domain::{
-    Assignment, ControlError, ControlPlane, EpochReport, Finish, Heartbeat, JoinRequest,
+    Assignment, ControlError, ControlPlane, EpochReport, Finish, Heartbeat, HeartbeatReply,
+    JoinRequest,
 };
 use crate::v1::coordinator_client::CoordinatorClient;
 
@@ -90,12 +91,18 @@ impl ControlPlane for GrpcControlPlane {
         r.map(|r| r.into_inner().into())
             .map_err(|s| status(&self.url, "join", s))
     }
-    fn heartbeat(&mut self, hb: Heartbeat) -> Result<bool, ControlError> {
+    fn heartbeat(&mut self, hb: Heartbeat) -> Result<HeartbeatReply, ControlError> {
         let r = self
             .rt
             .block_on(self.client.heartbeat(crate::v1::HeartbeatRequest::from(hb)));
-        r.map(|r| r.into_inner().stop)
-            .map_err(|s| status(&self.url, "heartbeat", s))
+        r.map(|r| {
+            let r = r.into_inner();
+            HeartbeatReply {
+                stop: r.stop,
+                regroup: r.regroup,
+            }
+        })
+        .map_err(|s| status(&self.url, "heartbeat", s))
     }
     fn report_epoch(&mut self, report: EpochReport) -> Result<(), ControlError> {
         let r = self.rt.block_on(
@@ -123,11 +130,13 @@ impl ControlPlane for GrpcControlPlane {
         &mut self,
         worker_id: &str,
         generation: u64,
+        step: u64,
     ) -> Result<CheckpointFiles, ControlError> {
         let url = self.url.clone();
         let req = crate::v1::CheckpointRequest {
             worker_id: worker_id.to_string(),
             generation,
+            step,
         };
         let client = &mut self.client;
         self.rt.block_on(async move {

@@ -16,6 +16,10 @@ pub struct JoinRequest {
     pub data_addr: String,
     /// "cpu" or "cuda:N".
     pub device: String,
+    /// Steps the worker's replica has completed.
+    pub step: u64,
+    /// Asks to re-form the running group (see the proto).
+    pub rejoin: bool,
 }
 
 /// What the coordinator assigns once the group is complete.
@@ -35,6 +39,15 @@ pub struct Assignment {
     pub central_checkpoints: bool,
     /// Non-zero: download this step's checkpoint from the coordinator and resume from it.
     pub resume_step: u64,
+}
+
+/// What the coordinator answers a heartbeat.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct HeartbeatReply {
+    /// The run is cancelled.
+    pub stop: bool,
+    /// The group is being re-formed: abort the collective in flight and rejoin.
+    pub regroup: bool,
 }
 
 /// Periodic liveness and progress.
@@ -112,6 +125,8 @@ impl From<JoinRequest> for v1::JoinRequest {
             fingerprint: r.fingerprint,
             data_addr: r.data_addr,
             device: r.device,
+            step: r.step,
+            rejoin: r.rejoin,
         }
     }
 }
@@ -123,6 +138,8 @@ impl From<v1::JoinRequest> for JoinRequest {
             fingerprint: r.fingerprint,
             data_addr: r.data_addr,
             device: r.device,
+            step: r.step,
+            rejoin: r.rejoin,
         }
     }
 }
@@ -252,8 +269,8 @@ pub struct ControlError(pub String);
 pub trait ControlPlane: Send {
     /// Rendezvous: returns once the group is complete.
     fn join(&mut self, req: JoinRequest) -> Result<Assignment, ControlError>;
-    /// Liveness/progress; returns true when the coordinator asks the worker to stop.
-    fn heartbeat(&mut self, hb: Heartbeat) -> Result<bool, ControlError>;
+    /// Liveness/progress; the reply may ask the worker to stop or to regroup.
+    fn heartbeat(&mut self, hb: Heartbeat) -> Result<HeartbeatReply, ControlError>;
     /// End-of-epoch counts.
     fn report_epoch(&mut self, report: EpochReport) -> Result<(), ControlError>;
     /// The worker is done.
@@ -265,5 +282,6 @@ pub trait ControlPlane: Send {
         &mut self,
         worker_id: &str,
         generation: u64,
+        step: u64,
     ) -> Result<crate::CheckpointFiles, ControlError>;
 }

@@ -11,7 +11,8 @@ pub use auth::{read_token_file, AttachToken, RequireToken};
 pub use checkpoint::CheckpointFiles;
 pub use client::GrpcControlPlane;
 pub use domain::{
-    Assignment, ControlError, ControlPlane, EpochReport, Finish, Heartbeat, JoinRequest,
+    Assignment, ControlError, ControlPlane, EpochReport, Finish, Heartbeat, HeartbeatReply,
+    JoinRequest,
 };
 
 /// Generated code for `resnet_cluster.v1`.

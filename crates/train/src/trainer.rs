@@ -202,6 +202,22 @@ impl<B: AutodiffBackend> Trainer<B> {
         self
     }
 
+    /// Replaces the data-parallel group (after the group was re-formed).
+    pub fn set_parallel(&mut self, sync: Box<dyn GradSync>) {
+        self.parallel = Some(sync);
+        self.bn_synced_at = None;
+    }
+
+    /// Where checkpoints and records go from now on (only the group's rank 0 writes them).
+    pub fn set_out(&mut self, out: Option<PathBuf>) {
+        self.out = out;
+    }
+
+    /// The last checkpoint this trainer wrote: (step, directory).
+    pub fn last_checkpoint(&self) -> Option<&(usize, PathBuf)> {
+        self.last_saved.as_ref()
+    }
+
     /// The current model.
     pub fn model(&self) -> &ResNet<B> {
         self.model
@@ -470,7 +486,9 @@ impl<B: AutodiffBackend> Trainer<B> {
         obs.on_epoch(&record);
         let due =
             cfg.checkpoint_epochs > 0 && self.state.epoch.is_multiple_of(cfg.checkpoint_epochs);
-        if due || self.state.epoch == cfg.epochs {
+        // A step checkpoint at this very step already holds the same state.
+        let fresh = self.checkpointed_at == Some(self.state.global_step);
+        if (due || self.state.epoch == cfg.epochs) && !fresh {
             self.checkpoint(obs)?;
         }
         Ok(())
@@ -572,6 +590,13 @@ impl<B: AutodiffBackend> Trainer<B> {
         }
         // On every rank, so all ranks agree whether the end of `fit` still needs one.
         self.checkpointed_at = Some(self.state.global_step);
+        self.write_checkpoint_now(obs)
+    }
+
+    /// Writes this replica's state as a checkpoint without talking to the other ranks (no-op
+    /// without an output directory): the most advanced survivor of a lost worker heals the
+    /// others from it.
+    pub fn write_checkpoint_now(&mut self, obs: &mut dyn TrainObserver) -> Result<(), TrainError> {
         let Some(out) = &self.out else { return Ok(()) };
         let root = out.join("checkpoints");
         let started = Instant::now();

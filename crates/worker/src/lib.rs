@@ -3,6 +3,7 @@
 //! the shared training loop, reports exact per-epoch counts and a final parameter hash, and
 //! leaves. Training runs on the calling thread; heartbeats go from a background thread.
 
+mod group;
 pub mod metrics;
 mod observer;
 mod run;

@@ -1,4 +1,5 @@
-//! The worker's life: join, form the ring, train, report, finish.
+//! The worker's life: join, form the ring, train, report, finish — and when a peer is lost,
+//! rejoin, re-form the ring and heal from the most advanced survivor.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -7,11 +8,11 @@ use std::time::Duration;
 
 use burn::tensor::backend::AutodiffBackend;
 use resnet_collective::memory::MemoryRing;
-use resnet_collective::tcp::{TcpRing, TcpRingConfig};
 use resnet_collective::Collective;
-use resnet_proto::{fingerprint, ControlPlane, Finish, Heartbeat, JoinRequest, PROTOCOL_VERSION};
-use resnet_train::{GradSync, TrainConfig, Trainer};
+use resnet_proto::{fingerprint, Assignment, ControlPlane, Finish, JoinRequest, PROTOCOL_VERSION};
+use resnet_train::{GradSync, TrainConfig, TrainError, Trainer};
 
+use crate::group::{fetch_checkpoint, form_ring, spawn_heartbeats, Membership, RingSource};
 use crate::observer::{Progress, WorkerObserver};
 use crate::WorkerError;
 
@@ -84,6 +85,11 @@ impl GradSync for CollectiveSync {
 /// `heartbeats`, when given, is a second connection used by the heartbeat thread, and
 /// `uploads` a third one for background checkpoint uploads (rank 0 of a run whose coordinator
 /// stores checkpoints).
+///
+/// Over TCP, a failed collective (a peer died or the coordinator re-forms the group) is not the
+/// end: the worker rejoins with its step, the coordinator ranks the survivors by progress, the
+/// new rank 0 streams its state through the central store and the others resume from it, then
+/// training continues in the new generation.
 pub fn run_worker<B: AutodiffBackend>(
     control: &mut dyn ControlPlane,
     heartbeats: Option<Box<dyn ControlPlane>>,
@@ -116,14 +122,22 @@ pub fn run_worker<B: AutodiffBackend>(
         }
         Transport::Memory(_) => (None, format!("in-process:{}", opts.worker_id)),
     };
-    tracing::info!(worker = %opts.worker_id, data_addr = %data_addr, "joining");
-    let a = control.join(JoinRequest {
+    let source = match (&transport, &listener) {
+        (Transport::Tcp { .. }, Some(l)) => RingSource::Tcp(l),
+        (Transport::Memory(t), _) => RingSource::Memory(t),
+        (Transport::Tcp { .. }, None) => unreachable!("a TCP transport always binds a listener"),
+    };
+    let request = JoinRequest {
         protocol_version: PROTOCOL_VERSION,
         worker_id: opts.worker_id.clone(),
         fingerprint: fingerprint(),
         data_addr,
         device: opts.device.clone(),
-    })?;
+        step: 0,
+        rejoin: false,
+    };
+    tracing::info!(worker = %opts.worker_id, data_addr = %request.data_addr, "joining");
+    let mut a = control.join(request.clone())?;
     tracing::info!(worker = %opts.worker_id, rank = a.rank, world = a.world, generation = a.generation, "joined");
     let mut cfg: TrainConfig =
         serde_json::from_str(&a.run_config_json).map_err(|e| WorkerError::Config(e.to_string()))?;
@@ -138,80 +152,48 @@ pub fn run_worker<B: AutodiffBackend>(
         test = splits.test.len(),
         "data loaded"
     );
+    // Only processes on a TCP ring can re-form it; keep the data to heal with.
+    let regroupable = matches!(source, RingSource::Tcp(_)) && a.central_checkpoints;
+    let spare_splits = regroupable.then(|| splits.clone());
 
-    let collective: Box<dyn Collective> = match (transport, listener) {
-        (Transport::Tcp { .. }, Some(l)) => Box::new(TcpRing::connect(
-            l,
-            &TcpRingConfig {
-                rank: a.rank,
-                peers: a.peers.clone(),
-                generation: a.generation,
-                timeout: opts.collective_timeout,
-                auth: opts.ring_auth,
-            },
-        )?),
-        (Transport::Memory(table), _) => {
-            let ring = table
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .get_mut(a.rank)
-                .and_then(Option::take);
-            Box::new(ring.ok_or_else(|| {
-                WorkerError::Config(format!("no in-process ring end for rank {}", a.rank))
-            })?)
-        }
-        (Transport::Tcp { .. }, None) => unreachable!("a TCP transport always binds a listener"),
-    };
-    // Rank 0 checkpoints: into --out if given, else into a scratch directory when the
-    // coordinator stores them (the upload reads them back from there).
-    let central = a.central_checkpoints && a.rank == 0;
+    let (collective, abort) = form_ring(&source, &a, opts)?;
     let scratch = tempfile::Builder::new()
         .prefix("resnet-worker-")
         .tempdir()
         .map_err(|e| WorkerError::Storage(format!("cannot create a scratch directory: {e}")))?;
-    let out = match (&opts.out, central) {
-        (Some(o), _) if a.rank == 0 => Some(o.clone()),
-        (None, true) => Some(scratch.path().join("run")),
+    // Rank 0 checkpoints: into --out if given, else into scratch space when the coordinator
+    // stores them (the upload reads them back from there).
+    let out_for = |rank: usize, central: bool| match (&opts.out, central) {
+        (Some(o), _) if rank == 0 => Some(o.clone()),
+        (None, true) if rank == 0 => Some(scratch.path().join("run")),
         _ => None,
     };
-    let writes_checkpoints = out.is_some();
+    let out = out_for(a.rank, a.central_checkpoints);
+    let writes_checkpoints = out.is_some() || regroupable;
     let trainer = if a.resume_step > 0 {
-        let dir = fetch_resume_checkpoint(control, opts, &a, scratch.path())?;
-        let mut state = resnet_train::load_state(&dir)?;
+        let dir = fetch_checkpoint(control, opts, a.generation, 0, scratch.path())?;
+        let state = state_for_rank(&dir, cfg.clone(), a.rank)?;
         tracing::info!(
             rank = a.rank,
             step = state.global_step,
             epoch = state.epoch + 1,
             "resuming from the coordinator's checkpoint"
         );
-        // The coordinator's configuration (it may extend epochs/max_steps) with this worker's
-        // data directory and the dataset's class count, exactly as for a fresh start.
-        state.config = cfg;
-        // A data-parallel checkpoint's partial-epoch sums are the whole group's (pooled into
-        // rank 0 before saving): only rank 0 carries them on, or the epoch counts them twice.
-        if a.rank != 0 {
-            state.epoch_loss_sum = 0.0;
-            state.epoch_correct = 0;
-            state.epoch_seen = 0;
-        }
-        Trainer::<B>::resume(&dir, state, splits, device, out)?
+        Trainer::<B>::resume(&dir, state, splits, device.clone(), out)?
     } else {
-        Trainer::<B>::new(cfg, splits, device, out)?
+        Trainer::<B>::new(cfg.clone(), splits, device.clone(), out)?
     };
     let mut trainer = trainer.with_parallel(Box::new(CollectiveSync(collective)));
 
     let progress = Arc::new(Mutex::new(Progress::default()));
+    let membership = Arc::new(Mutex::new(Membership {
+        rank: a.rank,
+        generation: a.generation,
+        abort,
+    }));
     let stop = Arc::new(AtomicBool::new(false));
-    let beat = heartbeats.map(|hb| {
-        spawn_heartbeats(
-            hb,
-            opts,
-            a.rank,
-            a.generation,
-            progress.clone(),
-            stop.clone(),
-        )
-    });
+    let beat = heartbeats
+        .map(|hb| spawn_heartbeats(hb, opts, membership.clone(), progress.clone(), stop.clone()));
     let mut obs = WorkerObserver {
         control,
         worker_id: opts.worker_id.clone(),
@@ -230,7 +212,8 @@ pub fn run_worker<B: AutodiffBackend>(
         ),
         uploader: None,
     };
-    if central {
+    // Every worker of a central-checkpoint run has an uploader: whoever is rank 0 uses it.
+    if a.central_checkpoints {
         if let Some(up) = uploads {
             obs.uploader = Some(crate::upload::Uploader::spawn(
                 up,
@@ -238,7 +221,57 @@ pub fn run_worker<B: AutodiffBackend>(
             ));
         }
     }
-    let result = trainer.fit(&mut obs);
+    let result = loop {
+        match trainer.fit(&mut obs) {
+            Err(TrainError::Collective(e)) if regroupable => {
+                tracing::warn!(rank = a.rank, generation = a.generation, error = %e, "collective failed: rejoining to re-form the group");
+                let step = trainer.state().global_step as u64;
+                a = obs.control.join(JoinRequest {
+                    step,
+                    rejoin: true,
+                    ..request.clone()
+                })?;
+                tracing::info!(
+                    rank = a.rank,
+                    world = a.world,
+                    generation = a.generation,
+                    resume_step = a.resume_step,
+                    "group re-formed"
+                );
+                let (collective, abort) = form_ring(&source, &a, opts)?;
+                let mut sync = CollectiveSync(collective);
+                let out = out_for(a.rank, true);
+                if let Some(o) = &out {
+                    std::fs::create_dir_all(o)
+                        .map_err(|e| WorkerError::Storage(format!("{}: {e}", o.display())))?;
+                }
+                let splits = spare_splits
+                    .clone()
+                    .ok_or_else(|| WorkerError::Config("no data kept for healing".into()))?;
+                trainer = heal(
+                    trainer,
+                    &mut sync,
+                    &mut *obs.control,
+                    opts,
+                    &a,
+                    &cfg,
+                    splits,
+                    &device,
+                    out,
+                    scratch.path(),
+                )?;
+                trainer.set_parallel(Box::new(sync));
+                obs.rank = a.rank;
+                obs.generation = a.generation;
+                *membership.lock().unwrap_or_else(|p| p.into_inner()) = Membership {
+                    rank: a.rank,
+                    generation: a.generation,
+                    abort,
+                };
+            }
+            other => break other,
+        }
+    };
     obs.log_breakdown();
     // The final checkpoint reaches the coordinator before this worker reports Finish.
     if let Some(u) = obs.uploader.take() {
@@ -267,65 +300,91 @@ pub fn run_worker<B: AutodiffBackend>(
     })
 }
 
-/// Downloads the checkpoint the run resumes from into `scratch` and verifies it on disk.
-fn fetch_resume_checkpoint(
-    control: &mut dyn ControlPlane,
-    opts: &WorkerOptions,
-    a: &resnet_proto::Assignment,
-    scratch: &std::path::Path,
-) -> Result<PathBuf, WorkerError> {
-    let files = control.download_checkpoint(&opts.worker_id, a.generation)?;
-    let dir = scratch
-        .join("resume")
-        .join(resnet_train::checkpoint::checkpoint_name(
-            files.step as usize,
-        ));
-    std::fs::create_dir_all(&dir)
-        .map_err(|e| WorkerError::Storage(format!("{}: {e}", dir.display())))?;
-    for (name, data) in &files.files {
-        // Names were checked by the chunk assembler (plain file names only).
-        std::fs::write(dir.join(name), data)
-            .map_err(|e| WorkerError::Storage(format!("{}: {e}", dir.join(name).display())))?;
+/// The saved state of a checkpoint, for `rank` of a group: the coordinator's configuration
+/// (it may extend epochs/max_steps; this worker's data directory and class count, as for a
+/// fresh start), and the partial-epoch sums only on rank 0 — a data-parallel checkpoint's sums
+/// are the whole group's, so carrying them on every rank would count the epoch twice.
+fn state_for_rank(
+    dir: &std::path::Path,
+    cfg: TrainConfig,
+    rank: usize,
+) -> Result<resnet_train::TrainState, WorkerError> {
+    let mut state = resnet_train::load_state(dir)?;
+    state.config = cfg;
+    if rank != 0 {
+        state.epoch_loss_sum = 0.0;
+        state.epoch_correct = 0;
+        state.epoch_seen = 0;
     }
-    resnet_train::verify(&dir)?;
-    tracing::info!(
-        step = files.step,
-        bytes = files.bytes(),
-        "downloaded the resume checkpoint"
-    );
-    Ok(dir)
+    Ok(state)
 }
 
-fn spawn_heartbeats(
-    mut hb: Box<dyn ControlPlane>,
+/// Makes every replica of a re-formed group identical to its rank 0, the most advanced
+/// survivor: rank 0 writes its state and uploads it synchronously; a broadcast on the new ring
+/// tells the others it is stored; they download it and resume from it.
+#[allow(clippy::too_many_arguments)]
+fn heal<B: AutodiffBackend>(
+    mut trainer: Trainer<B>,
+    sync: &mut CollectiveSync,
+    control: &mut dyn ControlPlane,
     opts: &WorkerOptions,
-    rank: usize,
-    generation: u64,
-    progress: Arc<Mutex<Progress>>,
-    stop: Arc<AtomicBool>,
-) -> std::thread::JoinHandle<()> {
-    let (every, worker_id) = (opts.heartbeat_every, opts.worker_id.clone());
-    std::thread::spawn(move || {
-        while !stop.load(Ordering::Relaxed) {
-            let start = std::time::Instant::now();
-            while start.elapsed() < every && !stop.load(Ordering::Relaxed) {
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            if stop.load(Ordering::Relaxed) {
-                break;
-            }
-            let p = *progress.lock().unwrap_or_else(|p| p.into_inner());
-            let beat = Heartbeat {
-                worker_id: worker_id.clone(),
-                rank,
-                generation,
-                step: p.step,
-                loss: p.loss,
-                images_per_sec: p.images_per_sec,
-            };
-            if let Err(e) = hb.heartbeat(beat) {
-                tracing::warn!(rank, error = %e, "heartbeat failed");
-            }
-        }
-    })
+    a: &Assignment,
+    cfg: &TrainConfig,
+    splits: resnet_data::Splits,
+    device: &B::Device,
+    out: Option<PathBuf>,
+    scratch: &std::path::Path,
+) -> Result<Trainer<B>, WorkerError> {
+    let mut ready = [0f32];
+    if a.rank == 0 {
+        trainer.set_out(out.clone().or_else(|| Some(scratch.join("run"))));
+        trainer.write_checkpoint_now(&mut resnet_train::Quiet)?;
+        let (step, dir) = trainer
+            .last_checkpoint()
+            .cloned()
+            .ok_or_else(|| WorkerError::Storage("the healing checkpoint was not written".into()))?;
+        let files = crate::upload::read_dir_files(&dir)
+            .map_err(|e| WorkerError::Storage(format!("{}: {e}", dir.display())))?;
+        obs_upload(control, opts, a, step, &trainer, files)?;
+        trainer.set_out(out);
+        ready[0] = 1.0;
+        sync.broadcast(&mut ready, 0).map_err(WorkerError::Config)?;
+        return Ok(trainer);
+    }
+    sync.broadcast(&mut ready, 0).map_err(WorkerError::Config)?;
+    drop(trainer);
+    let dir = fetch_checkpoint(control, opts, a.generation, a.resume_step, scratch)?;
+    let state = state_for_rank(&dir, cfg.clone(), a.rank)?;
+    tracing::info!(
+        rank = a.rank,
+        step = state.global_step,
+        "healed from rank 0's state"
+    );
+    Ok(Trainer::<B>::resume(
+        &dir,
+        state,
+        splits,
+        device.clone(),
+        out,
+    )?)
+}
+
+fn obs_upload<B: AutodiffBackend>(
+    control: &mut dyn ControlPlane,
+    opts: &WorkerOptions,
+    a: &Assignment,
+    step: usize,
+    trainer: &Trainer<B>,
+    files: Vec<(String, Vec<u8>)>,
+) -> Result<(), WorkerError> {
+    let stored = control.upload_checkpoint(&resnet_proto::CheckpointFiles {
+        worker_id: opts.worker_id.clone(),
+        rank: a.rank,
+        generation: a.generation,
+        step: step as u64,
+        epoch: trainer.state().epoch as u32,
+        files,
+    })?;
+    tracing::info!(step, stored = %stored, "uploaded rank 0's state for healing");
+    Ok(())
 }

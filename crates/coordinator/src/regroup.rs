@@ -1,0 +1,257 @@
+//! Re-forming the group after losing workers, without stopping the run.
+//!
+//! A survivor whose collective failed calls `Join` with `rejoin` (or learns from a heartbeat
+//! reply that the group is re-forming, when the coordinator noticed a silent worker first). The
+//! coordinator waits for the members of the current generation to rejoin — at most
+//! `regroup_timeout` — then ranks the survivors by completed steps (the most advanced replica
+//! becomes rank 0 and heals the others from a checkpoint it streams through the central store),
+//! bumps the generation and answers every rejoin. Replicas are identical up to the step in
+//! flight, so at most that step is lost. Needs a central store (`--out`) to heal through.
+
+use std::time::{Duration, Instant};
+
+use resnet_proto::{Assignment, JoinRequest};
+
+use crate::state::{Coordinator, Member, Phase, Refusal};
+use crate::summary::RegroupRecord;
+
+/// A re-forming in progress.
+#[derive(Debug)]
+pub(crate) struct Regroup {
+    /// Members of the old generation still expected (not known dead).
+    expected: Vec<String>,
+    /// Those that rejoined: (old rank, request).
+    rejoined: Vec<(usize, JoinRequest)>,
+    deadline: Instant,
+    reason: String,
+}
+
+impl Regroup {
+    pub(crate) fn expects(&self, worker_id: &str) -> bool {
+        self.expected.iter().any(|w| w == worker_id)
+    }
+}
+
+impl Coordinator {
+    fn can_heal(&self) -> bool {
+        self.store.is_some()
+    }
+
+    /// Starts a regroup without `dead` (a silent worker). False when the run cannot heal
+    /// (no central store), so the caller fails the run instead.
+    pub(crate) fn start_regroup_for_silence(&self, reason: &str) -> bool {
+        if !self.can_heal() {
+            return false;
+        }
+        let mut inner = self.lock();
+        if inner.regroup.is_some() {
+            return true;
+        }
+        let silent: Vec<String> = inner
+            .members
+            .iter()
+            .filter(|m| m.last_seen.elapsed() > self.cfg.heartbeat_timeout)
+            .map(|m| m.worker_id.clone())
+            .collect();
+        let expected = inner
+            .members
+            .iter()
+            .map(|m| m.worker_id.clone())
+            .filter(|w| !silent.contains(w))
+            .collect();
+        tracing::warn!(%reason, lost = ?silent, "re-forming the group without the silent worker(s)");
+        inner.regroup = Some(Regroup {
+            expected,
+            rejoined: Vec::new(),
+            deadline: Instant::now() + self.cfg.regroup_timeout,
+            reason: reason.to_string(),
+        });
+        true
+    }
+
+    /// Finalises a regroup whose deadline passed; true while one is in progress.
+    pub(crate) fn regroup_due(&self) -> bool {
+        let mut inner = self.lock();
+        let Some(r) = &inner.regroup else {
+            return false;
+        };
+        if Instant::now() >= r.deadline {
+            drop(inner);
+            self.finish_regroup();
+            inner = self.lock();
+        }
+        inner.regroup.is_some()
+    }
+
+    /// A member asks to re-form the group; answers with its place in the new one.
+    pub(crate) async fn rejoin(&self, req: JoinRequest) -> Result<Assignment, Refusal> {
+        let old_generation = {
+            let mut inner = self.lock();
+            match self.phase() {
+                Phase::Running => {}
+                Phase::Waiting => {
+                    return Err(Refusal::NotJoinable(
+                        "nothing to rejoin: the group has not formed yet".into(),
+                    ))
+                }
+                Phase::Finished | Phase::Failed => {
+                    return Err(Refusal::NotJoinable("the run has ended".into()))
+                }
+            }
+            let Some(old_rank) = inner
+                .members
+                .iter()
+                .position(|m| m.worker_id == req.worker_id)
+            else {
+                return Err(Refusal::Unknown(format!(
+                    "'{}' is not a member of the running group and cannot rejoin it",
+                    req.worker_id
+                )));
+            };
+            if !self.can_heal() {
+                return Err(Refusal::NotJoinable(
+                    "the group cannot be re-formed: the coordinator has no checkpoint store (--out) to heal replicas through"
+                        .into(),
+                ));
+            }
+            inner.highest_step = inner.highest_step.max(req.step);
+            if inner.regroup.is_none() {
+                let expected = inner.members.iter().map(|m| m.worker_id.clone()).collect();
+                tracing::warn!(worker = %req.worker_id, step = req.step, "a worker's collective failed: re-forming the group");
+                inner.regroup = Some(Regroup {
+                    expected,
+                    rejoined: Vec::new(),
+                    deadline: Instant::now() + self.cfg.regroup_timeout,
+                    reason: format!("'{}' lost its peers at step {}", req.worker_id, req.step),
+                });
+            }
+            let generation = inner.generation;
+            let r = inner
+                .regroup
+                .as_mut()
+                .ok_or_else(|| Refusal::Unknown("regroup vanished".into()))?;
+            if !r.expects(&req.worker_id) {
+                return Err(Refusal::NotJoinable(format!(
+                    "'{}' was dropped from the group as silent",
+                    req.worker_id
+                )));
+            }
+            r.rejoined.retain(|(_, q)| q.worker_id != req.worker_id);
+            r.rejoined.push((old_rank, req.clone()));
+            tracing::info!(worker = %req.worker_id, step = req.step, rejoined = r.rejoined.len(), expected = r.expected.len(), "worker rejoined");
+            let complete = r.rejoined.len() == r.expected.len();
+            drop(inner);
+            if complete {
+                self.finish_regroup();
+            }
+            generation
+        };
+        let mut rx = self.generation_tx.subscribe();
+        let wait = self.cfg.regroup_timeout + Duration::from_secs(5);
+        let _ = tokio::time::timeout(wait, rx.wait_for(|g| *g > old_generation)).await;
+        let inner = self.lock();
+        if self.phase() == Phase::Failed {
+            return Err(Refusal::NotJoinable(
+                inner
+                    .failure
+                    .clone()
+                    .unwrap_or_else(|| "the run failed while re-forming".into()),
+            ));
+        }
+        let rank = inner
+            .members
+            .iter()
+            .position(|m| m.worker_id == req.worker_id)
+            .filter(|_| inner.generation > old_generation)
+            .ok_or_else(|| Refusal::Timeout("the group was not re-formed in time".into()))?;
+        Ok(Assignment {
+            rank,
+            world: inner.members.len(),
+            generation: inner.generation,
+            run_config_json: self.run_json.clone(),
+            peers: inner.members.iter().map(|m| m.data_addr.clone()).collect(),
+            central_checkpoints: true,
+            // Rank 0 (the most advanced replica) uploads its state at this step; the others
+            // download it.
+            resume_step: inner.members.first().map_or(0, |m| m.step),
+        })
+    }
+
+    /// Forms the new generation from the survivors that rejoined.
+    fn finish_regroup(&self) {
+        let mut inner = self.lock();
+        let Some(r) = inner.regroup.take() else {
+            return;
+        };
+        let mut rejoined = r.rejoined;
+        // Most advanced first; ties keep the old order.
+        rejoined.sort_by(|a, b| b.1.step.cmp(&a.1.step).then(a.0.cmp(&b.0)));
+        let lost: Vec<String> = inner
+            .members
+            .iter()
+            .map(|m| m.worker_id.clone())
+            .filter(|w| !rejoined.iter().any(|(_, q)| &q.worker_id == w))
+            .collect();
+        let n = rejoined.len();
+        if n < self.cfg.min_workers.max(1) {
+            drop(inner);
+            self.fail(format!(
+                "{} ({}); {n} worker(s) rejoined within {:?}, fewer than --min-workers {}",
+                r.reason,
+                if lost.is_empty() {
+                    "no worker lost".to_string()
+                } else {
+                    format!("lost: {}", lost.join(", "))
+                },
+                self.cfg.regroup_timeout,
+                self.cfg.min_workers
+            ));
+            return;
+        }
+        let now = Instant::now();
+        inner.members = rejoined
+            .iter()
+            .map(|(_, q)| Member {
+                worker_id: q.worker_id.clone(),
+                data_addr: q.data_addr.clone(),
+                device: q.device.clone(),
+                last_seen: now,
+                step: q.step,
+                loss: f64::NAN,
+                images_per_sec: 0.0,
+                misses: 0,
+            })
+            .collect();
+        inner.world = n;
+        inner.generation += 1;
+        inner.finished = vec![None; n];
+        // Epoch reports of the old group that never completed are dropped; the new group
+        // reports its epochs afresh.
+        inner.reports.clear();
+        inner.partial.clear();
+        let resumed = inner.members.first().map_or(0, |m| m.step);
+        let record = RegroupRecord {
+            generation: inner.generation,
+            world: n,
+            lost: lost.clone(),
+            resumed_step: resumed,
+            highest_step_seen: inner.highest_step,
+            steps_lost: inner.highest_step.saturating_sub(resumed),
+        };
+        tracing::warn!(
+            generation = record.generation,
+            world = n,
+            lost = ?lost,
+            resumed_step = resumed,
+            steps_lost = record.steps_lost,
+            "group re-formed"
+        );
+        inner.regroups.push(record);
+        for _ in &lost {
+            crate::metrics::membership("lost");
+        }
+        metrics::gauge!(crate::metrics::GENERATION).set(inner.generation as f64);
+        metrics::gauge!(crate::metrics::WORKERS_ALIVE).set(n as f64);
+        self.generation_tx.send_replace(inner.generation);
+    }
+}

@@ -1,0 +1,152 @@
+//! The worker's place in the group: forming the ring for an assignment, the heartbeat thread
+//! (which breaks the ring when the coordinator announces a regroup), and healing a replica from
+//! the most advanced survivor's checkpoint after the group was re-formed.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use resnet_collective::memory::MemoryRing;
+use resnet_collective::tcp::{RingAbort, TcpRing, TcpRingConfig};
+use resnet_collective::Collective;
+use resnet_proto::{Assignment, ControlPlane, Heartbeat};
+
+use crate::observer::Progress;
+use crate::{WorkerError, WorkerOptions};
+
+/// Where the ring for an assignment comes from.
+pub(crate) enum RingSource<'a> {
+    /// This worker's bound data-plane listener (cloned per generation).
+    Tcp(&'a TcpListener),
+    /// The in-process ring table (one generation only: local runs do not regroup).
+    Memory(&'a Arc<Mutex<Vec<Option<MemoryRing>>>>),
+}
+
+/// Forms the ring of `a`'s generation.
+pub(crate) fn form_ring(
+    source: &RingSource,
+    a: &Assignment,
+    opts: &WorkerOptions,
+) -> Result<(Box<dyn Collective>, Option<RingAbort>), WorkerError> {
+    match source {
+        RingSource::Tcp(l) => {
+            let l = l
+                .try_clone()
+                .map_err(|e| WorkerError::Storage(format!("data-plane listener: {e}")))?;
+            let ring = TcpRing::connect(
+                l,
+                &TcpRingConfig {
+                    rank: a.rank,
+                    peers: a.peers.clone(),
+                    generation: a.generation,
+                    timeout: opts.collective_timeout,
+                    auth: opts.ring_auth,
+                },
+            )?;
+            let abort = ring.abort_handle();
+            Ok((Box::new(ring), Some(abort)))
+        }
+        RingSource::Memory(table) => {
+            let ring = table
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get_mut(a.rank)
+                .and_then(Option::take);
+            let ring = ring.ok_or_else(|| {
+                WorkerError::Config(format!("no in-process ring end for rank {}", a.rank))
+            })?;
+            Ok((Box::new(ring), None))
+        }
+    }
+}
+
+/// What the heartbeat thread needs to know about the current generation.
+#[derive(Default)]
+pub(crate) struct Membership {
+    pub rank: usize,
+    pub generation: u64,
+    /// Breaks the current ring when the coordinator says the group is re-forming.
+    pub abort: Option<RingAbort>,
+}
+
+/// Sends heartbeats every `opts.heartbeat_every` until `stop`; on a regroup answer, breaks the
+/// ring so a collective waiting on a dead peer returns at once.
+pub(crate) fn spawn_heartbeats(
+    mut hb: Box<dyn ControlPlane>,
+    opts: &WorkerOptions,
+    membership: Arc<Mutex<Membership>>,
+    progress: Arc<Mutex<Progress>>,
+    stop: Arc<AtomicBool>,
+) -> std::thread::JoinHandle<()> {
+    let (every, worker_id) = (opts.heartbeat_every, opts.worker_id.clone());
+    std::thread::spawn(move || {
+        while !stop.load(Ordering::Relaxed) {
+            let start = std::time::Instant::now();
+            while start.elapsed() < every && !stop.load(Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            if stop.load(Ordering::Relaxed) {
+                break;
+            }
+            let p = *progress.lock().unwrap_or_else(|p| p.into_inner());
+            let (rank, generation) = {
+                let m = membership.lock().unwrap_or_else(|p| p.into_inner());
+                (m.rank, m.generation)
+            };
+            let beat = Heartbeat {
+                worker_id: worker_id.clone(),
+                rank,
+                generation,
+                step: p.step,
+                loss: p.loss,
+                images_per_sec: p.images_per_sec,
+            };
+            match hb.heartbeat(beat) {
+                Ok(reply) if reply.regroup => {
+                    let abort = membership
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .abort
+                        .take();
+                    if let Some(a) = abort {
+                        tracing::warn!(rank, generation, "the coordinator is re-forming the group: aborting the collective in flight");
+                        a.abort();
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(rank, error = %e, "heartbeat failed"),
+            }
+        }
+    })
+}
+
+/// Downloads a checkpoint from the coordinator (`step` 0: the run's resume checkpoint) into
+/// `scratch/<name>` and verifies it on disk.
+pub(crate) fn fetch_checkpoint(
+    control: &mut dyn ControlPlane,
+    opts: &WorkerOptions,
+    generation: u64,
+    step: u64,
+    scratch: &Path,
+) -> Result<PathBuf, WorkerError> {
+    let files = control.download_checkpoint(&opts.worker_id, generation, step)?;
+    let dir = scratch.join(format!("fetched-g{generation}")).join(
+        resnet_train::checkpoint::checkpoint_name(files.step as usize),
+    );
+    std::fs::create_dir_all(&dir)
+        .map_err(|e| WorkerError::Storage(format!("{}: {e}", dir.display())))?;
+    for (name, data) in &files.files {
+        // Names were checked by the chunk assembler (plain file names only).
+        std::fs::write(dir.join(name), data)
+            .map_err(|e| WorkerError::Storage(format!("{}: {e}", dir.join(name).display())))?;
+    }
+    resnet_train::verify(&dir)?;
+    tracing::info!(
+        step = files.step,
+        bytes = files.bytes(),
+        "downloaded checkpoint"
+    );
+    Ok(dir)
+}
