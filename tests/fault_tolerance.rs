@@ -26,8 +26,8 @@ fn spawn(bin: &str, args: &[&str]) -> Child {
         .unwrap_or_else(|e| panic!("{bin}: {e}"))
 }
 
-/// The worker's global step from its metrics endpoint.
-fn step_of(port: u16) -> Option<u64> {
+/// A gauge from a metrics endpoint (the first sample whose line starts with `prefix`).
+fn gauge(port: u16, prefix: &str) -> Option<u64> {
     use std::io::Write;
     let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
@@ -35,9 +35,17 @@ fn step_of(port: u16) -> Option<u64> {
     let mut body = String::new();
     s.read_to_string(&mut body).ok()?;
     body.lines()
-        .find(|l| l.starts_with("resnet_cluster_step{"))
+        .find(|l| l.starts_with(prefix))
         .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .map(|v| v as u64)
+}
+
+fn wait_for(what: &str, mut ok: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !ok() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 const RUN: &[&str] = &[
@@ -61,7 +69,8 @@ const RUN: &[&str] = &[
 ];
 
 /// A 3-worker run over TCP; with `kill_at`, worker 1 is killed with SIGKILL once it has done
-/// that many steps. Returns the coordinator's summary and the survivors' stdout.
+/// that many steps, and once the group has re-formed without it a replacement worker "w9" is
+/// started. Returns the coordinator's summary and the finishing workers' stdout.
 fn run(kill_at: Option<u64>) -> (Value, Vec<String>) {
     let port = free_port();
     let listen = format!("127.0.0.1:{port}");
@@ -77,6 +86,9 @@ fn run(kill_at: Option<u64>) -> (Value, Vec<String>) {
         "--regroup-timeout",
         "3",
     ];
+    let coord_metrics = free_port();
+    let cm = format!("127.0.0.1:{coord_metrics}");
+    args.extend(["--metrics-addr", &cm]);
     args.extend(RUN);
     let coord = spawn(env!("CARGO_BIN_EXE_coordinator"), &args);
     let metrics: Vec<u16> = (0..3).map(|_| free_port()).collect();
@@ -97,20 +109,28 @@ fn run(kill_at: Option<u64>) -> (Value, Vec<String>) {
             )
         })
         .collect();
+    let mut replacement = None;
     if let Some(k) = kill_at {
-        let deadline = Instant::now() + Duration::from_secs(120);
-        while step_of(metrics[1]).is_none_or(|s| s < k) {
-            assert!(Instant::now() < deadline, "worker 1 never reached step {k}");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        wait_for("worker 1 to reach the step", || {
+            gauge(metrics[1], "resnet_cluster_step{").is_some_and(|s| s >= k)
+        });
         workers[1].kill().expect("kill -9");
         let _ = workers[1].wait();
+        wait_for("the group to re-form", || {
+            gauge(coord_metrics, "resnet_cluster_generation ").is_some_and(|g| g >= 2)
+        });
+        replacement = Some(spawn(
+            env!("CARGO_BIN_EXE_worker"),
+            &["--coordinator", &url, "--worker-id", "w9"],
+        ));
     }
     let mut outputs = Vec::new();
-    for (i, w) in workers.into_iter().enumerate() {
-        if kill_at.is_some() && i == 1 {
-            continue;
-        }
+    let finishing = workers
+        .into_iter()
+        .enumerate()
+        .filter(|(i, _)| kill_at.is_none() || *i != 1)
+        .chain(replacement.map(|r| (9, r)));
+    for (i, w) in finishing {
         let o = w.wait_with_output().expect("worker");
         assert!(
             o.status.success(),
@@ -135,17 +155,19 @@ fn last_train_loss(s: &Value) -> f64 {
 }
 
 #[test]
-fn killing_a_worker_mid_run_loses_at_most_one_step_and_the_survivors_finish_identical() {
+fn a_killed_worker_costs_at_most_one_step_and_a_replacement_restores_the_world_size() {
     let (calm, _) = run(None);
     assert_eq!(calm["world"], 3);
     assert!(calm["regroups"].as_array().is_some_and(|r| r.is_empty()));
 
     let (s, outputs) = run(Some(15));
-    assert_eq!(s["world"], 2, "{s}");
-    assert_eq!(s["generation"], 2);
+    // Lost one, re-formed with two, a replacement joined: three again, all identical.
+    assert_eq!(s["world"], 3, "{s}");
+    assert_eq!(s["generation"], 3);
     assert_eq!(s["replicas_identical"], true, "{s}");
     let hashes = s["param_hashes"].as_array().expect("hashes");
-    assert_eq!(hashes.len(), 2);
+    assert_eq!(hashes.len(), 3);
+    assert_eq!(outputs.len(), 3);
     for o in &outputs {
         assert!(o.contains(hashes[0].as_str().expect("hash")), "{o}");
     }
@@ -153,9 +175,16 @@ fn killing_a_worker_mid_run_loses_at_most_one_step_and_the_survivors_finish_iden
     assert_eq!(r["lost"], serde_json::json!(["w1"]));
     assert!(r["resumed_step"].as_u64().expect("step") >= 15);
     assert!(r["steps_lost"].as_u64().expect("lost") <= 1, "{r}");
+    assert_eq!(r["world"], 2);
+    let j = &s["regroups"][1];
+    assert_eq!(j["joined"], serde_json::json!(["w9"]));
+    assert_eq!(
+        (j["world"].as_u64(), j["steps_lost"].as_u64()),
+        (Some(3), Some(0))
+    );
     // Training went on to the end of the 3 epochs and still learned: the final training loss is
-    // no worse than the undisturbed run's (same data; 2 replicas instead of 3 after the fault
-    // take more, smaller steps per epoch, so it is often lower).
+    // no worse than the undisturbed run's (same data; while only 2 replicas ran, an epoch took
+    // more, smaller steps, so it is often lower).
     let (a, b) = (last_train_loss(&calm), last_train_loss(&s));
     let first = s["epochs"][0]["train_loss"].as_f64().expect("first loss");
     assert!(b < first * 0.6, "did not keep learning: {first} -> {b}");

@@ -67,7 +67,9 @@ impl Coordinator {
         generation: u64,
         step: u64,
     ) -> Result<CheckpointFiles, Refusal> {
-        let (dir, step, epoch) = if step == 0 {
+        // Step 0 names the run's resume checkpoint when there is one (a healing checkpoint of
+        // step 0 exists only in a run that did not resume).
+        let (dir, step, epoch) = if step == 0 && self.resume.is_some() {
             self.resume.clone().ok_or_else(|| {
                 Refusal::Unknown("this run does not resume from a checkpoint".into())
             })?

@@ -83,8 +83,13 @@ impl Coordinator {
         inner.regroup.is_some()
     }
 
-    /// A member asks to re-form the group; answers with its place in the new one.
-    pub(crate) async fn rejoin(&self, req: JoinRequest) -> Result<Assignment, Refusal> {
+    /// A member asks to re-form the group, or (`newcomer`) a new worker asks to join the running
+    /// job; answers with its place in the new group.
+    pub(crate) async fn rejoin(
+        &self,
+        req: JoinRequest,
+        newcomer: bool,
+    ) -> Result<Assignment, Refusal> {
         let old_generation = {
             let mut inner = self.lock();
             match self.phase() {
@@ -98,15 +103,26 @@ impl Coordinator {
                     return Err(Refusal::NotJoinable("the run has ended".into()))
                 }
             }
-            let Some(old_rank) = inner
+            let position = inner
                 .members
                 .iter()
-                .position(|m| m.worker_id == req.worker_id)
-            else {
-                return Err(Refusal::Unknown(format!(
-                    "'{}' is not a member of the running group and cannot rejoin it",
-                    req.worker_id
-                )));
+                .position(|m| m.worker_id == req.worker_id);
+            let old_rank = match (position, newcomer) {
+                (Some(r), false) => r,
+                // Newcomers rank after every survivor (they hold no state yet).
+                (None, true) => usize::MAX,
+                (Some(_), true) => {
+                    return Err(Refusal::NotJoinable(format!(
+                        "a worker named '{}' is already in the group",
+                        req.worker_id
+                    )))
+                }
+                (None, false) => {
+                    return Err(Refusal::Unknown(format!(
+                        "'{}' is not a member of the running group and cannot rejoin it",
+                        req.worker_id
+                    )))
+                }
             };
             if !self.can_heal() {
                 return Err(Refusal::NotJoinable(
@@ -117,12 +133,18 @@ impl Coordinator {
             inner.highest_step = inner.highest_step.max(req.step);
             if inner.regroup.is_none() {
                 let expected = inner.members.iter().map(|m| m.worker_id.clone()).collect();
-                tracing::warn!(worker = %req.worker_id, step = req.step, "a worker's collective failed: re-forming the group");
+                let reason = if newcomer {
+                    tracing::info!(worker = %req.worker_id, "a new worker joins the running job: re-forming the group");
+                    format!("'{}' joined the running job", req.worker_id)
+                } else {
+                    tracing::warn!(worker = %req.worker_id, step = req.step, "a worker's collective failed: re-forming the group");
+                    format!("'{}' lost its peers at step {}", req.worker_id, req.step)
+                };
                 inner.regroup = Some(Regroup {
                     expected,
                     rejoined: Vec::new(),
                     deadline: Instant::now() + self.cfg.regroup_timeout,
-                    reason: format!("'{}' lost its peers at step {}", req.worker_id, req.step),
+                    reason,
                 });
             }
             let generation = inner.generation;
@@ -130,6 +152,9 @@ impl Coordinator {
                 .regroup
                 .as_mut()
                 .ok_or_else(|| Refusal::Unknown("regroup vanished".into()))?;
+            if newcomer && !r.expects(&req.worker_id) {
+                r.expected.push(req.worker_id.clone());
+            }
             if !r.expects(&req.worker_id) {
                 return Err(Refusal::NotJoinable(format!(
                     "'{}' was dropped from the group as silent",
@@ -174,6 +199,7 @@ impl Coordinator {
             // Rank 0 (the most advanced replica) uploads its state at this step; the others
             // download it.
             resume_step: inner.members.first().map_or(0, |m| m.step),
+            heal: true,
         })
     }
 
@@ -191,6 +217,11 @@ impl Coordinator {
             .iter()
             .map(|m| m.worker_id.clone())
             .filter(|w| !rejoined.iter().any(|(_, q)| &q.worker_id == w))
+            .collect();
+        let joined: Vec<String> = rejoined
+            .iter()
+            .filter(|(old, _)| *old == usize::MAX)
+            .map(|(_, q)| q.worker_id.clone())
             .collect();
         let n = rejoined.len();
         if n < self.cfg.min_workers.max(1) {
@@ -234,6 +265,7 @@ impl Coordinator {
             generation: inner.generation,
             world: n,
             lost: lost.clone(),
+            joined: joined.clone(),
             resumed_step: resumed,
             highest_step_seen: inner.highest_step,
             steps_lost: inner.highest_step.saturating_sub(resumed),
@@ -242,6 +274,7 @@ impl Coordinator {
             generation = record.generation,
             world = n,
             lost = ?lost,
+            joined = ?joined,
             resumed_step = resumed,
             steps_lost = record.steps_lost,
             "group re-formed"
@@ -249,6 +282,9 @@ impl Coordinator {
         inner.regroups.push(record);
         for _ in &lost {
             crate::metrics::membership("lost");
+        }
+        for _ in &joined {
+            crate::metrics::membership("joined");
         }
         metrics::gauge!(crate::metrics::GENERATION).set(inner.generation as f64);
         metrics::gauge!(crate::metrics::WORKERS_ALIVE).set(n as f64);

@@ -317,7 +317,11 @@ impl Coordinator {
     pub async fn join(&self, req: JoinRequest) -> Result<Assignment, Refusal> {
         self.check_join(&req)?;
         if req.rejoin {
-            return self.rejoin(req).await;
+            return self.rejoin(req, false).await;
+        }
+        // A new worker while training: elastic scale-up, when the run can heal it.
+        if self.phase() == Phase::Running && self.store.is_some() {
+            return self.rejoin(req, true).await;
         }
         {
             let mut inner = self.lock();
@@ -400,6 +404,7 @@ impl Coordinator {
             peers: inner.members.iter().map(|m| m.data_addr.clone()).collect(),
             central_checkpoints: self.store.is_some(),
             resume_step: self.resume.as_ref().map_or(0, |r| r.1),
+            heal: false,
         })
     }
 

@@ -91,6 +91,9 @@ pub struct RegroupRecord {
     pub world: usize,
     /// Workers dropped (their ids).
     pub lost: Vec<String>,
+    /// Workers that joined the running job (elastic scale-up).
+    #[serde(default)]
+    pub joined: Vec<String>,
     /// The step the group continues from (the most advanced survivor's).
     pub resumed_step: u64,
     /// Highest step any worker had reported (heartbeats, rejoins) before the loss.

@@ -39,6 +39,8 @@ pub struct Assignment {
     pub central_checkpoints: bool,
     /// Non-zero: download this step's checkpoint from the coordinator and resume from it.
     pub resume_step: u64,
+    /// The group was re-formed around a running job: rank 0 heals the others (see the proto).
+    pub heal: bool,
 }
 
 /// What the coordinator answers a heartbeat.
@@ -153,6 +155,7 @@ impl From<Assignment> for v1::JoinResponse {
             peer_addrs: a.peers,
             central_checkpoints: a.central_checkpoints,
             resume_step: a.resume_step,
+            heal: a.heal,
         }
     }
 }
@@ -166,6 +169,7 @@ impl From<v1::JoinResponse> for Assignment {
             peers: r.peer_addrs,
             central_checkpoints: r.central_checkpoints,
             resume_step: r.resume_step,
+            heal: r.heal,
         }
     }
 }

@@ -170,7 +170,24 @@ pub fn run_worker<B: AutodiffBackend>(
     };
     let out = out_for(a.rank, a.central_checkpoints);
     let writes_checkpoints = out.is_some() || regroupable;
-    let trainer = if a.resume_step > 0 {
+    let mut collective = collective;
+    let trainer = if a.heal {
+        // Joining a running job (elastic scale-up): wait until rank 0 has stored its state,
+        // then start from it.
+        let mut ready = [0f32];
+        collective
+            .broadcast(&mut ready, 0)
+            .map_err(WorkerError::Collective)?;
+        let dir = fetch_checkpoint(control, opts, a.generation, a.resume_step, scratch.path())?;
+        let state = state_for_rank(&dir, cfg.clone(), a.rank)?;
+        tracing::info!(
+            rank = a.rank,
+            step = state.global_step,
+            epoch = state.epoch + 1,
+            "joined the running job from rank 0's state"
+        );
+        Trainer::<B>::resume(&dir, state, splits, device.clone(), out)?
+    } else if a.resume_step > 0 {
         let dir = fetch_checkpoint(control, opts, a.generation, 0, scratch.path())?;
         let state = state_for_rank(&dir, cfg.clone(), a.rank)?;
         tracing::info!(
