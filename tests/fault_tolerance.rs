@@ -84,7 +84,7 @@ fn run(kill_at: Option<u64>) -> (Value, Vec<String>) {
         "--out",
         out.path().to_str().expect("utf8"),
         "--regroup-timeout",
-        "3",
+        "5",
     ];
     let coord_metrics = free_port();
     let cm = format!("127.0.0.1:{coord_metrics}");
@@ -163,7 +163,7 @@ fn a_killed_worker_costs_at_most_one_step_and_a_replacement_restores_the_world_s
     let (s, outputs) = run(Some(15));
     // Lost one, re-formed with two, a replacement joined: three again, all identical.
     assert_eq!(s["world"], 3, "{s}");
-    assert_eq!(s["generation"], 3);
+    assert!(s["generation"].as_u64().expect("generation") >= 3);
     assert_eq!(s["replicas_identical"], true, "{s}");
     let hashes = s["param_hashes"].as_array().expect("hashes");
     assert_eq!(hashes.len(), 3);
@@ -176,12 +176,15 @@ fn a_killed_worker_costs_at_most_one_step_and_a_replacement_restores_the_world_s
     assert!(r["resumed_step"].as_u64().expect("step") >= 15);
     assert!(r["steps_lost"].as_u64().expect("lost") <= 1, "{r}");
     assert_eq!(r["world"], 2);
-    let j = &s["regroups"][1];
-    assert_eq!(j["joined"], serde_json::json!(["w9"]));
-    assert_eq!(
-        (j["world"].as_u64(), j["steps_lost"].as_u64()),
-        (Some(3), Some(0))
-    );
+    let regroups = s["regroups"].as_array().expect("regroups");
+    let j = regroups
+        .iter()
+        .find(|r| r["joined"] == serde_json::json!(["w9"]))
+        .expect("the replacement joined");
+    assert_eq!(j["world"], 3);
+    for r in regroups {
+        assert!(r["steps_lost"].as_u64().expect("lost") <= 1, "{r}");
+    }
     // Training went on to the end of the 3 epochs and still learned: the final training loss is
     // no worse than the undisturbed run's (same data; while only 2 replicas ran, an epoch took
     // more, smaller steps, so it is often lower).
@@ -189,4 +192,118 @@ fn a_killed_worker_costs_at_most_one_step_and_a_replacement_restores_the_world_s
     let first = s["epochs"][0]["train_loss"].as_f64().expect("first loss");
     assert!(b < first * 0.6, "did not keep learning: {first} -> {b}");
     assert!(b <= a * 1.25 + 0.05, "undisturbed {a} vs disturbed {b}");
+}
+
+const RESTART_RUN: &[&str] = &[
+    "--workers",
+    "2",
+    "--dataset",
+    "synthetic",
+    "--width",
+    "4",
+    "--batch-size",
+    "16",
+    "--train-limit",
+    "960",
+    "--test-limit",
+    "64",
+    "--epochs",
+    "3",
+    "--seed",
+    "3",
+    "--checkpoint-steps",
+    "10",
+    "--json",
+];
+
+#[test]
+fn a_killed_coordinator_restarted_with_resume_latest_takes_the_workers_back() {
+    // The undisturbed run, for the final parameters (in-process: bit-identical to processes).
+    let local = Command::new(env!("CARGO_BIN_EXE_coordinator"))
+        .arg("--local")
+        .args(RESTART_RUN)
+        .output()
+        .expect("local run");
+    assert!(local.status.success());
+    let calm: Value = serde_json::from_slice(&local.stdout).expect("summary");
+
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let url = format!("http://{listen}");
+    let out = tempfile::tempdir().expect("tmp");
+    let o = out.path().to_str().expect("utf8");
+    let mut first = spawn(
+        env!("CARGO_BIN_EXE_coordinator"),
+        &[&["--listen", &listen, "--out", o], RESTART_RUN].concat(),
+    );
+    let metrics = free_port();
+    let m = format!("127.0.0.1:{metrics}");
+    let w0 = spawn(
+        env!("CARGO_BIN_EXE_worker"),
+        &[
+            "--coordinator",
+            &url,
+            "--worker-id",
+            "w0",
+            "--metrics-addr",
+            &m,
+        ],
+    );
+    let w1 = spawn(
+        env!("CARGO_BIN_EXE_worker"),
+        &["--coordinator", &url, "--worker-id", "w1"],
+    );
+    wait_for("step 25", || {
+        gauge(metrics, "resnet_cluster_step{").is_some_and(|s| s >= 25)
+    });
+    let killed_at = gauge(metrics, "resnet_cluster_step{").unwrap_or(25);
+    first.kill().expect("kill -9 the coordinator");
+    let _ = first.wait();
+    std::thread::sleep(Duration::from_millis(500));
+
+    // Same address and --out; only the resume flag is new.
+    let second = spawn(
+        env!("CARGO_BIN_EXE_coordinator"),
+        &[
+            "--listen",
+            &listen,
+            "--out",
+            o,
+            "--json",
+            "--resume",
+            "latest",
+            "--workers",
+            "2",
+        ],
+    );
+    for (name, w) in [("w0", w0), ("w1", w1)] {
+        let r = w.wait_with_output().expect("worker");
+        assert!(
+            r.status.success(),
+            "{name} failed:\n{}",
+            String::from_utf8_lossy(&r.stderr)
+        );
+    }
+    let c = second.wait_with_output().expect("coordinator");
+    let stderr = String::from_utf8_lossy(&c.stderr);
+    assert!(c.status.success(), "{stderr}");
+    let s: Value = serde_json::from_slice(&c.stdout).expect("summary");
+    // The step counter went back at most to the last checkpoint before the kill (checkpoints
+    // every 10 steps; `killed_at` was read just before the kill, so the kill came at or after it).
+    let resumed: u64 = stderr
+        .split("(step ")
+        .nth(1)
+        .and_then(|t| t.split(',').next())
+        .and_then(|n| n.parse().ok())
+        .expect("resuming from ... (step N, ...)");
+    assert!(
+        resumed.is_multiple_of(10) && resumed >= killed_at / 10 * 10 && resumed <= killed_at + 10,
+        "killed at step {killed_at} or a little later, resumed at {resumed}"
+    );
+    assert_eq!(s["steps"], 90);
+    assert_eq!(s["replicas_identical"], true);
+    assert_eq!(
+        s["param_hashes"][0], calm["param_hashes"][0],
+        "the run continued from its checkpoint exactly"
+    );
 }

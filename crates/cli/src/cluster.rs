@@ -108,6 +108,10 @@ pub struct WorkerCli {
     /// Seconds an all-reduce may wait for a peer before the step fails.
     #[arg(long, default_value_t = 120)]
     pub collective_timeout: u64,
+    /// Seconds to keep trying to rejoin when the coordinator becomes unreachable mid-run (a
+    /// restarted `coordinator --resume latest` takes the workers back).
+    #[arg(long, default_value_t = 300)]
+    pub rejoin_timeout: u64,
     /// File holding the shared cluster token (at least 16 printable characters); every RPC and
     /// ring connection must present it. The env var names the file, never the secret itself.
     #[arg(long, value_name = "FILE", env = "RESNET_CLUSTER_TOKEN_FILE")]
@@ -318,6 +322,7 @@ fn run_local_workers(
                         heartbeat_every: resnet_proto::HEARTBEAT_INTERVAL,
                         ring_auth,
                         out: None,
+                        rejoin_timeout: Duration::from_secs(60),
                     };
                     let r = crate::with_train_backend!(sel, |B, device| run_worker::<B>(
                         &mut control,
@@ -397,6 +402,7 @@ pub fn run_worker_cli(a: WorkerCli) -> Result<()> {
         heartbeat_every: resnet_proto::HEARTBEAT_INTERVAL,
         ring_auth,
         out: a.out.clone(),
+        rejoin_timeout: Duration::from_secs(a.rejoin_timeout),
     };
     let transport = Transport::Tcp {
         listen: a.listen.clone(),

@@ -316,7 +316,9 @@ impl Coordinator {
     /// connection closed) is removed again, so it never receives a rank.
     pub async fn join(&self, req: JoinRequest) -> Result<Assignment, Refusal> {
         self.check_join(&req)?;
-        if req.rejoin {
+        // Rejoining a group that is training re-forms it. A rejoin while waiting (this coordinator
+        // was restarted, e.g. with --resume latest) is an ordinary join: the group forms anew.
+        if req.rejoin && self.phase() != Phase::Waiting {
             return self.rejoin(req, false).await;
         }
         // A new worker while training: elastic scale-up, when the run can heal it.
@@ -343,6 +345,8 @@ impl Coordinator {
                     req.worker_id
                 )));
             }
+            // Survivors of a previous coordinator: number the new group above their old one.
+            inner.generation = inner.generation.max(req.generation);
             inner.members.push(Member {
                 worker_id: req.worker_id.clone(),
                 data_addr: req.data_addr.clone(),

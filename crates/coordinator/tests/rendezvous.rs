@@ -33,6 +33,7 @@ fn join_req(id: &str) -> JoinRequest {
         device: "cpu".into(),
         step: 0,
         rejoin: false,
+        generation: 0,
     }
 }
 

@@ -20,6 +20,8 @@ pub struct JoinRequest {
     pub step: u64,
     /// Asks to re-form the running group (see the proto).
     pub rejoin: bool,
+    /// The generation a rejoining worker was in (0 for a fresh one).
+    pub generation: u64,
 }
 
 /// What the coordinator assigns once the group is complete.
@@ -129,6 +131,7 @@ impl From<JoinRequest> for v1::JoinRequest {
             device: r.device,
             step: r.step,
             rejoin: r.rejoin,
+            generation: r.generation,
         }
     }
 }
@@ -142,6 +145,7 @@ impl From<v1::JoinRequest> for JoinRequest {
             device: r.device,
             step: r.step,
             rejoin: r.rejoin,
+            generation: r.generation,
         }
     }
 }

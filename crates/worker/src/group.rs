@@ -69,6 +69,20 @@ pub(crate) struct Membership {
     pub generation: u64,
     /// Breaks the current ring when the coordinator says the group is re-forming.
     pub abort: Option<RingAbort>,
+    /// Set by the heartbeat thread when the coordinator has been unreachable for
+    /// [`COORDINATOR_LOST_AFTER`] heartbeats in a row.
+    pub coordinator_lost: bool,
+}
+
+/// Consecutive failed heartbeats (2 s apart) after which the coordinator counts as gone: the
+/// worker stops training (a restarted coordinator rolls back to its last checkpoint anyway) and
+/// keeps rejoining until one answers.
+pub(crate) const COORDINATOR_LOST_AFTER: u32 = 3;
+
+/// Whether a control-plane error means the coordinator could not be reached (as opposed to a
+/// refusal, which retrying would not change).
+pub(crate) fn unreachable(e: &resnet_proto::ControlError) -> bool {
+    e.0.contains("(Unavailable)") || e.0.contains("cannot reach") || e.0.contains("(Unknown)")
 }
 
 /// Sends heartbeats every `opts.heartbeat_every` until `stop`; on a regroup answer, breaks the
@@ -82,6 +96,8 @@ pub(crate) fn spawn_heartbeats(
 ) -> std::thread::JoinHandle<()> {
     let (every, worker_id) = (opts.heartbeat_every, opts.worker_id.clone());
     std::thread::spawn(move || {
+        let mut failures = 0u32;
+        let mut seen_generation = 0u64;
         while !stop.load(Ordering::Relaxed) {
             let start = std::time::Instant::now();
             while start.elapsed() < every && !stop.load(Ordering::Relaxed) {
@@ -91,10 +107,16 @@ pub(crate) fn spawn_heartbeats(
                 break;
             }
             let p = *progress.lock().unwrap_or_else(|p| p.into_inner());
-            let (rank, generation) = {
+            let (rank, generation, lost) = {
                 let m = membership.lock().unwrap_or_else(|p| p.into_inner());
-                (m.rank, m.generation)
+                (m.rank, m.generation, m.coordinator_lost)
             };
+            // Failures counted against an older group (or before this worker rejoined) say
+            // nothing about the new one.
+            if generation != seen_generation || (!lost && failures >= COORDINATOR_LOST_AFTER) {
+                seen_generation = generation;
+                failures = 0;
+            }
             let beat = Heartbeat {
                 worker_id: worker_id.clone(),
                 rank,
@@ -103,7 +125,22 @@ pub(crate) fn spawn_heartbeats(
                 loss: p.loss,
                 images_per_sec: p.images_per_sec,
             };
-            match hb.heartbeat(beat) {
+            let reply = hb.heartbeat(beat);
+            // Unreachable, or answered by a coordinator that does not know this worker (it was
+            // restarted): either way this worker must rejoin.
+            failures = match &reply {
+                Err(e) if unreachable(e) || e.0.contains("(NotFound)") => failures + 1,
+                _ => 0,
+            };
+            if failures == COORDINATOR_LOST_AFTER {
+                let mut m = membership.lock().unwrap_or_else(|p| p.into_inner());
+                m.coordinator_lost = true;
+                if let Some(a) = m.abort.take() {
+                    tracing::error!(rank, "the coordinator is unreachable: stopping training and waiting to rejoin a restarted one");
+                    a.abort();
+                }
+            }
+            match reply {
                 Ok(reply) if reply.regroup => {
                     let abort = membership
                         .lock()

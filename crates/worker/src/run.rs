@@ -48,6 +48,8 @@ pub struct WorkerOptions {
     /// Where rank 0 writes checkpoints, metrics.jsonl and config.json (other ranks ignore it;
     /// replicas are identical, so one copy is enough). None: no checkpoints.
     pub out: Option<PathBuf>,
+    /// How long to keep trying to rejoin an unreachable (restarting) coordinator.
+    pub rejoin_timeout: Duration,
 }
 
 /// What a worker reports when it is done.
@@ -135,6 +137,7 @@ pub fn run_worker<B: AutodiffBackend>(
         device: opts.device.clone(),
         step: 0,
         rejoin: false,
+        generation: 0,
     };
     tracing::info!(worker = %opts.worker_id, data_addr = %request.data_addr, "joining");
     let mut a = control.join(request.clone())?;
@@ -207,6 +210,7 @@ pub fn run_worker<B: AutodiffBackend>(
         rank: a.rank,
         generation: a.generation,
         abort,
+        coordinator_lost: false,
     }));
     let stop = Arc::new(AtomicBool::new(false));
     let beat = heartbeats
@@ -243,18 +247,24 @@ pub fn run_worker<B: AutodiffBackend>(
             Err(TrainError::Collective(e)) if regroupable => {
                 tracing::warn!(rank = a.rank, generation = a.generation, error = %e, "collective failed: rejoining to re-form the group");
                 let step = trainer.state().global_step as u64;
-                a = obs.control.join(JoinRequest {
+                let rejoin = JoinRequest {
                     step,
                     rejoin: true,
+                    generation: a.generation,
                     ..request.clone()
-                })?;
+                };
+                a = rejoin_with_retry(&mut *obs.control, &rejoin, opts.rejoin_timeout)?;
                 tracing::info!(
                     rank = a.rank,
                     world = a.world,
                     generation = a.generation,
                     resume_step = a.resume_step,
+                    heal = a.heal,
                     "group re-formed"
                 );
+                // Reports that failed while the coordinator was away are superseded: the new
+                // group reports its epochs afresh.
+                obs.error = None;
                 let (collective, abort) = form_ring(&source, &a, opts)?;
                 let mut sync = CollectiveSync(collective);
                 let out = out_for(a.rank, true);
@@ -265,18 +275,39 @@ pub fn run_worker<B: AutodiffBackend>(
                 let splits = spare_splits
                     .clone()
                     .ok_or_else(|| WorkerError::Config("no data kept for healing".into()))?;
-                trainer = heal(
-                    trainer,
-                    &mut sync,
-                    &mut *obs.control,
-                    opts,
-                    &a,
-                    &cfg,
-                    splits,
-                    &device,
-                    out,
-                    scratch.path(),
-                )?;
+                trainer = if a.heal {
+                    heal(
+                        trainer,
+                        &mut sync,
+                        &mut *obs.control,
+                        opts,
+                        &a,
+                        &cfg,
+                        splits,
+                        &device,
+                        out,
+                        scratch.path(),
+                    )?
+                } else if a.resume_step > 0 {
+                    // A restarted coordinator: everyone rolls back to its checkpoint.
+                    drop(trainer);
+                    let dir =
+                        fetch_checkpoint(&mut *obs.control, opts, a.generation, 0, scratch.path())?;
+                    let state = state_for_rank(&dir, cfg.clone(), a.rank)?;
+                    tracing::warn!(
+                        rank = a.rank,
+                        step = state.global_step,
+                        "rolled back to the restarted coordinator's checkpoint"
+                    );
+                    Trainer::<B>::resume(&dir, state, splits, device.clone(), out)?
+                } else {
+                    drop(trainer);
+                    tracing::warn!(
+                        rank = a.rank,
+                        "the restarted coordinator has no checkpoint: starting the run over"
+                    );
+                    Trainer::<B>::new(cfg.clone(), splits, device.clone(), out)?
+                };
                 trainer.set_parallel(Box::new(sync));
                 obs.rank = a.rank;
                 obs.generation = a.generation;
@@ -284,6 +315,7 @@ pub fn run_worker<B: AutodiffBackend>(
                     rank: a.rank,
                     generation: a.generation,
                     abort,
+                    coordinator_lost: false,
                 };
             }
             other => break other,
@@ -315,6 +347,31 @@ pub fn run_worker<B: AutodiffBackend>(
         steps: summary.steps,
         param_hash: summary.param_hash,
     })
+}
+
+/// Rejoins, retrying with backoff (0.5 s doubling to 5 s) while the coordinator is unreachable
+/// — it may be restarting — for up to `timeout`; refusals are final.
+fn rejoin_with_retry(
+    control: &mut dyn ControlPlane,
+    req: &JoinRequest,
+    timeout: Duration,
+) -> Result<Assignment, WorkerError> {
+    let deadline = std::time::Instant::now() + timeout;
+    let mut delay = Duration::from_millis(500);
+    loop {
+        match control.join(req.clone()) {
+            Ok(a) => return Ok(a),
+            Err(e)
+                if crate::group::unreachable(&e)
+                    && std::time::Instant::now() + delay < deadline =>
+            {
+                tracing::warn!(error = %e, "coordinator unreachable, retrying the rejoin");
+                std::thread::sleep(delay);
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
 }
 
 /// The saved state of a checkpoint, for `rank` of a group: the coordinator's configuration
