@@ -286,3 +286,51 @@ fn without_the_token_nobody_reads_or_writes_checkpoints() {
         "nothing may be stored"
     );
 }
+
+#[test]
+fn time_based_checkpoints_are_agreed_by_the_whole_group() {
+    // Every ~6 ms of rank 0's clock: far more often than the 8-step epochs, at steps the ranks
+    // must agree on through the all-reduce flag (a disagreement would deadlock or fail).
+    let tmp = tempfile::tempdir().expect("tmp");
+    let out = tmp.path().join("run");
+    let args: Vec<String> = [
+        "--local",
+        "--workers",
+        "2",
+        "--dataset",
+        "synthetic",
+        "--width",
+        "4",
+        "--batch-size",
+        "16",
+        "--train-limit",
+        "256",
+        "--test-limit",
+        "64",
+        "--epochs",
+        "2",
+        "--seed",
+        "5",
+        "--checkpoint-minutes",
+        "0.0001",
+        "--json",
+        "--out",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .chain([out.to_str().expect("utf8").to_string()])
+    .collect();
+    let summary = run(&args);
+    assert_eq!(summary["steps"], 16);
+    hash(&summary);
+    let steps: Vec<u64> = names(&out.join("checkpoints"))
+        .iter()
+        .filter_map(|n| n.strip_prefix("step-")?.parse().ok())
+        .collect();
+    assert!(
+        steps.iter().any(|s| s % 8 != 0),
+        "only epoch-end checkpoints: {steps:?}"
+    );
+    let (ok, _, stderr) = coordinator(&["--local", "--checkpoint-minutes=-1"]);
+    assert!(!ok && stderr.contains("checkpoint_minutes"), "{stderr}");
+}

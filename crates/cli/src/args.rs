@@ -125,6 +125,9 @@ pub struct RunArgs {
     /// Checkpoint every N steps as well as every epoch.
     #[arg(long)]
     pub checkpoint_steps: Option<usize>,
+    /// Also checkpoint when M minutes passed since the last checkpoint (fractions allowed).
+    #[arg(long, value_name = "M")]
+    pub checkpoint_minutes: Option<f64>,
     /// Freeze BatchNorm statistics while training (use and keep the running statistics).
     #[arg(long)]
     pub freeze_bn: bool,

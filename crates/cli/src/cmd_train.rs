@@ -182,6 +182,7 @@ pub fn fixed_by_resume_run(a: &crate::args::RunArgs) -> Vec<&'static str> {
         ("--no-augment", a.no_augment),
         ("--loader-workers", a.loader_workers.is_some()),
         ("--checkpoint-steps", a.checkpoint_steps.is_some()),
+        ("--checkpoint-minutes", a.checkpoint_minutes.is_some()),
     ];
     given
         .into_iter()

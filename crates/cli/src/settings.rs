@@ -90,6 +90,9 @@ fn apply_flags(cfg: &mut TrainConfig, a: &RunArgs) -> Result<()> {
     if a.checkpoint_steps.is_some() {
         cfg.checkpoint_steps = a.checkpoint_steps;
     }
+    if a.checkpoint_minutes.is_some() {
+        cfg.checkpoint_minutes = a.checkpoint_minutes;
+    }
     cfg.freeze_bn |= a.freeze_bn;
     Ok(())
 }

@@ -39,6 +39,9 @@ pub struct TrainConfig {
     pub checkpoint_epochs: usize,
     /// Also checkpoint every N steps. Default: never.
     pub checkpoint_steps: Option<usize>,
+    /// Also checkpoint when this many minutes passed since the last checkpoint (rank 0's clock
+    /// decides for the whole group). Default: never.
+    pub checkpoint_minutes: Option<f64>,
     /// Checkpoints to keep. Default 3.
     pub keep_checkpoints: usize,
     /// Normalise with the running BatchNorm statistics while training and never update them
@@ -67,6 +70,7 @@ impl Default for TrainConfig {
             eval_each_epoch: true,
             checkpoint_epochs: 1,
             checkpoint_steps: None,
+            checkpoint_minutes: None,
             keep_checkpoints: 3,
             freeze_bn: false,
             shard_drop_last: false,
@@ -85,6 +89,12 @@ impl TrainConfig {
         let bad = |m: &str| Err(TrainError::Config(m.to_string()));
         if self.epochs == 0 {
             return bad("epochs must be at least 1");
+        }
+        if self
+            .checkpoint_minutes
+            .is_some_and(|m| !(m > 0.0) || !m.is_finite())
+        {
+            return bad("checkpoint_minutes must be a positive number of minutes");
         }
         if self.batch_size == 0 || self.eval_batch_size == 0 {
             return bad("batch_size and eval_batch_size must be at least 1");

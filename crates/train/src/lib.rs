@@ -26,7 +26,9 @@ pub use hash::param_hash;
 pub use loss::{smoothed_targets, soft_cross_entropy, targets_tensor};
 pub use metrics::{argmax, count_batch, ClassMetrics, EvalCounts, EvalReport};
 pub use optim::{AnyOptimizer, OptimConfig, OptimizerKind};
-pub use parallel::{broadcast_model, sync_batchnorm, sync_gradients, GradSync};
+pub use parallel::{
+    broadcast_model, sync_batchnorm, sync_gradients, sync_gradients_with, GradSync,
+};
 pub use records::{
     CheckpointInfo, EpochCounts, EpochRecord, EvalSummary, Quiet, StepStats, StepTiming,
     TrainObserver, TrainState, TrainSummary,

@@ -75,6 +75,18 @@ pub fn sync_gradients<B: AutodiffBackend>(
     sync: &mut dyn GradSync,
     device: &B::Device,
 ) -> Result<usize, TrainError> {
+    sync_gradients_with(model, grads, sync, device, &mut [])
+}
+
+/// [`sync_gradients`], averaging `flags` in the same all-reduce: a free way for the ranks to
+/// agree on a decision every step (e.g. rank 0's clock saying a checkpoint is due).
+pub fn sync_gradients_with<B: AutodiffBackend>(
+    model: &ResNet<B>,
+    grads: &mut GradientsParams,
+    sync: &mut dyn GradSync,
+    device: &B::Device,
+    flags: &mut [f32],
+) -> Result<usize, TrainError> {
     let mut c = Collect {
         grads,
         flat: Vec::new(),
@@ -86,8 +98,12 @@ pub fn sync_gradients<B: AutodiffBackend>(
         mut flat,
         entries,
     } = c;
+    let grads_len = flat.len();
+    flat.extend_from_slice(flags);
     sync.all_reduce_mean(&mut flat)
         .map_err(TrainError::Collective)?;
+    flags.copy_from_slice(&flat[grads_len..]);
+    flat.truncate(grads_len);
     let mut r = Register::<B> {
         grads,
         flat: &flat,

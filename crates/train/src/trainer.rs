@@ -24,7 +24,7 @@ use crate::checkpoint::{
 use crate::eval::{batch_tensor, evaluate};
 use crate::loss::{smoothed_targets, soft_cross_entropy, targets_tensor};
 use crate::metrics::{argmax, EvalCounts, EvalReport};
-use crate::parallel::{broadcast_model, sync_batchnorm, sync_gradients, GradSync};
+use crate::parallel::{broadcast_model, sync_batchnorm, sync_gradients_with, GradSync};
 use crate::records::CheckpointInfo;
 use crate::records::{
     EpochCounts, EpochRecord, EvalSummary, StepStats, StepTiming, TrainObserver, TrainState,
@@ -50,6 +50,10 @@ pub struct Trainer<B: AutodiffBackend> {
     bn_synced_at: Option<usize>,
     /// Step of the last checkpoint (attempted, on every rank).
     checkpointed_at: Option<usize>,
+    /// When the last checkpoint was taken (or training started), for `checkpoint_minutes`.
+    last_checkpoint_time: Instant,
+    /// The group agreed in the last step's all-reduce that a time-based checkpoint is due.
+    time_checkpoint_due: bool,
 }
 
 static INIT_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
@@ -190,6 +194,8 @@ impl<B: AutodiffBackend> Trainer<B> {
             last_allreduce_bytes: 0,
             bn_synced_at: None,
             checkpointed_at: None,
+            last_checkpoint_time: Instant::now(),
+            time_checkpoint_due: false,
         }
     }
 
@@ -337,10 +343,10 @@ impl<B: AutodiffBackend> Trainer<B> {
                     allreduce_bytes: self.last_allreduce_bytes,
                     world: self.parallel.as_ref().map_or(1, |p| p.world()),
                 });
-                if cfg
+                let step_due = cfg
                     .checkpoint_steps
-                    .is_some_and(|n| n > 0 && s.global_step.is_multiple_of(n))
-                {
+                    .is_some_and(|n| n > 0 && s.global_step.is_multiple_of(n));
+                if step_due || self.time_checkpoint_due {
                     self.checkpoint(obs)?;
                 }
                 if self.state.global_step >= limit {
@@ -528,9 +534,19 @@ impl<B: AutodiffBackend> Trainer<B> {
         let mut grads = GradientsParams::from_grads(loss.backward(), &model);
         let t2 = Instant::now();
         self.last_allreduce_bytes = 0;
+        // Rank 0's clock decides time-based checkpoints; the flag rides on the all-reduce.
+        let minutes = self.state.config.checkpoint_minutes;
+        let due_here = self.rank_world().0 == 0
+            && minutes
+                .is_some_and(|m| self.last_checkpoint_time.elapsed().as_secs_f64() >= m * 60.0);
+        let mut flags = [if due_here { 1.0f32 } else { 0.0 }];
+        self.time_checkpoint_due = due_here;
         if let Some(sync) = self.parallel.as_mut().filter(|p| p.world() > 1) {
-            match sync_gradients(&model, &mut grads, sync.as_mut(), &self.device) {
-                Ok(bytes) => self.last_allreduce_bytes = bytes,
+            match sync_gradients_with(&model, &mut grads, sync.as_mut(), &self.device, &mut flags) {
+                Ok(bytes) => {
+                    self.last_allreduce_bytes = bytes;
+                    self.time_checkpoint_due = flags[0] > 0.0;
+                }
                 Err(e) => {
                     self.model = Some(model);
                     return Err(e);
@@ -590,6 +606,7 @@ impl<B: AutodiffBackend> Trainer<B> {
         }
         // On every rank, so all ranks agree whether the end of `fit` still needs one.
         self.checkpointed_at = Some(self.state.global_step);
+        self.last_checkpoint_time = Instant::now();
         self.write_checkpoint_now(obs)
     }
 
