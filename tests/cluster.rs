@@ -178,8 +178,9 @@ fn unreachable_coordinator_is_a_clear_error_after_retries() {
 #[test]
 fn a_worker_that_never_comes_back_fails_the_run_instead_of_hanging() {
     // One of two workers is killed while training and --min-workers 2 forbids continuing with
-    // one: the survivor's collective fails, the group cannot be re-formed, and both report an
-    // error instead of waiting forever. (tests/fault_tolerance.rs covers continuing.)
+    // one: the survivor's collective fails, the group waits --join-timeout for a replacement,
+    // none comes, and both report an error instead of waiting forever.
+    // (tests/fault_tolerance.rs covers continuing and replacements.)
     let port = free_port().to_string();
     let listen = format!("127.0.0.1:{port}");
     let url = format!("http://127.0.0.1:{port}");
@@ -198,7 +199,7 @@ fn a_worker_that_never_comes_back_fails_the_run_instead_of_hanging() {
         "--regroup-timeout",
         "2",
         "--join-timeout",
-        "60",
+        "15",
         "--out",
         o,
         "--dataset",

@@ -20,6 +20,8 @@ use crate::summary::RegroupRecord;
 pub(crate) struct Regroup {
     /// Members of the old generation still expected (not known dead).
     expected: Vec<String>,
+    /// Set once the survivors were too few: since when the group waits for replacements.
+    short_since: Option<Instant>,
     /// Those that rejoined: (old rank, request).
     rejoined: Vec<(usize, JoinRequest)>,
     deadline: Instant,
@@ -62,6 +64,7 @@ impl Coordinator {
         tracing::warn!(%reason, lost = ?silent, "re-forming the group without the silent worker(s)");
         inner.regroup = Some(Regroup {
             expected,
+            short_since: None,
             rejoined: Vec::new(),
             deadline: Instant::now() + self.cfg.regroup_timeout,
             reason: reason.to_string(),
@@ -142,6 +145,7 @@ impl Coordinator {
                 };
                 inner.regroup = Some(Regroup {
                     expected,
+                    short_since: None,
                     rejoined: Vec::new(),
                     deadline: Instant::now() + self.cfg.regroup_timeout,
                     reason,
@@ -172,7 +176,9 @@ impl Coordinator {
             generation
         };
         let mut rx = self.generation_tx.subscribe();
-        let wait = self.cfg.regroup_timeout + Duration::from_secs(5);
+        // Survivors may have to wait for replacements (below --min-workers) up to the join
+        // timeout, on top of the regroup window.
+        let wait = self.cfg.regroup_timeout + self.cfg.join_timeout + Duration::from_secs(5);
         let _ = tokio::time::timeout(wait, rx.wait_for(|g| *g > old_generation)).await;
         let inner = self.lock();
         if self.phase() == Phase::Failed {
@@ -225,17 +231,37 @@ impl Coordinator {
             .collect();
         let n = rejoined.len();
         if n < self.cfg.min_workers.max(1) {
+            let short_since = r.short_since.unwrap_or_else(Instant::now);
+            if short_since.elapsed() < self.cfg.join_timeout {
+                // Wait for replacements: the survivors stay in the regroup, a new worker joining
+                // completes it.
+                tracing::warn!(
+                    have = n,
+                    need = self.cfg.min_workers,
+                    lost = ?lost,
+                    waiting_s = self.cfg.join_timeout.as_secs(),
+                    "fewer workers than --min-workers: waiting for replacements to join"
+                );
+                inner.regroup = Some(Regroup {
+                    expected: rejoined.iter().map(|(_, q)| q.worker_id.clone()).collect(),
+                    short_since: Some(short_since),
+                    rejoined,
+                    deadline: short_since + self.cfg.join_timeout,
+                    reason: r.reason,
+                });
+                return;
+            }
             drop(inner);
             self.fail(format!(
-                "{} ({}); {n} worker(s) rejoined within {:?}, fewer than --min-workers {}",
+                "{} ({}); {n} worker(s) left, fewer than --min-workers {}, and no replacement joined within {:?}",
                 r.reason,
                 if lost.is_empty() {
                     "no worker lost".to_string()
                 } else {
                     format!("lost: {}", lost.join(", "))
                 },
-                self.cfg.regroup_timeout,
-                self.cfg.min_workers
+                self.cfg.min_workers,
+                self.cfg.join_timeout
             ));
             return;
         }

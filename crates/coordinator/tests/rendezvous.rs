@@ -272,43 +272,71 @@ fn survivors_re_form_the_group_ranked_by_progress_and_the_silent_worker_is_dropp
 }
 
 #[test]
-fn too_few_survivors_fail_the_run_with_the_reason() {
+fn below_min_workers_the_group_waits_for_a_replacement_then_fails_without_one() {
     let tmp = tempfile::tempdir().expect("tmp");
-    let c = Arc::new(
-        Coordinator::new(CoordinatorConfig {
-            workers: 2,
-            join_timeout: Duration::from_secs(10),
-            heartbeat_timeout: Duration::from_secs(60),
-            min_workers: 2,
-            regroup_timeout: Duration::from_millis(200),
-            run: Default::default(),
-            out: Some(tmp.path().to_path_buf()),
-            fingerprint: fingerprint(),
-            resume: None,
-        })
-        .expect("coordinator"),
-    );
+    let make = |join_ms: u64| {
+        Arc::new(
+            Coordinator::new(CoordinatorConfig {
+                workers: 2,
+                join_timeout: Duration::from_millis(join_ms),
+                heartbeat_timeout: Duration::from_secs(60),
+                min_workers: 2,
+                regroup_timeout: Duration::from_millis(200),
+                run: Default::default(),
+                out: Some(tmp.path().to_path_buf()),
+                fingerprint: fingerprint(),
+                resume: None,
+            })
+            .expect("coordinator"),
+        )
+    };
     let rt = rt();
-    rt.block_on(async {
+    let form = |c: &Arc<Coordinator>| {
+        rt.block_on(async {
+            let a = tokio::spawn({
+                let c = c.clone();
+                async move { c.join(join_req("a")).await }
+            });
+            c.join(join_req("b")).await.expect("b");
+            a.await.expect("task").expect("a");
+        })
+    };
+    let rejoin_a = JoinRequest {
+        step: 5,
+        rejoin: true,
+        generation: 1,
+        ..join_req("a")
+    };
+
+    // "b" is lost; "a" alone is below --min-workers 2, so the group waits; "c" arrives.
+    let c = make(5000);
+    form(&c);
+    let (a, newcomer) = rt.block_on(async {
         let a = tokio::spawn({
-            let c = c.clone();
-            async move { c.join(join_req("a")).await }
-        });
-        c.join(join_req("b")).await.expect("b");
-        a.await.expect("task").expect("a");
-    });
-    let r = rt.block_on(async {
-        let h = tokio::spawn({
-            let c = c.clone();
-            let r = JoinRequest {
-                step: 5,
-                rejoin: true,
-                ..join_req("a")
-            };
+            let (c, r) = (c.clone(), rejoin_a.clone());
             async move { c.join(r).await }
         });
         tokio::time::sleep(Duration::from_millis(300)).await;
         c.check_liveness();
+        assert_eq!(c.phase(), Phase::Running, "waiting, not failed");
+        let n = c.join(join_req("c")).await.expect("replacement");
+        (a.await.expect("task").expect("a"), n)
+    });
+    assert_eq!((a.rank, newcomer.rank, a.world, a.generation), (0, 1, 2, 2));
+    assert!(a.heal && newcomer.heal);
+
+    // No replacement within the join timeout: the run fails and says why.
+    let c = make(600);
+    form(&c);
+    let r = rt.block_on(async {
+        let h = tokio::spawn({
+            let (c, r) = (c.clone(), rejoin_a.clone());
+            async move { c.join(r).await }
+        });
+        for _ in 0..10 {
+            tokio::time::sleep(Duration::from_millis(150)).await;
+            c.check_liveness();
+        }
         h.await.expect("task")
     });
     assert!(r.is_err());
