@@ -318,3 +318,63 @@ fn only_workers_with_the_cluster_token_can_join() {
         String::from_utf8_lossy(&e.stderr)
     );
 }
+
+#[test]
+fn oversize_and_malformed_requests_get_precise_statuses() {
+    use resnet_proto::v1;
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let mut coord = spawn(
+        env!("CARGO_BIN_EXE_coordinator"),
+        &[
+            "--workers",
+            "2",
+            "--listen",
+            &listen,
+            "--dataset",
+            "synthetic",
+        ],
+    );
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let url = format!("http://{listen}");
+    let mut client = rt.block_on(async {
+        for _ in 0..100 {
+            if let Ok(c) = v1::coordinator_client::CoordinatorClient::connect(url.clone()).await {
+                return c.max_encoding_message_size(64 << 20);
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        panic!("coordinator did not come up");
+    });
+    let join = |worker_id: String, data_addr: &str| v1::JoinRequest {
+        protocol_version: resnet_proto::PROTOCOL_VERSION,
+        worker_id,
+        fingerprint: resnet_proto::fingerprint(),
+        data_addr: data_addr.into(),
+        device: "cpu".into(),
+        step: 0,
+        rejoin: false,
+        generation: 0,
+    };
+    // 17 MiB: over the 16 MiB limit, refused by the transport before any handler runs.
+    let e = rt
+        .block_on(client.join(join("x".repeat(17 << 20), "127.0.0.1:1")))
+        .expect_err("oversize");
+    assert_eq!(e.code(), tonic::Code::OutOfRange, "{e:?}");
+    let e = rt
+        .block_on(client.join(join("w".into(), "no-port")))
+        .expect_err("malformed address");
+    assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
+    assert!(e.message().contains("no-port"), "{e:?}");
+    let e = rt
+        .block_on(client.heartbeat(v1::HeartbeatRequest {
+            worker_id: "ghost".into(),
+            rank: 7,
+            generation: 99,
+            ..Default::default()
+        }))
+        .expect_err("unknown worker");
+    assert_eq!(e.code(), tonic::Code::NotFound, "{e:?}");
+    let _ = coord.kill();
+    let _ = coord.wait();
+}
