@@ -185,23 +185,7 @@ fn coordinate(a: &CoordinatorCli, sel: Selected) -> Result<()> {
                  change it (allowed with --resume: --epochs, --max-steps, --data)",
                 fixed.join(", ")
             );
-            let dir = crate::settings::resolve_resume(spec, a.out.as_deref())?;
-            let mut state = resnet_train::load_state(&dir)?;
-            if let Some(e) = a.run.epochs {
-                state.config.epochs = e;
-            }
-            if a.run.max_steps.is_some() {
-                state.config.max_steps = a.run.max_steps;
-            }
-            if let Some(d) = &a.run.data {
-                state.config.data.dir = d.clone();
-            }
-            eprintln!(
-                "resuming from {} (step {}, epoch {})",
-                dir.display(),
-                state.global_step,
-                state.epoch + 1
-            );
+            let (dir, state) = crate::settings::load_resume(spec, a.out.as_deref(), &a.run)?;
             (state.config, Some(dir))
         }
         None => (resolve(&a.run)?, None),

@@ -5,12 +5,12 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use resnet_data::Splits;
-use resnet_train::{load_state, TrainConfig, TrainSummary, Trainer};
+use resnet_train::{TrainConfig, TrainSummary, Trainer};
 
 use crate::args::TrainArgs;
 use crate::device::select;
 use crate::progress::Progress;
-use crate::settings::{resolve, resolve_resume};
+use crate::settings::{load_resume, resolve};
 
 /// Loads the data named by `cfg`, showing a progress bar while downloading.
 pub fn load_data(cfg: &TrainConfig) -> Result<Splits> {
@@ -71,26 +71,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
                  change it (allowed with --resume: --epochs, --max-steps, --data, --out, --json)",
                 fixed.join(", ")
             );
-            let dir = resolve_resume(spec, args.out.as_deref())?;
-            let mut state = load_state(&dir)?;
-            // A resumed run keeps its configuration; only how long it runs and where the data
-            // lives may change.
-            if let Some(e) = args.run.epochs {
-                state.config.epochs = e;
-            }
-            if args.run.max_steps.is_some() {
-                state.config.max_steps = args.run.max_steps;
-            }
-            if let Some(d) = &args.run.data {
-                state.config.data.dir = d.clone();
-            }
-            eprintln!(
-                "resuming from {} (step {}, epoch {})",
-                dir.display(),
-                state.global_step,
-                state.epoch + 1
-            );
-            Some((dir, state))
+            Some(load_resume(spec, args.out.as_deref(), &args.run)?)
         }
         None => None,
     };

@@ -119,3 +119,31 @@ fn newest_run(runs: &Path) -> Option<PathBuf> {
         .max_by_key(|e| e.metadata().and_then(|m| m.modified()).ok())
         .map(|e| e.path())
 }
+
+/// Loads the state of the checkpoint `--resume SPEC` names and applies the only flags a resumed
+/// run honours (`--epochs`, `--max-steps`, `--data`): a resumed run keeps its configuration;
+/// only how long it runs and where the data lives may change. Prints where it resumes from.
+pub fn load_resume(
+    spec: &str,
+    out: Option<&Path>,
+    a: &crate::args::RunArgs,
+) -> Result<(PathBuf, resnet_train::TrainState)> {
+    let dir = resolve_resume(spec, out)?;
+    let mut state = resnet_train::load_state(&dir)?;
+    if let Some(e) = a.epochs {
+        state.config.epochs = e;
+    }
+    if a.max_steps.is_some() {
+        state.config.max_steps = a.max_steps;
+    }
+    if let Some(d) = &a.data {
+        state.config.data.dir = d.clone();
+    }
+    eprintln!(
+        "resuming from {} (step {}, epoch {})",
+        dir.display(),
+        state.global_step,
+        state.epoch + 1
+    );
+    Ok((dir, state))
+}
