@@ -163,6 +163,49 @@ fn a_cluster_run_stopped_and_resumed_from_the_coordinator_matches_an_uninterrupt
         (acc - cluster_acc).abs() < 1e-12,
         "eval {acc} vs cluster {cluster_acc}"
     );
+    // ... and exports as torchvision-keyed safetensors that import back to the same model.
+    let st = tmp.path().join("model.safetensors");
+    let export = Command::new(env!("CARGO_BIN_EXE_resnet"))
+        .args(["export", "--checkpoint", part_s, "--out"])
+        .arg(&st)
+        .output()
+        .expect("resnet export");
+    assert!(
+        export.status.success(),
+        "{}",
+        String::from_utf8_lossy(&export.stderr)
+    );
+    let device = Default::default();
+    let dir = resnet_train::resolve_checkpoint(&part).expect("checkpoint");
+    let (model, state) =
+        resnet_train::load_model::<burn::backend::Flex>(&dir, &device).expect("load");
+    let mut fresh = state
+        .config
+        .model
+        .init::<burn::backend::Flex>(&device)
+        .expect("init");
+    let report = resnet_model::import_torchvision(&mut fresh, &st, false).expect("import");
+    assert!(report.applied > 0, "{report:?}");
+    assert_eq!(
+        resnet_train::param_hash(&fresh),
+        resnet_train::param_hash(&model),
+        "export/import changed the model"
+    );
+    let bytes = std::fs::read(&st).expect("read");
+    let names = safetensors::SafeTensors::deserialize(&bytes)
+        .expect("safetensors")
+        .names()
+        .into_iter()
+        .map(str::to_string)
+        .collect::<Vec<_>>();
+    for key in [
+        "conv1.weight",
+        "layer1.0.bn1.running_var",
+        "layer2.0.downsample.0.weight",
+        "fc.bias",
+    ] {
+        assert!(names.iter().any(|n| n == key), "{key} missing: {names:?}");
+    }
     let single = tmp.path().join("single");
     let train = Command::new(env!("CARGO_BIN_EXE_resnet"))
         .args([

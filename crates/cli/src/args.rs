@@ -30,6 +30,8 @@ pub enum Command {
     Bench(BenchArgs),
     /// Measure TCP-ring all-reduce bus bandwidth on loopback against a plain TCP copy.
     BenchAllreduce(crate::cmd_allreduce::AllReduceArgs),
+    /// Export a checkpoint's model as torchvision-compatible safetensors.
+    Export(crate::cmd_export::ExportArgs),
 }
 
 /// Where to run.

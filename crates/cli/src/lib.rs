@@ -6,6 +6,7 @@ pub mod cluster;
 pub mod cmd_allreduce;
 pub mod cmd_bench;
 pub mod cmd_eval;
+pub mod cmd_export;
 pub mod cmd_info;
 pub mod cmd_train;
 pub mod device;

@@ -1,7 +1,7 @@
 //! `resnet`: train, evaluate, inspect and benchmark ResNet image classifiers on one machine.
 
 use clap::Parser;
-use resnet_cli::{args, cmd_bench, cmd_eval, cmd_info, cmd_train};
+use resnet_cli::{args, cmd_bench, cmd_eval, cmd_export, cmd_info, cmd_train};
 
 fn main() -> std::process::ExitCode {
     let cli = args::Cli::parse();
@@ -11,6 +11,7 @@ fn main() -> std::process::ExitCode {
         args::Command::Eval(a) => cmd_eval::run(a),
         args::Command::Info(a) => cmd_info::run(a),
         args::Command::Bench(a) => cmd_bench::run(a),
+        args::Command::Export(a) => cmd_export::run(a),
         args::Command::BenchAllreduce(a) => resnet_cli::cmd_allreduce::run(a),
     };
     resnet_cli::exit(result)
