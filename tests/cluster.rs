@@ -378,3 +378,51 @@ fn oversize_and_malformed_requests_get_precise_statuses() {
     let _ = coord.kill();
     let _ = coord.wait();
 }
+
+#[test]
+fn mutual_tls_cluster_trains_and_refuses_plain_and_foreign_clients() {
+    let f = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/fixtures/tls/");
+    let tls = |name: &str, ca: &str| {
+        vec![
+            "--tls-cert".to_string(),
+            format!("{f}{name}.pem"),
+            "--tls-key".to_string(),
+            format!("{f}{name}.key"),
+            "--tls-ca".to_string(),
+            format!("{f}{ca}.pem"),
+        ]
+    };
+    let port = free_port().to_string();
+    let listen = format!("127.0.0.1:{port}");
+    let url = format!("http://127.0.0.1:{port}");
+    let node = tls("node", "ca");
+    let mut args: Vec<&str> = vec!["--workers", "2", "--listen", &listen, "--json"];
+    args.extend(RUN);
+    args.extend(node.iter().map(String::as_str));
+    let coord = spawn(env!("CARGO_BIN_EXE_coordinator"), &args);
+    // Without TLS, and with a certificate from another CA: refused before any RPC is served.
+    let rogue = tls("rogue", "ca");
+    for extra in [vec![], rogue] {
+        let mut w: Vec<&str> = vec!["--coordinator", &url, "--connect-timeout", "3"];
+        w.extend(extra.iter().map(String::as_str));
+        let out = Command::new(env!("CARGO_BIN_EXE_worker"))
+            .args(&w)
+            .output()
+            .expect("worker");
+        assert!(
+            !out.status.success(),
+            "joined without a cluster certificate: {extra:?}"
+        );
+    }
+    let mut w: Vec<&str> = vec!["--coordinator", &url];
+    w.extend(node.iter().map(String::as_str));
+    let workers: Vec<Child> = (0..2)
+        .map(|_| spawn(env!("CARGO_BIN_EXE_worker"), &w))
+        .collect();
+    for w in workers {
+        finish(w, "TLS worker");
+    }
+    let summary: Value = serde_json::from_str(&finish(coord, "TLS coordinator")).expect("json");
+    assert_eq!(summary["world"], 2);
+    assert_eq!(summary["replicas_identical"], true);
+}

@@ -16,6 +16,34 @@ use crate::args::{DeviceArgs, RunArgs};
 use crate::device::{select, Selected};
 use crate::settings::resolve;
 
+/// Mutual TLS for the control plane and the ring (all three or none).
+#[derive(clap::Args, Debug, Clone)]
+pub struct TlsArgs {
+    /// This node's certificate (PEM, signed by the cluster CA, SAN DNS:resnet-cluster). With
+    /// --tls-key and --tls-ca: gRPC and the gradient ring use mutual TLS.
+    #[arg(long, value_name = "FILE", requires_all = ["tls_key", "tls_ca"])]
+    pub tls_cert: Option<PathBuf>,
+    /// This node's private key (PEM).
+    #[arg(long, value_name = "FILE", requires_all = ["tls_cert", "tls_ca"])]
+    pub tls_key: Option<PathBuf>,
+    /// The cluster CA certificate (PEM): peers must present certificates it signed.
+    #[arg(long, value_name = "FILE", requires_all = ["tls_cert", "tls_key"])]
+    pub tls_ca: Option<PathBuf>,
+}
+
+impl TlsArgs {
+    /// The loaded material for gRPC and the ring, or None without the flags.
+    fn load(&self) -> Result<Option<(resnet_proto::TlsMaterial, resnet_collective::tcp::RingTls)>> {
+        let (Some(c), Some(k), Some(a)) = (&self.tls_cert, &self.tls_key, &self.tls_ca) else {
+            return Ok(None);
+        };
+        let m = resnet_proto::TlsMaterial::load(c, k, a)?;
+        let ring = resnet_collective::tcp::RingTls::from_pem(&m.cert, &m.key, &m.ca)
+            .with_context(|| format!("--tls-cert {} / --tls-key {}", c.display(), k.display()))?;
+        Ok(Some((m, ring)))
+    }
+}
+
 /// The control plane: waits for `--workers` workers, assigns ranks, sends them the run
 /// configuration (the run flags below, as for `resnet train`) and the ring layout, collects
 /// exact per-epoch counts and ends with a summary. With `--local` the workers are threads of
@@ -77,6 +105,9 @@ pub struct CoordinatorCli {
     /// values.
     #[arg(long, default_value_t = 0, value_name = "SECS")]
     pub metrics_linger: u64,
+    /// Mutual TLS.
+    #[command(flatten)]
+    pub tls: TlsArgs,
     /// Device selection.
     #[command(flatten)]
     pub device: DeviceArgs,
@@ -125,6 +156,9 @@ pub struct WorkerCli {
     /// Serve Prometheus metrics at http://ADDR/metrics (read-only). Off by default.
     #[arg(long, value_name = "ADDR", env = "RESNET_CLUSTER_METRICS_ADDR")]
     pub metrics_addr: Option<std::net::SocketAddr>,
+    /// Mutual TLS.
+    #[command(flatten)]
+    pub tls: TlsArgs,
     /// A local copy of the checkpoints (plus config.json, metrics.jsonl), written only if this
     /// worker gets rank 0 (replicas are identical, so one copy is enough). The coordinator's
     /// --out holds the central copy either way.
@@ -237,7 +271,13 @@ fn coordinate(a: &CoordinatorCli, sel: Selected) -> Result<()> {
         "coordinator listening on {addr}, waiting for {} worker(s)",
         a.workers
     );
-    let server = rt.spawn(serve(coord.clone(), listener, token.clone()));
+    let tls = a.tls.load()?;
+    let server = rt.spawn(serve(
+        coord.clone(),
+        listener,
+        token.clone(),
+        tls.as_ref().map(|t| t.0.clone()),
+    ));
     if a.local {
         let results = run_local_workers(
             sel,
@@ -245,6 +285,7 @@ fn coordinate(a: &CoordinatorCli, sel: Selected) -> Result<()> {
             &format!("http://{addr}"),
             token.as_deref(),
             ring_auth,
+            tls.map(|t| t.0),
         );
         if let Err(e) = results {
             coord.fail(format!("local worker failed: {e:#}"));
@@ -279,6 +320,7 @@ fn run_local_workers(
     url: &str,
     token: Option<&str>,
     ring_auth: [u8; 32],
+    tls: Option<resnet_proto::TlsMaterial>,
 ) -> Result<Vec<WorkerResult>> {
     let table = Arc::new(Mutex::new(
         MemoryRing::group(n, Duration::from_secs(300))
@@ -289,15 +331,19 @@ fn run_local_workers(
     let handles: Vec<_> = (0..n)
         .map(|i| {
             let (table, url, token) = (table.clone(), url.to_string(), token.map(str::to_string));
+            let tls = tls.clone();
             std::thread::Builder::new()
                 .name(format!("worker-{i}"))
                 .spawn(move || -> Result<WorkerResult> {
-                    let mut control =
-                        GrpcControlPlane::connect(&url, Duration::from_secs(10), token.as_deref())?;
-                    let beats =
-                        GrpcControlPlane::connect(&url, Duration::from_secs(10), token.as_deref())?;
-                    let uploads =
-                        GrpcControlPlane::connect(&url, Duration::from_secs(10), token.as_deref())?;
+                    let connect = || {
+                        GrpcControlPlane::connect_with(
+                            &url,
+                            Duration::from_secs(10),
+                            token.as_deref(),
+                            tls.as_ref(),
+                        )
+                    };
+                    let (mut control, beats, uploads) = (connect()?, connect()?, connect()?);
                     let opts = WorkerOptions {
                         worker_id: format!("local-{i}"),
                         data_dir: None,
@@ -307,6 +353,7 @@ fn run_local_workers(
                         ring_auth,
                         out: None,
                         rejoin_timeout: Duration::from_secs(60),
+                        ring_tls: None, // the in-memory ring never leaves the process
                     };
                     let r = crate::with_train_backend!(sel, |B, device| run_worker::<B>(
                         &mut control,
@@ -375,9 +422,16 @@ pub fn run_worker_cli(a: WorkerCli) -> Result<()> {
     }
     let timeout = Duration::from_secs(a.connect_timeout);
     let (token, ring_auth) = load_token(&a.token_file)?;
-    let mut control = GrpcControlPlane::connect(&a.coordinator, timeout, token.as_deref())?;
-    let beats = GrpcControlPlane::connect(&a.coordinator, timeout, token.as_deref())?;
-    let uploads = GrpcControlPlane::connect(&a.coordinator, timeout, token.as_deref())?;
+    let tls = a.tls.load()?;
+    let connect = || {
+        GrpcControlPlane::connect_with(
+            &a.coordinator,
+            timeout,
+            token.as_deref(),
+            tls.as_ref().map(|t| &t.0),
+        )
+    };
+    let (mut control, beats, uploads) = (connect()?, connect()?, connect()?);
     let opts = WorkerOptions {
         worker_id: a.worker_id.clone().unwrap_or_else(default_worker_id),
         data_dir: a.data.clone(),
@@ -387,6 +441,7 @@ pub fn run_worker_cli(a: WorkerCli) -> Result<()> {
         ring_auth,
         out: a.out.clone(),
         rejoin_timeout: Duration::from_secs(a.rejoin_timeout),
+        ring_tls: tls.map(|t| t.1),
     };
     let transport = Transport::Tcp {
         listen: a.listen.clone(),

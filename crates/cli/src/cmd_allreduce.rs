@@ -61,6 +61,7 @@ fn ring_time(world: usize, elems: usize, repeats: usize) -> Result<f64> {
                 generation: 1,
                 timeout: Duration::from_secs(60),
                 auth: [0; 32],
+                tls: None,
             };
             std::thread::spawn(move || -> Result<Vec<f64>> {
                 let mut ring = TcpRing::connect(l, &cfg)?;

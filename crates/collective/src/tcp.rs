@@ -18,6 +18,98 @@ use crate::CollectiveError;
 
 const MAGIC: &[u8; 4] = b"RCR1";
 
+/// The name every node certificate carries (SAN `DNS:resnet-cluster`): peers are addressed by
+/// IP, so the cluster CA vouches for membership rather than for a host name.
+pub const TLS_SERVER_NAME: &str = "resnet-cluster";
+
+type Reader = Box<dyn Read + Send>;
+type Writer = Box<dyn Write + Send>;
+
+/// Mutual TLS for the ring: every connection presents a certificate signed by the cluster CA
+/// and verifies its peer's.
+#[derive(Clone)]
+pub struct RingTls {
+    client: Arc<rustls::ClientConfig>,
+    server: Arc<rustls::ServerConfig>,
+}
+
+impl std::fmt::Debug for RingTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RingTls(mutual, cluster CA)")
+    }
+}
+
+impl RingTls {
+    /// From PEM: this node's certificate chain and private key, and the cluster CA.
+    pub fn from_pem(cert: &[u8], key: &[u8], ca: &[u8]) -> Result<Self, CollectiveError> {
+        let bad = |what: &str, e: &dyn std::fmt::Display| setup(format!("TLS {what}: {e}"));
+        let certs: Vec<_> = rustls_pemfile::certs(&mut &cert[..])
+            .collect::<Result<_, _>>()
+            .map_err(|e| bad("certificate", &e))?;
+        if certs.is_empty() {
+            return Err(setup("TLS certificate: no PEM certificate found"));
+        }
+        let key = rustls_pemfile::private_key(&mut &key[..])
+            .map_err(|e| bad("key", &e))?
+            .ok_or_else(|| setup("TLS key: no PEM private key found"))?;
+        let mut roots = rustls::RootCertStore::empty();
+        for c in rustls_pemfile::certs(&mut &ca[..]) {
+            roots
+                .add(c.map_err(|e| bad("CA", &e))?)
+                .map_err(|e| bad("CA", &e))?;
+        }
+        if roots.is_empty() {
+            return Err(setup("TLS CA: no PEM certificate found"));
+        }
+        let roots = Arc::new(roots);
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let client = rustls::ClientConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| bad("config", &e))?
+            .with_root_certificates(roots.clone())
+            .with_client_auth_cert(certs.clone(), key.clone_key())
+            .map_err(|e| bad("client identity", &e))?;
+        let verifier =
+            rustls::server::WebPkiClientVerifier::builder_with_provider(roots, provider.clone())
+                .build()
+                .map_err(|e| bad("client verifier", &e))?;
+        let server = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| bad("config", &e))?
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(certs, key)
+            .map_err(|e| bad("server identity", &e))?;
+        Ok(Self {
+            client: Arc::new(client),
+            server: Arc::new(server),
+        })
+    }
+}
+
+fn tls_writer(tls: Option<&RingTls>, s: TcpStream) -> Result<Writer, CollectiveError> {
+    match tls {
+        None => Ok(Box::new(s)),
+        Some(t) => {
+            let name = rustls::pki_types::ServerName::try_from(TLS_SERVER_NAME)
+                .map_err(|e| setup(e.to_string()))?;
+            let conn = rustls::ClientConnection::new(t.client.clone(), name)
+                .map_err(|e| setup(format!("TLS: {e}")))?;
+            Ok(Box::new(rustls::StreamOwned::new(conn, s)))
+        }
+    }
+}
+
+fn tls_reader(tls: Option<&RingTls>, s: TcpStream) -> Result<Reader, CollectiveError> {
+    match tls {
+        None => Ok(Box::new(s)),
+        Some(t) => {
+            let conn = rustls::ServerConnection::new(t.server.clone())
+                .map_err(|e| setup(format!("TLS: {e}")))?;
+            Ok(Box::new(rustls::StreamOwned::new(conn, s)))
+        }
+    }
+}
+
 /// Breaks a ring from another thread: blocked reads and writes return at once with an error.
 /// Used when the coordinator announces a new generation while a collective is waiting on a
 /// peer that will never answer.
@@ -40,7 +132,7 @@ pub struct TcpRing {
     writer: Option<Sender<Vec<u8>>>,
     writer_thread: Option<JoinHandle<()>>,
     writer_error: Arc<Mutex<Option<String>>>,
-    reader: Option<TcpStream>,
+    reader: Option<Reader>,
     timeout: Duration,
     bytes: Vec<u8>,
     abort: RingAbort,
@@ -60,6 +152,8 @@ pub struct TcpRingConfig {
     /// SHA-256 of the cluster token (all zeros without one); a peer presenting another digest is
     /// refused, so only holders of the token can join the ring.
     pub auth: [u8; 32],
+    /// Mutual TLS on every ring connection (None: plain TCP).
+    pub tls: Option<RingTls>,
 }
 
 fn setup(msg: impl Into<String>) -> CollectiveError {
@@ -93,26 +187,41 @@ impl TcpRing {
         let prev = (rank + world - 1) % world;
         let next = (rank + 1) % world;
         let (generation, auth) = (cfg.generation, cfg.auth);
-        let acceptor =
-            std::thread::spawn(move || accept_prev(listener, prev, generation, auth, deadline));
-        let out = connect_next(&cfg.peers[next], next, rank, generation, auth, deadline)?;
-        let inbound = acceptor
+        let tls = cfg.tls.clone();
+        let acceptor = std::thread::spawn(move || {
+            accept_prev(listener, prev, generation, auth, tls.as_ref(), deadline)
+        });
+        let (out_raw, out) = connect_next(
+            &cfg.peers[next],
+            next,
+            rank,
+            generation,
+            auth,
+            cfg.tls.as_ref(),
+            deadline,
+        )?;
+        let (inbound_raw, inbound) = acceptor
             .join()
             .map_err(|_| setup("accept thread panicked"))??;
-        inbound
+        inbound_raw
             .set_read_timeout(Some(cfg.timeout))
             .map_err(|e| setup(e.to_string()))?;
-        let _ = inbound.set_nodelay(true);
+        let _ = inbound_raw.set_nodelay(true);
         let abort = RingAbort::default();
-        for s in [inbound.try_clone(), out.try_clone()].into_iter().flatten() {
-            abort.0.lock().unwrap_or_else(|p| p.into_inner()).push(s);
-        }
+        abort
+            .0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .extend([inbound_raw, out_raw]);
         let (tx, rx) = channel::<Vec<u8>>();
         let err = writer_error.clone();
         let mut out_stream = out;
         let writer_thread = std::thread::spawn(move || {
             for frame in rx {
-                if let Err(e) = out_stream.write_all(&frame) {
+                if let Err(e) = out_stream
+                    .write_all(&frame)
+                    .and_then(|()| out_stream.flush())
+                {
                     *err.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.to_string());
                     return;
                 }
@@ -137,29 +246,35 @@ impl TcpRing {
     }
 }
 
+/// Connects to the next rank and sends the handshake (through TLS when configured). Returns the
+/// raw socket (for aborting) and the stream to write on.
 fn connect_next(
     addr: &str,
     next: usize,
     rank: usize,
     generation: u64,
     auth: [u8; 32],
+    tls: Option<&RingTls>,
     deadline: Instant,
-) -> Result<TcpStream, CollectiveError> {
+) -> Result<(TcpStream, Writer), CollectiveError> {
     let mut last_err = String::from("no attempt");
     while Instant::now() < deadline {
         let target: Option<SocketAddr> = addr.to_socket_addrs().ok().and_then(|mut a| a.next());
         if let Some(target) = target {
             match TcpStream::connect_timeout(&target, Duration::from_millis(500)) {
-                Ok(mut s) => {
+                Ok(s) => {
                     let _ = s.set_nodelay(true);
+                    let raw = s.try_clone().map_err(|e| setup(e.to_string()))?;
+                    let mut w = tls_writer(tls, s)?;
                     let mut hello = Vec::with_capacity(48);
                     hello.extend_from_slice(MAGIC);
                     hello.extend_from_slice(&(rank as u32).to_le_bytes());
                     hello.extend_from_slice(&generation.to_le_bytes());
                     hello.extend_from_slice(&auth);
-                    s.write_all(&hello)
+                    w.write_all(&hello)
+                        .and_then(|()| w.flush())
                         .map_err(|e| setup(format!("handshake to rank {next} at {addr}: {e}")))?;
-                    return Ok(s);
+                    return Ok((raw, w));
                 }
                 Err(e) => last_err = e.to_string(),
             }
@@ -178,18 +293,21 @@ fn accept_prev(
     prev: usize,
     generation: u64,
     auth: [u8; 32],
+    tls: Option<&RingTls>,
     deadline: Instant,
-) -> Result<TcpStream, CollectiveError> {
+) -> Result<(TcpStream, Reader), CollectiveError> {
     listener
         .set_nonblocking(true)
         .map_err(|e| setup(e.to_string()))?;
     while Instant::now() < deadline {
         match listener.accept() {
-            Ok((mut s, from)) => {
+            Ok((s, from)) => {
                 let _ = s.set_nonblocking(false);
                 let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+                let Ok(raw) = s.try_clone() else { continue };
+                let mut stream = tls_reader(tls, s)?;
                 let mut hello = [0u8; 48];
-                match s.read_exact(&mut hello) {
+                match stream.read_exact(&mut hello) {
                     Ok(()) => {
                         let r =
                             u32::from_le_bytes([hello[4], hello[5], hello[6], hello[7]]) as usize;
@@ -201,7 +319,7 @@ fn accept_prev(
                             && g == generation
                             && hello[16..] == auth
                         {
-                            return Ok(s);
+                            return Ok((raw, stream));
                         }
                         tracing::warn!(%from, claimed_rank = r, generation = g, expected_rank = prev, expected_generation = generation, "refused ring connection");
                     }

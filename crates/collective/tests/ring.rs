@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use resnet_collective::memory::MemoryRing;
 use resnet_collective::ring::SEGMENT;
-use resnet_collective::tcp::{TcpRing, TcpRingConfig};
+use resnet_collective::tcp::{RingTls, TcpRing, TcpRingConfig};
 use resnet_collective::{Collective, CollectiveError};
 
 fn input(rank: usize, len: usize) -> Vec<f32> {
@@ -68,6 +68,7 @@ fn tcp_group(world: usize) -> Vec<TcpRing> {
                 generation: 1,
                 timeout: Duration::from_secs(10),
                 auth: [0; 32],
+                tls: None,
             };
             std::thread::spawn(move || TcpRing::connect(l, &cfg).expect("connect"))
         })
@@ -138,6 +139,13 @@ fn dead_peer_is_an_error_not_a_hang() {
 
 /// Two ranks that try to form a ring with the given (generation, token digest) each.
 fn pair(a: (u64, [u8; 32]), b: (u64, [u8; 32])) -> (bool, bool) {
+    pair_tls((a.0, a.1, None), (b.0, b.1, None))
+}
+
+type Side = (u64, [u8; 32], Option<RingTls>);
+
+/// Like [`pair`], with optional TLS per side; the ring forms an all-reduce to prove it works.
+fn pair_tls(a: Side, b: Side) -> (bool, bool) {
     let listeners: Vec<TcpListener> = (0..2)
         .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind"))
         .collect();
@@ -149,15 +157,21 @@ fn pair(a: (u64, [u8; 32]), b: (u64, [u8; 32])) -> (bool, bool) {
         .into_iter()
         .zip([a, b])
         .enumerate()
-        .map(|(rank, (l, (generation, auth)))| {
+        .map(|(rank, (l, (generation, auth, tls)))| {
             let cfg = TcpRingConfig {
                 rank,
                 peers: peers.clone(),
                 generation,
                 timeout: Duration::from_secs(2),
                 auth,
+                tls,
             };
-            std::thread::spawn(move || TcpRing::connect(l, &cfg).is_ok())
+            std::thread::spawn(move || {
+                TcpRing::connect(l, &cfg).is_ok_and(|mut r| {
+                    let mut buf = [rank as f32 + 1.0; 3];
+                    r.all_reduce_sum(&mut buf).is_ok() && buf == [3.0; 3]
+                })
+            })
         })
         .collect();
     let mut ok = handles.into_iter().map(|h| h.join().expect("thread"));
@@ -173,4 +187,34 @@ fn tcp_ring_refuses_a_stale_generation() {
 fn tcp_ring_refuses_a_peer_without_the_token() {
     assert_eq!(pair((1, [7; 32]), (1, [0; 32])), (false, false));
     assert_eq!(pair((1, [7; 32]), (1, [7; 32])), (true, true));
+}
+
+fn tls(name: &str) -> RingTls {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/fixtures/tls/");
+    let read = |f: &str| std::fs::read(format!("{dir}{f}")).expect("fixture");
+    let ca = if name == "rogue" {
+        "rogue-ca.pem"
+    } else {
+        "ca.pem"
+    };
+    RingTls::from_pem(
+        &read(&format!("{name}.pem")),
+        &read(&format!("{name}.key")),
+        &read(ca),
+    )
+    .expect("tls config")
+}
+
+#[test]
+fn tls_ring_forms_with_cluster_certificates_and_refuses_everyone_else() {
+    let ok = (1, [0; 32], Some(tls("node")));
+    assert_eq!(pair_tls(ok.clone(), ok.clone()), (true, true));
+    // A peer speaking plain TCP, or presenting a certificate of another CA, is refused.
+    assert_eq!(pair_tls(ok.clone(), (1, [0; 32], None)), (false, false));
+    assert_eq!(
+        pair_tls(ok, (1, [0; 32], Some(tls("rogue")))),
+        (false, false)
+    );
+    let e = RingTls::from_pem(b"not pem", b"", b"").expect_err("garbage");
+    assert!(e.to_string().contains("TLS"), "{e}");
 }

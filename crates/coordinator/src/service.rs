@@ -189,11 +189,13 @@ impl CoordinatorService {
 /// the run finishes, then shuts down gracefully (in-flight responses complete).
 ///
 /// With `token`, every coordinator RPC must carry it (`UNAUTHENTICATED` otherwise; health and
-/// reflection stay open for probes).
+/// reflection stay open for probes). With `tls`, everything is served over TLS and every client
+/// must present a certificate signed by the cluster CA (mutual TLS).
 pub async fn serve(
     coord: Arc<Coordinator>,
     listener: tokio::net::TcpListener,
     token: Option<String>,
+    tls: Option<resnet_proto::TlsMaterial>,
 ) -> Result<(), String> {
     let (mut reporter, health) = tonic_health::server::health_reporter();
     reporter
@@ -212,7 +214,13 @@ pub async fn serve(
     let done = coord.clone();
     let progress = tokio::spawn(log_progress(coord.clone()));
     let incoming = tokio_stream_from(listener);
-    let result = tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(t) = &tls {
+        builder = builder
+            .tls_config(t.server_config())
+            .map_err(|e| format!("TLS: {e}"))?;
+    }
+    let result = builder
         .add_service(health)
         .add_service(reflection)
         .add_service(svc)

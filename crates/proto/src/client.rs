@@ -38,7 +38,21 @@ impl GrpcControlPlane {
         timeout: Duration,
         token: Option<&str>,
     ) -> Result<Self, ControlError> {
+        Self::connect_with(url, timeout, token, None)
+    }
+
+    /// [`connect`](Self::connect) with mutual TLS (`http://` URLs are upgraded to `https://`).
+    pub fn connect_with(
+        url: &str,
+        timeout: Duration,
+        token: Option<&str>,
+        tls: Option<&crate::TlsMaterial>,
+    ) -> Result<Self, ControlError> {
         let attach = AttachToken::new(token)?;
+        let url = &match (tls, url.strip_prefix("http://")) {
+            (Some(_), Some(rest)) => format!("https://{rest}"),
+            _ => url.to_string(),
+        };
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .enable_all()
@@ -51,6 +65,12 @@ impl GrpcControlPlane {
                 ))
             })?
             .connect_timeout(Duration::from_secs(2));
+        let endpoint = match tls {
+            Some(t) => endpoint
+                .tls_config(t.client_config())
+                .map_err(|e| ControlError(format!("TLS for {url}: {e}")))?,
+            None => endpoint,
+        };
         let deadline = Instant::now() + timeout;
         let mut delay = Duration::from_millis(100);
         let mut attempts = 0;

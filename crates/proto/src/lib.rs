@@ -6,6 +6,7 @@ pub mod auth;
 pub mod checkpoint;
 pub mod client;
 pub mod domain;
+pub mod tls;
 
 pub use auth::{read_token_file, AttachToken, RequireToken};
 pub use checkpoint::CheckpointFiles;
@@ -14,6 +15,7 @@ pub use domain::{
     Assignment, ControlError, ControlPlane, EpochReport, Finish, Heartbeat, HeartbeatReply,
     JoinRequest,
 };
+pub use tls::TlsMaterial;
 
 /// Generated code for `resnet_cluster.v1`.
 #[allow(missing_docs, clippy::all)]

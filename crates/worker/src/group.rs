@@ -43,6 +43,7 @@ pub(crate) fn form_ring(
                     generation: a.generation,
                     timeout: opts.collective_timeout,
                     auth: opts.ring_auth,
+                    tls: opts.ring_tls.clone(),
                 },
             )?;
             let abort = ring.abort_handle();

@@ -50,6 +50,8 @@ pub struct WorkerOptions {
     pub out: Option<PathBuf>,
     /// How long to keep trying to rejoin an unreachable (restarting) coordinator.
     pub rejoin_timeout: Duration,
+    /// Mutual TLS on the gradient ring (None: plain TCP).
+    pub ring_tls: Option<resnet_collective::tcp::RingTls>,
 }
 
 /// What a worker reports when it is done.
