@@ -10,6 +10,8 @@ use std::time::Duration;
 use resnet_proto::{CheckpointFiles, ControlPlane, GrpcControlPlane};
 use serde_json::Value;
 
+mod common;
+
 const RUN: &[&str] = &[
     "--local",
     "--workers",
@@ -273,11 +275,7 @@ fn without_the_token_nobody_reads_or_writes_checkpoints() {
     let token = tmp.path().join("token");
     std::fs::write(&token, "the-cluster-token-0123456789").expect("write");
     let out = tmp.path().join("run");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port();
+    let port = common::free_port();
     let listen = format!("127.0.0.1:{port}");
     let mut coord = Command::new(env!("CARGO_BIN_EXE_coordinator"))
         .args([

@@ -3,10 +3,13 @@
 //! must match the workers, and local mode must reproduce the multi-process run exactly.
 
 use std::io::Write;
-use std::net::{TcpListener, TcpStream};
-use std::process::{Child, Command, Stdio};
+use std::net::TcpStream;
+use std::process::{Child, Command};
 
 use serde_json::Value;
+
+mod common;
+use common::{finish, free_port, spawn};
 
 const RUN: &[&str] = &[
     "--dataset",
@@ -26,30 +29,6 @@ const RUN: &[&str] = &[
     "--seed",
     "11",
 ];
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
-}
-
-fn spawn(bin: &str, args: &[&str]) -> Child {
-    Command::new(bin)
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("{bin}: {e}"))
-}
-
-fn finish(child: Child, what: &str) -> String {
-    let out = child.wait_with_output().expect("wait");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{what} failed:\n{stderr}");
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
 
 fn cluster(workers: usize) -> (Value, Vec<Value>) {
     let port = free_port().to_string();

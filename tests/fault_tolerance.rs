@@ -2,42 +2,17 @@
 //! survivors re-form the group and finish; they end bit-identical, at most the step in flight is
 //! lost, and training still converges like an undisturbed run.
 
-use std::io::Read;
-use std::net::{TcpListener, TcpStream};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
-}
+mod common;
+use common::{free_port, spawn};
 
-fn spawn(bin: &str, args: &[&str]) -> Child {
-    Command::new(bin)
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("{bin}: {e}"))
-}
-
-/// A gauge from a metrics endpoint (the first sample whose line starts with `prefix`).
-fn gauge(port: u16, prefix: &str) -> Option<u64> {
-    use std::io::Write;
-    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-    s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").ok()?;
-    let mut body = String::new();
-    s.read_to_string(&mut body).ok()?;
-    body.lines()
-        .find(|l| l.starts_with(prefix))
-        .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .map(|v| v as u64)
+/// A gauge from a metrics endpoint, as an integer.
+fn gauge(port: u16, name: &str) -> Option<u64> {
+    common::value(&common::scrape(port)?, name, &[]).map(|v| v as u64)
 }
 
 fn wait_for(what: &str, mut ok: impl FnMut() -> bool) {
@@ -112,12 +87,12 @@ fn run(kill_at: Option<u64>) -> (Value, Vec<String>) {
     let mut replacement = None;
     if let Some(k) = kill_at {
         wait_for("worker 1 to reach the step", || {
-            gauge(metrics[1], "resnet_cluster_step{").is_some_and(|s| s >= k)
+            gauge(metrics[1], "resnet_cluster_step").is_some_and(|s| s >= k)
         });
         workers[1].kill().expect("kill -9");
         let _ = workers[1].wait();
         wait_for("the group to re-form", || {
-            gauge(coord_metrics, "resnet_cluster_generation ").is_some_and(|g| g >= 2)
+            gauge(coord_metrics, "resnet_cluster_generation").is_some_and(|g| g >= 2)
         });
         replacement = Some(spawn(
             env!("CARGO_BIN_EXE_worker"),
@@ -254,9 +229,9 @@ fn a_killed_coordinator_restarted_with_resume_latest_takes_the_workers_back() {
         &["--coordinator", &url, "--worker-id", "w1"],
     );
     wait_for("step 25", || {
-        gauge(metrics, "resnet_cluster_step{").is_some_and(|s| s >= 25)
+        gauge(metrics, "resnet_cluster_step").is_some_and(|s| s >= 25)
     });
-    let killed_at = gauge(metrics, "resnet_cluster_step{").unwrap_or(25);
+    let killed_at = gauge(metrics, "resnet_cluster_step").unwrap_or(25);
     first.kill().expect("kill -9 the coordinator");
     let _ = first.wait();
     std::thread::sleep(Duration::from_millis(500));
