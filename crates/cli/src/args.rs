@@ -32,6 +32,10 @@ pub enum Command {
     BenchAllreduce(crate::cmd_allreduce::AllReduceArgs),
     /// Export a checkpoint's model as torchvision-compatible safetensors.
     Export(crate::cmd_export::ExportArgs),
+    /// Draw a run's pictures: curves, confusion matrix, prediction grid, confident mistakes.
+    Report(Box<crate::report::ReportArgs>),
+    /// Print the learning rate per epoch that a config's schedule produces (no training).
+    Schedule(Box<crate::cmd_schedule::ScheduleArgs>),
 }
 
 /// Where to run.
@@ -91,13 +95,13 @@ pub struct RunArgs {
     /// Nesterov momentum.
     #[arg(long)]
     pub nesterov: bool,
-    /// LR schedule: constant, step, cosine or onecycle [default: cosine].
+    /// LR schedule: constant, step, cosine, onecycle, cyclic or plateau [default: cosine].
     #[arg(long)]
     pub schedule: Option<String>,
     /// Step schedule: decay every N epochs [default: 30].
     #[arg(long)]
     pub step_epochs: Option<usize>,
-    /// Step schedule: decay factor [default: 0.1].
+    /// Step and plateau schedules: decay factor [default: 0.1].
     #[arg(long)]
     pub gamma: Option<f64>,
     /// Linear warm-up epochs in front of the schedule [default: 0].
@@ -133,6 +137,44 @@ pub struct RunArgs {
     /// Freeze BatchNorm statistics while training (use and keep the running statistics).
     #[arg(long)]
     pub freeze_bn: bool,
+    /// Cyclic schedule: epochs per full up-and-down cycle [default: 4].
+    #[arg(long, value_name = "EPOCHS")]
+    pub cycle_epochs: Option<f64>,
+    /// Plateau schedule: epochs without improvement before each reduction by --gamma [default: 2].
+    #[arg(long, value_name = "EPOCHS")]
+    pub patience: Option<usize>,
+    /// Dropout probability before the classifier [default: 0].
+    #[arg(long, value_name = "P")]
+    pub dropout: Option<f64>,
+    /// Cutout: side of a square set to the mean after normalisation (CIFAR: 16) [default: off].
+    #[arg(long, value_name = "PIXELS")]
+    pub cutout: Option<usize>,
+    /// Random rotation within +-DEG degrees [default: off].
+    #[arg(long, value_name = "DEG")]
+    pub rotation: Option<f64>,
+    /// Random zoom by a factor within 1 +- F [default: off].
+    #[arg(long, value_name = "F")]
+    pub scale: Option<f64>,
+    /// Colour jitter as brightness,contrast,saturation amounts, e.g. 0.4,0.4,0.4 [default: off].
+    #[arg(long, value_name = "B,C,S")]
+    pub color_jitter: Option<String>,
+    /// Mixup with Beta(ALPHA, ALPHA) blend weights (typical 0.2) [default: off].
+    #[arg(long, value_name = "ALPHA")]
+    pub mixup: Option<f64>,
+    /// CutMix with Beta(ALPHA, ALPHA) area fractions (typical 1.0); with --mixup, each mixed batch
+    /// picks one of the two [default: off].
+    #[arg(long, value_name = "ALPHA")]
+    pub cutmix: Option<f64>,
+    /// Fine-tune from torchvision weights (.pth, .pt or .safetensors; any head size: the
+    /// classifier is re-initialised for the dataset's classes).
+    #[arg(long, value_name = "FILE")]
+    pub pretrained: Option<PathBuf>,
+    /// Freeze parts of the network: comma-separated stem, layer1, layer2, layer3, layer4.
+    #[arg(long, value_name = "PARTS", value_delimiter = ',')]
+    pub freeze: Option<Vec<String>>,
+    /// Backbone learning rate as a multiple of the head's (scheduled) LR, e.g. 0.1 [default: 1].
+    #[arg(long, value_name = "F")]
+    pub backbone_lr_scale: Option<f64>,
 }
 
 /// `resnet train`.
@@ -159,9 +201,11 @@ pub struct TrainArgs {
 /// `resnet eval`.
 #[derive(Args, Debug)]
 pub struct EvalArgs {
-    /// Checkpoint directory or run directory (its newest valid checkpoint).
-    #[arg(long, value_name = "DIR")]
-    pub checkpoint: PathBuf,
+    /// Checkpoint directory or run directory (its newest valid checkpoint). Repeat it to
+    /// evaluate an ensemble: the members' softmax probabilities are averaged, and every member
+    /// is reported too (members may differ in depth, width and seed, not in dataset).
+    #[arg(long, value_name = "DIR", required = true)]
+    pub checkpoint: Vec<PathBuf>,
     /// Data directory; default: the one recorded in the checkpoint's config.
     #[arg(long, value_name = "DIR")]
     pub data: Option<PathBuf>,

@@ -1,53 +1,176 @@
-//! `resnet eval`.
+//! `resnet eval`: one checkpoint, or an ensemble of several.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 
-use anyhow::{Context, Result};
-use resnet_train::{evaluate, load_model, resolve_checkpoint, EvalReport};
+use anyhow::{bail, Context, Result};
+use resnet_data::{ImageDataset, Normalization};
+use resnet_train::{count_batch, load_model, predict, resolve_checkpoint, EvalCounts, EvalReport};
+use serde::Serialize;
 
 use crate::args::EvalArgs;
 use crate::device::select;
 
+/// One ensemble member's result.
+#[derive(Debug, Serialize)]
+pub struct MemberReport {
+    /// The checkpoint directory.
+    pub checkpoint: PathBuf,
+    /// Its depth and seed, to tell members apart.
+    pub depth: usize,
+    /// Its training seed.
+    pub seed: u64,
+    /// Its own metrics.
+    pub report: EvalReport,
+}
+
+/// `resnet eval` with several checkpoints.
+#[derive(Debug, Serialize)]
+pub struct EnsembleReport {
+    /// Each member alone.
+    pub members: Vec<MemberReport>,
+    /// The average of the members' probabilities.
+    pub ensemble: EvalReport,
+}
+
 /// Runs `resnet eval`.
 pub fn run(args: EvalArgs) -> Result<()> {
     let sel = select(&args.device)?;
-    let dir = resolve_checkpoint(&args.checkpoint)?;
-    let (report, name) = crate::with_infer_backend!(sel, |B, device| {
-        let (model, state) = load_model::<B>(&dir, &device)?;
-        let mut cfg = state.config;
-        if let Some(d) = &args.data {
-            cfg.data.dir = d.clone();
+    let dirs = args
+        .checkpoint
+        .iter()
+        .map(|c| resolve_checkpoint(c).map_err(anyhow::Error::from))
+        .collect::<Result<Vec<_>>>()?;
+    let mut data: Option<(Arc<ImageDataset>, Normalization, resnet_train::TrainConfig)> = None;
+    let mut members = Vec::new();
+    // Per member: logits for the whole test split, in order.
+    let mut logits: Vec<Vec<f32>> = Vec::new();
+    for dir in &dirs {
+        let (out, state_cfg) = crate::with_infer_backend!(sel, |B, device| {
+            let (model, state) = load_model::<B>(dir, &device)?;
+            let cfg = state.config;
+            if data.is_none() {
+                data = Some(load_test(&cfg, &args)?);
+            }
+            let (test, norm, first) = data.as_ref().context("test data loaded above")?;
+            check_member(first, &cfg, dir)?;
+            let out = predict(&model, test.clone(), *norm, args.batch_size, &device);
+            (out, cfg)
+        });
+        let (test, _, _) = data.as_ref().context("test data loaded above")?;
+        let k = test.classes.len();
+        let mut counts = EvalCounts::new(k);
+        count_batch(&out, &test.labels, k, &mut counts);
+        members.push(MemberReport {
+            checkpoint: dir.clone(),
+            depth: state_cfg.model.depth,
+            seed: state_cfg.seed,
+            report: counts.report(&test.classes),
+        });
+        logits.push(out);
+    }
+    let (test, _, _) = data.context("no checkpoint given")?;
+    if members.len() == 1 {
+        let report = members.remove(0).report;
+        if args.json {
+            println!("{}", serde_json::to_string_pretty(&report)?);
+        } else {
+            print_report(&report, &test.name, &dirs[0].display().to_string());
         }
-        cfg.data.download = false;
-        if args.test_limit.is_some() {
-            cfg.data.test_limit = args.test_limit;
-        }
-        // Only the test split is needed; keep training data small when it must be read anyway.
-        cfg.data.train_limit = Some(1);
-        let splits = cfg
-            .data
-            .load(cfg.seed, &mut |_, _| {})
-            .with_context(|| format!("loading test data from {}", cfg.data.dir.display()))?;
-        let test = Arc::new(splits.test);
-        let counts = evaluate(
-            &model,
-            test.clone(),
-            (0..test.len()).collect(),
-            splits.norm,
-            args.batch_size,
-            2,
-            &device,
-        );
-        (counts.report(&test.classes), test.name.clone())
-    });
+        return Ok(());
+    }
+    let ensemble = ensemble_counts(&logits, &test.labels, test.classes.len()).report(&test.classes);
+    let out = EnsembleReport { members, ensemble };
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
-    } else {
-        print_report(&report, &name, &dir.display().to_string());
+        println!("{}", serde_json::to_string_pretty(&out)?);
+        return Ok(());
+    }
+    println!(
+        "{:<60} {:>6} {:>6} {:>9} {:>9}",
+        "member", "depth", "seed", "accuracy", "loss"
+    );
+    for m in &out.members {
+        println!(
+            "{:<60} {:>6} {:>6} {:>9.4} {:>9.4}",
+            m.checkpoint.display().to_string(),
+            m.depth,
+            m.seed,
+            m.report.accuracy,
+            m.report.loss
+        );
+    }
+    println!();
+    print_report(
+        &out.ensemble,
+        &test.name,
+        &format!(
+            "ensemble of {} members (mean probability)",
+            out.members.len()
+        ),
+    );
+    Ok(())
+}
+
+fn load_test(
+    cfg: &resnet_train::TrainConfig,
+    args: &EvalArgs,
+) -> Result<(Arc<ImageDataset>, Normalization, resnet_train::TrainConfig)> {
+    let mut cfg = cfg.clone();
+    if let Some(d) = &args.data {
+        cfg.data.dir = d.clone();
+    }
+    cfg.data.download = false;
+    if args.test_limit.is_some() {
+        cfg.data.test_limit = args.test_limit;
+    }
+    // Only the test split is needed; keep training data small when it must be read anyway.
+    cfg.data.train_limit = Some(1);
+    let splits = cfg
+        .data
+        .load(cfg.seed, &mut |_, _| {})
+        .with_context(|| format!("loading test data from {}", cfg.data.dir.display()))?;
+    Ok((Arc::new(splits.test), splits.norm, cfg))
+}
+
+/// Members must classify the same data into the same classes.
+fn check_member(
+    first: &resnet_train::TrainConfig,
+    cfg: &resnet_train::TrainConfig,
+    dir: &std::path::Path,
+) -> Result<()> {
+    if cfg.data.dataset != first.data.dataset || cfg.model.num_classes != first.model.num_classes {
+        bail!(
+            "{}: trained on {:?} with {} classes, but the first member on {:?} with {}; ensemble members must share the dataset",
+            dir.display(),
+            cfg.data.dataset,
+            cfg.model.num_classes,
+            first.data.dataset,
+            first.model.num_classes
+        );
     }
     Ok(())
 }
 
+/// Counts for the mean of the members' softmax probabilities. `log(mean p)` is passed as the
+/// logits: its log-softmax is itself (the row sums to 1), so the loss is the ensemble's NLL.
+pub fn ensemble_counts(members: &[Vec<f32>], labels: &[u16], k: usize) -> EvalCounts {
+    let n = labels.len();
+    let mut mean = vec![0f64; n * k];
+    for logits in members {
+        for (row, acc) in logits.chunks_exact(k).zip(mean.chunks_exact_mut(k)) {
+            let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let exp: Vec<f64> = row.iter().map(|&v| ((v - max) as f64).exp()).collect();
+            let sum: f64 = exp.iter().sum();
+            for (a, e) in acc.iter_mut().zip(exp) {
+                *a += e / sum / members.len() as f64;
+            }
+        }
+    }
+    let logp: Vec<f32> = mean.iter().map(|&p| p.max(1e-30).ln() as f32).collect();
+    let mut counts = EvalCounts::new(k);
+    count_batch(&logp, labels, k, &mut counts);
+    counts
+}
 /// Human-readable evaluation report.
 pub fn print_report(r: &EvalReport, data: &str, checkpoint: &str) {
     println!("checkpoint {checkpoint}");

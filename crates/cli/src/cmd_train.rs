@@ -164,6 +164,18 @@ pub fn fixed_by_resume_run(a: &crate::args::RunArgs) -> Vec<&'static str> {
         ("--loader-workers", a.loader_workers.is_some()),
         ("--checkpoint-steps", a.checkpoint_steps.is_some()),
         ("--checkpoint-minutes", a.checkpoint_minutes.is_some()),
+        ("--cycle-epochs", a.cycle_epochs.is_some()),
+        ("--patience", a.patience.is_some()),
+        ("--dropout", a.dropout.is_some()),
+        ("--cutout", a.cutout.is_some()),
+        ("--rotation", a.rotation.is_some()),
+        ("--scale", a.scale.is_some()),
+        ("--color-jitter", a.color_jitter.is_some()),
+        ("--mixup", a.mixup.is_some()),
+        ("--cutmix", a.cutmix.is_some()),
+        ("--pretrained", a.pretrained.is_some()),
+        ("--freeze", a.freeze.is_some()),
+        ("--backbone-lr-scale", a.backbone_lr_scale.is_some()),
     ];
     given
         .into_iter()

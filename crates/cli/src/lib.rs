@@ -8,9 +8,11 @@ pub mod cmd_bench;
 pub mod cmd_eval;
 pub mod cmd_export;
 pub mod cmd_info;
+pub mod cmd_schedule;
 pub mod cmd_train;
 pub mod device;
 pub mod progress;
+pub mod report;
 pub mod settings;
 
 use tracing_subscriber::EnvFilter;

@@ -94,6 +94,34 @@ fn apply_flags(cfg: &mut TrainConfig, a: &RunArgs) -> Result<()> {
         cfg.checkpoint_minutes = a.checkpoint_minutes;
     }
     cfg.freeze_bn |= a.freeze_bn;
+    set(&mut cfg.schedule.cycle_epochs, &a.cycle_epochs);
+    set(&mut cfg.schedule.patience, &a.patience);
+    set(&mut cfg.model.dropout, &a.dropout);
+    let aug = &mut cfg.data.augment;
+    set(&mut aug.cutout, &a.cutout);
+    set(&mut aug.rotation, &a.rotation);
+    set(&mut aug.scale, &a.scale);
+    if let Some(j) = &a.color_jitter {
+        let v: Vec<f64> = j
+            .split(',')
+            .map(|x| x.trim().parse::<f64>())
+            .collect::<Result<_, _>>()
+            .ok()
+            .filter(|v: &Vec<f64>| v.len() == 3)
+            .ok_or_else(|| {
+                anyhow::anyhow!(
+                    "--color-jitter '{j}': expected three numbers brightness,contrast,saturation, e.g. 0.4,0.4,0.4"
+                )
+            })?;
+        [aug.brightness, aug.contrast, aug.saturation] = [v[0], v[1], v[2]];
+    }
+    set(&mut cfg.mix.mixup_alpha, &a.mixup);
+    set(&mut cfg.mix.cutmix_alpha, &a.cutmix);
+    if a.pretrained.is_some() {
+        cfg.finetune.pretrained = a.pretrained.clone();
+    }
+    set(&mut cfg.finetune.freeze, &a.freeze);
+    set(&mut cfg.finetune.backbone_lr_scale, &a.backbone_lr_scale);
     Ok(())
 }
 

@@ -88,12 +88,12 @@ pub fn build_batch(
     let per = 3 * h * w;
     let mut images = vec![0f32; idx.len() * per];
     for (slot, &i) in idx.iter().enumerate() {
-        let draw = tf.augment.draw(tf.seed, tf.epoch, i as u64);
+        let draw = tf.augment.draw(tf.seed, tf.epoch, i as u64, h, w);
         augment_into(
             ds.image(i),
             h,
             w,
-            tf.augment.crop_padding,
+            &tf.augment,
             draw,
             &tf.norm,
             &mut images[slot * per..(slot + 1) * per],

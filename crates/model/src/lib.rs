@@ -20,7 +20,9 @@ pub use block::{Block, Downsample};
 pub use config::{BlockKind, ResNetConfig, Stem};
 pub use resnet::ResNet;
 pub use shapes::{stage_shapes, StageShape};
-pub use weights::{export_torchvision_safetensors, import_torchvision, ImportReport};
+pub use weights::{
+    export_torchvision_safetensors, import_backbone, import_torchvision, ImportReport,
+};
 
 /// Errors of model construction and weight import/export.
 #[derive(Debug, thiserror::Error)]

@@ -42,6 +42,41 @@ pub fn import_torchvision<B: Backend>(
     path: &Path,
     allow_partial: bool,
 ) -> Result<ImportReport, ModelError> {
+    import(model, path, allow_partial, false)
+}
+
+/// Fine-tuning: loads everything but the classifier (`fc`) from a torchvision-layout file, which
+/// must hold every backbone tensor; the model keeps its own freshly initialised head, sized for
+/// its dataset. The report lists the file's head tensors as unused.
+pub fn import_backbone<B: Backend>(
+    model: &mut ResNet<B>,
+    path: &Path,
+) -> Result<ImportReport, ModelError> {
+    let report = import(model, path, true, true)?;
+    let missing: Vec<&String> = report
+        .missing
+        .iter()
+        .filter(|k| !k.starts_with("fc."))
+        .collect();
+    if !missing.is_empty() {
+        return Err(err(
+            path,
+            format!("is not a ResNet of this depth and width: missing {missing:?}"),
+        ));
+    }
+    Ok(report)
+}
+
+fn not_head(path: &str, _container: &str) -> bool {
+    !path.starts_with("fc.")
+}
+
+fn import<B: Backend>(
+    model: &mut ResNet<B>,
+    path: &Path,
+    allow_partial: bool,
+    skip_head: bool,
+) -> Result<ImportReport, ModelError> {
     if !path.exists() {
         return Err(err(path, "file not found"));
     }
@@ -59,6 +94,9 @@ pub fn import_torchvision<B: Backend>(
                 .with_key_remapping(from_tv, "${1}downsample.conv.${2}")
                 .with_key_remapping(from_tv_bn, "${1}downsample.bn.${2}")
                 .allow_partial(true);
+            if skip_head {
+                store = store.with_predicate(not_head);
+            }
             model
                 .load_from(&mut store)
                 .map_err(|e| err(path, e.to_string()))?
@@ -68,6 +106,9 @@ pub fn import_torchvision<B: Backend>(
                 .with_key_remapping(from_tv, "${1}downsample.conv.${2}")
                 .with_key_remapping(from_tv_bn, "${1}downsample.bn.${2}")
                 .allow_partial(true);
+            if skip_head {
+                store = store.with_predicate(not_head);
+            }
             model
                 .load_from(&mut store)
                 .map_err(|e| err(path, e.to_string()))?

@@ -4,7 +4,7 @@ use resnet_data::DataConfig;
 use resnet_model::ResNetConfig;
 use serde::{Deserialize, Serialize};
 
-use crate::{OptimConfig, ScheduleConfig, TrainError};
+use crate::{FinetuneConfig, MixConfig, OptimConfig, ScheduleConfig, TrainError};
 
 /// Everything that determines a run. Every field has a documented default.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -29,6 +29,10 @@ pub struct TrainConfig {
     pub seed: u64,
     /// Label smoothing for the training loss (PyTorch convention). Default 0.
     pub label_smoothing: f64,
+    /// Batch-level Mixup/CutMix. Default off.
+    pub mix: MixConfig,
+    /// Pretrained weights, frozen stages, backbone LR. Default off.
+    pub finetune: FinetuneConfig,
     /// Threads preparing batches. Default 2.
     pub loader_workers: usize,
     /// Images per evaluation batch. Default 256.
@@ -65,6 +69,8 @@ impl Default for TrainConfig {
             max_steps: None,
             seed: 42,
             label_smoothing: 0.0,
+            mix: MixConfig::default(),
+            finetune: FinetuneConfig::default(),
             loader_workers: 2,
             eval_batch_size: 256,
             eval_each_epoch: true,
@@ -86,6 +92,15 @@ impl TrainConfig {
             .map_err(|e| TrainError::Config(e.to_string()))?;
         self.optim.validate()?;
         self.schedule.validate()?;
+        self.data.augment.validate().map_err(TrainError::Config)?;
+        self.mix.validate()?;
+        self.finetune.validate()?;
+        if self.schedule.kind == crate::ScheduleKind::Plateau && !self.eval_each_epoch {
+            return Err(TrainError::Config(
+                "schedule.kind = plateau needs eval_each_epoch = true (it reads the validation loss)"
+                    .into(),
+            ));
+        }
         let bad = |m: &str| Err(TrainError::Config(m.to_string()));
         if self.epochs == 0 {
             return bad("epochs must be at least 1");

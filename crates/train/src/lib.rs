@@ -7,9 +7,11 @@
 pub mod checkpoint;
 mod config;
 mod eval;
+mod finetune;
 mod hash;
 mod loss;
 mod metrics;
+mod mix;
 mod optim;
 mod parallel;
 mod records;
@@ -22,9 +24,11 @@ pub use checkpoint::{
 };
 pub use config::TrainConfig;
 pub use eval::{batch_tensor, evaluate, predict};
+pub use finetune::{take_head_grads, FinetuneConfig, FREEZABLE};
 pub use hash::param_hash;
 pub use loss::{smoothed_targets, soft_cross_entropy, targets_tensor};
 pub use metrics::{argmax, count_batch, ClassMetrics, EvalCounts, EvalReport};
+pub use mix::{mix_images, mixed_targets, MixConfig, MixDraw};
 pub use optim::{AnyOptimizer, OptimConfig, OptimizerKind};
 pub use parallel::{
     broadcast_model, sync_batchnorm, sync_gradients, sync_gradients_with, GradSync,

@@ -70,6 +70,15 @@ pub struct EvalSummary {
     pub macro_f1: f64,
 }
 
+impl EpochRecord {
+    /// The loss `plateau` watches: validation loss, else the training loss.
+    pub fn watched_loss(&self) -> f64 {
+        self.val_loss
+            .or(self.test.as_ref().map(|t| t.loss))
+            .unwrap_or(self.train_loss)
+    }
+}
+
 impl From<&EvalReport> for EvalSummary {
     fn from(r: &EvalReport) -> Self {
         Self {
@@ -96,6 +105,10 @@ pub struct EpochRecord {
     pub lr: f64,
     /// Test metrics, when evaluated.
     pub test: Option<EvalSummary>,
+    /// Validation loss over the whole test split when this replica only evaluated a slice of it
+    /// (data-parallel runs with the `plateau` schedule, which needs it on every rank).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub val_loss: Option<f64>,
     /// Wall-clock seconds of the epoch's training steps.
     pub seconds: f64,
     /// Training images per second over the epoch.

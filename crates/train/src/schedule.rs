@@ -22,6 +22,13 @@ pub enum ScheduleKind {
     /// One-cycle (PyTorch `OneCycleLR` defaults): cosine up from base/25 to the base LR over the
     /// first 30% of steps, then cosine down to base/1e4.
     Onecycle,
+    /// Cyclical, triangular (Smith 2017, PyTorch `CyclicLR(mode="triangular")`): linear from
+    /// `cycle_low` x base up to the base LR and back, every `cycle_epochs` epochs.
+    Cyclic,
+    /// Reduce on plateau (PyTorch `ReduceLROnPlateau`, mode min, relative threshold): the base LR,
+    /// multiplied by `gamma` whenever the validation loss (training loss when the run has no test
+    /// split) has not improved for more than `patience` epochs.
+    Plateau,
 }
 
 impl std::str::FromStr for ScheduleKind {
@@ -32,8 +39,10 @@ impl std::str::FromStr for ScheduleKind {
             "step" => Ok(Self::Step),
             "cosine" => Ok(Self::Cosine),
             "onecycle" => Ok(Self::Onecycle),
+            "cyclic" | "cyclical" | "triangular" => Ok(Self::Cyclic),
+            "plateau" | "reduceonplateau" => Ok(Self::Plateau),
             o => Err(TrainError::Config(format!(
-                "unknown schedule '{o}', expected constant, step, cosine or onecycle"
+                "unknown schedule '{o}', expected constant, step, cosine, onecycle, cyclic or plateau"
             ))),
         }
     }
@@ -50,12 +59,20 @@ pub struct ScheduleConfig {
     pub warmup_epochs: f64,
     /// Step decay period in epochs. Default 30 (torchvision's ImageNet recipe).
     pub step_epochs: usize,
-    /// Step decay factor. Default 0.1.
+    /// Decay factor of `step` and `plateau`. Default 0.1.
     pub gamma: f64,
     /// Floor of the cosine schedule. Default 0.
     pub min_lr: f64,
     /// One-cycle: fraction of the run spent rising. Default 0.3.
     pub pct_start: f64,
+    /// Cyclic: length of one full up-and-down cycle in epochs (fractions allowed). Default 4.
+    pub cycle_epochs: f64,
+    /// Cyclic: the trough as a fraction of the base LR. Default 0.1.
+    pub cycle_low: f64,
+    /// Plateau: epochs without improvement tolerated before each reduction. Default 2.
+    pub patience: usize,
+    /// Plateau: an epoch improves when its loss is below `best * (1 - threshold)`. Default 1e-4.
+    pub threshold: f64,
 }
 
 impl Default for ScheduleConfig {
@@ -67,13 +84,32 @@ impl Default for ScheduleConfig {
             gamma: 0.1,
             min_lr: 0.0,
             pct_start: 0.3,
+            cycle_epochs: 4.0,
+            cycle_low: 0.1,
+            patience: 2,
+            threshold: 1e-4,
         }
     }
 }
 
 impl ScheduleConfig {
     /// LR at global `step` (0-based) of `total_steps`, with `steps_per_epoch` steps per epoch.
+    /// `plateau` runs at the base LR here; [`Self::lr_with_losses`] applies its reductions.
     pub fn lr(&self, base: f64, step: usize, steps_per_epoch: usize, total_steps: usize) -> f64 {
+        self.lr_with_losses(base, step, steps_per_epoch, total_steps, &[])
+    }
+
+    /// As [`Self::lr`], with the per-epoch validation losses seen so far (only `plateau` reads
+    /// them). The LR stays a pure function of the step and the recorded history, which a
+    /// checkpoint holds, so resumed runs follow the same curve.
+    pub fn lr_with_losses(
+        &self,
+        base: f64,
+        step: usize,
+        steps_per_epoch: usize,
+        total_steps: usize,
+        losses: &[f64],
+    ) -> f64 {
         let spe = steps_per_epoch.max(1) as f64;
         let total = total_steps.max(1) as f64;
         let t = step as f64;
@@ -95,6 +131,13 @@ impl ScheduleConfig {
                     cos(base, base / 25.0 / 1e4, (t - up) / (total - up).max(1.0))
                 }
             }
+            ScheduleKind::Cyclic => {
+                let cycle = (self.cycle_epochs * spe).max(1.0);
+                let pos = (t / cycle).fract();
+                let tri = 1.0 - (2.0 * pos - 1.0).abs(); // 0 -> 1 -> 0 over a cycle
+                base * (self.cycle_low + (1.0 - self.cycle_low) * tri)
+            }
+            ScheduleKind::Plateau => base * self.gamma.powi(self.plateau_reductions(losses) as i32),
         };
         let warm = self.warmup_epochs * spe;
         if warm > 0.0 && t < warm {
@@ -104,8 +147,36 @@ impl ScheduleConfig {
         }
     }
 
+    /// How many times `plateau` has reduced the LR after these per-epoch losses.
+    pub fn plateau_reductions(&self, losses: &[f64]) -> u32 {
+        let (mut best, mut bad, mut cuts) = (f64::INFINITY, 0usize, 0u32);
+        for &l in losses {
+            if l < best * (1.0 - self.threshold) {
+                best = l;
+                bad = 0;
+            } else {
+                bad += 1;
+                if bad > self.patience {
+                    cuts += 1;
+                    bad = 0;
+                }
+            }
+        }
+        cuts
+    }
+
     /// Checks ranges; errors name the field.
     pub fn validate(&self) -> Result<(), TrainError> {
+        if !(self.cycle_epochs > 0.0) || !(0.0..=1.0).contains(&self.cycle_low) {
+            return Err(TrainError::Config(
+                "schedule.cycle_epochs must be > 0 and schedule.cycle_low in 0..=1".into(),
+            ));
+        }
+        if !(0.0..1.0).contains(&self.threshold) {
+            return Err(TrainError::Config(
+                "schedule.threshold must be in 0..1".into(),
+            ));
+        }
         if !(self.warmup_epochs >= 0.0) {
             return Err(TrainError::Config(
                 "schedule.warmup_epochs must be >= 0".into(),
@@ -159,6 +230,30 @@ mod tests {
         assert!((o.lr(1.0, 0, 10, 100) - 0.04).abs() < 1e-12);
         assert!((o.lr(1.0, 30, 10, 100) - 1.0).abs() < 1e-12);
         assert!(o.lr(1.0, 100, 10, 100) < 1e-5);
+    }
+
+    #[test]
+    fn cyclic_is_a_triangle_between_low_and_base() {
+        let c = cfg(ScheduleKind::Cyclic); // 4-epoch cycle, trough 0.1
+        assert!((c.lr(1.0, 0, 10, 1000) - 0.1).abs() < 1e-12);
+        assert!((c.lr(1.0, 10, 10, 1000) - 0.55).abs() < 1e-12);
+        assert!((c.lr(1.0, 20, 10, 1000) - 1.0).abs() < 1e-12);
+        assert!((c.lr(1.0, 30, 10, 1000) - 0.55).abs() < 1e-12);
+        assert!((c.lr(1.0, 40, 10, 1000) - 0.1).abs() < 1e-12);
+    }
+
+    #[test]
+    fn plateau_reduces_after_patience_epochs_without_improvement() {
+        let p = cfg(ScheduleKind::Plateau); // patience 2, gamma 0.1
+        let losses = [1.0, 0.9, 0.9, 0.95, 0.91, 0.8, 0.8, 0.8, 0.8];
+        // Epochs 3-5 do not improve on 0.9: the third one triggers the first cut.
+        assert_eq!(p.plateau_reductions(&losses[..4]), 0);
+        assert_eq!(p.plateau_reductions(&losses[..5]), 1);
+        assert_eq!(p.plateau_reductions(&losses), 2);
+        assert!((p.lr_with_losses(1.0, 0, 10, 100, &losses[..5]) - 0.1).abs() < 1e-12);
+        assert_eq!(p.lr(1.0, 0, 10, 100), 1.0);
+        // A tiny "improvement" below the relative threshold does not count.
+        assert_eq!(p.plateau_reductions(&[1.0, 0.99999, 0.99999, 0.99999]), 1);
     }
 
     #[test]

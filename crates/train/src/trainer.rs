@@ -22,15 +22,17 @@ use crate::checkpoint::{
     FORMAT_VERSION,
 };
 use crate::eval::{batch_tensor, evaluate};
+use crate::finetune::take_head_grads;
 use crate::loss::{smoothed_targets, soft_cross_entropy, targets_tensor};
 use crate::metrics::{argmax, EvalCounts, EvalReport};
+use crate::mix::{mix_images, mixed_targets};
 use crate::parallel::{broadcast_model, sync_batchnorm, sync_gradients_with, GradSync};
 use crate::records::CheckpointInfo;
 use crate::records::{
     EpochCounts, EpochRecord, EvalSummary, StepStats, StepTiming, TrainObserver, TrainState,
     TrainSummary,
 };
-use crate::{param_hash, AnyOptimizer, TrainConfig, TrainError};
+use crate::{param_hash, AnyOptimizer, ScheduleKind, TrainConfig, TrainError};
 
 /// A model, its optimizer and data, and the state that says where training is.
 pub struct Trainer<B: AutodiffBackend> {
@@ -133,7 +135,19 @@ impl<B: AutodiffBackend> Trainer<B> {
             let _ = param_hash(&model);
             model
         };
-        let model = model.set_frozen_batchnorm(cfg.freeze_bn);
+        let mut model = model;
+        if let Some(file) = &cfg.finetune.pretrained {
+            let report = resnet_model::import_backbone(&mut model, file)
+                .map_err(|e| TrainError::Config(format!("finetune.pretrained: {e}")))?;
+            tracing::info!(
+                file = %file.display(),
+                tensors = report.applied,
+                "loaded pretrained backbone; the classifier starts fresh"
+            );
+        }
+        let model = cfg
+            .finetune
+            .freeze_batchnorm(model.set_frozen_batchnorm(cfg.freeze_bn));
         let optim = cfg.optim.init::<B>();
         let state = TrainState {
             format_version: FORMAT_VERSION,
@@ -162,7 +176,10 @@ impl<B: AutodiffBackend> Trainer<B> {
         state.config.validate()?;
         check_classes(&state.config, &splits)?;
         let (model, _) = load_model::<B>(dir, &device)?;
-        let model = model.set_frozen_batchnorm(state.config.freeze_bn);
+        let model = state
+            .config
+            .finetune
+            .freeze_batchnorm(model.set_frozen_batchnorm(state.config.freeze_bn));
         let optim = state
             .config
             .optim
@@ -292,7 +309,6 @@ impl<B: AutodiffBackend> Trainer<B> {
             let sync = self.peers().expect("checked above");
             self.model = Some(broadcast_model(model, sync.as_mut(), 0)?);
         }
-        let lr_at = |step: usize| cfg.schedule.lr(cfg.optim.lr, step, spe, total);
         obs.on_start(spe, limit, self.state.global_step);
         let loader_cfg = LoaderConfig {
             batch_size: cfg.batch_size,
@@ -319,9 +335,8 @@ impl<B: AutodiffBackend> Trainer<B> {
             let mut waited = Instant::now();
             for batch in loader {
                 let data = waited.elapsed().as_secs_f64();
-                let lr = lr_at(self.state.global_step);
-                let (loss, correct, mut timing) =
-                    self.train_step(&batch, lr, cfg.label_smoothing)?;
+                let lr = self.lr_at(self.state.global_step, spe, total);
+                let (loss, correct, mut timing) = self.train_step(&batch, lr)?;
                 timing.data = data;
                 let s = &mut self.state;
                 s.global_step += 1;
@@ -357,15 +372,16 @@ impl<B: AutodiffBackend> Trainer<B> {
             if self.state.batch_in_epoch < spe {
                 break; // stopped by max_steps inside the epoch
             }
-            self.finish_epoch(&cfg, lr_at(self.state.global_step.saturating_sub(1)), obs)?;
+            let lr = self.lr_at(self.state.global_step.saturating_sub(1), spe, total);
+            self.finish_epoch(&cfg, lr, obs)?;
         }
         self.sync_replicas()?;
         let final_eval = if self.parallel.is_some() {
             // Each rank holds a slice of the evaluation and the coordinator sums the counts; a run
             // that stopped inside an epoch reports that partial epoch with its evaluation.
             if self.state.batch_in_epoch > 0 || self.state.history.is_empty() {
-                let counts =
-                    self.epoch_counts(false, lr_at(self.state.global_step.saturating_sub(1)));
+                let lr = self.lr_at(self.state.global_step.saturating_sub(1), spe, total);
+                let counts = self.epoch_counts(false, lr);
                 obs.on_epoch_counts(&counts);
             }
             None
@@ -460,8 +476,13 @@ impl<B: AutodiffBackend> Trainer<B> {
         obs: &mut dyn TrainObserver,
     ) -> Result<(), TrainError> {
         self.sync_replicas()?;
+        let mut val_loss = None;
         let test = if self.parallel.is_some() {
-            obs.on_epoch_counts(&self.epoch_counts(true, lr));
+            let counts = self.epoch_counts(true, lr);
+            obs.on_epoch_counts(&counts);
+            if cfg.schedule.kind == ScheduleKind::Plateau {
+                val_loss = self.group_val_loss(counts.eval.as_ref())?;
+            }
             None // only the coordinator sees the whole evaluation
         } else if cfg.eval_each_epoch {
             self.evaluate_test().map(|r| EvalSummary::from(&r))
@@ -476,6 +497,7 @@ impl<B: AutodiffBackend> Trainer<B> {
             train_accuracy: s.epoch_correct as f64 / s.epoch_seen.max(1) as f64,
             lr,
             test,
+            val_loss,
             seconds: s.epoch_seconds,
             images_per_sec: s.epoch_seen as f64 / s.epoch_seconds.max(1e-9),
         };
@@ -500,23 +522,68 @@ impl<B: AutodiffBackend> Trainer<B> {
         Ok(())
     }
 
+    /// The scheduled LR at `step` (plateau reads the epochs recorded so far).
+    fn lr_at(&self, step: usize, spe: usize, total: usize) -> f64 {
+        let cfg = &self.state.config;
+        let losses: Vec<f64> = self
+            .state
+            .history
+            .iter()
+            .map(EpochRecord::watched_loss)
+            .collect();
+        cfg.schedule
+            .lr_with_losses(cfg.optim.lr, step, spe, total, &losses)
+    }
+
+    /// Mean validation loss over the whole test split from every rank's slice (data parallel).
+    fn group_val_loss(&mut self, eval: Option<&EvalCounts>) -> Result<Option<f64>, TrainError> {
+        let Some(sync) = self.parallel.as_mut().filter(|p| p.world() > 1) else {
+            return Ok(eval.map(|e| e.loss_sum / e.total().max(1) as f64));
+        };
+        let (sum, n) = eval.map_or((0.0, 0.0), |e| (e.loss_sum, e.total() as f64));
+        // Means of (sum, count) over the ranks; their ratio is the global mean loss.
+        let mut buf = [sum as f32, n as f32];
+        sync.all_reduce_mean(&mut buf)
+            .map_err(TrainError::Collective)?;
+        Ok((buf[1] > 0.0).then(|| buf[0] as f64 / buf[1] as f64))
+    }
+
     fn train_step(
         &mut self,
         batch: &Batch,
         lr: f64,
-        smoothing: f64,
     ) -> Result<(f64, usize, StepTiming), TrainError> {
         let k = self.train.classes.len();
         let t0 = Instant::now();
         let model = self.model.take().expect("model present between steps");
-        let x = batch_tensor::<B>(batch, &self.device);
-        let targets = targets_tensor::<B>(
-            smoothed_targets(&batch.labels, k, smoothing),
-            batch.n,
-            k,
-            &self.device,
+        let cfg = &self.state.config;
+        let draw = cfg.mix.draw(
+            cfg.seed,
+            self.state.global_step as u64,
+            self.rank_world().0 as u64,
+            batch.h,
+            batch.w,
         );
-        let logits = model.forward(x);
+        let (x, targets) = match draw {
+            None => (
+                batch_tensor::<B>(batch, &self.device),
+                smoothed_targets(&batch.labels, k, cfg.label_smoothing),
+            ),
+            Some(d) => {
+                let mut mixed = batch.clone();
+                mix_images(&d, &mut mixed.images, batch.n, batch.h, batch.w);
+                let t = mixed_targets(&batch.labels, k, cfg.label_smoothing, d.lam);
+                (batch_tensor::<B>(&mixed, &self.device), t)
+            }
+        };
+        let targets = targets_tensor::<B>(targets, batch.n, k, &self.device);
+        let logits = match dropout_mask::<B>(&self.state, self.rank_world().0, batch.n, &model) {
+            // Burn's Dropout draws from the backend's process-wide RNG, which a resumed run (or
+            // a replica thread next to others) cannot reproduce; this mask is a function of
+            // (seed, step, rank).
+            Some(mask) => model.fc.forward(model.features(x) * mask),
+            None => model.forward(x),
+        };
         let loss = soft_cross_entropy(logits.clone(), targets);
         let loss_value: f32 = loss.clone().into_scalar().elem();
         let host: Vec<f32> = logits
@@ -554,7 +621,16 @@ impl<B: AutodiffBackend> Trainer<B> {
             }
         }
         let t3 = Instant::now();
-        self.model = Some(self.optim.step(lr, model, grads));
+        let ft = &self.state.config.finetune;
+        ft.drop_frozen(&model, &mut grads);
+        let model = if ft.splits_head() {
+            let head = take_head_grads(&model, &mut grads);
+            let model = self.optim.step(lr * ft.backbone_lr_scale, model, grads);
+            self.optim.step(lr, model, head)
+        } else {
+            self.optim.step(lr, model, grads)
+        };
+        self.model = Some(model);
         let t4 = Instant::now();
         let timing = StepTiming {
             data: 0.0,
@@ -650,6 +726,35 @@ impl<B: AutodiffBackend> Trainer<B> {
         self.last_saved = Some((self.state.global_step, dir));
         Ok(())
     }
+}
+
+/// Inverted-dropout mask `[n, features]` for this step (None when dropout is off).
+fn dropout_mask<B: AutodiffBackend>(
+    state: &TrainState,
+    rank: usize,
+    n: usize,
+    model: &ResNet<B>,
+) -> Option<burn::tensor::Tensor<B, 2>> {
+    use rand::{Rng, SeedableRng};
+    let p = state.config.model.dropout;
+    if p <= 0.0 {
+        return None;
+    }
+    let dim = model.fc.weight.dims()[0];
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(
+        state.config.seed
+            ^ (state.global_step as u64).wrapping_mul(0xA076_1D64_78BD_642F)
+            ^ (rank as u64).rotate_left(40)
+            ^ 0x4452_4F50,
+    );
+    let keep = (1.0 / (1.0 - p)) as f32;
+    let mask: Vec<f32> = (0..n * dim)
+        .map(|_| if rng.random_bool(1.0 - p) { keep } else { 0.0 })
+        .collect();
+    Some(burn::tensor::Tensor::from_data(
+        burn::tensor::TensorData::new(mask, [n, dim]),
+        &model.fc.weight.device(),
+    ))
 }
 
 fn check_classes(cfg: &TrainConfig, splits: &Splits) -> Result<(), TrainError> {

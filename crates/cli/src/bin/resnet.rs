@@ -12,6 +12,8 @@ fn main() -> std::process::ExitCode {
         args::Command::Info(a) => cmd_info::run(a),
         args::Command::Bench(a) => cmd_bench::run(a),
         args::Command::Export(a) => cmd_export::run(a),
+        args::Command::Report(a) => resnet_cli::report::run(*a),
+        args::Command::Schedule(a) => resnet_cli::cmd_schedule::run(*a),
         args::Command::BenchAllreduce(a) => resnet_cli::cmd_allreduce::run(a),
     };
     resnet_cli::exit(result)
