@@ -1,18 +1,9 @@
 //! Bad input through the binary: every failure is an error that names what and where, never a panic.
 
-use std::process::Command;
+mod common;
 
-fn resnet(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_resnet"))
-        .args(args)
-        .output()
-        .expect("run resnet");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
+use common::resnet;
+use std::process::Command;
 
 fn record(label: u8) -> Vec<u8> {
     let mut r = vec![label];

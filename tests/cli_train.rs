@@ -1,21 +1,12 @@
 //! End-to-end runs of the `resnet` binary on synthetic data with tiny widths.
 
+mod common;
+
 use std::path::Path;
-use std::process::Command;
+
+use common::resnet;
 
 use serde_json::Value;
-
-fn resnet(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_resnet"))
-        .args(args)
-        .output()
-        .expect("run resnet");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
 
 fn json(stdout: &str) -> Value {
     serde_json::from_str(stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {stdout}"))

@@ -168,26 +168,25 @@ fn imagenet_head_is_replaced_and_backbone_lr_scale_zero_keeps_the_backbone() {
     assert_ne!(flat(&after.fc), flat(&before.fc), "the head trains");
 }
 
+fn rejection(c: TrainConfig) -> String {
+    let splits = c.data.load(c.seed, &mut |_, _| {}).expect("data");
+    Trainer::<B>::new(c, splits, Default::default(), None)
+        .err()
+        .expect("rejected")
+        .to_string()
+}
+
 #[test]
 fn unknown_freeze_part_and_wrong_architecture_are_clear_errors() {
     let file = fixture("parity_resnet18_cifar_w8.pth");
-    let c = cfg(&file, &["layer5"], 1.0);
-    let splits = c.data.load(c.seed, &mut |_, _| {}).expect("data");
-    let err = Trainer::<B>::new(c, splits, Default::default(), None)
-        .err()
-        .expect("rejected")
-        .to_string();
+    let err = rejection(cfg(&file, &["layer5"], 1.0));
     assert!(
         err.contains("finetune.freeze") && err.contains("layer5"),
         "{err}"
     );
     let mut c = cfg(&file, &[], 1.0);
     c.model.depth = 34;
-    let splits = c.data.load(c.seed, &mut |_, _| {}).expect("data");
-    let err = Trainer::<B>::new(c, splits, Default::default(), None)
-        .err()
-        .expect("rejected")
-        .to_string();
+    let err = rejection(c);
     assert!(
         err.contains("finetune.pretrained") && err.contains(".pth"),
         "{err}"

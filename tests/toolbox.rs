@@ -2,28 +2,12 @@
 //! stay deterministic across resume, `schedule` prints what the trainer uses, ensembles average
 //! members, `report` draws its pictures from the evaluation, `sweep` ranks reproducible trials.
 
+mod common;
+
 use std::path::Path;
-use std::process::Command;
 
+use common::{resnet, resnet_ok as ok};
 use serde_json::Value;
-
-fn resnet(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_resnet"))
-        .args(args)
-        .output()
-        .expect("run resnet");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
-fn ok(args: &[&str]) -> String {
-    let (ok, stdout, stderr) = resnet(args);
-    assert!(ok, "resnet {args:?} failed:\n{stderr}");
-    stdout
-}
 
 fn json(stdout: &str) -> Value {
     serde_json::from_str(stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {stdout}"))

@@ -26,6 +26,26 @@ pub fn spawn(bin: &str, args: &[&str]) -> Child {
         .unwrap_or_else(|e| panic!("{bin}: {e}"))
 }
 
+/// Runs `resnet` with `args`: (success, stdout, stderr).
+pub fn resnet(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_resnet"))
+        .args(args)
+        .output()
+        .expect("run resnet");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Runs `resnet` with `args`, asserts success (showing stderr otherwise), returns stdout.
+pub fn resnet_ok(args: &[&str]) -> String {
+    let (ok, stdout, stderr) = resnet(args);
+    assert!(ok, "resnet {args:?} failed:\n{stderr}");
+    stdout
+}
+
 /// Waits for `child`, asserts success (showing its stderr otherwise), returns its stdout.
 pub fn finish(child: Child, what: &str) -> String {
     let out = child.wait_with_output().expect("wait");

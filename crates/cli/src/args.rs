@@ -34,6 +34,8 @@ pub enum Command {
     Export(crate::cmd_export::ExportArgs),
     /// Draw a run's pictures: curves, confusion matrix, prediction grid, confident mistakes.
     Report(Box<crate::report::ReportArgs>),
+    /// Hyperparameter search: random search or successive halving over a declared space.
+    Sweep(Box<crate::cmd_sweep::SweepArgs>),
     /// Print the learning rate per epoch that a config's schedule produces (no training).
     Schedule(Box<crate::cmd_schedule::ScheduleArgs>),
 }

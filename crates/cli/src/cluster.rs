@@ -33,7 +33,9 @@ pub struct TlsArgs {
 
 impl TlsArgs {
     /// The loaded material for gRPC and the ring, or None without the flags.
-    fn load(&self) -> Result<Option<(resnet_proto::TlsMaterial, resnet_collective::tcp::RingTls)>> {
+    pub fn load(
+        &self,
+    ) -> Result<Option<(resnet_proto::TlsMaterial, resnet_collective::tcp::RingTls)>> {
         let (Some(c), Some(k), Some(a)) = (&self.tls_cert, &self.tls_key, &self.tls_ca) else {
             return Ok(None);
         };
@@ -108,6 +110,14 @@ pub struct CoordinatorCli {
     /// Mutual TLS.
     #[command(flatten)]
     pub tls: TlsArgs,
+    /// Run a hyperparameter sweep over the workers instead of one training job: the TOML
+    /// search space (as `resnet sweep --space`). Workers train one trial at a time; --out gets
+    /// results.csv and sweep.json; --heartbeat-timeout is the trial lease.
+    #[arg(long, value_name = "FILE")]
+    pub sweep: Option<PathBuf>,
+    /// Sweep trials, method and rungs (with --sweep).
+    #[command(flatten)]
+    pub plan: crate::cmd_sweep::SweepPlanArgs,
     /// Device selection.
     #[command(flatten)]
     pub device: DeviceArgs,
@@ -210,6 +220,13 @@ pub fn run_coordinator(a: CoordinatorCli) -> Result<()> {
 
 fn coordinate(a: &CoordinatorCli, sel: Selected) -> Result<()> {
     let (token, ring_auth) = load_token(&a.token_file)?;
+    if let Some(space) = &a.sweep {
+        anyhow::ensure!(
+            !a.local && a.resume.is_none(),
+            "--sweep runs trials on separate workers; it does not combine with --local or --resume"
+        );
+        return crate::cluster_sweep::coordinate_sweep(a, space, &a.plan, token);
+    }
     let (mut run, resume) = match &a.resume {
         Some(spec) => {
             let fixed = crate::cmd_train::fixed_by_resume_run(&a.run);
@@ -431,9 +448,42 @@ pub fn run_worker_cli(a: WorkerCli) -> Result<()> {
             tls.as_ref().map(|t| &t.0),
         )
     };
+    let worker_id = a.worker_id.clone().unwrap_or_else(default_worker_id);
+    let sweep = || {
+        resnet_proto::GrpcSweep::connect(
+            &a.coordinator,
+            timeout,
+            token.as_deref(),
+            tls.as_ref().map(|t| &t.0),
+        )
+    };
+    let mut probe = sweep()?;
+    if let Some(first) = probe.next_trial(&worker_id)? {
+        let out = a
+            .out
+            .clone()
+            .unwrap_or_else(|| std::env::temp_dir().join(format!("resnet-sweep-{worker_id}")));
+        let beats = sweep()?;
+        let n = crate::with_train_backend!(sel, |B, device| {
+            crate::cluster_sweep::sweep_worker::<B>(
+                probe,
+                beats,
+                first,
+                &worker_id,
+                &out,
+                a.data.as_ref(),
+                &device,
+            )?
+        });
+        println!(
+            "sweep finished: this worker trained {n} trial rung(s); runs in {}",
+            out.display()
+        );
+        return Ok(());
+    }
     let (mut control, beats, uploads) = (connect()?, connect()?, connect()?);
     let opts = WorkerOptions {
-        worker_id: a.worker_id.clone().unwrap_or_else(default_worker_id),
+        worker_id,
         data_dir: a.data.clone(),
         device: device_name(sel),
         collective_timeout: Duration::from_secs(a.collective_timeout),

@@ -50,7 +50,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
             let (model, state) = load_model::<B>(dir, &device)?;
             let cfg = state.config;
             if data.is_none() {
-                data = Some(load_test(&cfg, &args)?);
+                data = Some(load_test(&cfg, args.data.as_ref(), args.test_limit)?);
             }
             let (test, norm, first) = data.as_ref().context("test data loaded above")?;
             check_member(first, &cfg, dir)?;
@@ -111,17 +111,20 @@ pub fn run(args: EvalArgs) -> Result<()> {
     Ok(())
 }
 
-fn load_test(
+/// The test split named by a checkpoint's config, with `resnet eval`/`report` overrides (data
+/// directory, record limit); never downloads. Returns the config used.
+pub fn load_test(
     cfg: &resnet_train::TrainConfig,
-    args: &EvalArgs,
+    data: Option<&PathBuf>,
+    test_limit: Option<usize>,
 ) -> Result<(Arc<ImageDataset>, Normalization, resnet_train::TrainConfig)> {
     let mut cfg = cfg.clone();
-    if let Some(d) = &args.data {
+    if let Some(d) = data {
         cfg.data.dir = d.clone();
     }
     cfg.data.download = false;
-    if args.test_limit.is_some() {
-        cfg.data.test_limit = args.test_limit;
+    if test_limit.is_some() {
+        cfg.data.test_limit = test_limit;
     }
     // Only the test split is needed; keep training data small when it must be read anyway.
     cfg.data.train_limit = Some(1);

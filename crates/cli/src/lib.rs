@@ -3,12 +3,14 @@
 
 pub mod args;
 pub mod cluster;
+pub mod cluster_sweep;
 pub mod cmd_allreduce;
 pub mod cmd_bench;
 pub mod cmd_eval;
 pub mod cmd_export;
 pub mod cmd_info;
 pub mod cmd_schedule;
+pub mod cmd_sweep;
 pub mod cmd_train;
 pub mod device;
 pub mod progress;

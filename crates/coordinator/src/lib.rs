@@ -11,6 +11,7 @@ mod service;
 mod state;
 pub mod store;
 mod summary;
+pub mod sweep;
 
 pub use service::{serve, CoordinatorService};
 pub use state::{Coordinator, CoordinatorConfig, Phase, Refusal};

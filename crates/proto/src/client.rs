@@ -21,7 +21,7 @@ pub struct GrpcControlPlane {
     url: String,
 }
 
-fn status(url: &str, what: &str, s: tonic::Status) -> ControlError {
+pub(crate) fn status(url: &str, what: &str, s: tonic::Status) -> ControlError {
     ControlError(format!(
         "coordinator {url}: {what} refused: {} ({:?})",
         s.message(),
@@ -49,55 +49,60 @@ impl GrpcControlPlane {
         tls: Option<&crate::TlsMaterial>,
     ) -> Result<Self, ControlError> {
         let attach = AttachToken::new(token)?;
-        let url = &match (tls, url.strip_prefix("http://")) {
-            (Some(_), Some(rest)) => format!("https://{rest}"),
-            _ => url.to_string(),
-        };
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .map_err(|e| ControlError(format!("cannot start the gRPC runtime: {e}")))?;
-        let endpoint = Endpoint::from_shared(url.to_string())
-            .map_err(|e| {
-                ControlError(format!(
-                    "invalid coordinator address '{url}': {e} (expected e.g. http://host:50051)"
-                ))
-            })?
-            .connect_timeout(Duration::from_secs(2));
-        let endpoint = match tls {
-            Some(t) => endpoint
-                .tls_config(t.client_config())
-                .map_err(|e| ControlError(format!("TLS for {url}: {e}")))?,
-            None => endpoint,
-        };
-        let deadline = Instant::now() + timeout;
-        let mut delay = Duration::from_millis(100);
-        let mut attempts = 0;
-        loop {
-            attempts += 1;
-            match rt.block_on(endpoint.connect()) {
-                Ok(channel) => {
-                    let client = CoordinatorClient::with_interceptor(channel, attach.clone())
-                        .max_decoding_message_size(16 << 20)
-                        .max_encoding_message_size(16 << 20);
-                    return Ok(Self {
-                        rt,
-                        client,
-                        url: url.to_string(),
-                    });
-                }
-                Err(e) if Instant::now() + delay < deadline => {
-                    tracing::info!(coordinator = url, attempt = attempts, error = %e, "coordinator not reachable yet, retrying");
-                    std::thread::sleep(delay);
-                    delay = (delay * 2).min(Duration::from_secs(2));
-                }
-                Err(e) => {
-                    return Err(ControlError(format!(
-                        "cannot reach coordinator at {url} after {:.0?} ({attempts} attempts): {e}",
-                        timeout
-                    )))
-                }
+        let (rt, channel, url) = open_channel(url, timeout, tls)?;
+        let client = CoordinatorClient::with_interceptor(channel, attach)
+            .max_decoding_message_size(16 << 20)
+            .max_encoding_message_size(16 << 20);
+        Ok(Self { rt, client, url })
+    }
+}
+
+/// A runtime and a connected channel to `url`, retrying with exponential backoff (100 ms
+/// doubling to 2 s) until `timeout`; the error names the address, the attempts and the last
+/// failure. Returns the URL actually used (`https://` with TLS).
+pub(crate) fn open_channel(
+    url: &str,
+    timeout: Duration,
+    tls: Option<&crate::TlsMaterial>,
+) -> Result<(tokio::runtime::Runtime, Channel, String), ControlError> {
+    let url = match (tls, url.strip_prefix("http://")) {
+        (Some(_), Some(rest)) => format!("https://{rest}"),
+        _ => url.to_string(),
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .map_err(|e| ControlError(format!("cannot start the gRPC runtime: {e}")))?;
+    let endpoint = Endpoint::from_shared(url.clone())
+        .map_err(|e| {
+            ControlError(format!(
+                "invalid coordinator address '{url}': {e} (expected e.g. http://host:50051)"
+            ))
+        })?
+        .connect_timeout(Duration::from_secs(2));
+    let endpoint = match tls {
+        Some(t) => endpoint
+            .tls_config(t.client_config())
+            .map_err(|e| ControlError(format!("TLS for {url}: {e}")))?,
+        None => endpoint,
+    };
+    let deadline = Instant::now() + timeout;
+    let mut delay = Duration::from_millis(100);
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        match rt.block_on(endpoint.connect()) {
+            Ok(channel) => return Ok((rt, channel, url)),
+            Err(e) if Instant::now() + delay < deadline => {
+                tracing::info!(coordinator = %url, attempt = attempts, error = %e, "coordinator not reachable yet, retrying");
+                std::thread::sleep(delay);
+                delay = (delay * 2).min(Duration::from_secs(2));
+            }
+            Err(e) => {
+                return Err(ControlError(format!(
+                "cannot reach coordinator at {url} after {timeout:.0?} ({attempts} attempts): {e}"
+            )))
             }
         }
     }

@@ -6,6 +6,7 @@ pub mod auth;
 pub mod checkpoint;
 pub mod client;
 pub mod domain;
+pub mod sweep;
 pub mod tls;
 
 pub use auth::{read_token_file, AttachToken, RequireToken};
@@ -15,6 +16,7 @@ pub use domain::{
     Assignment, ControlError, ControlPlane, EpochReport, Finish, Heartbeat, HeartbeatReply,
     JoinRequest,
 };
+pub use sweep::{GrpcSweep, TrialReply};
 pub use tls::TlsMaterial;
 
 /// Generated code for `resnet_cluster.v1`.

@@ -16,6 +16,7 @@ mod optim;
 mod parallel;
 mod records;
 mod schedule;
+pub mod sweep;
 mod trainer;
 
 pub use checkpoint::{

@@ -13,6 +13,7 @@ fn main() -> std::process::ExitCode {
         args::Command::Bench(a) => cmd_bench::run(a),
         args::Command::Export(a) => cmd_export::run(a),
         args::Command::Report(a) => resnet_cli::report::run(*a),
+        args::Command::Sweep(a) => resnet_cli::cmd_sweep::run(*a),
         args::Command::Schedule(a) => resnet_cli::cmd_schedule::run(*a),
         args::Command::BenchAllreduce(a) => resnet_cli::cmd_allreduce::run(a),
     };

@@ -5,7 +5,6 @@
 pub mod draw;
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
@@ -73,22 +72,10 @@ pub fn run(args: ReportArgs) -> Result<()> {
     let ckpt = resolve_checkpoint(args.checkpoint.as_deref().unwrap_or(&args.run))?;
     let (test, logits) = crate::with_infer_backend!(sel, |B, device| {
         let (model, state) = load_model::<B>(&ckpt, &device)?;
-        let mut cfg = state.config;
-        if let Some(d) = &args.data {
-            cfg.data.dir = d.clone();
-        }
-        cfg.data.download = false;
-        if args.test_limit.is_some() {
-            cfg.data.test_limit = args.test_limit;
-        }
-        cfg.data.train_limit = Some(1);
-        let splits = cfg
-            .data
-            .load(cfg.seed, &mut |_, _| {})
-            .with_context(|| format!("loading test data from {}", cfg.data.dir.display()))?;
-        let test = Arc::new(splits.test);
+        let (test, norm, _) =
+            crate::cmd_eval::load_test(&state.config, args.data.as_ref(), args.test_limit)?;
         eprintln!("evaluating {} test images ...", test.len());
-        let logits = predict(&model, test.clone(), splits.norm, args.batch_size, &device);
+        let logits = predict(&model, test.clone(), norm, args.batch_size, &device);
         (test, logits)
     });
     if test.is_empty() {
