@@ -334,6 +334,7 @@ fn oversize_and_malformed_requests_get_precise_statuses() {
         step: 0,
         rejoin: false,
         generation: 0,
+        nccl_id: Vec::new(),
     };
     // 17 MiB: over the 16 MiB limit, refused by the transport before any handler runs.
     let e = rt

@@ -27,6 +27,14 @@ pub struct AllReduceArgs {
     /// JSON lines output.
     #[arg(long)]
     pub json: bool,
+    /// Instead: the NCCL world-size-1 check on CUDA device N (cuda builds): an in-place
+    /// all-reduce of --elems floats must leave them bit-identical; reports the first call and
+    /// the median of --repeats.
+    #[arg(long, value_name = "N")]
+    pub nccl_gpu: Option<usize>,
+    /// Floats in the NCCL check (ResNet-18's 11,181,642 parameters by default).
+    #[arg(long, default_value_t = 11_181_642)]
+    pub elems: usize,
 }
 
 #[derive(Serialize)]
@@ -129,9 +137,60 @@ fn tcp_copy_time(bytes: usize, repeats: usize) -> Result<f64> {
     Ok(median(times))
 }
 
+/// The NCCL world-size-1 check.
+#[cfg(feature = "cuda")]
+fn nccl_check(gpu: usize, elems: usize, repeats: usize, json: bool) -> Result<()> {
+    use resnet_collective::nccl::{unique_id, NcclCollective};
+    crate::device::select(&crate::args::DeviceArgs {
+        gpu: Some(gpu),
+        cpu: false,
+    })?;
+    let id = unique_id()?;
+    let mut comm = NcclCollective::new(gpu, 0, 1, &id)?;
+    let data: Vec<f32> = (0..elems)
+        .map(|i| ((i % 9973) as f32 - 4986.0) * 1e-3)
+        .collect();
+    let mut buf = data.clone();
+    let t = Instant::now();
+    comm.all_reduce_sum(&mut buf)?;
+    let first = t.elapsed().as_secs_f64();
+    let mut times = Vec::new();
+    for _ in 0..repeats {
+        let t = Instant::now();
+        comm.all_reduce_sum(&mut buf)?;
+        times.push(t.elapsed().as_secs_f64());
+    }
+    let exact = buf
+        .iter()
+        .zip(&data)
+        .all(|(a, b)| a.to_bits() == b.to_bits());
+    let med = median(times);
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({"nccl": true, "gpu": gpu, "world": 1, "elems": elems,
+                "bit_exact": exact, "first_call_s": first, "median_s": med})
+        );
+    } else {
+        println!(
+            "NCCL world 1 on cuda:{gpu}: {elems} floats, bit-exact {exact}, first call {first:.4} s, median {med:.4} s (host-staged)"
+        );
+    }
+    anyhow::ensure!(exact, "NCCL all-reduce over one rank changed the data");
+    Ok(())
+}
+
 /// Runs `resnet bench-allreduce`.
 pub fn run(a: AllReduceArgs) -> Result<()> {
     anyhow::ensure!(a.repeats > 0, "--repeats must be at least 1");
+    if let Some(gpu) = a.nccl_gpu {
+        #[cfg(feature = "cuda")]
+        return nccl_check(gpu, a.elems, a.repeats, a.json);
+        #[cfg(not(feature = "cuda"))]
+        anyhow::bail!(
+            "--nccl-gpu {gpu}: this binary was built without CUDA support; rebuild with `--features cuda`"
+        );
+    }
     for &mb in &a.mb {
         let bytes = (mb * 1e6) as usize;
         let elems = bytes / 4;

@@ -6,9 +6,11 @@
 //! the previous one): [`memory::MemoryRing`] for ranks that are threads of one process and
 //! [`tcp::TcpRing`] for ranks in different processes. Same algorithm, same chunking, same order of
 //! floating-point additions, so both give bit-identical results. NCCL (CUDA issue) implements the
-//! same [`Collective`] trait.
+//! same [`Collective`] trait ([`nccl`], feature `nccl`).
 
 pub mod memory;
+#[cfg(feature = "nccl")]
+pub mod nccl;
 pub mod ring;
 pub mod tcp;
 

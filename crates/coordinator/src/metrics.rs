@@ -48,6 +48,8 @@ pub const CHECKPOINT_LAST_SUCCESS: &str =
     "resnet_cluster_checkpoint_last_success_timestamp_seconds";
 /// Uploads that could not be stored.
 pub const CHECKPOINT_FAILURES_TOTAL: &str = "resnet_cluster_checkpoint_failures_total";
+/// Groups formed with some but not all ranks able to use NCCL (they fall back to the TCP ring).
+pub const COLLECTIVE_FALLBACKS: &str = "resnet_cluster_collective_fallbacks_total";
 /// gRPC requests: `method`, `code` (gRPC status name).
 pub const GRPC_REQUESTS_TOTAL: &str = "resnet_cluster_grpc_requests_total";
 /// Histogram of gRPC handling time by `method` (Join includes the rendezvous wait).
@@ -88,6 +90,10 @@ pub(crate) fn init(workers: usize) {
         "Test top-5 accuracy after the last epoch."
     );
     describe_gauge!(EVAL_LOSS, "Test loss after the last epoch.");
+    describe_counter!(
+        COLLECTIVE_FALLBACKS,
+        "Groups of CUDA and non-CUDA (or NCCL-less) ranks that all-reduce over the TCP ring."
+    );
     describe_counter!(
         GRPC_REQUESTS_TOTAL,
         "gRPC requests by method and status code."

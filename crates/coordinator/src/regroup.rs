@@ -206,6 +206,7 @@ impl Coordinator {
             // download it.
             resume_step: inner.members.first().map_or(0, |m| m.step),
             heal: true,
+            nccl_id: crate::state::group_nccl_id(&inner.members),
         })
     }
 
@@ -272,6 +273,7 @@ impl Coordinator {
                 worker_id: q.worker_id.clone(),
                 data_addr: q.data_addr.clone(),
                 device: q.device.clone(),
+                nccl_id: q.nccl_id.clone(),
                 last_seen: now,
                 step: q.step,
                 loss: f64::NAN,

@@ -78,12 +78,30 @@ pub(crate) struct Member {
     pub(crate) worker_id: String,
     pub(crate) data_addr: String,
     pub(crate) device: String,
+    /// The NCCL unique id this worker made when it joined (empty: none).
+    pub(crate) nccl_id: Vec<u8>,
     pub(crate) last_seen: Instant,
     pub(crate) step: u64,
     pub(crate) loss: f64,
     pub(crate) images_per_sec: f64,
     /// Heartbeat misses already counted for the current silence.
     pub(crate) misses: u64,
+}
+
+/// Rank 0's NCCL id when every member is a CUDA worker that sent one; otherwise empty (the TCP
+/// ring), counted and logged when only some members could have used NCCL.
+pub(crate) fn group_nccl_id(members: &[Member]) -> Vec<u8> {
+    let capable = |m: &Member| m.device.starts_with("cuda") && m.nccl_id.len() == 128;
+    let n = members.iter().filter(|m| capable(m)).count();
+    if n == members.len() && n > 0 {
+        return members[0].nccl_id.clone();
+    }
+    if n > 0 || members.iter().any(|m| m.device.starts_with("cuda")) {
+        let devices: Vec<&str> = members.iter().map(|m| m.device.as_str()).collect();
+        tracing::warn!(?devices, "not every rank can use NCCL (mixed devices or NCCL missing): the group all-reduces over the TCP ring");
+        metrics::counter!(crate::metrics::COLLECTIVE_FALLBACKS).increment(1);
+    }
+    Vec::new()
 }
 
 #[derive(Default)]
@@ -351,6 +369,7 @@ impl Coordinator {
                 worker_id: req.worker_id.clone(),
                 data_addr: req.data_addr.clone(),
                 device: req.device.clone(),
+                nccl_id: req.nccl_id.clone(),
                 last_seen: Instant::now(),
                 step: 0,
                 loss: f64::NAN,
@@ -409,6 +428,7 @@ impl Coordinator {
             central_checkpoints: self.store.is_some(),
             resume_step: self.resume.as_ref().map_or(0, |r| r.1),
             heal: false,
+            nccl_id: group_nccl_id(&inner.members),
         })
     }
 

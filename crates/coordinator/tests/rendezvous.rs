@@ -34,6 +34,7 @@ fn join_req(id: &str) -> JoinRequest {
         step: 0,
         rejoin: false,
         generation: 0,
+        nccl_id: Vec::new(),
     }
 }
 
@@ -78,6 +79,43 @@ fn incompatible_builds_and_bad_fields_are_refused() {
         c.members().is_empty(),
         "refused workers must not be registered"
     );
+}
+
+/// Joins `a` and `b` with the given (device, nccl id) and returns their assignments' NCCL ids.
+fn nccl_ids(a: (&str, Vec<u8>), b: (&str, Vec<u8>)) -> (Vec<u8>, Vec<u8>) {
+    let rt = rt();
+    let c = coord(2, 5000);
+    let (c1, c2) = (c.clone(), c.clone());
+    let ra = JoinRequest {
+        device: a.0.into(),
+        nccl_id: a.1,
+        ..join_req("a")
+    };
+    let rb = JoinRequest {
+        device: b.0.into(),
+        nccl_id: b.1,
+        ..join_req("b")
+    };
+    let ja = rt.spawn(async move { c1.join(ra).await });
+    std::thread::sleep(Duration::from_millis(100));
+    let jb = rt.spawn(async move { c2.join(rb).await });
+    let (x, y) = (
+        rt.block_on(ja).expect("task").expect("join a"),
+        rt.block_on(jb).expect("task").expect("join b"),
+    );
+    (x.nccl_id, y.nccl_id)
+}
+
+#[test]
+fn nccl_is_chosen_only_when_every_rank_offers_it() {
+    // Both CUDA with NCCL: everyone gets rank 0's id.
+    let (a, b) = nccl_ids(("cuda:0", vec![1; 128]), ("cuda:1", vec![2; 128]));
+    assert_eq!((a.clone(), b), (vec![1; 128], vec![1; 128]));
+    // A CPU rank (or a CUDA rank without NCCL) in the group: the TCP ring for all.
+    let (a, b) = nccl_ids(("cuda:0", vec![1; 128]), ("cpu", Vec::new()));
+    assert!(a.is_empty() && b.is_empty());
+    let (a, b) = nccl_ids(("cuda:0", vec![1; 128]), ("cuda:0", Vec::new()));
+    assert!(a.is_empty() && b.is_empty());
 }
 
 #[test]

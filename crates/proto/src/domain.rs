@@ -22,6 +22,8 @@ pub struct JoinRequest {
     pub rejoin: bool,
     /// The generation a rejoining worker was in (0 for a fresh one).
     pub generation: u64,
+    /// A fresh NCCL unique id (CUDA workers with NCCL), else empty.
+    pub nccl_id: Vec<u8>,
 }
 
 /// What the coordinator assigns once the group is complete.
@@ -43,6 +45,8 @@ pub struct Assignment {
     pub resume_step: u64,
     /// The group was re-formed around a running job: rank 0 heals the others (see the proto).
     pub heal: bool,
+    /// Rank 0's NCCL unique id when the whole group can use NCCL; empty: the TCP ring.
+    pub nccl_id: Vec<u8>,
 }
 
 /// What the coordinator answers a heartbeat.
@@ -132,6 +136,7 @@ impl From<JoinRequest> for v1::JoinRequest {
             step: r.step,
             rejoin: r.rejoin,
             generation: r.generation,
+            nccl_id: r.nccl_id,
         }
     }
 }
@@ -146,6 +151,7 @@ impl From<v1::JoinRequest> for JoinRequest {
             step: r.step,
             rejoin: r.rejoin,
             generation: r.generation,
+            nccl_id: r.nccl_id,
         }
     }
 }
@@ -160,6 +166,7 @@ impl From<Assignment> for v1::JoinResponse {
             central_checkpoints: a.central_checkpoints,
             resume_step: a.resume_step,
             heal: a.heal,
+            nccl_id: a.nccl_id,
         }
     }
 }
@@ -174,6 +181,7 @@ impl From<v1::JoinResponse> for Assignment {
             central_checkpoints: r.central_checkpoints,
             resume_step: r.resume_step,
             heal: r.heal,
+            nccl_id: r.nccl_id,
         }
     }
 }

@@ -24,12 +24,70 @@ pub(crate) enum RingSource<'a> {
     Memory(&'a Arc<Mutex<Vec<Option<MemoryRing>>>>),
 }
 
-/// Forms the ring of `a`'s generation.
+/// A fresh NCCL unique id to offer the coordinator: CUDA workers of a `nccl` build that talk to
+/// their peers over the network; empty otherwise (and when NCCL cannot be loaded, with a warning).
+pub(crate) fn fresh_nccl_id(opts: &WorkerOptions, source: &RingSource) -> Vec<u8> {
+    if !opts.device.starts_with("cuda") || !matches!(source, RingSource::Tcp(_)) {
+        return Vec::new();
+    }
+    #[cfg(feature = "nccl")]
+    match resnet_collective::nccl::unique_id() {
+        Ok(id) => return id.to_vec(),
+        Err(e) => {
+            tracing::warn!(error = %e, "NCCL is not available; this worker all-reduces over the TCP ring")
+        }
+    }
+    Vec::new()
+}
+
+#[cfg(feature = "nccl")]
+fn nccl_collective(
+    a: &Assignment,
+    opts: &WorkerOptions,
+) -> Result<(Box<dyn Collective>, Option<RingAbort>), WorkerError> {
+    let gpu: usize = opts
+        .device
+        .strip_prefix("cuda:")
+        .and_then(|n| n.parse().ok())
+        .ok_or_else(|| {
+            WorkerError::Config(format!(
+                "NCCL assigned to a non-CUDA device '{}'",
+                opts.device
+            ))
+        })?;
+    let id: [u8; resnet_collective::nccl::ID_BYTES] =
+        a.nccl_id.as_slice().try_into().map_err(|_| {
+            WorkerError::Config(format!(
+                "the coordinator sent an NCCL id of {} bytes, expected {}",
+                a.nccl_id.len(),
+                resnet_collective::nccl::ID_BYTES
+            ))
+        })?;
+    let comm = resnet_collective::nccl::NcclCollective::new(gpu, a.rank, a.world, &id)?;
+    tracing::info!(rank = a.rank, world = a.world, gpu, "all-reduce over NCCL");
+    Ok((Box::new(comm), None))
+}
+
+#[cfg(not(feature = "nccl"))]
+fn nccl_collective(
+    _a: &Assignment,
+    _opts: &WorkerOptions,
+) -> Result<(Box<dyn Collective>, Option<RingAbort>), WorkerError> {
+    Err(WorkerError::Config(
+        "the coordinator assigned NCCL, but this worker was built without it".into(),
+    ))
+}
+
+/// Forms the collective of `a`'s generation: NCCL when the coordinator sent an id (every rank
+/// is a CUDA worker with NCCL), else the ring.
 pub(crate) fn form_ring(
     source: &RingSource,
     a: &Assignment,
     opts: &WorkerOptions,
 ) -> Result<(Box<dyn Collective>, Option<RingAbort>), WorkerError> {
+    if !a.nccl_id.is_empty() {
+        return nccl_collective(a, opts);
+    }
     match source {
         RingSource::Tcp(l) => {
             let l = l

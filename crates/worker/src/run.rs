@@ -140,6 +140,7 @@ pub fn run_worker<B: AutodiffBackend>(
         step: 0,
         rejoin: false,
         generation: 0,
+        nccl_id: crate::group::fresh_nccl_id(opts, &source),
     };
     tracing::info!(worker = %opts.worker_id, data_addr = %request.data_addr, "joining");
     let mut a = control.join(request.clone())?;
@@ -253,6 +254,8 @@ pub fn run_worker<B: AutodiffBackend>(
                     step,
                     rejoin: true,
                     generation: a.generation,
+                    // NCCL ids serve one communicator: every generation gets fresh ones.
+                    nccl_id: crate::group::fresh_nccl_id(opts, &source),
                     ..request.clone()
                 };
                 a = rejoin_with_retry(&mut *obs.control, &rejoin, opts.rejoin_timeout)?;

@@ -1,0 +1,144 @@
+//! NCCL all-reduce through cudarc (the library is loaded at run time: PyTorch's pip wheels ship
+//! `libnccl.so.2` under `site-packages/nvidia/nccl/lib`). Compiled with the `nccl` feature.
+//!
+//! Rank 0 creates the unique id ([`unique_id`]); every rank builds its communicator from it on
+//! its device's primary context with a stream of its own. This first version implements the
+//! host-buffer [`Collective`] trait: each call stages the buffer on the device (one reused
+//! allocation), runs one NCCL call and copies the result back. The trainer hands over all
+//! gradients as one flat buffer, so a step is still a single NCCL call; what it costs over an
+//! on-device all-reduce is two PCIe copies of the gradients.
+
+use std::os::raw::c_char;
+use std::sync::Arc;
+
+use cudarc::driver::{CudaContext, CudaSlice, CudaStream};
+use cudarc::nccl::{Comm, Id, ReduceOp};
+
+use crate::{Collective, CollectiveError};
+
+/// Length of an NCCL unique id.
+pub const ID_BYTES: usize = 128;
+
+fn setup(what: &str, e: impl std::fmt::Debug) -> CollectiveError {
+    CollectiveError::Setup(format!("NCCL {what}: {e:?}"))
+}
+
+/// A fresh NCCL unique id (made by the rank that will be rank 0: it also starts NCCL's
+/// bootstrap listener in this process).
+pub fn unique_id() -> Result<[u8; ID_BYTES], CollectiveError> {
+    let id = Id::new().map_err(|e| setup("unique id (is libnccl.so.2 on the library path?)", e))?;
+    Ok(id.internal().map(|c| c as u8))
+}
+
+/// One rank of an NCCL communicator.
+pub struct NcclCollective {
+    comm: Comm,
+    stream: Arc<CudaStream>,
+    staging: Option<CudaSlice<f32>>,
+    rank: usize,
+    world: usize,
+}
+
+impl NcclCollective {
+    /// Joins communicator `id` as `rank` of `world` on CUDA device `gpu`. Blocks until every
+    /// rank has joined (NCCL's own rendezvous over the id's bootstrap address).
+    pub fn new(
+        gpu: usize,
+        rank: usize,
+        world: usize,
+        id: &[u8; ID_BYTES],
+    ) -> Result<Self, CollectiveError> {
+        let ctx = CudaContext::new(gpu).map_err(|e| setup(&format!("CUDA device {gpu}"), e))?;
+        let stream = ctx.new_stream().map_err(|e| setup("stream", e))?;
+        let id = Id::uninit(id.map(|b| b as c_char));
+        let comm = Comm::from_rank(stream.clone(), rank, world, id)
+            .map_err(|e| setup(&format!("communicator (rank {rank} of {world})"), e))?;
+        Ok(Self {
+            comm,
+            stream,
+            staging: None,
+            rank,
+            world,
+        })
+    }
+
+    /// The device buffer for `n` floats, holding `buf`.
+    fn stage(&mut self, buf: &[f32]) -> Result<&mut CudaSlice<f32>, CollectiveError> {
+        let fits = self.staging.as_ref().is_some_and(|s| s.len() == buf.len());
+        if !fits {
+            let s = self
+                .stream
+                .alloc_zeros::<f32>(buf.len())
+                .map_err(|e| setup("device allocation", e))?;
+            self.staging = Some(s);
+        }
+        let stream = self.stream.clone();
+        let dev = self
+            .staging
+            .as_mut()
+            .ok_or_else(|| CollectiveError::Setup("staging buffer missing".into()))?;
+        stream
+            .memcpy_htod(buf, dev)
+            .map_err(|e| setup("host-to-device copy", e))?;
+        Ok(dev)
+    }
+
+    fn unstage(&mut self, buf: &mut [f32]) -> Result<(), CollectiveError> {
+        let dev = self
+            .staging
+            .as_ref()
+            .ok_or_else(|| CollectiveError::Setup("staging buffer missing".into()))?;
+        self.stream
+            .memcpy_dtoh(dev, buf)
+            .map_err(|e| setup("device-to-host copy", e))?;
+        self.stream
+            .synchronize()
+            .map_err(|e| setup("stream synchronize", e))
+    }
+}
+
+// SAFETY: an NCCL communicator may be used from any thread, just not from two at once
+// (NCCL user guide, "Thread safety"); every operation here takes `&mut self`, so the borrow
+// checker serialises them. cudarc leaves `Comm` !Send only because it holds a raw pointer.
+#[allow(unsafe_code)]
+unsafe impl Send for NcclCollective {}
+
+impl Collective for NcclCollective {
+    fn rank(&self) -> usize {
+        self.rank
+    }
+
+    fn world(&self) -> usize {
+        self.world
+    }
+
+    fn all_reduce_sum(&mut self, buf: &mut [f32]) -> Result<(), CollectiveError> {
+        if buf.is_empty() {
+            return Ok(());
+        }
+        self.stage(buf)?;
+        let dev = self
+            .staging
+            .as_mut()
+            .ok_or_else(|| CollectiveError::Setup("staging buffer missing".into()))?;
+        self.comm
+            .all_reduce_in_place(dev, &ReduceOp::Sum)
+            .map_err(|e| setup("all-reduce", e))?;
+        self.unstage(buf)
+    }
+
+    fn broadcast(&mut self, buf: &mut [f32], root: usize) -> Result<(), CollectiveError> {
+        if buf.is_empty() {
+            return Ok(());
+        }
+        self.stage(buf)?;
+        let dev = self
+            .staging
+            .as_mut()
+            .ok_or_else(|| CollectiveError::Setup("staging buffer missing".into()))?;
+        self.comm
+            .broadcast_in_place(dev, root as i32)
+            .map_err(|e| setup("broadcast", e))?;
+        self.unstage(buf)
+    }
+}
