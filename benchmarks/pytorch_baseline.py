@@ -48,6 +48,8 @@ def main():
     p.add_argument("--num-classes", type=int, default=10)
     p.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0: leave default)")
     p.add_argument("--cuda", action="store_true")
+    p.add_argument("--amp-bf16", action="store_true", help="autocast to bfloat16 (CUDA)")
+    p.add_argument("--channels-last", action="store_true", help="NHWC memory format")
     p.add_argument("--json", action="store_true")
     a = p.parse_args()
     if a.threads:
@@ -56,6 +58,10 @@ def main():
     torch.manual_seed(0)
     model = build(a.depth, a.stem, a.num_classes, a.width).to(device)
     x = torch.randn(a.batch_size, 3, a.image_size, a.image_size, device=device)
+    if a.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
+    amp = torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=a.amp_bf16)
     y = torch.arange(a.batch_size, device=device) % a.num_classes
     times = []
     if a.mode == "train":
@@ -68,7 +74,8 @@ def main():
         for i in range(a.warmup + a.steps):
             t0 = time.perf_counter()
             opt.zero_grad(set_to_none=True)
-            loss = loss_fn(model(x), y)
+            with amp:
+                loss = loss_fn(model(x), y)
             loss.backward()
             opt.step()
             sync(device)
@@ -76,7 +83,7 @@ def main():
                 times.append(time.perf_counter() - t0)
     else:
         model.eval()
-        with torch.inference_mode():
+        with torch.inference_mode(), amp:
             for i in range(a.warmup + a.steps):
                 t0 = time.perf_counter()
                 model(x)
@@ -92,6 +99,8 @@ def main():
         "batch_size": a.batch_size,
         "threads": torch.get_num_threads(),
         "device": str(device),
+        "precision": "bf16-amp" if a.amp_bf16 else "fp32",
+        "channels_last": a.channels_last,
         "steps": a.steps,
         "median_step_s": med,
         "images_per_sec": a.batch_size / med,

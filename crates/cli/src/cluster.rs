@@ -174,6 +174,10 @@ pub struct WorkerCli {
     /// --out holds the central copy either way.
     #[arg(long, value_name = "DIR")]
     pub out: Option<PathBuf>,
+    /// Gradient all-reduce: auto (NCCL when every rank is a CUDA worker with NCCL, else the TCP
+    /// ring) or tcp (always the ring; needed for several workers on one GPU).
+    #[arg(long, default_value = "auto", value_parser = ["auto", "tcp"])]
+    pub collective: String,
     /// Device selection.
     #[command(flatten)]
     pub device: DeviceArgs,
@@ -371,6 +375,7 @@ fn run_local_workers(
                         out: None,
                         rejoin_timeout: Duration::from_secs(60),
                         ring_tls: None, // the in-memory ring never leaves the process
+                        allow_nccl: false,
                     };
                     let r = crate::with_train_backend!(sel, |B, device| run_worker::<B>(
                         &mut control,
@@ -492,6 +497,7 @@ pub fn run_worker_cli(a: WorkerCli) -> Result<()> {
         out: a.out.clone(),
         rejoin_timeout: Duration::from_secs(a.rejoin_timeout),
         ring_tls: tls.map(|t| t.1),
+        allow_nccl: a.collective == "auto",
     };
     let transport = Transport::Tcp {
         listen: a.listen.clone(),

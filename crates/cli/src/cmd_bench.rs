@@ -46,6 +46,10 @@ pub struct BenchResult {
     pub max_step_s: f64,
     /// Median seconds of forward (+loss), backward and optimizer (train mode).
     pub phases: Option<[f64; 3]>,
+    /// The first step (cold: on a GPU it includes kernel compilation and autotuning).
+    pub first_step_s: f64,
+    /// Wall time from device set-up to the last step.
+    pub total_s: f64,
 }
 
 fn median(v: &mut [f64]) -> f64 {
@@ -69,7 +73,7 @@ fn bench_train<B: AutodiffBackend>(
     cfg: &ResNetConfig,
     a: &BenchArgs,
     device: &B::Device,
-) -> Result<(Vec<f64>, [f64; 3])> {
+) -> Result<(Vec<f64>, [f64; 3], f64)> {
     B::seed(device, 0);
     let mut model = cfg.init::<B>(device)?;
     let mut optim = OptimConfig {
@@ -94,6 +98,7 @@ fn bench_train<B: AutodiffBackend>(
         device,
     );
     let (mut total, mut fwd, mut bwd, mut opt) = (vec![], vec![], vec![], vec![]);
+    let mut first = 0.0;
     for i in 0..a.warmup + a.steps {
         let t0 = Instant::now();
         let loss = soft_cross_entropy(model.forward(x.clone()), targets.clone());
@@ -105,19 +110,31 @@ fn bench_train<B: AutodiffBackend>(
         model = optim.step(0.01, model, grads);
         sync::<B>(device);
         let t3 = Instant::now();
+        if i == 0 {
+            first = (t3 - t0).as_secs_f64();
+        }
         if i >= a.warmup {
             total.push((t3 - t0).as_secs_f64());
             fwd.push((t1 - t0).as_secs_f64());
             bwd.push((t2 - t1).as_secs_f64());
             opt.push((t3 - t2).as_secs_f64());
-        }
-        if i + 1 == a.warmup {
-            eprintln!("warm-up done ({} steps)", a.warmup);
+        } else {
+            // Cold steps on a GPU compile and autotune kernels: show where that time goes.
+            eprintln!(
+                "warm-up step {}/{}: {:.3} s (forward {:.3}, backward {:.3}, optimizer {:.3})",
+                i + 1,
+                a.warmup,
+                (t3 - t0).as_secs_f64(),
+                (t1 - t0).as_secs_f64(),
+                (t2 - t1).as_secs_f64(),
+                (t3 - t2).as_secs_f64()
+            );
         }
     }
     Ok((
         total,
         [median(&mut fwd), median(&mut bwd), median(&mut opt)],
+        first,
     ))
 }
 
@@ -125,7 +142,7 @@ fn bench_eval<B: Backend>(
     cfg: &ResNetConfig,
     a: &BenchArgs,
     device: &B::Device,
-) -> Result<Vec<f64>> {
+) -> Result<(Vec<f64>, f64)> {
     B::seed(device, 0);
     let model = cfg.init::<B>(device)?;
     let s = a.image_size;
@@ -134,16 +151,19 @@ fn bench_eval<B: Backend>(
         Distribution::Normal(0.0, 1.0),
         device,
     );
-    let mut total = vec![];
+    let (mut total, mut first) = (vec![], 0.0);
     for i in 0..a.warmup + a.steps {
         let t0 = Instant::now();
         let _ = model.forward(x.clone()).into_data();
         let dt = t0.elapsed().as_secs_f64();
+        if i == 0 {
+            first = dt;
+        }
         if i >= a.warmup {
             total.push(dt);
         }
     }
-    Ok(total)
+    Ok((total, first))
 }
 
 /// Runs `resnet bench`.
@@ -158,16 +178,17 @@ pub fn run(a: BenchArgs) -> Result<()> {
         ..Default::default()
     };
     cfg.validate()?;
-    let (mut steps, phases) = if a.mode == "train" {
-        let (t, p) =
+    let started = Instant::now();
+    let (mut steps, phases, first) = if a.mode == "train" {
+        let (t, p, first) =
             crate::with_train_backend!(sel, |B, device| bench_train::<B>(&cfg, &a, &device)?);
-        (t, Some(p))
+        (t, Some(p), first)
     } else {
-        (
-            crate::with_infer_backend!(sel, |B, device| bench_eval::<B>(&cfg, &a, &device)?),
-            None,
-        )
+        let (t, first) =
+            crate::with_infer_backend!(sel, |B, device| bench_eval::<B>(&cfg, &a, &device)?);
+        (t, None, first)
     };
+    let total_s = started.elapsed().as_secs_f64();
     let min = steps.iter().copied().fold(f64::INFINITY, f64::min);
     let max = steps.iter().copied().fold(0.0, f64::max);
     let med = median(&mut steps);
@@ -188,6 +209,8 @@ pub fn run(a: BenchArgs) -> Result<()> {
         min_step_s: min,
         max_step_s: max,
         phases,
+        first_step_s: first,
+        total_s,
     };
     if a.json {
         println!("{}", serde_json::to_string(&r)?);

@@ -27,7 +27,8 @@ pub(crate) enum RingSource<'a> {
 /// A fresh NCCL unique id to offer the coordinator: CUDA workers of a `nccl` build that talk to
 /// their peers over the network; empty otherwise (and when NCCL cannot be loaded, with a warning).
 pub(crate) fn fresh_nccl_id(opts: &WorkerOptions, source: &RingSource) -> Vec<u8> {
-    if !opts.device.starts_with("cuda") || !matches!(source, RingSource::Tcp(_)) {
+    if !opts.allow_nccl || !opts.device.starts_with("cuda") || !matches!(source, RingSource::Tcp(_))
+    {
         return Vec::new();
     }
     #[cfg(feature = "nccl")]

@@ -52,6 +52,9 @@ pub struct WorkerOptions {
     pub rejoin_timeout: Duration,
     /// Mutual TLS on the gradient ring (None: plain TCP).
     pub ring_tls: Option<resnet_collective::tcp::RingTls>,
+    /// Offer NCCL to the coordinator when on CUDA (false: always the TCP ring, e.g. several
+    /// workers sharing one GPU, which NCCL refuses).
+    pub allow_nccl: bool,
 }
 
 /// What a worker reports when it is done.

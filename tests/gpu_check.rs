@@ -1,0 +1,69 @@
+//! `scripts/gpu-check.sh --cpu-dry-run`: every step of the GPU check that does not need a GPU
+//! runs here (on the CPU, tiny sizes) and lands in one valid JSON summary; the GPU-only steps
+//! are recorded as skipped, never as passed.
+
+use std::path::Path;
+use std::process::Command;
+
+#[test]
+fn gpu_check_script_runs_its_non_gpu_steps_and_writes_the_summary() {
+    let bin = Path::new(env!("CARGO_BIN_EXE_resnet"))
+        .parent()
+        .expect("bin dir")
+        .to_path_buf();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/gpu-check.sh");
+    let out = Command::new("bash")
+        .arg(&script)
+        .args(["--bin", bin.to_str().expect("utf8")])
+        .args(["--out", dir.path().to_str().expect("utf8")])
+        .arg("--cpu-dry-run")
+        .output()
+        .expect("run gpu-check.sh");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "gpu-check.sh failed:\n{stderr}");
+    let text = std::fs::read_to_string(dir.path().join("summary.json")).expect("summary");
+    let v: serde_json::Value =
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}):\n{text}"));
+    assert_eq!(v["dry_run"], true);
+    let steps = v["steps"].as_array().expect("steps");
+    let by_name = |n: &str| {
+        steps
+            .iter()
+            .find(|s| s["step"] == n)
+            .unwrap_or_else(|| panic!("step {n} missing:\n{text}"))
+    };
+    for name in [
+        "first-step-cold",
+        "first-step-again",
+        "bench-r18-cifar",
+        "bench-r50-imagenet-stem",
+        "local-1-worker",
+        "two-workers-tcp-ring",
+    ] {
+        let s = by_name(name);
+        assert_eq!(s["ok"], true, "{name}: {s}");
+    }
+    for name in [
+        "first-step-cold",
+        "bench-r18-cifar",
+        "bench-r50-imagenet-stem",
+    ] {
+        let r = &by_name(name)["result"];
+        assert!(r["images_per_sec"].as_f64().expect("images/s") > 0.0, "{r}");
+        assert!(r["first_step_s"].as_f64().expect("first step") > 0.0, "{r}");
+    }
+    assert_eq!(
+        by_name("bench-r50-imagenet-stem")["result"]["model"],
+        "resnet50"
+    );
+    for name in ["local-1-worker", "two-workers-tcp-ring"] {
+        let r = &by_name(name)["result"];
+        assert_eq!(r["replicas_identical"], true, "{name}: {r}");
+    }
+    assert_eq!(by_name("two-workers-tcp-ring")["result"]["world"], 2);
+    for name in ["nvidia-smi", "nccl-world-1", "pytorch"] {
+        let s = by_name(name);
+        assert!(s["ok"].is_null() && s["skipped"].is_string(), "{name}: {s}");
+    }
+}
