@@ -78,6 +78,11 @@ results=()
 # is JSON; records ok, exit code, seconds and the log file.
 run() {
   local name="$1" limit="$2"; shift 2
+  # One budget for the whole script (8 minutes with set-up and the summary): a hanging step
+  # cannot starve the ones after it of more than their share.
+  local left=$(( deadline - $(date +%s) ))
+  if [ "$left" -lt 15 ]; then skip "$name" "out of time (8-minute budget)"; return; fi
+  [ "$limit" -le "$left" ] || limit=$left
   echo "== $name (limit ${limit}s): $*" >&2
   local t0 t1 rc last
   t0=$(date +%s.%N)
@@ -107,6 +112,7 @@ skip() {
 }
 
 started=$(date +%s)
+deadline=$(( started + 450 ))
 if [ "$dry" = 1 ]; then
   gpu="none (CPU dry run)"
   skip nvidia-smi "CPU dry run"
@@ -115,11 +121,16 @@ else
   run nvidia-smi 20 nvidia-smi
 fi
 
-# Time to the first training step (kernel compilation and autotuning happen here), twice.
-for pass in cold again; do
-  run "first-step-$pass" 240 "$bin/resnet" bench "${dev[@]}" --depth 18 --stem cifar --width "$width" \
-    --batch-size "$batch" --warmup 1 --steps 1 --json
-done
+# Time to the first training step (kernel compilation and autotuning happen here): cold with
+# cubecl's compile/autotune log, again (cubecl's autotune cache persists in ~/.cache/cubecl when
+# no Cargo.toml is above the working directory), and with autotuning at its minimum.
+first_step() {
+  run "$1" "$2" env "${@:3}" "$bin/resnet" bench "${dev[@]}" --depth 18 --stem cifar \
+    --width "$width" --batch-size "$batch" --warmup 1 --steps 1 --json
+}
+first_step first-step-cold 150 CUBECL_DEBUG_LOG="$logs/cubecl-cold.log"
+first_step first-step-again 90 RESNET_GPU_CHECK=1
+first_step first-step-autotune-minimal 90 CUBECL_AUTOTUNE_LEVEL=minimal
 run bench-r18-cifar 150 "$bin/resnet" bench "${dev[@]}" --depth 18 --stem cifar --width "$width" \
   --batch-size "$batch" --warmup 2 --steps "$steps" --json
 run bench-r50-imagenet-stem 150 "$bin/resnet" bench "${dev[@]}" --depth 50 --stem imagenet \

@@ -36,6 +36,7 @@ fn gpu_check_script_runs_its_non_gpu_steps_and_writes_the_summary() {
     for name in [
         "first-step-cold",
         "first-step-again",
+        "first-step-autotune-minimal",
         "bench-r18-cifar",
         "bench-r50-imagenet-stem",
         "local-1-worker",
