@@ -83,6 +83,29 @@ impl NcclCollective {
         Ok(dev)
     }
 
+    /// Copies `buf` to the device, runs `op` there, copies the result back.
+    fn staged(
+        &mut self,
+        buf: &mut [f32],
+        what: &str,
+        op: impl FnOnce(
+            &Comm,
+            &mut CudaSlice<f32>,
+        )
+            -> Result<cudarc::nccl::result::NcclStatus, cudarc::nccl::result::NcclError>,
+    ) -> Result<(), CollectiveError> {
+        if buf.is_empty() {
+            return Ok(());
+        }
+        self.stage(buf)?;
+        let dev = self
+            .staging
+            .as_mut()
+            .ok_or_else(|| CollectiveError::Setup("staging buffer missing".into()))?;
+        op(&self.comm, dev).map_err(|e| setup(what, e))?;
+        self.unstage(buf)
+    }
+
     fn unstage(&mut self, buf: &mut [f32]) -> Result<(), CollectiveError> {
         let dev = self
             .staging
@@ -113,32 +136,14 @@ impl Collective for NcclCollective {
     }
 
     fn all_reduce_sum(&mut self, buf: &mut [f32]) -> Result<(), CollectiveError> {
-        if buf.is_empty() {
-            return Ok(());
-        }
-        self.stage(buf)?;
-        let dev = self
-            .staging
-            .as_mut()
-            .ok_or_else(|| CollectiveError::Setup("staging buffer missing".into()))?;
-        self.comm
-            .all_reduce_in_place(dev, &ReduceOp::Sum)
-            .map_err(|e| setup("all-reduce", e))?;
-        self.unstage(buf)
+        self.staged(buf, "all-reduce", |comm, dev| {
+            comm.all_reduce_in_place(dev, &ReduceOp::Sum)
+        })
     }
 
     fn broadcast(&mut self, buf: &mut [f32], root: usize) -> Result<(), CollectiveError> {
-        if buf.is_empty() {
-            return Ok(());
-        }
-        self.stage(buf)?;
-        let dev = self
-            .staging
-            .as_mut()
-            .ok_or_else(|| CollectiveError::Setup("staging buffer missing".into()))?;
-        self.comm
-            .broadcast_in_place(dev, root as i32)
-            .map_err(|e| setup("broadcast", e))?;
-        self.unstage(buf)
+        self.staged(buf, "broadcast", |comm, dev| {
+            comm.broadcast_in_place(dev, root as i32)
+        })
     }
 }
