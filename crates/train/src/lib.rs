@@ -6,6 +6,7 @@
 
 pub mod checkpoint;
 mod config;
+mod dropout;
 mod eval;
 mod finetune;
 mod hash;

@@ -577,7 +577,12 @@ impl<B: AutodiffBackend> Trainer<B> {
             }
         };
         let targets = targets_tensor::<B>(targets, batch.n, k, &self.device);
-        let logits = match dropout_mask::<B>(&self.state, self.rank_world().0, batch.n, &model) {
+        let logits = match crate::dropout::dropout_mask::<B>(
+            &self.state,
+            self.rank_world().0,
+            batch.n,
+            &model,
+        ) {
             // Burn's Dropout draws from the backend's process-wide RNG, which a resumed run (or
             // a replica thread next to others) cannot reproduce; this mask is a function of
             // (seed, step, rank).
@@ -726,35 +731,6 @@ impl<B: AutodiffBackend> Trainer<B> {
         self.last_saved = Some((self.state.global_step, dir));
         Ok(())
     }
-}
-
-/// Inverted-dropout mask `[n, features]` for this step (None when dropout is off).
-fn dropout_mask<B: AutodiffBackend>(
-    state: &TrainState,
-    rank: usize,
-    n: usize,
-    model: &ResNet<B>,
-) -> Option<burn::tensor::Tensor<B, 2>> {
-    use rand::{Rng, SeedableRng};
-    let p = state.config.model.dropout;
-    if p <= 0.0 {
-        return None;
-    }
-    let dim = model.fc.weight.dims()[0];
-    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(
-        state.config.seed
-            ^ (state.global_step as u64).wrapping_mul(0xA076_1D64_78BD_642F)
-            ^ (rank as u64).rotate_left(40)
-            ^ 0x4452_4F50,
-    );
-    let keep = (1.0 / (1.0 - p)) as f32;
-    let mask: Vec<f32> = (0..n * dim)
-        .map(|_| if rng.random_bool(1.0 - p) { keep } else { 0.0 })
-        .collect();
-    Some(burn::tensor::Tensor::from_data(
-        burn::tensor::TensorData::new(mask, [n, dim]),
-        &model.fc.weight.device(),
-    ))
 }
 
 fn check_classes(cfg: &TrainConfig, splits: &Splits) -> Result<(), TrainError> {
