@@ -235,4 +235,29 @@ fn report_draws_pngs_from_the_evaluation() {
     assert!(listed.lines().count() == files + 1, "{listed}");
     let (good, _, err) = resnet(&["report", "--run", dir.path().to_str().expect("utf8")]);
     assert!(!good && err.contains("metrics.jsonl"), "{err}");
+    // A cluster run directory (the coordinator's metrics.jsonl and central checkpoints) works too.
+    let cluster = dir.path().join("cluster");
+    let status = std::process::Command::new(env!("CARGO_BIN_EXE_coordinator"))
+        .args([
+            "--local",
+            "--workers",
+            "2",
+            "--width",
+            "4",
+            "--batch-size",
+            "16",
+        ])
+        .args(["--train-limit", "96", "--test-limit", "40", "--epochs", "2"])
+        .args(["--out", cluster.to_str().expect("utf8")])
+        .output()
+        .expect("coordinator");
+    assert!(
+        status.status.success(),
+        "{}",
+        String::from_utf8_lossy(&status.stderr)
+    );
+    ok(&["report", "--run", cluster.to_str().expect("utf8")]);
+    let summary = json(&std::fs::read_to_string(cluster.join("report/report.json")).expect("json"));
+    assert_eq!(summary["epochs"], 2);
+    assert_eq!(summary["eval"]["samples"], 40);
 }
