@@ -34,8 +34,10 @@ const RUN: &[&str] = &[
     "960",
     "--test-limit",
     "64",
+    // Long enough after the kill at step 25 for the workers to notice the restart while
+    // training (faster CPUs finish 3 epochs within the detection window).
     "--epochs",
-    "3",
+    "6",
     "--seed",
     "3",
     "--checkpoint-steps",
@@ -182,8 +184,10 @@ const RESTART_RUN: &[&str] = &[
     "960",
     "--test-limit",
     "64",
+    // Long enough after the kill at step 25 for the workers to notice the restart while
+    // training (faster CPUs finish 3 epochs within the detection window).
     "--epochs",
-    "3",
+    "6",
     "--seed",
     "3",
     "--checkpoint-steps",
@@ -275,7 +279,7 @@ fn a_killed_coordinator_restarted_with_resume_latest_takes_the_workers_back() {
         resumed.is_multiple_of(10) && resumed >= killed_at / 10 * 10 && resumed <= killed_at + 10,
         "killed at step {killed_at} or a little later, resumed at {resumed}"
     );
-    assert_eq!(s["steps"], 90);
+    assert_eq!(s["steps"], 180);
     assert_eq!(s["replicas_identical"], true);
     assert_eq!(
         s["param_hashes"][0], calm["param_hashes"][0],

@@ -187,9 +187,14 @@ pub(crate) fn spawn_heartbeats(
             };
             let reply = hb.heartbeat(beat);
             // Unreachable, or answered by a coordinator that does not know this worker (it was
-            // restarted): either way this worker must rejoin.
+            // restarted): either way this worker must rejoin. An unknown-worker answer is
+            // definite, so it does not wait out the retries meant for a flaky network (a short
+            // run could otherwise end before the worker notices and lose its last reports).
             failures = match &reply {
-                Err(e) if unreachable(e) || e.0.contains("(NotFound)") => failures + 1,
+                Err(e) if e.0.contains("(NotFound)") => {
+                    failures.max(COORDINATOR_LOST_AFTER - 1) + 1
+                }
+                Err(e) if unreachable(e) => failures + 1,
                 _ => 0,
             };
             if failures == COORDINATOR_LOST_AFTER {
