@@ -525,12 +525,16 @@ impl<B: AutodiffBackend> Trainer<B> {
     /// The scheduled LR at `step` (plateau reads the epochs recorded so far).
     fn lr_at(&self, step: usize, spe: usize, total: usize) -> f64 {
         let cfg = &self.state.config;
-        let losses: Vec<f64> = self
-            .state
-            .history
-            .iter()
-            .map(EpochRecord::watched_loss)
-            .collect();
+        // Only plateau reads the history; other schedules skip the per-step collection.
+        let losses: Vec<f64> = if cfg.schedule.kind == ScheduleKind::Plateau {
+            self.state
+                .history
+                .iter()
+                .map(EpochRecord::watched_loss)
+                .collect()
+        } else {
+            Vec::new()
+        };
         cfg.schedule
             .lr_with_losses(cfg.optim.lr, step, spe, total, &losses)
     }
