@@ -82,10 +82,37 @@ impl<B: Backend> BatchNorm2d<B> {
     /// On an autodiff backend (training) it uses the batch statistics and updates the running ones;
     /// otherwise (evaluation) it uses the running statistics.
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
-        if B::ad_enabled(&x.device()) && !self.frozen_stats {
+        self.forward_act(x, false)
+    }
+
+    /// `relu(self.forward(x))`, fused into the same pass on the CPU.
+    pub fn forward_relu(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
+        self.forward_act(x, true)
+    }
+
+    fn forward_act(&self, x: Tensor<B, 4>, relu: bool) -> Tensor<B, 4> {
+        let train = B::ad_enabled(&x.device()) && !self.frozen_stats;
+        if train && crate::bn::handles(&x, true) {
+            let [n, _, h, w] = x.dims();
+            let (y, mean, var) =
+                crate::bn::train(x, self.weight.val(), self.bias.val(), self.eps, relu);
+            self.update_running(mean, var, n * h * w);
+            return y;
+        }
+        if !train && crate::bn::handles(&x, false) {
+            let (mean, var) = self.running_stats();
+            let params = [self.weight.val(), self.bias.val(), mean, var];
+            return crate::bn::eval(x, params, self.eps, relu);
+        }
+        let y = if train {
             self.forward_train(x)
         } else {
             self.forward_eval(x)
+        };
+        if relu {
+            burn::tensor::activation::relu(y)
+        } else {
+            y
         }
     }
 
@@ -140,5 +167,98 @@ impl<B: Backend> BatchNorm2d<B> {
         let per_row = |t: Tensor<B, 1>| t.reshape([1, c]).repeat_dim(0, n).reshape([n * c, 1]);
         let y = x.reshape([n * c, h * w]) * per_row(scale) + per_row(shift);
         y.reshape([n, c, h, w])
+    }
+}
+
+#[cfg(test)]
+mod fused_tests {
+    //! The fused CPU BatchNorm (+ReLU) against this module's generic Burn composition.
+    use super::BatchNorm2d;
+    use burn::backend::{Autodiff, Flex};
+    use burn::module::{AutodiffModule, Param};
+    use burn::tensor::{activation::relu, Tensor, TensorData};
+
+    type B = Autodiff<Flex>;
+
+    fn data(shape: [usize; 4], seed: u32, offset: f32) -> TensorData {
+        let n: usize = shape.iter().product();
+        let v = (0..n)
+            .map(|i| {
+                let h = (i as u32).wrapping_mul(2654435761).wrapping_add(seed * 97);
+                (h % 1000) as f32 / 250.0 - 2.0 + offset
+            })
+            .collect::<Vec<_>>();
+        TensorData::new(v, shape)
+    }
+
+    fn vec<const D: usize>(t: Tensor<impl burn::tensor::backend::Backend, D>) -> Vec<f32> {
+        t.into_data().to_vec::<f32>().expect("f32")
+    }
+
+    fn close(what: &str, a: &[f32], b: &[f32]) {
+        assert_eq!(a.len(), b.len(), "{what}");
+        for (i, (x, y)) in a.iter().zip(b).enumerate() {
+            assert!(
+                (x - y).abs() <= 1e-4 * (1.0 + y.abs()),
+                "{what}[{i}]: fused {x}, burn {y}"
+            );
+        }
+    }
+
+    #[test]
+    fn fused_batchnorm_relu_matches_the_generic_composition() {
+        let device = Default::default();
+        let shape = [3, 5, 4, 6];
+        for relu_after in [false, true] {
+            let mut bn = BatchNorm2d::<B>::new(5, 0.1, 1e-5, false, &device);
+            bn.weight = Param::from_tensor(Tensor::from_data(
+                TensorData::new(vec![0.5f32, 1.5, -1.0, 2.0, 0.1], [5]),
+                &device,
+            ));
+            bn.bias = Param::from_tensor(Tensor::from_data(
+                TensorData::new(vec![0.1f32, -0.2, 0.3, 0.0, 1.0], [5]),
+                &device,
+            ));
+            let reference = bn.clone();
+            let x = Tensor::<B, 4>::from_data(data(shape, 1, 3.0), &device).require_grad();
+            let r = Tensor::<B, 4>::from_data(data(shape, 2, 0.0), &device);
+
+            let y = bn.forward_act(x.clone(), relu_after);
+            let g = (y.clone() * r.clone()).sum().backward();
+            let y_ref = reference.forward_train(x.clone());
+            let y_ref = if relu_after { relu(y_ref) } else { y_ref };
+            let g_ref = (y_ref.clone() * r).sum().backward();
+
+            let name = format!("relu {relu_after}");
+            close(&format!("{name} y"), &vec(y), &vec(y_ref));
+            let grad = |t: &Tensor<B, 1>, g| vec(t.grad(g).expect("grad"));
+            close(
+                &format!("{name} dx"),
+                &vec(x.grad(&g).expect("dx")),
+                &vec(x.grad(&g_ref).expect("dx")),
+            );
+            close(
+                &format!("{name} dgamma"),
+                &grad(&bn.weight.val(), &g),
+                &grad(&reference.weight.val(), &g_ref),
+            );
+            close(
+                &format!("{name} dbeta"),
+                &grad(&bn.bias.val(), &g),
+                &grad(&reference.bias.val(), &g_ref),
+            );
+            let (m, v) = bn.running_stats();
+            let (m_ref, v_ref) = reference.running_stats();
+            close(&format!("{name} running mean"), &vec(m), &vec(m_ref));
+            close(&format!("{name} running var"), &vec(v), &vec(v_ref));
+
+            // Evaluation on the inner backend: one fused pass with the running statistics.
+            let eval: BatchNorm2d<Flex> = bn.valid();
+            let xe = Tensor::<Flex, 4>::from_data(data(shape, 3, 1.0), &device);
+            let ye = eval.forward_act(xe.clone(), relu_after);
+            let ye_ref = eval.forward_eval(xe);
+            let ye_ref = if relu_after { relu(ye_ref) } else { ye_ref };
+            close(&format!("{name} eval y"), &vec(ye), &vec(ye_ref));
+        }
     }
 }

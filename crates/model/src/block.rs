@@ -112,14 +112,19 @@ impl<B: Backend> Block<B> {
     /// `x: [N, C_in, H, W]` -> `[N, C_out, H / stride, W / stride]`.
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
         let identity = match &self.downsample {
-            Some(d) => d.bn.forward(d.conv.forward(x.clone())),
+            Some(d) => d.bn.forward(crate::conv::forward(&d.conv, x.clone())),
             None => x.clone(),
         };
-        let out = relu(self.bn1.forward(self.conv1.forward(x)));
-        let mut out = self.bn2.forward(self.conv2.forward(out));
-        if let (Some(conv3), Some(bn3)) = (&self.conv3, &self.bn3) {
-            out = bn3.forward(conv3.forward(relu(out)));
-        }
+        let out = self.bn1.forward_relu(crate::conv::forward(&self.conv1, x));
+        let out = match (&self.conv3, &self.bn3) {
+            (Some(conv3), Some(bn3)) => {
+                let out = self
+                    .bn2
+                    .forward_relu(crate::conv::forward(&self.conv2, out));
+                bn3.forward(crate::conv::forward(conv3, out))
+            }
+            _ => self.bn2.forward(crate::conv::forward(&self.conv2, out)),
+        };
         relu(out + identity)
     }
 

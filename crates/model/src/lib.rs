@@ -10,7 +10,9 @@
 
 mod batchnorm;
 mod block;
+pub mod bn;
 mod config;
+pub mod conv;
 mod resnet;
 mod shapes;
 mod weights;

@@ -4,7 +4,7 @@ use burn::module::Module;
 use burn::nn::conv::Conv2d;
 use burn::nn::pool::{MaxPool2d, MaxPool2dConfig};
 use burn::nn::{Dropout, DropoutConfig, Linear, LinearConfig, PaddingConfig2d};
-use burn::tensor::{activation::relu, backend::Backend, Tensor};
+use burn::tensor::{backend::Backend, Tensor};
 
 use crate::batchnorm::BatchNorm2d;
 use crate::block::{bn, conv, Block};
@@ -102,7 +102,7 @@ impl<B: Backend> ResNet<B> {
     }
 
     fn stem(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
-        let x = relu(self.bn1.forward(self.conv1.forward(x)));
+        let x = self.bn1.forward_relu(crate::conv::forward(&self.conv1, x));
         match &self.maxpool {
             Some(pool) => pool.forward(x),
             None => x,

@@ -1,0 +1,173 @@
+//! BatchNorm (+ optional ReLU) on plain NCHW f32 slices: statistics, normalisation and the
+//! backward pass in two memory passes each, parallel over channels / planes.
+
+use rayon::prelude::*;
+
+/// `[N, C, H·W]`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BnGeom {
+    /// Images.
+    pub n: usize,
+    /// Channels.
+    pub c: usize,
+    /// Pixels per plane.
+    pub hw: usize,
+}
+
+impl BnGeom {
+    fn len(&self) -> usize {
+        self.n * self.c * self.hw
+    }
+
+    /// The `hw`-long planes of channel `ch`, one per image.
+    fn planes<'a>(&self, t: &'a [f32], ch: usize) -> impl Iterator<Item = &'a [f32]> + 'a {
+        let (c, hw) = (self.c, self.hw);
+        (0..self.n).map(move |i| &t[(i * c + ch) * hw..][..hw])
+    }
+}
+
+/// Per-channel mean and biased variance, accumulated in f64.
+pub fn stats(g: &BnGeom, x: &[f32]) -> (Vec<f32>, Vec<f32>) {
+    assert_eq!(x.len(), g.len(), "batchnorm input length");
+    let count = (g.n * g.hw).max(1) as f64;
+    (0..g.c)
+        .into_par_iter()
+        .map(|ch| {
+            let (mut s, mut ss) = (0.0f64, 0.0f64);
+            for plane in g.planes(x, ch) {
+                // f32 partial sums per plane (at most a few thousand values), f64 across planes.
+                let (ps, pss) = lane_sums(plane, plane, |x, _| (x, x * x));
+                s += ps as f64;
+                ss += pss as f64;
+            }
+            let mean = s / count;
+            ((mean) as f32, (ss / count - mean * mean).max(0.0) as f32)
+        })
+        .unzip()
+}
+
+/// `y = x · scale[c] + shift[c]`, then `max(y, 0)` when `relu`.
+pub fn scale_shift(g: &BnGeom, x: &[f32], scale: &[f32], shift: &[f32], relu: bool) -> Vec<f32> {
+    assert_eq!(x.len(), g.len(), "batchnorm input length");
+    assert!(
+        scale.len() == g.c && shift.len() == g.c,
+        "batchnorm channel count"
+    );
+    let mut y = vec![0.0f32; g.len()];
+    y.par_chunks_mut(g.hw.max(1))
+        .zip(x.par_chunks(g.hw.max(1)))
+        .enumerate()
+        .for_each(|(plane, (y, x))| {
+            let (a, b) = (scale[plane % g.c], shift[plane % g.c]);
+            if relu {
+                y.iter_mut()
+                    .zip(x)
+                    .for_each(|(y, x)| *y = (x * a + b).max(0.0));
+            } else {
+                y.iter_mut().zip(x).for_each(|(y, x)| *y = x * a + b);
+            }
+        });
+    y
+}
+
+/// `scale = gamma / sqrt(var + eps)`, `shift = beta - mean · scale`.
+pub fn fold(
+    gamma: &[f32],
+    beta: &[f32],
+    mean: &[f32],
+    var: &[f32],
+    eps: f64,
+) -> (Vec<f32>, Vec<f32>) {
+    let scale: Vec<f32> = gamma
+        .iter()
+        .zip(var)
+        .map(|(g, v)| (*g as f64 / (*v as f64 + eps).sqrt()) as f32)
+        .collect();
+    let shift = beta
+        .iter()
+        .zip(mean)
+        .zip(&scale)
+        .map(|((b, m), s)| b - m * s)
+        .collect();
+    (scale, shift)
+}
+
+/// Gradients of training-mode BatchNorm (+ ReLU) given the forward's input `x`, output `y`
+/// (for the ReLU mask), the batch mean and `invstd = 1/sqrt(var + eps)`:
+/// returns (dx, dgamma, dbeta).
+///
+/// With x̂ = (x − mean)·invstd and dŷ the output gradient (zeroed where the ReLU clipped),
+/// dbeta = Σ dŷ, dgamma = Σ dŷ·x̂ and dx = gamma·invstd·(dŷ − dbeta/M − x̂·dgamma/M).
+#[allow(clippy::too_many_arguments)]
+pub fn backward(
+    g: &BnGeom,
+    x: &[f32],
+    y: &[f32],
+    dy: &[f32],
+    gamma: &[f32],
+    mean: &[f32],
+    invstd: &[f32],
+    relu: bool,
+) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    assert!(x.len() == g.len() && y.len() == g.len() && dy.len() == g.len());
+    let grad = |y: f32, dy: f32| if relu && y <= 0.0 { 0.0 } else { dy };
+    let (dgamma, dbeta): (Vec<f32>, Vec<f32>) = (0..g.c)
+        .into_par_iter()
+        .map(|ch| {
+            let (m, is) = (mean[ch], invstd[ch]);
+            let (mut sg, mut sb) = (0.0f64, 0.0f64);
+            for ((x, y), dy) in g.planes(x, ch).zip(g.planes(y, ch)).zip(g.planes(dy, ch)) {
+                let xg: Vec<f32>;
+                let d: &[f32] = if relu {
+                    xg = y.iter().zip(dy).map(|(y, dy)| grad(*y, *dy)).collect();
+                    &xg
+                } else {
+                    dy
+                };
+                let (pg, pb) = lane_sums(x, d, |x, d| (d * (x - m) * is, d));
+                sg += pg as f64;
+                sb += pb as f64;
+            }
+            (sg as f32, sb as f32)
+        })
+        .unzip();
+    let count = (g.n * g.hw).max(1) as f32;
+    let mut dx = vec![0.0f32; g.len()];
+    dx.par_chunks_mut(g.hw.max(1))
+        .enumerate()
+        .for_each(|(plane, dx)| {
+            let ch = plane % g.c;
+            let (m, is) = (mean[ch], invstd[ch]);
+            let k = gamma[ch] * is;
+            let (db, dg) = (dbeta[ch] / count, dgamma[ch] / count);
+            let at = plane * g.hw;
+            let (x, y, dy) = (&x[at..][..g.hw], &y[at..][..g.hw], &dy[at..][..g.hw]);
+            for (i, dx) in dx.iter_mut().enumerate() {
+                let xhat = (x[i] - m) * is;
+                *dx = k * (grad(y[i], dy[i]) - db - xhat * dg);
+            }
+        });
+    (dx, dgamma, dbeta)
+}
+
+/// Σ f(x_i, y_i) over two equally long slices, as two sums kept in 16 independent lanes: a
+/// single accumulator serialises every addition on its latency and cannot be vectorised.
+fn lane_sums(x: &[f32], y: &[f32], f: impl Fn(f32, f32) -> (f32, f32)) -> (f32, f32) {
+    const LANES: usize = 16;
+    let (mut a, mut b) = ([0.0f32; LANES], [0.0f32; LANES]);
+    let (xc, yc) = (x.chunks_exact(LANES), y.chunks_exact(LANES));
+    let (xr, yr) = (xc.remainder(), yc.remainder());
+    for (xs, ys) in xc.zip(yc) {
+        for l in 0..LANES {
+            let (u, v) = f(xs[l], ys[l]);
+            a[l] += u;
+            b[l] += v;
+        }
+    }
+    for (l, (xv, yv)) in xr.iter().zip(yr).enumerate() {
+        let (u, v) = f(*xv, *yv);
+        a[l] += u;
+        b[l] += v;
+    }
+    (a.iter().sum(), b.iter().sum())
+}

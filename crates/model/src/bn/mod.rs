@@ -1,0 +1,197 @@
+//! BatchNorm (+ ReLU) for the flex CPU backend as single fused operations: training-mode
+//! forward is two passes (statistics, normalise-and-clip) and one autodiff node, the backward
+//! two passes; evaluation is one pass. Burn's composition of the same maths records about ten
+//! autodiff nodes and makes a full pass over the activation for each.
+//!
+//! Like the convolution ([`crate::conv`]), the fast path is chosen per backend type at run time
+//! and every other backend runs the generic code in `batchnorm.rs`. `RESNET_BN=burn` forces
+//! the generic code on the CPU too.
+
+pub mod kernels;
+
+use std::any::TypeId;
+use std::sync::OnceLock;
+
+use burn::backend::autodiff::checkpoint::base::Checkpointer;
+use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
+use burn::backend::autodiff::grads::Gradients;
+use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+use burn::backend::flex::FlexTensor;
+use burn::backend::{Autodiff, Flex};
+use burn::tensor::backend::Backend;
+use burn::tensor::ops::FloatTensor;
+use burn::tensor::{DType, Tensor, TensorData, TensorPrimitive};
+
+use crate::conv::cast;
+use kernels::BnGeom;
+
+type AdTensor = FloatTensor<Autodiff<Flex>>;
+
+fn fused_enabled() -> bool {
+    static ON: OnceLock<bool> = OnceLock::new();
+    *ON.get_or_init(|| std::env::var("RESNET_BN").as_deref() != Ok("burn"))
+}
+
+/// Whether `train`/`eval` below handle `x`: backend `Autodiff<Flex>` (train) or `Flex`
+/// (eval), f32, and not switched off.
+pub(crate) fn handles<B: Backend>(x: &Tensor<B, 4>, train: bool) -> bool {
+    let wanted = if train {
+        TypeId::of::<Autodiff<Flex>>()
+    } else {
+        TypeId::of::<Flex>()
+    };
+    fused_enabled() && TypeId::of::<B>() == wanted && x.dtype() == DType::F32
+}
+
+fn geom(dims: [usize; 4]) -> BnGeom {
+    BnGeom {
+        n: dims[0],
+        c: dims[1],
+        hw: dims[2] * dims[3],
+    }
+}
+
+fn values<B: Backend, const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
+    t.into_data()
+        .convert::<f32>()
+        .into_vec::<f32>()
+        .expect("f32 data after convert")
+}
+
+/// Training-mode BatchNorm (+ ReLU) on `Autodiff<Flex>`: returns the output and the batch's
+/// mean and biased variance (for the running statistics). Call only when `handles(x, true)`.
+pub(crate) fn train<B: Backend>(
+    x: Tensor<B, 4>,
+    gamma: Tensor<B, 1>,
+    beta: Tensor<B, 1>,
+    eps: f64,
+    relu: bool,
+) -> (Tensor<B, 4>, Tensor<B, 1>, Tensor<B, 1>) {
+    let device = x.device();
+    let g = geom(x.dims());
+    let prim =
+        |t: TensorPrimitive<B>| cast::<_, AdTensor>(t.tensor()).expect("B is Autodiff<Flex>");
+    let (x, gamma, beta) = (
+        prim(x.into_primitive()),
+        prim(gamma.into_primitive()),
+        prim(beta.into_primitive()),
+    );
+    let (y, mean, var) = train_ad(x, gamma, beta, g, eps, relu);
+    let y = Tensor::from_primitive(TensorPrimitive::Float(cast(y).expect("same type")));
+    let stat = |v: Vec<f32>| Tensor::<B, 1>::from_data(TensorData::new(v, [g.c]), &device);
+    (y, stat(mean), stat(var))
+}
+
+/// Evaluation-mode BatchNorm (+ ReLU) on `Flex` with the given statistics.
+pub(crate) fn eval<B: Backend>(
+    x: Tensor<B, 4>,
+    [gamma, beta, mean, var]: [Tensor<B, 1>; 4],
+    eps: f64,
+    relu: bool,
+) -> Tensor<B, 4> {
+    let g = geom(x.dims());
+    let (scale, shift) = kernels::fold(
+        &values(gamma),
+        &values(beta),
+        &values(mean),
+        &values(var),
+        eps,
+    );
+    let x = cast::<_, FlexTensor>(x.into_primitive().tensor()).expect("B is Flex");
+    let x = x.to_contiguous();
+    let y = kernels::scale_shift(&g, x.storage::<f32>(), &scale, &shift, relu);
+    let y = flex(y, [g.n, g.c, g.hw]);
+    let y = y.reshape(x.layout().shape().clone());
+    Tensor::from_primitive(TensorPrimitive::Float(cast(y).expect("same type")))
+}
+
+fn flex<const D: usize>(data: Vec<f32>, shape: [usize; D]) -> FlexTensor {
+    FlexTensor::from_data(TensorData::new(data, shape))
+}
+
+#[derive(Debug, Clone)]
+struct BnState {
+    x: FlexTensor,
+    y: FlexTensor,
+    gamma: Vec<f32>,
+    mean: Vec<f32>,
+    invstd: Vec<f32>,
+    geom: BnGeom,
+    relu: bool,
+}
+
+#[derive(Debug)]
+struct BnBackward;
+
+impl Backward<Flex, 3> for BnBackward {
+    type State = BnState;
+
+    fn backward(self, ops: Ops<BnState, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let [node_x, node_gamma, node_beta] = ops.parents;
+        let dy = grads.consume::<Flex>(&ops.node).to_contiguous();
+        let s = ops.state;
+        let (x, y) = (s.x.to_contiguous(), s.y.to_contiguous());
+        let (dx, dgamma, dbeta) = kernels::backward(
+            &s.geom,
+            x.storage::<f32>(),
+            y.storage::<f32>(),
+            dy.storage::<f32>(),
+            &s.gamma,
+            &s.mean,
+            &s.invstd,
+            s.relu,
+        );
+        let shape = x.layout().shape().clone();
+        if let Some(node) = node_x {
+            let len = dx.len();
+            grads.register::<Flex>(node.id, flex(dx, [len]).reshape(shape));
+        }
+        if let Some(node) = node_gamma {
+            grads.register::<Flex>(node.id, flex(dgamma, [s.geom.c]));
+        }
+        if let Some(node) = node_beta {
+            grads.register::<Flex>(node.id, flex(dbeta, [s.geom.c]));
+        }
+    }
+}
+
+fn train_ad(
+    x: AdTensor,
+    gamma: AdTensor,
+    beta: AdTensor,
+    g: BnGeom,
+    eps: f64,
+    relu: bool,
+) -> (AdTensor, Vec<f32>, Vec<f32>) {
+    let xc = x.primitive.to_contiguous();
+    let gamma_v = gamma.primitive.to_contiguous().storage::<f32>().to_vec();
+    let beta_v = beta.primitive.to_contiguous().storage::<f32>().to_vec();
+    let (mean, var) = kernels::stats(&g, xc.storage::<f32>());
+    let (scale, shift) = kernels::fold(&gamma_v, &beta_v, &mean, &var, eps);
+    let y = kernels::scale_shift(&g, xc.storage::<f32>(), &scale, &shift, relu);
+    let y = flex(y, [g.n, g.c, g.hw]).reshape(xc.layout().shape().clone());
+    let out = match BnBackward
+        .prepare::<NoCheckpointing>([x.node.clone(), gamma.node.clone(), beta.node.clone()])
+        .compute_bound()
+        .stateful()
+    {
+        OpsKind::Tracked(prep) => {
+            let invstd = var
+                .iter()
+                .map(|v| (1.0 / (*v as f64 + eps).sqrt()) as f32)
+                .collect();
+            let state = BnState {
+                x: xc,
+                y: y.clone(),
+                gamma: gamma_v,
+                mean: mean.clone(),
+                invstd,
+                geom: g,
+                relu,
+            };
+            prep.finish(state, y)
+        }
+        OpsKind::UnTracked(prep) => prep.finish(y),
+    };
+    (out, mean, var)
+}

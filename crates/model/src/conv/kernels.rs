@@ -1,0 +1,366 @@
+//! f32 convolution on plain NCHW slices as im2col + one large GEMM per chunk of images,
+//! for the forward pass and both gradients.
+//!
+//! Why this exists: Burn 0.21's flex backend computes the weight gradient as a convolution of
+//! the input with the output gradient used as a kernel (batch and channel axes swapped). For a
+//! 32x32 CIFAR layer that is a 32x32 kernel with a 3x3 output, i.e. GEMMs with 9 rows that
+//! re-stream the whole output gradient once per input channel. Here every pass is one GEMM
+//! whose output dimension is large:
+//!
+//! ```text
+//! forward      Y[Cout, G·P]  = W[Cout, K]   · col[K, G·P]
+//! grad input   dcol[K, G·P]  = Wᵀ[K, Cout]  · dY[Cout, G·P]     then col2im into dX
+//! grad weight  dW[Cout, K]  += dY[Cout, G·P] · colᵀ[G·P, K]
+//! ```
+//!
+//! with K = Cin·kh·kw, P = Hout·Wout and G images per chunk (about 512 columns). Chunks run in
+//! parallel on the rayon pool (the one Burn's flex backend uses); when a layer has too few
+//! chunks to occupy every thread, each chunk's GEMM is split by rows instead.
+
+use rayon::prelude::*;
+
+use super::scratch::Scratch;
+use super::sgemm::{sgemm_rows, View};
+
+/// Output columns (G·P) a chunk aims for: enough for the GEMM micro-kernels to run full
+/// tiles, small enough that the column buffer stays in cache.
+const CHUNK_COLUMNS: usize = 512;
+
+/// The shape of one 2-D convolution (groups = 1, dilation = 1).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConvGeom {
+    /// Images.
+    pub batch: usize,
+    /// Input channels.
+    pub cin: usize,
+    /// Input height and width.
+    pub in_hw: [usize; 2],
+    /// Output channels.
+    pub cout: usize,
+    /// Kernel height and width.
+    pub kernel: [usize; 2],
+    /// Stride (height, width).
+    pub stride: [usize; 2],
+    /// Zero padding before each spatial axis; the padding after is whatever the output size
+    /// implies (symmetric for the convolutions a ResNet uses).
+    pub pad: [usize; 2],
+    /// Output height and width.
+    pub out_hw: [usize; 2],
+}
+
+impl ConvGeom {
+    /// The geometry of a convolution with symmetric padding, or `None` when the kernel does
+    /// not fit the padded input.
+    pub fn new(
+        input: [usize; 4],
+        weight: [usize; 4],
+        stride: [usize; 2],
+        pad: [usize; 2],
+    ) -> Option<Self> {
+        let [batch, cin, h, w] = input;
+        let [cout, wcin, kh, kw] = weight;
+        if wcin != cin || stride.contains(&0) || kh == 0 || kw == 0 {
+            return None;
+        }
+        let out = |size: usize, k: usize, s: usize, p: usize| {
+            (size + 2 * p).checked_sub(k).map(|span| span / s + 1)
+        };
+        Some(Self {
+            batch,
+            cin,
+            in_hw: [h, w],
+            cout,
+            kernel: [kh, kw],
+            stride,
+            pad,
+            out_hw: [
+                out(h, kh, stride[0], pad[0])?,
+                out(w, kw, stride[1], pad[1])?,
+            ],
+        })
+    }
+
+    /// Rows of the column matrix: Cin·kh·kw.
+    pub fn k(&self) -> usize {
+        self.cin * self.kernel[0] * self.kernel[1]
+    }
+
+    /// Output pixels per image.
+    pub fn p(&self) -> usize {
+        self.out_hw[0] * self.out_hw[1]
+    }
+
+    fn in_len(&self) -> usize {
+        self.cin * self.in_hw[0] * self.in_hw[1]
+    }
+
+    fn out_len(&self) -> usize {
+        self.cout * self.p()
+    }
+
+    /// Multiply-adds of one forward pass (each gradient costs the same).
+    pub fn macs(&self) -> u64 {
+        (self.batch * self.cout * self.k() * self.p()) as u64
+    }
+
+    /// Images per chunk: enough for about CHUNK_COLUMNS output columns.
+    fn images_per_chunk(&self) -> usize {
+        CHUNK_COLUMNS
+            .div_ceil(self.p().max(1))
+            .clamp(1, self.batch.max(1))
+    }
+
+    /// How many parallel row blocks each chunk's GEMM uses: one when there are enough chunks
+    /// to keep every thread busy, else one per thread (small-spatial layers give few chunks).
+    fn gemm_splits(&self) -> usize {
+        let threads = rayon::current_num_threads();
+        let chunks = self.batch.div_ceil(self.images_per_chunk());
+        if chunks >= 2 * threads {
+            1
+        } else {
+            threads
+        }
+    }
+}
+
+/// Forward convolution: `x` [N, Cin, H, W], `w` [Cout, Cin, kh, kw] → [N, Cout, Ho, Wo].
+pub fn forward(g: &ConvGeom, x: &[f32], w: &[f32]) -> Vec<f32> {
+    assert_eq!(x.len(), g.batch * g.in_len(), "conv forward: input length");
+    assert_eq!(w.len(), g.cout * g.k(), "conv forward: weight length");
+    let (k, p, per) = (g.k(), g.p(), g.images_per_chunk());
+    let mut y = vec![0.0f32; g.batch * g.out_len()];
+    y.par_chunks_mut(per * g.out_len())
+        .enumerate()
+        .for_each(|(chunk, y_chunk)| {
+            let first = chunk * per;
+            let imgs = y_chunk.len() / g.out_len();
+            let cols = imgs * p;
+            let mut col = Scratch::new(k * cols);
+            for i in 0..imgs {
+                let img = &x[(first + i) * g.in_len()..][..g.in_len()];
+                im2col(g, img, &mut col, cols, i * p);
+            }
+            let mut out = Scratch::new(g.cout * cols);
+            // out[Cout, cols] = W[Cout, K] · col[K, cols]
+            sgemm_rows(
+                [g.cout, cols, k],
+                &mut out,
+                false,
+                View::row_major(w, k),
+                View::row_major(&col, cols),
+                g.gemm_splits(),
+            );
+            scatter_images(g, &out, y_chunk, cols);
+        });
+    y
+}
+
+/// Gradient with respect to the input: `dy` [N, Cout, Ho, Wo], `w` → [N, Cin, H, W].
+pub fn grad_input(g: &ConvGeom, dy: &[f32], w: &[f32]) -> Vec<f32> {
+    assert_eq!(
+        dy.len(),
+        g.batch * g.out_len(),
+        "conv grad input: gradient length"
+    );
+    assert_eq!(w.len(), g.cout * g.k(), "conv grad input: weight length");
+    let (k, p, per) = (g.k(), g.p(), g.images_per_chunk());
+    let mut dx = vec![0.0f32; g.batch * g.in_len()];
+    dx.par_chunks_mut(per * g.in_len())
+        .enumerate()
+        .for_each(|(chunk, dx_chunk)| {
+            let first = chunk * per;
+            let imgs = dx_chunk.len() / g.in_len();
+            let cols = imgs * p;
+            let dy_packed = gather_images(g, dy, first, imgs);
+            let mut dcol = Scratch::new(k * cols);
+            // dcol[K, cols] = Wᵀ[K, Cout] · dY[Cout, cols]
+            sgemm_rows(
+                [k, cols, g.cout],
+                &mut dcol,
+                false,
+                View::transposed(w, k),
+                View::row_major(&dy_packed, cols),
+                g.gemm_splits(),
+            );
+            for i in 0..imgs {
+                let img = &mut dx_chunk[i * g.in_len()..][..g.in_len()];
+                col2im(g, &dcol, cols, i * p, img);
+            }
+        });
+    dx
+}
+
+/// Gradient with respect to the weight: `x` [N, Cin, H, W], `dy` → [Cout, Cin, kh, kw].
+///
+/// Computed transposed, dWᵀ[K, Cout] = col[K, cols] · dYᵀ[cols, Cout]: the operand that has
+/// to be read across its rows while packing is then the small dY, not the K-row column matrix.
+pub fn grad_weight(g: &ConvGeom, x: &[f32], dy: &[f32]) -> Vec<f32> {
+    assert_eq!(
+        x.len(),
+        g.batch * g.in_len(),
+        "conv grad weight: input length"
+    );
+    assert_eq!(
+        dy.len(),
+        g.batch * g.out_len(),
+        "conv grad weight: gradient length"
+    );
+    let (k, p, per) = (g.k(), g.p(), g.images_per_chunk());
+    let chunks: Vec<usize> = (0..g.batch).step_by(per).collect();
+    // Contiguous runs of chunks, one per thread, each with its own accumulator.
+    let runs = chunks.len().min(rayon::current_num_threads()).max(1);
+    let per_run = chunks.len().div_ceil(runs);
+    let dwt = chunks
+        .par_chunks(per_run)
+        .map(|run| {
+            let mut dwt = vec![0.0f32; k * g.cout];
+            for &first in run {
+                let imgs = per.min(g.batch - first);
+                let cols = imgs * p;
+                let mut col = Scratch::new(k * cols);
+                for i in 0..imgs {
+                    let img = &x[(first + i) * g.in_len()..][..g.in_len()];
+                    im2col(g, img, &mut col, cols, i * p);
+                }
+                let dy_packed = gather_images(g, dy, first, imgs);
+                sgemm_rows(
+                    [k, g.cout, cols],
+                    &mut dwt,
+                    true,
+                    View::row_major(&col, cols),
+                    View::transposed(&dy_packed, cols),
+                    g.gemm_splits(),
+                );
+            }
+            dwt
+        })
+        .reduce_with(|mut a, b| {
+            a.iter_mut().zip(&b).for_each(|(a, b)| *a += b);
+            a
+        })
+        .unwrap_or_else(|| vec![0.0f32; k * g.cout]);
+    let mut dw = vec![0.0f32; g.cout * k];
+    for (kk, row) in dwt.chunks_exact(g.cout.max(1)).enumerate() {
+        for (co, v) in row.iter().enumerate() {
+            dw[co * k + kk] = *v;
+        }
+    }
+    dw
+}
+
+/// Writes one image's patches into columns `offset..offset + P` of `col` [K, ld].
+fn im2col(g: &ConvGeom, img: &[f32], col: &mut [f32], ld: usize, offset: usize) {
+    let ([h, w], [kh, kw], [oh, ow]) = (g.in_hw, g.kernel, g.out_hw);
+    for c in 0..g.cin {
+        let plane = &img[c * h * w..][..h * w];
+        for ki in 0..kh {
+            for kj in 0..kw {
+                let row = (c * kh + ki) * kw + kj;
+                let dst = &mut col[row * ld + offset..][..oh * ow];
+                for oy in 0..oh {
+                    let out_row = &mut dst[oy * ow..][..ow];
+                    match source_row(oy, ki, g.stride[0], g.pad[0], h) {
+                        Some(iy) => {
+                            let src = &plane[iy * w..][..w];
+                            let (lo, hi) = valid_columns(kj, g.stride[1], g.pad[1], w, ow);
+                            out_row[..lo].fill(0.0);
+                            out_row[hi..].fill(0.0);
+                            if lo == hi {
+                                continue;
+                            }
+                            let start = lo * g.stride[1] + kj - g.pad[1];
+                            if g.stride[1] == 1 {
+                                out_row[lo..hi].copy_from_slice(&src[start..start + hi - lo]);
+                            } else {
+                                let picked = src[start..].iter().step_by(g.stride[1]);
+                                out_row[lo..hi]
+                                    .iter_mut()
+                                    .zip(picked)
+                                    .for_each(|(d, s)| *d = *s);
+                            }
+                        }
+                        None => out_row.fill(0.0),
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Adds columns `offset..offset + P` of `dcol` [K, ld] back onto one image's pixels.
+fn col2im(g: &ConvGeom, dcol: &[f32], ld: usize, offset: usize, img: &mut [f32]) {
+    let ([h, w], [kh, kw], [oh, ow]) = (g.in_hw, g.kernel, g.out_hw);
+    for c in 0..g.cin {
+        let plane = &mut img[c * h * w..][..h * w];
+        for ki in 0..kh {
+            for kj in 0..kw {
+                let row = (c * kh + ki) * kw + kj;
+                let src = &dcol[row * ld + offset..][..oh * ow];
+                let (lo, hi) = valid_columns(kj, g.stride[1], g.pad[1], w, ow);
+                if lo == hi {
+                    continue;
+                }
+                for oy in 0..oh {
+                    let Some(iy) = source_row(oy, ki, g.stride[0], g.pad[0], h) else {
+                        continue;
+                    };
+                    let dst = &mut plane[iy * w..][..w];
+                    let from = &src[oy * ow..][lo..hi];
+                    let start = lo * g.stride[1] + kj - g.pad[1];
+                    if g.stride[1] == 1 {
+                        dst[start..start + hi - lo]
+                            .iter_mut()
+                            .zip(from)
+                            .for_each(|(d, s)| *d += s);
+                    } else {
+                        dst[start..]
+                            .iter_mut()
+                            .step_by(g.stride[1])
+                            .zip(from)
+                            .for_each(|(d, s)| *d += s);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The input row read by output row `o` at kernel row `k`, if it lies inside the image.
+fn source_row(o: usize, k: usize, stride: usize, pad: usize, size: usize) -> Option<usize> {
+    (o * stride + k).checked_sub(pad).filter(|&i| i < size)
+}
+
+/// The output columns `lo..hi` whose input column (at kernel column `k`) is inside the image.
+fn valid_columns(k: usize, stride: usize, pad: usize, size: usize, out: usize) -> (usize, usize) {
+    // First o with o·s + k >= pad; last o with o·s + k - pad <= size - 1.
+    let lo = pad.saturating_sub(k).div_ceil(stride).min(out);
+    let hi = if size + pad > k {
+        ((size + pad - k - 1) / stride + 1).min(out)
+    } else {
+        0
+    };
+    (lo, hi.max(lo))
+}
+
+/// Copies images `first..first + imgs` of an NCHW output-shaped tensor into [Cout, imgs·P].
+fn gather_images(g: &ConvGeom, t: &[f32], first: usize, imgs: usize) -> Scratch {
+    let (p, cols) = (g.p(), imgs * g.p());
+    let mut packed = Scratch::new(g.cout * cols);
+    for i in 0..imgs {
+        let img = &t[(first + i) * g.out_len()..][..g.out_len()];
+        for c in 0..g.cout {
+            packed[c * cols + i * p..][..p].copy_from_slice(&img[c * p..][..p]);
+        }
+    }
+    packed
+}
+
+/// The inverse of `gather_images`: [Cout, imgs·P] into consecutive NCHW images.
+fn scatter_images(g: &ConvGeom, packed: &[f32], out: &mut [f32], cols: usize) {
+    let p = g.p();
+    for (i, img) in out.chunks_mut(g.out_len()).enumerate() {
+        for c in 0..g.cout {
+            img[c * p..][..p].copy_from_slice(&packed[c * cols + i * p..][..p]);
+        }
+    }
+}

@@ -1,0 +1,164 @@
+//! The CPU im2col + GEMM convolution against Burn's reference convolution: forward output and
+//! both gradients, for strides 1/2, kernels 1/3/7, padding 0..3, odd and non-square sizes.
+
+use burn::backend::{Autodiff, Flex};
+use burn::module::{AutodiffModule, Param};
+use burn::nn::conv::{Conv2d, Conv2dConfig};
+use burn::nn::PaddingConfig2d;
+use burn::tensor::{Tensor, TensorData};
+use resnet_model::conv;
+
+type B = Autodiff<Flex>;
+
+/// Deterministic values in [-1, 1) from a 64-bit LCG.
+fn values(n: usize, seed: u64) -> Vec<f32> {
+    let mut s = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    (0..n)
+        .map(|_| {
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        })
+        .collect()
+}
+
+struct Case {
+    batch: usize,
+    cin: usize,
+    cout: usize,
+    hw: [usize; 2],
+    kernel: usize,
+    stride: usize,
+    pad: usize,
+}
+
+fn assert_close(what: &str, ours: &[f32], reference: &[f32]) {
+    assert_eq!(ours.len(), reference.len(), "{what}: length");
+    let scale = reference.iter().fold(1e-3f32, |m, v| m.max(v.abs()));
+    for (i, (a, b)) in ours.iter().zip(reference).enumerate() {
+        assert!(
+            (a - b).abs() <= 1e-4 * scale,
+            "{what}[{i}]: ours {a}, burn {b} (scale {scale})"
+        );
+    }
+}
+
+fn check(case: &Case) {
+    let device = Default::default();
+    let [h, w] = case.hw;
+    let mut layer: Conv2d<B> = Conv2dConfig::new([case.cin, case.cout], [case.kernel; 2])
+        .with_stride([case.stride; 2])
+        .with_padding(PaddingConfig2d::Explicit(
+            case.pad, case.pad, case.pad, case.pad,
+        ))
+        .with_bias(false)
+        .init(&device);
+    let w_shape = [case.cout, case.cin, case.kernel, case.kernel];
+    let weight = values(w_shape.iter().product(), 7);
+    layer.weight = Param::from_tensor(Tensor::from_data(TensorData::new(weight, w_shape), &device));
+    let x_shape = [case.batch, case.cin, h, w];
+    let x_data = TensorData::new(values(x_shape.iter().product(), 11), x_shape);
+
+    let run = |fast: bool| {
+        let x = Tensor::<B, 4>::from_data(x_data.clone(), &device).require_grad();
+        let y = if fast {
+            conv::forward(&layer, x.clone())
+        } else {
+            layer.forward(x.clone())
+        };
+        // A loss with a different weight per output element, so every gradient entry matters.
+        let r = Tensor::<B, 4>::from_data(
+            TensorData::new(values(y.shape().num_elements(), 13), y.dims()),
+            &device,
+        );
+        let grads = (y.clone() * r).sum().backward();
+        let dx = x.grad(&grads).expect("input gradient");
+        let dw = layer.weight.val().grad(&grads).expect("weight gradient");
+        let f = |d: TensorData| d.to_vec::<f32>().expect("f32");
+        (
+            f(y.into_data()),
+            f(dx.into_data()),
+            f(dw.into_data()),
+            y_dims(&layer, case),
+        )
+    };
+    let (y, dx, dw, dims) = run(true);
+    let (y_ref, dx_ref, dw_ref, _) = run(false);
+    let name = format!(
+        "k{} s{} p{} {}x{} cin {} cout {} batch {} -> {:?}",
+        case.kernel, case.stride, case.pad, h, w, case.cin, case.cout, case.batch, dims
+    );
+    assert_close(&format!("{name} forward"), &y, &y_ref);
+    assert_close(&format!("{name} grad input"), &dx, &dx_ref);
+    assert_close(&format!("{name} grad weight"), &dw, &dw_ref);
+
+    // Inference backend (no autodiff): the plain forward path.
+    let inner: Conv2d<Flex> = layer.valid();
+    let x = Tensor::<Flex, 4>::from_data(x_data.clone(), &device);
+    let ours = conv::forward(&inner, x.clone())
+        .into_data()
+        .to_vec::<f32>()
+        .expect("f32");
+    let reference = inner.forward(x).into_data().to_vec::<f32>().expect("f32");
+    assert_close(&format!("{name} inference forward"), &ours, &reference);
+}
+
+fn y_dims(_layer: &Conv2d<B>, c: &Case) -> [usize; 2] {
+    let out = |s: usize| (s + 2 * c.pad - c.kernel) / c.stride + 1;
+    [out(c.hw[0]), out(c.hw[1])]
+}
+
+#[test]
+fn gemm_convolution_matches_burn_forward_and_gradients() {
+    let cases = [
+        // kernel, stride, pad over the shapes a ResNet uses, plus odd / non-square inputs.
+        (1, 1, 0, [8, 8]),
+        (1, 2, 0, [9, 7]),
+        (3, 1, 1, [8, 8]),
+        (3, 2, 1, [9, 8]),
+        (3, 1, 0, [5, 7]),
+        (3, 2, 2, [6, 5]),
+        (7, 2, 3, [17, 15]),
+        (7, 1, 0, [7, 7]),
+        (3, 3, 1, [10, 11]),
+    ];
+    for (kernel, stride, pad, hw) in cases {
+        for (batch, cin, cout) in [(3, 5, 4), (1, 2, 7)] {
+            check(&Case {
+                batch,
+                cin,
+                cout,
+                hw,
+                kernel,
+                stride,
+                pad,
+            });
+        }
+    }
+}
+
+#[test]
+fn gemm_convolution_matches_burn_on_a_large_batch_of_small_images() {
+    // Many images per chunk (P = 4 output pixels), as in a ResNet's last stage.
+    check(&Case {
+        batch: 37,
+        cin: 16,
+        cout: 24,
+        hw: [4, 4],
+        kernel: 3,
+        stride: 2,
+        pad: 1,
+    });
+}
+
+#[test]
+fn geometry_rejects_kernels_larger_than_the_padded_input() {
+    assert!(conv::ConvGeom::new([1, 3, 4, 4], [8, 3, 7, 7], [1, 1], [1, 1]).is_none());
+    assert!(conv::ConvGeom::new([1, 3, 4, 4], [8, 2, 3, 3], [1, 1], [1, 1]).is_none());
+    let g = conv::ConvGeom::new([2, 3, 32, 32], [8, 3, 3, 3], [2, 2], [1, 1]).expect("fits");
+    assert_eq!(g.out_hw, [16, 16]);
+    assert_eq!(g.macs(), 2 * 8 * 27 * 256);
+}
