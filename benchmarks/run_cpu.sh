@@ -1,22 +1,51 @@
 #!/usr/bin/env bash
 # One sitting of CPU benchmarks: `resnet bench` and the PyTorch baseline on the same cases,
-# back to back, same thread count. Writes JSON lines to $OUT (default benchmarks/cpu-results.jsonl).
+# back to back, same thread count. Ours runs in three variants of the same binary, so each CPU
+# optimisation's effect is measured in the same sitting:
+#   burn        RESNET_CONV=burn RESNET_BN=burn   Burn's flex convolution and generic BatchNorm
+#   gemm-conv   RESNET_BN=burn                    + the model's im2col/GEMM convolution
+#   default                                       + fused BatchNorm/ReLU (what users get)
+# Writes JSON lines to $OUT (default benchmarks/cpu-results.jsonl).
 #   bash benchmarks/run_cpu.sh            # needs a built `resnet` (cargo build) and torch
+#   VARIANTS=default CASES=r18 bash benchmarks/run_cpu.sh   # just the default build, ResNet-18
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RESNET=${RESNET:-${CARGO_TARGET_DIR:-target}/debug/resnet}
 OUT=${OUT:-benchmarks/cpu-results.jsonl}
+VARIANTS=${VARIANTS:-"burn gemm-conv default"}
+CASES=${CASES:-"r18 r50"}
 THREADS=$(nproc)
 : > "$OUT"
-run() { # depth stem mode batch steps
-  local common=(--depth "$1" --stem "$2" --mode "$3" --batch-size "$4" --warmup 2 --steps "$5" --json)
-  echo "== resnet$1 $2 $3 batch $4" >&2
-  "$RESNET" bench "${common[@]}" | sed 's/^{/{"framework":"resnet-cluster (burn 0.21 flex)",/' | tee -a "$OUT"
+variant_env() {
+  case "$1" in
+    burn) echo "RESNET_CONV=burn RESNET_BN=burn" ;;
+    gemm-conv) echo "RESNET_CONV=gemm RESNET_BN=burn" ;;
+    default) echo "RESNET_CONV=gemm RESNET_BN=fused" ;;
+    *) echo "unknown variant $1" >&2; exit 2 ;;
+  esac
+}
+run() { # depth stem mode batch steps optimizer
+  local common=(--depth "$1" --stem "$2" --mode "$3" --batch-size "$4" --warmup 2 --steps "$5" --optimizer "$6" --json)
+  for v in $VARIANTS; do
+    echo "== resnet$1 $2 $3 batch $4 ($6): resnet-cluster $v" >&2
+    env $(variant_env "$v") "$RESNET" bench "${common[@]}" \
+      | sed "s/^{/{\"framework\":\"resnet-cluster (burn 0.21 flex)\",\"variant\":\"$v\",/" | tee -a "$OUT"
+  done
+  echo "== resnet$1 $2 $3 batch $4 ($6): PyTorch" >&2
   python3 benchmarks/pytorch_baseline.py "${common[@]}" --threads "$THREADS" | tee -a "$OUT"
 }
-run 18 cifar train 64 6
-run 18 cifar eval 256 6
-run 18 imagenet train 64 10
-run 18 imagenet eval 256 10
-run 50 cifar train 64 4
-run 50 cifar eval 256 4
+for c in $CASES; do
+  case "$c" in
+    r18)
+      run 18 cifar train 64 6 sgd
+      run 18 cifar eval 256 6 sgd
+      run 18 imagenet train 64 10 adam
+      run 18 imagenet eval 256 10 sgd
+      ;;
+    r50)
+      run 50 cifar train 64 4 sgd
+      run 50 cifar eval 256 4 sgd
+      ;;
+    *) echo "unknown case $c (r18, r50)" >&2; exit 2 ;;
+  esac
+done

@@ -28,6 +28,9 @@ pub enum Command {
     Info(InfoArgs),
     /// Measure training or inference throughput (images/s) on synthetic input.
     Bench(BenchArgs),
+    /// Where a CPU training step spends its time: each convolution pass (Burn's and the GEMM
+    /// kernels'), BatchNorm+ReLU, and the rest of a measured step.
+    Profile(crate::cmd_profile::ProfileArgs),
     /// Measure TCP-ring all-reduce bus bandwidth on loopback against a plain TCP copy.
     BenchAllreduce(crate::cmd_allreduce::AllReduceArgs),
     /// Export a checkpoint's model as torchvision-compatible safetensors.
@@ -41,7 +44,7 @@ pub enum Command {
 }
 
 /// Where to run.
-#[derive(Args, Debug, Clone)]
+#[derive(Args, Debug, Clone, Default)]
 pub struct DeviceArgs {
     /// Run on CUDA device N (needs a build with `--features cuda` and an NVIDIA driver).
     #[arg(long, value_name = "N", conflicts_with = "cpu")]

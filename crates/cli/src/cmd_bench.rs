@@ -26,6 +26,8 @@ pub struct BenchResult {
     pub width: usize,
     /// train or eval.
     pub mode: String,
+    /// Optimizer of the training step (train mode).
+    pub optimizer: String,
     /// Images per step.
     pub batch_size: usize,
     /// Input side.
@@ -69,7 +71,9 @@ fn sync<B: Backend>(device: &B::Device) {
     let _ = B::sync(device);
 }
 
-fn bench_train<B: AutodiffBackend>(
+/// Times `--warmup` + `--steps` training steps: (step seconds, median forward/backward/optimizer
+/// seconds, first step seconds).
+pub fn bench_train<B: AutodiffBackend>(
     cfg: &ResNetConfig,
     a: &BenchArgs,
     device: &B::Device,
@@ -197,6 +201,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
         stem: a.stem.clone(),
         width: a.width,
         mode: a.mode.clone(),
+        optimizer: a.optimizer.clone(),
         batch_size: a.batch_size,
         image_size: a.image_size,
         device: format!("{sel:?}"),

@@ -9,6 +9,7 @@ pub mod cmd_bench;
 pub mod cmd_eval;
 pub mod cmd_export;
 pub mod cmd_info;
+pub mod cmd_profile;
 pub mod cmd_schedule;
 pub mod cmd_sweep;
 pub mod cmd_train;

@@ -15,6 +15,7 @@ fn main() -> std::process::ExitCode {
         args::Command::Report(a) => resnet_cli::report::run(*a),
         args::Command::Sweep(a) => resnet_cli::cmd_sweep::run(*a),
         args::Command::Schedule(a) => resnet_cli::cmd_schedule::run(*a),
+        args::Command::Profile(a) => resnet_cli::cmd_profile::run(a),
         args::Command::BenchAllreduce(a) => resnet_cli::cmd_allreduce::run(a),
     };
     resnet_cli::exit(result)
