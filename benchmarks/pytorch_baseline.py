@@ -96,6 +96,7 @@ def main():
         "model": f"resnet{a.depth}",
         "stem": a.stem,
         "mode": a.mode,
+        "optimizer": a.optimizer,
         "batch_size": a.batch_size,
         "threads": torch.get_num_threads(),
         "device": str(device),

@@ -367,8 +367,11 @@ fn print_table(p: &Profile, per_layer: bool) {
         conv::conv_impl(),
         f + b + o
     );
+    // Ops timed in isolation run with cold caches and their own allocations, so their sum can
+    // exceed the measured step; the difference is an estimate, not a measurement.
     println!(
-        "  of which convolutions {conv_now:.3} s, BatchNorm+ReLU {:.3} s, everything else {:.3} s",
+        "  isolated ops: convolutions {conv_now:.3} s + BatchNorm+ReLU {:.3} s; \
+         step minus these (pooling, residual adds, head, loss, optimizer, autodiff): {:+.3} s",
         bn_f + bn_b,
         f + b + o - conv_now - bn_f - bn_b
     );

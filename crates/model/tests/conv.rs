@@ -124,6 +124,11 @@ fn gemm_convolution_matches_burn_forward_and_gradients() {
         (7, 2, 3, [17, 15]),
         (7, 1, 0, [7, 7]),
         (3, 3, 1, [10, 11]),
+        // Output width >= 16 takes the row-wise im2col/col2im, narrower the gather table.
+        (3, 1, 1, [17, 20]),
+        (3, 2, 1, [9, 34]),
+        (7, 2, 3, [12, 37]),
+        (1, 2, 0, [6, 33]),
     ];
     for (kernel, stride, pad, hw) in cases {
         for (batch, cin, cout) in [(3, 5, 4), (1, 2, 7)] {

@@ -19,6 +19,12 @@ impl BnGeom {
         self.n * self.c * self.hw
     }
 
+    /// Planes handed to one rayon task: at least ~16K floats, so that the 4x4 planes of a
+    /// ResNet's last stage do not become one task each.
+    fn planes_per_task(&self) -> usize {
+        (16384 / self.hw.max(1)).max(1)
+    }
+
     /// The `hw`-long planes of channel `ch`, one per image.
     fn planes<'a>(&self, t: &'a [f32], ch: usize) -> impl Iterator<Item = &'a [f32]> + 'a {
         let (c, hw) = (self.c, self.hw);
@@ -54,17 +60,22 @@ pub fn scale_shift(g: &BnGeom, x: &[f32], scale: &[f32], shift: &[f32], relu: bo
         "batchnorm channel count"
     );
     let mut y = vec![0.0f32; g.len()];
-    y.par_chunks_mut(g.hw.max(1))
-        .zip(x.par_chunks(g.hw.max(1)))
+    let per = g.planes_per_task();
+    y.par_chunks_mut(per * g.hw.max(1))
+        .zip(x.par_chunks(per * g.hw.max(1)))
         .enumerate()
-        .for_each(|(plane, (y, x))| {
-            let (a, b) = (scale[plane % g.c], shift[plane % g.c]);
-            if relu {
-                y.iter_mut()
-                    .zip(x)
-                    .for_each(|(y, x)| *y = (x * a + b).max(0.0));
-            } else {
-                y.iter_mut().zip(x).for_each(|(y, x)| *y = x * a + b);
+        .for_each(|(task, (y, x))| {
+            let planes = y.chunks_mut(g.hw.max(1)).zip(x.chunks(g.hw.max(1)));
+            for (i, (y, x)) in planes.enumerate() {
+                let ch = (task * per + i) % g.c;
+                let (a, b) = (scale[ch], shift[ch]);
+                if relu {
+                    y.iter_mut()
+                        .zip(x)
+                        .for_each(|(y, x)| *y = (x * a + b).max(0.0));
+                } else {
+                    y.iter_mut().zip(x).for_each(|(y, x)| *y = x * a + b);
+                }
             }
         });
     y
@@ -133,8 +144,14 @@ pub fn backward(
         .unzip();
     let count = (g.n * g.hw).max(1) as f32;
     let mut dx = vec![0.0f32; g.len()];
-    dx.par_chunks_mut(g.hw.max(1))
+    let per = g.planes_per_task();
+    dx.par_chunks_mut(per * g.hw.max(1))
         .enumerate()
+        .flat_map_iter(|(task, dx)| {
+            dx.chunks_mut(g.hw.max(1))
+                .enumerate()
+                .map(move |(i, dx)| (task * per + i, dx))
+        })
         .for_each(|(plane, dx)| {
             let ch = plane % g.c;
             let (m, is) = (mean[ch], invstd[ch]);
