@@ -48,6 +48,39 @@ pub enum CollectiveError {
     Setup(String),
 }
 
+/// Polls `done` until it reports completion, the `timeout` passes or `abort` is raised.
+/// NCCL operations block inside a GPU kernel until every rank joins; a dead peer would hang the
+/// others forever, so the NCCL collective waits through this instead of a blocking sync.
+pub fn wait_for(
+    mut done: impl FnMut() -> Result<bool, CollectiveError>,
+    timeout: Duration,
+    abort: &tcp::RingAbort,
+    waiting_on: usize,
+) -> Result<(), CollectiveError> {
+    let start = std::time::Instant::now();
+    let mut pause = Duration::from_micros(10);
+    loop {
+        if done()? {
+            return Ok(());
+        }
+        if abort.is_aborted() {
+            return Err(CollectiveError::Disconnected {
+                peer: waiting_on,
+                detail: "aborted: the group changed (new generation)".into(),
+            });
+        }
+        if start.elapsed() >= timeout {
+            return Err(CollectiveError::Timeout {
+                peer: waiting_on,
+                timeout,
+            });
+        }
+        std::thread::sleep(pause);
+        // Short waits stay responsive; long ones do not burn a core.
+        pause = (pause * 2).min(Duration::from_millis(1));
+    }
+}
+
 /// A group of `world` ranks that can combine buffers. Every rank must make the same sequence of
 /// calls with buffers of the same length.
 pub trait Collective: Send {
@@ -83,5 +116,55 @@ impl<L: ring::RingLink + Send> Collective for L {
     }
     fn broadcast(&mut self, buf: &mut [f32], root: usize) -> Result<(), CollectiveError> {
         ring::broadcast(self, buf, root)
+    }
+}
+
+#[cfg(test)]
+mod wait_tests {
+    use super::*;
+
+    #[test]
+    fn wait_for_returns_on_completion_timeout_or_abort() {
+        let abort = tcp::RingAbort::default();
+        let mut polls = 0;
+        let done_after_3 = || {
+            polls += 1;
+            Ok(polls >= 3)
+        };
+        assert!(wait_for(done_after_3, Duration::from_secs(5), &abort, 1).is_ok());
+
+        let never = || Ok(false);
+        let err = wait_for(never, Duration::from_millis(20), &abort, 2).expect_err("times out");
+        assert!(
+            matches!(err, CollectiveError::Timeout { peer: 2, .. }),
+            "{err}"
+        );
+
+        let raised = abort.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(20));
+            raised.abort();
+        });
+        let started = std::time::Instant::now();
+        let err = wait_for(never, Duration::from_secs(30), &abort, 3).expect_err("aborted");
+        assert!(
+            matches!(err, CollectiveError::Disconnected { peer: 3, .. }),
+            "{err}"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "abort noticed late"
+        );
+
+        let failing = || Err(CollectiveError::Setup("CUDA error".into()));
+        assert!(matches!(
+            wait_for(
+                failing,
+                Duration::from_secs(5),
+                &tcp::RingAbort::default(),
+                0
+            ),
+            Err(CollectiveError::Setup(_))
+        ));
     }
 }

@@ -10,11 +10,13 @@
 
 use std::os::raw::c_char;
 use std::sync::Arc;
+use std::time::Duration;
 
 use cudarc::driver::{CudaContext, CudaSlice, CudaStream};
 use cudarc::nccl::{Comm, Id, ReduceOp};
 
-use crate::{Collective, CollectiveError};
+use crate::tcp::RingAbort;
+use crate::{wait_for, Collective, CollectiveError};
 
 /// Length of an NCCL unique id.
 pub const ID_BYTES: usize = 128;
@@ -37,6 +39,10 @@ pub struct NcclCollective {
     staging: Option<CudaSlice<f32>>,
     rank: usize,
     world: usize,
+    /// How long one operation may wait for the other ranks.
+    timeout: Duration,
+    /// Raised by the worker when the coordinator starts a new generation.
+    abort: RingAbort,
 }
 
 impl NcclCollective {
@@ -59,7 +65,22 @@ impl NcclCollective {
             staging: None,
             rank,
             world,
+            timeout: Duration::from_secs(300),
+            abort: RingAbort::default(),
         })
+    }
+
+    /// Gives every operation at most `timeout` (default 300 s) before it fails with
+    /// [`CollectiveError::Timeout`]; the caller then drops the collective, which aborts the
+    /// communicator (cudarc's `Drop` calls `ncclCommAbort`).
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// A handle that makes a waiting operation return at once (generation change).
+    pub fn abort_handle(&self) -> RingAbort {
+        self.abort.clone()
     }
 
     /// The device buffer for `n` floats, holding `buf`.
@@ -114,9 +135,19 @@ impl NcclCollective {
         self.stream
             .memcpy_dtoh(dev, buf)
             .map_err(|e| setup("device-to-host copy", e))?;
-        self.stream
-            .synchronize()
-            .map_err(|e| setup("stream synchronize", e))
+        // Not `synchronize()`: that blocks without limit while a peer that died keeps the
+        // NCCL kernel waiting. Poll an event with the timeout and the abort flag instead.
+        let done = self
+            .stream
+            .record_event(None)
+            .map_err(|e| setup("record event", e))?;
+        let next = (self.rank + 1) % self.world.max(1);
+        wait_for(
+            || done.try_is_complete().map_err(|e| setup("operation", e)),
+            self.timeout,
+            &self.abort,
+            next,
+        )
     }
 }
 

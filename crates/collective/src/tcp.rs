@@ -110,18 +110,34 @@ fn tls_reader(tls: Option<&RingTls>, s: TcpStream) -> Result<Reader, CollectiveE
     }
 }
 
-/// Breaks a ring from another thread: blocked reads and writes return at once with an error.
+/// Breaks a collective from another thread: blocked reads and writes of a TCP ring return at
+/// once with an error, and an NCCL wait (which polls [`RingAbort::is_aborted`]) gives up.
 /// Used when the coordinator announces a new generation while a collective is waiting on a
 /// peer that will never answer.
 #[derive(Clone, Default)]
-pub struct RingAbort(Arc<Mutex<Vec<TcpStream>>>);
+pub struct RingAbort {
+    sockets: Arc<Mutex<Vec<TcpStream>>>,
+    aborted: Arc<std::sync::atomic::AtomicBool>,
+}
 
 impl RingAbort {
-    /// Shuts the ring's sockets down (idempotent).
+    /// Shuts the ring's sockets down and raises the flag (idempotent).
     pub fn abort(&self) {
-        for s in self.0.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+        self.aborted
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        for s in self
+            .sockets
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+        {
             let _ = s.shutdown(std::net::Shutdown::Both);
         }
+    }
+
+    /// Whether [`RingAbort::abort`] was called.
+    pub fn is_aborted(&self) -> bool {
+        self.aborted.load(std::sync::atomic::Ordering::SeqCst)
     }
 }
 
@@ -209,7 +225,7 @@ impl TcpRing {
         let _ = inbound_raw.set_nodelay(true);
         let abort = RingAbort::default();
         abort
-            .0
+            .sockets
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .extend([inbound_raw, out_raw]);

@@ -254,11 +254,24 @@ mod fused_tests {
 
             // Evaluation on the inner backend: one fused pass with the running statistics.
             let eval: BatchNorm2d<Flex> = bn.valid();
-            let xe = Tensor::<Flex, 4>::from_data(data(shape, 3, 1.0), &device);
-            let ye = eval.forward_act(xe.clone(), relu_after);
-            let ye_ref = eval.forward_eval(xe);
-            let ye_ref = if relu_after { relu(ye_ref) } else { ye_ref };
-            close(&format!("{name} eval y"), &vec(ye), &vec(ye_ref));
+            let xe = || Tensor::<Flex, 4>::from_data(data(shape, 3, 1.0), &device);
+            let ye_ref = eval.forward_eval(xe());
+            let ye_ref = vec(if relu_after { relu(ye_ref) } else { ye_ref });
+            // A uniquely owned input is normalised in place; a shared one is copied first
+            // and left untouched.
+            close(
+                &format!("{name} eval y"),
+                &vec(eval.forward_act(xe(), relu_after)),
+                &ye_ref,
+            );
+            let shared = xe();
+            let ye = eval.forward_act(shared.clone(), relu_after);
+            close(&format!("{name} eval y (shared input)"), &vec(ye), &ye_ref);
+            close(
+                &format!("{name} shared input kept"),
+                &vec(shared),
+                &vec(xe()),
+            );
         }
     }
 }

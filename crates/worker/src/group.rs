@@ -64,9 +64,11 @@ fn nccl_collective(
                 resnet_collective::nccl::ID_BYTES
             ))
         })?;
-    let comm = resnet_collective::nccl::NcclCollective::new(gpu, a.rank, a.world, &id)?;
+    let comm = resnet_collective::nccl::NcclCollective::new(gpu, a.rank, a.world, &id)?
+        .with_timeout(opts.collective_timeout);
+    let abort = comm.abort_handle();
     tracing::info!(rank = a.rank, world = a.world, gpu, "all-reduce over NCCL");
-    Ok((Box::new(comm), None))
+    Ok((Box::new(comm), Some(abort)))
 }
 
 #[cfg(not(feature = "nccl"))]

@@ -55,30 +55,33 @@ pub fn stats(g: &BnGeom, x: &[f32]) -> (Vec<f32>, Vec<f32>) {
 /// `y = x · scale[c] + shift[c]`, then `max(y, 0)` when `relu`.
 pub fn scale_shift(g: &BnGeom, x: &[f32], scale: &[f32], shift: &[f32], relu: bool) -> Vec<f32> {
     assert_eq!(x.len(), g.len(), "batchnorm input length");
+    let mut y = x.to_vec();
+    scale_shift_in_place(g, &mut y, scale, shift, relu);
+    y
+}
+
+/// [`scale_shift`] overwriting its input (evaluation, where the input is not needed again:
+/// no fresh multi-megabyte allocation to fault in).
+pub fn scale_shift_in_place(g: &BnGeom, x: &mut [f32], scale: &[f32], shift: &[f32], relu: bool) {
+    assert_eq!(x.len(), g.len(), "batchnorm input length");
     assert!(
         scale.len() == g.c && shift.len() == g.c,
         "batchnorm channel count"
     );
-    let mut y = vec![0.0f32; g.len()];
     let per = g.planes_per_task();
-    y.par_chunks_mut(per * g.hw.max(1))
-        .zip(x.par_chunks(per * g.hw.max(1)))
+    x.par_chunks_mut(per * g.hw.max(1))
         .enumerate()
-        .for_each(|(task, (y, x))| {
-            let planes = y.chunks_mut(g.hw.max(1)).zip(x.chunks(g.hw.max(1)));
-            for (i, (y, x)) in planes.enumerate() {
+        .for_each(|(task, x)| {
+            for (i, x) in x.chunks_mut(g.hw.max(1)).enumerate() {
                 let ch = (task * per + i) % g.c;
                 let (a, b) = (scale[ch], shift[ch]);
                 if relu {
-                    y.iter_mut()
-                        .zip(x)
-                        .for_each(|(y, x)| *y = (x * a + b).max(0.0));
+                    x.iter_mut().for_each(|x| *x = (*x * a + b).max(0.0));
                 } else {
-                    y.iter_mut().zip(x).for_each(|(y, x)| *y = x * a + b);
+                    x.iter_mut().for_each(|x| *x = *x * a + b);
                 }
             }
         });
-    y
 }
 
 /// `scale = gamma / sqrt(var + eps)`, `shift = beta - mean · scale`.

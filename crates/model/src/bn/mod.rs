@@ -98,10 +98,18 @@ pub(crate) fn eval<B: Backend>(
         eps,
     );
     let x = cast::<_, FlexTensor>(x.into_primitive().tensor()).expect("B is Flex");
-    let x = x.to_contiguous();
-    let y = kernels::scale_shift(&g, x.storage::<f32>(), &scale, &shift, relu);
-    let y = flex(y, [g.n, g.c, g.hw]);
-    let y = y.reshape(x.layout().shape().clone());
+    // `to_contiguous` returns the tensor itself when it already is; then, if no one else holds
+    // its buffer (the usual case: a convolution's fresh output), normalise in place.
+    let mut y = x.to_contiguous();
+    drop(x);
+    match y.try_storage_mut::<f32>() {
+        Some(data) => kernels::scale_shift_in_place(&g, data, &scale, &shift, relu),
+        None => {
+            let out = kernels::scale_shift(&g, y.storage::<f32>(), &scale, &shift, relu);
+            let shape = y.layout().shape().clone();
+            y = flex(out, [g.n, g.c, g.hw]).reshape(shape);
+        }
+    }
     Tensor::from_primitive(TensorPrimitive::Float(cast(y).expect("same type")))
 }
 
