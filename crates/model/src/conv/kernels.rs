@@ -348,9 +348,11 @@ fn col2im(g: &ConvGeom, dcol: &[f32], ld: usize, offset: usize, img: &mut [f32])
 const NARROW: usize = 16;
 
 /// For each kernel tap (ki, kj) and output pixel, the offset of the input pixel it reads within
-/// a channel plane, or `None` where it reads padding. Same for every channel and image.
-fn gather_table(g: &ConvGeom) -> Vec<Option<u32>> {
+/// a channel plane; reads of padding point one past the plane, where the narrow im2col keeps a
+/// zero (so the gather loop has no branch). Same for every channel and image.
+fn gather_table(g: &ConvGeom) -> Vec<u32> {
     let ([h, w], [kh, kw], [oh, ow]) = (g.in_hw, g.kernel, g.out_hw);
+    let pad_slot = (h * w) as u32;
     let mut table = Vec::with_capacity(kh * kw * oh * ow);
     for ki in 0..kh {
         for kj in 0..kw {
@@ -358,7 +360,7 @@ fn gather_table(g: &ConvGeom) -> Vec<Option<u32>> {
                 let iy = source_row(oy, ki, g.stride[0], g.pad[0], h);
                 for ox in 0..ow {
                     let ix = source_row(ox, kj, g.stride[1], g.pad[1], w);
-                    table.push(iy.zip(ix).map(|(y, x)| (y * w + x) as u32));
+                    table.push(iy.zip(ix).map_or(pad_slot, |(y, x)| (y * w + x) as u32));
                 }
             }
         }
@@ -370,12 +372,14 @@ fn im2col_narrow(g: &ConvGeom, img: &[f32], col: &mut [f32], ld: usize, offset: 
     let (plane_len, p) = (g.in_hw[0] * g.in_hw[1], g.p());
     let table = gather_table(g);
     let taps = g.kernel[0] * g.kernel[1];
+    // The plane plus one zero at `plane_len`, the slot padding reads point to.
+    let mut ext = vec![0.0f32; plane_len + 1];
     for c in 0..g.cin {
-        let plane = &img[c * plane_len..][..plane_len];
+        ext[..plane_len].copy_from_slice(&img[c * plane_len..][..plane_len]);
         for t in 0..taps {
             let dst = &mut col[(c * taps + t) * ld + offset..][..p];
             for (d, at) in dst.iter_mut().zip(&table[t * p..][..p]) {
-                *d = at.map_or(0.0, |i| plane[i as usize]);
+                *d = ext[*at as usize];
             }
         }
     }
@@ -385,16 +389,18 @@ fn col2im_narrow(g: &ConvGeom, dcol: &[f32], ld: usize, offset: usize, img: &mut
     let (plane_len, p) = (g.in_hw[0] * g.in_hw[1], g.p());
     let table = gather_table(g);
     let taps = g.kernel[0] * g.kernel[1];
+    // Accumulate into the plane plus a discard slot for the taps that read padding.
+    let mut ext = vec![0.0f32; plane_len + 1];
     for c in 0..g.cin {
         let plane = &mut img[c * plane_len..][..plane_len];
+        ext[..plane_len].copy_from_slice(plane);
         for t in 0..taps {
             let src = &dcol[(c * taps + t) * ld + offset..][..p];
             for (v, at) in src.iter().zip(&table[t * p..][..p]) {
-                if let Some(i) = at {
-                    plane[*i as usize] += v;
-                }
+                ext[*at as usize] += v;
             }
         }
+        plane.copy_from_slice(&ext[..plane_len]);
     }
 }
 
