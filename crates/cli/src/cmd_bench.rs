@@ -173,6 +173,7 @@ fn bench_eval<B: Backend>(
 /// Runs `resnet bench`.
 pub fn run(a: BenchArgs) -> Result<()> {
     anyhow::ensure!(a.steps > 0, "--steps must be at least 1");
+    anyhow::ensure!(a.batch_size > 0, "--batch-size must be at least 1");
     let sel = select(&a.device)?;
     let cfg = ResNetConfig {
         depth: a.depth,

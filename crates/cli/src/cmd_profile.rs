@@ -219,6 +219,8 @@ pub fn run(a: ProfileArgs) -> Result<()> {
         ..Default::default()
     };
     cfg.validate()?;
+    anyhow::ensure!(a.batch_size >= 1, "--batch-size must be at least 1");
+    anyhow::ensure!(a.image_size >= 1, "--image-size must be at least 1");
     let device = Default::default();
     let model = cfg.init::<Flex>(&device)?;
     let s = a.image_size;

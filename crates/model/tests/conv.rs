@@ -166,4 +166,14 @@ fn geometry_rejects_kernels_larger_than_the_padded_input() {
     let g = conv::ConvGeom::new([2, 3, 32, 32], [8, 3, 3, 3], [2, 2], [1, 1]).expect("fits");
     assert_eq!(g.out_hw, [16, 16]);
     assert_eq!(g.macs(), 2 * 8 * 27 * 256);
+
+    // An empty batch: empty outputs and a zero weight gradient, no panic.
+    let empty = conv::ConvGeom::new([0, 3, 8, 8], [4, 3, 3, 3], [1, 1], [1, 1]).expect("fits");
+    let w = vec![0.5f32; 4 * 27];
+    assert!(conv::kernels::forward(&empty, &[], &w).is_empty());
+    assert!(conv::kernels::grad_input(&empty, &[], &w).is_empty());
+    assert_eq!(
+        conv::kernels::grad_weight(&empty, &[], &[]),
+        vec![0.0; 4 * 27]
+    );
 }

@@ -129,7 +129,7 @@ pub fn forward(g: &ConvGeom, x: &[f32], w: &[f32]) -> Vec<f32> {
     assert_eq!(w.len(), g.cout * g.k(), "conv forward: weight length");
     let (k, p, per) = (g.k(), g.p(), g.images_per_chunk());
     let mut y = vec![0.0f32; g.batch * g.out_len()];
-    y.par_chunks_mut(per * g.out_len())
+    y.par_chunks_mut((per * g.out_len()).max(1))
         .enumerate()
         .for_each(|(chunk, y_chunk)| {
             let first = chunk * per;
@@ -165,7 +165,7 @@ pub fn grad_input(g: &ConvGeom, dy: &[f32], w: &[f32]) -> Vec<f32> {
     assert_eq!(w.len(), g.cout * g.k(), "conv grad input: weight length");
     let (k, p, per) = (g.k(), g.p(), g.images_per_chunk());
     let mut dx = vec![0.0f32; g.batch * g.in_len()];
-    dx.par_chunks_mut(per * g.in_len())
+    dx.par_chunks_mut((per * g.in_len()).max(1))
         .enumerate()
         .for_each(|(chunk, dx_chunk)| {
             let first = chunk * per;
@@ -209,7 +209,7 @@ pub fn grad_weight(g: &ConvGeom, x: &[f32], dy: &[f32]) -> Vec<f32> {
     let chunks: Vec<usize> = (0..g.batch).step_by(per).collect();
     // Contiguous runs of chunks, one per thread, each with its own accumulator.
     let runs = chunks.len().min(rayon::current_num_threads()).max(1);
-    let per_run = chunks.len().div_ceil(runs);
+    let per_run = chunks.len().div_ceil(runs).max(1);
     let dwt = chunks
         .par_chunks(per_run)
         .map(|run| {
