@@ -13,6 +13,7 @@ mod block;
 pub mod bn;
 mod config;
 pub mod conv;
+pub mod linear;
 mod resnet;
 mod shapes;
 mod weights;

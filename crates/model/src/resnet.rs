@@ -87,7 +87,7 @@ impl<B: Backend> ResNet<B> {
     /// `x: [N, 3, H, W]` (normalised images) -> logits `[N, num_classes]`.
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 2> {
         let features = self.features(x);
-        self.fc.forward(self.dropout.forward(features))
+        crate::linear::forward(&self.fc, self.dropout.forward(features))
     }
 
     /// Everything before dropout and the classifier: `[N, 3, H, W]` -> pooled `[N, feature_dim]`.

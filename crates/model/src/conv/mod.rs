@@ -4,11 +4,18 @@
 //! above all, where Burn's kernels apply — and every convolution outside the fast path's
 //! shape (bias, groups, dilation, `Same` padding, other dtypes) goes through Burn unchanged.
 //!
+//! On CUDA without fusion, [`cuda`] runs them with a fixed kernel strategy instead of Burn's
+//! autotuning (`--cuda-conv`).
+//!
 //! The choice is made per backend type at run time (`TypeId`), so the model stays generic over
 //! `B: Backend` and no trait bound leaks into the crates above. `RESNET_CONV=burn` in the
 //! environment forces Burn's convolution everywhere, for A/B benchmarks and bisecting.
 
 mod autodiff;
+#[cfg(feature = "cuda")]
+pub mod cuda;
+#[cfg(any(test, feature = "cuda"))]
+mod dilate;
 pub mod kernels;
 mod scratch;
 mod sgemm;
@@ -86,6 +93,24 @@ pub fn forward<B: Backend>(conv: &Conv2d<B>, x: Tensor<B, 4>) -> Tensor<B, 4> {
         let y = flex_forward(&x, &w, &geom);
         Tensor::from_primitive(TensorPrimitive::Float(cast(y).expect("same type")))
     } else {
+        #[cfg(feature = "cuda")]
+        if cuda::cuda_conv() != cuda::CudaConv::Autotune {
+            if is(TypeId::of::<Autodiff<cuda::CudaPlain>>()) {
+                let (x, w) = (float_primitive(x), float_primitive(conv.weight.val()));
+                let (Some(x), Some(w)) = (cast(x), cast(w)) else {
+                    unreachable!("B is Autodiff<CudaPlain>, checked above")
+                };
+                let y = cuda::conv2d(x, w, geom);
+                return Tensor::from_primitive(TensorPrimitive::Float(cast(y).expect("same type")));
+            } else if is(TypeId::of::<cuda::CudaPlain>()) {
+                let (x, w) = (float_primitive(x), float_primitive(conv.weight.val()));
+                let (Some(x), Some(w)) = (cast(x), cast(w)) else {
+                    unreachable!("B is CudaPlain, checked above")
+                };
+                let y = cuda::forward(x, w, &geom);
+                return Tensor::from_primitive(TensorPrimitive::Float(cast(y).expect("same type")));
+            }
+        }
         conv.forward(x)
     }
 }

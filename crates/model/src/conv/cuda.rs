@@ -1,0 +1,214 @@
+//! The convolution on CUDA without kernel fusion (`CubeBackend<CudaRuntime>`), with the kernel
+//! strategy chosen up front instead of autotuned.
+//!
+//! Why: Burn's default CUDA path autotunes every convolution pass (forward, input gradient,
+//! weight gradient) for every new shape. Each candidate is compiled with NVRTC and timed, and
+//! the weight-gradient fallback candidate is itself a convolution that autotunes again. On a
+//! ResNet the first training step therefore compiles and times a few hundred kernels. A fixed
+//! strategy compiles one kernel per pass and shape. `--cuda-conv gemm` (implicit GEMM on the
+//! tensor cores) or `direct` select it; `autotune` leaves Burn's behaviour unchanged.
+
+use std::sync::atomic::{AtomicU8, Ordering};
+
+use burn::backend::autodiff::checkpoint::base::Checkpointer;
+use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
+use burn::backend::autodiff::grads::Gradients;
+use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+use burn::backend::autodiff::NodeId;
+use burn::backend::Autodiff;
+use burn::tensor::ops::{ConvOptions, FloatTensor, FloatTensorOps};
+use burn::tensor::{DType, TensorMetadata};
+use burn_cubecl::cubecl::cuda::CudaRuntime;
+use burn_cubecl::kernel::conv::{
+    conv_data_backward, conv_forward, conv_weight_backward, ConvStrategy,
+};
+use burn_cubecl::kernel::matmul::{matmul, MatmulStrategy};
+use burn_cubecl::tensor::CubeTensor;
+use burn_cubecl::CubeBackend;
+
+use super::ConvGeom;
+
+/// Burn's CUDA backend without the fusion layer: its tensors are cubecl tensors, so the
+/// convolution kernels can be called with an explicit strategy.
+pub type CudaPlain = CubeBackend<CudaRuntime, f32, i32, u8>;
+
+type Tensor = CubeTensor<CudaRuntime>;
+
+/// How convolutions run on the plain (unfused) CUDA backend.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CudaConv {
+    /// Burn's autotuned convolution (Burn's default).
+    Autotune,
+    /// Implicit GEMM on the tensor cores (cmma); falls back to `Direct` for a shape it rejects.
+    Gemm,
+    /// Burn's direct convolution kernels: one simple kernel per pass, slowest at run time.
+    Direct,
+}
+
+impl CudaConv {
+    /// Parses `autotune`, `gemm` or `direct`.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "autotune" => Some(Self::Autotune),
+            "gemm" => Some(Self::Gemm),
+            "direct" => Some(Self::Direct),
+            _ => None,
+        }
+    }
+
+    /// The name [`CudaConv::parse`] accepts.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Autotune => "autotune",
+            Self::Gemm => "gemm",
+            Self::Direct => "direct",
+        }
+    }
+}
+
+static CHOICE: AtomicU8 = AtomicU8::new(0);
+
+/// `RESNET_CUDA_DGRAD=spread` (experimental, with `gemm`): strided input gradients as stride-1
+/// implicit GEMM on the spread output gradient ([`super::dilate`]) instead of Burn's autotuned
+/// transposed convolution. Read once.
+fn spread_dgrad() -> bool {
+    static V: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *V.get_or_init(|| std::env::var("RESNET_CUDA_DGRAD").as_deref() == Ok("spread"))
+}
+
+/// Sets the strategy for this process (the binaries do it once, from `--cuda-conv`).
+pub fn set_cuda_conv(c: CudaConv) {
+    CHOICE.store(c as u8, Ordering::Relaxed);
+}
+
+/// The strategy set by [`set_cuda_conv`] (default: autotune).
+pub fn cuda_conv() -> CudaConv {
+    match CHOICE.load(Ordering::Relaxed) {
+        1 => CudaConv::Gemm,
+        2 => CudaConv::Direct,
+        _ => CudaConv::Autotune,
+    }
+}
+
+fn options(g: &ConvGeom) -> ConvOptions<2> {
+    ConvOptions {
+        stride: g.stride,
+        padding: g.pad,
+        dilation: [1, 1],
+        groups: 1,
+    }
+}
+
+fn strategy(c: CudaConv) -> ConvStrategy {
+    match c {
+        CudaConv::Gemm => ConvStrategy::ImplicitGemm,
+        CudaConv::Direct | CudaConv::Autotune => ConvStrategy::Direct,
+    }
+}
+
+/// Runs `f` with the chosen strategy; a shape the GEMM kernels reject (their setup error) runs
+/// with the direct kernels instead. An error from those is a bug in Burn's kernels for a
+/// shape this model uses: there is no way to report it from inside a backend op.
+fn with_fallback<E: std::fmt::Debug>(
+    what: &str,
+    f: impl Fn(ConvStrategy) -> Result<Tensor, E>,
+) -> Tensor {
+    let c = cuda_conv();
+    match f(strategy(c)) {
+        Ok(t) => t,
+        Err(_) if c == CudaConv::Gemm => f(ConvStrategy::Direct)
+            .unwrap_or_else(|e| panic!("CUDA {what}: direct kernel failed too: {e:?}")),
+        Err(e) => panic!("CUDA {what}: {e:?}"),
+    }
+}
+
+pub(crate) fn forward(x: Tensor, w: Tensor, g: &ConvGeom) -> Tensor {
+    with_fallback("convolution", |s| {
+        conv_forward::<CudaRuntime, 2>(x.clone(), w.clone(), None, options(g), s)
+    })
+}
+
+#[derive(Debug)]
+struct ConvBackward;
+
+impl Backward<CudaPlain, 2> for ConvBackward {
+    type State = (NodeId, NodeId, ConvGeom);
+
+    fn backward(
+        self,
+        ops: Ops<Self::State, 2>,
+        grads: &mut Gradients,
+        checkpointer: &mut Checkpointer,
+    ) {
+        let [node_x, node_w] = ops.parents;
+        let dy: Tensor = grads.consume::<CudaPlain>(&ops.node);
+        let (x_state, w_state, g) = ops.state;
+        let x: Tensor = checkpointer.retrieve_node_output(x_state);
+        let w: Tensor = checkpointer.retrieve_node_output(w_state);
+        if let Some(node) = node_x {
+            let dx = if g.stride != [1, 1] && cuda_conv() == CudaConv::Gemm && spread_dgrad() {
+                // Stride 1 on the spread gradient: implicit GEMM instead of Burn's autotuned
+                // transposed convolution (see super::dilate).
+                let full = [0, 1].map(|i| g.in_hw[i] + 2 * g.pad[i] - g.kernel[i] + 1);
+                let dy = super::dilate::spread::<CudaPlain>(dy.clone(), g.stride, full);
+                let unit = ConvOptions {
+                    stride: [1, 1],
+                    ..options(&g)
+                };
+                with_fallback("input gradient", |s| {
+                    conv_data_backward(dy.clone(), w.clone(), x.shape(), unit.clone(), s)
+                })
+            } else {
+                with_fallback("input gradient", |s| {
+                    conv_data_backward(dy.clone(), w.clone(), x.shape(), options(&g), s)
+                })
+            };
+            grads.register::<CudaPlain>(node.id, dx);
+        }
+        if let Some(node) = node_w {
+            let dw = with_fallback("weight gradient", |s| {
+                conv_weight_backward::<CudaRuntime, 2>(
+                    x.clone(),
+                    dy.clone(),
+                    w.shape(),
+                    options(&g),
+                    s,
+                )
+            });
+            grads.register::<CudaPlain>(node.id, dw);
+        }
+    }
+}
+
+/// A bias-free convolution recorded on the autodiff graph (when either input is tracked).
+pub(crate) fn conv2d(
+    x: FloatTensor<Autodiff<CudaPlain>>,
+    w: FloatTensor<Autodiff<CudaPlain>>,
+    g: ConvGeom,
+) -> FloatTensor<Autodiff<CudaPlain>> {
+    match ConvBackward
+        .prepare::<NoCheckpointing>([x.node.clone(), w.node.clone()])
+        .compute_bound()
+        .stateful()
+    {
+        OpsKind::Tracked(mut prep) => {
+            let x_state = prep.checkpoint(&x);
+            let w_state = prep.checkpoint(&w);
+            let y = forward(x.primitive, w.primitive, &g);
+            prep.finish((x_state, w_state, g), y)
+        }
+        OpsKind::UnTracked(prep) => prep.finish(forward(x.primitive, w.primitive, &g)),
+    }
+}
+
+/// cubek's default matmul kernel, without autotuning (the classifier layer, see
+/// [`crate::linear`]); a problem it rejects runs through the backend's autotuned matmul.
+#[derive(Debug)]
+pub struct FixedMatmul;
+
+impl crate::linear::MatmulKernel<CudaPlain> for FixedMatmul {
+    fn matmul(a: Tensor, b: Tensor) -> Tensor {
+        matmul(a.clone(), b.clone(), None, MatmulStrategy::Cube, DType::F32)
+            .unwrap_or_else(|_| CudaPlain::float_matmul(a, b))
+    }
+}
