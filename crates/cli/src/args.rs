@@ -52,6 +52,43 @@ pub struct DeviceArgs {
     /// Run on the CPU (the default).
     #[arg(long)]
     pub cpu: bool,
+    /// CUDA only: Burn's kernel-fusion layer [default: off, unless --cuda-conv autotune; gemm
+    /// and direct need it off].
+    #[arg(long, value_name = "on|off", env = "RESNET_CUDA_FUSION")]
+    pub cuda_fusion: Option<Toggle>,
+    /// CUDA only: how convolutions (and the classifier's matmul) pick their kernels. `gemm`
+    /// runs implicit GEMM on the tensor cores without tuning; `autotune` is Burn's default,
+    /// which compiles and times every candidate kernel for each new shape at first use (on an
+    /// H200 its first ResNet-18 training step did not finish in 120 s; gemm's took 111 s cold
+    /// and 0.2 s with the kernel cache); `direct` is Burn's simple kernels [default: gemm].
+    #[arg(long, value_name = "KIND", env = "RESNET_CUDA_CONV")]
+    pub cuda_conv: Option<CudaConvArg>,
+    /// CUDA only: directory where compiled kernels and autotune results persist between runs,
+    /// so a restarted worker skips both [default: $XDG_CACHE_HOME/resnet-cluster/kernels or
+    /// ~/.cache/resnet-cluster/kernels]; `off` keeps them in memory only. Ignored when a
+    /// cubecl.toml or burn.toml configures cubecl.
+    #[arg(long, value_name = "DIR", env = "RESNET_KERNEL_CACHE")]
+    pub kernel_cache: Option<PathBuf>,
+}
+
+/// `on` or `off`.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Toggle {
+    /// Enabled.
+    On,
+    /// Disabled.
+    Off,
+}
+
+/// `--cuda-conv` values.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CudaConvArg {
+    /// Burn's autotuned convolution.
+    Autotune,
+    /// Implicit GEMM on the tensor cores, no tuning.
+    Gemm,
+    /// Burn's direct convolution kernels, no tuning.
+    Direct,
 }
 
 /// Flags that set run parameters; shared by `resnet train` and `coordinator`.

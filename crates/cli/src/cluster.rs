@@ -187,7 +187,7 @@ fn device_name(sel: Selected) -> String {
     match sel {
         Selected::Cpu => "cpu".into(),
         #[cfg(feature = "cuda")]
-        Selected::Gpu(n) => format!("cuda:{n}"),
+        Selected::Gpu { index, .. } => format!("cuda:{index}"),
     }
 }
 

@@ -143,7 +143,7 @@ fn nccl_check(gpu: usize, elems: usize, repeats: usize, json: bool) -> Result<()
     use resnet_collective::nccl::{unique_id, NcclCollective};
     crate::device::select(&crate::args::DeviceArgs {
         gpu: Some(gpu),
-        cpu: false,
+        ..Default::default()
     })?;
     let id = unique_id()?;
     let mut comm = NcclCollective::new(gpu, 0, 1, &id)?;

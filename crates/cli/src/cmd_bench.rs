@@ -7,7 +7,7 @@ use std::time::Instant;
 use anyhow::Result;
 use burn::optim::GradientsParams;
 use burn::tensor::backend::{AutodiffBackend, Backend};
-use burn::tensor::{Distribution, Tensor};
+use burn::tensor::{Distribution, ElementConversion, Tensor};
 use resnet_model::ResNetConfig;
 use resnet_train::{smoothed_targets, soft_cross_entropy, targets_tensor, OptimConfig};
 use serde::Serialize;
@@ -34,6 +34,8 @@ pub struct BenchResult {
     pub image_size: usize,
     /// Backend and device.
     pub device: String,
+    /// CUDA convolution kernels (`--cuda-conv`), on a GPU.
+    pub cuda_conv: Option<String>,
     /// CPU threads available to the process.
     pub threads: usize,
     /// Timed steps.
@@ -50,6 +52,8 @@ pub struct BenchResult {
     pub phases: Option<[f64; 3]>,
     /// The first step (cold: on a GPU it includes kernel compilation and autotuning).
     pub first_step_s: f64,
+    /// Loss of the first and of the last step (train mode; same seed and batch in every run).
+    pub losses: Option<[f64; 2]>,
     /// Wall time from device set-up to the last step.
     pub total_s: f64,
 }
@@ -71,13 +75,24 @@ fn sync<B: Backend>(device: &B::Device) {
     let _ = B::sync(device);
 }
 
-/// Times `--warmup` + `--steps` training steps: (step seconds, median forward/backward/optimizer
-/// seconds, first step seconds).
+/// What [`bench_train`] measured.
+pub struct TrainTimes {
+    /// Seconds of each timed step.
+    pub steps: Vec<f64>,
+    /// Median seconds of forward (+loss), backward and optimizer.
+    pub phases: [f64; 3],
+    /// Seconds of the first (cold) step.
+    pub first: f64,
+    /// Loss of the first and of the last step.
+    pub losses: [f64; 2],
+}
+
+/// Times `--warmup` + `--steps` training steps.
 pub fn bench_train<B: AutodiffBackend>(
     cfg: &ResNetConfig,
     a: &BenchArgs,
     device: &B::Device,
-) -> Result<(Vec<f64>, [f64; 3], f64)> {
+) -> Result<TrainTimes> {
     B::seed(device, 0);
     let mut model = cfg.init::<B>(device)?;
     let mut optim = OptimConfig {
@@ -103,19 +118,32 @@ pub fn bench_train<B: AutodiffBackend>(
     );
     let (mut total, mut fwd, mut bwd, mut opt) = (vec![], vec![], vec![], vec![]);
     let mut first = 0.0;
+    let mut losses = Vec::new();
     for i in 0..a.warmup + a.steps {
         let t0 = Instant::now();
         let loss = soft_cross_entropy(model.forward(x.clone()), targets.clone());
         sync::<B>(device);
         let t1 = Instant::now();
+        if i == 0 {
+            // A cold GPU step can take minutes: say which phase got through if it never ends.
+            eprintln!("step 1: forward {:.3} s", (t1 - t0).as_secs_f64());
+        }
         let grads = GradientsParams::from_grads(loss.backward(), &model);
         sync::<B>(device);
         let t2 = Instant::now();
+        if i == 0 {
+            eprintln!("step 1: backward {:.3} s", (t2 - t1).as_secs_f64());
+        }
         model = optim.step(0.01, model, grads);
         sync::<B>(device);
         let t3 = Instant::now();
         if i == 0 {
             first = (t3 - t0).as_secs_f64();
+        }
+        // Read outside the timed region: the first and last losses let runs of one seed on
+        // different kernels (CUDA `--cuda-conv`, CPU `RESNET_CONV`) be compared for agreement.
+        if i == 0 || i + 1 == a.warmup + a.steps {
+            losses.push(loss.into_scalar().elem::<f64>());
         }
         if i >= a.warmup {
             total.push((t3 - t0).as_secs_f64());
@@ -135,11 +163,12 @@ pub fn bench_train<B: AutodiffBackend>(
             );
         }
     }
-    Ok((
-        total,
-        [median(&mut fwd), median(&mut bwd), median(&mut opt)],
+    Ok(TrainTimes {
+        steps: total,
+        phases: [median(&mut fwd), median(&mut bwd), median(&mut opt)],
         first,
-    ))
+        losses: [losses[0], losses[losses.len() - 1]],
+    })
 }
 
 fn bench_eval<B: Backend>(
@@ -184,14 +213,13 @@ pub fn run(a: BenchArgs) -> Result<()> {
     };
     cfg.validate()?;
     let started = Instant::now();
-    let (mut steps, phases, first) = if a.mode == "train" {
-        let (t, p, first) =
-            crate::with_train_backend!(sel, |B, device| bench_train::<B>(&cfg, &a, &device)?);
-        (t, Some(p), first)
+    let (mut steps, phases, first, losses) = if a.mode == "train" {
+        let t = crate::with_train_backend!(sel, |B, device| bench_train::<B>(&cfg, &a, &device)?);
+        (t.steps, Some(t.phases), t.first, Some(t.losses))
     } else {
         let (t, first) =
             crate::with_infer_backend!(sel, |B, device| bench_eval::<B>(&cfg, &a, &device)?);
-        (t, None, first)
+        (t, None, first, None)
     };
     let total_s = started.elapsed().as_secs_f64();
     let min = steps.iter().copied().fold(f64::INFINITY, f64::min);
@@ -206,6 +234,13 @@ pub fn run(a: BenchArgs) -> Result<()> {
         batch_size: a.batch_size,
         image_size: a.image_size,
         device: format!("{sel:?}"),
+        cuda_conv: match sel {
+            crate::device::Selected::Cpu => None,
+            #[cfg(feature = "cuda")]
+            crate::device::Selected::Gpu { .. } => {
+                Some(resnet_model::conv::cuda::cuda_conv().name().to_string())
+            }
+        },
         threads: std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(1),
@@ -216,6 +251,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
         max_step_s: max,
         phases,
         first_step_s: first,
+        losses,
         total_s,
     };
     if a.json {

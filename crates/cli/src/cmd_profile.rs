@@ -206,7 +206,7 @@ fn measured_step(cfg: &ResNetConfig, a: &ProfileArgs) -> Result<[f64; 3]> {
         device: Default::default(),
     };
     let device = Default::default();
-    let (_, phases, _) = crate::cmd_bench::bench_train::<Autodiff<Flex>>(cfg, &bench, &device)?;
+    let phases = crate::cmd_bench::bench_train::<Autodiff<Flex>>(cfg, &bench, &device)?.phases;
     Ok(phases)
 }
 

@@ -14,15 +14,27 @@ pub type GpuTrain = burn::backend::Autodiff<burn::backend::Cuda>;
 /// GPU backend for inference.
 #[cfg(feature = "cuda")]
 pub type GpuInfer = burn::backend::Cuda;
+/// GPU backend for training without kernel fusion (`--cuda-fusion off`): convolutions can then
+/// run with a fixed kernel strategy (`--cuda-conv`).
+#[cfg(feature = "cuda")]
+pub type GpuTrainPlain = burn::backend::Autodiff<resnet_model::conv::cuda::CudaPlain>;
+/// GPU backend for inference without kernel fusion.
+#[cfg(feature = "cuda")]
+pub type GpuInferPlain = resnet_model::conv::cuda::CudaPlain;
 
 /// What the flags asked for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Selected {
     /// The flex CPU backend.
     Cpu,
-    /// CUDA device N.
+    /// A CUDA device.
     #[cfg(feature = "cuda")]
-    Gpu(usize),
+    Gpu {
+        /// The device index.
+        index: usize,
+        /// Burn's fusion backend (true) or the plain CUDA backend.
+        fusion: bool,
+    },
 }
 
 /// Resolves `--gpu`/`--cpu`. A `--gpu` request fails with an explanation, never a panic, when
@@ -33,13 +45,45 @@ pub fn select(args: &DeviceArgs) -> Result<Selected> {
         #[cfg(feature = "cuda")]
         Some(n) => {
             cuda_driver_present()?;
-            Ok(Selected::Gpu(n))
+            crate::kernel_cache::configure(args.kernel_cache.as_deref())?;
+            let (fusion, conv) = cuda_choices(args)?;
+            resnet_model::conv::cuda::set_cuda_conv(conv);
+            tracing::info!(
+                gpu = n,
+                fusion,
+                conv = conv.name(),
+                "CUDA backend selected"
+            );
+            Ok(Selected::Gpu { index: n, fusion })
         }
         #[cfg(not(feature = "cuda"))]
         Some(n) => bail!(
             "--gpu {n}: this binary was built without CUDA support; rebuild with `--features cuda` or use --cpu"
         ),
     }
+}
+
+/// `--cuda-fusion` and `--cuda-conv`, checked against each other.
+#[cfg(feature = "cuda")]
+fn cuda_choices(args: &DeviceArgs) -> Result<(bool, resnet_model::conv::cuda::CudaConv)> {
+    use crate::args::{CudaConvArg, Toggle};
+    use resnet_model::conv::cuda::CudaConv;
+    let conv = match args.cuda_conv.unwrap_or(CudaConvArg::Gemm) {
+        CudaConvArg::Autotune => CudaConv::Autotune,
+        CudaConvArg::Gemm => CudaConv::Gemm,
+        CudaConvArg::Direct => CudaConv::Direct,
+    };
+    let fusion = match args.cuda_fusion {
+        Some(t) => t == Toggle::On,
+        None => conv == CudaConv::Autotune,
+    };
+    if fusion && conv != CudaConv::Autotune {
+        bail!(
+            "--cuda-conv {} needs --cuda-fusion off: Burn's fusion backend always autotunes its convolutions",
+            conv.name()
+        );
+    }
+    Ok((fusion, conv))
 }
 
 /// Burn's CUDA runtime panics in a background thread when the driver is missing, so look for
@@ -85,9 +129,21 @@ macro_rules! with_train_backend {
                 $body
             }
             #[cfg(feature = "cuda")]
-            $crate::device::Selected::Gpu(n) => {
+            $crate::device::Selected::Gpu {
+                index,
+                fusion: true,
+            } => {
                 type $B = $crate::device::GpuTrain;
-                let $dev = burn::backend::cuda::CudaDevice::new(n);
+                let $dev = burn::backend::cuda::CudaDevice::new(index);
+                $body
+            }
+            #[cfg(feature = "cuda")]
+            $crate::device::Selected::Gpu {
+                index,
+                fusion: false,
+            } => {
+                type $B = $crate::device::GpuTrainPlain;
+                let $dev = burn::backend::cuda::CudaDevice::new(index);
                 $body
             }
         }
@@ -105,9 +161,21 @@ macro_rules! with_infer_backend {
                 $body
             }
             #[cfg(feature = "cuda")]
-            $crate::device::Selected::Gpu(n) => {
+            $crate::device::Selected::Gpu {
+                index,
+                fusion: true,
+            } => {
                 type $B = $crate::device::GpuInfer;
-                let $dev = burn::backend::cuda::CudaDevice::new(n);
+                let $dev = burn::backend::cuda::CudaDevice::new(index);
+                $body
+            }
+            #[cfg(feature = "cuda")]
+            $crate::device::Selected::Gpu {
+                index,
+                fusion: false,
+            } => {
+                type $B = $crate::device::GpuInferPlain;
+                let $dev = burn::backend::cuda::CudaDevice::new(index);
                 $body
             }
         }

@@ -14,6 +14,7 @@ pub mod cmd_schedule;
 pub mod cmd_sweep;
 pub mod cmd_train;
 pub mod device;
+pub mod kernel_cache;
 pub mod progress;
 pub mod report;
 pub mod settings;
