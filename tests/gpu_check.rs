@@ -34,10 +34,10 @@ fn gpu_check_script_runs_its_non_gpu_steps_and_writes_the_summary() {
             .unwrap_or_else(|| panic!("step {n} missing:\n{text}"))
     };
     for name in [
-        "first-step-cold",
-        "first-step-again",
-        "first-step-autotune-minimal",
+        "first-step-gemm",
+        "first-step-gemm-spread",
         "bench-r18-cifar",
+        "profile-r18-cifar",
         "bench-r50-imagenet-stem",
         "local-1-worker",
         "two-workers-tcp-ring",
@@ -46,7 +46,7 @@ fn gpu_check_script_runs_its_non_gpu_steps_and_writes_the_summary() {
         assert_eq!(s["ok"], true, "{name}: {s}");
     }
     for name in [
-        "first-step-cold",
+        "first-step-gemm",
         "bench-r18-cifar",
         "bench-r50-imagenet-stem",
     ] {
