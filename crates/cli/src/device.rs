@@ -122,31 +122,13 @@ fn cuda_driver_present() -> Result<()> {
 #[macro_export]
 macro_rules! with_train_backend {
     ($sel:expr, |$B:ident, $dev:ident| $body:expr) => {
-        match $sel {
-            $crate::device::Selected::Cpu => {
-                type $B = $crate::device::CpuTrain;
-                let $dev = burn::backend::flex::FlexDevice::default();
-                $body
-            }
-            #[cfg(feature = "cuda")]
-            $crate::device::Selected::Gpu {
-                index,
-                fusion: true,
-            } => {
-                type $B = $crate::device::GpuTrain;
-                let $dev = burn::backend::cuda::CudaDevice::new(index);
-                $body
-            }
-            #[cfg(feature = "cuda")]
-            $crate::device::Selected::Gpu {
-                index,
-                fusion: false,
-            } => {
-                type $B = $crate::device::GpuTrainPlain;
-                let $dev = burn::backend::cuda::CudaDevice::new(index);
-                $body
-            }
-        }
+        $crate::with_backend!(
+            $sel,
+            $crate::device::CpuTrain,
+            $crate::device::GpuTrain,
+            $crate::device::GpuTrainPlain,
+            |$B, $dev| $body
+        )
     };
 }
 
@@ -154,29 +136,38 @@ macro_rules! with_train_backend {
 #[macro_export]
 macro_rules! with_infer_backend {
     ($sel:expr, |$B:ident, $dev:ident| $body:expr) => {
+        $crate::with_backend!(
+            $sel,
+            $crate::device::CpuInfer,
+            $crate::device::GpuInfer,
+            $crate::device::GpuInferPlain,
+            |$B, $dev| $body
+        )
+    };
+}
+
+/// The body of [`with_train_backend`] and [`with_infer_backend`]: `$cpu`, `$gpu` (fusion) or
+/// `$gpu_plain` as `$B`, by what [`Selected`] says.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! with_backend {
+    ($sel:expr, $cpu:ty, $gpu:ty, $gpu_plain:ty, |$B:ident, $dev:ident| $body:expr) => {
         match $sel {
             $crate::device::Selected::Cpu => {
-                type $B = $crate::device::CpuInfer;
+                type $B = $cpu;
                 let $dev = burn::backend::flex::FlexDevice::default();
                 $body
             }
             #[cfg(feature = "cuda")]
-            $crate::device::Selected::Gpu {
-                index,
-                fusion: true,
-            } => {
-                type $B = $crate::device::GpuInfer;
+            $crate::device::Selected::Gpu { index, fusion } => {
                 let $dev = burn::backend::cuda::CudaDevice::new(index);
-                $body
-            }
-            #[cfg(feature = "cuda")]
-            $crate::device::Selected::Gpu {
-                index,
-                fusion: false,
-            } => {
-                type $B = $crate::device::GpuInferPlain;
-                let $dev = burn::backend::cuda::CudaDevice::new(index);
-                $body
+                if fusion {
+                    type $B = $gpu;
+                    $body
+                } else {
+                    type $B = $gpu_plain;
+                    $body
+                }
             }
         }
     };

@@ -10,14 +10,8 @@
 
 use std::sync::atomic::{AtomicU8, Ordering};
 
-use burn::backend::autodiff::checkpoint::base::Checkpointer;
-use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
-use burn::backend::autodiff::grads::Gradients;
-use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
-use burn::backend::autodiff::NodeId;
-use burn::backend::Autodiff;
-use burn::tensor::ops::{ConvOptions, FloatTensor, FloatTensorOps};
-use burn::tensor::{DType, TensorMetadata};
+use burn::tensor::ops::{ConvOptions, FloatTensorOps};
+use burn::tensor::{DType, Shape};
 use burn_cubecl::cubecl::cuda::CudaRuntime;
 use burn_cubecl::kernel::conv::{
     conv_data_backward, conv_forward, conv_weight_backward, ConvStrategy,
@@ -26,6 +20,7 @@ use burn_cubecl::kernel::matmul::{matmul, MatmulStrategy};
 use burn_cubecl::tensor::CubeTensor;
 use burn_cubecl::CubeBackend;
 
+use super::autodiff::ConvKernels;
 use super::ConvGeom;
 
 /// Burn's CUDA backend without the fusion layer: its tensors are cubecl tensors, so the
@@ -128,76 +123,48 @@ pub(crate) fn forward(x: Tensor, w: Tensor, g: &ConvGeom) -> Tensor {
     })
 }
 
+/// Burn's cubecl convolution kernels with the strategy of [`cuda_conv`], for the autodiff op
+/// of [`super::autodiff`].
 #[derive(Debug)]
-struct ConvBackward;
+pub(crate) struct CudaKernels;
 
-impl Backward<CudaPlain, 2> for ConvBackward {
-    type State = (NodeId, NodeId, ConvGeom);
+impl ConvKernels<CudaPlain> for CudaKernels {
+    fn forward(x: &Tensor, w: &Tensor, g: &ConvGeom) -> Tensor {
+        forward(x.clone(), w.clone(), g)
+    }
 
-    fn backward(
-        self,
-        ops: Ops<Self::State, 2>,
-        grads: &mut Gradients,
-        checkpointer: &mut Checkpointer,
-    ) {
-        let [node_x, node_w] = ops.parents;
-        let dy: Tensor = grads.consume::<CudaPlain>(&ops.node);
-        let (x_state, w_state, g) = ops.state;
-        let x: Tensor = checkpointer.retrieve_node_output(x_state);
-        let w: Tensor = checkpointer.retrieve_node_output(w_state);
-        if let Some(node) = node_x {
-            let dx = if g.stride != [1, 1] && cuda_conv() == CudaConv::Gemm && spread_dgrad() {
-                // Stride 1 on the spread gradient: implicit GEMM instead of Burn's autotuned
-                // transposed convolution (see super::dilate).
-                let full = [0, 1].map(|i| g.in_hw[i] + 2 * g.pad[i] - g.kernel[i] + 1);
-                let dy = super::dilate::spread::<CudaPlain>(dy.clone(), g.stride, full);
-                let unit = ConvOptions {
-                    stride: [1, 1],
-                    ..options(&g)
-                };
-                with_fallback("input gradient", |s| {
-                    conv_data_backward(dy.clone(), w.clone(), x.shape(), unit.clone(), s)
-                })
-            } else {
-                with_fallback("input gradient", |s| {
-                    conv_data_backward(dy.clone(), w.clone(), x.shape(), options(&g), s)
-                })
+    fn grad_input(dy: &Tensor, w: &Tensor, g: &ConvGeom) -> Tensor {
+        let x_shape = Shape::new([g.batch, g.cin, g.in_hw[0], g.in_hw[1]]);
+        if g.stride != [1, 1] && cuda_conv() == CudaConv::Gemm && spread_dgrad() {
+            // Stride 1 on the spread gradient: implicit GEMM instead of Burn's autotuned
+            // transposed convolution (see super::dilate).
+            let full = [0, 1].map(|i| g.in_hw[i] + 2 * g.pad[i] - g.kernel[i] + 1);
+            let dy = super::dilate::spread::<CudaPlain>(dy.clone(), g.stride, full);
+            let unit = ConvOptions {
+                stride: [1, 1],
+                ..options(g)
             };
-            grads.register::<CudaPlain>(node.id, dx);
-        }
-        if let Some(node) = node_w {
-            let dw = with_fallback("weight gradient", |s| {
-                conv_weight_backward::<CudaRuntime, 2>(
-                    x.clone(),
-                    dy.clone(),
-                    w.shape(),
-                    options(&g),
-                    s,
-                )
-            });
-            grads.register::<CudaPlain>(node.id, dw);
+            with_fallback("input gradient", |s| {
+                conv_data_backward(dy.clone(), w.clone(), x_shape.clone(), unit.clone(), s)
+            })
+        } else {
+            with_fallback("input gradient", |s| {
+                conv_data_backward(dy.clone(), w.clone(), x_shape.clone(), options(g), s)
+            })
         }
     }
-}
 
-/// A bias-free convolution recorded on the autodiff graph (when either input is tracked).
-pub(crate) fn conv2d(
-    x: FloatTensor<Autodiff<CudaPlain>>,
-    w: FloatTensor<Autodiff<CudaPlain>>,
-    g: ConvGeom,
-) -> FloatTensor<Autodiff<CudaPlain>> {
-    match ConvBackward
-        .prepare::<NoCheckpointing>([x.node.clone(), w.node.clone()])
-        .compute_bound()
-        .stateful()
-    {
-        OpsKind::Tracked(mut prep) => {
-            let x_state = prep.checkpoint(&x);
-            let w_state = prep.checkpoint(&w);
-            let y = forward(x.primitive, w.primitive, &g);
-            prep.finish((x_state, w_state, g), y)
-        }
-        OpsKind::UnTracked(prep) => prep.finish(forward(x.primitive, w.primitive, &g)),
+    fn grad_weight(x: &Tensor, dy: &Tensor, g: &ConvGeom) -> Tensor {
+        let w_shape = Shape::new([g.cout, g.cin, g.kernel[0], g.kernel[1]]);
+        with_fallback("weight gradient", |s| {
+            conv_weight_backward::<CudaRuntime, 2>(
+                x.clone(),
+                dy.clone(),
+                w_shape.clone(),
+                options(g),
+                s,
+            )
+        })
     }
 }
 

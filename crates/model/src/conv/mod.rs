@@ -83,7 +83,7 @@ pub fn forward<B: Backend>(conv: &Conv2d<B>, x: Tensor<B, 4>) -> Tensor<B, 4> {
         let (Some(x), Some(w)) = (cast(x), cast(w)) else {
             unreachable!("B is Autodiff<Flex>, checked above")
         };
-        let y = autodiff::conv2d(x, w, geom);
+        let y = autodiff::conv2d::<Flex, autodiff::FlexKernels>(x, w, geom);
         Tensor::from_primitive(TensorPrimitive::Float(cast(y).expect("same type")))
     } else if is(TypeId::of::<Flex>()) {
         let (x, w) = (float_primitive(x), float_primitive(conv.weight.val()));
@@ -100,7 +100,7 @@ pub fn forward<B: Backend>(conv: &Conv2d<B>, x: Tensor<B, 4>) -> Tensor<B, 4> {
                 let (Some(x), Some(w)) = (cast(x), cast(w)) else {
                     unreachable!("B is Autodiff<CudaPlain>, checked above")
                 };
-                let y = cuda::conv2d(x, w, geom);
+                let y = autodiff::conv2d::<cuda::CudaPlain, cuda::CudaKernels>(x, w, geom);
                 return Tensor::from_primitive(TensorPrimitive::Float(cast(y).expect("same type")));
             } else if is(TypeId::of::<cuda::CudaPlain>()) {
                 let (x, w) = (float_primitive(x), float_primitive(conv.weight.val()));
