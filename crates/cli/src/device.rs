@@ -2,7 +2,7 @@
 
 use anyhow::{bail, Result};
 
-use crate::args::DeviceArgs;
+use crate::args::{CudaConvArg, DeviceArgs, Toggle};
 
 /// CPU backend for training (flex + autodiff).
 pub type CpuTrain = burn::backend::Autodiff<burn::backend::Flex>;
@@ -63,26 +63,39 @@ pub fn select(args: &DeviceArgs) -> Result<Selected> {
     }
 }
 
-/// `--cuda-fusion` and `--cuda-conv`, checked against each other.
+/// `--cuda-fusion` and `--cuda-conv`, checked against each other: (fusion on, kernels).
+/// Defaults: `gemm`, and fusion only with `autotune` (the fixed kernels need the plain
+/// backend).
+pub fn kernel_choice(
+    conv: Option<CudaConvArg>,
+    fusion: Option<Toggle>,
+) -> Result<(bool, CudaConvArg)> {
+    let conv = conv.unwrap_or(CudaConvArg::Gemm);
+    let fusion = match fusion {
+        Some(t) => t == Toggle::On,
+        None => conv == CudaConvArg::Autotune,
+    };
+    if fusion && conv != CudaConvArg::Autotune {
+        let name = match conv {
+            CudaConvArg::Gemm => "gemm",
+            _ => "direct",
+        };
+        bail!(
+            "--cuda-conv {name} needs --cuda-fusion off: Burn's fusion backend always autotunes its convolutions"
+        );
+    }
+    Ok((fusion, conv))
+}
+
 #[cfg(feature = "cuda")]
 fn cuda_choices(args: &DeviceArgs) -> Result<(bool, resnet_model::conv::cuda::CudaConv)> {
-    use crate::args::{CudaConvArg, Toggle};
     use resnet_model::conv::cuda::CudaConv;
-    let conv = match args.cuda_conv.unwrap_or(CudaConvArg::Gemm) {
+    let (fusion, conv) = kernel_choice(args.cuda_conv, args.cuda_fusion)?;
+    let conv = match conv {
         CudaConvArg::Autotune => CudaConv::Autotune,
         CudaConvArg::Gemm => CudaConv::Gemm,
         CudaConvArg::Direct => CudaConv::Direct,
     };
-    let fusion = match args.cuda_fusion {
-        Some(t) => t == Toggle::On,
-        None => conv == CudaConv::Autotune,
-    };
-    if fusion && conv != CudaConv::Autotune {
-        bail!(
-            "--cuda-conv {} needs --cuda-fusion off: Burn's fusion backend always autotunes its convolutions",
-            conv.name()
-        );
-    }
     Ok((fusion, conv))
 }
 
@@ -171,4 +184,35 @@ macro_rules! with_backend {
             }
         }
     };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kernel_flags_default_to_gemm_without_fusion_and_reject_fusion_with_fixed_kernels() {
+        use CudaConvArg::*;
+        assert_eq!(kernel_choice(None, None).expect("default"), (false, Gemm));
+        assert_eq!(
+            kernel_choice(Some(Autotune), None).expect("autotune"),
+            (true, Autotune)
+        );
+        assert_eq!(
+            kernel_choice(Some(Autotune), Some(Toggle::Off)).expect("plain autotune"),
+            (false, Autotune)
+        );
+        assert_eq!(
+            kernel_choice(Some(Direct), Some(Toggle::Off)).expect("direct"),
+            (false, Direct)
+        );
+        let err = kernel_choice(Some(Gemm), Some(Toggle::On))
+            .expect_err("gemm with fusion")
+            .to_string();
+        assert!(
+            err.contains("--cuda-conv gemm needs --cuda-fusion off"),
+            "{err}"
+        );
+        assert!(kernel_choice(None, Some(Toggle::On)).is_err());
+    }
 }
