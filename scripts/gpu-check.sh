@@ -12,7 +12,7 @@
 # --budget SECONDS  time for all steps together [450]; a step that would start with less than
 #                   15 s left is recorded as skipped, and each step's limit is cut to what is left.
 # --kernels "LIST"  kernel configurations whose cold first step is measured, in order
-#                   ["gemm gemm-spread"]; the best one runs the benchmarks (see below).
+#                   ["gemm-spread-taps gemm"]; the best one runs the benchmarks (see below).
 # --no-pytorch      skip the PyTorch baseline.
 # --cpu-dry-run     run every step that does not need a GPU on the CPU with tiny sizes (what CI
 #                   does to test this script); GPU-only steps are recorded as skipped.
@@ -20,8 +20,9 @@
 # Steps, most important first: GPU facts (nvidia-smi); the NCCL world-size-1 check; the cold
 # first training step of ResNet-18 (CIFAR stem, batch 256) in each kernel configuration, each
 # with an empty kernel cache and a log of the kernels it compiles and tunes (`gemm`: fusion off,
-# fixed implicit-GEMM convolutions and classifier matmul; `gemm-spread`: the same with strided
-# input gradients as stride-1 GEMMs (RESNET_CUDA_DGRAD=spread); `autotune`: Burn's default, which
+# fixed implicit-GEMM convolutions and classifier matmul; `-spread`: strided input gradients as
+# stride-1 GEMMs (RESNET_CUDA_DGRAD=spread); `-taps`: weight gradients as batched matmuls per
+# kernel tap (RESNET_CUDA_WGRAD=taps); `autotune`: Burn's default, which
 # did not finish a step in 120 s on an H200; `direct`: fusion off, Burn's direct convolutions);
 # with the best configuration: ResNet-18 again in a new process with the cache the cold run left
 # (a restarted worker's first step) and its steady-state images/s, `coordinator --local
@@ -35,7 +36,7 @@ bin="$here"
 out="gpu-check"
 dry=0
 budget=450
-kernels="gemm gemm-spread"
+kernels="gemm-spread-taps gemm"
 pytorch=1
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -45,7 +46,7 @@ while [ $# -gt 0 ]; do
     --kernels) kernels="$2"; shift 2 ;;
     --no-pytorch) pytorch=0; shift ;;
     --cpu-dry-run) dry=1; shift ;;
-    -h|--help) sed -n '2,30p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,31p' "$0"; exit 0 ;;
     *) echo "gpu-check: unknown argument $1" >&2; exit 2 ;;
   esac
 done
@@ -54,8 +55,8 @@ case "$budget" in
 esac
 for k in $kernels; do
   case "$k" in
-    gemm|gemm-spread|autotune|direct) ;;
-    *) echo "gpu-check: --kernels takes gemm, gemm-spread, autotune or direct, got '$k'" >&2; exit 2 ;;
+    gemm|gemm-spread|gemm-taps|gemm-spread-taps|autotune|direct) ;;
+    *) echo "gpu-check: --kernels takes gemm[-spread][-taps], autotune or direct, got '$k'" >&2; exit 2 ;;
   esac
 done
 mkdir -p "$out"
@@ -153,17 +154,17 @@ else
 fi
 
 # Kernel configurations (`--kernels`): `gemm` turns fusion off and runs fixed implicit-GEMM
-# convolutions and a fixed classifier matmul; `gemm-spread` adds stride-1 GEMM input gradients
-# for the strided convolutions; `autotune` is Burn's default (fusion, every convolution and
+# convolutions and a fixed classifier matmul; `-spread` and `-taps` add the experimental input
+# and weight gradients (see --help); `autotune` is Burn's default (fusion, every convolution and
 # matmul autotuned per shape); `direct` is fusion off with Burn's direct convolution kernels.
 # Each cold run gets an empty kernel cache of its own and logs the kernels it compiles and its
 # autotune decisions; the log's size every 2 s shows when the step compiles (the log grows) and
 # when it runs or times kernels.
 conv_env() { # conv_env KIND CACHE_DIR: the environment for that configuration
-  case "$1" in
-    gemm-spread) echo "RESNET_CUDA_CONV=gemm RESNET_CUDA_DGRAD=spread RESNET_KERNEL_CACHE=$2" ;;
-    *) echo "RESNET_CUDA_CONV=$1 RESNET_KERNEL_CACHE=$2" ;;
-  esac
+  local e="RESNET_CUDA_CONV=${1%%-*} RESNET_KERNEL_CACHE=$2"
+  case "-$1-" in *-spread-*) e="$e RESNET_CUDA_DGRAD=spread" ;; esac
+  case "-$1-" in *-taps-*) e="$e RESNET_CUDA_WGRAD=taps" ;; esac
+  echo "$e"
 }
 for kind in $kernels; do
   klog="$logs/kernels-$kind.log"

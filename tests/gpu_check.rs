@@ -35,7 +35,7 @@ fn gpu_check_script_runs_its_non_gpu_steps_and_writes_the_summary() {
     };
     for name in [
         "first-step-gemm",
-        "first-step-gemm-spread",
+        "first-step-gemm-spread-taps",
         "bench-r18-cifar",
         "profile-r18-cifar",
         "bench-r50-imagenet-stem",

@@ -63,12 +63,22 @@ impl CudaConv {
 
 static CHOICE: AtomicU8 = AtomicU8::new(0);
 
-/// `RESNET_CUDA_DGRAD=spread` (experimental, with `gemm`): strided input gradients as stride-1
-/// implicit GEMM on the spread output gradient ([`super::dilate`]) instead of Burn's autotuned
-/// transposed convolution. Read once.
-fn spread_dgrad() -> bool {
-    static V: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *V.get_or_init(|| std::env::var("RESNET_CUDA_DGRAD").as_deref() == Ok("spread"))
+/// Whether environment variable `var` is `value`; read once per variable. The experimental
+/// switches, both with `gemm` and not yet measured on a GPU: `RESNET_CUDA_DGRAD=spread`
+/// (strided input gradients as stride-1 implicit GEMM on the spread output gradient,
+/// [`super::dilate`], instead of Burn's autotuned transposed convolution) and
+/// `RESNET_CUDA_WGRAD=taps` (weight gradients as batched matmuls per kernel tap,
+/// [`super::wgrad`]).
+fn env_is(var: &'static str, value: &str) -> bool {
+    use std::collections::HashMap;
+    use std::sync::{Mutex, OnceLock};
+    static SEEN: OnceLock<Mutex<HashMap<&'static str, Option<String>>>> = OnceLock::new();
+    let mut seen = SEEN
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    let v = seen.entry(var).or_insert_with(|| std::env::var(var).ok());
+    v.as_deref() == Some(value)
 }
 
 /// Sets the strategy for this process (the binaries do it once, from `--cuda-conv`).
@@ -135,7 +145,10 @@ impl ConvKernels<CudaPlain> for CudaKernels {
 
     fn grad_input(dy: &Tensor, w: &Tensor, g: &ConvGeom) -> Tensor {
         let x_shape = Shape::new([g.batch, g.cin, g.in_hw[0], g.in_hw[1]]);
-        if g.stride != [1, 1] && cuda_conv() == CudaConv::Gemm && spread_dgrad() {
+        if g.stride != [1, 1]
+            && cuda_conv() == CudaConv::Gemm
+            && env_is("RESNET_CUDA_DGRAD", "spread")
+        {
             // Stride 1 on the spread gradient: implicit GEMM instead of Burn's autotuned
             // transposed convolution (see super::dilate).
             let full = [0, 1].map(|i| g.in_hw[i] + 2 * g.pad[i] - g.kernel[i] + 1);
@@ -155,6 +168,14 @@ impl ConvKernels<CudaPlain> for CudaKernels {
     }
 
     fn grad_weight(x: &Tensor, dy: &Tensor, g: &ConvGeom) -> Tensor {
+        if cuda_conv() == CudaConv::Gemm && env_is("RESNET_CUDA_WGRAD", "taps") {
+            // One batched matmul per kernel tap (see super::wgrad).
+            return super::wgrad::grad_weight_by_taps::<CudaPlain, FixedMatmul>(
+                x.clone(),
+                dy.clone(),
+                g,
+            );
+        }
         let w_shape = Shape::new([g.cout, g.cin, g.kernel[0], g.kernel[1]]);
         with_fallback("weight gradient", |s| {
             conv_weight_backward::<CudaRuntime, 2>(

@@ -19,6 +19,8 @@ mod dilate;
 pub mod kernels;
 mod scratch;
 mod sgemm;
+#[cfg(any(test, feature = "cuda"))]
+mod wgrad;
 
 use std::any::{Any, TypeId};
 use std::cell::RefCell;
