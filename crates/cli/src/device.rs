@@ -45,7 +45,7 @@ pub fn select(args: &DeviceArgs) -> Result<Selected> {
         #[cfg(feature = "cuda")]
         Some(n) => {
             cuda_driver_present()?;
-            crate::kernel_cache::configure(args.kernel_cache.as_deref())?;
+            crate::kernel_cache::configure(args.kernel_cache.as_deref(), n)?;
             let (fusion, conv) = cuda_choices(args)?;
             resnet_model::conv::cuda::set_cuda_conv(conv);
             tracing::info!(

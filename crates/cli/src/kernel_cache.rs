@@ -57,7 +57,7 @@ pub fn resolve(
 /// Applies [`resolve`]'s choice to cubecl's global configuration, once per process and before
 /// the first CUDA operation (cubecl reads its configuration once).
 #[cfg(feature = "cuda")]
-pub fn configure(flag: Option<&Path>) -> anyhow::Result<()> {
+pub fn configure(flag: Option<&Path>, gpu: usize) -> anyhow::Result<()> {
     use anyhow::Context;
     use burn_cubecl::cubecl::config::cache::CacheConfig;
     use burn_cubecl::cubecl::config::{CubeClRuntimeConfig, RuntimeConfig};
@@ -77,6 +77,15 @@ pub fn configure(flag: Option<&Path>) -> anyhow::Result<()> {
             "kernel cache off: the first training step of every run compiles the GPU kernels (about 2 minutes for a ResNet)"
         ),
         CacheChoice::Dir(d) => {
+            // cubecl compiles for the exact architecture: one subdirectory per architecture, so
+            // a cache shared by different GPUs (a home directory, a hostPath) never mixes them.
+            let d = &match resnet_collective::nccl::device_arch(gpu) {
+                Ok(arch) => d.join(arch),
+                Err(e) => {
+                    tracing::warn!(error = %e, "GPU architecture unknown: kernel cache not split by architecture");
+                    d.clone()
+                }
+            };
             std::fs::create_dir_all(d)
                 .with_context(|| format!("creating the kernel cache directory {}", d.display()))?;
             // Say up front why the first step may take minutes: a silent two-minute first step

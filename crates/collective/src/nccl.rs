@@ -32,6 +32,15 @@ pub fn unique_id() -> Result<[u8; ID_BYTES], CollectiveError> {
     Ok(id.internal().map(|c| c as u8))
 }
 
+/// `sm_XY`, the architecture of CUDA device `gpu` (through the driver only, no NCCL): compiled
+/// kernels are specific to it, so caches of them are kept per architecture.
+pub fn device_arch(gpu: usize) -> Result<String, CollectiveError> {
+    let err = |e| CollectiveError::Setup(format!("CUDA device {gpu}: {e:?}"));
+    let ctx = CudaContext::new(gpu).map_err(err)?;
+    let (major, minor) = ctx.compute_capability().map_err(err)?;
+    Ok(format!("sm_{major}{minor}"))
+}
+
 /// One rank of an NCCL communicator.
 pub struct NcclCollective {
     comm: Comm,
