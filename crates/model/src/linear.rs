@@ -5,7 +5,8 @@
 //! classifier's three matmuls (forward, input gradient, weight gradient) cost about 25 s each of
 //! the first training step — for a 512x10 layer. With fixed kernels chosen (`--cuda-conv gemm`
 //! or `direct`, the plain CUDA backend) the layer runs as one autodiff op whose matmuls use
-//! cubek's default kernel. Everywhere else it is Burn's `Linear` unchanged.
+//! cubek's default kernel (in evaluation: that matmul and a bias add). Everywhere else it is
+//! Burn's `Linear` unchanged.
 //!
 //! The op is generic over the backend and its matmul ([`MatmulKernel`]), so its gradients are
 //! tested on the CPU against Burn's own `Linear`.
@@ -70,6 +71,16 @@ impl<B: Backend, M: MatmulKernel<B>> Backward<B, 3> for LinearBackward<M> {
     }
 }
 
+/// `x @ w + b` (x: `[n, d_in]`, w: `[d_in, d_out]`, b: `[d_out]`) without autodiff.
+pub fn affine<B: Backend, M: MatmulKernel<B>>(
+    x: FloatTensor<B>,
+    w: FloatTensor<B>,
+    b: FloatTensor<B>,
+    d_out: usize,
+) -> FloatTensor<B> {
+    B::float_add(M::matmul(x, w), B::float_reshape(b, Shape::new([1, d_out])))
+}
+
 /// `x @ w + b` (x: `[n, d_in]`, w: `[d_in, d_out]`, b: `[d_out]`) on the autodiff graph.
 pub fn linear_op<B: Backend, M: MatmulKernel<B>>(
     x: FloatTensor<Autodiff<B>>,
@@ -77,9 +88,7 @@ pub fn linear_op<B: Backend, M: MatmulKernel<B>>(
     b: FloatTensor<Autodiff<B>>,
     d_out: usize,
 ) -> FloatTensor<Autodiff<B>> {
-    let compute = |x: FloatTensor<B>, w: FloatTensor<B>, b: FloatTensor<B>| {
-        B::float_add(M::matmul(x, w), B::float_reshape(b, Shape::new([1, d_out])))
-    };
+    let compute = |x, w, b| affine::<B, M>(x, w, b, d_out);
     match LinearBackward::<M>(PhantomData)
         .prepare::<NoCheckpointing>([x.node.clone(), w.node.clone(), b.node.clone()])
         .compute_bound()
@@ -112,8 +121,9 @@ fn cuda_forward<B: Backend>(fc: &Linear<B>, x: &Tensor<B, 2>) -> Option<Tensor<B
     use burn::tensor::TensorPrimitive;
     use std::any::TypeId;
 
-    if cuda_conv() == CudaConv::Autotune || TypeId::of::<B>() != TypeId::of::<Autodiff<CudaPlain>>()
-    {
+    let training = TypeId::of::<B>() == TypeId::of::<Autodiff<CudaPlain>>();
+    let inference = TypeId::of::<B>() == TypeId::of::<CudaPlain>();
+    if cuda_conv() == CudaConv::Autotune || !(training || inference) {
         return None;
     }
     let bias = fc.bias.as_ref()?;
@@ -122,11 +132,16 @@ fn cuda_forward<B: Backend>(fc: &Linear<B>, x: &Tensor<B, 2>) -> Option<Tensor<B
         return None;
     }
     let prim = |t: Tensor<B, 2>| t.into_primitive().tensor();
-    let x = cast(prim(x.clone()))?;
-    let w = cast(prim(fc.weight.val()))?;
-    let b = cast(bias.val().into_primitive().tensor())?;
-    let y = linear_op::<CudaPlain, FixedMatmul>(x, w, b, d_out);
-    Some(Tensor::from_primitive(TensorPrimitive::Float(cast(y)?)))
+    let (x, w) = (prim(x.clone()), prim(fc.weight.val()));
+    let b = bias.val().into_primitive().tensor();
+    let y: B::FloatTensorPrimitive = if training {
+        let (x, w, b) = (cast(x)?, cast(w)?, cast(b)?);
+        cast(linear_op::<CudaPlain, FixedMatmul>(x, w, b, d_out))?
+    } else {
+        let (x, w, b) = (cast(x)?, cast(w)?, cast(b)?);
+        cast(affine::<CudaPlain, FixedMatmul>(x, w, b, d_out))?
+    };
+    Some(Tensor::from_primitive(TensorPrimitive::Float(y)))
 }
 
 #[cfg(test)]
