@@ -216,7 +216,7 @@ else
 set -u
 # A time limit stops this shell: take the cluster's processes down with it.
 trap 'kill \$(jobs -p) 2>/dev/null' EXIT TERM
-export RESNET_CUDA_CONV=$best RESNET_KERNEL_CACHE=$out/kernels-$best
+export $(conv_env "$best" "$out/kernels-$best")
 "$bin/coordinator" --workers 2 --listen 127.0.0.1:$port --dataset synthetic --width $width \\
   --batch-size $batch --epochs 1 --train-limit $limit --test-limit 512 --lr 0.05 --json &
 for w in w0 w1; do

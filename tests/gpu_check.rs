@@ -5,8 +5,8 @@
 use std::path::Path;
 use std::process::Command;
 
-#[test]
-fn gpu_check_script_runs_its_non_gpu_steps_and_writes_the_summary() {
+/// Runs the script's CPU dry run with `extra` arguments; returns its summary (and the folder).
+fn dry_run(extra: &[&str]) -> (serde_json::Value, String, tempfile::TempDir) {
     let bin = Path::new(env!("CARGO_BIN_EXE_resnet"))
         .parent()
         .expect("bin dir")
@@ -18,13 +18,37 @@ fn gpu_check_script_runs_its_non_gpu_steps_and_writes_the_summary() {
         .args(["--bin", bin.to_str().expect("utf8")])
         .args(["--out", dir.path().to_str().expect("utf8")])
         .arg("--cpu-dry-run")
+        .args(extra)
         .output()
         .expect("run gpu-check.sh");
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "gpu-check.sh failed:\n{stderr}");
+    assert!(
+        out.status.success(),
+        "gpu-check.sh {extra:?} failed:\n{stderr}"
+    );
     let text = std::fs::read_to_string(dir.path().join("summary.json")).expect("summary");
     let v: serde_json::Value =
         serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}):\n{text}"));
+    (v, text, dir)
+}
+
+/// Each kernel configuration's environment must reach every process of the benchmarks, the
+/// two-worker cluster's included, whichever configuration comes out best (which one does on
+/// the CPU depends on timing, so each is run alone here).
+#[test]
+fn every_kernel_configuration_runs_the_whole_pipeline() {
+    for kind in ["gemm", "gemm-spread-taps", "autotune"] {
+        let (v, text, _dir) = dry_run(&["--kernels", kind, "--no-pytorch"]);
+        assert_eq!(v["best_kernels"], kind, "{text}");
+        for s in v["steps"].as_array().expect("steps") {
+            assert!(s["ok"] != false, "{kind}: {s}");
+        }
+    }
+}
+
+#[test]
+fn gpu_check_script_runs_its_non_gpu_steps_and_writes_the_summary() {
+    let (v, text, _dir) = dry_run(&[]);
     assert_eq!(v["dry_run"], true);
     let steps = v["steps"].as_array().expect("steps");
     let by_name = |n: &str| {
