@@ -232,6 +232,21 @@ SH
   run profile-r18-cifar 45 "${best_env[@]}" RESNET_CUDA_PROFILE="$logs/profile-r18.log" \
     "$bin/resnet" bench "${dev[@]}" --depth 18 --stem cifar --width "$width" \
     --batch-size "$batch" --warmup 1 --steps 2 --json
+  summarize="$here/summarize_profile.py"
+  [ -f "$summarize" ] || summarize="$here/../benchmarks/summarize_profile.py"
+  if [ "$dry" = 1 ]; then
+    skip profile-r18-top "CPU dry run (cubecl's profiler is CUDA's)"
+  else
+    run profile-r18-top 30 python3 "$summarize" "$logs/profile-r18.log" --steps 3 --top 25 --json
+    # The same for plain `gemm` when another configuration won: kernel by kernel, what changed.
+    if [ "$best" != gemm ] && grep -q '^{' "$logs/first-step-gemm.out" 2>/dev/null; then
+      run profile-r18-cifar-gemm 45 env $(conv_env gemm "$out/kernels-gemm") \
+        RESNET_CUDA_PROFILE="$logs/profile-r18-gemm.log" "$bin/resnet" bench "${dev[@]}" \
+        --depth 18 --stem cifar --width "$width" --batch-size "$batch" --warmup 1 --steps 2 --json
+      run profile-r18-gemm-top 30 python3 "$summarize" "$logs/profile-r18-gemm.log" --steps 3 \
+        --top 25 --json
+    fi
+  fi
   # New shapes: this one compiles (and with autotune, tunes) its own kernels.
   run bench-r50-imagenet-stem 150 "${best_env[@]}" "$bin/resnet" bench "${dev[@]}" --depth 50 \
     --stem imagenet --width "$width" --batch-size "$batch" --warmup 2 --steps "$steps" --json

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds the CUDA binaries and packs what scripts/gpu-check.sh needs into dist/, under the 64 MiB
 # a lent GPU machine accepts: resnet-cluster-gpu.tar.xz (resnet, coordinator, worker),
-# gpu-check.sh and pytorch_baseline.py. On the GPU machine: bash dist/gpu-check.sh.
+# gpu-check.sh, pytorch_baseline.py and summarize_profile.py. On the GPU machine:
+# bash dist/gpu-check.sh.
 #
 # The build uses the workspace's one profile (dev: dependencies at opt-level 3, ours at 2), so it
 # shares artifacts with the tests and clippy; GPU step time is in the kernels, not in host code.
@@ -19,5 +20,6 @@ for b in resnet coordinator worker; do
 done
 tar -cf - -C "$tmp" resnet coordinator worker \
   | xz -6 --lzma2=dict=256MiB >"$root/dist/resnet-cluster-gpu.tar.xz"
-cp "$root/scripts/gpu-check.sh" "$root/benchmarks/pytorch_baseline.py" "$root/dist/"
+cp "$root/scripts/gpu-check.sh" "$root/benchmarks/pytorch_baseline.py" \
+  "$root/benchmarks/summarize_profile.py" "$root/dist/"
 ls -l "$root/dist"

@@ -87,7 +87,7 @@ fn gpu_check_script_runs_its_non_gpu_steps_and_writes_the_summary() {
         assert_eq!(r["replicas_identical"], true, "{name}: {r}");
     }
     assert_eq!(by_name("two-workers-tcp-ring")["result"]["world"], 2);
-    for name in ["nvidia-smi", "nccl-world-1", "pytorch"] {
+    for name in ["nvidia-smi", "nccl-world-1", "pytorch", "profile-r18-top"] {
         let s = by_name(name);
         assert!(s["ok"].is_null() && s["skipped"].is_string(), "{name}: {s}");
     }

@@ -116,11 +116,12 @@ pub fn configure(flag: Option<&Path>, gpu: usize) -> anyhow::Result<()> {
         cfg.autotune.logger.level = AutotuneLogLevel::Full;
     }
     if let Some(log) = std::env::var_os("RESNET_CUDA_PROFILE") {
-        // Every kernel launch timed on the device, summed per kernel (cubecl's profiler at its
-        // "medium" level); it synchronises after each kernel, so steps run slower meanwhile.
+        // Every kernel launch timed on the device, named with its kernel id and grid size
+        // (cubecl's profiler at its "full" level; benchmarks/summarize_profile.py sums them per
+        // kernel). It synchronises after each kernel, so steps run slower meanwhile.
         use burn_cubecl::cubecl::config::profiling::ProfilingLogLevel;
         cfg.profiling.logger.file = Some(PathBuf::from(log));
-        cfg.profiling.logger.level = ProfilingLogLevel::Medium;
+        cfg.profiling.logger.level = ProfilingLogLevel::Full;
     }
     CubeClRuntimeConfig::set(cfg);
     Ok(())
