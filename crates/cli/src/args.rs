@@ -288,9 +288,9 @@ pub struct InfoArgs {
     pub json: bool,
 }
 
-/// `resnet bench`.
-#[derive(Args, Debug)]
-pub struct BenchArgs {
+/// The model and input shape of `resnet bench` and `resnet profile`.
+#[derive(Args, Debug, Clone)]
+pub struct ModelShapeArgs {
     /// 18, 34, 50, 101 or 152.
     #[arg(long, default_value_t = 18)]
     pub depth: usize,
@@ -303,6 +303,34 @@ pub struct BenchArgs {
     /// Images per step.
     #[arg(long, default_value_t = 64)]
     pub batch_size: usize,
+    /// Input side length.
+    #[arg(long, default_value_t = 32)]
+    pub image_size: usize,
+}
+
+impl ModelShapeArgs {
+    /// The model for `num_classes` classes, after checking every size.
+    pub fn config(&self, num_classes: usize) -> anyhow::Result<resnet_model::ResNetConfig> {
+        anyhow::ensure!(self.batch_size >= 1, "--batch-size must be at least 1");
+        anyhow::ensure!(self.image_size >= 1, "--image-size must be at least 1");
+        let cfg = resnet_model::ResNetConfig {
+            depth: self.depth,
+            num_classes,
+            stem: self.stem.parse()?,
+            width: self.width,
+            ..Default::default()
+        };
+        cfg.validate()?;
+        Ok(cfg)
+    }
+}
+
+/// `resnet bench`.
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    /// Model and input shape.
+    #[command(flatten)]
+    pub shape: ModelShapeArgs,
     /// train (forward + backward + optimizer) or eval (inference forward).
     #[arg(long, default_value = "train", value_parser = ["train", "eval"])]
     pub mode: String,
@@ -315,9 +343,6 @@ pub struct BenchArgs {
     /// Timed steps (the median is reported).
     #[arg(long, default_value_t = 10)]
     pub steps: usize,
-    /// Input side length.
-    #[arg(long, default_value_t = 32)]
-    pub image_size: usize,
     /// Classes.
     #[arg(long, default_value_t = 10)]
     pub num_classes: usize,

@@ -101,18 +101,18 @@ pub fn bench_train<B: AutodiffBackend>(
         ..Default::default()
     }
     .init::<B>();
-    let s = a.image_size;
+    let s = a.shape.image_size;
     let x = Tensor::<B, 4>::random(
-        [a.batch_size, 3, s, s],
+        [a.shape.batch_size, 3, s, s],
         Distribution::Normal(0.0, 1.0),
         device,
     );
-    let labels: Vec<u16> = (0..a.batch_size)
+    let labels: Vec<u16> = (0..a.shape.batch_size)
         .map(|i| (i % a.num_classes) as u16)
         .collect();
     let targets = targets_tensor::<B>(
         smoothed_targets(&labels, a.num_classes, 0.0),
-        a.batch_size,
+        a.shape.batch_size,
         a.num_classes,
         device,
     );
@@ -178,9 +178,9 @@ fn bench_eval<B: Backend>(
 ) -> Result<(Vec<f64>, f64)> {
     B::seed(device, 0);
     let model = cfg.init::<B>(device)?;
-    let s = a.image_size;
+    let s = a.shape.image_size;
     let x = Tensor::<B, 4>::random(
-        [a.batch_size, 3, s, s],
+        [a.shape.batch_size, 3, s, s],
         Distribution::Normal(0.0, 1.0),
         device,
     );
@@ -202,16 +202,8 @@ fn bench_eval<B: Backend>(
 /// Runs `resnet bench`.
 pub fn run(a: BenchArgs) -> Result<()> {
     anyhow::ensure!(a.steps > 0, "--steps must be at least 1");
-    anyhow::ensure!(a.batch_size > 0, "--batch-size must be at least 1");
+    let cfg = a.shape.config(a.num_classes)?;
     let sel = select(&a.device)?;
-    let cfg = ResNetConfig {
-        depth: a.depth,
-        num_classes: a.num_classes,
-        stem: a.stem.parse()?,
-        width: a.width,
-        ..Default::default()
-    };
-    cfg.validate()?;
     let started = Instant::now();
     let (mut steps, phases, first, losses) = if a.mode == "train" {
         let t = crate::with_train_backend!(sel, |B, device| bench_train::<B>(&cfg, &a, &device)?);
@@ -226,13 +218,13 @@ pub fn run(a: BenchArgs) -> Result<()> {
     let max = steps.iter().copied().fold(0.0, f64::max);
     let med = median(&mut steps);
     let r = BenchResult {
-        model: format!("resnet{}", a.depth),
-        stem: a.stem.clone(),
-        width: a.width,
+        model: format!("resnet{}", a.shape.depth),
+        stem: a.shape.stem.clone(),
+        width: a.shape.width,
         mode: a.mode.clone(),
         optimizer: a.optimizer.clone(),
-        batch_size: a.batch_size,
-        image_size: a.image_size,
+        batch_size: a.shape.batch_size,
+        image_size: a.shape.image_size,
         device: format!("{sel:?}"),
         cuda_conv: match sel {
             crate::device::Selected::Cpu => None,
@@ -246,7 +238,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
             .unwrap_or(1),
         steps: a.steps,
         median_step_s: med,
-        images_per_sec: a.batch_size as f64 / med,
+        images_per_sec: a.shape.batch_size as f64 / med,
         min_step_s: min,
         max_step_s: max,
         phases,

@@ -23,21 +23,9 @@ use serde::Serialize;
 /// `resnet profile`.
 #[derive(Args, Debug)]
 pub struct ProfileArgs {
-    /// 18, 34, 50, 101 or 152.
-    #[arg(long, default_value_t = 18)]
-    pub depth: usize,
-    /// cifar or imagenet.
-    #[arg(long, default_value = "cifar")]
-    pub stem: String,
-    /// Base width.
-    #[arg(long, default_value_t = 64)]
-    pub width: usize,
-    /// Images per step.
-    #[arg(long, default_value_t = 64)]
-    pub batch_size: usize,
-    /// Input side length.
-    #[arg(long, default_value_t = 32)]
-    pub image_size: usize,
+    /// Model and input shape.
+    #[command(flatten)]
+    pub shape: crate::args::ModelShapeArgs,
     /// Timed repetitions of each op (the median is used).
     #[arg(long, default_value_t = 3)]
     pub repeats: usize,
@@ -192,15 +180,11 @@ fn profile_bn_relu(shape: [usize; 4], repeats: usize) -> [f64; 2] {
 
 fn measured_step(cfg: &ResNetConfig, a: &ProfileArgs) -> Result<[f64; 3]> {
     let bench = crate::args::BenchArgs {
-        depth: a.depth,
-        stem: a.stem.clone(),
-        width: a.width,
-        batch_size: a.batch_size,
+        shape: a.shape.clone(),
         mode: "train".into(),
         optimizer: "sgd".into(),
         warmup: 1,
         steps: a.repeats.max(1),
-        image_size: a.image_size,
         num_classes: cfg.num_classes,
         json: true,
         device: Default::default(),
@@ -212,19 +196,11 @@ fn measured_step(cfg: &ResNetConfig, a: &ProfileArgs) -> Result<[f64; 3]> {
 
 /// Runs `resnet profile`.
 pub fn run(a: ProfileArgs) -> Result<()> {
-    let cfg = ResNetConfig {
-        depth: a.depth,
-        stem: a.stem.parse()?,
-        width: a.width,
-        ..Default::default()
-    };
-    cfg.validate()?;
-    anyhow::ensure!(a.batch_size >= 1, "--batch-size must be at least 1");
-    anyhow::ensure!(a.image_size >= 1, "--image-size must be at least 1");
+    let cfg = a.shape.config(ResNetConfig::default().num_classes)?;
     let device = Default::default();
     let model = cfg.init::<Flex>(&device)?;
-    let s = a.image_size;
-    let x = Tensor::<Flex, 4>::zeros([a.batch_size, 3, s, s], &device);
+    let s = a.shape.image_size;
+    let x = Tensor::<Flex, 4>::zeros([a.shape.batch_size, 3, s, s], &device);
     let (_, geoms) = conv::record_geometries(|| model.forward(x));
     anyhow::ensure!(
         !geoms.is_empty(),
@@ -268,7 +244,7 @@ pub fn run(a: ProfileArgs) -> Result<()> {
     let profile = Profile {
         case: format!(
             "resnet{} {} stem, batch {}, {}x{}",
-            a.depth, a.stem, a.batch_size, s, s
+            a.shape.depth, a.shape.stem, a.shape.batch_size, s, s
         ),
         threads: rayon::current_num_threads(),
         layers,
