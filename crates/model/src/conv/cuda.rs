@@ -41,17 +41,7 @@ pub enum CudaConv {
 }
 
 impl CudaConv {
-    /// Parses `autotune`, `gemm` or `direct`.
-    pub fn parse(s: &str) -> Option<Self> {
-        match s {
-            "autotune" => Some(Self::Autotune),
-            "gemm" => Some(Self::Gemm),
-            "direct" => Some(Self::Direct),
-            _ => None,
-        }
-    }
-
-    /// The name [`CudaConv::parse`] accepts.
+    /// The name `--cuda-conv` takes.
     pub fn name(self) -> &'static str {
         match self {
             Self::Autotune => "autotune",
@@ -63,22 +53,24 @@ impl CudaConv {
 
 static CHOICE: AtomicU8 = AtomicU8::new(0);
 
-/// Whether environment variable `var` is `value`; read once per variable. The experimental
+/// Whether environment variable `var` is `value`, read once into `cell`. The experimental
 /// switches, both with `gemm` and not yet measured on a GPU: `RESNET_CUDA_DGRAD=spread`
 /// (strided input gradients as stride-1 implicit GEMM on the spread output gradient,
 /// [`super::dilate`], instead of Burn's autotuned transposed convolution) and
 /// `RESNET_CUDA_WGRAD=taps` (weight gradients as batched matmuls per kernel tap,
 /// [`super::wgrad`]).
-fn env_is(var: &'static str, value: &str) -> bool {
-    use std::collections::HashMap;
-    use std::sync::{Mutex, OnceLock};
-    static SEEN: OnceLock<Mutex<HashMap<&'static str, Option<String>>>> = OnceLock::new();
-    let mut seen = SEEN
-        .get_or_init(Default::default)
-        .lock()
-        .unwrap_or_else(|e| e.into_inner());
-    let v = seen.entry(var).or_insert_with(|| std::env::var(var).ok());
-    v.as_deref() == Some(value)
+fn env_is(cell: &'static std::sync::OnceLock<bool>, var: &str, value: &str) -> bool {
+    *cell.get_or_init(|| std::env::var(var).as_deref() == Ok(value))
+}
+
+fn spread_dgrad() -> bool {
+    static V: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    env_is(&V, "RESNET_CUDA_DGRAD", "spread")
+}
+
+fn taps_wgrad() -> bool {
+    static V: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    env_is(&V, "RESNET_CUDA_WGRAD", "taps")
 }
 
 /// Sets the strategy for this process (the binaries do it once, from `--cuda-conv`).
@@ -145,10 +137,7 @@ impl ConvKernels<CudaPlain> for CudaKernels {
 
     fn grad_input(dy: &Tensor, w: &Tensor, g: &ConvGeom) -> Tensor {
         let x_shape = Shape::new([g.batch, g.cin, g.in_hw[0], g.in_hw[1]]);
-        if g.stride != [1, 1]
-            && cuda_conv() == CudaConv::Gemm
-            && env_is("RESNET_CUDA_DGRAD", "spread")
-        {
+        if g.stride != [1, 1] && cuda_conv() == CudaConv::Gemm && spread_dgrad() {
             // Stride 1 on the spread gradient: implicit GEMM instead of Burn's autotuned
             // transposed convolution (see super::dilate).
             let full = [0, 1].map(|i| g.in_hw[i] + 2 * g.pad[i] - g.kernel[i] + 1);
@@ -168,7 +157,7 @@ impl ConvKernels<CudaPlain> for CudaKernels {
     }
 
     fn grad_weight(x: &Tensor, dy: &Tensor, g: &ConvGeom) -> Tensor {
-        if cuda_conv() == CudaConv::Gemm && env_is("RESNET_CUDA_WGRAD", "taps") {
+        if cuda_conv() == CudaConv::Gemm && taps_wgrad() {
             // One batched matmul per kernel tap (see super::wgrad).
             return super::wgrad::grad_weight_by_taps::<CudaPlain, FixedMatmul>(
                 x.clone(),
