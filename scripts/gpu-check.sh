@@ -26,7 +26,8 @@
 # did not finish a step in 120 s on an H200; `direct`: fusion off, Burn's direct convolutions);
 # with the best configuration: ResNet-18 again in a new process with the cache the cold run left
 # (a restarted worker's first step) and its steady-state images/s, `coordinator --local
-# --workers 1`, a 2-worker cluster on one GPU over the TCP ring, a per-kernel device-time
+# --workers 1`, a 2-worker cluster on one GPU over the TCP ring, one worker over NCCL with
+# host-staged and with device gradient buffers (same hash expected), a per-kernel device-time
 # profile of ResNet-18, ResNet-50 (ImageNet stem) training at batch 256; then the PyTorch
 # baseline for the same models (fp32 eager, bf16 AMP + channels_last) when `import torch` works.
 set -u -o pipefail
@@ -46,7 +47,7 @@ while [ $# -gt 0 ]; do
     --kernels) kernels="$2"; shift 2 ;;
     --no-pytorch) pytorch=0; shift ;;
     --cpu-dry-run) dry=1; shift ;;
-    -h|--help) sed -n '2,31p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,32p' "$0"; exit 0 ;;
     *) echo "gpu-check: unknown argument $1" >&2; exit 2 ;;
   esac
 done
@@ -197,7 +198,8 @@ PY
 echo "best kernel configuration: $best" >&2
 if [ "$best" = none ]; then
   # Nothing finished a full-size step: the benchmarks below would time out the same way.
-  for s in bench-r18-cifar local-1-worker two-workers-tcp-ring bench-r50-imagenet-stem; do
+  for s in bench-r18-cifar local-1-worker two-workers-tcp-ring nccl-buffers-host-vs-device \
+    bench-r50-imagenet-stem; do
     skip "$s" "no kernel configuration finished a first step"
   done
 else
@@ -227,6 +229,39 @@ for p in \$(jobs -p); do wait \$p || rc=\$?; done
 exit \$rc
 SH
   run two-workers-tcp-ring 90 bash "$out/two-workers.sh"
+
+  # One CUDA worker over NCCL (world size 1), gradients staged through the host and then
+  # reduced in GPU memory (--nccl-buffers device): NCCL copies out of place at world size 1, so
+  # the same seed must give the same final parameter hash; seconds show what staging costs.
+  port=$(( 20000 + RANDOM % 20000 ))
+  cat >"$out/nccl-buffers.sh" <<SH
+set -u
+trap 'kill \$(jobs -p) 2>/dev/null' EXIT TERM
+export $(conv_env "$best" "$out/kernels-$best")
+one() { # one host|device: a 1-worker cluster; prints the worker's JSON line
+  local p=\$(( $port + \$( [ "\$1" = host ] && echo 0 || echo 1) ))
+  "$bin/coordinator" --workers 1 --listen 127.0.0.1:\$p --dataset synthetic --width $width \\
+    --batch-size $batch --epochs 1 --train-limit $((limit / 4)) --test-limit 256 --lr 0.05 \\
+    --seed 3 >/dev/null &
+  local c=\$!
+  "$bin/worker" --coordinator http://127.0.0.1:\$p ${dev[*]} --nccl-buffers "\$1" \\
+    --worker-id "w-\$1" --json | grep '^{'
+  local rc=\$?
+  wait \$c || rc=\$?
+  return \$rc
+}
+t0=\$(date +%s.%N); h=\$(one host) || exit 1; t1=\$(date +%s.%N)
+d=\$(one device) || exit 1; t2=\$(date +%s.%N)
+python3 -c '
+import json, sys
+h, d = json.loads(sys.argv[1]), json.loads(sys.argv[2])
+t0, t1, t2 = map(float, sys.argv[3:6])
+same = h["param_hash"] == d["param_hash"]
+print(json.dumps({"host_hash": h["param_hash"], "device_hash": d["param_hash"], "identical": same,
+                  "steps": h["steps"], "host_s": t1 - t0, "device_s": t2 - t1}))
+sys.exit(0 if same else 3)' "\$h" "\$d" "\$t0" "\$t1" "\$t2"
+SH
+  run nccl-buffers-host-vs-device 90 bash "$out/nccl-buffers.sh"
   # Where the steady-state step goes: every kernel timed on the device (cached kernels, so no
   # compilation in the profile), summed per kernel in $logs/profile-r18.log.
   run profile-r18-cifar 45 "${best_env[@]}" RESNET_CUDA_PROFILE="$logs/profile-r18.log" \

@@ -65,6 +65,7 @@ fn gpu_check_script_runs_its_non_gpu_steps_and_writes_the_summary() {
         "bench-r50-imagenet-stem",
         "local-1-worker",
         "two-workers-tcp-ring",
+        "nccl-buffers-host-vs-device",
     ] {
         let s = by_name(name);
         assert_eq!(s["ok"], true, "{name}: {s}");
@@ -87,6 +88,11 @@ fn gpu_check_script_runs_its_non_gpu_steps_and_writes_the_summary() {
         assert_eq!(r["replicas_identical"], true, "{name}: {r}");
     }
     assert_eq!(by_name("two-workers-tcp-ring")["result"]["world"], 2);
+    // On the CPU both runs use the TCP ring (no NCCL): the plumbing and the hash comparison.
+    let b = &by_name("nccl-buffers-host-vs-device")["result"];
+    assert_eq!(b["identical"], true, "{b}");
+    assert!(b["steps"].as_u64().expect("steps") > 0, "{b}");
+    assert!(b["host_hash"].as_str().is_some_and(|h| h.len() > 8), "{b}");
     for name in ["nvidia-smi", "nccl-world-1", "pytorch", "profile-r18-top"] {
         let s = by_name(name);
         assert!(s["ok"].is_null() && s["skipped"].is_string(), "{name}: {s}");

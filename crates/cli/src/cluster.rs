@@ -178,6 +178,12 @@ pub struct WorkerCli {
     /// ring) or tcp (always the ring; needed for several workers on one GPU).
     #[arg(long, default_value = "auto", value_parser = ["auto", "tcp"])]
     pub collective: String,
+    /// Where NCCL reduces the gradients: host (copied to host memory and staged through one
+    /// device buffer; measured) or device (in GPU memory where the backward pass left them, no
+    /// host copies; needs --cuda-conv gemm or direct, experimental until a multi-GPU run has
+    /// measured it). The TCP ring always works on host memory.
+    #[arg(long, default_value = "host", value_parser = ["host", "device"], env = "RESNET_NCCL_BUFFERS")]
+    pub nccl_buffers: String,
     /// Device selection.
     #[command(flatten)]
     pub device: DeviceArgs,
@@ -376,6 +382,7 @@ fn run_local_workers(
                         rejoin_timeout: Duration::from_secs(60),
                         ring_tls: None, // the in-memory ring never leaves the process
                         allow_nccl: false,
+                        nccl_device_buffers: false,
                     };
                     let r = crate::with_train_backend!(sel, |B, device| run_worker::<B>(
                         &mut control,
@@ -498,6 +505,7 @@ pub fn run_worker_cli(a: WorkerCli) -> Result<()> {
         rejoin_timeout: Duration::from_secs(a.rejoin_timeout),
         ring_tls: tls.map(|t| t.1),
         allow_nccl: a.collective == "auto",
+        nccl_device_buffers: a.nccl_buffers == "device",
     };
     let transport = Transport::Tcp {
         listen: a.listen.clone(),

@@ -165,19 +165,68 @@ fn nccl_check(gpu: usize, elems: usize, repeats: usize, json: bool) -> Result<()
         .zip(&data)
         .all(|(a, b)| a.to_bits() == b.to_bits());
     let med = median(times);
+    let mut comm = comm.with_device_buffers(true);
+    let (dev_exact, dev_first, dev_med) = nccl_device_check(&mut comm, gpu, &data, repeats)?;
     if json {
         println!(
             "{}",
             serde_json::json!({"nccl": true, "gpu": gpu, "world": 1, "elems": elems,
-                "bit_exact": exact, "first_call_s": first, "median_s": med})
+                "bit_exact": exact, "first_call_s": first, "median_s": med,
+                "device_bit_exact": dev_exact, "device_first_call_s": dev_first,
+                "device_median_s": dev_med})
         );
     } else {
         println!(
             "NCCL world 1 on cuda:{gpu}: {elems} floats, bit-exact {exact}, first call {first:.4} s, median {med:.4} s (host-staged)"
         );
+        println!(
+            "  device buffers (--nccl-buffers device, a Burn tensor): bit-exact {dev_exact}, first call {dev_first:.4} s, median {dev_med:.4} s"
+        );
     }
     anyhow::ensure!(exact, "NCCL all-reduce over one rank changed the data");
+    anyhow::ensure!(
+        dev_exact,
+        "NCCL all-reduce of a device tensor over one rank changed the data"
+    );
     Ok(())
+}
+
+/// The worker's device-buffer path on a Burn CUDA tensor holding `data`: out of place, so at
+/// world size 1 NCCL must copy exactly the tensor's bytes (a wrong address or a missing wait
+/// for cubecl's stream shows as a mismatch). Returns (bit-exact, first call s, median s).
+#[cfg(feature = "cuda")]
+fn nccl_device_check(
+    comm: &mut resnet_collective::nccl::NcclCollective,
+    gpu: usize,
+    data: &[f32],
+    repeats: usize,
+) -> Result<(bool, f64, f64)> {
+    use burn::tensor::{Tensor, TensorData};
+    use resnet_model::conv::cuda::CudaPlain;
+    let device = burn::backend::cuda::CudaDevice::new(gpu);
+    let input =
+        Tensor::<CudaPlain, 1>::from_data(TensorData::new(data.to_vec(), [data.len()]), &device);
+    let mut times = Vec::new();
+    let mut out = input.clone();
+    for _ in 0..=repeats {
+        let mut t = input.clone();
+        let start = Instant::now();
+        resnet_worker::device_reduce::all_reduce_mean(comm, &mut t)
+            .context("the device path declined a contiguous f32 CUDA tensor")?
+            .map_err(anyhow::Error::msg)?;
+        times.push(start.elapsed().as_secs_f64());
+        out = t;
+    }
+    let back: Vec<f32> = out
+        .into_data()
+        .to_vec()
+        .map_err(|e| anyhow::anyhow!("reading the result back: {e:?}"))?;
+    let exact = back
+        .iter()
+        .zip(data)
+        .all(|(a, b)| a.to_bits() == b.to_bits());
+    let first = times.remove(0);
+    Ok((exact, first, median(times)))
 }
 
 /// Runs `resnet bench-allreduce`.

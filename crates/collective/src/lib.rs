@@ -92,6 +92,12 @@ pub trait Collective: Send {
     fn all_reduce_sum(&mut self, buf: &mut [f32]) -> Result<(), CollectiveError>;
     /// Copies `root`'s buffer to every rank.
     fn broadcast(&mut self, buf: &mut [f32], root: usize) -> Result<(), CollectiveError>;
+    /// This collective as an NCCL communicator, which can also reduce device memory in place
+    /// of host slices; `None` for the rings.
+    #[cfg(feature = "nccl")]
+    fn as_nccl(&mut self) -> Option<&mut nccl::NcclCollective> {
+        None
+    }
     /// Element-wise mean over all ranks, in place.
     fn all_reduce_mean(&mut self, buf: &mut [f32]) -> Result<(), CollectiveError> {
         self.all_reduce_sum(buf)?;

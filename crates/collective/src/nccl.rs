@@ -7,12 +7,19 @@
 //! allocation), runs one NCCL call and copies the result back. The trainer hands over all
 //! gradients as one flat buffer, so a step is still a single NCCL call; what it costs over an
 //! on-device all-reduce is two PCIe copies of the gradients.
+//!
+//! [`NcclCollective::all_reduce_sum_device`] skips that staging for a buffer that already lives
+//! on the GPU (the worker's `--nccl-buffers device`: the trainer's flat gradient tensor, whose
+//! address comes from cubecl). cubecl allocates on the device's primary context, the same one
+//! the communicator uses, so its addresses are valid here.
 
 use std::os::raw::c_char;
 use std::sync::Arc;
 use std::time::Duration;
 
-use cudarc::driver::{CudaContext, CudaSlice, CudaStream};
+use cudarc::driver::{
+    sys, CudaContext, CudaSlice, CudaStream, DevicePtr, DevicePtrMut, DeviceSlice, SyncOnDrop,
+};
 use cudarc::nccl::{Comm, Id, ReduceOp};
 
 use crate::tcp::RingAbort;
@@ -52,6 +59,41 @@ pub struct NcclCollective {
     timeout: Duration,
     /// Raised by the worker when the coordinator starts a new generation.
     abort: RingAbort,
+    /// Whether callers should hand over device buffers ([`Self::all_reduce_sum_device`]).
+    device_buffers: bool,
+}
+
+/// Device memory that belongs to someone else (cubecl's allocator), seen by cudarc as a slice
+/// of `len` f32 at `ptr`. Ordering with the owner's stream is the caller's job, so the pointer
+/// getters schedule no waits and their guards do nothing.
+struct Foreign {
+    ptr: sys::CUdeviceptr,
+    len: usize,
+    stream: Arc<CudaStream>,
+}
+
+impl DeviceSlice<f32> for Foreign {
+    fn len(&self) -> usize {
+        self.len
+    }
+    fn stream(&self) -> &Arc<CudaStream> {
+        &self.stream
+    }
+}
+
+impl DevicePtr<f32> for Foreign {
+    fn device_ptr<'a>(&'a self, _stream: &'a CudaStream) -> (sys::CUdeviceptr, SyncOnDrop<'a>) {
+        (self.ptr, SyncOnDrop::Sync(None))
+    }
+}
+
+impl DevicePtrMut<f32> for Foreign {
+    fn device_ptr_mut<'a>(
+        &'a mut self,
+        _stream: &'a CudaStream,
+    ) -> (sys::CUdeviceptr, SyncOnDrop<'a>) {
+        (self.ptr, SyncOnDrop::Sync(None))
+    }
 }
 
 impl NcclCollective {
@@ -76,6 +118,7 @@ impl NcclCollective {
             world,
             timeout: Duration::from_secs(300),
             abort: RingAbort::default(),
+            device_buffers: false,
         })
     }
 
@@ -90,6 +133,52 @@ impl NcclCollective {
     /// A handle that makes a waiting operation return at once (generation change).
     pub fn abort_handle(&self) -> RingAbort {
         self.abort.clone()
+    }
+
+    /// Asks callers to hand over device buffers instead of host slices (`--nccl-buffers
+    /// device`); the collective itself accepts both either way.
+    pub fn with_device_buffers(mut self, on: bool) -> Self {
+        self.device_buffers = on;
+        self
+    }
+
+    /// Whether [`Self::with_device_buffers`] was set.
+    pub fn device_buffers(&self) -> bool {
+        self.device_buffers
+    }
+
+    /// Element-wise sum over all ranks of `len` f32 read at device address `send`, written to
+    /// `recv` (the same address for in place), without staging through the host. Waits for
+    /// completion under the timeout and the abort flag, like the host path.
+    ///
+    /// # Safety
+    /// `send` and `recv` must each address `len` f32 of device memory on this communicator's
+    /// device, allocated in its primary context, whose earlier writes have completed, and that
+    /// nothing else reads or writes until this returns.
+    #[allow(unsafe_code)]
+    pub unsafe fn all_reduce_sum_device(
+        &mut self,
+        send: u64,
+        recv: u64,
+        len: usize,
+    ) -> Result<(), CollectiveError> {
+        if len == 0 {
+            return Ok(());
+        }
+        let foreign = |ptr| Foreign {
+            ptr,
+            len,
+            stream: self.stream.clone(),
+        };
+        let mut dst = foreign(recv);
+        let r = if send == recv {
+            self.comm.all_reduce_in_place(&mut dst, &ReduceOp::Sum)
+        } else {
+            self.comm
+                .all_reduce(&foreign(send), &mut dst, &ReduceOp::Sum)
+        };
+        r.map_err(|e| setup("all-reduce (device buffers)", e))?;
+        self.wait()
     }
 
     /// The device buffer for `n` floats, holding `buf`.
@@ -144,6 +233,11 @@ impl NcclCollective {
         self.stream
             .memcpy_dtoh(dev, buf)
             .map_err(|e| setup("device-to-host copy", e))?;
+        self.wait()
+    }
+
+    /// Waits for everything queued on the stream so far.
+    fn wait(&self) -> Result<(), CollectiveError> {
         // Not `synchronize()`: that blocks without limit while a peer that died keeps the
         // NCCL kernel waiting. Poll an event with the timeout and the abort flag instead.
         let done = self
@@ -169,6 +263,10 @@ unsafe impl Send for NcclCollective {}
 impl Collective for NcclCollective {
     fn rank(&self) -> usize {
         self.rank
+    }
+
+    fn as_nccl(&mut self) -> Option<&mut NcclCollective> {
+        Some(self)
     }
 
     fn world(&self) -> usize {

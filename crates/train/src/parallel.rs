@@ -2,6 +2,8 @@
 //! (all-reduce of the flattened gradients) and before evaluation (BatchNorm statistics). The
 //! trait keeps this crate independent of any transport; the worker adapts a collective to it.
 
+use std::any::Any;
+
 use burn::module::{Module, ModuleMapper, ModuleVisitor, Param, ParamId};
 use burn::optim::GradientsParams;
 use burn::tensor::backend::{AutodiffBackend, Backend};
@@ -20,31 +22,39 @@ pub trait GradSync: Send {
     fn all_reduce_mean(&mut self, buf: &mut [f32]) -> Result<(), String>;
     /// Copies `root`'s buffer to every replica.
     fn broadcast(&mut self, buf: &mut [f32], root: usize) -> Result<(), String>;
+    /// [`Self::all_reduce_mean`] of a flat `Tensor<B, 1>` (B the trainer's inner backend) where
+    /// it lives, without a copy to the host: `flat` is that tensor behind `Any`, since this
+    /// trait knows no backend. Replaces it with the mean. `None` when this sync cannot reduce
+    /// that tensor type on its device; the trainer then takes the host path.
+    fn all_reduce_mean_device(&mut self, _flat: &mut dyn Any) -> Option<Result<(), String>> {
+        None
+    }
 }
 
-struct Collect<'a> {
+/// Takes the gradients out of `grads` in module order, flattened, still on the device.
+struct Collect<'a, B: AutodiffBackend> {
     grads: &'a mut GradientsParams,
-    flat: Vec<f32>,
+    parts: Vec<Tensor<B::InnerBackend, 1>>,
     entries: Vec<(ParamId, Vec<usize>)>,
 }
 
-impl<B: AutodiffBackend> ModuleVisitor<B> for Collect<'_> {
+impl<B: AutodiffBackend> ModuleVisitor<B> for Collect<'_, B> {
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
         if let Some(g) = self.grads.remove::<B::InnerBackend, D>(param.id) {
+            let n = g.shape().num_elements();
             self.entries.push((param.id, g.dims().to_vec()));
-            self.flat
-                .extend(g.into_data().convert::<f32>().iter::<f32>());
+            self.parts.push(g.reshape([n]));
         }
     }
 }
 
+/// Puts the slices of the reduced flat tensor back as the gradients, in the same order.
 struct Register<'a, B: AutodiffBackend> {
     grads: &'a mut GradientsParams,
-    flat: &'a [f32],
+    flat: &'a Tensor<B::InnerBackend, 1>,
     entries: &'a [(ParamId, Vec<usize>)],
     next: usize,
     offset: usize,
-    device: B::Device,
 }
 
 impl<B: AutodiffBackend> ModuleVisitor<B> for Register<'_, B> {
@@ -56,12 +66,12 @@ impl<B: AutodiffBackend> ModuleVisitor<B> for Register<'_, B> {
             return;
         }
         let n: usize = shape.iter().product();
-        let data = TensorData::new(
-            self.flat[self.offset..self.offset + n].to_vec(),
-            shape.clone(),
-        );
-        self.grads
-            .register::<B::InnerBackend, D>(param.id, Tensor::from_data(data, &self.device));
+        let dims: [usize; D] = match shape.as_slice().try_into() {
+            Ok(d) => d,
+            Err(_) => return, // unreachable: the entry was made from this parameter
+        };
+        let g = self.flat.clone().narrow(0, self.offset, n).reshape(dims);
+        self.grads.register::<B::InnerBackend, D>(param.id, g);
         self.offset += n;
         self.next += 1;
     }
@@ -87,33 +97,57 @@ pub fn sync_gradients_with<B: AutodiffBackend>(
     device: &B::Device,
     flags: &mut [f32],
 ) -> Result<usize, TrainError> {
-    let mut c = Collect {
+    let mut c = Collect::<B> {
         grads,
-        flat: Vec::new(),
+        parts: Vec::new(),
         entries: Vec::new(),
     };
     model.visit(&mut c);
     let Collect {
         grads,
-        mut flat,
+        mut parts,
         entries,
     } = c;
-    let grads_len = flat.len();
-    flat.extend_from_slice(flags);
-    sync.all_reduce_mean(&mut flat)
-        .map_err(TrainError::Collective)?;
-    flags.copy_from_slice(&flat[grads_len..]);
-    flat.truncate(grads_len);
+    let grads_len: usize = parts.iter().map(|p| p.dims()[0]).sum();
+    if !flags.is_empty() {
+        parts.push(Tensor::from_data(
+            TensorData::new(flags.to_vec(), [flags.len()]),
+            device,
+        ));
+    }
+    if parts.is_empty() {
+        return Ok(0);
+    }
+    // One buffer, one collective call, one transfer each way (not one per parameter).
+    let mut flat = Tensor::cat(parts, 0);
+    match sync.all_reduce_mean_device(&mut flat) {
+        Some(r) => r.map_err(TrainError::Collective)?,
+        None => {
+            let mut host: Vec<f32> = flat.into_data().convert::<f32>().to_vec().map_err(|e| {
+                TrainError::Collective(format!("reading the gradients back: {e:?}"))
+            })?;
+            sync.all_reduce_mean(&mut host)
+                .map_err(TrainError::Collective)?;
+            flat = Tensor::from_data(TensorData::new(host, [grads_len + flags.len()]), device);
+        }
+    }
+    if !flags.is_empty() {
+        let agreed = flat.clone().narrow(0, grads_len, flags.len());
+        let agreed: Vec<f32> =
+            agreed.into_data().convert::<f32>().to_vec().map_err(|e| {
+                TrainError::Collective(format!("reading the step flags back: {e:?}"))
+            })?;
+        flags.copy_from_slice(&agreed);
+    }
     let mut r = Register::<B> {
         grads,
         flat: &flat,
         entries: &entries,
         next: 0,
         offset: 0,
-        device: device.clone(),
     };
     model.visit(&mut r);
-    Ok(flat.len() * std::mem::size_of::<f32>())
+    Ok(grads_len * std::mem::size_of::<f32>())
 }
 
 /// Averages BatchNorm running statistics over the replicas (each replica saw its own shard), so

@@ -65,9 +65,21 @@ fn nccl_collective(
             ))
         })?;
     let comm = resnet_collective::nccl::NcclCollective::new(gpu, a.rank, a.world, &id)?
-        .with_timeout(opts.collective_timeout);
+        .with_timeout(opts.collective_timeout)
+        .with_device_buffers(opts.nccl_device_buffers);
     let abort = comm.abort_handle();
-    tracing::info!(rank = a.rank, world = a.world, gpu, "all-reduce over NCCL");
+    let buffers = if opts.nccl_device_buffers {
+        "device"
+    } else {
+        "host-staged"
+    };
+    tracing::info!(
+        rank = a.rank,
+        world = a.world,
+        gpu,
+        buffers,
+        "all-reduce over NCCL"
+    );
     Ok((Box::new(comm), Some(abort)))
 }
 

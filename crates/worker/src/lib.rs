@@ -3,6 +3,8 @@
 //! the shared training loop, reports exact per-epoch counts and a final parameter hash, and
 //! leaves. Training runs on the calling thread; heartbeats go from a background thread.
 
+#[cfg(feature = "cuda")]
+pub mod device_reduce;
 mod group;
 pub mod metrics;
 mod observer;

@@ -55,6 +55,9 @@ pub struct WorkerOptions {
     /// Offer NCCL to the coordinator when on CUDA (false: always the TCP ring, e.g. several
     /// workers sharing one GPU, which NCCL refuses).
     pub allow_nccl: bool,
+    /// With NCCL: all-reduce the gradients in GPU memory (`--nccl-buffers device`) instead of
+    /// staging them through the host. Builds without `cuda` ignore it.
+    pub nccl_device_buffers: bool,
 }
 
 /// What a worker reports when it is done.
@@ -85,6 +88,13 @@ impl GradSync for CollectiveSync {
     }
     fn broadcast(&mut self, buf: &mut [f32], root: usize) -> Result<(), String> {
         self.0.broadcast(buf, root).map_err(|e| e.to_string())
+    }
+    #[cfg(feature = "cuda")]
+    fn all_reduce_mean_device(
+        &mut self,
+        flat: &mut dyn std::any::Any,
+    ) -> Option<Result<(), String>> {
+        crate::device_reduce::all_reduce_mean(&mut *self.0, flat)
     }
 }
 
