@@ -28,8 +28,9 @@
 # (a restarted worker's first step) and its steady-state images/s, `coordinator --local
 # --workers 1`, a 2-worker cluster on one GPU over the TCP ring, one worker over NCCL with
 # host-staged and with device gradient buffers (same hash expected), a per-kernel device-time
-# profile of ResNet-18, ResNet-50 (ImageNet stem) training at batch 256; then the PyTorch
-# baseline for the same models (fp32 eager, bf16 AMP + channels_last) when `import torch` works.
+# profile of ResNet-18, ResNet-18 with bf16 convolutions, ResNet-50 (ImageNet stem) training
+# at batch 256; then the PyTorch baseline for the same models (fp32 eager, bf16 AMP +
+# channels_last) when `import torch` works.
 set -u -o pipefail
 
 here="$(cd "$(dirname "$0")" && pwd)"
@@ -47,7 +48,7 @@ while [ $# -gt 0 ]; do
     --kernels) kernels="$2"; shift 2 ;;
     --no-pytorch) pytorch=0; shift ;;
     --cpu-dry-run) dry=1; shift ;;
-    -h|--help) sed -n '2,32p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,33p' "$0"; exit 0 ;;
     *) echo "gpu-check: unknown argument $1" >&2; exit 2 ;;
   esac
 done
@@ -199,7 +200,7 @@ echo "best kernel configuration: $best" >&2
 if [ "$best" = none ]; then
   # Nothing finished a full-size step: the benchmarks below would time out the same way.
   for s in bench-r18-cifar local-1-worker two-workers-tcp-ring nccl-buffers-host-vs-device \
-    bench-r50-imagenet-stem; do
+    bench-r18-cifar-bf16 bench-r50-imagenet-stem; do
     skip "$s" "no kernel configuration finished a first step"
   done
 else
@@ -282,6 +283,11 @@ SH
         --top 25 --json
     fi
   fi
+  # bf16 convolutions (--conv-precision bf16): new kernels for bf16 tensors, compiled cold
+  # into the same cache; the JSON's first_step_s says what that costs, images/s what it buys.
+  run bench-r18-cifar-bf16 150 "${best_env[@]}" "$bin/resnet" bench "${dev[@]}" --depth 18 \
+    --stem cifar --width "$width" --batch-size "$batch" --warmup 2 --steps "$steps" \
+    --conv-precision bf16 --json
   # New shapes: this one compiles (and with autotune, tunes) its own kernels.
   run bench-r50-imagenet-stem 150 "${best_env[@]}" "$bin/resnet" bench "${dev[@]}" --depth 50 \
     --stem imagenet --width "$width" --batch-size "$batch" --warmup 2 --steps "$steps" --json

@@ -66,6 +66,7 @@ fn gpu_check_script_runs_its_non_gpu_steps_and_writes_the_summary() {
         "local-1-worker",
         "two-workers-tcp-ring",
         "nccl-buffers-host-vs-device",
+        "bench-r18-cifar-bf16",
     ] {
         let s = by_name(name);
         assert_eq!(s["ok"], true, "{name}: {s}");
@@ -82,6 +83,10 @@ fn gpu_check_script_runs_its_non_gpu_steps_and_writes_the_summary() {
     assert_eq!(
         by_name("bench-r50-imagenet-stem")["result"]["model"],
         "resnet50"
+    );
+    assert_eq!(
+        by_name("bench-r18-cifar-bf16")["result"]["conv_precision"],
+        "bf16"
     );
     for name in ["local-1-worker", "two-workers-tcp-ring"] {
         let r = &by_name(name)["result"];

@@ -179,6 +179,11 @@ pub struct RunArgs {
     /// Freeze BatchNorm statistics while training (use and keep the running statistics).
     #[arg(long)]
     pub freeze_bn: bool,
+    /// Convolution arithmetic: f32, or bf16 as autocast does it (operands and results rounded
+    /// to bf16, f32 accumulation; weights, BatchNorm, classifier, loss and optimizer stay f32).
+    /// On CUDA the convolution kernels then run on bf16 tensors [default: f32].
+    #[arg(long, value_name = "f32|bf16")]
+    pub conv_precision: Option<String>,
     /// Cyclic schedule: epochs per full up-and-down cycle [default: 4].
     #[arg(long, value_name = "EPOCHS")]
     pub cycle_epochs: Option<f64>,
@@ -346,6 +351,9 @@ pub struct BenchArgs {
     /// Classes.
     #[arg(long, default_value_t = 10)]
     pub num_classes: usize,
+    /// Convolution arithmetic, as for `resnet train`: f32 or bf16.
+    #[arg(long, default_value = "f32", value_parser = ["f32", "bf16"])]
+    pub conv_precision: String,
     /// JSON output.
     #[arg(long)]
     pub json: bool,

@@ -36,6 +36,8 @@ pub struct BenchResult {
     pub device: String,
     /// CUDA convolution kernels (`--cuda-conv`), on a GPU.
     pub cuda_conv: Option<String>,
+    /// Convolution arithmetic (`--conv-precision`).
+    pub conv_precision: String,
     /// CPU threads available to the process.
     pub threads: usize,
     /// Timed steps.
@@ -203,6 +205,9 @@ fn bench_eval<B: Backend>(
 pub fn run(a: BenchArgs) -> Result<()> {
     anyhow::ensure!(a.steps > 0, "--steps must be at least 1");
     let cfg = a.shape.config(a.num_classes)?;
+    let precision: resnet_model::conv::ConvPrecision =
+        a.conv_precision.parse().map_err(anyhow::Error::msg)?;
+    resnet_model::conv::set_conv_precision(precision);
     let sel = select(&a.device)?;
     let started = Instant::now();
     let (mut steps, phases, first, losses) = if a.mode == "train" {
@@ -233,6 +238,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
                 Some(resnet_model::conv::cuda::cuda_conv().name().to_string())
             }
         },
+        conv_precision: precision.name().to_string(),
         threads: std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(1),

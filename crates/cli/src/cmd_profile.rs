@@ -186,6 +186,7 @@ fn measured_step(cfg: &ResNetConfig, a: &ProfileArgs) -> Result<[f64; 3]> {
         warmup: 1,
         steps: a.repeats.max(1),
         num_classes: cfg.num_classes,
+        conv_precision: "f32".into(),
         json: true,
         device: Default::default(),
     };

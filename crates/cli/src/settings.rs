@@ -94,6 +94,11 @@ fn apply_flags(cfg: &mut TrainConfig, a: &RunArgs) -> Result<()> {
         cfg.checkpoint_minutes = a.checkpoint_minutes;
     }
     cfg.freeze_bn |= a.freeze_bn;
+    if let Some(p) = &a.conv_precision {
+        cfg.conv_precision = p
+            .parse()
+            .map_err(|e: String| anyhow::anyhow!("--conv-precision: {e}"))?;
+    }
     set(&mut cfg.schedule.cycle_epochs, &a.cycle_epochs);
     set(&mut cfg.schedule.patience, &a.patience);
     set(&mut cfg.model.dropout, &a.dropout);

@@ -1,6 +1,7 @@
 //! The resolved configuration of a training run; saved in `--out` and inside every checkpoint.
 
 use resnet_data::DataConfig;
+use resnet_model::conv::ConvPrecision;
 use resnet_model::ResNetConfig;
 use serde::{Deserialize, Serialize};
 
@@ -55,6 +56,9 @@ pub struct TrainConfig {
     /// padding every rank's shard by wrapping around (PyTorch `DistributedSampler` semantics).
     /// Default false (pad).
     pub shard_drop_last: bool,
+    /// Convolution arithmetic: `f32`, or `bf16` (operands and results rounded to bf16, f32
+    /// accumulation, everything else f32; see `resnet_model::conv::precision`). Default f32.
+    pub conv_precision: ConvPrecision,
 }
 
 impl Default for TrainConfig {
@@ -80,6 +84,7 @@ impl Default for TrainConfig {
             keep_checkpoints: 3,
             freeze_bn: false,
             shard_drop_last: false,
+            conv_precision: ConvPrecision::F32,
         }
     }
 }

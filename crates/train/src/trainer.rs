@@ -101,6 +101,16 @@ fn prepare_out(out: &Option<PathBuf>, cfg: &TrainConfig) -> Result<(), TrainErro
     Ok(())
 }
 
+/// Applies the run's convolution arithmetic to this process (a process-wide switch, like the
+/// kernel choice: every replica of a run has the same configuration).
+fn use_precision(cfg: &TrainConfig) {
+    let p = cfg.conv_precision;
+    if p != resnet_model::conv::conv_precision() {
+        tracing::info!(conv_precision = p.name(), "convolution arithmetic");
+    }
+    resnet_model::conv::set_conv_precision(p);
+}
+
 impl<B: AutodiffBackend> Trainer<B> {
     /// A fresh run. `cfg.model.num_classes` must match the data.
     pub fn new(
@@ -111,6 +121,7 @@ impl<B: AutodiffBackend> Trainer<B> {
     ) -> Result<Self, TrainError> {
         cfg.validate()?;
         check_classes(&cfg, &splits)?;
+        use_precision(&cfg);
         if let Some(o) = &out {
             if !crate::checkpoint::list_checkpoints(&o.join("checkpoints")).is_empty() {
                 return Err(TrainError::Config(format!(
@@ -175,6 +186,7 @@ impl<B: AutodiffBackend> Trainer<B> {
     ) -> Result<Self, TrainError> {
         state.config.validate()?;
         check_classes(&state.config, &splits)?;
+        use_precision(&state.config);
         let (model, _) = load_model::<B>(dir, &device)?;
         let model = state
             .config

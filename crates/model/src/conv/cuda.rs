@@ -11,7 +11,7 @@
 use std::sync::atomic::{AtomicU8, Ordering};
 
 use burn::tensor::ops::{ConvOptions, FloatTensorOps};
-use burn::tensor::{DType, Shape};
+use burn::tensor::{DType, FloatDType, Shape};
 use burn_cubecl::cubecl::cuda::CudaRuntime;
 use burn_cubecl::kernel::conv::{
     conv_data_backward, conv_forward, conv_weight_backward, ConvStrategy,
@@ -156,6 +156,35 @@ impl ConvKernels<CudaPlain> for CudaKernels {
         }
     }
 
+    // bf16: the kernels run on bf16 tensors (tensor-core inputs at half the bytes; cubecl
+    // accumulates in f32) and the result is cast back, so everything around the convolution
+    // stays f32. The experimental gradient paths are f32-only and not used here.
+    fn forward_bf16(x: &Tensor, w: &Tensor, g: &ConvGeom) -> Tensor {
+        to_f32(forward(to_bf16(x), to_bf16(w), g))
+    }
+
+    fn grad_input_bf16(dy: &Tensor, w: &Tensor, g: &ConvGeom) -> Tensor {
+        let x_shape = Shape::new([g.batch, g.cin, g.in_hw[0], g.in_hw[1]]);
+        let (dy, w) = (to_bf16(dy), to_bf16(w));
+        to_f32(with_fallback("input gradient (bf16)", |s| {
+            conv_data_backward(dy.clone(), w.clone(), x_shape.clone(), options(g), s)
+        }))
+    }
+
+    fn grad_weight_bf16(x: &Tensor, dy: &Tensor, g: &ConvGeom) -> Tensor {
+        let w_shape = Shape::new([g.cout, g.cin, g.kernel[0], g.kernel[1]]);
+        let (x, dy) = (to_bf16(x), to_bf16(dy));
+        to_f32(with_fallback("weight gradient (bf16)", |s| {
+            conv_weight_backward::<CudaRuntime, 2>(
+                x.clone(),
+                dy.clone(),
+                w_shape.clone(),
+                options(g),
+                s,
+            )
+        }))
+    }
+
     fn grad_weight(x: &Tensor, dy: &Tensor, g: &ConvGeom) -> Tensor {
         if cuda_conv() == CudaConv::Gemm && taps_wgrad() {
             // One batched matmul per kernel tap (see super::wgrad).
@@ -176,6 +205,14 @@ impl ConvKernels<CudaPlain> for CudaKernels {
             )
         })
     }
+}
+
+fn to_bf16(t: &Tensor) -> Tensor {
+    CudaPlain::float_cast(t.clone(), FloatDType::BF16)
+}
+
+fn to_f32(t: Tensor) -> Tensor {
+    CudaPlain::float_cast(t, FloatDType::F32)
 }
 
 /// cubek's default matmul kernel, without autotuning (the classifier layer, see

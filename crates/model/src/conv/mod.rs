@@ -17,6 +17,7 @@ pub mod cuda;
 #[cfg(any(test, feature = "cuda"))]
 mod dilate;
 pub mod kernels;
+pub mod precision;
 mod scratch;
 mod sgemm;
 #[cfg(any(test, feature = "cuda"))]
@@ -34,6 +35,7 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{DType, Tensor, TensorData, TensorPrimitive};
 
 pub use kernels::ConvGeom;
+pub use precision::{conv_precision, set_conv_precision, ConvPrecision};
 
 /// Which implementation runs the model's convolutions on the flex backend.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -92,7 +94,7 @@ pub fn forward<B: Backend>(conv: &Conv2d<B>, x: Tensor<B, 4>) -> Tensor<B, 4> {
         let (Some(x), Some(w)) = (cast::<_, FlexTensor>(x), cast::<_, FlexTensor>(w)) else {
             unreachable!("B is Flex, checked above")
         };
-        let y = flex_forward(&x, &w, &geom);
+        let y = autodiff::forward::<Flex, autodiff::FlexKernels>(&x, &w, &geom);
         Tensor::from_primitive(TensorPrimitive::Float(cast(y).expect("same type")))
     } else {
         #[cfg(feature = "cuda")]
@@ -109,7 +111,7 @@ pub fn forward<B: Backend>(conv: &Conv2d<B>, x: Tensor<B, 4>) -> Tensor<B, 4> {
                 let (Some(x), Some(w)) = (cast(x), cast(w)) else {
                     unreachable!("B is CudaPlain, checked above")
                 };
-                let y = cuda::forward(x, w, &geom);
+                let y = autodiff::forward::<cuda::CudaPlain, cuda::CudaKernels>(&x, &w, &geom);
                 return Tensor::from_primitive(TensorPrimitive::Float(cast(y).expect("same type")));
             }
         }
