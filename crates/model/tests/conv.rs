@@ -1,29 +1,17 @@
 //! The CPU im2col + GEMM convolution against Burn's reference convolution: forward output and
 //! both gradients, for strides 1/2, kernels 1/3/7, padding 0..3, odd and non-square sizes.
 
+mod common;
+
 use burn::backend::{Autodiff, Flex};
 use burn::module::{AutodiffModule, Param};
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::PaddingConfig2d;
 use burn::tensor::{Tensor, TensorData};
+use common::values;
 use resnet_model::conv;
 
 type B = Autodiff<Flex>;
-
-/// Deterministic values in [-1, 1) from a 64-bit LCG.
-fn values(n: usize, seed: u64) -> Vec<f32> {
-    let mut s = seed
-        .wrapping_mul(6364136223846793005)
-        .wrapping_add(1442695040888963407);
-    (0..n)
-        .map(|_| {
-            s = s
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-        })
-        .collect()
-}
 
 struct Case {
     batch: usize,

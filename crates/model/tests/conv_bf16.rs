@@ -3,28 +3,18 @@
 //! and every value that leaves the convolution must be a bf16 value. (The precision is
 //! process-wide, so these tests live in a binary of their own.)
 
+mod common;
+
 use burn::backend::{Autodiff, Flex};
 use burn::module::{AutodiffModule, Param};
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::PaddingConfig2d;
 use burn::tensor::{Tensor, TensorData};
+use common::values;
 use resnet_model::conv::precision::round_bf16;
 use resnet_model::conv::{self, set_conv_precision, ConvPrecision};
 
 type B = Autodiff<Flex>;
-
-/// Deterministic values in [-1, 1) from a 64-bit LCG.
-fn values(n: usize, seed: u64) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1);
-    (0..n)
-        .map(|_| {
-            s = s
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-        })
-        .collect()
-}
 
 fn rounded(v: &[f32]) -> Vec<f32> {
     v.iter().map(|&x| round_bf16(x)).collect()
