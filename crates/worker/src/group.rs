@@ -146,6 +146,10 @@ pub(crate) struct Membership {
     /// Set by the heartbeat thread when the coordinator has been unreachable for
     /// [`COORDINATOR_LOST_AFTER`] heartbeats in a row.
     pub coordinator_lost: bool,
+    /// Bumped each time this worker joins a group. A heartbeat's answer concerns the membership
+    /// it was sent for: one that comes back after the worker rejoined (a restarted coordinator
+    /// that did not know it yet) must not break the new ring.
+    pub version: u64,
 }
 
 /// Consecutive failed heartbeats (2 s apart) after which the coordinator counts as gone: the
@@ -171,7 +175,7 @@ pub(crate) fn spawn_heartbeats(
     let (every, worker_id) = (opts.heartbeat_every, opts.worker_id.clone());
     std::thread::spawn(move || {
         let mut failures = 0u32;
-        let mut seen_generation = 0u64;
+        let mut seen_version = 0u64;
         while !stop.load(Ordering::Relaxed) {
             let start = std::time::Instant::now();
             while start.elapsed() < every && !stop.load(Ordering::Relaxed) {
@@ -181,14 +185,14 @@ pub(crate) fn spawn_heartbeats(
                 break;
             }
             let p = *progress.lock().unwrap_or_else(|p| p.into_inner());
-            let (rank, generation, lost) = {
+            let (rank, generation, lost, version) = {
                 let m = membership.lock().unwrap_or_else(|p| p.into_inner());
-                (m.rank, m.generation, m.coordinator_lost)
+                (m.rank, m.generation, m.coordinator_lost, m.version)
             };
             // Failures counted against an older group (or before this worker rejoined) say
             // nothing about the new one.
-            if generation != seen_generation || (!lost && failures >= COORDINATOR_LOST_AFTER) {
-                seen_generation = generation;
+            if version != seen_version || (!lost && failures >= COORDINATOR_LOST_AFTER) {
+                seen_version = version;
                 failures = 0;
             }
             let beat = Heartbeat {
@@ -211,21 +215,29 @@ pub(crate) fn spawn_heartbeats(
                 Err(e) if unreachable(e) => failures + 1,
                 _ => 0,
             };
+            // The answer is about the membership the beat was sent for; if the worker has
+            // joined a group since, it is stale and the new ring stays untouched.
+            let current = |m: &Membership| m.version == version;
             if failures == COORDINATOR_LOST_AFTER {
                 let mut m = membership.lock().unwrap_or_else(|p| p.into_inner());
-                m.coordinator_lost = true;
-                if let Some(a) = m.abort.take() {
-                    tracing::error!(rank, "the coordinator is unreachable: stopping training and waiting to rejoin a restarted one");
-                    a.abort();
+                if current(&m) {
+                    m.coordinator_lost = true;
+                    if let Some(a) = m.abort.take() {
+                        tracing::error!(rank, "the coordinator is unreachable: stopping training and waiting to rejoin a restarted one");
+                        a.abort();
+                    }
                 }
             }
             match reply {
                 Ok(reply) if reply.regroup => {
-                    let abort = membership
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .abort
-                        .take();
+                    let abort = {
+                        let mut m = membership.lock().unwrap_or_else(|p| p.into_inner());
+                        if current(&m) {
+                            m.abort.take()
+                        } else {
+                            None
+                        }
+                    };
                     if let Some(a) = abort {
                         tracing::warn!(rank, generation, "the coordinator is re-forming the group: aborting the collective in flight");
                         a.abort();
@@ -265,4 +277,151 @@ pub(crate) fn fetch_checkpoint(
         "downloaded checkpoint"
     );
     Ok(dir)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use resnet_proto::{
+        CheckpointFiles, ControlError, EpochReport, Finish, HeartbeatReply, JoinRequest,
+    };
+
+    /// Answers heartbeats with what `reply` says for the n-th call (1-based); `on_first` runs
+    /// while the first beat is "in flight".
+    struct Fake {
+        calls: Arc<Mutex<usize>>,
+        on_first: Option<Box<dyn FnOnce() + Send>>,
+        not_found_until: usize,
+    }
+
+    impl ControlPlane for Fake {
+        fn join(&mut self, _: JoinRequest) -> Result<Assignment, ControlError> {
+            Err(ControlError("unused".into()))
+        }
+        fn heartbeat(&mut self, _: Heartbeat) -> Result<HeartbeatReply, ControlError> {
+            let n = {
+                let mut c = self.calls.lock().expect("calls");
+                *c += 1;
+                *c
+            };
+            if let Some(f) = self.on_first.take() {
+                f();
+            }
+            if n <= self.not_found_until {
+                Err(ControlError(
+                    "heartbeat refused (NotFound): unknown worker 'w1'".into(),
+                ))
+            } else {
+                Ok(HeartbeatReply {
+                    stop: false,
+                    regroup: false,
+                })
+            }
+        }
+        fn report_epoch(&mut self, _: EpochReport) -> Result<(), ControlError> {
+            Err(ControlError("unused".into()))
+        }
+        fn finish(&mut self, _: Finish) -> Result<(), ControlError> {
+            Err(ControlError("unused".into()))
+        }
+        fn upload_checkpoint(&mut self, _: &CheckpointFiles) -> Result<String, ControlError> {
+            Err(ControlError("unused".into()))
+        }
+        fn download_checkpoint(
+            &mut self,
+            _: &str,
+            _: u64,
+            _: u64,
+        ) -> Result<CheckpointFiles, ControlError> {
+            Err(ControlError("unused".into()))
+        }
+    }
+
+    fn opts() -> WorkerOptions {
+        WorkerOptions {
+            worker_id: "w1".into(),
+            data_dir: None,
+            device: "cpu".into(),
+            collective_timeout: Duration::from_secs(5),
+            heartbeat_every: Duration::from_millis(10),
+            ring_auth: [0; 32],
+            out: None,
+            rejoin_timeout: Duration::from_secs(5),
+            ring_tls: None,
+            allow_nccl: false,
+            nccl_device_buffers: false,
+        }
+    }
+
+    /// Runs the heartbeat thread against `fake` until it has sent `beats` heartbeats.
+    fn beat(fake: Fake, membership: &Arc<Mutex<Membership>>, beats: usize) {
+        let calls = fake.calls.clone();
+        let stop = Arc::new(AtomicBool::new(false));
+        let h = spawn_heartbeats(
+            Box::new(fake),
+            &opts(),
+            membership.clone(),
+            Arc::new(Mutex::new(Progress::default())),
+            stop.clone(),
+        );
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while *calls.lock().expect("calls") < beats && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        stop.store(true, Ordering::Relaxed);
+        h.join().expect("heartbeat thread");
+        assert!(
+            *calls.lock().expect("calls") >= beats,
+            "the thread stopped beating"
+        );
+    }
+
+    fn member(abort: &RingAbort, version: u64) -> Membership {
+        Membership {
+            rank: 1,
+            generation: 1,
+            abort: Some(abort.clone()),
+            coordinator_lost: false,
+            version,
+        }
+    }
+
+    #[test]
+    fn an_unknown_worker_answer_breaks_the_current_ring() {
+        let ring = RingAbort::default();
+        let membership = Arc::new(Mutex::new(member(&ring, 1)));
+        let fake = Fake {
+            calls: Arc::default(),
+            on_first: None,
+            not_found_until: 1,
+        };
+        beat(fake, &membership, 3);
+        assert!(ring.is_aborted());
+        assert!(membership.lock().expect("m").coordinator_lost);
+    }
+
+    /// The flaky-CI case: a restarted coordinator answers "unknown worker" to a beat that was
+    /// sent before this worker rejoined it; the ring of the group it has joined since must
+    /// survive (breaking it forced an extra regroup and a heal from rank 0 mid-epoch).
+    #[test]
+    fn a_stale_answer_does_not_break_the_ring_of_a_newer_membership() {
+        let (old, new) = (RingAbort::default(), RingAbort::default());
+        let membership = Arc::new(Mutex::new(member(&old, 1)));
+        let m = membership.clone();
+        let joined = new.clone();
+        let fake = Fake {
+            calls: Arc::default(),
+            on_first: Some(Box::new(move || {
+                // The worker rejoins while the beat is in flight.
+                *m.lock().expect("m") = Membership {
+                    generation: 2,
+                    ..member(&joined, 2)
+                };
+            })),
+            not_found_until: 1,
+        };
+        beat(fake, &membership, 3);
+        assert!(!new.is_aborted(), "a stale answer broke the new ring");
+        assert!(!membership.lock().expect("m").coordinator_lost);
+    }
 }

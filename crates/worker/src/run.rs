@@ -227,6 +227,7 @@ pub fn run_worker<B: AutodiffBackend>(
         generation: a.generation,
         abort,
         coordinator_lost: false,
+        version: 1,
     }));
     let stop = Arc::new(AtomicBool::new(false));
     let beat = heartbeats
@@ -329,12 +330,16 @@ pub fn run_worker<B: AutodiffBackend>(
                 trainer.set_parallel(Box::new(sync));
                 obs.rank = a.rank;
                 obs.generation = a.generation;
-                *membership.lock().unwrap_or_else(|p| p.into_inner()) = Membership {
-                    rank: a.rank,
-                    generation: a.generation,
-                    abort,
-                    coordinator_lost: false,
-                };
+                {
+                    let mut m = membership.lock().unwrap_or_else(|p| p.into_inner());
+                    *m = Membership {
+                        rank: a.rank,
+                        generation: a.generation,
+                        abort,
+                        coordinator_lost: false,
+                        version: m.version + 1,
+                    };
+                }
             }
             other => break other,
         }
