@@ -406,3 +406,65 @@ fn mutual_tls_cluster_trains_and_refuses_plain_and_foreign_clients() {
     assert_eq!(summary["world"], 2);
     assert_eq!(summary["replicas_identical"], true);
 }
+
+/// `worker --warm-up on` runs one throwaway step with the coordinator's run configuration
+/// before joining (on a GPU: the kernel compilation, outside the first all-reduce). It must not
+/// change the run: the replicas end bit-identical to an in-process run without warm-ups.
+#[test]
+fn a_warm_up_before_joining_leaves_the_run_unchanged() {
+    let local = Command::new(env!("CARGO_BIN_EXE_coordinator"))
+        .args(["--local", "--workers", "2", "--json"])
+        .args(RUN)
+        .output()
+        .expect("local run");
+    assert!(local.status.success());
+    let local: Value = serde_json::from_slice(&local.stdout).expect("summary");
+
+    let port = free_port().to_string();
+    let listen = format!("127.0.0.1:{port}");
+    let url = format!("http://127.0.0.1:{port}");
+    let mut args = vec!["--workers", "2", "--listen", &listen, "--json"];
+    args.extend(RUN);
+    let coord = spawn(env!("CARGO_BIN_EXE_coordinator"), &args);
+    let ws: Vec<Child> = [("w0", "on"), ("w1", "off")]
+        .iter()
+        .map(|(id, warm)| {
+            spawn(
+                env!("CARGO_BIN_EXE_worker"),
+                &[
+                    "--coordinator",
+                    &url,
+                    "--worker-id",
+                    id,
+                    "--warm-up",
+                    warm,
+                    "--json",
+                ],
+            )
+        })
+        .collect();
+    let logs: Vec<(Value, String)> = ws
+        .into_iter()
+        .map(|w| {
+            let out = w.wait_with_output().expect("worker");
+            let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+            assert!(out.status.success(), "worker failed:\n{stderr}");
+            (
+                serde_json::from_slice(&out.stdout).expect("worker json"),
+                stderr,
+            )
+        })
+        .collect();
+    let summary: Value =
+        serde_json::from_str(&finish(coord, "coordinator")).expect("coordinator json");
+    assert!(
+        logs[0].1.contains("warm-up: backward") && logs[0].1.contains("warm-up done"),
+        "no warm-up progress:\n{}",
+        logs[0].1
+    );
+    assert!(!logs[1].1.contains("warm-up"), "{}", logs[1].1);
+    assert_eq!(summary["replicas_identical"], true);
+    for (r, _) in &logs {
+        assert_eq!(r["param_hash"], local["param_hashes"][0], "{r}");
+    }
+}

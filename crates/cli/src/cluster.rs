@@ -184,6 +184,12 @@ pub struct WorkerCli {
     /// measured it). The TCP ring always works on host memory.
     #[arg(long, default_value = "host", value_parser = ["host", "device"], env = "RESNET_NCCL_BUFFERS")]
     pub nccl_buffers: String,
+    /// Before joining, fetch the run configuration and run one throwaway training step at its
+    /// shapes, with progress: on a GPU that step compiles the kernels (minutes with an empty
+    /// kernel cache), which then happens before the group forms instead of inside the first
+    /// all-reduce, where the peers would wait against --collective-timeout. auto: on with --gpu.
+    #[arg(long, default_value = "auto", value_parser = ["auto", "on", "off"])]
+    pub warm_up: String,
     /// Device selection.
     #[command(flatten)]
     pub device: DeviceArgs,
@@ -383,6 +389,8 @@ fn run_local_workers(
                         ring_tls: None, // the in-memory ring never leaves the process
                         allow_nccl: false,
                         nccl_device_buffers: false,
+                        // Threads of one process compile the same kernels at the same time.
+                        warm_up: false,
                     };
                     let r = crate::with_train_backend!(sel, |B, device| run_worker::<B>(
                         &mut control,
@@ -506,6 +514,11 @@ pub fn run_worker_cli(a: WorkerCli) -> Result<()> {
         ring_tls: tls.map(|t| t.1),
         allow_nccl: a.collective == "auto",
         nccl_device_buffers: a.nccl_buffers == "device",
+        warm_up: match a.warm_up.as_str() {
+            "on" => true,
+            "off" => false,
+            _ => !matches!(sel, Selected::Cpu),
+        },
     };
     let transport = Transport::Tcp {
         listen: a.listen.clone(),

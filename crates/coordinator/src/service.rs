@@ -97,6 +97,17 @@ impl CoordinatorRpc for CoordinatorService {
         observe("Join", t, a.map(|a| Response::new(a.into())))
     }
 
+    async fn run_config(
+        &self,
+        _req: Request<v1::RunConfigRequest>,
+    ) -> Result<Response<v1::RunConfigResponse>, Status> {
+        let t = Instant::now();
+        let r = Ok(Response::new(v1::RunConfigResponse {
+            run_config_json: self.0.run_config_json(),
+        }));
+        observe("RunConfig", t, r)
+    }
+
     async fn heartbeat(
         &self,
         req: Request<v1::HeartbeatRequest>,

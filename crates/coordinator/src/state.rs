@@ -458,6 +458,12 @@ impl Coordinator {
         Ok(idx)
     }
 
+    /// The run configuration every worker receives at join (JSON), for workers that warm up
+    /// before joining.
+    pub fn run_config_json(&self) -> String {
+        self.run_json.clone()
+    }
+
     /// Records liveness and progress. Returns whether the worker should stop.
     pub fn heartbeat(&self, hb: Heartbeat) -> Result<resnet_proto::HeartbeatReply, Refusal> {
         let mut inner = self.lock();

@@ -116,6 +116,15 @@ impl ControlPlane for GrpcControlPlane {
         r.map(|r| r.into_inner().into())
             .map_err(|s| status(&self.url, "join", s))
     }
+    fn run_config(&mut self, worker_id: &str) -> Result<String, ControlError> {
+        let r = self
+            .rt
+            .block_on(self.client.run_config(crate::v1::RunConfigRequest {
+                worker_id: worker_id.to_string(),
+            }));
+        r.map(|r| r.into_inner().run_config_json)
+            .map_err(|s| status(&self.url, "run configuration", s))
+    }
     fn heartbeat(&mut self, hb: Heartbeat) -> Result<HeartbeatReply, ControlError> {
         let r = self
             .rt

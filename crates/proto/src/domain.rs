@@ -300,4 +300,10 @@ pub trait ControlPlane: Send {
         generation: u64,
         step: u64,
     ) -> Result<crate::CheckpointFiles, ControlError>;
+    /// The run configuration (JSON) before joining, for a warm-up.
+    fn run_config(&mut self, _worker_id: &str) -> Result<String, ControlError> {
+        Err(ControlError(
+            "this control plane cannot send the run configuration before joining".into(),
+        ))
+    }
 }

@@ -19,6 +19,7 @@ mod records;
 mod schedule;
 pub mod sweep;
 mod trainer;
+mod warmup;
 
 pub use checkpoint::{
     config_fingerprint, list_checkpoints, resolve_checkpoint, verify, Manifest, ManifestInfo,
@@ -41,6 +42,7 @@ pub use records::{
 };
 pub use schedule::{ScheduleConfig, ScheduleKind};
 pub use trainer::{load_model, load_state, Trainer};
+pub use warmup::{warm_up, WarmUp};
 
 /// Errors of training, evaluation and checkpoints.
 #[derive(Debug, thiserror::Error)]

@@ -60,6 +60,25 @@ pub struct Trainer<B: AutodiffBackend> {
 
 static INIT_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
+/// A freshly initialised model of `cfg`, from `cfg.seed`.
+pub(crate) fn init_model<B: AutodiffBackend>(
+    cfg: &TrainConfig,
+    device: &B::Device,
+) -> Result<ResNet<B>, TrainError> {
+    // Backends keep one process-wide RNG: models created concurrently (replicas that are
+    // threads of one process, a warm-up beside a trainer) must not interleave their draws, or
+    // the weights would depend on thread scheduling instead of the seed.
+    let _guard = INIT_LOCK.lock().unwrap_or_else(|p| p.into_inner());
+    B::seed(device, cfg.seed);
+    let model = cfg
+        .model
+        .init::<B>(device)
+        .map_err(|e| TrainError::Config(e.to_string()))?;
+    // Parameters initialise lazily on first read; read them all now, in a fixed order.
+    let _ = param_hash(&model);
+    Ok(model)
+}
+
 fn recorder() -> NamedMpkFileRecorder<FullPrecisionSettings> {
     NamedMpkFileRecorder::new()
 }
@@ -103,7 +122,7 @@ fn prepare_out(out: &Option<PathBuf>, cfg: &TrainConfig) -> Result<(), TrainErro
 
 /// Applies the run's convolution arithmetic to this process (a process-wide switch, like the
 /// kernel choice: every replica of a run has the same configuration).
-fn use_precision(cfg: &TrainConfig) {
+pub(crate) fn use_precision(cfg: &TrainConfig) {
     let p = cfg.conv_precision;
     if p != resnet_model::conv::conv_precision() {
         tracing::info!(conv_precision = p.name(), "convolution arithmetic");
@@ -132,21 +151,7 @@ impl<B: AutodiffBackend> Trainer<B> {
             }
         }
         prepare_out(&out, &cfg)?;
-        let model = {
-            // Backends keep one process-wide RNG: trainers created concurrently (replicas that
-            // are threads of one process) must not interleave their draws, or the weights would
-            // depend on thread scheduling instead of the seed.
-            let _guard = INIT_LOCK.lock().unwrap_or_else(|p| p.into_inner());
-            B::seed(&device, cfg.seed);
-            let model = cfg
-                .model
-                .init::<B>(&device)
-                .map_err(|e| TrainError::Config(e.to_string()))?;
-            // Parameters initialise lazily on first read; read them all now, in a fixed order.
-            let _ = param_hash(&model);
-            model
-        };
-        let mut model = model;
+        let mut model = init_model::<B>(&cfg, &device)?;
         if let Some(file) = &cfg.finetune.pretrained {
             let report = resnet_model::import_backbone(&mut model, file)
                 .map_err(|e| TrainError::Config(format!("finetune.pretrained: {e}")))?;

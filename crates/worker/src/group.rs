@@ -350,6 +350,7 @@ mod tests {
             ring_tls: None,
             allow_nccl: false,
             nccl_device_buffers: false,
+            warm_up: false,
         }
     }
 

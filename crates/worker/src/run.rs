@@ -58,6 +58,9 @@ pub struct WorkerOptions {
     /// With NCCL: all-reduce the gradients in GPU memory (`--nccl-buffers device`) instead of
     /// staging them through the host. Builds without `cuda` ignore it.
     pub nccl_device_buffers: bool,
+    /// Before joining, fetch the run configuration and run one throwaway training step at its
+    /// shapes (GPU workers: compiles the kernels outside the first all-reduce).
+    pub warm_up: bool,
 }
 
 /// What a worker reports when it is done.
@@ -155,6 +158,9 @@ pub fn run_worker<B: AutodiffBackend>(
         generation: 0,
         nccl_id: crate::group::fresh_nccl_id(opts, &source),
     };
+    if opts.warm_up {
+        warm_up_before_join::<B>(control, opts, &device)?;
+    }
     tracing::info!(worker = %opts.worker_id, data_addr = %request.data_addr, "joining");
     let mut a = control.join(request.clone())?;
     tracing::info!(worker = %opts.worker_id, rank = a.rank, world = a.world, generation = a.generation, "joined");
@@ -370,6 +376,31 @@ pub fn run_worker<B: AutodiffBackend>(
         steps: summary.steps,
         param_hash: summary.param_hash,
     })
+}
+
+/// [`resnet_train::warm_up`] with the coordinator's run configuration. A coordinator that
+/// cannot send it only costs the warm-up (the first step then compiles the kernels).
+fn warm_up_before_join<B: AutodiffBackend>(
+    control: &mut dyn ControlPlane,
+    opts: &WorkerOptions,
+    device: &B::Device,
+) -> Result<(), WorkerError> {
+    let json = match control.run_config(&opts.worker_id) {
+        Ok(j) => j,
+        Err(e) => {
+            tracing::warn!(error = %e, "no run configuration before joining: skipping the warm-up");
+            return Ok(());
+        }
+    };
+    let cfg: TrainConfig = serde_json::from_str(&json)
+        .map_err(|e| WorkerError::Config(format!("the coordinator's run configuration: {e}")))?;
+    let w = resnet_train::warm_up::<B>(&cfg, device, &mut |m| tracing::info!("{m}"))?;
+    tracing::info!(
+        forward_s = format!("{:.2}", w.forward_s),
+        backward_s = format!("{:.2}", w.backward_s),
+        "warm-up done: joining"
+    );
+    Ok(())
 }
 
 /// Rejoins, retrying with backoff (0.5 s doubling to 5 s) while the coordinator is unreachable
