@@ -3,7 +3,7 @@
 # minutes, without cargo or network. Writes one JSON summary (default gpu-check/summary.json).
 #
 #   scripts/gpu-check.sh [--bin DIR] [--out DIR] [--budget SECONDS] [--kernels "LIST"]
-#                        [--no-pytorch] [--cpu-dry-run]
+#                        [--compare-kernels] [--no-pytorch] [--cpu-dry-run]
 #
 # --bin DIR         where `resnet`, `coordinator` and `worker` (built with --features cuda) are;
 #                   default: next to this script, unpacking resnet-cluster-gpu.tar.xz there if
@@ -12,20 +12,27 @@
 # --budget SECONDS  time for all steps together [450]; a step that would start with less than
 #                   15 s left is recorded as skipped, and each step's limit is cut to what is left.
 # --kernels "LIST"  kernel configurations whose cold first step is measured, in order
-#                   ["gemm-spread-taps gemm"]; the best one runs the benchmarks (see below).
+#                   ["tuned gemm"]; the first that finishes a step runs the benchmarks, and the
+#                   later ones are skipped (the fallbacks).
+# --compare-kernels run every configuration of --kernels cold; the best one (least first step
+#                   + 100 steady steps) runs the benchmarks.
 # --no-pytorch      skip the PyTorch baseline.
 # --cpu-dry-run     run every step that does not need a GPU on the CPU with tiny sizes (what CI
 #                   does to test this script); GPU-only steps are recorded as skipped.
 #
 # Steps, most important first: GPU facts (nvidia-smi); the NCCL world-size-1 check; the cold
 # first training step of ResNet-18 (CIFAR stem, batch 256) in each kernel configuration, each
-# with an empty kernel cache and a log of the kernels it compiles and tunes (`gemm`: fusion off,
+# with an empty kernel cache and a log of the kernels it compiles and tunes (`tuned`: fusion
+# off, each convolution pass and shape timed over a few fixed candidates, gemm's among them, the
+# fastest kept (crates/model/src/conv/tune_plan.rs); `gemm`: fusion off,
 # fixed implicit-GEMM convolutions and classifier matmul; `-spread`: strided input gradients as
 # stride-1 GEMMs (RESNET_CUDA_DGRAD=spread); `-taps`: weight gradients as batched matmuls per
 # kernel tap (RESNET_CUDA_WGRAD=taps); `autotune`: Burn's default, which
 # did not finish a step in 120 s on an H200; `direct`: fusion off, Burn's direct convolutions);
 # with the best configuration: ResNet-18 again in a new process with the cache the cold run left
-# (a restarted worker's first step) and its steady-state images/s, `coordinator --local
+# (a restarted worker's first step) and its steady-state images/s; after `tuned`, its choices
+# per shape (summarize_tuning.py) and `gemm-spread` from the same cache as the same-sitting
+# baseline; `coordinator --local
 # --workers 1`, a 2-worker cluster on one GPU over the TCP ring, one worker over NCCL with
 # host-staged and with device gradient buffers (same hash expected), a per-kernel device-time
 # profile of ResNet-18, ResNet-18 with bf16 convolutions, ResNet-50 (ImageNet stem) training
@@ -38,7 +45,8 @@ bin="$here"
 out="gpu-check"
 dry=0
 budget=450
-kernels="gemm-spread-taps gemm"
+kernels="tuned gemm"
+compare=0
 pytorch=1
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -46,9 +54,10 @@ while [ $# -gt 0 ]; do
     --out) out="$2"; shift 2 ;;
     --budget) budget="$2"; shift 2 ;;
     --kernels) kernels="$2"; shift 2 ;;
+    --compare-kernels) compare=1; shift ;;
     --no-pytorch) pytorch=0; shift ;;
     --cpu-dry-run) dry=1; shift ;;
-    -h|--help) sed -n '2,33p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,40p' "$0"; exit 0 ;;
     *) echo "gpu-check: unknown argument $1" >&2; exit 2 ;;
   esac
 done
@@ -57,8 +66,8 @@ case "$budget" in
 esac
 for k in $kernels; do
   case "$k" in
-    gemm|gemm-spread|gemm-taps|gemm-spread-taps|autotune|direct) ;;
-    *) echo "gpu-check: --kernels takes gemm[-spread][-taps], autotune or direct, got '$k'" >&2; exit 2 ;;
+    tuned|gemm|gemm-spread|gemm-taps|gemm-spread-taps|autotune|direct) ;;
+    *) echo "gpu-check: --kernels takes tuned, gemm[-spread][-taps], autotune or direct, got '$k'" >&2; exit 2 ;;
   esac
 done
 mkdir -p "$out"
@@ -168,7 +177,13 @@ conv_env() { # conv_env KIND CACHE_DIR: the environment for that configuration
   case "-$1-" in *-taps-*) e="$e RESNET_CUDA_WGRAD=taps" ;; esac
   echo "$e"
 }
+finished() { grep -q '^{' "$logs/first-step-$1.out" 2>/dev/null; }
+done_kind=""
 for kind in $kernels; do
+  if [ "$compare" = 0 ] && [ -n "$done_kind" ]; then
+    skip "first-step-$kind" "$done_kind finished its first step (--compare-kernels runs every configuration)"
+    continue
+  fi
   klog="$logs/kernels-$kind.log"
   ( while sleep 2; do echo "$(date +%s.%N) $(stat -c %s "$klog" 2>/dev/null || echo 0)"; done ) \
     >"$logs/kernels-$kind.growth" &
@@ -177,6 +192,7 @@ for kind in $kernels; do
     "$bin/resnet" bench "${dev[@]}" --depth 18 --stem cifar --width "$width" \
     --batch-size "$batch" --warmup 1 --steps 3 --json
   kill "$grow" 2>/dev/null
+  if finished "$kind"; then done_kind="$kind"; fi
 done
 
 # The best configuration: the least first step + 100 steady steps among those that finished.
@@ -209,6 +225,21 @@ else
   # first_step_s), then steady-state images/s.
   run bench-r18-cifar 60 "${best_env[@]}" "$bin/resnet" bench "${dev[@]}" --depth 18 \
     --stem cifar --width "$width" --batch-size "$batch" --warmup 2 --steps "$steps" --json
+  if [ "$best" = tuned ]; then
+    # What tuned chose per shape and pass, with every candidate's time.
+    if [ "$dry" = 1 ]; then
+      skip tuning-r18 "CPU dry run (the tuning is CUDA's)"
+    else
+      tune_sum="$here/summarize_tuning.py"
+      [ -f "$tune_sum" ] || tune_sum="$here/../benchmarks/summarize_tuning.py"
+      run tuning-r18 30 python3 "$tune_sum" "$logs/kernels-tuned.log" --json
+    fi
+    # The same-sitting baseline: gemm with spread strided input gradients, whose kernels the
+    # tuned run compiled among its candidates (the same cache, so no cold compilation here).
+    run bench-r18-cifar-gemm-spread 60 env $(conv_env gemm-spread "$out/kernels-tuned") \
+      "$bin/resnet" bench "${dev[@]}" --depth 18 --stem cifar --width "$width" \
+      --batch-size "$batch" --warmup 2 --steps "$steps" --json
+  fi
   run local-1-worker 60 "${best_env[@]}" "$bin/coordinator" --local --workers 1 "${dev[@]}" \
     --dataset synthetic --width "$width" --batch-size "$batch" --epochs 1 --train-limit "$limit" \
     --test-limit 512 --lr 0.05 --json

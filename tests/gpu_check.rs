@@ -37,7 +37,7 @@ fn dry_run(extra: &[&str]) -> (serde_json::Value, String, tempfile::TempDir) {
 /// the CPU depends on timing, so each is run alone here).
 #[test]
 fn every_kernel_configuration_runs_the_whole_pipeline() {
-    for kind in ["gemm", "gemm-spread-taps", "autotune"] {
+    for kind in ["tuned", "gemm", "gemm-spread-taps", "autotune"] {
         let (v, text, _dir) = dry_run(&["--kernels", kind, "--no-pytorch"]);
         assert_eq!(v["best_kernels"], kind, "{text}");
         for s in v["steps"].as_array().expect("steps") {
@@ -58,9 +58,9 @@ fn gpu_check_script_runs_its_non_gpu_steps_and_writes_the_summary() {
             .unwrap_or_else(|| panic!("step {n} missing:\n{text}"))
     };
     for name in [
-        "first-step-gemm",
-        "first-step-gemm-spread-taps",
+        "first-step-tuned",
         "bench-r18-cifar",
+        "bench-r18-cifar-gemm-spread",
         "profile-r18-cifar",
         "bench-r50-imagenet-stem",
         "local-1-worker",
@@ -72,8 +72,9 @@ fn gpu_check_script_runs_its_non_gpu_steps_and_writes_the_summary() {
         assert_eq!(s["ok"], true, "{name}: {s}");
     }
     for name in [
-        "first-step-gemm",
+        "first-step-tuned",
         "bench-r18-cifar",
+        "bench-r18-cifar-gemm-spread",
         "bench-r50-imagenet-stem",
     ] {
         let r = &by_name(name)["result"];
@@ -98,8 +99,81 @@ fn gpu_check_script_runs_its_non_gpu_steps_and_writes_the_summary() {
     assert_eq!(b["identical"], true, "{b}");
     assert!(b["steps"].as_u64().expect("steps") > 0, "{b}");
     assert!(b["host_hash"].as_str().is_some_and(|h| h.len() > 8), "{b}");
-    for name in ["nvidia-smi", "nccl-world-1", "pytorch", "profile-r18-top"] {
+    // `tuned` finished, so its fallback did not run; on the CPU there is no tuning to report.
+    for name in [
+        "nvidia-smi",
+        "nccl-world-1",
+        "pytorch",
+        "profile-r18-top",
+        "first-step-gemm",
+        "tuning-r18",
+    ] {
         let s = by_name(name);
         assert!(s["ok"].is_null() && s["skipped"].is_string(), "{name}: {s}");
     }
+}
+
+/// `--compare-kernels` runs every configuration cold and benchmarks the best, where the
+/// default stops at the first that finishes.
+#[test]
+fn compare_kernels_runs_every_configuration() {
+    let (v, text, _dir) = dry_run(&[
+        "--kernels",
+        "tuned gemm",
+        "--compare-kernels",
+        "--no-pytorch",
+    ]);
+    let steps = v["steps"].as_array().expect("steps");
+    for name in ["first-step-tuned", "first-step-gemm"] {
+        let s = steps
+            .iter()
+            .find(|s| s["step"] == name)
+            .unwrap_or_else(|| panic!("{name} missing:\n{text}"));
+        assert_eq!(s["ok"], true, "{name}: {s}");
+    }
+    let best = v["best_kernels"].as_str().expect("best");
+    assert!(["tuned", "gemm"].contains(&best), "{text}");
+}
+
+/// The tuning summary reads cubecl's autotune log: this project's keys only, each candidate's
+/// median in µs (ms and µs units), failures by kind, and the winner.
+#[test]
+fn tuning_summary_reads_the_autotune_log() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let out = Command::new("python3")
+        .arg(root.join("benchmarks/summarize_tuning.py"))
+        .arg(root.join("tests/fixtures/tuning-sample.log"))
+        .arg("--json")
+        .output()
+        .expect("python3 (needed by scripts/gpu-check.sh too)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    let t = v["tunings"].as_array().expect("tunings");
+    assert_eq!(
+        t.len(),
+        3,
+        "the Reduce tuning between them is not ours: {v}"
+    );
+    assert_eq!(t[0]["fastest"], "implicit-tma-mma");
+    assert_eq!(t[0]["candidates"]["gemm"], 795.186);
+    assert_eq!(t[0]["candidates"]["implicit-async-mma"], "InvalidSamples");
+    assert_eq!(t[1]["pass"], "weight-grad");
+    assert_eq!(t[1]["candidates"]["gemm"], 12000.0);
+    assert_eq!(t[1]["candidates"]["implicit-sync-mma"], 9000.0);
+    assert_eq!(
+        t[2]["key"],
+        "input-grad f32 n256 c64 32x32 -> c128 16x16 k3x3 s2x2 p1x1"
+    );
+    let why = t[2]["candidates"]["implicit-tma-mma"]
+        .as_str()
+        .expect("reason");
+    assert!(why.starts_with("Unknown: cubek's implicit-GEMM"), "{why}");
+    let wg = &v["per_pass"]["weight-grad"];
+    assert_eq!(wg["gemm_us_where_it_ran"], 12000.0);
+    assert_eq!(wg["chosen_us_where_gemm_ran"], 1450.0);
+    assert_eq!(v["per_pass"]["input-grad"]["gemm_shapes"], 0);
 }

@@ -60,7 +60,9 @@ pub struct DeviceArgs {
     /// runs implicit GEMM on the tensor cores without tuning; `autotune` is Burn's default,
     /// which compiles and times every candidate kernel for each new shape at first use (on an
     /// H200 its first ResNet-18 training step did not finish in 120 s; gemm's took 111 s cold
-    /// and 0.2 s with the kernel cache); `direct` is Burn's simple kernels [default: gemm].
+    /// and 0.2 s with the kernel cache); `tuned` times a few fixed candidates per shape and
+    /// pass at first use, gemm's kernels among them, and keeps the fastest (cached with the
+    /// kernels; not yet measured on a GPU); `direct` is Burn's simple kernels [default: gemm].
     #[arg(long, value_name = "KIND", env = "RESNET_CUDA_CONV")]
     pub cuda_conv: Option<CudaConvArg>,
     /// CUDA only: directory where compiled kernels and autotune results persist between runs,
@@ -89,6 +91,8 @@ pub enum CudaConvArg {
     Gemm,
     /// Burn's direct convolution kernels, no tuning.
     Direct,
+    /// The fastest of a few fixed candidates per shape (gemm among them), timed once.
+    Tuned,
 }
 
 /// Flags that set run parameters; shared by `resnet train` and `coordinator`.

@@ -78,6 +78,7 @@ pub fn kernel_choice(
     if fusion && conv != CudaConvArg::Autotune {
         let name = match conv {
             CudaConvArg::Gemm => "gemm",
+            CudaConvArg::Tuned => "tuned",
             _ => "direct",
         };
         bail!(
@@ -95,6 +96,7 @@ fn cuda_choices(args: &DeviceArgs) -> Result<(bool, resnet_model::conv::cuda::Cu
         CudaConvArg::Autotune => CudaConv::Autotune,
         CudaConvArg::Gemm => CudaConv::Gemm,
         CudaConvArg::Direct => CudaConv::Direct,
+        CudaConvArg::Tuned => CudaConv::Tuned,
     };
     Ok((fusion, conv))
 }
@@ -212,6 +214,17 @@ mod tests {
         assert!(
             err.contains("--cuda-conv gemm needs --cuda-fusion off"),
             "{err}"
+        );
+        let err = kernel_choice(Some(Tuned), Some(Toggle::On))
+            .expect_err("tuned with fusion")
+            .to_string();
+        assert!(
+            err.contains("--cuda-conv tuned needs --cuda-fusion off"),
+            "{err}"
+        );
+        assert_eq!(
+            kernel_choice(Some(Tuned), None).expect("tuned"),
+            (false, Tuned)
         );
         assert!(kernel_choice(None, Some(Toggle::On)).is_err());
     }

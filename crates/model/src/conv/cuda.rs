@@ -6,7 +6,8 @@
 //! the weight-gradient fallback candidate is itself a convolution that autotunes again. On a
 //! ResNet the first training step therefore compiles and times a few hundred kernels. A fixed
 //! strategy compiles one kernel per pass and shape. `--cuda-conv gemm` (implicit GEMM on the
-//! tensor cores) or `direct` select it; `autotune` leaves Burn's behaviour unchanged.
+//! tensor cores) or `direct` select it; `tuned` times a few fixed candidates per shape, `gemm`
+//! among them ([`super::tuned`]); `autotune` leaves Burn's behaviour unchanged.
 
 use std::sync::atomic::{AtomicU8, Ordering};
 
@@ -38,6 +39,9 @@ pub enum CudaConv {
     Gemm,
     /// Burn's direct convolution kernels: one simple kernel per pass, slowest at run time.
     Direct,
+    /// Per shape and pass, the fastest of a few fixed candidates, `gemm` among them, timed
+    /// once on the device and cached ([`super::tuned`]).
+    Tuned,
 }
 
 impl CudaConv {
@@ -47,6 +51,7 @@ impl CudaConv {
             Self::Autotune => "autotune",
             Self::Gemm => "gemm",
             Self::Direct => "direct",
+            Self::Tuned => "tuned",
         }
     }
 }
@@ -83,6 +88,7 @@ pub fn cuda_conv() -> CudaConv {
     match CHOICE.load(Ordering::Relaxed) {
         1 => CudaConv::Gemm,
         2 => CudaConv::Direct,
+        3 => CudaConv::Tuned,
         _ => CudaConv::Autotune,
     }
 }
@@ -98,7 +104,7 @@ fn options(g: &ConvGeom) -> ConvOptions<2> {
 
 fn strategy(c: CudaConv) -> ConvStrategy {
     match c {
-        CudaConv::Gemm => ConvStrategy::ImplicitGemm,
+        CudaConv::Gemm | CudaConv::Tuned => ConvStrategy::ImplicitGemm,
         CudaConv::Direct | CudaConv::Autotune => ConvStrategy::Direct,
     }
 }
@@ -113,16 +119,43 @@ fn with_fallback<E: std::fmt::Debug>(
     let c = cuda_conv();
     match f(strategy(c)) {
         Ok(t) => t,
-        Err(_) if c == CudaConv::Gemm => f(ConvStrategy::Direct)
+        Err(_) if matches!(c, CudaConv::Gemm | CudaConv::Tuned) => f(ConvStrategy::Direct)
             .unwrap_or_else(|e| panic!("CUDA {what}: direct kernel failed too: {e:?}")),
         Err(e) => panic!("CUDA {what}: {e:?}"),
     }
 }
 
-pub(crate) fn forward(x: Tensor, w: Tensor, g: &ConvGeom) -> Tensor {
+/// `gemm`'s forward pass: implicit GEMM, direct kernels for a shape it rejects.
+pub(crate) fn gemm_forward(x: Tensor, w: Tensor, g: &ConvGeom) -> Tensor {
     with_fallback("convolution", |s| {
         conv_forward::<CudaRuntime, 2>(x.clone(), w.clone(), None, options(g), s)
     })
+}
+
+/// `gemm`'s input gradient (a strided one is Burn's autotuned transposed convolution).
+pub(crate) fn gemm_grad_input(dy: Tensor, w: Tensor, g: &ConvGeom) -> Tensor {
+    let x_shape = Shape::new([g.batch, g.cin, g.in_hw[0], g.in_hw[1]]);
+    with_fallback("input gradient", |s| {
+        conv_data_backward(dy.clone(), w.clone(), x_shape.clone(), options(g), s)
+    })
+}
+
+/// `gemm`'s weight gradient.
+pub(crate) fn gemm_grad_weight(x: Tensor, dy: Tensor, g: &ConvGeom) -> Tensor {
+    let w_shape = Shape::new([g.cout, g.cin, g.kernel[0], g.kernel[1]]);
+    with_fallback("weight gradient", |s| {
+        conv_weight_backward::<CudaRuntime, 2>(
+            x.clone(),
+            dy.clone(),
+            w_shape.clone(),
+            options(g),
+            s,
+        )
+    })
+}
+
+fn tuned() -> bool {
+    cuda_conv() == CudaConv::Tuned
 }
 
 /// Burn's cubecl convolution kernels with the strategy of [`cuda_conv`], for the autodiff op
@@ -132,14 +165,20 @@ pub(crate) struct CudaKernels;
 
 impl ConvKernels<CudaPlain> for CudaKernels {
     fn forward(x: &Tensor, w: &Tensor, g: &ConvGeom) -> Tensor {
-        forward(x.clone(), w.clone(), g)
+        if tuned() {
+            return super::tuned::forward(x.clone(), w.clone(), g);
+        }
+        gemm_forward(x.clone(), w.clone(), g)
     }
 
     fn grad_input(dy: &Tensor, w: &Tensor, g: &ConvGeom) -> Tensor {
-        let x_shape = Shape::new([g.batch, g.cin, g.in_hw[0], g.in_hw[1]]);
+        if tuned() {
+            return super::tuned::grad_input(dy.clone(), w.clone(), g);
+        }
         if g.stride != [1, 1] && cuda_conv() == CudaConv::Gemm && spread_dgrad() {
             // Stride 1 on the spread gradient: implicit GEMM instead of Burn's autotuned
             // transposed convolution (see super::dilate).
+            let x_shape = Shape::new([g.batch, g.cin, g.in_hw[0], g.in_hw[1]]);
             let full = [0, 1].map(|i| g.in_hw[i] + 2 * g.pad[i] - g.kernel[i] + 1);
             let dy = super::dilate::spread::<CudaPlain>(dy.clone(), g.stride, full);
             let unit = ConvOptions {
@@ -150,42 +189,39 @@ impl ConvKernels<CudaPlain> for CudaKernels {
                 conv_data_backward(dy.clone(), w.clone(), x_shape.clone(), unit.clone(), s)
             })
         } else {
-            with_fallback("input gradient", |s| {
-                conv_data_backward(dy.clone(), w.clone(), x_shape.clone(), options(g), s)
-            })
+            gemm_grad_input(dy.clone(), w.clone(), g)
         }
     }
 
     // bf16: the kernels run on bf16 tensors (tensor-core inputs at half the bytes; cubecl
     // accumulates in f32) and the result is cast back, so everything around the convolution
-    // stays f32. The experimental gradient paths are f32-only and not used here.
+    // stays f32. `tuned` tunes the bf16 shapes separately (the dtype is part of the key); the
+    // experimental `RESNET_CUDA_*` gradient paths are f32-only and not used here.
     fn forward_bf16(x: &Tensor, w: &Tensor, g: &ConvGeom) -> Tensor {
-        to_f32(forward(to_bf16(x), to_bf16(w), g))
+        if tuned() {
+            return to_f32(super::tuned::forward(to_bf16(x), to_bf16(w), g));
+        }
+        to_f32(gemm_forward(to_bf16(x), to_bf16(w), g))
     }
 
     fn grad_input_bf16(dy: &Tensor, w: &Tensor, g: &ConvGeom) -> Tensor {
-        let x_shape = Shape::new([g.batch, g.cin, g.in_hw[0], g.in_hw[1]]);
-        let (dy, w) = (to_bf16(dy), to_bf16(w));
-        to_f32(with_fallback("input gradient (bf16)", |s| {
-            conv_data_backward(dy.clone(), w.clone(), x_shape.clone(), options(g), s)
-        }))
+        if tuned() {
+            return to_f32(super::tuned::grad_input(to_bf16(dy), to_bf16(w), g));
+        }
+        to_f32(gemm_grad_input(to_bf16(dy), to_bf16(w), g))
     }
 
     fn grad_weight_bf16(x: &Tensor, dy: &Tensor, g: &ConvGeom) -> Tensor {
-        let w_shape = Shape::new([g.cout, g.cin, g.kernel[0], g.kernel[1]]);
-        let (x, dy) = (to_bf16(x), to_bf16(dy));
-        to_f32(with_fallback("weight gradient (bf16)", |s| {
-            conv_weight_backward::<CudaRuntime, 2>(
-                x.clone(),
-                dy.clone(),
-                w_shape.clone(),
-                options(g),
-                s,
-            )
-        }))
+        if tuned() {
+            return to_f32(super::tuned::grad_weight(to_bf16(x), to_bf16(dy), g));
+        }
+        to_f32(gemm_grad_weight(to_bf16(x), to_bf16(dy), g))
     }
 
     fn grad_weight(x: &Tensor, dy: &Tensor, g: &ConvGeom) -> Tensor {
+        if tuned() {
+            return super::tuned::grad_weight(x.clone(), dy.clone(), g);
+        }
         if cuda_conv() == CudaConv::Gemm && taps_wgrad() {
             // One batched matmul per kernel tap (see super::wgrad).
             return super::wgrad::grad_weight_by_taps::<CudaPlain, FixedMatmul>(
@@ -194,16 +230,7 @@ impl ConvKernels<CudaPlain> for CudaKernels {
                 g,
             );
         }
-        let w_shape = Shape::new([g.cout, g.cin, g.kernel[0], g.kernel[1]]);
-        with_fallback("weight gradient", |s| {
-            conv_weight_backward::<CudaRuntime, 2>(
-                x.clone(),
-                dy.clone(),
-                w_shape.clone(),
-                options(g),
-                s,
-            )
-        })
+        gemm_grad_weight(x.clone(), dy.clone(), g)
     }
 }
 

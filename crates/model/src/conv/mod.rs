@@ -5,7 +5,8 @@
 //! shape (bias, groups, dilation, `Same` padding, other dtypes) goes through Burn unchanged.
 //!
 //! On CUDA without fusion, [`cuda`] runs them with a fixed kernel strategy instead of Burn's
-//! autotuning (`--cuda-conv`).
+//! autotuning (`--cuda-conv gemm`), or with the fastest of a few fixed candidates per shape
+//! (`--cuda-conv tuned`, [`tune_plan`]).
 //!
 //! The choice is made per backend type at run time (`TypeId`), so the model stays generic over
 //! `B: Backend` and no trait bound leaks into the crates above. `RESNET_CONV=burn` in the
@@ -16,10 +17,16 @@ mod autodiff;
 pub mod cuda;
 #[cfg(any(test, feature = "cuda"))]
 mod dilate;
+#[cfg(feature = "cuda")]
+mod implicit;
 pub mod kernels;
 pub mod precision;
 mod scratch;
 mod sgemm;
+#[cfg(any(test, feature = "cuda"))]
+pub mod tune_plan;
+#[cfg(feature = "cuda")]
+mod tuned;
 #[cfg(any(test, feature = "cuda"))]
 mod wgrad;
 
