@@ -6,7 +6,7 @@
 //! tensors are viewed as NHWC, cubek computes into a new NHWC tensor, which is viewed back.
 //! A shape or device an algorithm cannot handle is a setup error, never a launch.
 
-use burn::tensor::{DType, Shape};
+use burn::tensor::Shape;
 use burn_cubecl::cubecl::cuda::CudaRuntime;
 use burn_cubecl::ops::numeric::empty_device_dtype;
 use burn_cubecl::ops::{permute_nchw_to_nhwc, permute_nhwc_to_nchw};
@@ -36,35 +36,52 @@ fn strategy(a: Algo) -> Strategy {
     }
 }
 
-fn args(g: &ConvGeom, stride: [usize; 2]) -> ConvolutionArgs<2> {
-    ConvolutionArgs {
+type Binding = InputBinding<CudaRuntime>;
+type OutBinding = burn_cubecl::cubecl::prelude::TensorBinding<CudaRuntime>;
+
+/// Views `lhs` and `rhs` (NCHW) as NHWC, makes an NHWC result of `out` (its shape) with the
+/// dtype of `out_like`, launches the pass `inputs` builds from the three, and returns the result
+/// viewed as NCHW.
+fn launch(
+    a: Algo,
+    g: &ConvGeom,
+    stride: [usize; 2],
+    (lhs, rhs): (Tensor, Tensor),
+    out: [usize; 4],
+    out_is_rhs_dtype: bool,
+    inputs: impl FnOnce(Binding, Binding, OutBinding) -> ConvolutionInputs<CudaRuntime>,
+) -> Result<Tensor, ConvSetupError> {
+    let (lhs, rhs) = (permute_nchw_to_nhwc(lhs), permute_nchw_to_nhwc(rhs));
+    let dtype = if out_is_rhs_dtype {
+        rhs.dtype
+    } else {
+        lhs.dtype
+    };
+    let result = empty_device_dtype(
+        lhs.client.clone(),
+        lhs.device.clone(),
+        Shape::new(out),
+        dtype,
+    );
+    let client = lhs.client.clone();
+    let dtypes = MatmulElems::from_globals(&MatmulGlobalElems {
+        lhs: lhs.dtype.into(),
+        rhs: rhs.dtype.into(),
+        out: dtype.into(),
+    });
+    let args = ConvolutionArgs {
         stride,
         padding: g.pad,
         dilation: [1, 1],
-    }
+    };
+    let inputs = inputs(input(lhs), input(rhs), result.clone().binding());
+    launch_ref::<CudaRuntime, 2>(&strategy(a), &client, inputs, args, dtypes)?;
+    Ok(permute_nhwc_to_nchw(result))
 }
 
-fn dtypes(lhs: DType, rhs: DType, out: DType) -> MatmulElems {
-    MatmulElems::from_globals(&MatmulGlobalElems {
-        lhs: lhs.into(),
-        rhs: rhs.into(),
-        out: out.into(),
-    })
-}
-
-fn input(t: Tensor) -> InputBinding<CudaRuntime> {
+fn input(t: Tensor) -> Binding {
     let dtype = t.dtype;
     InputBinding::new(t.binding(), dtype.into())
-}
-
-/// A new NHWC tensor of `shape` (NHWC) on `like`'s device.
-fn empty_like(like: &Tensor, shape: [usize; 4], dtype: DType) -> Tensor {
-    empty_device_dtype(
-        like.client.clone(),
-        like.device.clone(),
-        Shape::new(shape),
-        dtype,
-    )
 }
 
 /// `x` (`[n, c_in, h, w]`) convolved with `w` (`[c_out, c_in, k_h, k_w]`).
@@ -74,41 +91,39 @@ pub(crate) fn forward(
     g: &ConvGeom,
     a: Algo,
 ) -> Result<Tensor, ConvSetupError> {
-    let (x, w) = (permute_nchw_to_nhwc(x), permute_nchw_to_nhwc(w));
-    let dtype = x.dtype;
-    let out = empty_like(&x, [g.batch, g.out_hw[0], g.out_hw[1], g.cout], dtype);
-    let client = x.client.clone();
-    let d = dtypes(x.dtype, w.dtype, dtype);
-    let inputs = ConvolutionInputs::Forward {
-        input: input(x),
-        weight: input(w),
-        bias: None,
-        out: out.clone().binding(),
-    };
-    launch_ref::<CudaRuntime, 2>(&strategy(a), &client, inputs, args(g, g.stride), d)?;
-    Ok(permute_nhwc_to_nchw(out))
+    let out = [g.batch, g.out_hw[0], g.out_hw[1], g.cout];
+    launch(a, g, g.stride, (x, w), out, false, |input, weight, out| {
+        ConvolutionInputs::Forward {
+            input,
+            weight,
+            bias: None,
+            out,
+        }
+    })
 }
 
-/// The input gradient of a stride-1 convolution from the output gradient `dy`. `stride`
-/// must be `[1, 1]` (cubek's kernel); a strided convolution spreads `dy` first.
+/// The input gradient of a stride-1 convolution from the output gradient `dy` (cubek's kernel
+/// takes stride 1 only; a strided convolution spreads `dy` first).
 pub(crate) fn grad_input(
     dy: Tensor,
     w: Tensor,
     g: &ConvGeom,
     a: Algo,
 ) -> Result<Tensor, ConvSetupError> {
-    let (dy, w) = (permute_nchw_to_nhwc(dy), permute_nchw_to_nhwc(w));
-    let dtype = dy.dtype;
-    let dx = empty_like(&dy, [g.batch, g.in_hw[0], g.in_hw[1], g.cin], dtype);
-    let client = dy.client.clone();
-    let d = dtypes(dy.dtype, w.dtype, dtype);
-    let inputs = ConvolutionInputs::BackwardData {
-        out_grad: input(dy),
-        weights: input(w),
-        in_grad: dx.clone().binding(),
-    };
-    launch_ref::<CudaRuntime, 2>(&strategy(a), &client, inputs, args(g, [1, 1]), d)?;
-    Ok(permute_nhwc_to_nchw(dx))
+    let out = [g.batch, g.in_hw[0], g.in_hw[1], g.cin];
+    launch(
+        a,
+        g,
+        [1, 1],
+        (dy, w),
+        out,
+        false,
+        |out_grad, weights, in_grad| ConvolutionInputs::BackwardData {
+            out_grad,
+            weights,
+            in_grad,
+        },
+    )
 }
 
 /// The weight gradient (`[c_out, c_in, k_h, k_w]`) from the input `x` and the output
@@ -119,16 +134,18 @@ pub(crate) fn grad_weight(
     g: &ConvGeom,
     a: Algo,
 ) -> Result<Tensor, ConvSetupError> {
-    let (x, dy) = (permute_nchw_to_nhwc(x), permute_nchw_to_nhwc(dy));
-    let dtype = dy.dtype;
-    let dw = empty_like(&x, [g.cout, g.kernel[0], g.kernel[1], g.cin], dtype);
-    let client = x.client.clone();
-    let d = dtypes(x.dtype, dy.dtype, dtype);
-    let inputs = ConvolutionInputs::BackwardWeight {
-        input: input(x),
-        out_grad: input(dy),
-        weight_grad: dw.clone().binding(),
-    };
-    launch_ref::<CudaRuntime, 2>(&strategy(a), &client, inputs, args(g, g.stride), d)?;
-    Ok(permute_nhwc_to_nchw(dw))
+    let out = [g.cout, g.kernel[0], g.kernel[1], g.cin];
+    launch(
+        a,
+        g,
+        g.stride,
+        (x, dy),
+        out,
+        true,
+        |input, out_grad, weight_grad| ConvolutionInputs::BackwardWeight {
+            input,
+            out_grad,
+            weight_grad,
+        },
+    )
 }
