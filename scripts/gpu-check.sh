@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # GPU check for resnet-cluster: proves the CUDA path on a machine with an NVIDIA GPU in a few
-# minutes, without cargo or network. Writes one JSON summary (default gpu-check/summary.json).
+# minutes, without cargo or network. Writes one JSON summary (default gpu-check/summary.json)
+# and the same as Markdown table rows (summary.md).
 #
 #   scripts/gpu-check.sh [--bin DIR] [--out DIR] [--budget SECONDS] [--kernels "LIST"]
 #                        [--compare-kernels] [--no-pytorch] [--cpu-dry-run]
@@ -357,5 +358,11 @@ fi
   printf '  ]\n}\n'
 } >"$out/summary.json"
 echo "summary: $out/summary.json" >&2
+# The same as Markdown rows for benchmarks/RESULTS.md.
+md="$here/summarize_gpu_check.py"
+[ -f "$md" ] || md="$here/../benchmarks/summarize_gpu_check.py"
+if [ -f "$md" ] && python3 "$md" "$out/summary.json" >"$out/summary.md" 2>/dev/null; then
+  cat "$out/summary.md" >&2
+fi
 failed=$(grep -c '"ok": false' "$out/summary.json" || true)
 [ "$failed" = 0 ]

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds the CUDA binaries and packs what scripts/gpu-check.sh needs into dist/, under the 64 MiB
 # a lent GPU machine accepts: resnet-cluster-gpu.tar.xz (resnet, coordinator, worker),
-# gpu-check.sh, pytorch_baseline.py, summarize_profile.py and summarize_tuning.py. On the GPU machine:
+# gpu-check.sh and its Python helpers (pytorch_baseline.py, summarize_*.py). On the GPU machine:
 # bash dist/gpu-check.sh.
 #
 # The build uses the workspace's one profile (dev: dependencies at opt-level 3, ours at 2), so it
@@ -21,5 +21,6 @@ done
 tar -cf - -C "$tmp" resnet coordinator worker \
   | xz -6 --lzma2=dict=256MiB >"$root/dist/resnet-cluster-gpu.tar.xz"
 cp "$root/scripts/gpu-check.sh" "$root/benchmarks/pytorch_baseline.py" \
-  "$root/benchmarks/summarize_profile.py" "$root/benchmarks/summarize_tuning.py" "$root/dist/"
+  "$root/benchmarks/summarize_profile.py" "$root/benchmarks/summarize_tuning.py" \
+  "$root/benchmarks/summarize_gpu_check.py" "$root/dist/"
 ls -l "$root/dist"

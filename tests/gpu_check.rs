@@ -48,8 +48,10 @@ fn every_kernel_configuration_runs_the_whole_pipeline() {
 
 #[test]
 fn gpu_check_script_runs_its_non_gpu_steps_and_writes_the_summary() {
-    let (v, text, _dir) = dry_run(&[]);
+    let (v, text, dir) = dry_run(&[]);
     assert_eq!(v["dry_run"], true);
+    let md = std::fs::read_to_string(dir.path().join("summary.md")).expect("summary.md");
+    assert!(md.contains("| first-step-tuned | ok |"), "{md}");
     let steps = v["steps"].as_array().expect("steps");
     let by_name = |n: &str| {
         steps
@@ -176,4 +178,29 @@ fn tuning_summary_reads_the_autotune_log() {
     assert_eq!(wg["gemm_us_where_it_ran"], 12000.0);
     assert_eq!(wg["chosen_us_where_gemm_ran"], 1450.0);
     assert_eq!(v["per_pass"]["input-grad"]["gemm_shapes"], 0);
+}
+
+/// The Markdown summary of a real GPU check (the H200 session's second call, committed in
+/// benchmarks/): every step a row, the numbers that matter in it.
+#[test]
+fn markdown_summary_of_a_real_gpu_check() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let out = Command::new("python3")
+        .arg(root.join("benchmarks/summarize_gpu_check.py"))
+        .arg(root.join("benchmarks/gpu-h200-2026-11-27/call2-summary.json"))
+        .output()
+        .expect("python3 (needed by scripts/gpu-check.sh too)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let md = String::from_utf8(out.stdout).expect("utf8");
+    assert!(md.starts_with("GPU: NVIDIA H200"), "{md}");
+    assert!(
+        md.contains("| bench-r18-cifar | ok | 2.66 | images/s 1,537; first step s 0.209;"),
+        "{md}"
+    );
+    assert!(md.contains("| pytorch | skipped: --no-pytorch |"), "{md}");
+    assert!(md.contains("bit-exact True"), "{md}");
 }

@@ -1,0 +1,89 @@
+#!/usr/bin/env python3
+"""The GPU check's summary.json as Markdown, ready for benchmarks/RESULTS.md.
+
+    python3 benchmarks/summarize_gpu_check.py gpu-check/summary.json
+
+Prints one table row per step (status, seconds and the numbers that matter for that kind of
+step), then the steady-state comparison with PyTorch for every model both sides ran.
+"""
+import json
+import sys
+
+
+def fmt(x, digits=3):
+    if isinstance(x, float):
+        return f"{x:,.{digits}g}" if abs(x) < 1000 else f"{x:,.0f}"
+    return str(x)
+
+
+def key_numbers(r):
+    """The fields worth a table cell, in a fixed order, for any step's JSON result."""
+    if not isinstance(r, dict):
+        return ""
+    keys = [
+        ("images_per_sec", "images/s"), ("first_step_s", "first step s"),
+        ("median_step_s", "step s"), ("phases", "fwd/bwd/opt s"), ("cuda_conv", "kernels"),
+        ("conv_precision", "precision"), ("precision", "precision"),
+        ("bit_exact", "bit-exact"), ("median_s", "median s"), ("device_bit_exact", "device bit-exact"),
+        ("device_median_s", "device median s"), ("identical", "same hash"), ("host_s", "host s"),
+        ("device_s", "device s"), ("replicas_identical", "replicas identical"), ("world", "world"),
+        ("final_accuracy", "accuracy"),
+    ]
+    cells = []
+    for k, label in keys:
+        if k in r and r[k] is not None:
+            v = r[k]
+            if isinstance(v, list):
+                v = "/".join(fmt(x) for x in v)
+            else:
+                v = fmt(v)
+            cells.append(f"{label} {v}")
+    if "per_pass" in r:  # the tuning summary
+        for p, s in r["per_pass"].items():
+            cells.append(f"{p}: {s['shapes']} shapes, chosen {s['chosen_us']} µs "
+                         f"(gemm {s['gemm_us_where_it_ran']} µs where it ran), "
+                         f"winners {', '.join(s['winners'])}")
+    return "; ".join(cells)
+
+
+def main():
+    if len(sys.argv) != 2:
+        print(__doc__, file=sys.stderr)
+        return 2
+    try:
+        with open(sys.argv[1], encoding="utf-8") as f:
+            d = json.load(f)
+    except (OSError, ValueError) as e:
+        print(f"{sys.argv[1]}: {e}", file=sys.stderr)
+        return 1
+    print(f"GPU: {d.get('gpu')}; kernels: {d.get('best_kernels')}; "
+          f"{d.get('total_seconds')} s in all{' (CPU dry run)' if d.get('dry_run') else ''}\n")
+    print("| step | status | seconds | result |")
+    print("|---|---|---|---|")
+    steps = d.get("steps", [])
+    for s in steps:
+        if s.get("ok") is None:
+            status, secs = f"skipped: {s.get('skipped', '')}", ""
+        else:
+            status = "ok" if s["ok"] else f"FAILED (exit {s.get('exit_code')})"
+            secs = fmt(s.get("seconds", ""))
+        print(f"| {s['step']} | {status} | {secs} | {key_numbers(s.get('result'))} |")
+    by = {s["step"]: s.get("result") for s in steps if isinstance(s.get("result"), dict)}
+    pairs = [("ResNet-18 CIFAR stem", "bench-r18-cifar", "pytorch-r18-cifar"),
+             ("ResNet-50 ImageNet stem", "bench-r50-imagenet-stem", "pytorch-r50-imagenet")]
+    rows = []
+    for name, ours, theirs in pairs:
+        o, t = by.get(ours), by.get(theirs + "-fp32")
+        if o and t and t.get("images_per_sec"):
+            amp = (by.get(theirs + "-bf16-channels-last") or {}).get("images_per_sec")
+            rows.append(f"| {name} | {fmt(o['images_per_sec'])} | {fmt(t['images_per_sec'])} | "
+                        f"{fmt(amp) if amp else '—'} | {o['images_per_sec'] / t['images_per_sec']:.3f} |")
+    if rows:
+        print("\n| model (train, batch 256) | ours images/s | PyTorch fp32 | PyTorch bf16 AMP | ours / fp32 |")
+        print("|---|---|---|---|---|")
+        print("\n".join(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
