@@ -179,8 +179,7 @@ impl ConvKernels<CudaPlain> for CudaKernels {
             // Stride 1 on the spread gradient: implicit GEMM instead of Burn's autotuned
             // transposed convolution (see super::dilate).
             let x_shape = Shape::new([g.batch, g.cin, g.in_hw[0], g.in_hw[1]]);
-            let full = [0, 1].map(|i| g.in_hw[i] + 2 * g.pad[i] - g.kernel[i] + 1);
-            let dy = super::dilate::spread::<CudaPlain>(dy.clone(), g.stride, full);
+            let dy = super::dilate::spread_for::<CudaPlain>(dy.clone(), g);
             let unit = ConvOptions {
                 stride: [1, 1],
                 ..options(g)

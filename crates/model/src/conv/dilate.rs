@@ -56,6 +56,13 @@ pub fn spread<B: Backend>(
     )
 }
 
+/// `dy` of convolution `g` spread to the convolution's stride-1 output size: the output
+/// gradient whose stride-1 input gradient is `g`'s input gradient.
+pub fn spread_for<B: Backend>(dy: FloatTensor<B>, g: &super::ConvGeom) -> FloatTensor<B> {
+    let full = [0, 1].map(|i| g.in_hw[i] + 2 * g.pad[i] - g.kernel[i] + 1);
+    spread::<B>(dy, g.stride, full)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -97,7 +104,9 @@ mod tests {
                 prim(dy.clone()),
                 ConvOptions::new(s, p, [1, 1], 1),
             );
-            let spread_dy = spread::<B>(prim(dy), s, [full(0), full(1)]);
+            let g = super::super::ConvGeom::new([2, 3, hw[0], hw[1]], [4, 3, k[0], k[1]], s, p)
+                .expect("geom");
+            let spread_dy = spread_for::<B>(prim(dy), &g);
             let got = spread_dy.shape();
             assert_eq!(
                 [got[0], got[1], got[2], got[3]],

@@ -45,8 +45,7 @@ fn run(pass: Pass, c: Candidate, (a, b, g): Operands) -> Result<Tensor, String> 
             super::implicit::grad_input(a, b, &g, al).map_err(err)
         }
         (Pass::InputGrad, Candidate::Spread(al)) => {
-            let full = [0, 1].map(|i| g.in_hw[i] + 2 * g.pad[i] - g.kernel[i] + 1);
-            let dy = super::dilate::spread::<CudaPlain>(a, g.stride, full);
+            let dy = super::dilate::spread_for::<CudaPlain>(a, &g);
             super::implicit::grad_input(dy, b, &g, al).map_err(err)
         }
         (Pass::WeightGrad, Candidate::Gemm) => Ok(gemm_grad_weight(a, b, &g)),
