@@ -52,8 +52,8 @@ pub struct DeviceArgs {
     /// Run on the CPU (the default).
     #[arg(long)]
     pub cpu: bool,
-    /// CUDA only: Burn's kernel-fusion layer [default: off, unless --cuda-conv autotune; gemm
-    /// and direct need it off].
+    /// CUDA only: Burn's kernel-fusion layer [default: off, unless --cuda-conv autotune; gemm,
+    /// tuned and direct need it off].
     #[arg(long, value_name = "on|off", env = "RESNET_CUDA_FUSION")]
     pub cuda_fusion: Option<Toggle>,
     /// CUDA only: how convolutions (and the classifier's matmul) pick their kernels. `gemm`
