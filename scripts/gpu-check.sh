@@ -33,12 +33,12 @@
 # with the best configuration: ResNet-18 again in a new process with the cache the cold run left
 # (a restarted worker's first step) and its steady-state images/s; after `tuned`, its choices
 # per shape (summarize_tuning.py) and `gemm-spread` from the same cache as the same-sitting
-# baseline; `coordinator --local
-# --workers 1`, a 2-worker cluster on one GPU over the TCP ring, one worker over NCCL with
-# host-staged and with device gradient buffers (same hash expected), a per-kernel device-time
-# profile of ResNet-18, ResNet-18 with bf16 convolutions, ResNet-50 (ImageNet stem) training
-# at batch 256; then the PyTorch baseline for the same models (fp32 eager, bf16 AMP +
-# channels_last) when `import torch` works.
+# baseline; PyTorch's ResNet-18 fp32 (when `import torch` works), so the ratio comes from one
+# sitting; `coordinator --local --workers 1`, a 2-worker cluster on one GPU over the TCP ring,
+# one worker over NCCL with host-staged and with device gradient buffers (same hash expected), a
+# per-kernel device-time profile of ResNet-18, ResNet-18 with bf16 convolutions, ResNet-50
+# (ImageNet stem) training at batch 256; then the rest of the PyTorch baseline (bf16 AMP +
+# channels_last, ResNet-50).
 set -u -o pipefail
 
 here="$(cd "$(dirname "$0")" && pwd)"
@@ -58,7 +58,7 @@ while [ $# -gt 0 ]; do
     --compare-kernels) compare=1; shift ;;
     --no-pytorch) pytorch=0; shift ;;
     --cpu-dry-run) dry=1; shift ;;
-    -h|--help) sed -n '2,40p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,41p' "$0"; exit 0 ;;
     *) echo "gpu-check: unknown argument $1" >&2; exit 2 ;;
   esac
 done
@@ -165,6 +165,24 @@ else
   run nccl-world-1 45 "$bin/resnet" bench-allreduce --nccl-gpu 0 --repeats 10 --json
 fi
 
+# The PyTorch baseline (benchmarks/pytorch_baseline.py), when torch with CUDA imports here:
+# ResNet-18 fp32 right after our steady-state numbers (the ratio must come from one sitting even
+# if the budget runs out later), the other cases at the end.
+baseline="$here/pytorch_baseline.py"
+[ -f "$baseline" ] || baseline="$here/../benchmarks/pytorch_baseline.py"
+torch_ok=0
+r18_fp32=0
+if [ "$pytorch" = 1 ] && [ "$dry" = 0 ] && [ -f "$baseline" ] \
+  && python3 -c "import torch; assert torch.cuda.is_available()" >/dev/null 2>&1; then
+  torch_ok=1
+fi
+pytorch_case() { # pytorch_case DEPTH STEM fp32|bf16
+  local extra=() name="pytorch-r$1-$2-fp32"
+  if [ "$3" = bf16 ]; then extra=(--amp-bf16 --channels-last); name="pytorch-r$1-$2-bf16-channels-last"; fi
+  run "$name" 45 python3 "$baseline" --cuda --depth "$1" --stem "$2" --batch-size "$batch" \
+    --warmup 3 --steps "$steps" "${extra[@]}" --json
+}
+
 # Kernel configurations (`--kernels`): `gemm` turns fusion off and runs fixed implicit-GEMM
 # convolutions and a fixed classifier matmul; `-spread` and `-taps` add the experimental input
 # and weight gradients (see --help); `autotune` is Burn's default (fusion, every convolution and
@@ -246,6 +264,7 @@ else
       "$bin/resnet" bench "${dev[@]}" --depth 18 --stem cifar --width "$width" \
       --batch-size "$batch" --warmup 2 --steps "$steps" --json
   fi
+  if [ "$torch_ok" = 1 ]; then pytorch_case 18 cifar fp32; r18_fp32=1; fi
   run local-1-worker 60 "${best_env[@]}" "$bin/coordinator" --local --workers 1 "${dev[@]}" \
     --dataset synthetic --width "$width" --batch-size "$batch" --epochs 1 --train-limit "$limit" \
     --test-limit 512 --lr 0.05 --json
@@ -330,18 +349,13 @@ SH
     --stem imagenet --width "$width" --batch-size "$batch" --warmup 2 --steps "$steps" --json
 fi
 
-baseline="$here/pytorch_baseline.py"
-[ -f "$baseline" ] || baseline="$here/../benchmarks/pytorch_baseline.py"
 if [ "$pytorch" = 0 ]; then
   skip pytorch "--no-pytorch"
-elif [ "$dry" = 0 ] && [ -f "$baseline" ] && python3 -c "import torch; assert torch.cuda.is_available()" >/dev/null 2>&1; then
-  for model in "18 cifar" "50 imagenet"; do
-    set -- $model
-    run "pytorch-r$1-$2-fp32" 45 python3 "$baseline" --cuda --depth "$1" --stem "$2" \
-      --batch-size "$batch" --warmup 3 --steps "$steps" --json
-    run "pytorch-r$1-$2-bf16-channels-last" 45 python3 "$baseline" --cuda --depth "$1" --stem "$2" \
-      --batch-size "$batch" --warmup 3 --steps "$steps" --amp-bf16 --channels-last --json
-  done
+elif [ "$torch_ok" = 1 ]; then
+  [ "$r18_fp32" = 1 ] || pytorch_case 18 cifar fp32
+  pytorch_case 18 cifar bf16
+  pytorch_case 50 imagenet fp32
+  pytorch_case 50 imagenet bf16
 else
   skip pytorch "no CUDA-enabled torch (or CPU dry run)"
 fi
