@@ -137,23 +137,33 @@ fn compare_kernels_runs_every_configuration() {
     assert!(["tuned", "gemm"].contains(&best), "{text}");
 }
 
+/// Runs the repository's Python `script` with `args` (paths relative to the repository root, or
+/// flags); returns its stdout, failing the test on a non-zero exit.
+fn helper(script: &str, args: &[&str]) -> String {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let args = args.iter().map(|a| match a.starts_with('-') {
+        true => std::ffi::OsString::from(a),
+        false => root.join(a).into_os_string(),
+    });
+    let out = Command::new("python3")
+        .arg(root.join(script))
+        .args(args)
+        .output()
+        .expect("python3 (needed by scripts/gpu-check.sh too)");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{script}: {stderr}");
+    String::from_utf8(out.stdout).expect("utf8")
+}
+
 /// The tuning summary reads cubecl's autotune log: this project's keys only, each candidate's
 /// median in µs (ms and µs units), failures by kind, and the winner.
 #[test]
 fn tuning_summary_reads_the_autotune_log() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let out = Command::new("python3")
-        .arg(root.join("benchmarks/summarize_tuning.py"))
-        .arg(root.join("tests/fixtures/tuning-sample.log"))
-        .arg("--json")
-        .output()
-        .expect("python3 (needed by scripts/gpu-check.sh too)");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let out = helper(
+        "benchmarks/summarize_tuning.py",
+        &["tests/fixtures/tuning-sample.log", "--json"],
     );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    let v: serde_json::Value = serde_json::from_str(&out).expect("JSON");
     let t = v["tunings"].as_array().expect("tunings");
     assert_eq!(
         t.len(),
@@ -184,18 +194,10 @@ fn tuning_summary_reads_the_autotune_log() {
 /// benchmarks/): every step a row, the numbers that matter in it.
 #[test]
 fn markdown_summary_of_a_real_gpu_check() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let out = Command::new("python3")
-        .arg(root.join("benchmarks/summarize_gpu_check.py"))
-        .arg(root.join("benchmarks/gpu-h200-2026-11-27/call2-summary.json"))
-        .output()
-        .expect("python3 (needed by scripts/gpu-check.sh too)");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let md = helper(
+        "benchmarks/summarize_gpu_check.py",
+        &["benchmarks/gpu-h200-2026-11-27/call2-summary.json"],
     );
-    let md = String::from_utf8(out.stdout).expect("utf8");
     assert!(md.starts_with("GPU: NVIDIA H200"), "{md}");
     assert!(
         md.contains("| bench-r18-cifar | ok | 2.66 | images/s 1,537; first step s 0.209;"),
