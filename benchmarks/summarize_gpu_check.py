@@ -53,8 +53,11 @@ def main():
     try:
         with open(sys.argv[1], encoding="utf-8") as f:
             d = json.load(f)
-    except (OSError, ValueError) as e:
-        print(f"{sys.argv[1]}: {e}", file=sys.stderr)
+    except OSError as e:
+        print(f"{sys.argv[1]}: {e.strerror}", file=sys.stderr)
+        return 1
+    except ValueError as e:
+        print(f"{sys.argv[1]}: not a gpu-check summary.json ({e})", file=sys.stderr)
         return 1
     print(f"GPU: {d.get('gpu')}; kernels: {d.get('best_kernels')}; "
           f"{d.get('total_seconds')} s in all{' (CPU dry run)' if d.get('dry_run') else ''}\n")

@@ -78,8 +78,12 @@ def main():
     p.add_argument("log")
     p.add_argument("--json", action="store_true", help="one JSON line instead of a table")
     a = p.parse_args()
-    with open(a.log, encoding="utf-8", errors="replace") as f:
-        tunings = parse(f)
+    try:
+        with open(a.log, encoding="utf-8", errors="replace") as f:
+            tunings = parse(f)
+    except OSError as e:
+        print(f"{a.log}: {e.strerror}", file=sys.stderr)
+        return 1
     if not tunings:
         print(f"{a.log}: no tunings of forward/input-grad/weight-grad found", file=sys.stderr)
         return 1
