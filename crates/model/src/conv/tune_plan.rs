@@ -8,7 +8,9 @@
 //! hundred kernels and did not finish in 120 s on an H200 (benchmarks/RESULTS.md). This set
 //! holds only what the measurements point at:
 //! - `gemm`: what `--cuda-conv gemm` runs (cubek's implicit GEMM, "simple sync" on CUDA's WMMA
-//!   tiles), always tried, so a tuned run is never slower than `gemm`.
+//!   tiles), tried wherever it is cheap to start, so `tuned` keeps it unless another candidate
+//!   measures faster. The exception is a strided input gradient: `gemm` runs Burn's autotuned
+//!   transposed convolution there, whose cold tuning is what this set avoids.
 //! - the same implicit GEMM with other cubek algorithms: on that H200, Burn's own autotuning
 //!   picked "simple TMA" on PTX MMA tiles for 8 of the 9 forward shapes of ResNet-18's CIFAR stem,
 //!   1.1x–2.3x faster than `gemm`'s kernel (344 vs 796 µs for layer1's 3x3 convolution);
