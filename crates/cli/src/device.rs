@@ -208,20 +208,13 @@ mod tests {
             kernel_choice(Some(Direct), Some(Toggle::Off)).expect("direct"),
             (false, Direct)
         );
-        let err = kernel_choice(Some(Gemm), Some(Toggle::On))
-            .expect_err("gemm with fusion")
-            .to_string();
-        assert!(
-            err.contains("--cuda-conv gemm needs --cuda-fusion off"),
-            "{err}"
-        );
-        let err = kernel_choice(Some(Tuned), Some(Toggle::On))
-            .expect_err("tuned with fusion")
-            .to_string();
-        assert!(
-            err.contains("--cuda-conv tuned needs --cuda-fusion off"),
-            "{err}"
-        );
+        for (kind, name) in [(Gemm, "gemm"), (Tuned, "tuned")] {
+            let err = kernel_choice(Some(kind), Some(Toggle::On))
+                .expect_err("fixed kernels with fusion")
+                .to_string();
+            let want = format!("--cuda-conv {name} needs --cuda-fusion off");
+            assert!(err.contains(&want), "{err}");
+        }
         assert_eq!(
             kernel_choice(Some(Tuned), None).expect("tuned"),
             (false, Tuned)

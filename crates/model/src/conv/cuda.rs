@@ -158,6 +158,29 @@ fn tuned() -> bool {
     cuda_conv() == CudaConv::Tuned
 }
 
+// Each pass by the chosen strategy: `tuned`'s per-shape choice, else `gemm`'s kernels. The f32
+// and the bf16 methods below both go through these.
+fn forward_pass(x: Tensor, w: Tensor, g: &ConvGeom) -> Tensor {
+    match tuned() {
+        true => super::tuned::forward(x, w, g),
+        false => gemm_forward(x, w, g),
+    }
+}
+
+fn grad_input_pass(dy: Tensor, w: Tensor, g: &ConvGeom) -> Tensor {
+    match tuned() {
+        true => super::tuned::grad_input(dy, w, g),
+        false => gemm_grad_input(dy, w, g),
+    }
+}
+
+fn grad_weight_pass(x: Tensor, dy: Tensor, g: &ConvGeom) -> Tensor {
+    match tuned() {
+        true => super::tuned::grad_weight(x, dy, g),
+        false => gemm_grad_weight(x, dy, g),
+    }
+}
+
 /// Burn's cubecl convolution kernels with the strategy of [`cuda_conv`], for the autodiff op
 /// of [`super::autodiff`].
 #[derive(Debug)]
@@ -165,16 +188,10 @@ pub(crate) struct CudaKernels;
 
 impl ConvKernels<CudaPlain> for CudaKernels {
     fn forward(x: &Tensor, w: &Tensor, g: &ConvGeom) -> Tensor {
-        if tuned() {
-            return super::tuned::forward(x.clone(), w.clone(), g);
-        }
-        gemm_forward(x.clone(), w.clone(), g)
+        forward_pass(x.clone(), w.clone(), g)
     }
 
     fn grad_input(dy: &Tensor, w: &Tensor, g: &ConvGeom) -> Tensor {
-        if tuned() {
-            return super::tuned::grad_input(dy.clone(), w.clone(), g);
-        }
         if g.stride != [1, 1] && cuda_conv() == CudaConv::Gemm && spread_dgrad() {
             // Stride 1 on the spread gradient: implicit GEMM instead of Burn's autotuned
             // transposed convolution (see super::dilate).
@@ -184,43 +201,14 @@ impl ConvKernels<CudaPlain> for CudaKernels {
                 stride: [1, 1],
                 ..options(g)
             };
-            with_fallback("input gradient", |s| {
+            return with_fallback("input gradient", |s| {
                 conv_data_backward(dy.clone(), w.clone(), x_shape.clone(), unit.clone(), s)
-            })
-        } else {
-            gemm_grad_input(dy.clone(), w.clone(), g)
+            });
         }
-    }
-
-    // bf16: the kernels run on bf16 tensors (tensor-core inputs at half the bytes; cubecl
-    // accumulates in f32) and the result is cast back, so everything around the convolution
-    // stays f32. `tuned` tunes the bf16 shapes separately (the dtype is part of the key); the
-    // experimental `RESNET_CUDA_*` gradient paths are f32-only and not used here.
-    fn forward_bf16(x: &Tensor, w: &Tensor, g: &ConvGeom) -> Tensor {
-        if tuned() {
-            return to_f32(super::tuned::forward(to_bf16(x), to_bf16(w), g));
-        }
-        to_f32(gemm_forward(to_bf16(x), to_bf16(w), g))
-    }
-
-    fn grad_input_bf16(dy: &Tensor, w: &Tensor, g: &ConvGeom) -> Tensor {
-        if tuned() {
-            return to_f32(super::tuned::grad_input(to_bf16(dy), to_bf16(w), g));
-        }
-        to_f32(gemm_grad_input(to_bf16(dy), to_bf16(w), g))
-    }
-
-    fn grad_weight_bf16(x: &Tensor, dy: &Tensor, g: &ConvGeom) -> Tensor {
-        if tuned() {
-            return to_f32(super::tuned::grad_weight(to_bf16(x), to_bf16(dy), g));
-        }
-        to_f32(gemm_grad_weight(to_bf16(x), to_bf16(dy), g))
+        grad_input_pass(dy.clone(), w.clone(), g)
     }
 
     fn grad_weight(x: &Tensor, dy: &Tensor, g: &ConvGeom) -> Tensor {
-        if tuned() {
-            return super::tuned::grad_weight(x.clone(), dy.clone(), g);
-        }
         if cuda_conv() == CudaConv::Gemm && taps_wgrad() {
             // One batched matmul per kernel tap (see super::wgrad).
             return super::wgrad::grad_weight_by_taps::<CudaPlain, FixedMatmul>(
@@ -229,7 +217,23 @@ impl ConvKernels<CudaPlain> for CudaKernels {
                 g,
             );
         }
-        gemm_grad_weight(x.clone(), dy.clone(), g)
+        grad_weight_pass(x.clone(), dy.clone(), g)
+    }
+
+    // bf16: the kernels run on bf16 tensors (tensor-core inputs at half the bytes; cubecl
+    // accumulates in f32) and the result is cast back, so everything around the convolution
+    // stays f32. `tuned` tunes the bf16 shapes separately (the dtype is part of the key); the
+    // experimental `RESNET_CUDA_*` gradient paths are f32-only and not used here.
+    fn forward_bf16(x: &Tensor, w: &Tensor, g: &ConvGeom) -> Tensor {
+        to_f32(forward_pass(to_bf16(x), to_bf16(w), g))
+    }
+
+    fn grad_input_bf16(dy: &Tensor, w: &Tensor, g: &ConvGeom) -> Tensor {
+        to_f32(grad_input_pass(to_bf16(dy), to_bf16(w), g))
+    }
+
+    fn grad_weight_bf16(x: &Tensor, dy: &Tensor, g: &ConvGeom) -> Tensor {
+        to_f32(grad_weight_pass(to_bf16(x), to_bf16(dy), g))
     }
 }
 
