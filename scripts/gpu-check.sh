@@ -142,12 +142,22 @@ print(json.dumps(keep))' "$logs/$name.out" 2>/dev/null)"
   local secs; secs=$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.2f", b - a }')
   local ok=false; [ "$rc" = 0 ] && ok=true
   echo "   -> rc $rc in ${secs}s" >&2
-  [ "$rc" = 0 ] || tail -n 5 "$logs/$name.err" >&2
+  if [ "$rc" != 0 ]; then
+    # The first errors (the cause, e.g. a coordinator that could not bind), then the last lines.
+    grep -m 3 -i 'error' "$logs/$name.err" >&2
+    tail -n 5 "$logs/$name.err" >&2
+  fi
   results+=("{\"step\": $(json_str "$name"), \"ok\": $ok, \"exit_code\": $rc, \"seconds\": $secs, \"result\": $last, \"log\": $(json_str "$logs/$name.err")}")
 }
 skip() {
   echo "== $1: skipped ($2)" >&2
   results+=("{\"step\": $(json_str "$1"), \"ok\": null, \"skipped\": $(json_str "$2")}")
+}
+
+# A port no socket uses now, chosen by the kernel (a random pick collided with the sockets of
+# whatever else runs on the machine, and the coordinator then fails to bind).
+free_port() {
+  python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
 }
 
 started=$(date +%s)
@@ -270,7 +280,7 @@ else
     --test-limit 512 --lr 0.05 --json
 
   # Two worker processes on one device over the TCP ring (NCCL refuses two ranks on one GPU).
-  port=$(( 20000 + RANDOM % 20000 ))
+  port=$(free_port)
   cat >"$out/two-workers.sh" <<SH
 set -u
 # A time limit stops this shell: take the cluster's processes down with it.
@@ -290,13 +300,14 @@ SH
   # One CUDA worker over NCCL (world size 1), gradients staged through the host and then
   # reduced in GPU memory (--nccl-buffers device): NCCL copies out of place at world size 1, so
   # the same seed must give the same final parameter hash; seconds show what staging costs.
-  port=$(( 20000 + RANDOM % 20000 ))
+  port=$(free_port); port2=$(free_port)
+  while [ "$port2" = "$port" ]; do port2=$(free_port); done
   cat >"$out/nccl-buffers.sh" <<SH
 set -u
 trap 'kill \$(jobs -p) 2>/dev/null' EXIT TERM
 export $(conv_env "$best" "$out/kernels-$best")
 one() { # one host|device: a 1-worker cluster; prints the worker's JSON line
-  local p=\$(( $port + \$( [ "\$1" = host ] && echo 0 || echo 1) ))
+  local p=\$( [ "\$1" = host ] && echo $port || echo $port2)
   "$bin/coordinator" --workers 1 --listen 127.0.0.1:\$p --dataset synthetic --width $width \\
     --batch-size $batch --epochs 1 --train-limit $((limit / 4)) --test-limit 256 --lr 0.05 \\
     --seed 3 >/dev/null &
