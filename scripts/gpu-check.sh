@@ -33,7 +33,8 @@
 # with the best configuration: ResNet-18 again in a new process with the cache the cold run left
 # (a restarted worker's first step) and its steady-state images/s; after `tuned`, its choices
 # per shape (summarize_tuning.py) and `gemm-spread` from the same cache as the same-sitting
-# baseline; PyTorch's ResNet-18 fp32 (when `import torch` works), so the ratio comes from one
+# baseline; `gemm-spread-taps` (the weight-gradient A/B, unless it is the best configuration);
+# PyTorch's ResNet-18 fp32 (when `import torch` works), so the ratio comes from one
 # sitting; `coordinator --local --workers 1`, a 2-worker cluster on one GPU over the TCP ring,
 # one worker over NCCL with host-staged and with device gradient buffers (same hash expected), a
 # per-kernel device-time profile of ResNet-18, ResNet-18 with bf16 convolutions, ResNet-50
@@ -274,6 +275,17 @@ else
       "$bin/resnet" bench "${dev[@]}" --depth 18 --stem cifar --width "$width" \
       --batch-size "$batch" --warmup 2 --steps "$steps" --json
   fi
+  # The weight-gradient hypothesis as a plain A/B (benchmarks/cubek_blocks.py: gemm's weight
+  # gradients of the 32x32 layers launch 36 blocks or fewer on 132 SMs, each walking a
+  # reduction of 8,192 steps): gemm with the tap-matmul weight gradients and spread strided
+  # input gradients. From tuned's cache nothing compiles (both are among its candidates);
+  # after plain gemm the tap matmuls and the spread kernels compile here, into the same cache.
+  case "$best" in
+    *taps*) ;;
+    *) run bench-r18-cifar-gemm-spread-taps 90 env $(conv_env gemm-spread-taps "$out/kernels-$best") \
+         "$bin/resnet" bench "${dev[@]}" --depth 18 --stem cifar --width "$width" \
+         --batch-size "$batch" --warmup 2 --steps "$steps" --json ;;
+  esac
   if [ "$torch_ok" = 1 ]; then pytorch_case 18 cifar fp32; r18_fp32=1; fi
   run local-1-worker 60 "${best_env[@]}" "$bin/coordinator" --local --workers 1 "${dev[@]}" \
     --dataset synthetic --width "$width" --batch-size "$batch" --epochs 1 --train-limit "$limit" \

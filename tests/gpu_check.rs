@@ -63,6 +63,7 @@ fn gpu_check_script_runs_its_non_gpu_steps_and_writes_the_summary() {
         "first-step-tuned",
         "bench-r18-cifar",
         "bench-r18-cifar-gemm-spread",
+        "bench-r18-cifar-gemm-spread-taps",
         "profile-r18-cifar",
         "bench-r50-imagenet-stem",
         "local-1-worker",
@@ -77,6 +78,7 @@ fn gpu_check_script_runs_its_non_gpu_steps_and_writes_the_summary() {
         "first-step-tuned",
         "bench-r18-cifar",
         "bench-r18-cifar-gemm-spread",
+        "bench-r18-cifar-gemm-spread-taps",
         "bench-r50-imagenet-stem",
     ] {
         let r = &by_name(name)["result"];
@@ -205,4 +207,61 @@ fn markdown_summary_of_a_real_gpu_check() {
     );
     assert!(md.contains("| pytorch | skipped: --no-pytorch |"), "{md}");
     assert!(md.contains("bit-exact True"), "{md}");
+}
+
+/// `benchmarks/cubek_blocks.py` replays cubek 0.2's tiling heuristic (the grid `gemm` launches
+/// per convolution pass). The expected grids are worked out by hand from cubek's source (see
+/// the script's docstring): layer1's weight gradient is a 64 x 576 GEMM over k = 256·32·32,
+/// tf32 tiles of 16x16 with 2 planes per block, so 2 x 18 blocks of 64 threads, 8,192 steps.
+#[test]
+fn block_model_gives_the_hand_derived_grids() {
+    let grids = |args: &[&str]| -> serde_json::Value {
+        let mut a = vec!["--json"];
+        a.extend_from_slice(args);
+        serde_json::from_str(&helper("benchmarks/cubek_blocks.py", &a)).expect("JSON")
+    };
+    let f32 = grids(&[]);
+    let conv = |v: &serde_json::Value, name: &str| {
+        v["convs"]
+            .as_array()
+            .expect("convs")
+            .iter()
+            .find(|c| c["conv"] == name)
+            .unwrap_or_else(|| panic!("{name} missing: {v}"))
+            .clone()
+    };
+    let l1 = conv(&f32, "layer1.0.conv1");
+    let grid = |g: &serde_json::Value| {
+        (
+            g["blocks"].clone(),
+            g["threads"].clone(),
+            g["k_steps"].clone(),
+        )
+    };
+    assert_eq!(
+        grid(&l1["weight-grad"]),
+        (36.into(), 64.into(), 8192.into())
+    );
+    // The forward of the same layer: m = 256·32·32 rows, n = 64, k = 64·9 = 576.
+    assert_eq!(grid(&l1["forward"]), (16384.into(), 64.into(), 18.into()));
+    // The stem's 3 channels pad to 4 (128-bit loads): n = 36, so 2 x 2 blocks.
+    assert_eq!(conv(&f32, "stem")["weight-grad"]["blocks"], 4);
+    // layer4: 512 x 4608 over 256·4·4, 64x64 blocks of 4 planes.
+    assert_eq!(
+        grid(&conv(&f32, "layer4.1.conv2")["weight-grad"]),
+        (576.into(), 128.into(), 128.into())
+    );
+    // gemm sends strided input gradients to Burn's transposed convolution.
+    assert!(conv(&f32, "layer2.0.conv1")["input-grad"].is_null());
+    assert_eq!(f32["short_weight_grads"], 13);
+    assert_eq!(f32["serial_k_steps"], 52352);
+    // bf16: 8x32x16 tiles and one plane-row each, 4 planes: 32 x 128 outputs per block.
+    let bf16 = grids(&["--dtype=bf16"]);
+    assert_eq!(
+        grid(&conv(&bf16, "layer1.0.conv1")["weight-grad"]),
+        (10.into(), 128.into(), 8192.into())
+    );
+    // ResNet-50 with the ImageNet stem reaches layer1 at 8x8: 16x shorter reductions.
+    let r50 = grids(&["--model=resnet50", "--stem=imagenet"]);
+    assert_eq!(conv(&r50, "layer1.0.conv2")["weight-grad"]["k_steps"], 512);
 }

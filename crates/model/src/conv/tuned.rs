@@ -7,7 +7,8 @@
 //! on the same GPU architecture times nothing. With `RESNET_CUDA_LOG` every candidate's timing
 //! is logged, which is how the choices are measured (scripts/gpu-check.sh).
 
-use burn::tensor::DType;
+use burn::tensor::ops::FloatTensorOps;
+use burn::tensor::{DType, FloatDType};
 use burn_cubecl::cubecl::cuda::CudaRuntime;
 use burn_cubecl::cubecl::tune::{local_tuner, LocalTuner, Tunable, TunableSet};
 use burn_cubecl::cubecl::CubeTuneId;
@@ -52,10 +53,14 @@ fn run(pass: Pass, c: Candidate, (a, b, g): Operands) -> Result<Tensor, String> 
         (Pass::WeightGrad, Candidate::Implicit(al)) => {
             super::implicit::grad_weight(a, b, &g, al).map_err(err)
         }
-        (Pass::WeightGrad, Candidate::Taps) => Ok(super::wgrad::grad_weight_by_taps::<
-            CudaPlain,
-            FixedMatmul,
-        >(a, b, &g)),
+        (Pass::WeightGrad, Candidate::Taps) => {
+            // The tap matmuls write f32 (FixedMatmul) and the batch is summed in f32, bf16
+            // operands included; the result takes the operands' dtype like every other
+            // candidate's, so the winner never changes what the caller gets.
+            let dtype = FloatDType::from(a.dtype);
+            let dw = super::wgrad::grad_weight_by_taps::<CudaPlain, FixedMatmul>(a, b, &g);
+            Ok(CudaPlain::float_cast(dw, dtype))
+        }
         (pass, c) => Err(format!(
             "{} is not a candidate for {}",
             c.name(),

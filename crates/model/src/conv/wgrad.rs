@@ -78,7 +78,7 @@ mod tests {
     use crate::linear::BackendMatmul;
     use burn::backend::Flex;
     use burn::tensor::ops::{ConvOptions, ModuleOps};
-    use burn::tensor::{Distribution, Tensor, TensorPrimitive, Tolerance};
+    use burn::tensor::{DType, Distribution, Tensor, TensorPrimitive, Tolerance};
 
     type B = Flex;
 
@@ -115,5 +115,29 @@ mod tests {
             let b = Tensor::<B, 4>::from_primitive(TensorPrimitive::Float(ours)).to_data();
             a.assert_approx_eq::<f32>(&b, Tolerance::default());
         }
+    }
+
+    /// bf16 operands (what `--conv-precision bf16` hands the tuned weight gradient): the
+    /// padding and the tap slices keep the operands' dtype, and the result matches the f32
+    /// gradient of the same bf16-rounded numbers to bf16 precision.
+    #[test]
+    fn tap_matmuls_take_bf16_operands() {
+        let device = Default::default();
+        let g = ConvGeom::new([2, 8, 6, 6], [4, 8, 3, 3], [1, 1], [1, 1]).expect("geom");
+        let x = Tensor::<B, 4>::random([2, 8, 6, 6], Distribution::Default, &device);
+        let dy = Tensor::<B, 4>::random([2, 4, 6, 6], Distribution::Normal(0.0, 1.0), &device);
+        let bf16 = |t: Tensor<B, 4>| t.cast(DType::BF16);
+        let (x, dy) = (bf16(x), bf16(dy));
+        let prim = |t: Tensor<B, 4>| t.into_primitive().tensor();
+        let f32 = |t: Tensor<B, 4>| prim(t.cast(DType::F32));
+        let reference =
+            grad_weight_by_taps::<B, BackendMatmul>(f32(x.clone()), f32(dy.clone()), &g);
+        let ours = grad_weight_by_taps::<B, BackendMatmul>(prim(x), prim(dy), &g);
+        let ours = Tensor::<B, 4>::from_primitive(TensorPrimitive::Float(ours));
+        assert_eq!(ours.dtype(), DType::BF16);
+        let reference = Tensor::<B, 4>::from_primitive(TensorPrimitive::Float(reference));
+        ours.cast(DType::F32)
+            .to_data()
+            .assert_approx_eq::<f32>(&reference.to_data(), Tolerance::rel_abs(2e-2, 5e-2));
     }
 }
