@@ -175,9 +175,41 @@ pub fn tune_key(pass: Pass, g: &ConvGeom, dtype: &str) -> String {
     )
 }
 
+/// Runs one candidate, turning a panic into an error the tuner skips. Why: cubecl's tuner
+/// catches nothing, and cubek's launchers panic on some setups instead of returning an error
+/// (its matmul `Strategy::Auto`, behind the tap matmuls, panics on any error but
+/// "unavailable"), so one candidate's unforeseen panic on one shape would end the process where
+/// skipping it costs nothing. The panic's message is still printed by the panic hook.
+pub fn guarded<T>(run: impl FnOnce() -> Result<T, String>) -> Result<T, String> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(run)).unwrap_or_else(|payload| {
+        let what = payload
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "a non-text payload".into());
+        Err(format!("panicked: {what}"))
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_panicking_candidate_becomes_an_error() {
+        assert_eq!(guarded(|| Ok::<_, String>(3)), Ok(3));
+        assert_eq!(
+            guarded::<u8>(|| Err("declined".into())),
+            Err("declined".into())
+        );
+        let n = 7;
+        let r = guarded::<u8>(|| panic!("bad layout for {n} channels"));
+        assert_eq!(r, Err("panicked: bad layout for 7 channels".into()));
+        assert_eq!(
+            guarded::<u8>(|| panic!("static")),
+            Err("panicked: static".into())
+        );
+    }
 
     fn geom(batch: usize, stride: usize) -> ConvGeom {
         ConvGeom::new([batch, 64, 32, 32], [128, 64, 3, 3], [stride; 2], [1, 1]).expect("geom")

@@ -2,9 +2,9 @@
 //! ([`super::tune_plan`]), timed on the device at the first call with a new shape.
 //!
 //! The timing is cubecl's tuner, the one behind Burn's autotuning: three warm-up runs and ten
-//! timed ones per candidate, a candidate that fails to set up or to run is skipped, and the
-//! winner is saved in the autotune cache (the `--kernel-cache` directory), so a later process
-//! on the same GPU architecture times nothing. With `RESNET_CUDA_LOG` every candidate's timing
+//! timed ones per candidate, a candidate that fails to set up or to run (or panics: see
+//! [`guarded`]) is skipped, and the winner is saved in the autotune cache (the
+//! `--kernel-cache` directory), so a later process on the same GPU architecture times nothing. With `RESNET_CUDA_LOG` every candidate's timing
 //! is logged, which is how the choices are measured (scripts/gpu-check.sh).
 
 use burn::tensor::ops::FloatTensorOps;
@@ -15,7 +15,7 @@ use burn_cubecl::cubecl::CubeTuneId;
 use burn_cubecl::tensor::CubeTensor;
 
 use super::cuda::{gemm_forward, gemm_grad_input, gemm_grad_weight, CudaPlain, FixedMatmul};
-use super::tune_plan::{candidates, tune_key, Candidate, Pass};
+use super::tune_plan::{candidates, guarded, tune_key, Candidate, Pass};
 use super::ConvGeom;
 
 type Tensor = CubeTensor<CudaRuntime>;
@@ -76,7 +76,7 @@ fn set(pass: Pass) -> TunableSet<String, Operands, Tensor> {
         .iter()
         .fold(TunableSet::new_cloning_inputs(key_gen), |set, &c| {
             set.with(Tunable::new(&c.name(), move |ops: Operands| {
-                run(pass, c, ops)
+                guarded(|| run(pass, c, ops))
             }))
         })
 }
