@@ -139,7 +139,8 @@ def table(args):
 
 def main(argv):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--model", default="resnet18")
+    ap.add_argument("--model", default="resnet18",
+                    choices=["resnet18", "resnet34", "resnet50", "resnet101", "resnet152"])
     ap.add_argument("--stem", default="cifar", choices=["cifar", "imagenet"])
     ap.add_argument("--batch", type=int, default=256)
     ap.add_argument("--image", type=int, default=32)
@@ -147,6 +148,11 @@ def main(argv):
     ap.add_argument("--dtype", default="f32", choices=["f32", "bf16"])
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
+    for name in ("batch", "image", "sms"):
+        if getattr(args, name) < 1:
+            ap.error(f"--{name} must be at least 1, got {getattr(args, name)}")
+    if args.stem == "imagenet" and args.image < 32 or args.image < 8:
+        ap.error(f"--image {args.image} is too small for the {args.stem} stem's downsampling")
     rows = table(args)
     if args.json:
         few, steps = serial_weight_grad_steps(rows, args.sms)
