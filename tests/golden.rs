@@ -1,0 +1,194 @@
+//! Golden parameter hashes: short fixed runs whose final weights are pinned bit for bit, so a
+//! refactor of the kernels, the model, the trainer or the worker proves it changed nothing.
+//!
+//! The hashes depend on the CPU's GEMM kernels (the `gemm` crate picks AVX-512 or AVX2/FMA at
+//! run time, and the two sum in different orders), so they are pinned per SIMD class. On a
+//! class with no pinned values the test fails and prints the hashes to pin: it never passes
+//! without comparing.
+
+mod common;
+
+use std::process::Command;
+
+use common::{finish, spawn};
+use serde_json::Value;
+
+/// One pinned run: a name, the `resnet train` (or local coordinator) flags, extra environment.
+struct Case {
+    name: &'static str,
+    coordinator: bool,
+    args: &'static [&'static str],
+    env: &'static [(&'static str, &'static str)],
+}
+
+const BASE: &[&str] = &[
+    "--dataset",
+    "synthetic",
+    "--width",
+    "4",
+    "--batch-size",
+    "16",
+    "--train-limit",
+    "96",
+    "--test-limit",
+    "32",
+    "--epochs",
+    "2",
+    "--max-steps",
+    "4",
+    "--seed",
+    "11",
+    "--json",
+];
+
+const CASES: &[Case] = &[
+    Case {
+        name: "r18-cifar",
+        coordinator: false,
+        args: &["--depth", "18", "--lr", "0.05"],
+        env: &[],
+    },
+    Case {
+        name: "r18-cifar-bf16",
+        coordinator: false,
+        args: &["--depth", "18", "--lr", "0.05", "--conv-precision", "bf16"],
+        env: &[],
+    },
+    Case {
+        name: "r18-cifar-burn-kernels",
+        coordinator: false,
+        args: &["--depth", "18", "--lr", "0.05"],
+        env: &[("RESNET_CONV", "burn"), ("RESNET_BN", "burn")],
+    },
+    Case {
+        name: "r50-imagenet-adamw",
+        coordinator: false,
+        args: &[
+            "--depth",
+            "50",
+            "--stem",
+            "imagenet",
+            "--optimizer",
+            "adamw",
+            "--lr",
+            "0.001",
+        ],
+        env: &[],
+    },
+    Case {
+        name: "local-2-workers",
+        coordinator: true,
+        args: &["--depth", "18", "--lr", "0.05", "--local", "--workers", "2"],
+        env: &[],
+    },
+];
+
+/// The pinned hashes: (SIMD class, case name, hash).
+const PINNED: &[(&str, &str, &str)] = &[
+    // Pinned on 2026-12-03 with the code before the kernels crate was split out of the model
+    // (commit f12bceb), on the CI machine (2 cores, AVX2 + FMA, no AVX-512).
+    (
+        "x86_64-avx2",
+        "r18-cifar",
+        "b3893aecbfafabbdb650c384afcbcff051b02b56bc47adf7e4b3e4ec8f92d5fa",
+    ),
+    (
+        "x86_64-avx2",
+        "r18-cifar-bf16",
+        "3b77b080a9953c96d500457d0a173c08db1f034ccb67bd6d592b907cb6618c40",
+    ),
+    (
+        "x86_64-avx2",
+        "r18-cifar-burn-kernels",
+        "3c5ae39aac25c2778beb9d35be4ca0438331311677f84efccbbd0bc5f782c0b9",
+    ),
+    (
+        "x86_64-avx2",
+        "r50-imagenet-adamw",
+        "f59453aba0f468344ad137a3629cf5dc237ba4fdacbc74cea931fddf810ac30f",
+    ),
+    (
+        "x86_64-avx2",
+        "local-2-workers",
+        "637383e90fb52b0b0a6ece4ce2bfc3b941dbd9347f4ab1223377ec286fc161c9",
+    ),
+];
+
+fn simd_class() -> &'static str {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::is_x86_feature_detected!("avx512f") {
+            return "x86_64-avx512";
+        }
+        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+            return "x86_64-avx2";
+        }
+    }
+    "other"
+}
+
+fn run(case: &Case) -> String {
+    let (bin, what) = if case.coordinator {
+        (env!("CARGO_BIN_EXE_coordinator"), "coordinator")
+    } else {
+        (env!("CARGO_BIN_EXE_resnet"), "resnet")
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = dir.path().join("run");
+    let out = out.to_str().expect("utf8");
+    let mut args: Vec<&str> = if case.coordinator {
+        vec![]
+    } else {
+        vec!["train", "--out", out]
+    };
+    args.extend(BASE);
+    args.extend(case.args);
+    let stdout = if case.env.is_empty() {
+        finish(spawn(bin, &args), what)
+    } else {
+        let out = Command::new(bin)
+            .args(&args)
+            .envs(case.env.iter().copied())
+            .output()
+            .expect("run");
+        assert!(
+            out.status.success(),
+            "{} failed:\n{}",
+            case.name,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let v: Value = serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{e}: {stdout}"));
+    let hash = if case.coordinator {
+        assert_eq!(v["replicas_identical"], true, "{v}");
+        &v["param_hashes"][0]
+    } else {
+        &v["param_hash"]
+    };
+    hash.as_str().expect("hash").to_string()
+}
+
+#[test]
+fn short_runs_end_at_their_pinned_parameter_hashes() {
+    let class = simd_class();
+    let got: Vec<(&str, String)> = CASES.iter().map(|c| (c.name, run(c))).collect();
+    let listing = got
+        .iter()
+        .map(|(n, h)| format!("    (\"{class}\", \"{n}\", \"{h}\"),"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let mut wrong = Vec::new();
+    for (name, hash) in &got {
+        match PINNED.iter().find(|(c, n, _)| *c == class && n == name) {
+            Some((_, _, want)) if want == hash => {}
+            Some((_, _, want)) => wrong.push(format!("{name}: {hash}, pinned {want}")),
+            None => wrong.push(format!("{name}: nothing pinned for {class}")),
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "parameter hashes differ from the pinned ones:\n  {}\nthis machine's hashes:\n{listing}",
+        wrong.join("\n  ")
+    );
+}
