@@ -6,7 +6,7 @@ With `RESNET_CUDA_LOG=FILE`, cubecl logs each tuning as a line
 timings (`Autotune[i] name <candidate> => BenchmarkComputations { mean: .., median: .., .. }`)
 or why it did not run (`Unknown { name: .., err: .. }`, `InvalidSamples { .. }`, `Skip { .. }`).
 This keeps the tunings of this project's convolution passes (keys starting with `forward`,
-`input-grad` or `weight-grad`, see crates/model/src/conv/tune_plan.rs) and prints, per key,
+`input-grad` or `weight-grad`, see crates/kernels/src/conv/tune_plan.rs) and prints, per key,
 every candidate's median time and the winner, then per pass the summed medians of the
 winners against `gemm`'s (summed over distinct shapes, not weighted by how often a shape
 occurs in the model).

@@ -25,7 +25,7 @@
 # first training step of ResNet-18 (CIFAR stem, batch 256) in each kernel configuration, each
 # with an empty kernel cache and a log of the kernels it compiles and tunes (`tuned`: fusion
 # off, each convolution pass and shape timed over a few fixed candidates, gemm's among them, the
-# fastest kept (crates/model/src/conv/tune_plan.rs); `gemm`: fusion off,
+# fastest kept (crates/kernels/src/conv/tune_plan.rs); `gemm`: fusion off,
 # fixed implicit-GEMM convolutions and classifier matmul; `-spread`: strided input gradients as
 # stride-1 GEMMs (RESNET_CUDA_DGRAD=spread); `-taps`: weight gradients as batched matmuls per
 # kernel tap (RESNET_CUDA_WGRAD=taps); `autotune`: Burn's default, which

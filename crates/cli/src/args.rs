@@ -62,9 +62,25 @@ pub struct DeviceArgs {
     /// H200 its first ResNet-18 training step did not finish in 120 s; gemm's took 111 s cold
     /// and 0.2 s with the kernel cache); `tuned` times a few fixed candidates per shape and
     /// pass at first use, gemm's kernels among them, and keeps the fastest (cached with the
-    /// kernels; not yet measured on a GPU); `direct` is Burn's simple kernels [default: gemm].
+    /// kernels; not yet measured on a GPU); `direct` is Burn's simple kernels; `cudnn` runs
+    /// cuDNN (libcudnn.so.9, loaded at run time; each pass's algorithm is measured once per
+    /// shape and cached with the kernels; `gemm` where cuDNN is missing, with a warning; not
+    /// yet measured on a GPU) [default: gemm].
     #[arg(long, value_name = "KIND", env = "RESNET_CUDA_CONV")]
     pub cuda_conv: Option<CudaConvArg>,
+    /// CUDA with `--cuda-conv cudnn`: `tf32` runs f32 convolutions on the TF32 tensor cores
+    /// (PyTorch's default, `allow_tf32`); `strict` keeps true f32 arithmetic, slower. bf16
+    /// convolutions (`--conv-precision bf16`) always use the tensor cores [default: tf32].
+    #[arg(long, value_name = "tf32|strict", env = "RESNET_CUDA_MATH")]
+    pub cuda_math: Option<CudaMathArg>,
+    /// CUDA with `--cuda-conv cudnn`: only deterministic cuDNN algorithms, so two runs on the
+    /// same GPU end with the same weights (replicas of one run are identical either way).
+    #[arg(long, env = "RESNET_DETERMINISTIC")]
+    pub deterministic: bool,
+    /// CUDA with `--cuda-conv cudnn`: the most workspace memory one convolution algorithm may
+    /// use, in MiB; algorithms that need more are not considered [default: 1024].
+    #[arg(long, value_name = "MIB", env = "RESNET_CUDNN_WORKSPACE_MB")]
+    pub cudnn_workspace_mb: Option<usize>,
     /// CUDA only: directory where compiled kernels and autotune results persist between runs,
     /// so a restarted worker skips both [default: $XDG_CACHE_HOME/resnet-cluster/kernels or
     /// ~/.cache/resnet-cluster/kernels]; `off` keeps them in memory only. Ignored when a
@@ -93,6 +109,17 @@ pub enum CudaConvArg {
     Direct,
     /// The fastest of a few fixed candidates per shape (gemm among them), timed once.
     Tuned,
+    /// cuDNN, each pass's algorithm measured once per shape and cached.
+    Cudnn,
+}
+
+/// `--cuda-math` values.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CudaMathArg {
+    /// TF32 tensor cores for f32 convolutions (PyTorch's default).
+    Tf32,
+    /// True f32 arithmetic.
+    Strict,
 }
 
 /// Flags that set run parameters; shared by `resnet train` and `coordinator`.

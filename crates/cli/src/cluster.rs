@@ -8,6 +8,7 @@ use anyhow::{bail, Context, Result};
 use clap::Parser;
 use resnet_collective::memory::MemoryRing;
 use resnet_coordinator::{serve, Coordinator, CoordinatorConfig, RunSummary};
+use resnet_kernels::KernelChoice;
 use resnet_proto::GrpcControlPlane;
 use resnet_worker::{run_worker, Transport, WorkerOptions, WorkerResult};
 use sha2::Digest;
@@ -223,10 +224,11 @@ fn default_worker_id() -> String {
 /// Runs `coordinator`.
 pub fn run_coordinator(a: CoordinatorCli) -> Result<()> {
     let sel = select(&a.device)?;
+    let kernels = crate::kernels::choose(&a.device)?;
     if let Some(addr) = a.metrics_addr {
         resnet_telemetry::serve_metrics(addr, "coordinator")?;
     }
-    let result = coordinate(&a, sel);
+    let result = coordinate(&a, sel, kernels);
     if a.metrics_addr.is_some() && a.metrics_linger > 0 {
         eprintln!("serving metrics for {} more seconds", a.metrics_linger);
         std::thread::sleep(Duration::from_secs(a.metrics_linger));
@@ -234,7 +236,7 @@ pub fn run_coordinator(a: CoordinatorCli) -> Result<()> {
     result
 }
 
-fn coordinate(a: &CoordinatorCli, sel: Selected) -> Result<()> {
+fn coordinate(a: &CoordinatorCli, sel: Selected, kernels: KernelChoice) -> Result<()> {
     let (token, ring_auth) = load_token(&a.token_file)?;
     if let Some(space) = &a.sweep {
         anyhow::ensure!(
@@ -314,6 +316,7 @@ fn coordinate(a: &CoordinatorCli, sel: Selected) -> Result<()> {
     if a.local {
         let results = run_local_workers(
             sel,
+            kernels,
             a.workers,
             &format!("http://{addr}"),
             token.as_deref(),
@@ -349,6 +352,7 @@ fn coordinate(a: &CoordinatorCli, sel: Selected) -> Result<()> {
 
 fn run_local_workers(
     sel: Selected,
+    kernels: KernelChoice,
     n: usize,
     url: &str,
     token: Option<&str>,
@@ -391,6 +395,7 @@ fn run_local_workers(
                         nccl_device_buffers: false,
                         // Threads of one process compile the same kernels at the same time.
                         warm_up: false,
+                        kernels,
                     };
                     let r = crate::with_train_backend!(sel, |B, device| run_worker::<B>(
                         &mut control,
@@ -454,6 +459,7 @@ fn print_summary(s: &RunSummary, json: bool) -> Result<()> {
 /// Runs `worker`.
 pub fn run_worker_cli(a: WorkerCli) -> Result<()> {
     let sel = select(&a.device)?;
+    let kernels = crate::kernels::choose(&a.device)?;
     if let Some(addr) = a.metrics_addr {
         resnet_telemetry::serve_metrics(addr, "worker")?;
     }
@@ -489,9 +495,12 @@ pub fn run_worker_cli(a: WorkerCli) -> Result<()> {
                 probe,
                 beats,
                 first,
-                &worker_id,
-                &out,
-                a.data.as_ref(),
+                &crate::cluster_sweep::TrialSite {
+                    worker_id: &worker_id,
+                    out: &out,
+                    data: a.data.as_ref(),
+                    kernels,
+                },
                 &device,
             )?
         });
@@ -519,6 +528,7 @@ pub fn run_worker_cli(a: WorkerCli) -> Result<()> {
             "off" => false,
             _ => !matches!(sel, Selected::Cpu),
         },
+        kernels,
     };
     let transport = Transport::Tcp {
         listen: a.listen.clone(),

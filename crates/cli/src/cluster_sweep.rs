@@ -10,6 +10,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use burn::tensor::backend::AutodiffBackend;
 use resnet_coordinator::sweep::{serve_sweep, SweepCoordinator};
+use resnet_kernels::KernelChoice;
 use resnet_proto::sweep::{TrialAssignment, TrialReport};
 use resnet_proto::{GrpcSweep, TrialReply};
 use resnet_train::sweep::{Trial, TrialTask};
@@ -80,17 +81,33 @@ fn task_of(a: &TrialAssignment, data: Option<&PathBuf>) -> Result<TrialTask> {
     })
 }
 
+/// Where and how a sweep worker trains its trials.
+pub struct TrialSite<'a> {
+    /// This worker's id, as the coordinator knows it.
+    pub worker_id: &'a str,
+    /// Where the trial runs go.
+    pub out: &'a Path,
+    /// This worker's copy of the data (overrides the directory in the trial's config).
+    pub data: Option<&'a PathBuf>,
+    /// The kernels the trials' models run.
+    pub kernels: KernelChoice,
+}
+
 /// The worker's sweep loop: train what the coordinator assigns (heartbeats from a second
 /// connection while training), report, ask again, until it says done. Returns the trials run.
 pub fn sweep_worker<B: AutodiffBackend>(
     mut client: GrpcSweep,
     mut beats: GrpcSweep,
     first: TrialReply,
-    worker_id: &str,
-    out: &Path,
-    data: Option<&PathBuf>,
+    site: &TrialSite,
     device: &B::Device,
 ) -> Result<usize> {
+    let TrialSite {
+        worker_id,
+        out,
+        data,
+        kernels,
+    } = *site;
     let mut reply = first;
     let mut done = 0;
     loop {
@@ -120,7 +137,7 @@ pub fn sweep_worker<B: AutodiffBackend>(
                             }
                         }
                     });
-                    let r = run_trial::<B>(&task, out, device);
+                    let r = run_trial::<B>(&task, out, kernels, device);
                     training.store(false, Ordering::Relaxed);
                     r
                 });

@@ -202,7 +202,7 @@ fn nccl_device_check(
     repeats: usize,
 ) -> Result<(bool, f64, f64)> {
     use burn::tensor::{Tensor, TensorData};
-    use resnet_model::conv::cuda::CudaPlain;
+    use resnet_kernels::backends::CudaPlain;
     let device = burn::backend::cuda::CudaDevice::new(gpu);
     let input =
         Tensor::<CudaPlain, 1>::from_data(TensorData::new(data.to_vec(), [data.len()]), &device);

@@ -8,6 +8,7 @@ use anyhow::Result;
 use burn::optim::GradientsParams;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Distribution, ElementConversion, Tensor};
+use resnet_kernels::{ConvPrecision, KernelChoice};
 use resnet_model::ResNetConfig;
 use resnet_train::{smoothed_targets, soft_cross_entropy, targets_tensor, OptimConfig};
 use serde::Serialize;
@@ -56,6 +57,11 @@ pub struct BenchResult {
     pub first_step_s: f64,
     /// Loss of the first and of the last step (train mode; same seed and batch in every run).
     pub losses: Option<[f64; 2]>,
+    /// With `--cuda-conv cudnn`: host synchronisations per step made to order cuDNN against
+    /// cubecl's stream, seconds per step spent in them, and passes that fell back to the
+    /// gemm kernels over the whole run (0: cuDNN ran every convolution).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cudnn: Option<CudnnBench>,
     /// Wall time from device set-up to the last step.
     pub total_s: f64,
 }
@@ -89,14 +95,26 @@ pub struct TrainTimes {
     pub losses: [f64; 2],
 }
 
+/// What the cuDNN path did during a benchmark.
+#[derive(Debug, Serialize)]
+pub struct CudnnBench {
+    /// Host synchronisations per step (warm-up steps included).
+    pub host_syncs_per_step: f64,
+    /// Seconds per step spent in them.
+    pub host_sync_s_per_step: f64,
+    /// Passes that ran on the gemm kernels instead (cuDNN absent or declined).
+    pub fallbacks: u64,
+}
+
 /// Times `--warmup` + `--steps` training steps.
 pub fn bench_train<B: AutodiffBackend>(
     cfg: &ResNetConfig,
+    k: KernelChoice,
     a: &BenchArgs,
     device: &B::Device,
 ) -> Result<TrainTimes> {
     B::seed(device, 0);
-    let mut model = cfg.init::<B>(device)?;
+    let mut model = cfg.init::<B>(device)?.with_kernels(k);
     let mut optim = OptimConfig {
         kind: a.optimizer.parse()?,
         lr: 0.01,
@@ -175,11 +193,12 @@ pub fn bench_train<B: AutodiffBackend>(
 
 fn bench_eval<B: Backend>(
     cfg: &ResNetConfig,
+    k: KernelChoice,
     a: &BenchArgs,
     device: &B::Device,
 ) -> Result<(Vec<f64>, f64)> {
     B::seed(device, 0);
-    let model = cfg.init::<B>(device)?;
+    let model = cfg.init::<B>(device)?.with_kernels(k);
     let s = a.shape.image_size;
     let x = Tensor::<B, 4>::random(
         [a.shape.batch_size, 3, s, s],
@@ -201,21 +220,25 @@ fn bench_eval<B: Backend>(
     Ok((total, first))
 }
 
+fn uses_cudnn(sel: &crate::device::Selected, k: &KernelChoice) -> bool {
+    !matches!(sel, crate::device::Selected::Cpu) && k.cuda_conv == resnet_kernels::CudaConv::Cudnn
+}
+
 /// Runs `resnet bench`.
 pub fn run(a: BenchArgs) -> Result<()> {
     anyhow::ensure!(a.steps > 0, "--steps must be at least 1");
     let cfg = a.shape.config(a.num_classes)?;
-    let precision: resnet_model::conv::ConvPrecision =
-        a.conv_precision.parse().map_err(anyhow::Error::msg)?;
-    resnet_model::conv::set_conv_precision(precision);
+    let precision: ConvPrecision = a.conv_precision.parse().map_err(anyhow::Error::msg)?;
     let sel = select(&a.device)?;
+    let k = crate::kernels::choose(&a.device)?.with_precision(precision);
     let started = Instant::now();
     let (mut steps, phases, first, losses) = if a.mode == "train" {
-        let t = crate::with_train_backend!(sel, |B, device| bench_train::<B>(&cfg, &a, &device)?);
+        let t =
+            crate::with_train_backend!(sel, |B, device| bench_train::<B>(&cfg, k, &a, &device)?);
         (t.steps, Some(t.phases), t.first, Some(t.losses))
     } else {
         let (t, first) =
-            crate::with_infer_backend!(sel, |B, device| bench_eval::<B>(&cfg, &a, &device)?);
+            crate::with_infer_backend!(sel, |B, device| bench_eval::<B>(&cfg, k, &a, &device)?);
         (t, None, first, None)
     };
     let total_s = started.elapsed().as_secs_f64();
@@ -234,9 +257,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
         cuda_conv: match sel {
             crate::device::Selected::Cpu => None,
             #[cfg(feature = "cuda")]
-            crate::device::Selected::Gpu { .. } => {
-                Some(resnet_model::conv::cuda::cuda_conv().name().to_string())
-            }
+            crate::device::Selected::Gpu { .. } => Some(k.cuda_conv.name().to_string()),
         },
         conv_precision: precision.name().to_string(),
         threads: std::thread::available_parallelism()
@@ -251,6 +272,15 @@ pub fn run(a: BenchArgs) -> Result<()> {
         first_step_s: first,
         losses,
         total_s,
+        cudnn: uses_cudnn(&sel, &k).then(|| {
+            let st = resnet_kernels::conv::cudnn::stats();
+            let n = (a.warmup + a.steps) as f64;
+            CudnnBench {
+                host_syncs_per_step: st.host_syncs as f64 / n,
+                host_sync_s_per_step: st.host_sync_seconds / n,
+                fallbacks: st.fallbacks,
+            }
+        }),
     };
     if a.json {
         println!("{}", serde_json::to_string(&r)?);

@@ -36,6 +36,7 @@ pub struct EnsembleReport {
 /// Runs `resnet eval`.
 pub fn run(args: EvalArgs) -> Result<()> {
     let sel = select(&args.device)?;
+    let kernels = crate::kernels::choose(&args.device)?;
     let dirs = args
         .checkpoint
         .iter()
@@ -48,6 +49,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
     for dir in &dirs {
         let (out, state_cfg) = crate::with_infer_backend!(sel, |B, device| {
             let (model, state) = load_model::<B>(dir, &device)?;
+            let model = model.with_kernels(kernels);
             let cfg = state.config;
             if data.is_none() {
                 data = Some(load_test(&cfg, args.data.as_ref(), args.test_limit)?);

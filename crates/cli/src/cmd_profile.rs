@@ -16,7 +16,8 @@ use burn::backend::{Autodiff, Flex};
 use burn::tensor::ops::{ConvOptions, ModuleOps};
 use burn::tensor::{Distribution, Tensor, TensorData};
 use clap::Args;
-use resnet_model::conv::{self, kernels, ConvGeom};
+use resnet_kernels::conv::{self, cpu as kernels};
+use resnet_kernels::{ConvGeom, CpuConv, KernelChoice};
 use resnet_model::{BatchNorm2d, ResNetConfig};
 use serde::Serialize;
 
@@ -159,7 +160,7 @@ fn profile_conv(g: &ConvGeom, first: bool, repeats: usize) -> (PassTimes, PassTi
     (burn, gemm)
 }
 
-fn profile_bn_relu(shape: [usize; 4], repeats: usize) -> [f64; 2] {
+fn profile_bn_relu(k: &KernelChoice, shape: [usize; 4], repeats: usize) -> [f64; 2] {
     type B = Autodiff<Flex>;
     let device = Default::default();
     let bn = BatchNorm2d::<B>::new(shape[1], 0.1, 1e-5, false, &device);
@@ -168,7 +169,7 @@ fn profile_bn_relu(shape: [usize; 4], repeats: usize) -> [f64; 2] {
     let (mut fwd, mut bwd) = (vec![], vec![]);
     for _ in 0..=repeats.max(1) {
         let t0 = Instant::now();
-        let y = bn.forward_relu(x.clone());
+        let y = bn.forward_relu(k, x.clone());
         let t1 = Instant::now();
         let _grads = (y * r.clone()).sum().backward();
         fwd.push((t1 - t0).as_secs_f64());
@@ -178,7 +179,7 @@ fn profile_bn_relu(shape: [usize; 4], repeats: usize) -> [f64; 2] {
     [median(fwd[1..].to_vec()), median(bwd[1..].to_vec())]
 }
 
-fn measured_step(cfg: &ResNetConfig, a: &ProfileArgs) -> Result<[f64; 3]> {
+fn measured_step(cfg: &ResNetConfig, k: KernelChoice, a: &ProfileArgs) -> Result<[f64; 3]> {
     let bench = crate::args::BenchArgs {
         shape: a.shape.clone(),
         mode: "train".into(),
@@ -191,7 +192,7 @@ fn measured_step(cfg: &ResNetConfig, a: &ProfileArgs) -> Result<[f64; 3]> {
         device: Default::default(),
     };
     let device = Default::default();
-    let phases = crate::cmd_bench::bench_train::<Autodiff<Flex>>(cfg, &bench, &device)?.phases;
+    let phases = crate::cmd_bench::bench_train::<Autodiff<Flex>>(cfg, k, &bench, &device)?.phases;
     Ok(phases)
 }
 
@@ -199,7 +200,9 @@ fn measured_step(cfg: &ResNetConfig, a: &ProfileArgs) -> Result<[f64; 3]> {
 pub fn run(a: ProfileArgs) -> Result<()> {
     let cfg = a.shape.config(ResNetConfig::default().num_classes)?;
     let device = Default::default();
-    let model = cfg.init::<Flex>(&device)?;
+    // The CPU kernels of this process (RESNET_CONV / RESNET_BN): the measured step runs them.
+    let k = crate::kernels::choose(&Default::default())?;
+    let model = cfg.init::<Flex>(&device)?.with_kernels(k);
     let s = a.shape.image_size;
     let x = Tensor::<Flex, 4>::zeros([a.shape.batch_size, 3, s, s], &device);
     let (_, geoms) = conv::record_geometries(|| model.forward(x));
@@ -228,7 +231,7 @@ pub fn run(a: ProfileArgs) -> Result<()> {
             eprintln!("profiling conv {}/{}: {shape}", i + 1, order.len());
         }
         let (burn, gemm) = profile_conv(g, i == 0, a.repeats);
-        let bn_relu = profile_bn_relu([g.batch, g.cout, g.out_hw[0], g.out_hw[1]], a.repeats);
+        let bn_relu = profile_bn_relu(&k, [g.batch, g.cout, g.out_hw[0], g.out_hw[1]], a.repeats);
         layers.push(LayerProfile {
             shape,
             count: counts[&i],
@@ -241,7 +244,7 @@ pub fn run(a: ProfileArgs) -> Result<()> {
     if !a.json {
         eprintln!("measuring a full training step ...");
     }
-    let step = measured_step(&cfg, &a)?;
+    let step = measured_step(&cfg, k, &a)?;
     let profile = Profile {
         case: format!(
             "resnet{} {} stem, batch {}, {}x{}",
@@ -254,12 +257,12 @@ pub fn run(a: ProfileArgs) -> Result<()> {
     if a.json {
         println!("{}", serde_json::to_string(&profile)?);
     } else {
-        print_table(&profile, a.per_layer);
+        print_table(&profile, a.per_layer, k.cpu_conv);
     }
     Ok(())
 }
 
-fn print_table(p: &Profile, per_layer: bool) {
+fn print_table(p: &Profile, per_layer: bool, cpu_conv: CpuConv) {
     let gflops = |macs: f64, s: f64| if s > 0.0 { 2.0 * macs / s / 1e9 } else { 0.0 };
     println!("{} ({} threads)", p.case, p.threads);
     if per_layer {
@@ -337,13 +340,13 @@ fn print_table(p: &Profile, per_layer: bool) {
     println!("{:<26} {:>8} {:>10.3}", "BatchNorm+ReLU forward", "", bn_f);
     println!("{:<26} {:>8} {:>10.3}", "BatchNorm+ReLU backward", "", bn_b);
     let [f, b, o] = p.step;
-    let conv_now = match conv::conv_impl() {
-        conv::ConvImpl::Gemm => rows.iter().map(|r| r.3).sum::<f64>(),
-        conv::ConvImpl::Burn => rows.iter().map(|r| r.2).sum::<f64>(),
+    let conv_now = match cpu_conv {
+        CpuConv::Gemm => rows.iter().map(|r| r.3).sum::<f64>(),
+        CpuConv::Burn => rows.iter().map(|r| r.2).sum::<f64>(),
     };
     println!(
         "measured step ({:?} conv): forward {f:.3} s, backward {b:.3} s, optimizer {o:.3} s, total {:.3} s",
-        conv::conv_impl(),
+        cpu_conv,
         f + b + o
     );
     // Ops timed in isolation run with cold caches and their own allocations, so their sum can

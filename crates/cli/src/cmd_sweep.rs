@@ -11,6 +11,7 @@ use anyhow::{Context, Result};
 use burn::tensor::backend::AutodiffBackend;
 use clap::Args;
 use resnet_data::num_batches;
+use resnet_kernels::KernelChoice;
 use resnet_train::sweep::{Next, SweepMethod, SweepScheduler, SweepSpace, TrialResult, TrialTask};
 use resnet_train::{load_state, resolve_checkpoint, Quiet, TrainConfig, Trainer};
 
@@ -88,6 +89,7 @@ pub struct SweepArgs {
 /// Runs `resnet sweep`.
 pub fn run(args: SweepArgs) -> Result<()> {
     let sel = select(&args.device)?;
+    let kernels = crate::kernels::choose(&args.device)?;
     let base = resolve(&args.run)?;
     let sched = args.plan.scheduler(&base, &args.space)?;
     let out = args.out.clone().unwrap_or_else(default_out);
@@ -105,7 +107,7 @@ pub fn run(args: SweepArgs) -> Result<()> {
         std::thread::scope(|s| {
             for _ in 0..args.parallel.max(1) {
                 let (shared, out, device) = (&shared, &out, &device);
-                s.spawn(move || worker_loop::<B>(shared, out, device));
+                s.spawn(move || worker_loop::<B>(shared, out, kernels, device));
             }
         });
     });
@@ -123,6 +125,7 @@ pub fn run(args: SweepArgs) -> Result<()> {
 fn worker_loop<B: AutodiffBackend>(
     shared: &(Mutex<SweepScheduler>, Condvar),
     out: &Path,
+    kernels: KernelChoice,
     device: &B::Device,
 ) {
     let (lock, cv) = shared;
@@ -138,7 +141,7 @@ fn worker_loop<B: AutodiffBackend>(
             }
         };
         let (id, rung) = (task.trial.id, task.rung);
-        let outcome = run_trial::<B>(&task, out, device);
+        let outcome = run_trial::<B>(&task, out, kernels, device);
         let mut s = lock.lock().unwrap_or_else(|p| p.into_inner());
         match outcome {
             Ok(r) => {
@@ -188,6 +191,7 @@ pub fn trial_dir(out: &Path, id: usize) -> PathBuf {
 pub fn run_trial<B: AutodiffBackend>(
     task: &TrialTask,
     out: &Path,
+    kernels: KernelChoice,
     device: &B::Device,
 ) -> Result<TrialResult> {
     let started = Instant::now();
@@ -208,7 +212,8 @@ pub fn run_trial<B: AutodiffBackend>(
         Trainer::<B>::resume(&ckpt, state, splits, device.clone(), Some(dir.clone()))?
     } else {
         Trainer::<B>::new(cfg.clone(), splits, device.clone(), Some(dir.clone()))?
-    };
+    }
+    .with_kernels(kernels);
     let config_toml = toml::to_string(&cfg).context("serialising the trial config")?;
     std::fs::write(dir.join("config.toml"), config_toml)
         .with_context(|| format!("writing {}", dir.join("config.toml").display()))?;

@@ -62,6 +62,7 @@ fn default_out() -> PathBuf {
 /// Runs `resnet train`.
 pub fn run(args: TrainArgs) -> Result<()> {
     let sel = select(&args.device)?;
+    let kernels = crate::kernels::choose(&args.device)?;
     let resume = match &args.resume {
         Some(spec) => {
             let fixed = fixed_by_resume(&args);
@@ -112,7 +113,8 @@ pub fn run(args: TrainArgs) -> Result<()> {
                 Trainer::<B>::resume(&dir, state, splits, device, Some(out.clone()))?
             }
             None => Trainer::<B>::new(cfg, splits, device, Some(out.clone()))?,
-        };
+        }
+        .with_kernels(kernels);
         trainer.fit(&mut Progress::new())?
     });
     if args.json {

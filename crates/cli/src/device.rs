@@ -17,10 +17,10 @@ pub type GpuInfer = burn::backend::Cuda;
 /// GPU backend for training without kernel fusion (`--cuda-fusion off`): convolutions can then
 /// run with a fixed kernel strategy (`--cuda-conv`).
 #[cfg(feature = "cuda")]
-pub type GpuTrainPlain = burn::backend::Autodiff<resnet_model::conv::cuda::CudaPlain>;
+pub type GpuTrainPlain = burn::backend::Autodiff<resnet_kernels::backends::CudaPlain>;
 /// GPU backend for inference without kernel fusion.
 #[cfg(feature = "cuda")]
-pub type GpuInferPlain = resnet_model::conv::cuda::CudaPlain;
+pub type GpuInferPlain = resnet_kernels::backends::CudaPlain;
 
 /// What the flags asked for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,12 +46,11 @@ pub fn select(args: &DeviceArgs) -> Result<Selected> {
         Some(n) => {
             cuda_driver_present()?;
             crate::kernel_cache::configure(args.kernel_cache.as_deref(), n)?;
-            let (fusion, conv) = cuda_choices(args)?;
-            resnet_model::conv::cuda::set_cuda_conv(conv);
+            let (fusion, conv) = cuda_flags(args.cuda_conv, args.cuda_fusion)?;
             tracing::info!(
                 gpu = n,
                 fusion,
-                conv = conv.name(),
+                conv = crate::kernels::cuda_conv(conv).name(),
                 "CUDA backend selected"
             );
             Ok(Selected::Gpu { index: n, fusion })
@@ -66,7 +65,7 @@ pub fn select(args: &DeviceArgs) -> Result<Selected> {
 /// `--cuda-fusion` and `--cuda-conv`, checked against each other: (fusion on, kernels).
 /// Defaults: `gemm`, and fusion only with `autotune` (the fixed kernels need the plain
 /// backend).
-pub fn kernel_choice(
+pub fn cuda_flags(
     conv: Option<CudaConvArg>,
     fusion: Option<Toggle>,
 ) -> Result<(bool, CudaConvArg)> {
@@ -76,28 +75,11 @@ pub fn kernel_choice(
         None => conv == CudaConvArg::Autotune,
     };
     if fusion && conv != CudaConvArg::Autotune {
-        let name = match conv {
-            CudaConvArg::Gemm => "gemm",
-            CudaConvArg::Tuned => "tuned",
-            _ => "direct",
-        };
+        let name = crate::kernels::cuda_conv(conv).name();
         bail!(
             "--cuda-conv {name} needs --cuda-fusion off: Burn's fusion backend always autotunes its convolutions"
         );
     }
-    Ok((fusion, conv))
-}
-
-#[cfg(feature = "cuda")]
-fn cuda_choices(args: &DeviceArgs) -> Result<(bool, resnet_model::conv::cuda::CudaConv)> {
-    use resnet_model::conv::cuda::CudaConv;
-    let (fusion, conv) = kernel_choice(args.cuda_conv, args.cuda_fusion)?;
-    let conv = match conv {
-        CudaConvArg::Autotune => CudaConv::Autotune,
-        CudaConvArg::Gemm => CudaConv::Gemm,
-        CudaConvArg::Direct => CudaConv::Direct,
-        CudaConvArg::Tuned => CudaConv::Tuned,
-    };
     Ok((fusion, conv))
 }
 
@@ -195,30 +177,30 @@ mod tests {
     #[test]
     fn kernel_flags_default_to_gemm_without_fusion_and_reject_fusion_with_fixed_kernels() {
         use CudaConvArg::*;
-        assert_eq!(kernel_choice(None, None).expect("default"), (false, Gemm));
+        assert_eq!(cuda_flags(None, None).expect("default"), (false, Gemm));
         assert_eq!(
-            kernel_choice(Some(Autotune), None).expect("autotune"),
+            cuda_flags(Some(Autotune), None).expect("autotune"),
             (true, Autotune)
         );
         assert_eq!(
-            kernel_choice(Some(Autotune), Some(Toggle::Off)).expect("plain autotune"),
+            cuda_flags(Some(Autotune), Some(Toggle::Off)).expect("plain autotune"),
             (false, Autotune)
         );
         assert_eq!(
-            kernel_choice(Some(Direct), Some(Toggle::Off)).expect("direct"),
+            cuda_flags(Some(Direct), Some(Toggle::Off)).expect("direct"),
             (false, Direct)
         );
-        for (kind, name) in [(Gemm, "gemm"), (Tuned, "tuned")] {
-            let err = kernel_choice(Some(kind), Some(Toggle::On))
+        for (kind, name) in [(Gemm, "gemm"), (Tuned, "tuned"), (Cudnn, "cudnn")] {
+            let err = cuda_flags(Some(kind), Some(Toggle::On))
                 .expect_err("fixed kernels with fusion")
                 .to_string();
             let want = format!("--cuda-conv {name} needs --cuda-fusion off");
             assert!(err.contains(&want), "{err}");
         }
         assert_eq!(
-            kernel_choice(Some(Tuned), None).expect("tuned"),
+            cuda_flags(Some(Tuned), None).expect("tuned"),
             (false, Tuned)
         );
-        assert!(kernel_choice(None, Some(Toggle::On)).is_err());
+        assert!(cuda_flags(None, Some(Toggle::On)).is_err());
     }
 }

@@ -15,6 +15,7 @@ pub mod cmd_sweep;
 pub mod cmd_train;
 pub mod device;
 pub mod kernel_cache;
+pub mod kernels;
 pub mod progress;
 pub mod report;
 pub mod settings;

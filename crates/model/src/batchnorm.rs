@@ -9,6 +9,7 @@
 
 use burn::module::{Initializer, Module, Param, RunningState};
 use burn::tensor::{backend::Backend, Tensor};
+use resnet_kernels::{bn, KernelChoice};
 
 /// 2-D batch normalisation over `[N, C, H, W]`, field names as in `torch.nn.BatchNorm2d`.
 #[derive(Module, Debug)]
@@ -77,32 +78,31 @@ impl<B: Backend> BatchNorm2d<B> {
         self.weight.dims()[0]
     }
 
-    /// Normalises `x: [N, C, H, W]` and returns the same shape.
+    /// Normalises `x: [N, C, H, W]` and returns the same shape, with the kernels `k` chose.
     ///
     /// On an autodiff backend (training) it uses the batch statistics and updates the running ones;
     /// otherwise (evaluation) it uses the running statistics.
-    pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
-        self.forward_act(x, false)
+    pub fn forward(&self, k: &KernelChoice, x: Tensor<B, 4>) -> Tensor<B, 4> {
+        self.forward_act(k, x, false)
     }
 
-    /// `relu(self.forward(x))`, fused into the same pass on the CPU.
-    pub fn forward_relu(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
-        self.forward_act(x, true)
+    /// `relu(self.forward(k, x))`, fused into the same pass on the CPU.
+    pub fn forward_relu(&self, k: &KernelChoice, x: Tensor<B, 4>) -> Tensor<B, 4> {
+        self.forward_act(k, x, true)
     }
 
-    fn forward_act(&self, x: Tensor<B, 4>, relu: bool) -> Tensor<B, 4> {
+    fn forward_act(&self, k: &KernelChoice, x: Tensor<B, 4>, relu: bool) -> Tensor<B, 4> {
         let train = B::ad_enabled(&x.device()) && !self.frozen_stats;
-        if train && crate::bn::handles(&x, true) {
+        if train && bn::handles(k, &x, true) {
             let [n, _, h, w] = x.dims();
-            let (y, mean, var) =
-                crate::bn::train(x, self.weight.val(), self.bias.val(), self.eps, relu);
+            let (y, mean, var) = bn::train(x, self.weight.val(), self.bias.val(), self.eps, relu);
             self.update_running(mean, var, n * h * w);
             return y;
         }
-        if !train && crate::bn::handles(&x, false) {
+        if !train && bn::handles(k, &x, false) {
             let (mean, var) = self.running_stats();
             let params = [self.weight.val(), self.bias.val(), mean, var];
-            return crate::bn::eval(x, params, self.eps, relu);
+            return bn::eval(x, params, self.eps, relu);
         }
         let y = if train {
             self.forward_train(x)
@@ -177,6 +177,7 @@ mod fused_tests {
     use burn::backend::{Autodiff, Flex};
     use burn::module::{AutodiffModule, Param};
     use burn::tensor::{activation::relu, Tensor, TensorData};
+    use resnet_kernels::KernelChoice;
 
     type B = Autodiff<Flex>;
 
@@ -223,7 +224,8 @@ mod fused_tests {
             let x = Tensor::<B, 4>::from_data(data(shape, 1, 3.0), &device).require_grad();
             let r = Tensor::<B, 4>::from_data(data(shape, 2, 0.0), &device);
 
-            let y = bn.forward_act(x.clone(), relu_after);
+            let k = KernelChoice::default();
+            let y = bn.forward_act(&k, x.clone(), relu_after);
             let g = (y.clone() * r.clone()).sum().backward();
             let y_ref = reference.forward_train(x.clone());
             let y_ref = if relu_after { relu(y_ref) } else { y_ref };
@@ -261,11 +263,11 @@ mod fused_tests {
             // and left untouched.
             close(
                 &format!("{name} eval y"),
-                &vec(eval.forward_act(xe(), relu_after)),
+                &vec(eval.forward_act(&k, xe(), relu_after)),
                 &ye_ref,
             );
             let shared = xe();
-            let ye = eval.forward_act(shared.clone(), relu_after);
+            let ye = eval.forward_act(&k, shared.clone(), relu_after);
             close(&format!("{name} eval y (shared input)"), &vec(ye), &ye_ref);
             close(
                 &format!("{name} shared input kept"),

@@ -5,6 +5,8 @@ use burn::module::{Initializer, Module};
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::PaddingConfig2d;
 use burn::tensor::{activation::relu, backend::Backend, Tensor};
+use resnet_kernels::conv::conv2d;
+use resnet_kernels::KernelChoice;
 
 use crate::batchnorm::BatchNorm2d;
 use crate::config::{BlockKind, ResNetConfig};
@@ -109,21 +111,19 @@ impl<B: Backend> Block<B> {
         }
     }
 
-    /// `x: [N, C_in, H, W]` -> `[N, C_out, H / stride, W / stride]`.
-    pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
+    /// `x: [N, C_in, H, W]` -> `[N, C_out, H / stride, W / stride]`, with the kernels `k` chose.
+    pub fn forward(&self, k: &KernelChoice, x: Tensor<B, 4>) -> Tensor<B, 4> {
         let identity = match &self.downsample {
-            Some(d) => d.bn.forward(crate::conv::forward(&d.conv, x.clone())),
+            Some(d) => d.bn.forward(k, conv2d(k, &d.conv, x.clone())),
             None => x.clone(),
         };
-        let out = self.bn1.forward_relu(crate::conv::forward(&self.conv1, x));
+        let out = self.bn1.forward_relu(k, conv2d(k, &self.conv1, x));
         let out = match (&self.conv3, &self.bn3) {
             (Some(conv3), Some(bn3)) => {
-                let out = self
-                    .bn2
-                    .forward_relu(crate::conv::forward(&self.conv2, out));
-                bn3.forward(crate::conv::forward(conv3, out))
+                let out = self.bn2.forward_relu(k, conv2d(k, &self.conv2, out));
+                bn3.forward(k, conv2d(k, conv3, out))
             }
-            _ => self.bn2.forward(crate::conv::forward(&self.conv2, out)),
+            _ => self.bn2.forward(k, conv2d(k, &self.conv2, out)),
         };
         relu(out + identity)
     }

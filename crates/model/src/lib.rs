@@ -6,14 +6,15 @@
 //!                 -> layer1 (stride 1) -> layer2..4 (stride 2) -> global avg pool -> dropout -> fc
 //! ```
 //!
-//! The model knows nothing about devices, data or parallelism: callers pick the backend.
+//! The model knows nothing about devices, data or parallelism: callers pick the backend, and
+//! the kernels that run its convolutions, BatchNorms and classifier come from the
+//! `resnet-kernels` crate, chosen by the [`KernelChoice`] the caller hands to
+//! [`ResNet::with_kernels`].
+#![forbid(unsafe_code)]
 
 mod batchnorm;
 mod block;
-pub mod bn;
 mod config;
-pub mod conv;
-pub mod linear;
 mod resnet;
 mod shapes;
 mod weights;
@@ -22,6 +23,7 @@ pub use batchnorm::BatchNorm2d;
 pub use block::{Block, Downsample};
 pub use config::{BlockKind, ResNetConfig, Stem};
 pub use resnet::ResNet;
+pub use resnet_kernels::KernelChoice;
 pub use shapes::{stage_shapes, StageShape};
 pub use weights::{
     export_torchvision_safetensors, import_backbone, import_torchvision, ImportReport,

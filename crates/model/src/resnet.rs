@@ -5,6 +5,9 @@ use burn::nn::conv::Conv2d;
 use burn::nn::pool::{MaxPool2d, MaxPool2dConfig};
 use burn::nn::{Dropout, DropoutConfig, Linear, LinearConfig, PaddingConfig2d};
 use burn::tensor::{backend::Backend, Tensor};
+use resnet_kernels::conv::conv2d;
+use resnet_kernels::matmul::linear;
+use resnet_kernels::KernelChoice;
 
 use crate::batchnorm::BatchNorm2d;
 use crate::block::{bn, conv, Block};
@@ -33,6 +36,10 @@ pub struct ResNet<B: Backend> {
     pub dropout: Dropout,
     /// Classifier. Burn stores the weight as `[in, out]`; import/export transposes.
     pub fc: Linear<B>,
+    /// Which kernels run the layers: a setting, not state. Not saved with the weights (a
+    /// loaded checkpoint keeps the receiving model's choice), kept by `valid()` and `clone()`.
+    #[module(skip)]
+    pub kernels: KernelChoice,
 }
 
 impl ResNetConfig {
@@ -79,22 +86,32 @@ impl ResNetConfig {
             dropout: DropoutConfig::new(self.dropout).init(),
             // Burn's default Linear init is PyTorch's: U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
             fc: LinearConfig::new(self.feature_dim()?, self.num_classes).init(device),
+            kernels: KernelChoice::default(),
         })
     }
 }
 
 impl<B: Backend> ResNet<B> {
+    /// The same network, running its layers with the kernels `k` chooses (the default is
+    /// [`KernelChoice::default`]: this crate's CPU kernels, Burn's own on CUDA, f32).
+    pub fn with_kernels(mut self, k: KernelChoice) -> Self {
+        self.kernels = k;
+        self
+    }
+
     /// `x: [N, 3, H, W]` (normalised images) -> logits `[N, num_classes]`.
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 2> {
         let features = self.features(x);
-        crate::linear::forward(&self.fc, self.dropout.forward(features))
+        linear(&self.kernels, &self.fc, self.dropout.forward(features))
     }
 
     /// Everything before dropout and the classifier: `[N, 3, H, W]` -> pooled `[N, feature_dim]`.
     pub fn features(&self, x: Tensor<B, 4>) -> Tensor<B, 2> {
         let x = self.stem(x);
         let x = self.stages().into_iter().fold(x, |x, stage| {
-            stage.iter().fold(x, |x, block| block.forward(x))
+            stage
+                .iter()
+                .fold(x, |x, block| block.forward(&self.kernels, x))
         });
         let [n, c, h, w] = x.dims();
         // Global average pool as one reduction over the flattened spatial axis.
@@ -102,7 +119,8 @@ impl<B: Backend> ResNet<B> {
     }
 
     fn stem(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
-        let x = self.bn1.forward_relu(crate::conv::forward(&self.conv1, x));
+        let k = &self.kernels;
+        let x = self.bn1.forward_relu(k, conv2d(k, &self.conv1, x));
         match &self.maxpool {
             Some(pool) => pool.forward(x),
             None => x,

@@ -1,7 +1,7 @@
 //! The resolved configuration of a training run; saved in `--out` and inside every checkpoint.
 
 use resnet_data::DataConfig;
-use resnet_model::conv::ConvPrecision;
+use resnet_kernels::ConvPrecision;
 use resnet_model::ResNetConfig;
 use serde::{Deserialize, Serialize};
 
@@ -57,7 +57,7 @@ pub struct TrainConfig {
     /// Default false (pad).
     pub shard_drop_last: bool,
     /// Convolution arithmetic: `f32`, or `bf16` (operands and results rounded to bf16, f32
-    /// accumulation, everything else f32; see `resnet_model::conv::precision`). Default f32.
+    /// accumulation, everything else f32; see `resnet_kernels::precision`). Default f32.
     pub conv_precision: ConvPrecision,
 }
 

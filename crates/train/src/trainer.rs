@@ -15,6 +15,7 @@ use resnet_data::{
     num_batches, Batch, ImageDataset, Loader, LoaderConfig, Normalization, ShardPlan, Splits,
     Transform,
 };
+use resnet_kernels::KernelChoice;
 use resnet_model::ResNet;
 
 use crate::checkpoint::{
@@ -56,6 +57,9 @@ pub struct Trainer<B: AutodiffBackend> {
     last_checkpoint_time: Instant,
     /// The group agreed in the last step's all-reduce that a time-based checkpoint is due.
     time_checkpoint_due: bool,
+    /// The kernels the caller chose (`with_kernels`); the model runs them with the run's
+    /// convolution precision.
+    kernels: KernelChoice,
 }
 
 static INIT_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
@@ -120,14 +124,10 @@ fn prepare_out(out: &Option<PathBuf>, cfg: &TrainConfig) -> Result<(), TrainErro
     Ok(())
 }
 
-/// Applies the run's convolution arithmetic to this process (a process-wide switch, like the
-/// kernel choice: every replica of a run has the same configuration).
-pub(crate) fn use_precision(cfg: &TrainConfig) {
-    let p = cfg.conv_precision;
-    if p != resnet_model::conv::conv_precision() {
-        tracing::info!(conv_precision = p.name(), "convolution arithmetic");
-    }
-    resnet_model::conv::set_conv_precision(p);
+/// `kernels` with the arithmetic of the run `cfg` (every replica of a run has the same
+/// configuration, so every replica computes the same way).
+pub(crate) fn run_kernels(kernels: KernelChoice, cfg: &TrainConfig) -> KernelChoice {
+    kernels.with_precision(cfg.conv_precision)
 }
 
 impl<B: AutodiffBackend> Trainer<B> {
@@ -140,7 +140,6 @@ impl<B: AutodiffBackend> Trainer<B> {
     ) -> Result<Self, TrainError> {
         cfg.validate()?;
         check_classes(&cfg, &splits)?;
-        use_precision(&cfg);
         if let Some(o) = &out {
             if !crate::checkpoint::list_checkpoints(&o.join("checkpoints")).is_empty() {
                 return Err(TrainError::Config(format!(
@@ -191,7 +190,6 @@ impl<B: AutodiffBackend> Trainer<B> {
     ) -> Result<Self, TrainError> {
         state.config.validate()?;
         check_classes(&state.config, &splits)?;
-        use_precision(&state.config);
         let (model, _) = load_model::<B>(dir, &device)?;
         let model = state
             .config
@@ -214,9 +212,16 @@ impl<B: AutodiffBackend> Trainer<B> {
         splits: Splits,
         out: Option<PathBuf>,
     ) -> Self {
+        let kernels = run_kernels(KernelChoice::default(), &state.config);
+        if kernels.precision != KernelChoice::default().precision {
+            tracing::info!(
+                conv_precision = kernels.precision.name(),
+                "convolution arithmetic"
+            );
+        }
         Self {
             device,
-            model: Some(model),
+            model: Some(model.with_kernels(kernels)),
             optim,
             state,
             train: Arc::new(splits.train),
@@ -230,7 +235,23 @@ impl<B: AutodiffBackend> Trainer<B> {
             checkpointed_at: None,
             last_checkpoint_time: Instant::now(),
             time_checkpoint_due: false,
+            kernels,
         }
+    }
+
+    /// Runs the model's layers with the kernels `k` chooses (the binaries pass what the flags
+    /// and the device select), in the run's convolution precision whatever `k.precision` says.
+    /// Without it the trainer uses [`KernelChoice::default`].
+    pub fn with_kernels(mut self, k: KernelChoice) -> Self {
+        self.kernels = run_kernels(k, &self.state.config);
+        let kernels = self.kernels;
+        self.model = self.model.take().map(|m| m.with_kernels(kernels));
+        self
+    }
+
+    /// The kernels the model runs.
+    pub fn kernels(&self) -> KernelChoice {
+        self.kernels
     }
 
     /// Makes this trainer one replica of a data-parallel group: it reads its rank's shard,

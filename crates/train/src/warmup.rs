@@ -13,6 +13,7 @@ use burn::optim::GradientsParams;
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{ElementConversion, Tensor};
 use resnet_data::DatasetKind;
+use resnet_kernels::KernelChoice;
 
 use crate::{smoothed_targets, soft_cross_entropy, targets_tensor, TrainConfig, TrainError};
 
@@ -26,17 +27,18 @@ pub struct WarmUp {
 }
 
 /// Runs one forward and backward pass of `cfg`'s model on a zero batch of `cfg.batch_size`
-/// images on `device`, with the run's convolution precision. Reports each half through
+/// images on `device`, with the kernels `kernels` chooses in the run's convolution precision. Reports each half through
 /// `progress` as it finishes (a cold step takes minutes on a GPU).
 pub fn warm_up<B: AutodiffBackend>(
     cfg: &TrainConfig,
+    kernels: KernelChoice,
     device: &B::Device,
     progress: &mut dyn FnMut(&str),
 ) -> Result<WarmUp, TrainError> {
     cfg.model
         .validate()
         .map_err(|e| TrainError::Config(e.to_string()))?;
-    crate::trainer::use_precision(cfg);
+    let kernels = crate::trainer::run_kernels(kernels, cfg);
     let side = match cfg.data.dataset {
         DatasetKind::Cifar10 | DatasetKind::Cifar100 => 32,
         DatasetKind::Folder | DatasetKind::Synthetic => cfg.data.image_size,
@@ -48,7 +50,7 @@ pub fn warm_up<B: AutodiffBackend>(
         DatasetKind::Cifar100 => cfg.model.num_classes = 100,
         DatasetKind::Folder | DatasetKind::Synthetic => {}
     }
-    let model = crate::trainer::init_model::<B>(&cfg, device)?;
+    let model = crate::trainer::init_model::<B>(&cfg, device)?.with_kernels(kernels);
     let (n, k) = (cfg.batch_size, cfg.model.num_classes);
     let x = Tensor::<B, 4>::zeros([n, 3, side, side], device);
     let targets = targets_tensor::<B>(smoothed_targets(&vec![0; n], k, 0.0), n, k, device);

@@ -13,7 +13,7 @@ use burn::tensor::{DType, Tensor};
 use burn_cubecl::cubecl::future::block_on;
 use resnet_collective::nccl::NcclCollective;
 use resnet_collective::Collective;
-use resnet_model::conv::cuda::CudaPlain;
+use resnet_kernels::backends::CudaPlain;
 
 /// The mean over the ranks of `flat` when it is a contiguous f32 `Tensor<CudaPlain, 1>` and
 /// `collective` is an NCCL communicator asked for device buffers; `None` otherwise (the

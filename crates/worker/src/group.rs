@@ -351,6 +351,7 @@ mod tests {
             allow_nccl: false,
             nccl_device_buffers: false,
             warm_up: false,
+            kernels: Default::default(),
         }
     }
 

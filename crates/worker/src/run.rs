@@ -9,6 +9,7 @@ use std::time::Duration;
 use burn::tensor::backend::AutodiffBackend;
 use resnet_collective::memory::MemoryRing;
 use resnet_collective::Collective;
+use resnet_kernels::KernelChoice;
 use resnet_proto::{fingerprint, Assignment, ControlPlane, Finish, JoinRequest, PROTOCOL_VERSION};
 use resnet_train::{GradSync, TrainConfig, TrainError, Trainer};
 
@@ -61,6 +62,8 @@ pub struct WorkerOptions {
     /// Before joining, fetch the run configuration and run one throwaway training step at its
     /// shapes (GPU workers: compiles the kernels outside the first all-reduce).
     pub warm_up: bool,
+    /// The kernels the replica's model runs (its convolution precision comes from the run).
+    pub kernels: KernelChoice,
 }
 
 /// What a worker reports when it is done.
@@ -211,7 +214,7 @@ pub fn run_worker<B: AutodiffBackend>(
             epoch = state.epoch + 1,
             "joined the running job from rank 0's state"
         );
-        Trainer::<B>::resume(&dir, state, splits, device.clone(), out)?
+        Trainer::<B>::resume(&dir, state, splits, device.clone(), out)?.with_kernels(opts.kernels)
     } else if a.resume_step > 0 {
         let dir = fetch_checkpoint(control, opts, a.generation, 0, scratch.path())?;
         let state = state_for_rank(&dir, cfg.clone(), a.rank)?;
@@ -221,9 +224,9 @@ pub fn run_worker<B: AutodiffBackend>(
             epoch = state.epoch + 1,
             "resuming from the coordinator's checkpoint"
         );
-        Trainer::<B>::resume(&dir, state, splits, device.clone(), out)?
+        Trainer::<B>::resume(&dir, state, splits, device.clone(), out)?.with_kernels(opts.kernels)
     } else {
-        Trainer::<B>::new(cfg.clone(), splits, device.clone(), out)?
+        Trainer::<B>::new(cfg.clone(), splits, device.clone(), out)?.with_kernels(opts.kernels)
     };
     let mut trainer = trainer.with_parallel(Box::new(CollectiveSync(collective)));
 
@@ -325,6 +328,7 @@ pub fn run_worker<B: AutodiffBackend>(
                         "rolled back to the restarted coordinator's checkpoint"
                     );
                     Trainer::<B>::resume(&dir, state, splits, device.clone(), out)?
+                        .with_kernels(opts.kernels)
                 } else {
                     drop(trainer);
                     tracing::warn!(
@@ -332,6 +336,7 @@ pub fn run_worker<B: AutodiffBackend>(
                         "the restarted coordinator has no checkpoint: starting the run over"
                     );
                     Trainer::<B>::new(cfg.clone(), splits, device.clone(), out)?
+                        .with_kernels(opts.kernels)
                 };
                 trainer.set_parallel(Box::new(sync));
                 obs.rank = a.rank;
@@ -394,7 +399,7 @@ fn warm_up_before_join<B: AutodiffBackend>(
     };
     let cfg: TrainConfig = serde_json::from_str(&json)
         .map_err(|e| WorkerError::Config(format!("the coordinator's run configuration: {e}")))?;
-    let w = resnet_train::warm_up::<B>(&cfg, device, &mut |m| tracing::info!("{m}"))?;
+    let w = resnet_train::warm_up::<B>(&cfg, opts.kernels, device, &mut |m| tracing::info!("{m}"))?;
     tracing::info!(
         forward_s = format!("{:.2}", w.forward_s),
         backward_s = format!("{:.2}", w.backward_s),
@@ -488,13 +493,7 @@ fn heal<B: AutodiffBackend>(
         step = state.global_step,
         "healed from rank 0's state"
     );
-    Ok(Trainer::<B>::resume(
-        &dir,
-        state,
-        splits,
-        device.clone(),
-        out,
-    )?)
+    Ok(Trainer::<B>::resume(&dir, state, splits, device.clone(), out)?.with_kernels(opts.kernels))
 }
 
 fn obs_upload<B: AutodiffBackend>(

@@ -66,12 +66,14 @@ const COLS: usize = 8;
 /// Runs `resnet report`.
 pub fn run(args: ReportArgs) -> Result<()> {
     let sel = select(&args.device)?;
+    let kernels = crate::kernels::choose(&args.device)?;
     let out = args.out.clone().unwrap_or_else(|| args.run.join("report"));
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
     let points = read_curves(&args.run.join("metrics.jsonl"))?;
     let ckpt = resolve_checkpoint(args.checkpoint.as_deref().unwrap_or(&args.run))?;
     let (test, logits) = crate::with_infer_backend!(sel, |B, device| {
         let (model, state) = load_model::<B>(&ckpt, &device)?;
+        let model = model.with_kernels(kernels);
         let (test, norm, _) =
             crate::cmd_eval::load_test(&state.config, args.data.as_ref(), args.test_limit)?;
         eprintln!("evaluating {} test images ...", test.len());

@@ -1,7 +1,7 @@
 //! `--conv-precision bf16` on the CPU: the forward pass and both gradients must be what a bf16
 //! kernel computes — Burn's f32 convolution of the bf16-rounded operands, rounded to bf16 —
-//! and every value that leaves the convolution must be a bf16 value. (The precision is
-//! process-wide, so these tests live in a binary of their own.)
+//! and every value that leaves the convolution must be a bf16 value. The precision travels in
+//! the `KernelChoice` of each call, so f32 and bf16 calls can sit side by side.
 
 mod common;
 
@@ -11,8 +11,12 @@ use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::PaddingConfig2d;
 use burn::tensor::{Tensor, TensorData};
 use common::values;
-use resnet_model::conv::precision::round_bf16;
-use resnet_model::conv::{self, set_conv_precision, ConvPrecision};
+use resnet_kernels::precision::round_bf16;
+use resnet_kernels::{conv, ConvPrecision, KernelChoice};
+
+fn bf16() -> KernelChoice {
+    KernelChoice::default().with_precision(ConvPrecision::Bf16)
+}
 
 type B = Autodiff<Flex>;
 
@@ -78,7 +82,7 @@ fn check(
     // coming out of the next bf16 convolution).
     let ours_layer = layer_with(&w);
     let xt = Tensor::<B, 4>::from_data(TensorData::new(x.clone(), x_shape), &device).require_grad();
-    let y = conv::forward(&ours_layer, xt.clone());
+    let y = conv::conv2d(&bf16(), &ours_layer, xt.clone());
     let r = Tensor::<B, 4>::from_data(
         TensorData::new(rounded(&values(y.shape().num_elements(), 9)), y.dims()),
         &device,
@@ -109,14 +113,13 @@ fn check(
     let xi = Tensor::<Flex, 4>::from_data(TensorData::new(x.clone(), x_shape), &device);
     assert_bf16_close(
         &format!("{name} inference forward"),
-        &to_vec(conv::forward(&inner, xi)),
+        &to_vec(conv::conv2d(&bf16(), &inner, xi)),
         &y_ref,
     );
 }
 
 #[test]
 fn bf16_convolutions_round_operands_and_results_in_all_three_passes() {
-    set_conv_precision(ConvPrecision::Bf16);
     for (kernel, stride, pad, hw) in [
         (3, 1, 1, [8, 8]),
         (3, 2, 1, [9, 8]),
@@ -127,8 +130,7 @@ fn bf16_convolutions_round_operands_and_results_in_all_three_passes() {
         check(kernel, stride, pad, hw, 3, 6, 5);
     }
 
-    // And f32 again when switched back: not a single value rounded.
-    set_conv_precision(ConvPrecision::F32);
+    // And in f32: not a single value rounded.
     let device = Default::default();
     let layer: Conv2d<Flex> = Conv2dConfig::new([4, 4], [3, 3])
         .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1))
@@ -138,7 +140,7 @@ fn bf16_convolutions_round_operands_and_results_in_all_three_passes() {
         TensorData::new(values(2 * 4 * 36, 1), [2, 4, 6, 6]),
         &device,
     );
-    let y = to_vec(conv::forward(&layer, x));
+    let y = to_vec(conv::conv2d(&KernelChoice::default(), &layer, x));
     let off_grid = y.iter().filter(|v| round_bf16(**v) != **v).count();
     assert!(
         off_grid > y.len() / 2,

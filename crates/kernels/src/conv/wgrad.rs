@@ -16,7 +16,7 @@ use burn::tensor::ops::FloatTensor;
 use burn::tensor::{FloatDType, Shape, Slice, TensorMetadata};
 
 use super::ConvGeom;
-use crate::linear::MatmulKernel;
+use crate::matmul::MatmulKernel;
 
 fn range(start: usize, end: usize, step: usize) -> Slice {
     Slice {
@@ -75,7 +75,7 @@ pub fn grad_weight_by_taps<B: Backend, M: MatmulKernel<B>>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::linear::BackendMatmul;
+    use crate::matmul::BackendMatmul;
     use burn::backend::Flex;
     use burn::tensor::ops::{ConvOptions, ModuleOps};
     use burn::tensor::{DType, Distribution, Tensor, TensorPrimitive, Tolerance};

@@ -19,107 +19,30 @@
 
 use rayon::prelude::*;
 
-use super::scratch::Scratch;
-use super::sgemm::{sgemm_rows, View};
+use super::ConvGeom;
+use crate::scratch::Scratch;
+use crate::sgemm::{sgemm_rows, View};
 
 /// Output columns (G·P) a chunk aims for: enough for the GEMM micro-kernels to run full
 /// tiles, small enough that the column buffer stays in cache.
 const CHUNK_COLUMNS: usize = 512;
 
-/// The shape of one 2-D convolution (groups = 1, dilation = 1).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct ConvGeom {
-    /// Images.
-    pub batch: usize,
-    /// Input channels.
-    pub cin: usize,
-    /// Input height and width.
-    pub in_hw: [usize; 2],
-    /// Output channels.
-    pub cout: usize,
-    /// Kernel height and width.
-    pub kernel: [usize; 2],
-    /// Stride (height, width).
-    pub stride: [usize; 2],
-    /// Zero padding before each spatial axis; the padding after is whatever the output size
-    /// implies (symmetric for the convolutions a ResNet uses).
-    pub pad: [usize; 2],
-    /// Output height and width.
-    pub out_hw: [usize; 2],
+/// Images per chunk: enough for about CHUNK_COLUMNS output columns.
+fn images_per_chunk(g: &ConvGeom) -> usize {
+    CHUNK_COLUMNS
+        .div_ceil(g.p().max(1))
+        .clamp(1, g.batch.max(1))
 }
 
-impl ConvGeom {
-    /// The geometry of a convolution with symmetric padding, or `None` when the kernel does
-    /// not fit the padded input.
-    pub fn new(
-        input: [usize; 4],
-        weight: [usize; 4],
-        stride: [usize; 2],
-        pad: [usize; 2],
-    ) -> Option<Self> {
-        let [batch, cin, h, w] = input;
-        let [cout, wcin, kh, kw] = weight;
-        if wcin != cin || stride.contains(&0) || kh == 0 || kw == 0 {
-            return None;
-        }
-        let out = |size: usize, k: usize, s: usize, p: usize| {
-            (size + 2 * p).checked_sub(k).map(|span| span / s + 1)
-        };
-        Some(Self {
-            batch,
-            cin,
-            in_hw: [h, w],
-            cout,
-            kernel: [kh, kw],
-            stride,
-            pad,
-            out_hw: [
-                out(h, kh, stride[0], pad[0])?,
-                out(w, kw, stride[1], pad[1])?,
-            ],
-        })
-    }
-
-    /// Rows of the column matrix: Cin·kh·kw.
-    pub fn k(&self) -> usize {
-        self.cin * self.kernel[0] * self.kernel[1]
-    }
-
-    /// Output pixels per image.
-    pub fn p(&self) -> usize {
-        self.out_hw[0] * self.out_hw[1]
-    }
-
-    fn in_len(&self) -> usize {
-        self.cin * self.in_hw[0] * self.in_hw[1]
-    }
-
-    fn out_len(&self) -> usize {
-        self.cout * self.p()
-    }
-
-    /// Multiply-adds of one forward pass (each gradient costs the same).
-    pub fn macs(&self) -> u64 {
-        (self.batch * self.cout * self.k() * self.p()) as u64
-    }
-
-    /// Images per chunk: enough for about CHUNK_COLUMNS output columns.
-    fn images_per_chunk(&self) -> usize {
-        CHUNK_COLUMNS
-            .div_ceil(self.p().max(1))
-            .clamp(1, self.batch.max(1))
-    }
-
-    /// How many parallel row blocks each chunk's GEMM uses: one when there are enough chunks
-    /// to keep every thread busy, else one per thread (small-spatial layers give few chunks).
-    fn gemm_splits(&self) -> usize {
-        let threads = rayon::current_num_threads();
-        let chunks = self.batch.div_ceil(self.images_per_chunk());
-        if chunks >= 2 * threads {
-            1
-        } else {
-            threads
-        }
+/// How many parallel row blocks each chunk's GEMM uses: one when there are enough chunks
+/// to keep every thread busy, else one per thread (small-spatial layers give few chunks).
+fn gemm_splits(g: &ConvGeom) -> usize {
+    let threads = rayon::current_num_threads();
+    let chunks = g.batch.div_ceil(images_per_chunk(g));
+    if chunks >= 2 * threads {
+        1
+    } else {
+        threads
     }
 }
 
@@ -127,7 +50,7 @@ impl ConvGeom {
 pub fn forward(g: &ConvGeom, x: &[f32], w: &[f32]) -> Vec<f32> {
     assert_eq!(x.len(), g.batch * g.in_len(), "conv forward: input length");
     assert_eq!(w.len(), g.cout * g.k(), "conv forward: weight length");
-    let (k, p, per) = (g.k(), g.p(), g.images_per_chunk());
+    let (k, p, per) = (g.k(), g.p(), images_per_chunk(g));
     let mut y = vec![0.0f32; g.batch * g.out_len()];
     y.par_chunks_mut((per * g.out_len()).max(1))
         .enumerate()
@@ -148,7 +71,7 @@ pub fn forward(g: &ConvGeom, x: &[f32], w: &[f32]) -> Vec<f32> {
                 false,
                 View::row_major(w, k),
                 View::row_major(&col, cols),
-                g.gemm_splits(),
+                gemm_splits(g),
             );
             scatter_images(g, &out, y_chunk, cols);
         });
@@ -163,7 +86,7 @@ pub fn grad_input(g: &ConvGeom, dy: &[f32], w: &[f32]) -> Vec<f32> {
         "conv grad input: gradient length"
     );
     assert_eq!(w.len(), g.cout * g.k(), "conv grad input: weight length");
-    let (k, p, per) = (g.k(), g.p(), g.images_per_chunk());
+    let (k, p, per) = (g.k(), g.p(), images_per_chunk(g));
     let mut dx = vec![0.0f32; g.batch * g.in_len()];
     dx.par_chunks_mut((per * g.in_len()).max(1))
         .enumerate()
@@ -180,7 +103,7 @@ pub fn grad_input(g: &ConvGeom, dy: &[f32], w: &[f32]) -> Vec<f32> {
                 false,
                 View::transposed(w, k),
                 View::row_major(&dy_packed, cols),
-                g.gemm_splits(),
+                gemm_splits(g),
             );
             for i in 0..imgs {
                 let img = &mut dx_chunk[i * g.in_len()..][..g.in_len()];
@@ -205,7 +128,7 @@ pub fn grad_weight(g: &ConvGeom, x: &[f32], dy: &[f32]) -> Vec<f32> {
         g.batch * g.out_len(),
         "conv grad weight: gradient length"
     );
-    let (k, p, per) = (g.k(), g.p(), g.images_per_chunk());
+    let (k, p, per) = (g.k(), g.p(), images_per_chunk(g));
     let chunks: Vec<usize> = (0..g.batch).step_by(per).collect();
     // Contiguous runs of chunks, one per thread, each with its own accumulator.
     let runs = chunks.len().min(rayon::current_num_threads()).max(1);
@@ -229,7 +152,7 @@ pub fn grad_weight(g: &ConvGeom, x: &[f32], dy: &[f32]) -> Vec<f32> {
                     true,
                     View::row_major(&col, cols),
                     View::transposed(&dy_packed, cols),
-                    g.gemm_splits(),
+                    gemm_splits(g),
                 );
             }
             dwt

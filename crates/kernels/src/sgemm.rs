@@ -169,8 +169,8 @@ const NC: usize = 1024;
 /// for each MC-row block pack A into MR-tall panels; run the micro-kernel on every tile.
 #[cfg(target_arch = "x86_64")]
 fn blocked([m, n, k]: [usize; 3], dst: &mut [f32], accumulate: bool, a: View, b: View) {
-    let mut pack_b = super::scratch::Scratch::new(KC * NC.min(n.next_multiple_of(NR)));
-    let mut pack_a = super::scratch::Scratch::new(KC * MC.min(m.next_multiple_of(MR)));
+    let mut pack_b = crate::scratch::Scratch::new(KC * NC.min(n.next_multiple_of(NR)));
+    let mut pack_a = crate::scratch::Scratch::new(KC * MC.min(m.next_multiple_of(MR)));
     let mut edge = [0.0f32; MR * NR];
     for j0 in (0..n).step_by(NC) {
         let nc = NC.min(n - j0);

@@ -1,5 +1,5 @@
 //! `--cuda-conv tuned`: each convolution pass runs the fastest of a few fixed candidates
-//! ([`super::tune_plan`]), timed on the device at the first call with a new shape.
+//! ([`crate::conv::tune_plan`]), timed on the device at the first call with a new shape.
 //!
 //! The timing is cubecl's tuner, the one behind Burn's autotuning: three warm-up runs and ten
 //! timed ones per candidate, a candidate that fails to set up or to run (or panics: see
@@ -14,9 +14,11 @@ use burn_cubecl::cubecl::tune::{local_tuner, LocalTuner, Tunable, TunableSet};
 use burn_cubecl::cubecl::CubeTuneId;
 use burn_cubecl::tensor::CubeTensor;
 
-use super::cuda::{gemm_forward, gemm_grad_input, gemm_grad_weight, CudaPlain, FixedMatmul};
-use super::tune_plan::{candidates, guarded, tune_key, Candidate, Pass};
-use super::ConvGeom;
+use super::gemm::{self, Fixed};
+use crate::backends::CudaPlain;
+use crate::conv::tune_plan::{candidates, guarded, tune_key, Candidate, Pass};
+use crate::conv::ConvGeom;
+use crate::matmul::FixedMatmul;
 
 type Tensor = CubeTensor<CudaRuntime>;
 /// A pass's operands: (input or output gradient, weights or output gradient, geometry).
@@ -37,19 +39,19 @@ fn run(pass: Pass, c: Candidate, (a, b, g): Operands) -> Result<Tensor, String> 
     }
     let err = |e: cubek::convolution::components::ConvSetupError| format!("{e:?}");
     match (pass, c) {
-        (Pass::Forward, Candidate::Gemm) => Ok(gemm_forward(a, b, &g)),
+        (Pass::Forward, Candidate::Gemm) => Ok(gemm::forward(Fixed::Gemm, a, b, &g)),
         (Pass::Forward, Candidate::Implicit(al)) => {
             super::implicit::forward(a, b, &g, al).map_err(err)
         }
-        (Pass::InputGrad, Candidate::Gemm) => Ok(gemm_grad_input(a, b, &g)),
+        (Pass::InputGrad, Candidate::Gemm) => Ok(gemm::grad_input(Fixed::Gemm, a, b, &g)),
         (Pass::InputGrad, Candidate::Implicit(al)) => {
             super::implicit::grad_input(a, b, &g, al).map_err(err)
         }
         (Pass::InputGrad, Candidate::Spread(al)) => {
-            let dy = super::dilate::spread_for::<CudaPlain>(a, &g);
+            let dy = crate::conv::dilate::spread_for::<CudaPlain>(a, &g);
             super::implicit::grad_input(dy, b, &g, al).map_err(err)
         }
-        (Pass::WeightGrad, Candidate::Gemm) => Ok(gemm_grad_weight(a, b, &g)),
+        (Pass::WeightGrad, Candidate::Gemm) => Ok(gemm::grad_weight(Fixed::Gemm, a, b, &g)),
         (Pass::WeightGrad, Candidate::Implicit(al)) => {
             super::implicit::grad_weight(a, b, &g, al).map_err(err)
         }
@@ -58,7 +60,7 @@ fn run(pass: Pass, c: Candidate, (a, b, g): Operands) -> Result<Tensor, String> 
             // operands included; the result takes the operands' dtype like every other
             // candidate's, so the winner never changes what the caller gets.
             let dtype = FloatDType::from(a.dtype);
-            let dw = super::wgrad::grad_weight_by_taps::<CudaPlain, FixedMatmul>(a, b, &g);
+            let dw = crate::conv::wgrad::grad_weight_by_taps::<CudaPlain, FixedMatmul>(a, b, &g);
             Ok(CudaPlain::float_cast(dw, dtype))
         }
         (pass, c) => Err(format!(

@@ -9,7 +9,7 @@ use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::PaddingConfig2d;
 use burn::tensor::{Tensor, TensorData};
 use common::values;
-use resnet_model::conv;
+use resnet_kernels::{conv, KernelChoice};
 
 type B = Autodiff<Flex>;
 
@@ -53,7 +53,7 @@ fn check(case: &Case) {
     let run = |fast: bool| {
         let x = Tensor::<B, 4>::from_data(x_data.clone(), &device).require_grad();
         let y = if fast {
-            conv::forward(&layer, x.clone())
+            conv::conv2d(&KernelChoice::default(), &layer, x.clone())
         } else {
             layer.forward(x.clone())
         };
@@ -86,7 +86,7 @@ fn check(case: &Case) {
     // Inference backend (no autodiff): the plain forward path.
     let inner: Conv2d<Flex> = layer.valid();
     let x = Tensor::<Flex, 4>::from_data(x_data.clone(), &device);
-    let ours = conv::forward(&inner, x.clone())
+    let ours = conv::conv2d(&KernelChoice::default(), &inner, x.clone())
         .into_data()
         .to_vec::<f32>()
         .expect("f32");
@@ -158,10 +158,37 @@ fn geometry_rejects_kernels_larger_than_the_padded_input() {
     // An empty batch: empty outputs and a zero weight gradient, no panic.
     let empty = conv::ConvGeom::new([0, 3, 8, 8], [4, 3, 3, 3], [1, 1], [1, 1]).expect("fits");
     let w = vec![0.5f32; 4 * 27];
-    assert!(conv::kernels::forward(&empty, &[], &w).is_empty());
-    assert!(conv::kernels::grad_input(&empty, &[], &w).is_empty());
-    assert_eq!(
-        conv::kernels::grad_weight(&empty, &[], &[]),
-        vec![0.0; 4 * 27]
+    assert!(conv::cpu::forward(&empty, &[], &w).is_empty());
+    assert!(conv::cpu::grad_input(&empty, &[], &w).is_empty());
+    assert_eq!(conv::cpu::grad_weight(&empty, &[], &[]), vec![0.0; 4 * 27]);
+}
+
+/// The choice in the `KernelChoice` is what runs: `CpuConv::Burn` gives Burn's convolution bit
+/// for bit, the default gives this crate's kernels (equal to rounding, not to the bit).
+#[test]
+fn the_kernel_choice_selects_the_implementation() {
+    use resnet_kernels::CpuConv;
+    let device = Default::default();
+    let layer: Conv2d<Flex> = Conv2dConfig::new([8, 16], [3, 3])
+        .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1))
+        .with_bias(false)
+        .init(&device);
+    let x = Tensor::<Flex, 4>::from_data(
+        TensorData::new(values(4 * 8 * 100, 3), [4, 8, 10, 10]),
+        &device,
     );
+    let bits = |t: Tensor<Flex, 4>| -> Vec<u32> {
+        let v = t.into_data().to_vec::<f32>().expect("f32");
+        v.iter().map(|f| f.to_bits()).collect()
+    };
+    let burn = bits(layer.forward(x.clone()));
+    let choose = |c: CpuConv| KernelChoice {
+        cpu_conv: c,
+        ..KernelChoice::default()
+    };
+    assert_eq!(
+        bits(conv::conv2d(&choose(CpuConv::Burn), &layer, x.clone())),
+        burn
+    );
+    assert_ne!(bits(conv::conv2d(&choose(CpuConv::Gemm), &layer, x)), burn);
 }

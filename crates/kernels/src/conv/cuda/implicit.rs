@@ -18,8 +18,8 @@ use cubek::convolution::{
 use cubek::matmul::definition::{MatmulElems, MatmulGlobalElems};
 use cubek::std::InputBinding;
 
-use super::tune_plan::Algo;
-use super::ConvGeom;
+use crate::conv::tune_plan::Algo;
+use crate::conv::ConvGeom;
 
 type Tensor = CubeTensor<CudaRuntime>;
 

@@ -4,13 +4,15 @@
 //! autodiff nodes and makes a full pass over the activation for each.
 //!
 //! Like the convolution ([`crate::conv`]), the fast path is chosen per backend type at run time
-//! and every other backend runs the generic code in `batchnorm.rs`. `RESNET_BN=burn` forces
-//! the generic code on the CPU too.
+//! and every other backend runs the model's generic code (`resnet-model`'s `batchnorm.rs`).
+//! `CpuBn::Burn` in the [`KernelChoice`] forces the generic code on the CPU too.
+//!
+//! The fused path computes exactly what the generic one does, to float rounding, which the
+//! model's tests check; BatchNorm's parameters and running statistics stay the model's.
 
-pub mod kernels;
+pub mod cpu;
 
 use std::any::TypeId;
-use std::sync::OnceLock;
 
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
@@ -22,25 +24,21 @@ use burn::tensor::backend::Backend;
 use burn::tensor::ops::FloatTensor;
 use burn::tensor::{DType, Tensor, TensorData, TensorPrimitive};
 
-use crate::conv::cast;
-use kernels::BnGeom;
+use crate::cast::cast;
+use crate::choice::{CpuBn, KernelChoice};
+use cpu::BnGeom;
 
 type AdTensor = FloatTensor<Autodiff<Flex>>;
 
-fn fused_enabled() -> bool {
-    static ON: OnceLock<bool> = OnceLock::new();
-    *ON.get_or_init(|| std::env::var("RESNET_BN").as_deref() != Ok("burn"))
-}
-
 /// Whether `train`/`eval` below handle `x`: backend `Autodiff<Flex>` (train) or `Flex`
-/// (eval), f32, and not switched off.
-pub(crate) fn handles<B: Backend>(x: &Tensor<B, 4>, train: bool) -> bool {
+/// (eval), f32, and `k` chose the fused kernels.
+pub fn handles<B: Backend>(k: &KernelChoice, x: &Tensor<B, 4>, train: bool) -> bool {
     let wanted = if train {
         TypeId::of::<Autodiff<Flex>>()
     } else {
         TypeId::of::<Flex>()
     };
-    fused_enabled() && TypeId::of::<B>() == wanted && x.dtype() == DType::F32
+    k.cpu_bn == CpuBn::Fused && TypeId::of::<B>() == wanted && x.dtype() == DType::F32
 }
 
 fn geom(dims: [usize; 4]) -> BnGeom {
@@ -60,7 +58,7 @@ fn values<B: Backend, const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
 
 /// Training-mode BatchNorm (+ ReLU) on `Autodiff<Flex>`: returns the output and the batch's
 /// mean and biased variance (for the running statistics). Call only when `handles(x, true)`.
-pub(crate) fn train<B: Backend>(
+pub fn train<B: Backend>(
     x: Tensor<B, 4>,
     gamma: Tensor<B, 1>,
     beta: Tensor<B, 1>,
@@ -83,14 +81,14 @@ pub(crate) fn train<B: Backend>(
 }
 
 /// Evaluation-mode BatchNorm (+ ReLU) on `Flex` with the given statistics.
-pub(crate) fn eval<B: Backend>(
+pub fn eval<B: Backend>(
     x: Tensor<B, 4>,
     [gamma, beta, mean, var]: [Tensor<B, 1>; 4],
     eps: f64,
     relu: bool,
 ) -> Tensor<B, 4> {
     let g = geom(x.dims());
-    let (scale, shift) = kernels::fold(
+    let (scale, shift) = cpu::fold(
         &values(gamma),
         &values(beta),
         &values(mean),
@@ -103,9 +101,9 @@ pub(crate) fn eval<B: Backend>(
     let mut y = x.to_contiguous();
     drop(x);
     match y.try_storage_mut::<f32>() {
-        Some(data) => kernels::scale_shift_in_place(&g, data, &scale, &shift, relu),
+        Some(data) => cpu::scale_shift_in_place(&g, data, &scale, &shift, relu),
         None => {
-            let out = kernels::scale_shift(&g, y.storage::<f32>(), &scale, &shift, relu);
+            let out = cpu::scale_shift(&g, y.storage::<f32>(), &scale, &shift, relu);
             let shape = y.layout().shape().clone();
             y = flex(out, [g.n, g.c, g.hw]).reshape(shape);
         }
@@ -139,7 +137,7 @@ impl Backward<Flex, 3> for BnBackward {
         let dy = grads.consume::<Flex>(&ops.node).to_contiguous();
         let s = ops.state;
         let (x, y) = (s.x.to_contiguous(), s.y.to_contiguous());
-        let (dx, dgamma, dbeta) = kernels::backward(
+        let (dx, dgamma, dbeta) = cpu::backward(
             &s.geom,
             x.storage::<f32>(),
             y.storage::<f32>(),
@@ -174,9 +172,9 @@ fn train_ad(
     let xc = x.primitive.to_contiguous();
     let gamma_v = gamma.primitive.to_contiguous().storage::<f32>().to_vec();
     let beta_v = beta.primitive.to_contiguous().storage::<f32>().to_vec();
-    let (mean, var) = kernels::stats(&g, xc.storage::<f32>());
-    let (scale, shift) = kernels::fold(&gamma_v, &beta_v, &mean, &var, eps);
-    let y = kernels::scale_shift(&g, xc.storage::<f32>(), &scale, &shift, relu);
+    let (mean, var) = cpu::stats(&g, xc.storage::<f32>());
+    let (scale, shift) = cpu::fold(&gamma_v, &beta_v, &mean, &var, eps);
+    let y = cpu::scale_shift(&g, xc.storage::<f32>(), &scale, &shift, relu);
     let y = flex(y, [g.n, g.c, g.hw]).reshape(xc.layout().shape().clone());
     let out = match BnBackward
         .prepare::<NoCheckpointing>([x.node.clone(), gamma.node.clone(), beta.node.clone()])

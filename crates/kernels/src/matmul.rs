@@ -8,6 +8,9 @@
 //! cubek's default kernel (in evaluation: that matmul and a bias add). Everywhere else it is
 //! Burn's `Linear` unchanged.
 //!
+//! Lives with the kernels, not the model, because the weight gradient by taps
+//! (`crate::conv::wgrad`) runs on the same [`MatmulKernel`] trait.
+//!
 //! The op is generic over the backend and its matmul ([`MatmulKernel`]), so its gradients are
 //! tested on the CPU against Burn's own `Linear`.
 
@@ -24,6 +27,8 @@ use burn::nn::Linear;
 use burn::tensor::backend::Backend;
 use burn::tensor::ops::FloatTensor;
 use burn::tensor::{Shape, Tensor};
+
+use crate::choice::KernelChoice;
 
 /// The matmul the op uses for its three products.
 pub trait MatmulKernel<B: Backend>: Debug + Send + Sync + 'static {
@@ -105,25 +110,32 @@ pub fn linear_op<B: Backend, M: MatmulKernel<B>>(
 }
 
 /// `fc.forward(x)`, through [`linear_op`] with fixed matmul kernels on the plain CUDA backend
-/// when `--cuda-conv` chose fixed kernels.
-pub fn forward<B: Backend>(fc: &Linear<B>, x: Tensor<B, 2>) -> Tensor<B, 2> {
+/// when `k` chose fixed CUDA kernels; Burn's `Linear` everywhere else.
+///
+/// # Shapes
+/// `x: [N, d_in]` -> `[N, d_out]`.
+pub fn linear<B: Backend>(k: &KernelChoice, fc: &Linear<B>, x: Tensor<B, 2>) -> Tensor<B, 2> {
     #[cfg(feature = "cuda")]
-    if let Some(y) = cuda_forward(fc, &x) {
-        return y;
+    if k.cuda_fixed() {
+        if let Some(y) = cuda_linear(fc, &x) {
+            return y;
+        }
     }
+    #[cfg(not(feature = "cuda"))]
+    let _ = k;
     fc.forward(x)
 }
 
 #[cfg(feature = "cuda")]
-fn cuda_forward<B: Backend>(fc: &Linear<B>, x: &Tensor<B, 2>) -> Option<Tensor<B, 2>> {
-    use crate::conv::cast;
-    use crate::conv::cuda::{cuda_conv, CudaConv, CudaPlain, FixedMatmul};
+fn cuda_linear<B: Backend>(fc: &Linear<B>, x: &Tensor<B, 2>) -> Option<Tensor<B, 2>> {
+    use crate::backends::CudaPlain;
+    use crate::cast::cast;
     use burn::tensor::TensorPrimitive;
     use std::any::TypeId;
 
     let training = TypeId::of::<B>() == TypeId::of::<Autodiff<CudaPlain>>();
     let inference = TypeId::of::<B>() == TypeId::of::<CudaPlain>();
-    if cuda_conv() == CudaConv::Autotune || !(training || inference) {
+    if !(training || inference) {
         return None;
     }
     let bias = fc.bias.as_ref()?;
@@ -142,6 +154,32 @@ fn cuda_forward<B: Backend>(fc: &Linear<B>, x: &Tensor<B, 2>) -> Option<Tensor<B
         cast(affine::<CudaPlain, FixedMatmul>(x, w, b, d_out))?
     };
     Some(Tensor::from_primitive(TensorPrimitive::Float(y)))
+}
+
+/// cubek's default matmul kernel, without autotuning (the classifier layer, and the tap
+/// matmuls of `crate::conv::wgrad` on CUDA); a problem it rejects runs through the backend's
+/// autotuned matmul.
+#[cfg(feature = "cuda")]
+#[derive(Debug)]
+pub struct FixedMatmul;
+
+#[cfg(feature = "cuda")]
+impl MatmulKernel<crate::backends::CudaPlain> for FixedMatmul {
+    fn matmul(
+        a: FloatTensor<crate::backends::CudaPlain>,
+        b: FloatTensor<crate::backends::CudaPlain>,
+    ) -> FloatTensor<crate::backends::CudaPlain> {
+        use burn::tensor::ops::FloatTensorOps;
+        use burn_cubecl::kernel::matmul::{matmul, MatmulStrategy};
+        matmul(
+            a.clone(),
+            b.clone(),
+            None,
+            MatmulStrategy::Cube,
+            burn::tensor::DType::F32,
+        )
+        .unwrap_or_else(|_| crate::backends::CudaPlain::float_matmul(a, b))
+    }
 }
 
 #[cfg(test)]

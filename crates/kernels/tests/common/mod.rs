@@ -1,4 +1,4 @@
-//! Helpers shared by the model's integration tests.
+//! Helpers shared by the kernels' integration tests.
 
 /// Deterministic values in [-1, 1) from a 64-bit LCG.
 pub fn values(n: usize, seed: u64) -> Vec<f32> {

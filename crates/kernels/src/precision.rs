@@ -7,17 +7,17 @@
 //! convolutions are where the arithmetic is, so they are what this switches. On the CPU the
 //! rounding is applied around this crate's f32 kernels: the same numbers a bf16 GPU kernel
 //! gives (up to the order of the f32 additions), so accuracy measured here carries over. On
-//! CUDA the kernels run on bf16 tensors (`super::cuda`).
+//! CUDA the kernels run on bf16 tensors (`crate::conv::cuda`).
 //!
-//! Process-wide, like the kernel choice: the trainer sets it from its configuration.
+//! It is part of the [`crate::KernelChoice`] a model carries: the trainer sets it from the run's
+//! configuration, so every replica of a run computes with the same arithmetic.
 
 use std::str::FromStr;
-use std::sync::atomic::{AtomicU8, Ordering};
 
 use serde::{Deserialize, Serialize};
 
 /// Convolution arithmetic (`--conv-precision`).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ConvPrecision {
     /// f32 throughout (the default).
@@ -47,21 +47,6 @@ impl FromStr for ConvPrecision {
                 "unknown convolution precision '{other}': expected f32 or bf16"
             )),
         }
-    }
-}
-
-static PRECISION: AtomicU8 = AtomicU8::new(0);
-
-/// Sets the convolution arithmetic for this process.
-pub fn set_conv_precision(p: ConvPrecision) {
-    PRECISION.store(p as u8, Ordering::Relaxed);
-}
-
-/// The convolution arithmetic set by [`set_conv_precision`] (default f32).
-pub fn conv_precision() -> ConvPrecision {
-    match PRECISION.load(Ordering::Relaxed) {
-        1 => ConvPrecision::Bf16,
-        _ => ConvPrecision::F32,
     }
 }
 

@@ -1,0 +1,186 @@
+//! The kernel choice (design rule: the edge picks the kernels). Built once per command from the
+//! device flags and the environment overrides, then handed to the trainer or the model; nothing
+//! below the binaries reads a flag or an environment variable to pick a kernel.
+//!
+//! | source | field | values |
+//! |---|---|---|
+//! | `--cuda-conv` / `RESNET_CUDA_CONV` | CUDA convolutions and classifier matmuls | autotune, gemm (default), direct, tuned |
+//! | `RESNET_CONV` | CPU convolutions | gemm (default), burn |
+//! | `RESNET_BN` | CPU BatchNorm | fused (default), burn |
+//! | `RESNET_CUDA_DGRAD=spread` | experimental strided input gradient with `gemm` | spread |
+//! | `RESNET_CUDA_WGRAD=taps` | experimental weight gradient with `gemm` | taps |
+//! | `--cuda-math` / `RESNET_CUDA_MATH` | cuDNN's f32 arithmetic | tf32 (default), strict |
+//! | `--deterministic` / `RESNET_DETERMINISTIC` | cuDNN: deterministic algorithms only | flag |
+//! | `--cudnn-workspace-mb` / `RESNET_CUDNN_WORKSPACE_MB` | cuDNN workspace cap | MiB (default 1024) |
+//!
+//! The convolution precision is not here: it belongs to the run's configuration
+//! (`--conv-precision`), and the trainer applies it.
+
+use anyhow::{bail, Result};
+use resnet_kernels::{CpuBn, CpuConv, CudaConv, CudaMath, KernelChoice};
+
+use crate::args::{CudaConvArg, CudaMathArg, DeviceArgs};
+
+/// The kernels `args` and the process environment ask for.
+pub fn choose(args: &DeviceArgs) -> Result<KernelChoice> {
+    choose_with(args, |var| std::env::var(var).ok())
+}
+
+/// [`choose`] with the environment as a lookup function (testable without touching the
+/// process environment).
+pub fn choose_with(
+    args: &DeviceArgs,
+    env: impl Fn(&str) -> Option<String>,
+) -> Result<KernelChoice> {
+    // Whether fusion may go with these kernels is checked where a GPU is selected
+    // (`crate::device::select`); a CPU run ignores the CUDA flags.
+    let conv = args.cuda_conv.unwrap_or(CudaConvArg::Gemm);
+    let parse = |var: &str| -> Result<Option<String>> { Ok(env(var).filter(|v| !v.is_empty())) };
+    if args.cudnn_workspace_mb == Some(0) {
+        bail!("--cudnn-workspace-mb must be at least 1");
+    }
+    let mut k = KernelChoice {
+        cuda_conv: cuda_conv(conv),
+        cuda_math: match args.cuda_math {
+            Some(CudaMathArg::Strict) => CudaMath::Strict,
+            Some(CudaMathArg::Tf32) | None => CudaMath::Tf32,
+        },
+        deterministic: args.deterministic,
+        ..KernelChoice::default()
+    };
+    if let Some(mb) = args.cudnn_workspace_mb {
+        k.cudnn_workspace_mb = mb;
+    }
+    if let Some(v) = parse("RESNET_CONV")? {
+        k.cpu_conv = v
+            .parse::<CpuConv>()
+            .map_err(|e| anyhow::anyhow!("RESNET_CONV: {e}"))?;
+    }
+    if let Some(v) = parse("RESNET_BN")? {
+        k.cpu_bn = v
+            .parse::<CpuBn>()
+            .map_err(|e| anyhow::anyhow!("RESNET_BN: {e}"))?;
+    }
+    k.cuda_spread_dgrad = switch(&env, "RESNET_CUDA_DGRAD", "spread")?;
+    k.cuda_taps_wgrad = switch(&env, "RESNET_CUDA_WGRAD", "taps")?;
+    Ok(k)
+}
+
+/// The kernels a `--cuda-conv` value names.
+pub fn cuda_conv(arg: CudaConvArg) -> CudaConv {
+    match arg {
+        CudaConvArg::Autotune => CudaConv::Autotune,
+        CudaConvArg::Gemm => CudaConv::Gemm,
+        CudaConvArg::Direct => CudaConv::Direct,
+        CudaConvArg::Tuned => CudaConv::Tuned,
+        CudaConvArg::Cudnn => CudaConv::Cudnn,
+    }
+}
+
+/// Whether `var` is set to `on` (unset or empty: off; anything else is an error that names
+/// the variable and the one accepted value).
+fn switch(env: &impl Fn(&str) -> Option<String>, var: &str, on: &str) -> Result<bool> {
+    match env(var).as_deref() {
+        None | Some("") => Ok(false),
+        Some(v) if v == on => Ok(true),
+        Some(v) => bail!("{var}: unknown value '{v}': expected {on} (or unset)"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &'static [(&'static str, &'static str)]) -> impl Fn(&str) -> Option<String> {
+        move |k| {
+            pairs
+                .iter()
+                .find(|(n, _)| *n == k)
+                .map(|(_, v)| v.to_string())
+        }
+    }
+
+    #[test]
+    fn defaults_flags_and_overrides_end_up_in_one_value() {
+        let args = DeviceArgs::default();
+        let k = choose_with(&args, env(&[])).expect("defaults");
+        assert_eq!(k.cpu_conv, CpuConv::Gemm);
+        assert_eq!(k.cpu_bn, CpuBn::Fused);
+        assert_eq!(
+            k.cuda_conv,
+            CudaConv::Gemm,
+            "the binaries' CUDA default is gemm"
+        );
+        assert!(!k.cuda_spread_dgrad && !k.cuda_taps_wgrad);
+
+        let k = choose_with(
+            &args,
+            env(&[
+                ("RESNET_CONV", "burn"),
+                ("RESNET_BN", "burn"),
+                ("RESNET_CUDA_DGRAD", "spread"),
+                ("RESNET_CUDA_WGRAD", "taps"),
+            ]),
+        )
+        .expect("overrides");
+        assert_eq!((k.cpu_conv, k.cpu_bn), (CpuConv::Burn, CpuBn::Burn));
+        assert!(k.cuda_spread_dgrad && k.cuda_taps_wgrad);
+
+        let tuned = DeviceArgs {
+            cuda_conv: Some(CudaConvArg::Tuned),
+            ..DeviceArgs::default()
+        };
+        assert_eq!(
+            choose_with(&tuned, env(&[])).expect("tuned").cuda_conv,
+            CudaConv::Tuned
+        );
+
+        let cudnn = DeviceArgs {
+            cuda_conv: Some(CudaConvArg::Cudnn),
+            cuda_math: Some(CudaMathArg::Strict),
+            deterministic: true,
+            cudnn_workspace_mb: Some(64),
+            ..DeviceArgs::default()
+        };
+        let k = choose_with(&cudnn, env(&[])).expect("cudnn");
+        assert_eq!(k.cuda_conv, CudaConv::Cudnn);
+        assert_eq!(k.cuda_math, CudaMath::Strict);
+        assert!(k.deterministic);
+        assert_eq!(k.cudnn_workspace_mb, 64);
+        let k = choose_with(&args, env(&[])).expect("defaults");
+        assert_eq!(k.cuda_math, CudaMath::Tf32);
+        assert_eq!(
+            k.cudnn_workspace_mb,
+            resnet_kernels::DEFAULT_CUDNN_WORKSPACE_MB
+        );
+    }
+
+    #[test]
+    fn bad_values_are_errors_that_name_the_variable() {
+        let args = DeviceArgs::default();
+        for (pairs, want) in [
+            (
+                &[("RESNET_CONV", "fast")][..],
+                "RESNET_CONV: unknown CPU convolution 'fast': expected gemm, burn",
+            ),
+            (
+                &[("RESNET_BN", "off")][..],
+                "RESNET_BN: unknown CPU BatchNorm 'off': expected fused, burn",
+            ),
+            (
+                &[("RESNET_CUDA_WGRAD", "tap")][..],
+                "RESNET_CUDA_WGRAD: unknown value 'tap': expected taps (or unset)",
+            ),
+        ] {
+            let pairs: &'static [(&str, &str)] = Box::leak(pairs.to_vec().into_boxed_slice());
+            let e = choose_with(&args, env(pairs)).expect_err("bad value");
+            assert_eq!(e.to_string(), want);
+        }
+        let zero = DeviceArgs {
+            cudnn_workspace_mb: Some(0),
+            ..DeviceArgs::default()
+        };
+        let e = choose_with(&zero, env(&[])).expect_err("zero workspace");
+        assert_eq!(e.to_string(), "--cudnn-workspace-mb must be at least 1");
+    }
+}

@@ -1,0 +1,185 @@
+//! The convolution on CUDA without kernel fusion ([`CudaPlain`]), with the kernels chosen up
+//! front instead of autotuned: `gemm` and `direct` are fixed strategies ([`gemm`]), `tuned`
+//! times a few fixed candidates per shape, `gemm` among them ([`tuned`]), `cudnn` runs cuDNN
+//! (`crate::conv::cudnn`) with `gemm` where cuDNN is absent or declines a shape.
+
+mod gemm;
+mod implicit;
+mod tuned;
+
+use burn::tensor::ops::{ConvOptions, FloatTensorOps};
+use burn::tensor::{FloatDType, Shape};
+use burn_cubecl::cubecl::cuda::CudaRuntime;
+use burn_cubecl::kernel::conv::conv_data_backward;
+use burn_cubecl::tensor::CubeTensor;
+
+use super::autodiff::ConvKernels;
+use super::ConvGeom;
+use crate::backends::CudaPlain;
+use crate::choice::{CudaConv, KernelChoice};
+use crate::conv::cudnn::run::{self as cudnn_run, Settings};
+use crate::conv::tune_plan::Pass;
+use crate::matmul::FixedMatmul;
+use gemm::Fixed;
+
+type Tensor = CubeTensor<CudaRuntime>;
+
+/// Burn's cubecl convolution kernels with the strategy a [`KernelChoice`] names, for the
+/// autodiff op of `super::autodiff`.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct CudaKernels {
+    conv: CudaConv,
+    spread_dgrad: bool,
+    taps_wgrad: bool,
+    cudnn: Settings,
+}
+
+impl CudaKernels {
+    /// The kernels of `k` (only called with fixed kernels chosen).
+    pub(crate) fn new(k: &KernelChoice) -> Self {
+        Self {
+            conv: k.cuda_conv,
+            spread_dgrad: k.cuda_spread_dgrad,
+            taps_wgrad: k.cuda_taps_wgrad,
+            cudnn: Settings {
+                math: k.cuda_math,
+                deterministic: k.deterministic,
+                workspace_mb: k.cudnn_workspace_mb,
+            },
+        }
+    }
+
+    /// `pass` through cuDNN when it is chosen and usable; `None` sends the pass to the gemm
+    /// kernels (cuDNN absent: warned once at the probe; a shape it declines: warned once per
+    /// reason, counted in `cudnn::run::stats`).
+    fn cudnn(&self, pass: Pass, a: &Tensor, b: &Tensor, g: &ConvGeom) -> Option<Tensor> {
+        if self.conv != CudaConv::Cudnn {
+            return None;
+        }
+        if !cudnn_run::available() {
+            cudnn_run::count_fallback();
+            return None;
+        }
+        match cudnn_run::pass(pass, a.clone(), b.clone(), g, self.cudnn) {
+            Ok(t) => Some(t),
+            Err(why) => {
+                cudnn_run::count_fallback();
+                warn_once(&why);
+                None
+            }
+        }
+    }
+
+    fn fixed(&self) -> Fixed {
+        match self.conv {
+            CudaConv::Direct => Fixed::Direct,
+            _ => Fixed::Gemm,
+        }
+    }
+
+    fn tuned(&self) -> bool {
+        self.conv == CudaConv::Tuned
+    }
+
+    // Each pass by the chosen strategy: `tuned`'s per-shape choice, else the fixed one. The f32
+    // and the bf16 methods below both go through these.
+    fn forward_pass(&self, x: Tensor, w: Tensor, g: &ConvGeom) -> Tensor {
+        if let Some(y) = self.cudnn(Pass::Forward, &x, &w, g) {
+            return y;
+        }
+        match self.tuned() {
+            true => tuned::forward(x, w, g),
+            false => gemm::forward(self.fixed(), x, w, g),
+        }
+    }
+
+    fn grad_input_pass(&self, dy: Tensor, w: Tensor, g: &ConvGeom) -> Tensor {
+        // cuDNN's backward-data takes (w, dy).
+        if let Some(dx) = self.cudnn(Pass::InputGrad, &w, &dy, g) {
+            return dx;
+        }
+        match self.tuned() {
+            true => tuned::grad_input(dy, w, g),
+            false => gemm::grad_input(self.fixed(), dy, w, g),
+        }
+    }
+
+    fn grad_weight_pass(&self, x: Tensor, dy: Tensor, g: &ConvGeom) -> Tensor {
+        if let Some(dw) = self.cudnn(Pass::WeightGrad, &x, &dy, g) {
+            return dw;
+        }
+        match self.tuned() {
+            true => tuned::grad_weight(x, dy, g),
+            false => gemm::grad_weight(self.fixed(), x, dy, g),
+        }
+    }
+}
+
+impl ConvKernels<CudaPlain> for CudaKernels {
+    fn forward(&self, x: &Tensor, w: &Tensor, g: &ConvGeom) -> Tensor {
+        self.forward_pass(x.clone(), w.clone(), g)
+    }
+
+    fn grad_input(&self, dy: &Tensor, w: &Tensor, g: &ConvGeom) -> Tensor {
+        if g.stride != [1, 1] && self.conv == CudaConv::Gemm && self.spread_dgrad {
+            // Stride 1 on the spread gradient: implicit GEMM instead of Burn's autotuned
+            // transposed convolution (see super::dilate).
+            let x_shape = Shape::new([g.batch, g.cin, g.in_hw[0], g.in_hw[1]]);
+            let dy = super::dilate::spread_for::<CudaPlain>(dy.clone(), g);
+            let unit = ConvOptions {
+                stride: [1, 1],
+                ..gemm::options(g)
+            };
+            return gemm::with_fallback(Fixed::Gemm, "input gradient", |s| {
+                conv_data_backward(dy.clone(), w.clone(), x_shape.clone(), unit.clone(), s)
+            });
+        }
+        self.grad_input_pass(dy.clone(), w.clone(), g)
+    }
+
+    fn grad_weight(&self, x: &Tensor, dy: &Tensor, g: &ConvGeom) -> Tensor {
+        if self.conv == CudaConv::Gemm && self.taps_wgrad {
+            // One batched matmul per kernel tap (see super::wgrad).
+            return super::wgrad::grad_weight_by_taps::<CudaPlain, FixedMatmul>(
+                x.clone(),
+                dy.clone(),
+                g,
+            );
+        }
+        self.grad_weight_pass(x.clone(), dy.clone(), g)
+    }
+
+    // bf16: the kernels run on bf16 tensors (tensor-core inputs at half the bytes; cubecl
+    // accumulates in f32) and the result is cast back, so everything around the convolution
+    // stays f32. `tuned` tunes the bf16 shapes separately (the dtype is part of the key); the
+    // experimental spread/taps gradient paths are f32-only and not used here.
+    fn forward_bf16(&self, x: &Tensor, w: &Tensor, g: &ConvGeom) -> Tensor {
+        to_f32(self.forward_pass(to_bf16(x), to_bf16(w), g))
+    }
+
+    fn grad_input_bf16(&self, dy: &Tensor, w: &Tensor, g: &ConvGeom) -> Tensor {
+        to_f32(self.grad_input_pass(to_bf16(dy), to_bf16(w), g))
+    }
+
+    fn grad_weight_bf16(&self, x: &Tensor, dy: &Tensor, g: &ConvGeom) -> Tensor {
+        to_f32(self.grad_weight_pass(to_bf16(x), to_bf16(dy), g))
+    }
+}
+
+/// Logs `why` the first time it is seen (a declined shape repeats every step).
+fn warn_once(why: &str) {
+    static SEEN: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+    let mut seen = SEEN.lock().unwrap_or_else(|p| p.into_inner());
+    if !seen.iter().any(|s| s == why) {
+        tracing::warn!(reason = %why, "cuDNN declined a convolution; it runs on the gemm kernels");
+        seen.push(why.to_string());
+    }
+}
+
+fn to_bf16(t: &Tensor) -> Tensor {
+    CudaPlain::float_cast(t.clone(), FloatDType::BF16)
+}
+
+fn to_f32(t: Tensor) -> Tensor {
+    CudaPlain::float_cast(t, FloatDType::F32)
+}

@@ -1,0 +1,110 @@
+//! Convolutions through cuDNN (`--cuda-conv cudnn`), on the device memory of Burn's CUDA
+//! tensors, as PyTorch runs them.
+//!
+//! ```text
+//! plan.rs    descriptors, math mode, algorithm choice, workspace growth (pure, CPU-tested)
+//! cache.rs   the algorithm cache and its file in the kernel cache directory (pure, CPU-tested)
+//! mod.rs     whether cuDNN can be used at all (pure, CPU-tested)
+//! ffi.rs     handles, descriptors, cudnnFind*AlgorithmEx and the three passes (CUDA builds)
+//! run.rs     the passes on cubecl tensors, stream ordering, the per-process state (CUDA builds)
+//! ```
+//!
+//! cuDNN is loaded at run time (`libcudnn.so.9`, through cudarc), so building needs no CUDA
+//! toolkit; a process that asks for `cudnn` on a machine without it gets one warning and the
+//! `gemm` kernels.
+
+pub mod cache;
+pub mod plan;
+
+#[cfg(feature = "cuda")]
+mod ffi;
+#[cfg(feature = "cuda")]
+pub(crate) mod run;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+static SYNCS: AtomicU64 = AtomicU64::new(0);
+static SYNC_NANOS: AtomicU64 = AtomicU64::new(0);
+static FALLBACKS: AtomicU64 = AtomicU64::new(0);
+
+/// What the cuDNN path has done in this process so far (all zero when it never ran).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Stats {
+    /// Host synchronisations made to order cuDNN against cubecl's stream (two per pass).
+    pub host_syncs: u64,
+    /// Seconds spent waiting in them.
+    pub host_sync_seconds: f64,
+    /// Passes cuDNN declined or could not run, which ran on the gemm kernels instead.
+    pub fallbacks: u64,
+}
+
+/// The counters since the process started.
+pub fn stats() -> Stats {
+    Stats {
+        host_syncs: SYNCS.load(Ordering::Relaxed),
+        host_sync_seconds: SYNC_NANOS.load(Ordering::Relaxed) as f64 * 1e-9,
+        fallbacks: FALLBACKS.load(Ordering::Relaxed),
+    }
+}
+
+/// The oldest cuDNN the bindings fit: cudarc's cuDNN 9 API (`cudnnGetVersion()` encodes 9.x.y
+/// as 9·10000 + x·100 + y; cuDNN 8 as 8·1000 + …).
+pub const MIN_VERSION: usize = 90000;
+
+/// Whether cuDNN can run the convolutions in this process.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Availability {
+    /// Loaded; its `cudnnGetVersion()`.
+    Ready(usize),
+    /// Not usable, and why (the convolutions run on the `gemm` kernels).
+    Unavailable(String),
+}
+
+/// The decision from what the probe found: whether the library loads, and (asked only when it
+/// does, since asking loads it) its version.
+pub fn decide(library_present: bool, version: impl FnOnce() -> usize) -> Availability {
+    if !library_present {
+        return Availability::Unavailable(
+            "libcudnn.so.9 was not found in LD_LIBRARY_PATH or the system library directories \
+             (pip's nvidia-cudnn-cu12 puts it in site-packages/nvidia/cudnn/lib)"
+                .into(),
+        );
+    }
+    let v = version();
+    if v < MIN_VERSION {
+        return Availability::Unavailable(format!(
+            "cuDNN {v} is loaded; these bindings need cuDNN 9 ({MIN_VERSION} or newer)"
+        ));
+    }
+    Availability::Ready(v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn absent_or_old_cudnn_is_a_reason_never_a_panic() {
+        let asked = std::cell::Cell::new(false);
+        let a = decide(false, || {
+            asked.set(true);
+            0
+        });
+        assert!(matches!(a, Availability::Unavailable(ref why) if why.contains("libcudnn.so.9")));
+        assert!(
+            !asked.get(),
+            "the version is not asked of a library that is not there"
+        );
+        assert_eq!(
+            decide(true, || 8906),
+            Availability::Unavailable(
+                "cuDNN 8906 is loaded; these bindings need cuDNN 9 (90000 or newer)".into()
+            )
+        );
+        assert_eq!(decide(true, || 91000), Availability::Ready(91000));
+        assert_eq!(
+            decide(true, || MIN_VERSION),
+            Availability::Ready(MIN_VERSION)
+        );
+    }
+}

@@ -1,0 +1,297 @@
+//! The cuDNN passes on cubecl tensors, and the per-process and per-thread state they need.
+//!
+//! **Stream ordering (version 1, explicit and correct by construction).** Burn 0.21's cubecl
+//! launches on a stream of its own per thread that it does not expose, and cuDNN runs on the
+//! handle's stream. Each pass therefore (1) waits for cubecl's stream (`client.sync()`), so the
+//! kernels that wrote the operands have finished, (2) queues the cuDNN call, and (3) waits for
+//! the cuDNN stream before the result goes back to Burn, so no cubecl kernel reads it early and
+//! no operand is freed while cuDNN reads it. Two host synchronisations per pass: their count
+//! and the time spent in them are in `super::stats`, which `resnet bench` reports, so the cost is
+//! measured rather than guessed. The cure, if it matters, is an event recorded on cubecl's
+//! stream (a patch of cubecl-cuda that exposes it).
+//!
+//! **State.** The algorithm cache is per process (every thread's measurements are shared) and
+//! backed by a file in the kernel cache directory. Handles, descriptors and the workspace are per
+//! thread and device: a cuDNN handle must not be used by two threads at once, and the training
+//! loop runs on one thread per replica.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::{Mutex, OnceLock};
+use std::time::Instant;
+
+use burn::tensor::{DType, Shape};
+use burn_cubecl::cubecl::cuda::CudaRuntime;
+use burn_cubecl::cubecl::future::block_on;
+use burn_cubecl::kernel::into_contiguous;
+use burn_cubecl::ops::numeric::empty_device_contiguous_dtype;
+use burn_cubecl::tensor::CubeTensor;
+
+use super::cache::{AlgoCache, Entry, FILE_NAME};
+use super::ffi::{self, Descriptors, DeviceBuffer, Handle};
+use super::plan::{self, CudaMath, Dtype, Layout, Workspace};
+use super::{decide, Availability};
+use crate::conv::tune_plan::Pass;
+use crate::conv::ConvGeom;
+
+type Tensor = CubeTensor<CudaRuntime>;
+
+/// What a cuDNN pass is configured with (from the `KernelChoice`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Settings {
+    /// `--cuda-math`.
+    pub math: CudaMath,
+    /// `--deterministic`: only algorithms that give the same bits on every run.
+    pub deterministic: bool,
+    /// `--cudnn-workspace-mb`.
+    pub workspace_mb: usize,
+}
+
+/// Whether cuDNN is usable in this process, probed once. On the first "no" it warns once; the
+/// caller then runs the fallback kernels.
+pub(crate) fn available() -> bool {
+    static STATE: OnceLock<Availability> = OnceLock::new();
+    let a = STATE.get_or_init(|| {
+        let a = decide(ffi::library_present(), ffi::version);
+        match &a {
+            Availability::Ready(v) => tracing::info!(cudnn_version = v, "cuDNN convolutions"),
+            Availability::Unavailable(why) => tracing::warn!(
+                reason = %why,
+                "--cuda-conv cudnn: cuDNN is not usable; convolutions run on the gemm kernels"
+            ),
+        }
+        a
+    });
+    matches!(a, Availability::Ready(_))
+}
+
+fn timed_sync(f: impl FnOnce() -> Result<(), String>) -> Result<(), String> {
+    let t0 = Instant::now();
+    let r = f();
+    super::SYNCS.fetch_add(1, Ordering::Relaxed);
+    super::SYNC_NANOS.fetch_add(t0.elapsed().as_nanos() as u64, Ordering::Relaxed);
+    r
+}
+
+/// Counts a pass that cuDNN declined (it ran on the gemm kernels).
+pub(crate) fn count_fallback() {
+    super::FALLBACKS.fetch_add(1, Ordering::Relaxed);
+}
+
+/// The process-wide algorithm cache and where it is stored (None: memory only).
+struct SharedCache {
+    cache: AlgoCache,
+    file: Option<PathBuf>,
+}
+
+fn shared_cache() -> &'static Mutex<SharedCache> {
+    static CACHE: OnceLock<Mutex<SharedCache>> = OnceLock::new();
+    CACHE.get_or_init(|| {
+        let version = ffi::version();
+        let file = cache_dir().map(|d| d.join(FILE_NAME));
+        let cache = match &file {
+            Some(f) => {
+                let (c, warning) = AlgoCache::load(f, version);
+                if let Some(w) = warning {
+                    tracing::warn!(reason = %w, "cuDNN algorithm cache ignored; algorithms are measured again");
+                } else if !c.is_empty() {
+                    tracing::info!(file = %f.display(), entries = c.len(), "cuDNN algorithm cache");
+                }
+                c
+            }
+            None => AlgoCache::new(version),
+        };
+        Mutex::new(SharedCache { cache, file })
+    })
+}
+
+/// The kernel cache directory the binary configured cubecl with (`--kernel-cache`), if any:
+/// the cuDNN choices are stored beside the compiled kernels.
+fn cache_dir() -> Option<PathBuf> {
+    use burn_cubecl::cubecl::config::cache::CacheConfig;
+    use burn_cubecl::cubecl::config::{CubeClRuntimeConfig, RuntimeConfig};
+    match &CubeClRuntimeConfig::get().autotune.cache {
+        CacheConfig::File(dir) => Some(dir.clone()),
+        _ => None,
+    }
+}
+
+/// A thread's cuDNN state on one device.
+struct PerDevice {
+    handle: Handle,
+    workspace: DeviceBuffer,
+    plan: Workspace,
+    descriptors: HashMap<(ConvGeom, Dtype, CudaMath), Descriptors>,
+}
+
+thread_local! {
+    static DEVICES: RefCell<HashMap<usize, PerDevice>> = RefCell::new(HashMap::new());
+}
+
+fn dtype_of(t: &Tensor) -> Option<Dtype> {
+    match t.dtype {
+        DType::F32 => Some(Dtype::F32),
+        DType::BF16 => Some(Dtype::Bf16),
+        _ => None,
+    }
+}
+
+/// The shape of `pass`'s output.
+fn out_shape(pass: Pass, g: &ConvGeom) -> [usize; 4] {
+    match pass {
+        Pass::Forward => [g.batch, g.cout, g.out_hw[0], g.out_hw[1]],
+        Pass::InputGrad => [g.batch, g.cin, g.in_hw[0], g.in_hw[1]],
+        Pass::WeightGrad => [g.cout, g.cin, g.kernel[0], g.kernel[1]],
+    }
+}
+
+/// `pass` on `(a, b)` through cuDNN: forward `(x, w)`, input gradient `(w, dy)`, weight gradient
+/// `(x, dy)`, in the operands' dtype. `Err` says why cuDNN did not run it (the caller falls
+/// back); nothing has been written then.
+pub(crate) fn pass(
+    pass: Pass,
+    a: Tensor,
+    b: Tensor,
+    g: &ConvGeom,
+    s: Settings,
+) -> Result<Tensor, String> {
+    let dtype = dtype_of(&a).ok_or_else(|| format!("dtype {:?}", a.dtype))?;
+    if dtype_of(&b) != Some(dtype) {
+        return Err(format!("mixed dtypes {:?} and {:?}", a.dtype, b.dtype));
+    }
+    let layout = Layout::Nchw;
+    let conv_plan = plan::plan(g, layout, dtype, s.math).map_err(|e| e.to_string())?;
+    let (a, b) = (contiguous(a), contiguous(b));
+    let client = a.client.clone();
+    let device = a.device.clone();
+    let shape = out_shape(pass, g);
+    let out =
+        empty_device_contiguous_dtype(client.clone(), device.clone(), Shape::new(shape), a.dtype);
+    let resource = |t: &Tensor| {
+        client
+            .get_resource(t.handle.clone())
+            .map_err(|e| format!("{e:?}"))
+    };
+    let (ra, rb, ro) = (resource(&a)?, resource(&b)?, resource(&out)?);
+    let ptrs = (
+        ra.resource().ptr as *const std::ffi::c_void,
+        rb.resource().ptr as *const std::ffi::c_void,
+        ro.resource().ptr as *mut std::ffi::c_void,
+    );
+    // (1) The operands' producers have finished.
+    timed_sync(|| block_on(client.sync()).map_err(|e| format!("waiting for cubecl: {e:?}")))?;
+    let key = plan::algo_key(pass, g, layout, dtype, s.math, s.deterministic);
+    DEVICES.with(|devices| -> Result<(), String> {
+        let mut devices = devices.borrow_mut();
+        let dev = match devices.entry(device.index) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(e) => e.insert(PerDevice {
+                handle: Handle::new(device.index)?,
+                workspace: DeviceBuffer::new(0)?,
+                plan: Workspace::with_cap_mb(s.workspace_mb),
+                descriptors: HashMap::new(),
+            }),
+        };
+        dev.handle.make_current()?;
+        let d = match dev.descriptors.entry((*g, dtype, s.math)) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(e) => {
+                e.insert(Descriptors::new(&conv_plan, dtype, layout)?)
+            }
+        };
+        let d = &*d;
+        let cached = shared_cache()
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .cache
+            .get(&key);
+        let entry = match cached {
+            Some(e) => e,
+            None => measure(&dev.handle, d, pass, ptrs, s, &key)?,
+        };
+        if let Some(size) = dev.plan.grow_for(entry.memory) {
+            // The old workspace may still be in use by a queued call: drain first.
+            timed_sync(|| dev.handle.synchronize())?;
+            dev.workspace = DeviceBuffer::new(size)?;
+        }
+        // SAFETY: the three addresses are live cubecl allocations held by `ra`, `rb`, `ro` until
+        // after the synchronisation below, contiguous and of the shapes the descriptors describe
+        // (`plan` built both from `g`; `out` was allocated from `out_shape(pass, g)`), in the
+        // dtype the descriptors name; cubecl's stream was drained above and queues nothing on
+        // them meanwhile (this thread is the one that would); the workspace holds at least
+        // `entry.memory` bytes (grown above; `measure` only returns algorithms within the cap).
+        #[allow(unsafe_code)]
+        unsafe {
+            ffi::run(&dev.handle, d, pass, entry.algo, ptrs, dev.workspace.raw())?;
+        }
+        // (3) The result is complete before Burn sees it.
+        timed_sync(|| dev.handle.synchronize())
+    })?;
+    drop((ra, rb, ro));
+    Ok(out)
+}
+
+/// Measures `pass`'s algorithms on these operands (once per key and process; then from the
+/// cache, in memory and on disk) and returns the choice.
+fn measure(
+    h: &Handle,
+    d: &Descriptors,
+    pass: Pass,
+    ptrs: ffi::Operands,
+    s: Settings,
+    key: &str,
+) -> Result<Entry, String> {
+    let cap = Workspace::with_cap_mb(s.workspace_mb).cap;
+    // A search workspace as large as allowed, freed afterwards: the chosen algorithm usually
+    // needs far less, and only that much is kept.
+    let search = DeviceBuffer::new(cap).or_else(|_| DeviceBuffer::new(0))?;
+    // SAFETY: as in `pass`: live, correctly sized operands, cubecl's stream drained; `search`
+    // is a live allocation of its stated size. The search writes the output operand, which
+    // `pass` then overwrites.
+    #[allow(unsafe_code)]
+    let measured = unsafe { ffi::find(h, d, pass, ptrs, search.raw())? };
+    timed_sync(|| h.synchronize())?;
+    drop(search);
+    let chosen = plan::choose(&measured, cap, s.deterministic).ok_or_else(|| {
+        format!(
+            "no cuDNN algorithm for {key} within {} MiB{}",
+            s.workspace_mb,
+            if s.deterministic {
+                " that is deterministic"
+            } else {
+                ""
+            }
+        )
+    })?;
+    let entry = Entry {
+        algo: chosen.algo,
+        memory: chosen.memory,
+        time_ms: chosen.time_ms,
+    };
+    tracing::debug!(
+        key,
+        algo = entry.algo,
+        ms = entry.time_ms,
+        workspace = entry.memory,
+        "cuDNN algorithm chosen"
+    );
+    let mut shared = shared_cache().lock().unwrap_or_else(|p| p.into_inner());
+    shared.cache.insert(key.to_string(), entry);
+    if let Some(f) = shared.file.clone() {
+        if let Err(e) = shared.cache.save(&f) {
+            tracing::warn!(file = %f.display(), error = %e, "cannot store the cuDNN algorithm cache; it is kept in memory");
+            shared.file = None;
+        }
+    }
+    Ok(entry)
+}
+
+fn contiguous(t: Tensor) -> Tensor {
+    if t.is_contiguous() && t.is_contiguous_buffer() {
+        t
+    } else {
+        into_contiguous(t)
+    }
+}

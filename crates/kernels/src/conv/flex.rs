@@ -1,0 +1,56 @@
+//! The convolution's [`ConvKernels`] on the flex CPU backend: this crate's im2col + GEMM
+//! kernels ([`super::cpu`]) on the tensors' f32 storage.
+
+use burn::backend::flex::FlexTensor;
+use burn::backend::Flex;
+use burn::tensor::TensorData;
+
+use super::autodiff::ConvKernels;
+use super::{cpu, ConvGeom};
+use crate::precision::round_bf16_slice;
+
+/// This crate's CPU kernels on the flex backend.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct FlexKernels;
+
+/// A flex tensor's elements as one contiguous f32 buffer (copied only when strided).
+fn contiguous(t: &FlexTensor) -> FlexTensor {
+    t.to_contiguous()
+}
+
+fn from_vec(data: Vec<f32>, shape: [usize; 4]) -> FlexTensor {
+    FlexTensor::from_data(TensorData::new(data, shape))
+}
+
+impl ConvKernels<Flex> for FlexKernels {
+    fn forward(&self, x: &FlexTensor, w: &FlexTensor, g: &ConvGeom) -> FlexTensor {
+        let (x, w) = (contiguous(x), contiguous(w));
+        let y = cpu::forward(g, x.storage::<f32>(), w.storage::<f32>());
+        from_vec(y, [g.batch, g.cout, g.out_hw[0], g.out_hw[1]])
+    }
+
+    fn grad_input(&self, dy: &FlexTensor, w: &FlexTensor, g: &ConvGeom) -> FlexTensor {
+        let w = contiguous(w);
+        let dx = cpu::grad_input(g, dy.storage::<f32>(), w.storage::<f32>());
+        from_vec(dx, [g.batch, g.cin, g.in_hw[0], g.in_hw[1]])
+    }
+
+    fn grad_weight(&self, x: &FlexTensor, dy: &FlexTensor, g: &ConvGeom) -> FlexTensor {
+        let x = contiguous(x);
+        let dw = cpu::grad_weight(g, x.storage::<f32>(), dy.storage::<f32>());
+        from_vec(dw, [g.cout, g.cin, g.kernel[0], g.kernel[1]])
+    }
+
+    fn prepare(&self, dy: FlexTensor) -> FlexTensor {
+        // Both kernels read dy as one contiguous buffer: copy a strided one once, not twice.
+        contiguous(&dy)
+    }
+
+    fn round_bf16(&self, t: FlexTensor) -> FlexTensor {
+        // In f32 storage, without flex's generic casts (which go through an f64 buffer).
+        let shape = t.layout().shape().clone();
+        let mut v = contiguous(&t).storage::<f32>().to_vec();
+        round_bf16_slice(&mut v);
+        FlexTensor::from_data(TensorData::new(v, shape))
+    }
+}

@@ -1,0 +1,36 @@
+//! The kernels under the ResNet: convolution, BatchNorm (+ ReLU) and the classifier's matmul
+//! as single Burn autodiff operations, with the implementation for each backend chosen by one
+//! [`KernelChoice`] value that the binaries build and the model carries.
+//!
+//! ```text
+//! choice.rs      KernelChoice: CPU conv/BN, CUDA conv, precision (set at the edge)
+//! conv/          the convolution: dispatch (mod.rs), geometry, autodiff op, CPU im2col+GEMM
+//!                (cpu.rs, flex.rs), CUDA fixed strategies and tuning (cuda/), shared
+//!                gradient formulations (dilate.rs, wgrad.rs) and the tuning plan
+//! bn/            fused BatchNorm (+ReLU) on the CPU: autodiff op (mod.rs), slice kernels (cpu.rs)
+//! matmul.rs      the classifier's linear op and its matmul-kernel trait
+//! sgemm.rs       the CPU GEMM the convolutions run on; scratch.rs: its reusable buffers
+//! precision.rs   f32 or bf16 (autocast semantics) convolution arithmetic
+//! backends.rs    the backend types the kernels recognise
+//! ```
+//!
+//! Each fast path is picked per backend type at run time (`TypeId`), so callers stay generic
+//! over `B: Backend` and no trait bound leaks upward; every backend or shape a fast path does
+//! not handle runs Burn's own operation unchanged.
+
+// `unsafe` stays denied (workspace lints); the CPU GEMM's AVX-512 micro-kernel and the
+// cuDNN/cubecl FFI allow it item by item, each block with its SAFETY comment.
+
+pub mod backends;
+pub mod bn;
+mod cast;
+mod choice;
+pub mod conv;
+pub mod matmul;
+pub mod precision;
+mod scratch;
+mod sgemm;
+
+pub use choice::{CpuBn, CpuConv, CudaConv, CudaMath, KernelChoice, DEFAULT_CUDNN_WORKSPACE_MB};
+pub use conv::ConvGeom;
+pub use precision::ConvPrecision;
