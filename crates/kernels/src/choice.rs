@@ -95,33 +95,11 @@ pub enum CudaMath {
     /// accumulation in f32.
     #[default]
     Tf32,
-    /// True f32 (FMA) arithmetic: slower, bit-for-bit the arithmetic of the CPU path's order
-    /// aside.
+    /// True f32 (FMA) arithmetic, as `allow_tf32 = False`: slower, no rounding of the operands.
     Strict,
 }
 
-impl CudaMath {
-    /// The name `--cuda-math` takes.
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::Tf32 => "tf32",
-            Self::Strict => "strict",
-        }
-    }
-}
-
-impl std::str::FromStr for CudaMath {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "tf32" => Ok(Self::Tf32),
-            "strict" => Ok(Self::Strict),
-            other => Err(format!(
-                "unknown CUDA math '{other}': expected tf32, strict"
-            )),
-        }
-    }
-}
+named_enum!(CudaMath, "CUDA math", { Tf32 => "tf32", Strict => "strict" });
 
 /// Which implementation runs each kernel. Built once by the binaries, handed to the model
 /// (`ResNet::with_kernels`), and from there to every convolution, BatchNorm and matmul.

@@ -79,4 +79,24 @@ impl ConvGeom {
     pub fn macs(&self) -> u64 {
         (self.batch * self.cout * self.k() * self.p()) as u64
     }
+
+    /// The shape part of a cache key, with `batch` images (callers round it or not):
+    /// `n256 c64 32x32 -> c64 32x32 k3x3 s1x1 p1x1`.
+    pub fn key(&self, batch: usize) -> String {
+        format!(
+            "n{batch} c{} {}x{} -> c{} {}x{} k{}x{} s{}x{} p{}x{}",
+            self.cin,
+            self.in_hw[0],
+            self.in_hw[1],
+            self.cout,
+            self.out_hw[0],
+            self.out_hw[1],
+            self.kernel[0],
+            self.kernel[1],
+            self.stride[0],
+            self.stride[1],
+            self.pad[0],
+            self.pad[1],
+        )
+    }
 }

@@ -157,21 +157,9 @@ pub fn candidates(pass: Pass) -> &'static [Candidate] {
 /// keys do), so the batch sizes between two powers share one tuning.
 pub fn tune_key(pass: Pass, g: &ConvGeom, dtype: &str) -> String {
     format!(
-        "{} {dtype} n{} c{} {}x{} -> c{} {}x{} k{}x{} s{}x{} p{}x{}",
+        "{} {dtype} {}",
         pass.name(),
-        g.batch.next_power_of_two(),
-        g.cin,
-        g.in_hw[0],
-        g.in_hw[1],
-        g.cout,
-        g.out_hw[0],
-        g.out_hw[1],
-        g.kernel[0],
-        g.kernel[1],
-        g.stride[0],
-        g.stride[1],
-        g.pad[0],
-        g.pad[1],
+        g.key(g.batch.next_power_of_two())
     )
 }
 

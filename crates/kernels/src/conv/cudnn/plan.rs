@@ -197,25 +197,13 @@ pub fn algo_key(
     deterministic: bool,
 ) -> String {
     format!(
-        "{} {} {} {} {} n{} c{} {}x{} -> c{} {}x{} k{}x{} s{}x{} p{}x{}",
+        "{} {} {} {} {} {}",
         pass.name(),
         dtype.name(),
         layout.name(),
         math_type_name(math_type(dtype, math)),
         if deterministic { "det" } else { "any" },
-        g.batch,
-        g.cin,
-        g.in_hw[0],
-        g.in_hw[1],
-        g.cout,
-        g.out_hw[0],
-        g.out_hw[1],
-        g.kernel[0],
-        g.kernel[1],
-        g.stride[0],
-        g.stride[1],
-        g.pad[0],
-        g.pad[1],
+        g.key(g.batch),
     )
 }
 
