@@ -13,15 +13,18 @@
 # --budget SECONDS  time for all steps together [450]; a step that would start with less than
 #                   15 s left is recorded as skipped, and each step's limit is cut to what is left.
 # --kernels "LIST"  kernel configurations whose cold first step is measured, in order
-#                   ["tuned gemm"]; the first that finishes a step runs the benchmarks, and the
-#                   later ones are skipped (the fallbacks).
+#                   ["cudnn tuned gemm"]; the first that finishes a step runs the benchmarks, and
+#                   the later ones are skipped (the fallbacks).
 # --compare-kernels run every configuration of --kernels cold; the best one (least first step
 #                   + 100 steady steps) runs the benchmarks.
 # --no-pytorch      skip the PyTorch baseline.
 # --cpu-dry-run     run every step that does not need a GPU on the CPU with tiny sizes (what CI
 #                   does to test this script); GPU-only steps are recorded as skipped.
 #
-# Steps, most important first: GPU facts (nvidia-smi); the NCCL world-size-1 check; the cold
+# Steps, most important first: GPU facts (nvidia-smi); the NCCL world-size-1 check; cuDNN's
+# numbers: every convolution pass of every ResNet-18 shape (f32 with TF32, f32 strict, bf16) and
+# ResNet-50 shape (ImageNet stem at 64x64) against Burn's f32 convolution on the CPU
+# (`resnet conv-check`, failing above its stated tolerance); the cold
 # first training step of ResNet-18 (CIFAR stem, batch 256) in each kernel configuration, each
 # with an empty kernel cache and a log of the kernels it compiles and tunes (`tuned`: fusion
 # off, each convolution pass and shape timed over a few fixed candidates, gemm's among them, the
@@ -30,8 +33,11 @@
 # stride-1 GEMMs (RESNET_CUDA_DGRAD=spread); `-taps`: weight gradients as batched matmuls per
 # kernel tap (RESNET_CUDA_WGRAD=taps); `autotune`: Burn's default, which
 # did not finish a step in 120 s on an H200; `direct`: fusion off, Burn's direct convolutions);
+# (`cudnn`: convolutions through cuDNN, gemm where it is missing);
 # with the best configuration: ResNet-18 again in a new process with the cache the cold run left
-# (a restarted worker's first step) and its steady-state images/s; after `tuned`, its choices
+# (a restarted worker's first step) and its steady-state images/s; after `cudnn`, `gemm` in the
+# same sitting and a short training run with each from one seed whose losses and accuracy must
+# agree (`train-cudnn-vs-gemm`); after `tuned`, its choices
 # per shape (summarize_tuning.py) and `gemm-spread` from the same cache as the same-sitting
 # baseline; `gemm-spread-taps` (the weight-gradient A/B, unless it is the best configuration);
 # PyTorch's ResNet-18 fp32 (when `import torch` works), so the ratio comes from one
@@ -47,7 +53,7 @@ bin="$here"
 out="gpu-check"
 dry=0
 budget=450
-kernels="tuned gemm"
+kernels="cudnn tuned gemm"
 compare=0
 pytorch=1
 while [ $# -gt 0 ]; do
@@ -59,7 +65,7 @@ while [ $# -gt 0 ]; do
     --compare-kernels) compare=1; shift ;;
     --no-pytorch) pytorch=0; shift ;;
     --cpu-dry-run) dry=1; shift ;;
-    -h|--help) sed -n '2,41p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,48p' "$0"; exit 0 ;;
     *) echo "gpu-check: unknown argument $1" >&2; exit 2 ;;
   esac
 done
@@ -68,8 +74,8 @@ case "$budget" in
 esac
 for k in $kernels; do
   case "$k" in
-    tuned|gemm|gemm-spread|gemm-taps|gemm-spread-taps|autotune|direct) ;;
-    *) echo "gpu-check: --kernels takes tuned, gemm[-spread][-taps], autotune or direct, got '$k'" >&2; exit 2 ;;
+    cudnn|tuned|gemm|gemm-spread|gemm-taps|gemm-spread-taps|autotune|direct) ;;
+    *) echo "gpu-check: --kernels takes cudnn, tuned, gemm[-spread][-taps], autotune or direct, got '$k'" >&2; exit 2 ;;
   esac
 done
 mkdir -p "$out"
@@ -104,9 +110,9 @@ PY
 fi
 
 if [ "$dry" = 1 ]; then
-  dev=(--cpu); width=8; batch=16; steps=2; limit=256
+  dev=(--cpu); width=8; batch=16; steps=2; limit=256; cbatch=2
 else
-  dev=(--gpu 0); width=64; batch=256; steps=10; limit=4096
+  dev=(--gpu 0); width=64; batch=256; steps=10; limit=4096; cbatch=8
 fi
 
 json_str() { # a JSON string literal of $1 (control characters dropped)
@@ -175,6 +181,20 @@ if [ "$dry" = 1 ]; then
 else
   run nccl-world-1 45 "$bin/resnet" bench-allreduce --nccl-gpu 0 --repeats 10 --json
 fi
+
+# cuDNN's numbers before any benchmark: each pass of each distinct convolution shape against
+# Burn's f32 convolution on the CPU (batch $cbatch: the reference runs on the CPU). The
+# tolerances are `resnet conv-check`'s: 1e-2 for TF32, 1e-4 for strict f32, 3e-2 for bf16.
+# On the CPU dry run the same command checks the CPU kernels against Burn's (1e-4).
+conv_check() { # conv_check NAME LIMIT ARGS...
+  local name="$1" limit="$2"; shift 2
+  run "$name" "$limit" env RESNET_CUDA_CONV=cudnn RESNET_KERNEL_CACHE="$out/kernels-cudnn" \
+    "$bin/resnet" conv-check "${dev[@]}" --width "$width" --batch-size "$cbatch" --json "$@"
+}
+conv_check conv-check-r18 60 --depth 18 --stem cifar
+conv_check conv-check-r18-strict 60 --depth 18 --stem cifar --cuda-math strict
+conv_check conv-check-r18-bf16 60 --depth 18 --stem cifar --conv-precision bf16
+conv_check conv-check-r50 90 --depth 50 --stem imagenet --image-size 64
 
 # The PyTorch baseline (benchmarks/pytorch_baseline.py), when torch with CUDA imports here:
 # ResNet-18 fp32 right after our steady-state numbers (the ratio must come from one sitting even
@@ -268,6 +288,39 @@ else
   # first_step_s), then steady-state images/s.
   run bench-r18-cifar 60 "${best_env[@]}" "$bin/resnet" bench "${dev[@]}" --depth 18 \
     --stem cifar --width "$width" --batch-size "$batch" --warmup 2 --steps "$steps" --json
+  if [ "$best" = cudnn ]; then
+    # The same-sitting baseline: gemm, compiled cold into the cudnn run's cache (BatchNorm and
+    # the other non-convolution kernels are shared).
+    run bench-r18-cifar-gemm 200 env $(conv_env gemm "$out/kernels-cudnn") "$bin/resnet" bench \
+      "${dev[@]}" --depth 18 --stem cifar --width "$width" --batch-size "$batch" --warmup 2 \
+      --steps "$steps" --json
+    # The end-to-end proof that cuDNN's backward is right: a short training run from one seed
+    # with each kernel set (same shapes as the benchmarks, so nothing compiles); per epoch the
+    # training losses must agree within 0.1 + 10% and the final test accuracies within 0.05
+    # (TF32 rounding makes the runs drift apart, but not by more).
+    cat >"$out/train-agree.sh" <<SH
+set -u
+train() { # train KIND: the run summary's JSON on stdout
+  env $(conv_env cudnn "$out/kernels-cudnn") RESNET_CUDA_CONV=\$1 "$bin/resnet" train ${dev[*]} \\
+    --dataset synthetic --width $width --batch-size $batch --train-limit $limit --test-limit 512 \\
+    --epochs 2 --lr 0.05 --seed 9 --out "$out/train-\$1" --json
+}
+a=\$(train cudnn) || exit 1
+b=\$(train gemm) || exit 1
+python3 -c '
+import json, sys
+a, b = json.loads(sys.argv[1]), json.loads(sys.argv[2])
+la = [e["train_loss"] for e in a["history"]]
+lb = [e["train_loss"] for e in b["history"]]
+acc = [(x.get("final_eval") or {}).get("accuracy") for x in (a, b)]
+loss_ok = len(la) == len(lb) and all(abs(x - y) <= 0.1 + 0.1 * abs(y) for x, y in zip(la, lb))
+acc_ok = None not in acc and abs(acc[0] - acc[1]) <= 0.05
+print(json.dumps({"cudnn_losses": la, "gemm_losses": lb, "cudnn_accuracy": acc[0],
+                  "gemm_accuracy": acc[1], "agree": loss_ok and acc_ok}))
+sys.exit(0 if loss_ok and acc_ok else 3)' "\$a" "\$b"
+SH
+    run train-cudnn-vs-gemm 120 bash "$out/train-agree.sh"
+  fi
   if [ "$best" = tuned ]; then
     # The same-sitting baseline: gemm with spread strided input gradients, whose kernels the
     # tuned run compiled among its candidates (the same cache, so no cold compilation here).

@@ -51,7 +51,7 @@ fn gpu_check_script_runs_its_non_gpu_steps_and_writes_the_summary() {
     let (v, text, dir) = dry_run(&[]);
     assert_eq!(v["dry_run"], true);
     let md = std::fs::read_to_string(dir.path().join("summary.md")).expect("summary.md");
-    assert!(md.contains("| first-step-tuned | ok |"), "{md}");
+    assert!(md.contains("| first-step-cudnn | ok |"), "{md}");
     let steps = v["steps"].as_array().expect("steps");
     let by_name = |n: &str| {
         steps
@@ -60,9 +60,14 @@ fn gpu_check_script_runs_its_non_gpu_steps_and_writes_the_summary() {
             .unwrap_or_else(|| panic!("step {n} missing:\n{text}"))
     };
     for name in [
-        "first-step-tuned",
+        "conv-check-r18",
+        "conv-check-r18-strict",
+        "conv-check-r18-bf16",
+        "conv-check-r50",
+        "first-step-cudnn",
         "bench-r18-cifar",
-        "bench-r18-cifar-gemm-spread",
+        "bench-r18-cifar-gemm",
+        "train-cudnn-vs-gemm",
         "bench-r18-cifar-gemm-spread-taps",
         "profile-r18-cifar",
         "bench-r50-imagenet-stem",
@@ -75,9 +80,9 @@ fn gpu_check_script_runs_its_non_gpu_steps_and_writes_the_summary() {
         assert_eq!(s["ok"], true, "{name}: {s}");
     }
     for name in [
-        "first-step-tuned",
+        "first-step-cudnn",
         "bench-r18-cifar",
-        "bench-r18-cifar-gemm-spread",
+        "bench-r18-cifar-gemm",
         "bench-r18-cifar-gemm-spread-taps",
         "bench-r50-imagenet-stem",
     ] {
@@ -85,6 +90,28 @@ fn gpu_check_script_runs_its_non_gpu_steps_and_writes_the_summary() {
         assert!(r["images_per_sec"].as_f64().expect("images/s") > 0.0, "{r}");
         assert!(r["first_step_s"].as_f64().expect("first step") > 0.0, "{r}");
     }
+    // The numerical checks compared every pass of every shape, within their tolerance (on the
+    // CPU: this crate's kernels against Burn's, 1e-4; bf16 3e-2).
+    for (name, shapes, tol) in [
+        ("conv-check-r18", 7, 1e-4),
+        ("conv-check-r18-strict", 7, 1e-4),
+        ("conv-check-r18-bf16", 7, 3e-2),
+        ("conv-check-r50", 0, 1e-4),
+    ] {
+        let r = &by_name(name)["result"];
+        assert_eq!(r["ok"], true, "{name}: {r}");
+        assert_eq!(r["tolerance"], tol, "{name}: {r}");
+        let n = r["shapes"].as_array().expect("shapes").len();
+        assert!(n >= shapes.max(1), "{name}: {n} shapes: {r}");
+        assert!(r["worst"].as_f64().expect("worst") <= tol, "{name}: {r}");
+    }
+    let agree = &by_name("train-cudnn-vs-gemm")["result"];
+    assert_eq!(agree["agree"], true, "{agree}");
+    assert_eq!(
+        agree["cudnn_losses"].as_array().expect("losses").len(),
+        2,
+        "{agree}"
+    );
     assert_eq!(
         by_name("bench-r50-imagenet-stem")["result"]["model"],
         "resnet50"
@@ -103,14 +130,14 @@ fn gpu_check_script_runs_its_non_gpu_steps_and_writes_the_summary() {
     assert_eq!(b["identical"], true, "{b}");
     assert!(b["steps"].as_u64().expect("steps") > 0, "{b}");
     assert!(b["host_hash"].as_str().is_some_and(|h| h.len() > 8), "{b}");
-    // `tuned` finished, so its fallback did not run; on the CPU there is no tuning to report.
+    // `cudnn` finished, so its fallbacks did not run.
     for name in [
         "nvidia-smi",
         "nccl-world-1",
         "pytorch",
         "profile-r18-top",
+        "first-step-tuned",
         "first-step-gemm",
-        "tuning-r18",
     ] {
         let s = by_name(name);
         assert!(s["ok"].is_null() && s["skipped"].is_string(), "{name}: {s}");
@@ -264,4 +291,46 @@ fn block_model_gives_the_hand_derived_grids() {
     // ResNet-50 with the ImageNet stem reaches layer1 at 8x8: 16x shorter reductions.
     let r50 = grids(&["--model=resnet50", "--stem=imagenet"]);
     assert_eq!(conv(&r50, "layer1.0.conv2")["weight-grad"]["k_steps"], 512);
+}
+
+/// `resnet conv-check` compares every pass with Burn's on the CPU, and a pass outside the
+/// tolerance is a failure: a non-zero exit, `ok: false` and the worst error in the JSON.
+#[test]
+fn conv_check_reports_each_pass_and_fails_above_its_tolerance() {
+    let run = |extra: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_resnet"))
+            .args([
+                "conv-check",
+                "--cpu",
+                "--width",
+                "4",
+                "--batch-size",
+                "2",
+                "--json",
+            ])
+            .args(extra)
+            .output()
+            .expect("run resnet conv-check");
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        let v: serde_json::Value = serde_json::from_str(stdout.trim())
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {stdout}"));
+        (out.status.success(), v)
+    };
+    let (ok, v) = run(&[]);
+    assert!(ok, "{v}");
+    assert_eq!(v["tolerance"], 1e-4);
+    let shapes = v["shapes"].as_array().expect("shapes");
+    assert_eq!(shapes.len(), 11, "ResNet-18's distinct convolutions: {v}");
+    for s in shapes {
+        for pass in ["forward", "input_grad", "weight_grad"] {
+            let e = s[pass].as_f64().expect("error");
+            assert!(e.is_finite() && e <= 1e-4, "{pass}: {s}");
+        }
+    }
+    // The CPU kernels are not bit-identical to Burn's (different summation order), so a zero
+    // tolerance must fail.
+    let (ok, v) = run(&["--tolerance", "0"]);
+    assert!(!ok, "{v}");
+    assert_eq!(v["ok"], false, "{v}");
+    assert!(v["worst"].as_f64().expect("worst") > 0.0, "{v}");
 }

@@ -33,6 +33,10 @@ pub enum Command {
     Profile(crate::cmd_profile::ProfileArgs),
     /// Measure TCP-ring all-reduce bus bandwidth on loopback against a plain TCP copy.
     BenchAllreduce(crate::cmd_allreduce::AllReduceArgs),
+    /// Check the chosen convolution kernels (e.g. `--gpu 0 --cuda-conv cudnn`) against Burn's
+    /// f32 convolution on the CPU: every shape of a model, all three passes, with an error
+    /// tolerance; a non-zero exit when any pass is off.
+    ConvCheck(Box<crate::cmd_conv_check::ConvCheckArgs>),
     /// Export a checkpoint's model as torchvision-compatible safetensors.
     Export(crate::cmd_export::ExportArgs),
     /// Draw a run's pictures: curves, confusion matrix, prediction grid, confident mistakes.

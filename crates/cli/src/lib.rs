@@ -6,6 +6,7 @@ pub mod cluster;
 pub mod cluster_sweep;
 pub mod cmd_allreduce;
 pub mod cmd_bench;
+pub mod cmd_conv_check;
 pub mod cmd_eval;
 pub mod cmd_export;
 pub mod cmd_info;

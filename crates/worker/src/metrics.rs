@@ -42,6 +42,10 @@ pub const CHECKPOINT_LAST_SUCCESS: &str =
     "resnet_cluster_checkpoint_last_success_timestamp_seconds";
 /// Checkpoint writes that failed (full or read-only disk).
 pub const CHECKPOINT_FAILURES_TOTAL: &str = "resnet_cluster_checkpoint_failures_total";
+/// Convolution passes this process ran on the gemm kernels although `--cuda-conv cudnn` asked
+/// for cuDNN (cuDNN missing, or a shape it declined); 0 when cuDNN ran every pass or was not
+/// asked for.
+pub const CUDNN_FALLBACK_PASSES: &str = "resnet_cluster_cudnn_fallback_passes";
 
 const PHASES: [&str; 5] = ["data", "forward", "backward", "allreduce", "optimizer"];
 
@@ -60,6 +64,7 @@ pub struct WorkerMetrics {
     ar_bytes: Counter,
     ar_duration: Histogram,
     ar_busbw: Gauge,
+    cudnn_fallbacks: Gauge,
     /// Only on the rank that writes checkpoints, so the age alert never sees the others.
     ckpt: Option<CheckpointSeries>,
 }
@@ -100,6 +105,7 @@ impl WorkerMetrics {
             ar_bytes: counter!(ALLREDUCE_BYTES_TOTAL, &l),
             ar_duration: histogram!(ALLREDUCE_DURATION_SECONDS, &l),
             ar_busbw: gauge!(ALLREDUCE_BUS_BANDWIDTH, &l),
+            cudnn_fallbacks: gauge!(CUDNN_FALLBACK_PASSES, &l),
             ckpt: checkpoints.then(|| CheckpointSeries {
                 duration: histogram!(CHECKPOINT_DURATION_SECONDS, &l),
                 size: gauge!(CHECKPOINT_SIZE_BYTES, &l),
@@ -109,6 +115,7 @@ impl WorkerMetrics {
         };
         // Present from the start, so "no failures" is a 0 rather than a missing series.
         m.ar_bytes.increment(0);
+        m.cudnn_fallbacks.set(0.0);
         if let Some(c) = &m.ckpt {
             c.failures.increment(0);
             // The age clock starts with the run: "no checkpoint for an hour" counts from here.
@@ -137,6 +144,8 @@ impl WorkerMetrics {
         self.loss.set(s.loss);
         self.accuracy.set(s.epoch_accuracy);
         self.lr.set(s.lr);
+        self.cudnn_fallbacks
+            .set(resnet_kernels::conv::cudnn::stats().fallbacks as f64);
         if s.allreduce_bytes > 0 {
             self.ar_bytes.increment(s.allreduce_bytes as u64);
             self.ar_duration.record(t.allreduce);
@@ -190,6 +199,10 @@ fn describe() {
         "Training accuracy over the epoch so far."
     );
     describe_gauge!(LEARNING_RATE, "Learning rate of the last step.");
+    describe_gauge!(
+        CUDNN_FALLBACK_PASSES,
+        "Convolution passes run on the gemm kernels although cuDNN was asked for."
+    );
     describe_counter!(
         ALLREDUCE_BYTES_TOTAL,
         Unit::Bytes,

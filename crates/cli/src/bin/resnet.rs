@@ -17,6 +17,7 @@ fn main() -> std::process::ExitCode {
         args::Command::Schedule(a) => resnet_cli::cmd_schedule::run(*a),
         args::Command::Profile(a) => resnet_cli::cmd_profile::run(a),
         args::Command::BenchAllreduce(a) => resnet_cli::cmd_allreduce::run(a),
+        args::Command::ConvCheck(a) => resnet_cli::cmd_conv_check::run(*a),
     };
     resnet_cli::exit(result)
 }

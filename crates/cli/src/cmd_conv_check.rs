@@ -1,0 +1,316 @@
+//! `resnet conv-check`: every convolution shape of a model, all three passes (forward, input
+//! gradient, weight gradient), run with the chosen kernels on the chosen device and compared
+//! with Burn's own f32 convolution on the CPU. The GPU check runs it first, so a wrong
+//! descriptor, layout or stream order shows up as a number before any benchmark.
+//!
+//! The error of a pass is `max |ours - reference| / max |reference|`, which is scale-free and
+//! large (order 1) for any indexing or layout bug. The tolerance depends on what the kernels may
+//! legitimately round ([`tolerance`]).
+
+use anyhow::{bail, Result};
+use burn::backend::{Autodiff, Flex};
+use burn::module::Param;
+use burn::nn::conv::{Conv2d, Conv2dConfig};
+use burn::nn::PaddingConfig2d;
+use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::{Tensor, TensorData};
+use clap::Args;
+use resnet_kernels::conv::{conv2d, record_geometries};
+use resnet_kernels::{ConvGeom, ConvPrecision, CpuConv, CudaConv, CudaMath, KernelChoice};
+use serde::Serialize;
+
+use crate::args::{DeviceArgs, ModelShapeArgs};
+use crate::device::{select, Selected};
+
+/// `resnet conv-check`.
+#[derive(Args, Debug)]
+pub struct ConvCheckArgs {
+    /// Model and input shape (the batch is small: the reference runs on the CPU).
+    #[command(flatten)]
+    pub shape: ModelShapeArgs,
+    /// Convolution arithmetic: f32 or bf16.
+    #[arg(long, value_name = "f32|bf16", default_value = "f32")]
+    pub conv_precision: String,
+    /// Largest accepted error per pass (max |ours - reference| / max |reference|) [default:
+    /// from the device, the kernels and the precision: 1e-4 for f32 arithmetic, 1e-2 for TF32,
+    /// 3e-2 for bf16].
+    #[arg(long)]
+    pub tolerance: Option<f64>,
+    /// JSON output.
+    #[arg(long)]
+    pub json: bool,
+    /// Where to run the kernels under test.
+    #[command(flatten)]
+    pub device: DeviceArgs,
+}
+
+/// The errors of one convolution shape's three passes.
+#[derive(Debug, Serialize)]
+pub struct ShapeErrors {
+    /// e.g. `n8 c64 32x32 -> c64 32x32 k3x3 s1x1 p1x1`.
+    pub shape: String,
+    /// Forward, input gradient, weight gradient.
+    pub forward: f64,
+    /// See `forward`.
+    pub input_grad: f64,
+    /// See `forward`.
+    pub weight_grad: f64,
+}
+
+/// The whole check.
+#[derive(Debug, Serialize)]
+pub struct ConvCheck {
+    /// Where the kernels ran.
+    pub device: String,
+    /// `--cuda-conv` on a GPU, the CPU convolution otherwise.
+    pub kernels: String,
+    /// f32 or bf16.
+    pub conv_precision: String,
+    /// The accepted error.
+    pub tolerance: f64,
+    /// Per distinct shape.
+    pub shapes: Vec<ShapeErrors>,
+    /// The largest error of any pass.
+    pub worst: f64,
+    /// Whether every pass is within the tolerance.
+    pub ok: bool,
+}
+
+/// The error a pass may show against an f32 reference: f32 kernels only reorder additions
+/// (1e-4); TF32 rounds both operands to 10 mantissa bits (~5e-4 each, accumulated over
+/// thousands of products, 1e-2); bf16 rounds operands and result to 8 bits (3e-2).
+pub fn tolerance(gpu: bool, k: &KernelChoice) -> f64 {
+    match (k.precision, gpu) {
+        (ConvPrecision::Bf16, _) => 3e-2,
+        (ConvPrecision::F32, false) => 1e-4,
+        // Only cuDNN's `strict` promises true f32 on a GPU; cubecl's implicit GEMM runs f32 as
+        // TF32 on the tensor cores.
+        (ConvPrecision::F32, true)
+            if k.cuda_conv == CudaConv::Cudnn && k.cuda_math == CudaMath::Strict =>
+        {
+            1e-4
+        }
+        (ConvPrecision::F32, true) => 1e-2,
+    }
+}
+
+/// `max |a - b| / max |b|` (0 for two all-zero tensors; infinite for a length mismatch, a
+/// missing result (empty) or a non-finite value in `a`).
+pub fn relative_error(a: &[f32], b: &[f32]) -> f64 {
+    if a.is_empty() || a.len() != b.len() || a.iter().any(|v| !v.is_finite()) {
+        return f64::INFINITY;
+    }
+    let diff = a
+        .iter()
+        .zip(b)
+        .map(|(x, y)| (*x as f64 - *y as f64).abs())
+        .fold(0.0, f64::max);
+    let scale = b.iter().map(|y| (*y as f64).abs()).fold(0.0, f64::max);
+    if scale == 0.0 {
+        if diff == 0.0 {
+            0.0
+        } else {
+            f64::INFINITY
+        }
+    } else {
+        diff / scale
+    }
+}
+
+/// Deterministic values in [-1, 1).
+fn values(n: usize, seed: u64) -> Vec<f32> {
+    let mut s = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    (0..n)
+        .map(|_| {
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        })
+        .collect()
+}
+
+/// The three passes of `g` on backend `B` with kernels `k`: (y, dx, dw) on the host.
+fn passes<B: AutodiffBackend>(
+    k: &KernelChoice,
+    g: &ConvGeom,
+    device: &B::Device,
+) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    let x_shape = [g.batch, g.cin, g.in_hw[0], g.in_hw[1]];
+    let w_shape = [g.cout, g.cin, g.kernel[0], g.kernel[1]];
+    let y_shape = [g.batch, g.cout, g.out_hw[0], g.out_hw[1]];
+    let n = |s: [usize; 4]| s.iter().product::<usize>();
+    let mut conv: Conv2d<B> = Conv2dConfig::new([g.cin, g.cout], g.kernel)
+        .with_stride(g.stride)
+        .with_padding(PaddingConfig2d::Explicit(
+            g.pad[0], g.pad[1], g.pad[0], g.pad[1],
+        ))
+        .with_bias(false)
+        .init(device);
+    conv.weight = Param::from_tensor(Tensor::from_data(
+        TensorData::new(values(n(w_shape), 2), w_shape),
+        device,
+    ));
+    let x = Tensor::<B, 4>::from_data(TensorData::new(values(n(x_shape), 1), x_shape), device)
+        .require_grad();
+    let r = Tensor::<B, 4>::from_data(TensorData::new(values(n(y_shape), 3), y_shape), device);
+    let y = conv2d(k, &conv, x.clone());
+    let grads = (y.clone() * r).sum().backward();
+    let host = |t: Tensor<B::InnerBackend, 4>| {
+        t.into_data()
+            .convert::<f32>()
+            .into_vec::<f32>()
+            .unwrap_or_default()
+    };
+    let dx = x.grad(&grads).map(host).unwrap_or_default();
+    let dw = conv.weight.grad(&grads).map(host).unwrap_or_default();
+    (host(y.inner()), dx, dw)
+}
+
+/// Runs `resnet conv-check`.
+pub fn run(a: ConvCheckArgs) -> Result<()> {
+    let cfg = a.shape.config(10)?;
+    let precision: ConvPrecision = a.conv_precision.parse().map_err(anyhow::Error::msg)?;
+    let sel = select(&a.device)?;
+    let k = crate::kernels::choose(&a.device)?.with_precision(precision);
+    let gpu = !matches!(sel, Selected::Cpu);
+    let tol = a.tolerance.unwrap_or_else(|| tolerance(gpu, &k));
+    if !(tol >= 0.0) || !tol.is_finite() {
+        bail!("--tolerance must be a finite number >= 0, got {tol}");
+    }
+    // The model's distinct convolution shapes, in order of first use.
+    let model = cfg.init::<Flex>(&Default::default())?;
+    let s = a.shape.image_size;
+    let x = Tensor::<Flex, 4>::zeros([a.shape.batch_size, 3, s, s], &Default::default());
+    let (_, geoms) = record_geometries(|| model.forward(x));
+    let mut distinct: Vec<ConvGeom> = Vec::new();
+    for g in geoms {
+        if !distinct.contains(&g) {
+            distinct.push(g);
+        }
+    }
+    // The reference: Burn's own f32 convolution on the CPU, whatever is under test.
+    let reference = KernelChoice {
+        cpu_conv: CpuConv::Burn,
+        ..KernelChoice::default()
+    };
+    let mut shapes = Vec::new();
+    for (i, g) in distinct.iter().enumerate() {
+        let name = g.key(g.batch);
+        if !a.json {
+            eprintln!("conv {}/{}: {name}", i + 1, distinct.len());
+        }
+        let (y, dx, dw) = crate::with_train_backend!(sel, |B, device| passes::<B>(&k, g, &device));
+        let (ry, rdx, rdw) = passes::<Autodiff<Flex>>(&reference, g, &Default::default());
+        shapes.push(ShapeErrors {
+            shape: name,
+            forward: relative_error(&y, &ry),
+            input_grad: relative_error(&dx, &rdx),
+            weight_grad: relative_error(&dw, &rdw),
+        });
+    }
+    let worst = shapes
+        .iter()
+        .flat_map(|s| [s.forward, s.input_grad, s.weight_grad])
+        .fold(0.0, f64::max);
+    let report = ConvCheck {
+        device: format!("{sel:?}"),
+        kernels: if gpu {
+            k.cuda_conv.name().to_string()
+        } else {
+            k.cpu_conv.name().to_string()
+        },
+        conv_precision: precision.name().to_string(),
+        tolerance: tol,
+        shapes,
+        worst,
+        ok: worst <= tol,
+    };
+    if a.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        print_table(&report);
+    }
+    if !report.ok {
+        bail!(
+            "a convolution pass differs from the reference by {:.3e} (tolerance {:.1e})",
+            report.worst,
+            report.tolerance
+        );
+    }
+    Ok(())
+}
+
+fn print_table(r: &ConvCheck) {
+    println!(
+        "{} kernels on {}, {}: error = max|ours - reference| / max|reference| (tolerance {:.1e})",
+        r.kernels, r.device, r.conv_precision, r.tolerance
+    );
+    println!(
+        "{:<52} {:>10} {:>10} {:>10}",
+        "shape", "forward", "input grad", "weight grad"
+    );
+    for s in &r.shapes {
+        println!(
+            "{:<52} {:>10.2e} {:>10.2e} {:>10.2e}",
+            s.shape, s.forward, s.input_grad, s.weight_grad
+        );
+    }
+    println!(
+        "worst {:.2e}: {}",
+        r.worst,
+        if r.ok { "ok" } else { "FAILED" }
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn relative_error_is_scale_free_and_catches_garbage() {
+        assert_eq!(relative_error(&[1.0, -2.0], &[1.0, -2.0]), 0.0);
+        assert!((relative_error(&[1.0, -2.1], &[1.0, -2.0]) - 0.05).abs() < 1e-6);
+        assert!((relative_error(&[100.0, -210.0], &[100.0, -200.0]) - 0.05).abs() < 1e-6);
+        assert_eq!(relative_error(&[0.0], &[0.0]), 0.0);
+        assert_eq!(relative_error(&[1e-9], &[0.0]), f64::INFINITY);
+        assert_eq!(relative_error(&[1.0], &[1.0, 2.0]), f64::INFINITY);
+        assert_eq!(
+            relative_error(&[], &[]),
+            f64::INFINITY,
+            "a missing gradient"
+        );
+        assert_eq!(relative_error(&[f32::NAN], &[1.0]), f64::INFINITY);
+    }
+
+    #[test]
+    fn tolerances_follow_what_the_arithmetic_may_round() {
+        let k = KernelChoice::default();
+        assert_eq!(tolerance(false, &k), 1e-4);
+        assert_eq!(
+            tolerance(true, &k),
+            1e-2,
+            "cubecl's f32 runs on TF32 tensor cores"
+        );
+        let cudnn = KernelChoice {
+            cuda_conv: CudaConv::Cudnn,
+            ..k
+        };
+        assert_eq!(tolerance(true, &cudnn), 1e-2);
+        let strict = KernelChoice {
+            cuda_math: CudaMath::Strict,
+            ..cudnn
+        };
+        assert_eq!(tolerance(true, &strict), 1e-4);
+        assert_eq!(
+            tolerance(true, &strict.with_precision(ConvPrecision::Bf16)),
+            3e-2
+        );
+        assert_eq!(
+            tolerance(false, &k.with_precision(ConvPrecision::Bf16)),
+            3e-2
+        );
+    }
+}
