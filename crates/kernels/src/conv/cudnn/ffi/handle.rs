@@ -20,6 +20,8 @@ impl Handle {
     /// retains the same primary context) and creates a handle and a stream on it.
     pub(crate) fn new(device: usize) -> Result<Self> {
         let ordinal = i32::try_from(device).map_err(|_| format!("device index {device}"))?;
+        // Idempotent; cubecl has normally initialised the driver already.
+        drv::init().map_err(|e| format!("CUDA driver: {e}"))?;
         let dev = drv::device::get(ordinal).map_err(|e| format!("CUDA device {device}: {e}"))?;
         // SAFETY: `dev` is a valid device; the primary context is retained (reference counted,
         // never released here: cubecl holds it for the life of the process anyway) and made
