@@ -77,8 +77,9 @@ pub struct DeviceArgs {
     /// convolutions (`--conv-precision bf16`) always use the tensor cores [default: tf32].
     #[arg(long, value_name = "tf32|strict", env = "RESNET_CUDA_MATH")]
     pub cuda_math: Option<CudaMathArg>,
-    /// CUDA with `--cuda-conv cudnn`: only deterministic cuDNN algorithms, so two runs on the
-    /// same GPU end with the same weights (replicas of one run are identical either way).
+    /// CUDA with `--cuda-conv cudnn`: only the algorithms cuDNN reports as deterministic, so
+    /// the convolutions give the same bits on every run (replicas of one run are identical
+    /// either way: they apply the same all-reduced gradient).
     #[arg(long, env = "RESNET_DETERMINISTIC")]
     pub deterministic: bool,
     /// CUDA with `--cuda-conv cudnn`: the most workspace memory one convolution algorithm may

@@ -32,8 +32,8 @@ pub struct ConvCheckArgs {
     #[arg(long, value_name = "f32|bf16", default_value = "f32")]
     pub conv_precision: String,
     /// Largest accepted error per pass (max |ours - reference| / max |reference|) [default:
-    /// from the device, the kernels and the precision: 1e-4 for f32 arithmetic, 1e-2 for TF32,
-    /// 3e-2 for bf16].
+    /// from the device, the kernels and the precision: 1e-4 for the CPU's f32, 1e-3 for
+    /// cuDNN's strict f32, 1e-2 for TF32, 3e-2 for bf16].
     #[arg(long)]
     pub tolerance: Option<f64>,
     /// JSON output.
@@ -76,19 +76,22 @@ pub struct ConvCheck {
     pub ok: bool,
 }
 
-/// The error a pass may show against an f32 reference: f32 kernels only reorder additions
-/// (1e-4); TF32 rounds both operands to 10 mantissa bits (~5e-4 each, accumulated over
-/// thousands of products, 1e-2); bf16 rounds operands and result to 8 bits (3e-2).
+/// The error a pass may show against an f32 reference: the CPU's f32 kernels only reorder
+/// additions (1e-4); cuDNN's `strict` f32 may pick Winograd or FFT algorithms, exact in
+/// exact arithmetic but with transform round-off of order 1e-4 (1e-3); TF32 rounds both
+/// operands to 10 mantissa bits (~5e-4 each, over thousands of products: 1e-2); bf16 rounds
+/// operands and result to 8 bits (3e-2). A wrong layout, descriptor or stream order gives
+/// errors of order 1.
 pub fn tolerance(gpu: bool, k: &KernelChoice) -> f64 {
     match (k.precision, gpu) {
         (ConvPrecision::Bf16, _) => 3e-2,
         (ConvPrecision::F32, false) => 1e-4,
-        // Only cuDNN's `strict` promises true f32 on a GPU; cubecl's implicit GEMM runs f32 as
-        // TF32 on the tensor cores.
+        // Only cuDNN's `strict` promises f32 products on a GPU; cubecl's implicit GEMM runs f32
+        // as TF32 on the tensor cores.
         (ConvPrecision::F32, true)
             if k.cuda_conv == CudaConv::Cudnn && k.cuda_math == CudaMath::Strict =>
         {
-            1e-4
+            1e-3
         }
         (ConvPrecision::F32, true) => 1e-2,
     }
@@ -303,7 +306,7 @@ mod tests {
             cuda_math: CudaMath::Strict,
             ..cudnn
         };
-        assert_eq!(tolerance(true, &strict), 1e-4);
+        assert_eq!(tolerance(true, &strict), 1e-3);
         assert_eq!(
             tolerance(true, &strict.with_precision(ConvPrecision::Bf16)),
             3e-2

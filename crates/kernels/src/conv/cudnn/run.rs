@@ -208,8 +208,9 @@ pub(crate) fn pass(
             .cache
             .get(&key);
         let entry = match cached {
-            Some(e) => e,
-            None => measure(&dev.handle, d, pass, ptrs, s, &key)?,
+            // A choice made under a larger `--cudnn-workspace-mb` is measured again.
+            Some(e) if e.memory <= dev.plan.cap => e,
+            _ => measure(&dev.handle, d, pass, ptrs, s, &key)?,
         };
         if let Some(size) = dev.plan.grow_for(entry.memory) {
             // The old workspace may still be in use by a queued call: drain first.
