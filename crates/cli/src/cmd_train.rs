@@ -142,6 +142,7 @@ fn fixed_by_resume(t: &TrainArgs) -> Vec<&'static str> {
 pub fn fixed_by_resume_run(a: &crate::args::RunArgs) -> Vec<&'static str> {
     let given = [
         ("--freeze-bn", a.freeze_bn),
+        ("--on-nonfinite", a.on_nonfinite.is_some()),
         ("--conv-precision", a.conv_precision.is_some()),
         ("--config", a.config.is_some()),
         ("--dataset", a.dataset.is_some()),

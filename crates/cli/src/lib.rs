@@ -37,13 +37,65 @@ pub fn init_logging(format: &str) {
     }
 }
 
+/// Exit code of a run stopped because training diverged (a non-finite loss under
+/// `on_nonfinite = stop`, or too many skipped steps): retrying the same command will diverge
+/// again, unlike a crash (1).
+pub const EXIT_DIVERGED: u8 = 3;
+
+/// The exit code for an error: [`EXIT_DIVERGED`] when the training diverged anywhere in its
+/// chain, 1 otherwise.
+pub fn exit_code(e: &anyhow::Error) -> u8 {
+    use resnet_train::TrainError;
+    // A worker's training errors are wrapped transparently, so look inside it too.
+    let diverged = e.chain().any(|c| {
+        matches!(
+            c.downcast_ref::<TrainError>(),
+            Some(TrainError::NonFinite { .. })
+        ) || matches!(
+            c.downcast_ref::<resnet_worker::WorkerError>(),
+            Some(resnet_worker::WorkerError::Train(
+                TrainError::NonFinite { .. }
+            ))
+        )
+    });
+    if diverged {
+        EXIT_DIVERGED
+    } else {
+        1
+    }
+}
+
 /// Prints an error chain and maps the result to an exit code.
 pub fn exit(result: anyhow::Result<()>) -> std::process::ExitCode {
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
-            std::process::ExitCode::FAILURE
+            std::process::ExitCode::from(exit_code(&e))
         }
+    }
+}
+
+#[cfg(test)]
+mod exit_tests {
+    use super::*;
+    use anyhow::Context;
+
+    #[test]
+    fn a_diverged_run_has_its_own_exit_code_wherever_it_is_in_the_chain() {
+        let diverged = || resnet_train::TrainError::NonFinite {
+            step: 7,
+            loss: f64::NAN,
+            why: "on_nonfinite = stop".into(),
+        };
+        let plain: anyhow::Result<()> = Err(diverged().into());
+        assert_eq!(
+            exit_code(&plain.context("training").expect_err("the run failed")),
+            EXIT_DIVERGED
+        );
+        let worker = anyhow::Error::from(resnet_worker::WorkerError::Train(diverged()));
+        assert_eq!(exit_code(&worker.context("worker w0")), EXIT_DIVERGED);
+        let other = anyhow::Error::from(resnet_train::TrainError::Config("x".into()));
+        assert_eq!(exit_code(&other), 1);
     }
 }

@@ -94,6 +94,11 @@ fn apply_flags(cfg: &mut TrainConfig, a: &RunArgs) -> Result<()> {
         cfg.checkpoint_minutes = a.checkpoint_minutes;
     }
     cfg.freeze_bn |= a.freeze_bn;
+    if let Some(p) = &a.on_nonfinite {
+        cfg.on_nonfinite = p
+            .parse()
+            .map_err(|e: String| anyhow::anyhow!("--on-nonfinite: {e}"))?;
+    }
     if let Some(p) = &a.conv_precision {
         cfg.conv_precision = p
             .parse()

@@ -83,6 +83,22 @@ impl Default for DataConfig {
     }
 }
 
+/// The largest accepted `image_size`: a batch of 256 images of 1024x1024 is already 3 GiB of
+/// f32 activations at the input alone.
+pub const MAX_IMAGE_SIZE: usize = 1024;
+
+/// Total memory of this machine in bytes (`/proc/meminfo`), when it can be read.
+fn memory_total() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    kib.checked_mul(1024)
+}
+
+fn gib(bytes: u64) -> f64 {
+    bytes as f64 / (1u64 << 30) as f64
+}
+
 /// Loaded train and test data with the normalisation to apply.
 #[derive(Debug, Clone)]
 pub struct Splits {
@@ -95,12 +111,44 @@ pub struct Splits {
 }
 
 impl DataConfig {
+    /// Checks the sizes before anything is allocated; errors name the field. `memory` is the
+    /// machine's memory in bytes, if known (generated data must fit in it).
+    pub fn validate_with(&self, memory: Option<u64>) -> Result<(), DataError> {
+        let s = self.image_size;
+        if !(1..=MAX_IMAGE_SIZE).contains(&s) {
+            return Err(DataError::Config(format!(
+                "data.image_size = {s}: must be between 1 and {MAX_IMAGE_SIZE} pixels"
+            )));
+        }
+        if self.dataset == DatasetKind::Synthetic {
+            let n = |limit: Option<usize>, count: usize| limit.map_or(count, |l| l.min(count));
+            let images = n(self.train_limit, self.synthetic_train) as u64
+                + n(self.test_limit, self.synthetic_test) as u64;
+            let bytes = images.saturating_mul(3 * (s * s) as u64);
+            if let Some(total) = memory.filter(|t| bytes > *t) {
+                return Err(DataError::Config(format!(
+                    "data.synthetic_train/synthetic_test: {images} generated images of {s}x{s} need \
+                     {:.1} GiB, more than this machine's {:.1} GiB",
+                    gib(bytes),
+                    gib(total)
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// [`DataConfig::validate_with`] this machine's memory.
+    pub fn validate(&self) -> Result<(), DataError> {
+        self.validate_with(memory_total())
+    }
+
     /// Loads both splits. `progress` receives download progress when `download` is set.
     pub fn load(
         &self,
         seed: u64,
         progress: &mut dyn FnMut(u64, Option<u64>),
     ) -> Result<Splits, DataError> {
+        self.validate()?;
         let (train, test, default_norm) = match self.dataset {
             DatasetKind::Cifar10 | DatasetKind::Cifar100 => {
                 let (kind, norm) = if self.dataset == DatasetKind::Cifar10 {
@@ -148,5 +196,45 @@ impl DataConfig {
             test,
             norm: self.normalization.unwrap_or(default_norm),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_are_checked_before_anything_is_allocated() {
+        let at = |image_size| DataConfig {
+            image_size,
+            ..DataConfig::default()
+        };
+        let e = at(0).validate_with(None).expect_err("zero");
+        assert_eq!(
+            e.to_string(),
+            "invalid data config: data.image_size = 0: must be between 1 and 1024 pixels"
+        );
+        // The reported failure: 100000 aborted trying to allocate 1.9 TB. Now it is an error,
+        // and loading says the same before generating anything.
+        assert!(at(100_000).validate_with(None).is_err());
+        let e = at(100_000)
+            .load(1, &mut |_, _| {})
+            .expect_err("refused before allocation");
+        assert!(e.to_string().contains("data.image_size = 100000"), "{e}");
+        assert!(at(1024).validate_with(None).is_ok());
+        // 6000 images of 1024x1024 are 17.6 GiB: too much for an 8 GiB machine.
+        let e = at(1024).validate_with(Some(8 << 30)).expect_err("too big");
+        assert!(
+            e.to_string()
+                .contains("6000 generated images of 1024x1024 need 17.6 GiB"),
+            "{e}"
+        );
+        // Limits count: 10 images fit anywhere.
+        let small = DataConfig {
+            train_limit: Some(5),
+            test_limit: Some(5),
+            ..at(1024)
+        };
+        assert!(small.validate_with(Some(8 << 30)).is_ok());
     }
 }

@@ -5,7 +5,7 @@ use resnet_kernels::ConvPrecision;
 use resnet_model::ResNetConfig;
 use serde::{Deserialize, Serialize};
 
-use crate::{FinetuneConfig, MixConfig, OptimConfig, ScheduleConfig, TrainError};
+use crate::{FinetuneConfig, MixConfig, NonFinitePolicy, OptimConfig, ScheduleConfig, TrainError};
 
 /// Everything that determines a run. Every field has a documented default.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -59,6 +59,9 @@ pub struct TrainConfig {
     /// Convolution arithmetic: `f32`, or `bf16` (operands and results rounded to bf16, f32
     /// accumulation, everything else f32; see `resnet_kernels::precision`). Default f32.
     pub conv_precision: ConvPrecision,
+    /// What a step with a non-finite loss does: `stop` the run (distinct exit code) or
+    /// `skip-step` (see `guard.rs`). Default stop.
+    pub on_nonfinite: NonFinitePolicy,
 }
 
 impl Default for TrainConfig {
@@ -85,6 +88,7 @@ impl Default for TrainConfig {
             freeze_bn: false,
             shard_drop_last: false,
             conv_precision: ConvPrecision::F32,
+            on_nonfinite: NonFinitePolicy::Stop,
         }
     }
 }
@@ -98,6 +102,10 @@ impl TrainConfig {
         self.optim.validate()?;
         self.schedule.validate()?;
         self.data.augment.validate().map_err(TrainError::Config)?;
+        self.data.validate().map_err(|e| match e {
+            resnet_data::DataError::Config(m) => TrainError::Config(m),
+            other => TrainError::Config(other.to_string()),
+        })?;
         self.mix.validate()?;
         self.finetune.validate()?;
         if self.schedule.kind == crate::ScheduleKind::Plateau && !self.eval_each_epoch {

@@ -9,6 +9,7 @@ mod config;
 mod dropout;
 mod eval;
 mod finetune;
+mod guard;
 mod hash;
 mod loss;
 mod metrics;
@@ -28,6 +29,7 @@ pub use checkpoint::{
 pub use config::TrainConfig;
 pub use eval::{batch_tensor, evaluate, predict};
 pub use finetune::{take_head_grads, FinetuneConfig, FREEZABLE};
+pub use guard::{Guard, NonFinitePolicy, Verdict, MAX_CONSECUTIVE_SKIPS};
 pub use hash::param_hash;
 pub use loss::{smoothed_targets, soft_cross_entropy, targets_tensor};
 pub use metrics::{argmax, count_batch, ClassMetrics, EvalCounts, EvalReport};
@@ -59,4 +61,19 @@ pub enum TrainError {
     /// A data problem.
     #[error(transparent)]
     Data(#[from] resnet_data::DataError),
+    /// The training diverged: a step's loss was not finite on some rank (the weights are those
+    /// before that step).
+    #[error(
+        "step {step}: the training loss is {loss} (diverged; {why}); the weights before this step \
+         are kept and the newest checkpoint holds finite ones. Lower the learning rate, or use \
+         --on-nonfinite skip-step"
+    )]
+    NonFinite {
+        /// The step that was not applied (1-based).
+        step: usize,
+        /// This rank's loss at that step (finite when another rank's was not).
+        loss: f64,
+        /// Which rule stopped the run.
+        why: String,
+    },
 }

@@ -87,14 +87,19 @@ impl OptimConfig {
     /// Checks ranges; errors name the field.
     pub fn validate(&self) -> Result<(), TrainError> {
         let bad = |f: &str, w: &str| Err(TrainError::Config(format!("optim.{f}: {w}")));
-        if !(self.lr > 0.0) {
-            return bad("lr", "must be > 0");
+        // `!(x > 0.0)` also refuses NaN; infinity is refused by name (an infinite LR passed
+        // validation once and trained on NaN).
+        if !(self.lr > 0.0) || !self.lr.is_finite() {
+            return bad("lr", "must be a finite number > 0");
         }
         if !(0.0..1.0).contains(&self.momentum) {
             return bad("momentum", "must be in 0..1");
         }
-        if !(self.weight_decay >= 0.0) {
-            return bad("weight_decay", "must be >= 0");
+        if !(self.weight_decay >= 0.0) || !self.weight_decay.is_finite() {
+            return bad("weight_decay", "must be a finite number >= 0");
+        }
+        if !(self.eps > 0.0) || !self.eps.is_finite() {
+            return bad("eps", "must be a finite number > 0");
         }
         if !(0.0..1.0).contains(&self.beta1) || !(0.0..1.0).contains(&self.beta2) {
             return bad("beta1/beta2", "must be in 0..1");
@@ -201,5 +206,48 @@ impl<B: AutodiffBackend> AnyOptimizer<B> {
                 o.load_record(rec.load(path.to_path_buf(), device).map_err(err)?),
             ),
         })
+    }
+}
+
+#[cfg(test)]
+mod validation_tests {
+    use super::*;
+    use crate::{ScheduleConfig, TrainConfig};
+
+    #[test]
+    fn every_float_option_must_be_finite() {
+        let optim = |f: fn(&mut OptimConfig)| {
+            let mut o = OptimConfig::default();
+            f(&mut o);
+            o.validate().err().map(|e| e.to_string())
+        };
+        assert_eq!(optim(|_| {}), None);
+        // The reported case: `lr = inf` passed validation and trained on NaN.
+        assert_eq!(
+            optim(|o| o.lr = f64::INFINITY),
+            Some("invalid config: optim.lr: must be a finite number > 0".into())
+        );
+        assert!(optim(|o| o.lr = f64::NAN).is_some());
+        assert!(optim(|o| o.weight_decay = f64::INFINITY).is_some());
+        assert!(optim(|o| o.eps = f64::NAN).is_some());
+        assert!(optim(|o| o.momentum = f64::NAN).is_some());
+
+        let schedule = |f: fn(&mut ScheduleConfig)| {
+            let mut s = ScheduleConfig::default();
+            f(&mut s);
+            s.validate().is_err()
+        };
+        assert!(!schedule(|_| {}));
+        assert!(schedule(|s| s.warmup_epochs = f64::INFINITY));
+        assert!(schedule(|s| s.gamma = f64::INFINITY));
+        assert!(schedule(|s| s.min_lr = f64::NAN));
+        assert!(schedule(|s| s.cycle_epochs = f64::INFINITY));
+
+        let mut t = TrainConfig::default();
+        t.data.image_size = 0;
+        assert_eq!(
+            t.validate().expect_err("image size").to_string(),
+            "invalid config: data.image_size = 0: must be between 1 and 1024 pixels"
+        );
     }
 }

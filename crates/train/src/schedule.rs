@@ -167,7 +167,10 @@ impl ScheduleConfig {
 
     /// Checks ranges; errors name the field.
     pub fn validate(&self) -> Result<(), TrainError> {
-        if !(self.cycle_epochs > 0.0) || !(0.0..=1.0).contains(&self.cycle_low) {
+        if !(self.cycle_epochs > 0.0)
+            || !self.cycle_epochs.is_finite()
+            || !(0.0..=1.0).contains(&self.cycle_low)
+        {
             return Err(TrainError::Config(
                 "schedule.cycle_epochs must be > 0 and schedule.cycle_low in 0..=1".into(),
             ));
@@ -177,13 +180,20 @@ impl ScheduleConfig {
                 "schedule.threshold must be in 0..1".into(),
             ));
         }
-        if !(self.warmup_epochs >= 0.0) {
+        if !(self.warmup_epochs >= 0.0) || !self.warmup_epochs.is_finite() {
             return Err(TrainError::Config(
-                "schedule.warmup_epochs must be >= 0".into(),
+                "schedule.warmup_epochs must be a finite number >= 0".into(),
             ));
         }
-        if !(self.gamma > 0.0) {
-            return Err(TrainError::Config("schedule.gamma must be > 0".into()));
+        if !(self.gamma > 0.0) || !self.gamma.is_finite() {
+            return Err(TrainError::Config(
+                "schedule.gamma must be a finite number > 0".into(),
+            ));
+        }
+        if !(self.min_lr >= 0.0) || !self.min_lr.is_finite() {
+            return Err(TrainError::Config(
+                "schedule.min_lr must be a finite number >= 0".into(),
+            ));
         }
         if !(0.0..1.0).contains(&self.pct_start) {
             return Err(TrainError::Config(

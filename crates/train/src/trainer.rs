@@ -24,6 +24,7 @@ use crate::checkpoint::{
 };
 use crate::eval::{batch_tensor, evaluate};
 use crate::finetune::take_head_grads;
+use crate::guard::{nonfinite, Guard, Verdict};
 use crate::loss::{smoothed_targets, soft_cross_entropy, targets_tensor};
 use crate::metrics::{argmax, EvalCounts, EvalReport};
 use crate::mix::{mix_images, mixed_targets};
@@ -33,7 +34,7 @@ use crate::records::{
     EpochCounts, EpochRecord, EvalSummary, StepStats, StepTiming, TrainObserver, TrainState,
     TrainSummary,
 };
-use crate::{param_hash, AnyOptimizer, ScheduleKind, TrainConfig, TrainError};
+use crate::{param_hash, AnyOptimizer, NonFinitePolicy, ScheduleKind, TrainConfig, TrainError};
 
 /// A model, its optimizer and data, and the state that says where training is.
 pub struct Trainer<B: AutodiffBackend> {
@@ -57,6 +58,8 @@ pub struct Trainer<B: AutodiffBackend> {
     last_checkpoint_time: Instant,
     /// The group agreed in the last step's all-reduce that a time-based checkpoint is due.
     time_checkpoint_due: bool,
+    /// The divergence guard's memory (`on_nonfinite`).
+    guard: Guard,
     /// The kernels the caller chose (`with_kernels`); the model runs them with the run's
     /// convolution precision.
     kernels: KernelChoice,
@@ -235,6 +238,7 @@ impl<B: AutodiffBackend> Trainer<B> {
             checkpointed_at: None,
             last_checkpoint_time: Instant::now(),
             time_checkpoint_due: false,
+            guard: Guard::default(),
             kernels,
         }
     }
@@ -374,14 +378,23 @@ impl<B: AutodiffBackend> Trainer<B> {
             for batch in loader {
                 let data = waited.elapsed().as_secs_f64();
                 let lr = self.lr_at(self.state.global_step, spe, total);
-                let (loss, correct, mut timing) = self.train_step(&batch, lr)?;
+                let (loss, correct, mut timing, verdict) = self.train_step(&batch, lr)?;
                 timing.data = data;
                 let s = &mut self.state;
                 s.global_step += 1;
                 s.batch_in_epoch += 1;
-                s.epoch_loss_sum += loss * batch.n as f64;
-                s.epoch_correct += correct as u64;
-                s.epoch_seen += batch.n as u64;
+                if verdict == Verdict::Apply {
+                    s.epoch_loss_sum += loss * batch.n as f64;
+                    s.epoch_correct += correct as u64;
+                    s.epoch_seen += batch.n as u64;
+                } else {
+                    tracing::warn!(
+                        step = s.global_step,
+                        loss,
+                        skipped = self.guard.skipped,
+                        "non-finite loss: step skipped (on_nonfinite = skip-step)"
+                    );
+                }
                 s.epoch_seconds += timing.total();
                 obs.on_step(&StepStats {
                     epoch,
@@ -594,11 +607,21 @@ impl<B: AutodiffBackend> Trainer<B> {
         &mut self,
         batch: &Batch,
         lr: f64,
-    ) -> Result<(f64, usize, StepTiming), TrainError> {
+    ) -> Result<(f64, usize, StepTiming, Verdict), TrainError> {
         let k = self.train.classes.len();
         let t0 = Instant::now();
-        let model = self.model.take().expect("model present between steps");
+        let mut model = self.model.take().expect("model present between steps");
         let cfg = &self.state.config;
+        // `skip-step` restores the BatchNorm statistics of a dropped step (the forward has
+        // already folded that batch into them).
+        let stats_before: Option<Vec<_>> =
+            (cfg.on_nonfinite == NonFinitePolicy::SkipStep).then(|| {
+                model
+                    .batchnorms()
+                    .iter()
+                    .map(|bn| bn.running_stats())
+                    .collect()
+            });
         let draw = cfg.mix.draw(
             cfg.seed,
             self.state.global_step as u64,
@@ -653,7 +676,12 @@ impl<B: AutodiffBackend> Trainer<B> {
         let due_here = self.rank_world().0 == 0
             && minutes
                 .is_some_and(|m| self.last_checkpoint_time.elapsed().as_secs_f64() >= m * 60.0);
-        let mut flags = [if due_here { 1.0f32 } else { 0.0 }];
+        // The divergence flag rides on the same all-reduce, so every rank decides alike.
+        let bad_here = nonfinite(loss_value);
+        let mut flags = [
+            if due_here { 1.0f32 } else { 0.0 },
+            if bad_here { 1.0 } else { 0.0 },
+        ];
         self.time_checkpoint_due = due_here;
         if let Some(sync) = self.parallel.as_mut().filter(|p| p.world() > 1) {
             match sync_gradients_with(&model, &mut grads, sync.as_mut(), &self.device, &mut flags) {
@@ -668,6 +696,34 @@ impl<B: AutodiffBackend> Trainer<B> {
             }
         }
         let t3 = Instant::now();
+        let policy = self.state.config.on_nonfinite;
+        let step = self.state.global_step + 1;
+        let verdict = match self
+            .guard
+            .decide(policy, flags[1] > 0.0, step, loss_value as f64)
+        {
+            Ok(v) => v,
+            Err(e) => {
+                self.model = Some(model);
+                return Err(e);
+            }
+        };
+        if verdict == Verdict::Skip {
+            if let Some(before) = stats_before {
+                for (bn, (mean, var)) in model.batchnorms_mut().into_iter().zip(before) {
+                    bn.set_running_stats(mean, var);
+                }
+            }
+            self.model = Some(model);
+            let timing = StepTiming {
+                data: 0.0,
+                forward: (t1 - t0).as_secs_f64(),
+                backward: (t2 - t1).as_secs_f64(),
+                allreduce: (t3 - t2).as_secs_f64(),
+                optimizer: 0.0,
+            };
+            return Ok((loss_value as f64, correct, timing, verdict));
+        }
         let ft = &self.state.config.finetune;
         ft.drop_frozen(&model, &mut grads);
         let model = if ft.splits_head() {
@@ -686,7 +742,7 @@ impl<B: AutodiffBackend> Trainer<B> {
             allreduce: (t3 - t2).as_secs_f64(),
             optimizer: (t4 - t3).as_secs_f64(),
         };
-        Ok((loss_value as f64, correct, timing))
+        Ok((loss_value as f64, correct, timing, verdict))
     }
 
     /// Evaluates the current model on the test split (None when the split is empty).

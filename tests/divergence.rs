@@ -1,0 +1,150 @@
+//! The divergence guard and input bounds, end to end through the `resnet` binary: a diverging
+//! run stops with exit code 3 before the non-finite step is applied or saved; `skip-step` skips
+//! and gives up after a streak; non-finite and out-of-range options are named errors, never
+//! panics.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+
+/// Runs `resnet` with `args`: (exit code, stdout, stderr).
+fn resnet_code(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_resnet"))
+        .args(args)
+        .output()
+        .expect("run resnet");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn train_args<'a>(out: &'a Path, lr: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut a = vec![
+        "train",
+        "--dataset",
+        "synthetic",
+        "--depth",
+        "18",
+        "--width",
+        "4",
+        "--batch-size",
+        "32",
+        "--train-limit",
+        "320",
+        "--test-limit",
+        "64",
+        "--epochs",
+        "3",
+        "--seed",
+        "5",
+        "--lr",
+        lr,
+        "--checkpoint-steps",
+        "1",
+        "--out",
+        out.to_str().expect("utf8"),
+    ];
+    a.extend(extra);
+    a
+}
+
+/// Steps of the checkpoints under `out/checkpoints` (directories `step-NNNNNNNN`).
+fn checkpoint_steps(out: &Path) -> Vec<usize> {
+    let mut steps: Vec<usize> = std::fs::read_dir(out.join("checkpoints"))
+        .map(|d| {
+            d.filter_map(|e| {
+                let name = e.ok()?.file_name().into_string().ok()?;
+                name.strip_prefix("step-")?.parse().ok()
+            })
+            .collect()
+        })
+        .unwrap_or_default();
+    steps.sort_unstable();
+    steps
+}
+
+/// The step number in "step N: the training loss is …".
+fn diverged_step(stderr: &str) -> usize {
+    let at = stderr
+        .find("the training loss is")
+        .unwrap_or_else(|| panic!("no divergence message:\n{stderr}"));
+    let head = &stderr[..at];
+    let num = head
+        .rsplit("step ")
+        .next()
+        .and_then(|t| t.trim_end_matches(": ").trim().parse().ok());
+    num.unwrap_or_else(|| panic!("no step number before the message:\n{stderr}"))
+}
+
+#[test]
+fn a_diverging_run_stops_with_exit_code_3_and_never_saves_the_nonfinite_step() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = dir.path().join("run");
+    // An LR of 1e30 overflows the logits within a few steps: the loss becomes NaN or infinite.
+    let (code, _, stderr) = resnet_code(&train_args(&out, "1e30", &[]));
+    assert_eq!(code, 3, "exit code for a diverged run:\n{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(
+        stderr.contains("diverged") && stderr.contains("on_nonfinite = stop"),
+        "{stderr}"
+    );
+    let step = diverged_step(&stderr);
+    assert!(step >= 1, "{stderr}");
+    // Every step before it was checkpointed (`--checkpoint-steps 1`), the non-finite one not.
+    let saved = checkpoint_steps(&out);
+    assert!(
+        saved.iter().all(|s| *s < step),
+        "a checkpoint at or after the diverged step {step}: {saved:?}"
+    );
+    if step > 1 {
+        assert_eq!(saved.last(), Some(&(step - 1)), "{saved:?}");
+    }
+}
+
+#[test]
+fn skip_step_skips_nonfinite_steps_then_gives_up_after_a_streak() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = dir.path().join("run");
+    let (code, _, stderr) = resnet_code(&train_args(
+        &out,
+        "1e30",
+        &["--on-nonfinite", "skip-step", "--log-format", "human"],
+    ));
+    assert_eq!(code, 3, "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(stderr.contains("step skipped"), "{stderr}");
+    assert!(stderr.contains("10 steps in a row"), "{stderr}");
+}
+
+#[test]
+fn nonfinite_and_out_of_range_options_are_named_errors() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = dir.path().join("run");
+    let (code, _, stderr) = resnet_code(&train_args(&out, "inf", &[]));
+    assert_eq!(code, 1, "{stderr}");
+    assert!(
+        stderr.contains("optim.lr: must be a finite number > 0"),
+        "{stderr}"
+    );
+    let config = dir.path().join("run.toml");
+    for (size, want) in [
+        (
+            "0",
+            "data.image_size = 0: must be between 1 and 1024 pixels",
+        ),
+        ("100000", "data.image_size = 100000"),
+    ] {
+        std::fs::write(&config, format!("[data]\nimage_size = {size}\n")).expect("write");
+        let (code, _, stderr) = resnet_code(&train_args(
+            &out,
+            "0.1",
+            &["--config", config.to_str().expect("utf8")],
+        ));
+        assert_eq!(code, 1, "{stderr}");
+        assert!(stderr.contains(want), "{stderr}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+    }
+}
