@@ -28,6 +28,10 @@ def key_numbers(r):
         ("device_median_s", "device median s"), ("identical", "same hash"), ("host_s", "host s"),
         ("device_s", "device s"), ("replicas_identical", "replicas identical"), ("world", "world"),
         ("final_accuracy", "accuracy"),
+        ("cudnn_losses", "cudnn losses"), ("gemm_losses", "gemm losses"),
+        ("cudnn_train_accuracy", "cudnn train acc"), ("gemm_train_accuracy", "gemm train acc"),
+        ("cudnn_accuracy", "cudnn test acc"), ("gemm_accuracy", "gemm test acc"),
+        ("agree", "agree"),
     ]
     cells = []
     for k, label in keys:
@@ -38,6 +42,10 @@ def key_numbers(r):
             else:
                 v = fmt(v)
             cells.append(f"{label} {v}")
+    if isinstance(r.get("cudnn"), dict):  # `resnet bench` with cuDNN: what ordering costs
+        c = r["cudnn"]
+        cells.append(f"host syncs/step {fmt(c.get('host_syncs_per_step'))} "
+                     f"({fmt(c.get('host_sync_s_per_step'))} s), fallbacks {c.get('fallbacks')}")
     if "per_pass" in r:  # the tuning summary
         for p, s in r["per_pass"].items():
             cells.append(f"{p}: {s['shapes']} shapes, chosen {s['chosen_us']} µs "

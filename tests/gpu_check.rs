@@ -68,7 +68,6 @@ fn gpu_check_script_runs_its_non_gpu_steps_and_writes_the_summary() {
         "bench-r18-cifar",
         "bench-r18-cifar-gemm",
         "train-cudnn-vs-gemm",
-        "bench-r18-cifar-gemm-spread-taps",
         "profile-r18-cifar",
         "bench-r50-imagenet-stem",
         "local-1-worker",
@@ -83,7 +82,6 @@ fn gpu_check_script_runs_its_non_gpu_steps_and_writes_the_summary() {
         "first-step-cudnn",
         "bench-r18-cifar",
         "bench-r18-cifar-gemm",
-        "bench-r18-cifar-gemm-spread-taps",
         "bench-r50-imagenet-stem",
     ] {
         let r = &by_name(name)["result"];

@@ -37,6 +37,8 @@ pub struct BenchResult {
     pub device: String,
     /// CUDA convolution kernels (`--cuda-conv`), on a GPU.
     pub cuda_conv: Option<String>,
+    /// CUDA training-mode BatchNorm (`--cuda-bn`), on a GPU.
+    pub cuda_bn: Option<String>,
     /// Convolution arithmetic (`--conv-precision`).
     pub conv_precision: String,
     /// CPU threads available to the process.
@@ -221,7 +223,9 @@ fn bench_eval<B: Backend>(
 }
 
 fn uses_cudnn(sel: &crate::device::Selected, k: &KernelChoice) -> bool {
-    !matches!(sel, crate::device::Selected::Cpu) && k.cuda_conv == resnet_kernels::CudaConv::Cudnn
+    !matches!(sel, crate::device::Selected::Cpu)
+        && (k.cuda_conv == resnet_kernels::CudaConv::Cudnn
+            || k.cuda_bn == resnet_kernels::CudaBn::Cudnn)
 }
 
 /// Runs `resnet bench`.
@@ -259,6 +263,11 @@ pub fn run(a: BenchArgs) -> Result<()> {
             #[cfg(feature = "cuda")]
             crate::device::Selected::Gpu { .. } => Some(k.cuda_conv.name().to_string()),
         },
+        cuda_bn: match sel {
+            crate::device::Selected::Cpu => None,
+            #[cfg(feature = "cuda")]
+            crate::device::Selected::Gpu { .. } => Some(k.cuda_bn.name().to_string()),
+        },
         conv_precision: precision.name().to_string(),
         threads: std::thread::available_parallelism()
             .map(|n| n.get())
@@ -273,7 +282,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
         losses,
         total_s,
         cudnn: uses_cudnn(&sel, &k).then(|| {
-            let st = resnet_kernels::conv::cudnn::stats();
+            let st = resnet_kernels::cudnn::stats();
             let n = (a.warmup + a.steps) as f64;
             CudnnBench {
                 host_syncs_per_step: st.host_syncs as f64 / n,

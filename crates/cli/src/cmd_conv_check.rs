@@ -1,7 +1,9 @@
 //! `resnet conv-check`: every convolution shape of a model, all three passes (forward, input
 //! gradient, weight gradient), run with the chosen kernels on the chosen device and compared
-//! with Burn's own f32 convolution on the CPU. The GPU check runs it first, so a wrong
-//! descriptor, layout or stream order shows up as a number before any benchmark.
+//! with Burn's own f32 convolution on the CPU; then every BatchNorm shape in training mode
+//! (output, the three gradients, the running statistics) against the model's generic BatchNorm
+//! on the CPU. The GPU check runs it first, so a wrong descriptor, layout or stream order shows
+//! up as a number before any benchmark.
 //!
 //! The error of a pass is `max |ours - reference| / max |reference|`, which is scale-free and
 //! large (order 1) for any indexing or layout bug. The tolerance depends on what the kernels may
@@ -16,7 +18,8 @@ use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{Tensor, TensorData};
 use clap::Args;
 use resnet_kernels::conv::{conv2d, record_geometries};
-use resnet_kernels::{ConvGeom, ConvPrecision, CpuConv, CudaConv, CudaMath, KernelChoice};
+use resnet_kernels::{ConvGeom, ConvPrecision, CpuBn, CpuConv, CudaConv, CudaMath, KernelChoice};
+use resnet_model::BatchNorm2d;
 use serde::Serialize;
 
 use crate::args::{DeviceArgs, ModelShapeArgs};
@@ -57,6 +60,23 @@ pub struct ShapeErrors {
     pub weight_grad: f64,
 }
 
+/// The errors of one BatchNorm shape in training mode.
+#[derive(Debug, Serialize)]
+pub struct BnErrors {
+    /// `[n, c, h, w]`.
+    pub shape: [usize; 4],
+    /// The output (with ReLU, as the blocks run it).
+    pub forward: f64,
+    /// The input's gradient.
+    pub input_grad: f64,
+    /// gamma's gradient.
+    pub gamma_grad: f64,
+    /// beta's gradient.
+    pub beta_grad: f64,
+    /// The running mean and variance after the step (the worse of the two).
+    pub running_stats: f64,
+}
+
 /// The whole check.
 #[derive(Debug, Serialize)]
 pub struct ConvCheck {
@@ -70,7 +90,15 @@ pub struct ConvCheck {
     pub tolerance: f64,
     /// Per distinct shape.
     pub shapes: Vec<ShapeErrors>,
-    /// The largest error of any pass.
+    /// `--cuda-bn` on a GPU, the CPU BatchNorm otherwise.
+    pub bn_kernels: String,
+    /// The accepted BatchNorm error.
+    pub bn_tolerance: f64,
+    /// Per distinct BatchNorm shape.
+    pub bn: Vec<BnErrors>,
+    /// The largest error of any pass, as a share of its tolerance (ok when at most 1).
+    pub worst_share: f64,
+    /// The largest convolution error.
     pub worst: f64,
     /// Whether every pass is within the tolerance.
     pub ok: bool,
@@ -94,6 +122,18 @@ pub fn tolerance(gpu: bool, k: &KernelChoice) -> f64 {
             1e-3
         }
         (ConvPrecision::F32, true) => 1e-2,
+    }
+}
+
+/// The error BatchNorm may show against the CPU's generic f32 code: sums over up to a few
+/// hundred thousand values per channel in another order (1e-4 on the CPU; 1e-3 on a GPU, whose
+/// reductions are trees of a different shape). BatchNorm never runs on the tensor cores, so
+/// TF32 and bf16 convolution settings do not change it.
+pub fn bn_tolerance(gpu: bool) -> f64 {
+    if gpu {
+        1e-3
+    } else {
+        1e-4
     }
 }
 
@@ -172,6 +212,48 @@ fn passes<B: AutodiffBackend>(
     (host(y.inner()), dx, dw)
 }
 
+/// One training step of BatchNorm (+ReLU) over `shape` on backend `B` with kernels `k`: the
+/// output, the input/gamma/beta gradients and the running mean and variance afterwards.
+fn bn_passes<B: AutodiffBackend>(
+    k: &KernelChoice,
+    shape: [usize; 4],
+    device: &B::Device,
+) -> [Vec<f32>; 6] {
+    let c = shape[1];
+    let n: usize = shape.iter().product();
+    let mut bn = BatchNorm2d::<B>::new(c, 0.1, 1e-5, false, device);
+    let param = |v: Vec<f32>| {
+        Param::from_tensor(Tensor::<B, 1>::from_data(TensorData::new(v, [c]), device))
+    };
+    // gamma around 1, beta around 0, both varied per channel so a channel mix-up shows.
+    bn.weight = param(values(c, 4).iter().map(|v| 1.0 + 0.5 * v).collect());
+    bn.bias = param(values(c, 5));
+    // Inputs off zero mean and unit scale, as a convolution's output is.
+    let x_values = values(n, 6).iter().map(|v| 3.0 * v + 0.5).collect();
+    let x = Tensor::<B, 4>::from_data(TensorData::new(x_values, shape), device).require_grad();
+    let r = Tensor::<B, 4>::from_data(TensorData::new(values(n, 7), shape), device);
+    let y = bn.forward_relu(k, x.clone());
+    let grads = (y.clone() * r).sum().backward();
+    let host = |t: Tensor<B::InnerBackend, 4>| {
+        t.into_data()
+            .convert::<f32>()
+            .into_vec::<f32>()
+            .unwrap_or_default()
+    };
+    let host1 = |t: Tensor<B::InnerBackend, 1>| {
+        t.into_data()
+            .convert::<f32>()
+            .into_vec::<f32>()
+            .unwrap_or_default()
+    };
+    let dx = x.grad(&grads).map(host).unwrap_or_default();
+    let dg = bn.weight.grad(&grads).map(host1).unwrap_or_default();
+    let db = bn.bias.grad(&grads).map(host1).unwrap_or_default();
+    let (mean, var) = bn.running_stats();
+    let stat = |t: Tensor<B, 1>| host1(t.inner());
+    [host(y.inner()), dx, dg, db, stat(mean), stat(var)]
+}
+
 /// Runs `resnet conv-check`.
 pub fn run(a: ConvCheckArgs) -> Result<()> {
     let cfg = a.shape.config(10)?;
@@ -214,10 +296,62 @@ pub fn run(a: ConvCheckArgs) -> Result<()> {
             weight_grad: relative_error(&dw, &rdw),
         });
     }
+    // BatchNorm: its input shapes are the convolutions' outputs.
+    let mut bn_shapes: Vec<[usize; 4]> = Vec::new();
+    for g in &distinct {
+        let s = [g.batch, g.cout, g.out_hw[0], g.out_hw[1]];
+        if !bn_shapes.contains(&s) {
+            bn_shapes.push(s);
+        }
+    }
+    let bn_reference = KernelChoice {
+        cpu_bn: CpuBn::Burn,
+        ..KernelChoice::default()
+    };
+    let mut bn = Vec::new();
+    for (i, shape) in bn_shapes.iter().enumerate() {
+        if !a.json {
+            eprintln!("batchnorm {}/{}: {shape:?}", i + 1, bn_shapes.len());
+        }
+        let ours = crate::with_train_backend!(sel, |B, device| bn_passes::<B>(&k, *shape, &device));
+        let reference = bn_passes::<Autodiff<Flex>>(&bn_reference, *shape, &Default::default());
+        let e = |i: usize| relative_error(&ours[i], &reference[i]);
+        bn.push(BnErrors {
+            shape: *shape,
+            forward: e(0),
+            input_grad: e(1),
+            gamma_grad: e(2),
+            beta_grad: e(3),
+            running_stats: e(4).max(e(5)),
+        });
+    }
+    let bn_tol = a.tolerance.unwrap_or_else(|| bn_tolerance(gpu));
     let worst = shapes
         .iter()
         .flat_map(|s| [s.forward, s.input_grad, s.weight_grad])
         .fold(0.0, f64::max);
+    let worst_bn = bn
+        .iter()
+        .flat_map(|s| {
+            [
+                s.forward,
+                s.input_grad,
+                s.gamma_grad,
+                s.beta_grad,
+                s.running_stats,
+            ]
+        })
+        .fold(0.0, f64::max);
+    let share = |e: f64, t: f64| {
+        if t > 0.0 {
+            e / t
+        } else if e == 0.0 {
+            0.0
+        } else {
+            f64::INFINITY
+        }
+    };
+    let worst_share = share(worst, tol).max(share(worst_bn, bn_tol));
     let report = ConvCheck {
         device: format!("{sel:?}"),
         kernels: if gpu {
@@ -228,19 +362,34 @@ pub fn run(a: ConvCheckArgs) -> Result<()> {
         conv_precision: precision.name().to_string(),
         tolerance: tol,
         shapes,
+        bn_kernels: if gpu {
+            k.cuda_bn.name().to_string()
+        } else {
+            k.cpu_bn.name().to_string()
+        },
+        bn_tolerance: bn_tol,
+        bn,
+        worst_share,
         worst,
-        ok: worst <= tol,
+        ok: worst <= tol && worst_bn <= bn_tol,
     };
     if a.json {
         println!("{}", serde_json::to_string(&report)?);
     } else {
         print_table(&report);
     }
-    if !report.ok {
+    if report.worst > report.tolerance {
         bail!(
             "a convolution pass differs from the reference by {:.3e} (tolerance {:.1e})",
             report.worst,
             report.tolerance
+        );
+    }
+    if !report.ok {
+        bail!(
+            "a BatchNorm result differs from the reference by {:.3e} (tolerance {:.1e})",
+            worst_bn,
+            report.bn_tolerance
         );
     }
     Ok(())
@@ -262,8 +411,27 @@ fn print_table(r: &ConvCheck) {
         );
     }
     println!(
-        "worst {:.2e}: {}",
-        r.worst,
+        "{} BatchNorm (+ReLU) in training mode against the generic f32 code (tolerance {:.1e})",
+        r.bn_kernels, r.bn_tolerance
+    );
+    println!(
+        "{:<24} {:>10} {:>10} {:>10} {:>10} {:>10}",
+        "shape", "forward", "input grad", "gamma grad", "beta grad", "running"
+    );
+    for s in &r.bn {
+        println!(
+            "{:<24} {:>10.2e} {:>10.2e} {:>10.2e} {:>10.2e} {:>10.2e}",
+            format!("{:?}", s.shape),
+            s.forward,
+            s.input_grad,
+            s.gamma_grad,
+            s.beta_grad,
+            s.running_stats
+        );
+    }
+    println!(
+        "worst {:.2e} of the tolerance: {}",
+        r.worst_share,
         if r.ok { "ok" } else { "FAILED" }
     );
 }
@@ -286,6 +454,29 @@ mod tests {
             "a missing gradient"
         );
         assert_eq!(relative_error(&[f32::NAN], &[1.0]), f64::INFINITY);
+    }
+
+    #[test]
+    fn fused_cpu_batchnorm_agrees_with_the_generic_code_and_a_wrong_one_would_not() {
+        let fused = KernelChoice::default();
+        assert_eq!(fused.cpu_bn, CpuBn::Fused);
+        let generic = KernelChoice {
+            cpu_bn: CpuBn::Burn,
+            ..fused
+        };
+        let dev = Default::default();
+        let shape = [3, 4, 5, 5];
+        let ours = bn_passes::<Autodiff<Flex>>(&fused, shape, &dev);
+        let reference = bn_passes::<Autodiff<Flex>>(&generic, shape, &dev);
+        for (i, (a, b)) in ours.iter().zip(&reference).enumerate() {
+            assert!(!b.is_empty(), "result {i} is missing");
+            let e = relative_error(a, b);
+            assert!(e <= bn_tolerance(false), "result {i}: {e}");
+        }
+        // The check can fail: a channel mix-up in gamma shows as an error of order 1.
+        let mut swapped = ours[2].clone();
+        swapped.swap(0, 1);
+        assert!(relative_error(&swapped, &reference[2]) > 1e-2);
     }
 
     #[test]

@@ -47,6 +47,9 @@ pub fn select(args: &DeviceArgs) -> Result<Selected> {
             cuda_driver_present()?;
             crate::kernel_cache::configure(args.kernel_cache.as_deref(), n)?;
             let (fusion, conv) = cuda_flags(args.cuda_conv, args.cuda_fusion)?;
+            if fusion && args.cuda_bn == Some(crate::args::CudaBnArg::Cudnn) {
+                bail!("--cuda-bn cudnn needs --cuda-fusion off (and a --cuda-conv other than autotune)");
+            }
             tracing::info!(
                 gpu = n,
                 fusion,
@@ -63,13 +66,13 @@ pub fn select(args: &DeviceArgs) -> Result<Selected> {
 }
 
 /// `--cuda-fusion` and `--cuda-conv`, checked against each other: (fusion on, kernels).
-/// Defaults: `gemm`, and fusion only with `autotune` (the fixed kernels need the plain
-/// backend).
+/// Defaults: `crate::kernels::DEFAULT_CUDA_CONV`, and fusion only with `autotune` (the fixed
+/// kernels need the plain backend).
 pub fn cuda_flags(
     conv: Option<CudaConvArg>,
     fusion: Option<Toggle>,
 ) -> Result<(bool, CudaConvArg)> {
-    let conv = conv.unwrap_or(CudaConvArg::Gemm);
+    let conv = conv.unwrap_or(crate::kernels::DEFAULT_CUDA_CONV);
     let fusion = match fusion {
         Some(t) => t == Toggle::On,
         None => conv == CudaConvArg::Autotune,
@@ -175,9 +178,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn kernel_flags_default_to_gemm_without_fusion_and_reject_fusion_with_fixed_kernels() {
+    fn kernel_flags_default_to_cudnn_without_fusion_and_reject_fusion_with_fixed_kernels() {
         use CudaConvArg::*;
-        assert_eq!(cuda_flags(None, None).expect("default"), (false, Gemm));
+        assert_eq!(cuda_flags(None, None).expect("default"), (false, Cudnn));
         assert_eq!(
             cuda_flags(Some(Autotune), None).expect("autotune"),
             (true, Autotune)

@@ -4,7 +4,8 @@
 //!
 //! | source | field | values |
 //! |---|---|---|
-//! | `--cuda-conv` / `RESNET_CUDA_CONV` | CUDA convolutions and classifier matmuls | autotune, gemm (default), direct, tuned |
+//! | `--cuda-conv` / `RESNET_CUDA_CONV` | CUDA convolutions and classifier matmuls | cudnn (default), gemm, tuned, autotune, direct |
+//! | `--cuda-bn` / `RESNET_CUDA_BN` | CUDA training-mode BatchNorm | cudnn (default with cudnn convolutions), burn (default otherwise) |
 //! | `RESNET_CONV` | CPU convolutions | gemm (default), burn |
 //! | `RESNET_BN` | CPU BatchNorm | fused (default), burn |
 //! | `RESNET_CUDA_DGRAD=spread` | experimental strided input gradient with `gemm` | spread |
@@ -17,9 +18,14 @@
 //! (`--conv-precision`), and the trainer applies it.
 
 use anyhow::{bail, Result};
-use resnet_kernels::{CpuBn, CpuConv, CudaConv, CudaMath, KernelChoice};
+use resnet_kernels::{CpuBn, CpuConv, CudaBn, CudaConv, CudaMath, KernelChoice};
 
-use crate::args::{CudaConvArg, CudaMathArg, DeviceArgs};
+use crate::args::{CudaBnArg, CudaConvArg, CudaMathArg, DeviceArgs};
+
+/// `--cuda-conv` when not given. cuDNN: on an H200 it matched Burn's f32 convolution on every
+/// ResNet-18/50 shape and trained 3x faster than gemm (benchmarks/RESULTS.md, 2026-12-04);
+/// where cuDNN is missing each call falls back to gemm (one warning, a metric).
+pub const DEFAULT_CUDA_CONV: CudaConvArg = CudaConvArg::Cudnn;
 
 /// The kernels `args` and the process environment ask for.
 pub fn choose(args: &DeviceArgs) -> Result<KernelChoice> {
@@ -34,13 +40,19 @@ pub fn choose_with(
 ) -> Result<KernelChoice> {
     // Whether fusion may go with these kernels is checked where a GPU is selected
     // (`crate::device::select`); a CPU run ignores the CUDA flags.
-    let conv = args.cuda_conv.unwrap_or(CudaConvArg::Gemm);
+    let conv = args.cuda_conv.unwrap_or(DEFAULT_CUDA_CONV);
     let parse = |var: &str| -> Result<Option<String>> { Ok(env(var).filter(|v| !v.is_empty())) };
     if args.cudnn_workspace_mb == Some(0) {
         bail!("--cudnn-workspace-mb must be at least 1");
     }
     let mut k = KernelChoice {
         cuda_conv: cuda_conv(conv),
+        // BatchNorm follows the convolutions unless asked: cuDNN's with cuDNN's, and the
+        // other kernel sets keep the Burn ops they were measured with.
+        cuda_bn: match (args.cuda_bn, conv) {
+            (Some(CudaBnArg::Cudnn), _) | (None, CudaConvArg::Cudnn) => CudaBn::Cudnn,
+            (Some(CudaBnArg::Burn), _) | (None, _) => CudaBn::Burn,
+        },
         cuda_math: match args.cuda_math {
             Some(CudaMathArg::Strict) => CudaMath::Strict,
             Some(CudaMathArg::Tf32) | None => CudaMath::Tf32,
@@ -107,9 +119,18 @@ mod tests {
         assert_eq!(k.cpu_conv, CpuConv::Gemm);
         assert_eq!(k.cpu_bn, CpuBn::Fused);
         assert_eq!(
-            k.cuda_conv,
-            CudaConv::Gemm,
-            "the binaries' CUDA default is gemm"
+            (k.cuda_conv, k.cuda_bn),
+            (CudaConv::Cudnn, CudaBn::Cudnn),
+            "the binaries' CUDA default is cuDNN for both"
+        );
+        let gemm = DeviceArgs {
+            cuda_conv: Some(CudaConvArg::Gemm),
+            ..DeviceArgs::default()
+        };
+        assert_eq!(
+            choose_with(&gemm, env(&[])).expect("gemm").cuda_bn,
+            CudaBn::Burn,
+            "other kernel sets keep Burn's BatchNorm unless asked"
         );
         assert!(!k.cuda_spread_dgrad && !k.cuda_taps_wgrad);
 
@@ -140,15 +161,18 @@ mod tests {
             cuda_math: Some(CudaMathArg::Strict),
             deterministic: true,
             cudnn_workspace_mb: Some(64),
+            cuda_bn: Some(CudaBnArg::Cudnn),
             ..DeviceArgs::default()
         };
         let k = choose_with(&cudnn, env(&[])).expect("cudnn");
         assert_eq!(k.cuda_conv, CudaConv::Cudnn);
+        assert_eq!(k.cuda_bn, CudaBn::Cudnn);
         assert_eq!(k.cuda_math, CudaMath::Strict);
         assert!(k.deterministic);
         assert_eq!(k.cudnn_workspace_mb, 64);
         let k = choose_with(&args, env(&[])).expect("defaults");
         assert_eq!(k.cuda_math, CudaMath::Tf32);
+        assert_eq!(k.cuda_bn, CudaBn::Cudnn);
         assert_eq!(
             k.cudnn_workspace_mb,
             resnet_kernels::DEFAULT_CUDNN_WORKSPACE_MB

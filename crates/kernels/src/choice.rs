@@ -75,7 +75,7 @@ pub enum CudaConv {
     /// on the device and cached ([`crate::conv::tune_plan`]).
     Tuned,
     /// cuDNN (loaded at run time), each pass's algorithm measured once per shape and cached
-    /// ([`crate::conv::cudnn`]); `gemm` where cuDNN is absent or refuses a shape.
+    /// ([`crate::cudnn`]); `gemm` where cuDNN is absent or refuses a shape.
     Cudnn,
 }
 
@@ -86,6 +86,18 @@ named_enum!(CudaConv, "CUDA convolution", {
     Tuned => "tuned",
     Cudnn => "cudnn",
 });
+
+/// How training-mode BatchNorm runs on the plain CUDA backend (`--cuda-bn`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum CudaBn {
+    /// The model's composition of Burn ops.
+    #[default]
+    Burn,
+    /// cuDNN's batch-norm forward and backward as one autodiff node ([`crate::bn`]).
+    Cudnn,
+}
+
+named_enum!(CudaBn, "CUDA BatchNorm", { Burn => "burn", Cudnn => "cudnn" });
 
 /// How f32 products are computed (`--cuda-math`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -111,6 +123,8 @@ pub struct KernelChoice {
     pub cpu_bn: CpuBn,
     /// Convolutions (and the classifier's matmuls) on the plain CUDA backend.
     pub cuda_conv: CudaConv,
+    /// Training-mode BatchNorm on the plain CUDA backend.
+    pub cuda_bn: CudaBn,
     /// With `cuda_conv = gemm`: strided input gradients as stride-1 implicit GEMM on the spread
     /// output gradient ([`crate::conv::dilate`]) instead of Burn's autotuned transposed
     /// convolution. Experimental, f32 only.
@@ -139,6 +153,7 @@ impl Default for KernelChoice {
             cpu_conv: CpuConv::default(),
             cpu_bn: CpuBn::default(),
             cuda_conv: CudaConv::default(),
+            cuda_bn: CudaBn::default(),
             cuda_spread_dgrad: false,
             cuda_taps_wgrad: false,
             precision: ConvPrecision::default(),
@@ -179,6 +194,9 @@ mod tests {
         for v in CudaConv::ALL {
             assert_eq!(v.name().parse::<CudaConv>(), Ok(*v));
         }
+        for v in CudaBn::ALL {
+            assert_eq!(v.name().parse::<CudaBn>(), Ok(*v));
+        }
         let e = "fast".parse::<CudaConv>().expect_err("not a kernel");
         assert_eq!(
             e,
@@ -192,6 +210,7 @@ mod tests {
         assert_eq!(k.cpu_conv, CpuConv::Gemm);
         assert_eq!(k.cpu_bn, CpuBn::Fused);
         assert_eq!(k.cuda_conv, CudaConv::Autotune);
+        assert_eq!(k.cuda_bn, CudaBn::Burn);
         assert!(!k.cuda_fixed());
         assert_eq!(k.precision, ConvPrecision::F32);
         assert_eq!(k.cuda_math, CudaMath::Tf32);

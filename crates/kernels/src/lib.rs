@@ -3,11 +3,14 @@
 //! [`KernelChoice`] value that the binaries build and the model carries.
 //!
 //! ```text
-//! choice.rs      KernelChoice: CPU conv/BN, CUDA conv, precision (set at the edge)
+//! choice.rs      KernelChoice: CPU conv/BN, CUDA conv/BN, precision (set at the edge)
 //! conv/          the convolution: dispatch (mod.rs), geometry, autodiff op, CPU im2col+GEMM
 //!                (cpu.rs, flex.rs), CUDA fixed strategies and tuning (cuda/), shared
 //!                gradient formulations (dilate.rs, wgrad.rs) and the tuning plan
-//! bn/            fused BatchNorm (+ReLU) on the CPU: autodiff op (mod.rs), slice kernels (cpu.rs)
+//! bn/            BatchNorm (+ReLU) as one autodiff node: fused on the CPU (mod.rs over cpu.rs),
+//!                cuDNN's on CUDA (cuda.rs)
+//! cudnn/         cuDNN for the convolutions and BatchNorm: descriptors, algorithm choice and
+//!                cache (pure, CPU-tested), FFI, per-thread handles and stream ordering
 //! matmul.rs      the classifier's linear op and its matmul-kernel trait
 //! sgemm.rs       the CPU GEMM the convolutions run on; scratch.rs: its reusable buffers
 //! precision.rs   f32 or bf16 (autocast semantics) convolution arithmetic
@@ -26,11 +29,14 @@ pub mod bn;
 mod cast;
 mod choice;
 pub mod conv;
+pub mod cudnn;
 pub mod matmul;
 pub mod precision;
 mod scratch;
 mod sgemm;
 
-pub use choice::{CpuBn, CpuConv, CudaConv, CudaMath, KernelChoice, DEFAULT_CUDNN_WORKSPACE_MB};
+pub use choice::{
+    CpuBn, CpuConv, CudaBn, CudaConv, CudaMath, KernelChoice, DEFAULT_CUDNN_WORKSPACE_MB,
+};
 pub use conv::ConvGeom;
 pub use precision::ConvPrecision;

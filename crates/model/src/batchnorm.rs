@@ -99,6 +99,18 @@ impl<B: Backend> BatchNorm2d<B> {
             self.update_running(mean, var, n * h * w);
             return y;
         }
+        if train {
+            let (gamma, beta) = (self.weight.val(), self.bias.val());
+            if let Some((y, mean, var)) = bn::train_cudnn(k, &x, &gamma, &beta, self.eps) {
+                let [n, _, h, w] = x.dims();
+                self.update_running(mean, var, n * h * w);
+                return if relu {
+                    burn::tensor::activation::relu(y)
+                } else {
+                    y
+                };
+            }
+        }
         if !train && bn::handles(k, &x, false) {
             let (mean, var) = self.running_stats();
             let params = [self.weight.val(), self.bias.val(), mean, var];

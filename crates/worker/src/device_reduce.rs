@@ -31,7 +31,7 @@ pub fn all_reduce_mean(
         static WARNED: std::sync::Once = std::sync::Once::new();
         WARNED.call_once(|| {
             tracing::warn!(
-                "--nccl-buffers device needs the unfused f32 CUDA backend (--cuda-conv gemm or \
+                "--nccl-buffers device needs the unfused f32 CUDA backend (--cuda-conv cudnn, gemm or \
                  direct); staging the gradients through the host instead"
             )
         });

@@ -145,7 +145,7 @@ impl WorkerMetrics {
         self.accuracy.set(s.epoch_accuracy);
         self.lr.set(s.lr);
         self.cudnn_fallbacks
-            .set(resnet_kernels::conv::cudnn::stats().fallbacks as f64);
+            .set(resnet_kernels::cudnn::stats().fallbacks as f64);
         if s.allreduce_bytes > 0 {
             self.ar_bytes.increment(s.allreduce_bytes as u64);
             self.ar_duration.record(t.allreduce);

@@ -1,4 +1,4 @@
-//! BatchNorm (+ ReLU) for the flex CPU backend as single fused operations: training-mode
+//! BatchNorm (+ ReLU) as single autodiff operations. On the flex CPU backend: training-mode
 //! forward is two passes (statistics, normalise-and-clip) and one autodiff node, the backward
 //! two passes; evaluation is one pass. Burn's composition of the same maths records about ten
 //! autodiff nodes and makes a full pass over the activation for each.
@@ -9,8 +9,21 @@
 //!
 //! The fused path computes exactly what the generic one does, to float rounding, which the
 //! model's tests check; BatchNorm's parameters and running statistics stay the model's.
+//!
+//! On CUDA, `CudaBn::Cudnn` runs training-mode BatchNorm through cuDNN ([`train_cudnn`],
+//! `cuda.rs`); evaluation there stays the model's two-broadcast generic code.
+//!
+//! ```text
+//! mod.rs      which path runs; the CPU autodiff node
+//! cpu.rs      the CPU kernels on slices
+//! cuda.rs     the cuDNN autodiff node (CUDA builds)
+//! generic.rs  the maths from saved statistics in Burn ops (cuDNN's fallback; CPU-tested)
+//! ```
 
 pub mod cpu;
+#[cfg(feature = "cuda")]
+mod cuda;
+pub mod generic;
 
 use std::any::TypeId;
 
@@ -39,6 +52,24 @@ pub fn handles<B: Backend>(k: &KernelChoice, x: &Tensor<B, 4>, train: bool) -> b
         TypeId::of::<Flex>()
     };
     k.cpu_bn == CpuBn::Fused && TypeId::of::<B>() == wanted && x.dtype() == DType::F32
+}
+
+/// Training-mode BatchNorm through cuDNN when `k` chose it (`cuda_bn = cudnn`), the backend is
+/// `Autodiff<CudaPlain>`, `x` is f32 and cuDNN takes the shape: `Some((y, batch mean, biased
+/// batch variance))`. `None` (always, in builds without CUDA) means the caller runs another path.
+pub fn train_cudnn<B: Backend>(
+    k: &KernelChoice,
+    x: &Tensor<B, 4>,
+    gamma: &Tensor<B, 1>,
+    beta: &Tensor<B, 1>,
+    eps: f64,
+) -> Option<(Tensor<B, 4>, Tensor<B, 1>, Tensor<B, 1>)> {
+    #[cfg(feature = "cuda")]
+    if cuda::handles(k, x) {
+        return cuda::train(k, x, gamma, beta, eps);
+    }
+    let _ = (k, x, gamma, beta, eps);
+    None
 }
 
 fn geom(dims: [usize; 4]) -> BnGeom {

@@ -3,7 +3,7 @@
 //! than flex's own path (see benchmarks/RESULTS.md). On the plain CUDA backend with fixed kernels
 //! chosen, `cuda` runs them with a fixed strategy instead of Burn's autotuning (`gemm`,
 //! `direct`), with the fastest of a few fixed candidates per shape (`tuned`, [`tune_plan`]), or
-//! through cuDNN (`cudnn`, [`cudnn`]).
+//! through cuDNN (`cudnn`, [`crate::cudnn`]).
 //! Every other backend, every convolution outside the fast path's shape (bias, groups,
 //! dilation, `Same` padding, other dtypes), and `CpuConv::Burn` go through Burn unchanged.
 //!
@@ -13,7 +13,6 @@
 //! autodiff.rs  the convolution as one autodiff node over a ConvKernels implementation
 //! flex.rs      ConvKernels on the CPU, over cpu.rs (im2col + GEMM on slices)
 //! cuda/        ConvKernels on CUDA: fixed strategies (gemm.rs), tuned.rs, implicit.rs
-//! cudnn/       cuDNN: descriptors, algorithm choice and cache (pure), FFI and stream ordering
 //! dilate.rs    strided input gradient as a stride-1 one (backend-generic, CPU-tested)
 //! wgrad.rs     weight gradient as batched matmuls per kernel tap (backend-generic, CPU-tested)
 //! tune_plan.rs what `tuned` chooses between (plain data, CPU-tested)
@@ -23,7 +22,6 @@ mod autodiff;
 pub mod cpu;
 #[cfg(feature = "cuda")]
 pub mod cuda;
-pub mod cudnn;
 #[cfg(any(test, feature = "cuda"))]
 pub mod dilate;
 mod flex;

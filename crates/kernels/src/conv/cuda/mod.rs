@@ -1,7 +1,7 @@
 //! The convolution on CUDA without kernel fusion ([`CudaPlain`]), with the kernels chosen up
 //! front instead of autotuned: `gemm` and `direct` are fixed strategies ([`gemm`]), `tuned`
 //! times a few fixed candidates per shape, `gemm` among them ([`tuned`]), `cudnn` runs cuDNN
-//! (`crate::conv::cudnn`) with `gemm` where cuDNN is absent or declines a shape.
+//! (`crate::cudnn`) with `gemm` where cuDNN is absent or declines a shape.
 
 mod gemm;
 mod implicit;
@@ -17,8 +17,9 @@ use super::autodiff::ConvKernels;
 use super::ConvGeom;
 use crate::backends::CudaPlain;
 use crate::choice::{CudaConv, KernelChoice};
-use crate::conv::cudnn::run::{self as cudnn_run, Settings};
 use crate::conv::tune_plan::Pass;
+use crate::cudnn::conv_run::{self as cudnn_run, Settings};
+use crate::cudnn::device as cudnn_device;
 use crate::matmul::FixedMatmul;
 use gemm::Fixed;
 
@@ -51,19 +52,19 @@ impl CudaKernels {
 
     /// `pass` through cuDNN when it is chosen and usable; `None` sends the pass to the gemm
     /// kernels (cuDNN absent: warned once at the probe; a shape it declines: warned once per
-    /// reason, counted in `cudnn::run::stats`).
+    /// reason, counted in `crate::cudnn::stats`).
     fn cudnn(&self, pass: Pass, a: &Tensor, b: &Tensor, g: &ConvGeom) -> Option<Tensor> {
         if self.conv != CudaConv::Cudnn {
             return None;
         }
-        if !cudnn_run::available() {
-            cudnn_run::count_fallback();
+        if !cudnn_device::available() {
+            cudnn_device::count_fallback();
             return None;
         }
         match cudnn_run::pass(pass, a.clone(), b.clone(), g, self.cudnn) {
             Ok(t) => Some(t),
             Err(why) => {
-                cudnn_run::count_fallback();
+                cudnn_device::count_fallback();
                 warn_once(&why);
                 None
             }

@@ -5,8 +5,8 @@ use std::ffi::c_void;
 use cudarc::cudnn::sys;
 
 use super::{check, Descriptors, Handle, Result};
-use crate::conv::cudnn::plan::Measured;
 use crate::conv::tune_plan::Pass;
+use crate::cudnn::conv_plan::Measured;
 
 /// The three performance structs of cuDNN share one layout; reading it through plain integers
 /// means a value cuDNN adds in a later version can never be an invalid Rust enum.
@@ -67,7 +67,7 @@ pub(crate) type Operands = (*const c_void, *const c_void, *mut c_void);
 ///
 /// # Safety
 /// The operand addresses are live device allocations of the sizes the descriptors describe,
-/// on the handle's context; nothing else writes them until the handle's stream is synchronised;
+/// on the handle's context; they stay allocated, and nothing writes them, except in stream order behind this call on the handle's stream;
 /// `workspace` is a live allocation of its stated size (or null with size 0).
 #[allow(unsafe_code)]
 pub(crate) unsafe fn find(

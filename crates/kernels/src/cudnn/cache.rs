@@ -1,4 +1,4 @@
-//! The cuDNN algorithm cache: for each pass and shape (`super::plan::algo_key`), the algorithm
+//! The cuDNN algorithm cache: for each pass and shape (`super::conv_plan::algo_key`), the algorithm
 //! cuDNN measured fastest. Kept in memory and in one text file in the kernel cache directory,
 //! so a restarted worker times nothing.
 //!

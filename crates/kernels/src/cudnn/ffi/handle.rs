@@ -1,4 +1,4 @@
-//! A cuDNN handle on a stream of its own, and device memory outside cubecl's pools.
+//! A cuDNN handle that queues on cubecl's stream, and device memory outside cubecl's pools.
 
 use std::ffi::c_void;
 
@@ -8,7 +8,8 @@ use cudarc::driver::sys as cu;
 
 use super::{check, Result};
 
-/// A cuDNN handle bound to a non-blocking stream of its own on the current context.
+/// A cuDNN handle on the current context, queueing on whichever stream it was last bound to
+/// (cubecl's stream for this thread: see `super::super::device`).
 pub(crate) struct Handle {
     pub(super) raw: sys::cudnnHandle_t,
     stream: cu::CUstream,
@@ -17,7 +18,7 @@ pub(crate) struct Handle {
 
 impl Handle {
     /// Makes the primary context of `device` current on this thread (cubecl's context: it
-    /// retains the same primary context) and creates a handle and a stream on it.
+    /// retains the same primary context) and creates a handle on it.
     pub(crate) fn new(device: usize) -> Result<Self> {
         let ordinal = i32::try_from(device).map_err(|_| format!("device index {device}"))?;
         // Idempotent; cubecl has normally initialised the driver already.
@@ -32,16 +33,17 @@ impl Handle {
             drv::ctx::set_current(ctx).map_err(|e| format!("set context: {e}"))?;
             ctx
         };
-        let stream = drv::stream::create(drv::stream::StreamKind::NonBlocking)
-            .map_err(|e| format!("creating the cuDNN stream: {e}"))?;
         let mut raw: sys::cudnnHandle_t = std::ptr::null_mut();
         // SAFETY: `raw` is a valid out-pointer; a current context exists (above).
         #[allow(unsafe_code)]
         unsafe {
             check(sys::cudnnCreate(&mut raw), "cudnnCreate")?;
-            check(sys::cudnnSetStream(raw, stream as _), "cudnnSetStream")?;
         }
-        Ok(Self { raw, stream, ctx })
+        Ok(Self {
+            raw,
+            stream: std::ptr::null_mut(),
+            ctx,
+        })
     }
 
     /// Makes the handle's context current on this thread again (another library on this
@@ -54,24 +56,42 @@ impl Handle {
         }
     }
 
-    /// Waits until everything queued on the handle's stream has finished.
+    /// Queues the handle's later calls on `stream` (a host-side setting; nothing waits).
+    ///
+    /// # Safety
+    /// `stream` must be a live stream of this handle's context that outlives every call made
+    /// through the handle until the next `bind`.
+    #[allow(unsafe_code)]
+    pub(crate) unsafe fn bind(&mut self, stream: cu::CUstream) -> Result<()> {
+        if stream != self.stream {
+            // SAFETY: `raw` is a live handle; the caller vouches for `stream`.
+            unsafe { check(sys::cudnnSetStream(self.raw, stream as _), "cudnnSetStream")? };
+            self.stream = stream;
+        }
+        Ok(())
+    }
+
+    /// Waits until everything queued on the bound stream (cuDNN's calls and cubecl's kernels
+    /// alike) has finished.
     pub(crate) fn synchronize(&self) -> Result<()> {
-        // SAFETY: the stream was created in `new` and is destroyed only in `drop`.
+        if self.stream.is_null() {
+            return Ok(());
+        }
+        // SAFETY: the bound stream is live (`bind`'s contract).
         #[allow(unsafe_code)]
         unsafe {
-            drv::stream::synchronize(self.stream).map_err(|e| format!("cuDNN stream: {e}"))
+            drv::stream::synchronize(self.stream).map_err(|e| format!("CUDA stream: {e}"))
         }
     }
 }
 
 impl Drop for Handle {
     fn drop(&mut self) {
-        // SAFETY: both were created in `new` and are released once, here; errors at teardown
-        // have no one to report to.
+        // SAFETY: created in `new` and released once, here; errors at teardown have no one to
+        // report to. The stream is cubecl's and stays.
         #[allow(unsafe_code)]
         unsafe {
             let _ = sys::cudnnDestroy(self.raw);
-            let _ = drv::stream::destroy(self.stream);
         }
     }
 }
@@ -104,8 +124,9 @@ impl DeviceBuffer {
 impl Drop for DeviceBuffer {
     fn drop(&mut self) {
         if self.ptr != 0 {
-            // SAFETY: allocated in `new`, freed once; the owner synchronises the cuDNN stream
-            // before replacing or dropping a workspace, so no call still uses it.
+            // SAFETY: allocated in `new`, freed once; the owner synchronises the stream it
+            // queued on before replacing or dropping a workspace, so no call still uses it
+            // (and cuMemFree waits for the device's pending work anyway).
             #[allow(unsafe_code)]
             unsafe {
                 let _ = drv::free_sync(self.ptr);

@@ -3,7 +3,7 @@
 use cudarc::cudnn::sys;
 
 use super::{check, Result};
-use crate::conv::cudnn::plan::{ConvPlan, Dtype, Layout, MathType};
+use crate::cudnn::conv_plan::{ConvPlan, Dtype, Layout, MathType};
 
 /// The descriptors of one convolution (its input, filter, output and the convolution itself).
 pub(crate) struct Descriptors {

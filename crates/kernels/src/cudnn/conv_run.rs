@@ -1,38 +1,22 @@
-//! The cuDNN passes on cubecl tensors, and the per-process and per-thread state they need.
-//!
-//! **Stream ordering (version 1, explicit and correct by construction).** Burn 0.21's cubecl
-//! launches on a stream of its own per thread that it does not expose, and cuDNN runs on the
-//! handle's stream. Each pass therefore (1) waits for cubecl's stream (`client.sync()`), so the
-//! kernels that wrote the operands have finished, (2) queues the cuDNN call, and (3) waits for
-//! the cuDNN stream before the result goes back to Burn, so no cubecl kernel reads it early and
-//! no operand is freed while cuDNN reads it. Two host synchronisations per pass: their count
-//! and the time spent in them are in `super::stats`, which `resnet bench` reports, so the cost is
-//! measured rather than guessed. The cure, if it matters, is an event recorded on cubecl's
-//! stream (a patch of cubecl-cuda that exposes it).
+//! The convolution passes through cuDNN on cubecl tensors, and the process-wide algorithm
+//! cache. Stream ordering and the per-thread handle are `super::device`'s.
 //!
 //! **State.** The algorithm cache is per process (every thread's measurements are shared) and
-//! backed by a file in the kernel cache directory. Handles, descriptors and the workspace are per
-//! thread and device: a cuDNN handle must not be used by two threads at once, and the training
-//! loop runs on one thread per replica.
+//! backed by a file in the kernel cache directory. Descriptors and the workspace live in the
+//! thread's per-device state.
 
-use std::cell::RefCell;
-use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::atomic::Ordering;
 use std::sync::{Mutex, OnceLock};
-use std::time::Instant;
 
-use burn::tensor::{DType, Shape};
+use burn::tensor::Shape;
 use burn_cubecl::cubecl::cuda::CudaRuntime;
-use burn_cubecl::cubecl::future::block_on;
-use burn_cubecl::kernel::into_contiguous;
 use burn_cubecl::ops::numeric::empty_device_contiguous_dtype;
 use burn_cubecl::tensor::CubeTensor;
 
 use super::cache::{AlgoCache, Entry, FILE_NAME};
+use super::conv_plan::{self as plan, CudaMath, Layout, Workspace};
+use super::device::{contiguous, dtype_of, timed_sync, with_device, Stream};
 use super::ffi::{self, Descriptors, DeviceBuffer, Handle};
-use super::plan::{self, CudaMath, Dtype, Layout, Workspace};
-use super::{decide, Availability};
 use crate::conv::tune_plan::Pass;
 use crate::conv::ConvGeom;
 
@@ -47,37 +31,6 @@ pub(crate) struct Settings {
     pub deterministic: bool,
     /// `--cudnn-workspace-mb`.
     pub workspace_mb: usize,
-}
-
-/// Whether cuDNN is usable in this process, probed once. On the first "no" it warns once; the
-/// caller then runs the fallback kernels.
-pub(crate) fn available() -> bool {
-    static STATE: OnceLock<Availability> = OnceLock::new();
-    let a = STATE.get_or_init(|| {
-        let a = decide(ffi::library_present(), ffi::version);
-        match &a {
-            Availability::Ready(v) => tracing::info!(cudnn_version = v, "cuDNN convolutions"),
-            Availability::Unavailable(why) => tracing::warn!(
-                reason = %why,
-                "--cuda-conv cudnn: cuDNN is not usable; convolutions run on the gemm kernels"
-            ),
-        }
-        a
-    });
-    matches!(a, Availability::Ready(_))
-}
-
-fn timed_sync(f: impl FnOnce() -> Result<(), String>) -> Result<(), String> {
-    let t0 = Instant::now();
-    let r = f();
-    super::SYNCS.fetch_add(1, Ordering::Relaxed);
-    super::SYNC_NANOS.fetch_add(t0.elapsed().as_nanos() as u64, Ordering::Relaxed);
-    r
-}
-
-/// Counts a pass that cuDNN declined (it ran on the gemm kernels).
-pub(crate) fn count_fallback() {
-    super::FALLBACKS.fetch_add(1, Ordering::Relaxed);
 }
 
 /// The process-wide algorithm cache and where it is stored (None: memory only).
@@ -114,26 +67,6 @@ fn cache_dir() -> Option<PathBuf> {
     use burn_cubecl::cubecl::config::{CubeClRuntimeConfig, RuntimeConfig};
     match &CubeClRuntimeConfig::get().autotune.cache {
         CacheConfig::File(dir) => Some(dir.clone()),
-        _ => None,
-    }
-}
-
-/// A thread's cuDNN state on one device.
-struct PerDevice {
-    handle: Handle,
-    workspace: DeviceBuffer,
-    plan: Workspace,
-    descriptors: HashMap<(ConvGeom, Dtype, CudaMath), Descriptors>,
-}
-
-thread_local! {
-    static DEVICES: RefCell<HashMap<usize, PerDevice>> = RefCell::new(HashMap::new());
-}
-
-fn dtype_of(t: &Tensor) -> Option<Dtype> {
-    match t.dtype {
-        DType::F32 => Some(Dtype::F32),
-        DType::BF16 => Some(Dtype::Bf16),
         _ => None,
     }
 }
@@ -180,22 +113,11 @@ pub(crate) fn pass(
         rb.resource().ptr as *const std::ffi::c_void,
         ro.resource().ptr as *mut std::ffi::c_void,
     );
-    // (1) The operands' producers have finished.
-    timed_sync(|| block_on(client.sync()).map_err(|e| format!("waiting for cubecl: {e:?}")))?;
+    // cubecl's stream for this thread: `out` was just allocated here.
+    let stream = Stream::new(ro.resource().stream);
     let key = plan::algo_key(pass, g, layout, dtype, s.math, s.deterministic);
-    DEVICES.with(|devices| -> Result<(), String> {
-        let mut devices = devices.borrow_mut();
-        let dev = match devices.entry(device.index) {
-            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
-            std::collections::hash_map::Entry::Vacant(e) => e.insert(PerDevice {
-                handle: Handle::new(device.index)?,
-                workspace: DeviceBuffer::new(0)?,
-                plan: Workspace::with_cap_mb(s.workspace_mb),
-                descriptors: HashMap::new(),
-            }),
-        };
-        dev.handle.make_current()?;
-        let d = match dev.descriptors.entry((*g, dtype, s.math)) {
+    with_device(device.index, s.workspace_mb, stream, |dev| {
+        let d = match dev.conv.entry((*g, dtype, s.math)) {
             std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
             std::collections::hash_map::Entry::Vacant(e) => {
                 e.insert(Descriptors::new(&conv_plan, dtype, layout)?)
@@ -213,22 +135,23 @@ pub(crate) fn pass(
             _ => measure(&dev.handle, d, pass, ptrs, s, &key)?,
         };
         if let Some(size) = dev.plan.grow_for(entry.memory) {
-            // The old workspace may still be in use by a queued call: drain first.
+            // The old workspace may still be in use by a queued call: drain first (rare: the
+            // workspace only grows, to the largest algorithm's need).
             timed_sync(|| dev.handle.synchronize())?;
             dev.workspace = DeviceBuffer::new(size)?;
         }
-        // SAFETY: the three addresses are live cubecl allocations held by `ra`, `rb`, `ro` until
-        // after the synchronisation below, contiguous and of the shapes the descriptors describe
-        // (`plan` built both from `g`; `out` was allocated from `out_shape(pass, g)`), in the
-        // dtype the descriptors name; cubecl's stream was drained above and queues nothing on
-        // them meanwhile (this thread is the one that would); the workspace holds at least
-        // `entry.memory` bytes (grown above; `measure` only returns algorithms within the cap).
+        // SAFETY: the three addresses are live cubecl allocations, contiguous and of the shapes
+        // the descriptors describe (`plan` built both from `g`; `out` was allocated from
+        // `out_shape(pass, g)`), in the dtype the descriptors name. The call is queued on
+        // cubecl's stream (the handle is bound to it), so it runs after the kernels that wrote
+        // the operands, and whatever reads `out` or reuses the operands' memory once the guards
+        // drop is queued behind it on the same stream. The workspace holds at least
+        // `entry.memory` bytes (grown above; `measure` only returns algorithms within the cap)
+        // and is only used on this stream.
         #[allow(unsafe_code)]
         unsafe {
-            ffi::run(&dev.handle, d, pass, entry.algo, ptrs, dev.workspace.raw())?;
+            ffi::run(&dev.handle, d, pass, entry.algo, ptrs, dev.workspace.raw())
         }
-        // (3) The result is complete before Burn sees it.
-        timed_sync(|| dev.handle.synchronize())
     })?;
     drop((ra, rb, ro));
     Ok(out)
@@ -248,9 +171,9 @@ fn measure(
     // A search workspace as large as allowed, freed afterwards: the chosen algorithm usually
     // needs far less, and only that much is kept.
     let search = DeviceBuffer::new(cap).or_else(|_| DeviceBuffer::new(0))?;
-    // SAFETY: as in `pass`: live, correctly sized operands, cubecl's stream drained; `search`
-    // is a live allocation of its stated size. The search writes the output operand, which
-    // `pass` then overwrites.
+    // SAFETY: as in `pass`: live, correctly sized operands, queued in order on cubecl's stream;
+    // `search` is a live allocation of its stated size, kept until the stream has drained
+    // below. The search writes the output operand, which `pass` then overwrites.
     #[allow(unsafe_code)]
     let measured = unsafe { ffi::find(h, d, pass, ptrs, search.raw())? };
     timed_sync(|| h.synchronize())?;
@@ -287,12 +210,4 @@ fn measure(
         }
     }
     Ok(entry)
-}
-
-fn contiguous(t: Tensor) -> Tensor {
-    if t.is_contiguous() && t.is_contiguous_buffer() {
-        t
-    } else {
-        into_contiguous(t)
-    }
 }

@@ -1,25 +1,34 @@
-//! Convolutions through cuDNN (`--cuda-conv cudnn`), on the device memory of Burn's CUDA
-//! tensors, as PyTorch runs them.
+//! cuDNN under Burn's CUDA tensors, as PyTorch runs it: the convolutions
+//! (`--cuda-conv cudnn`) and training-mode BatchNorm (`--cuda-bn cudnn`), on the device memory
+//! of cubecl tensors.
 //!
 //! ```text
-//! plan.rs    descriptors, math mode, algorithm choice, workspace growth (pure, CPU-tested)
-//! cache.rs   the algorithm cache and its file in the kernel cache directory (pure, CPU-tested)
-//! mod.rs     whether cuDNN can be used at all (pure, CPU-tested)
-//! ffi.rs     handles, descriptors, cudnnFind*AlgorithmEx and the three passes (CUDA builds)
-//! run.rs     the passes on cubecl tensors, stream ordering, the per-process state (CUDA builds)
+//! mod.rs        whether cuDNN can be used at all, and what it has done (pure, CPU-tested)
+//! conv_plan.rs  convolution descriptors, math mode, algorithm choice, workspace growth (pure)
+//! cache.rs      the algorithm cache and its file in the kernel cache directory (pure)
+//! bn_plan.rs    BatchNorm descriptors and what cuDNN declines (pure)
+//! ffi/          handles, descriptors and the calls themselves (CUDA builds)
+//! device.rs     per-thread handles, stream ordering and its counters (CUDA builds)
+//! conv_run.rs   the convolution passes on cubecl tensors, the shared algorithm cache (CUDA)
+//! bn_run.rs     BatchNorm forward and backward on cubecl tensors (CUDA builds)
 //! ```
 //!
 //! cuDNN is loaded at run time (`libcudnn.so.9`, through cudarc), so building needs no CUDA
-//! toolkit; a process that asks for `cudnn` on a machine without it gets one warning and the
-//! `gemm` kernels.
+//! toolkit; a process that asks for cuDNN on a machine without it gets one warning and the
+//! fallbacks (`gemm` convolutions, Burn's BatchNorm).
 
+pub mod bn_plan;
 pub mod cache;
-pub mod plan;
+pub mod conv_plan;
 
+#[cfg(feature = "cuda")]
+pub(crate) mod bn_run;
+#[cfg(feature = "cuda")]
+pub(crate) mod conv_run;
+#[cfg(feature = "cuda")]
+pub(crate) mod device;
 #[cfg(feature = "cuda")]
 mod ffi;
-#[cfg(feature = "cuda")]
-pub(crate) mod run;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -30,11 +39,12 @@ static FALLBACKS: AtomicU64 = AtomicU64::new(0);
 /// What the cuDNN path has done in this process so far (all zero when it never ran).
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct Stats {
-    /// Host synchronisations made to order cuDNN against cubecl's stream (two per pass).
+    /// Host synchronisations made to order cuDNN against cubecl's stream (two per call).
     pub host_syncs: u64,
     /// Seconds spent waiting in them.
     pub host_sync_seconds: f64,
-    /// Passes cuDNN declined or could not run, which ran on the gemm kernels instead.
+    /// Calls cuDNN declined or could not make, which ran on the fallback instead (gemm
+    /// kernels, Burn's BatchNorm).
     pub fallbacks: u64,
 }
 
@@ -51,12 +61,12 @@ pub fn stats() -> Stats {
 /// as 9·10000 + x·100 + y; cuDNN 8 as 8·1000 + …).
 pub const MIN_VERSION: usize = 90000;
 
-/// Whether cuDNN can run the convolutions in this process.
+/// Whether cuDNN can run in this process.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Availability {
     /// Loaded; its `cudnnGetVersion()`.
     Ready(usize),
-    /// Not usable, and why (the convolutions run on the `gemm` kernels).
+    /// Not usable, and why (the fallbacks run).
     Unavailable(String),
 }
 

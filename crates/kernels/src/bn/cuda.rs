@@ -1,0 +1,174 @@
+//! Training-mode BatchNorm on CUDA through cuDNN (`--cuda-bn cudnn`) as one autodiff node on
+//! `Autodiff<CudaPlain>`: one cuDNN call forward, one backward, where Burn's composition records
+//! about ten nodes with a full pass over the activation each. The running statistics stay the
+//! model's: the node returns the batch mean and biased variance as the CPU kernels do. ReLU, if
+//! any, is Burn's own op after the node (cuDNN fuses it only for NHWC half-precision inputs).
+//!
+//! A declined forward (cuDNN absent, a shape it refuses) hands the input back and the model's
+//! generic code runs; a failed backward falls back to [`super::generic::backward`] on the same
+//! saved statistics. Both are counted in `crate::cudnn::stats` and warned once per reason.
+
+use std::any::TypeId;
+
+use burn::backend::autodiff::checkpoint::base::Checkpointer;
+use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
+use burn::backend::autodiff::grads::Gradients;
+use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+use burn::backend::Autodiff;
+use burn::tensor::backend::Backend;
+use burn::tensor::ops::FloatTensor;
+use burn::tensor::{DType, Tensor, TensorPrimitive};
+use burn_cubecl::cubecl::cuda::CudaRuntime;
+use burn_cubecl::tensor::CubeTensor;
+
+use crate::backends::CudaPlain;
+use crate::cast::{cast, float_primitive};
+use crate::choice::{CudaBn, KernelChoice};
+use crate::cudnn::bn_run::{self, Forward};
+use crate::cudnn::device::{available, count_fallback};
+
+type AdTensor = FloatTensor<Autodiff<CudaPlain>>;
+type Cube = CubeTensor<CudaRuntime>;
+
+/// Whether [`train`] may take `x`: `Autodiff<CudaPlain>`, f32, `cudnn` chosen, cuDNN loaded.
+pub(crate) fn handles<B: Backend>(k: &KernelChoice, x: &Tensor<B, 4>) -> bool {
+    k.cuda_bn == CudaBn::Cudnn
+        && TypeId::of::<B>() == TypeId::of::<Autodiff<CudaPlain>>()
+        && x.dtype() == DType::F32
+        && available()
+}
+
+fn warn_once(why: &str) {
+    static SEEN: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+    let mut seen = SEEN.lock().unwrap_or_else(|p| p.into_inner());
+    if !seen.iter().any(|s| s == why) {
+        tracing::warn!(reason = %why, "cuDNN declined a BatchNorm; it runs on Burn's ops");
+        seen.push(why.to_string());
+    }
+}
+
+fn plain<const D: usize>(t: Cube) -> Tensor<CudaPlain, D> {
+    Tensor::from_primitive(TensorPrimitive::Float(t))
+}
+
+#[derive(Clone, Debug)]
+struct State {
+    forward: Forward,
+    gamma: Cube,
+    dims: [usize; 4],
+    eps: f64,
+    workspace_mb: usize,
+}
+
+#[derive(Debug)]
+struct CudnnBnBackward;
+
+impl Backward<CudaPlain, 3> for CudnnBnBackward {
+    type State = State;
+
+    fn backward(self, ops: Ops<State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let [node_x, node_gamma, node_beta] = ops.parents;
+        let dy = grads.consume::<CudaPlain>(&ops.node);
+        let s = ops.state;
+        let (dx, dgamma, dbeta) = match bn_run::backward(
+            &s.forward,
+            &s.gamma,
+            dy.clone(),
+            s.dims,
+            s.eps,
+            s.workspace_mb,
+        ) {
+            Ok(b) => (b.dx, b.dgamma, b.dbeta),
+            Err(why) => {
+                count_fallback();
+                warn_once(&why);
+                let f = &s.forward;
+                let (dx, dg, db) = super::generic::backward(
+                    plain::<4>(f.x.clone()),
+                    plain::<4>(dy),
+                    plain::<1>(s.gamma.clone()),
+                    plain::<1>(f.mean.clone()),
+                    plain::<1>(f.invstd.clone()),
+                );
+                (
+                    float_primitive(dx),
+                    float_primitive(dg),
+                    float_primitive(db),
+                )
+            }
+        };
+        if let Some(node) = node_x {
+            grads.register::<CudaPlain>(node.id, dx);
+        }
+        if let Some(node) = node_gamma {
+            grads.register::<CudaPlain>(node.id, dgamma);
+        }
+        if let Some(node) = node_beta {
+            grads.register::<CudaPlain>(node.id, dbeta);
+        }
+    }
+}
+
+/// Training-mode BatchNorm of `x` through cuDNN: `(y, batch mean, biased batch variance)`, or
+/// `None` when cuDNN declined (nothing recorded; the caller runs the generic code). Call only
+/// when [`handles`] said yes.
+pub(crate) fn train<B: Backend>(
+    k: &KernelChoice,
+    x: &Tensor<B, 4>,
+    gamma: &Tensor<B, 1>,
+    beta: &Tensor<B, 1>,
+    eps: f64,
+) -> Option<(Tensor<B, 4>, Tensor<B, 1>, Tensor<B, 1>)> {
+    let dims = x.dims();
+    let ad = |t: FloatTensor<B>| cast::<_, AdTensor>(t).expect("B is Autodiff<CudaPlain>");
+    let (xa, ga, ba) = (
+        ad(float_primitive(x.clone())),
+        ad(float_primitive(gamma.clone())),
+        ad(float_primitive(beta.clone())),
+    );
+    let forward = match bn_run::forward(
+        xa.primitive.clone(),
+        ga.primitive.clone(),
+        ba.primitive.clone(),
+        dims,
+        eps,
+        k.cudnn_workspace_mb,
+    ) {
+        Ok(f) => f,
+        Err(why) => {
+            count_fallback();
+            warn_once(&why);
+            return None;
+        }
+    };
+    let mean = plain::<1>(forward.mean.clone());
+    let var = super::generic::biased_var(plain::<1>(forward.invstd.clone()), eps);
+    let y = forward.y.clone();
+    let node = CudnnBnBackward
+        .prepare::<NoCheckpointing>([xa.node.clone(), ga.node.clone(), ba.node.clone()])
+        .compute_bound()
+        .stateful();
+    let y: AdTensor = match node {
+        OpsKind::Tracked(prep) => {
+            let state = State {
+                forward,
+                gamma: ga.primitive,
+                dims,
+                eps,
+                workspace_mb: k.cudnn_workspace_mb,
+            };
+            prep.finish(state, y)
+        }
+        OpsKind::UnTracked(prep) => prep.finish(y),
+    };
+    let back = |t: AdTensor| -> FloatTensor<B> { cast(t).expect("same type") };
+    let stat = |t: Tensor<CudaPlain, 1>| -> Tensor<B, 1> {
+        let t = Tensor::<Autodiff<CudaPlain>, 1>::from_inner(t);
+        Tensor::from_primitive(TensorPrimitive::Float(back(float_primitive(t))))
+    };
+    Some((
+        Tensor::from_primitive(TensorPrimitive::Float(back(y))),
+        stat(mean),
+        stat(var),
+    ))
+}
