@@ -53,7 +53,9 @@ pub struct BenchResult {
     pub min_step_s: f64,
     /// Slowest step, seconds.
     pub max_step_s: f64,
-    /// Median seconds of forward (+loss), backward and optimizer (train mode).
+    /// Median seconds of forward (+loss), backward and optimizer (train mode), from `steps`
+    /// extra steps that synchronise after each phase (the timed steps synchronise once, at
+    /// the end, so on a GPU the phases sum to more than `median_step_s`).
     pub phases: Option<[f64; 3]>,
     /// The first step (cold: on a GPU it includes kernel compilation and autotuning).
     pub first_step_s: f64,
@@ -141,17 +143,28 @@ pub fn bench_train<B: AutodiffBackend>(
     let (mut total, mut fwd, mut bwd, mut opt) = (vec![], vec![], vec![], vec![]);
     let mut first = 0.0;
     let mut losses = Vec::new();
-    for i in 0..a.warmup + a.steps {
+    // Warm-up steps, then the timed steps, then as many again to split a step into phases.
+    // The timed steps synchronise once, at the end, as PyTorch's baseline does: a GPU queues
+    // the next phase's kernels while it runs the current one, and a sync between phases would
+    // stall that (and be counted). The phase steps synchronise after each phase, so their
+    // phases sum to more than a timed step.
+    let (timed_from, phases_from) = (a.warmup, a.warmup + a.steps);
+    for i in 0..a.warmup + 2 * a.steps {
+        let split = i < timed_from || i >= phases_from;
         let t0 = Instant::now();
         let loss = soft_cross_entropy(model.forward(x.clone()), targets.clone());
-        sync::<B>(device);
+        if split {
+            sync::<B>(device);
+        }
         let t1 = Instant::now();
         if i == 0 {
             // A cold GPU step can take minutes: say which phase got through if it never ends.
             eprintln!("step 1: forward {:.3} s", (t1 - t0).as_secs_f64());
         }
         let grads = GradientsParams::from_grads(loss.backward(), &model);
-        sync::<B>(device);
+        if split {
+            sync::<B>(device);
+        }
         let t2 = Instant::now();
         if i == 0 {
             eprintln!("step 1: backward {:.3} s", (t2 - t1).as_secs_f64());
@@ -164,14 +177,15 @@ pub fn bench_train<B: AutodiffBackend>(
         }
         // Read outside the timed region: the first and last losses let runs of one seed on
         // different kernels (CUDA `--cuda-conv`, CPU `RESNET_CONV`) be compared for agreement.
-        if i == 0 || i + 1 == a.warmup + a.steps {
+        if i == 0 || i + 1 == phases_from {
             losses.push(loss.into_scalar().elem::<f64>());
         }
-        if i >= a.warmup {
-            total.push((t3 - t0).as_secs_f64());
+        if i >= phases_from {
             fwd.push((t1 - t0).as_secs_f64());
             bwd.push((t2 - t1).as_secs_f64());
             opt.push((t3 - t2).as_secs_f64());
+        } else if i >= timed_from {
+            total.push((t3 - t0).as_secs_f64());
         } else {
             // Cold steps on a GPU compile and autotune kernels: show where that time goes.
             eprintln!(
@@ -283,7 +297,9 @@ pub fn run(a: BenchArgs) -> Result<()> {
         total_s,
         cudnn: uses_cudnn(&sel, &k).then(|| {
             let st = resnet_kernels::cudnn::stats();
-            let n = (a.warmup + a.steps) as f64;
+            // Every step this process ran (train mode adds the phase steps).
+            let extra = if a.mode == "train" { a.steps } else { 0 };
+            let n = (a.warmup + a.steps + extra) as f64;
             CudnnBench {
                 host_syncs_per_step: st.host_syncs as f64 / n,
                 host_sync_s_per_step: st.host_sync_seconds / n,

@@ -655,9 +655,15 @@ impl<B: AutodiffBackend> Trainer<B> {
             None => model.forward(x),
         };
         let loss = soft_cross_entropy(logits.clone(), targets);
-        let loss_value: f32 = loss.clone().into_scalar().elem();
-        let host: Vec<f32> = logits
-            .detach()
+        // The loss and logits are read back only once the backward pass is queued: on a GPU a
+        // read waits for the device, and reading before the backward would leave it idle while
+        // the host queues the backward's first kernels. (So on a GPU `forward` times the
+        // queueing and `backward` the device catching up; on the CPU both are exact.)
+        let (loss_read, logits_read) = (loss.clone().detach(), logits.detach());
+        let t1 = Instant::now();
+        let mut grads = GradientsParams::from_grads(loss.backward(), &model);
+        let loss_value: f32 = loss_read.into_scalar().elem();
+        let host: Vec<f32> = logits_read
             .into_data()
             .convert::<f32>()
             .to_vec()
@@ -667,8 +673,6 @@ impl<B: AutodiffBackend> Trainer<B> {
             .zip(&batch.labels)
             .filter(|(row, &l)| argmax(row) == l as usize)
             .count();
-        let t1 = Instant::now();
-        let mut grads = GradientsParams::from_grads(loss.backward(), &model);
         let t2 = Instant::now();
         self.last_allreduce_bytes = 0;
         // Rank 0's clock decides time-based checkpoints; the flag rides on the all-reduce.
