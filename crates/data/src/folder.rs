@@ -1,6 +1,7 @@
 //! Image folders: `root/<class>/*.{png,jpg,jpeg}`, optionally split as `root/train/<class>` and
-//! `root/test/<class>` (or `root/val/<class>`). Classes are the sorted folder names; images are
-//! resized to `size`x`size` on load.
+//! `root/test/<class>` (or `root/val/<class>`). Classes are the training split's sorted folder
+//! names (hidden and image-less folders skipped), and a test split's folders take their labels
+//! from that list by name; images are resized to `size`x`size` on load.
 
 use std::path::{Path, PathBuf};
 
@@ -26,38 +27,75 @@ fn read_dir_sorted(dir: &Path) -> Result<Vec<PathBuf>, DataError> {
     Ok(v)
 }
 
-/// Lists `(file, class index)` under `dir/<class>/`, and the class names.
 /// Image files with their class index, and the class names.
 type Listing = (Vec<(PathBuf, usize)>, Vec<String>);
 
-fn scan(dir: &Path) -> Result<Listing, DataError> {
-    let class_dirs: Vec<PathBuf> = read_dir_sorted(dir)?
-        .into_iter()
-        .filter(|p| p.is_dir())
-        .collect();
-    if class_dirs.is_empty() {
-        return Err(DataError::format(
-            dir,
-            "no class folders found; expected <root>/<class>/*.png|jpg (or <root>/train/<class>/...)",
-        ));
-    }
-    let mut files = Vec::new();
-    let mut classes = Vec::new();
-    for (label, cdir) in class_dirs.iter().enumerate() {
-        classes.push(
-            cdir.file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default(),
-        );
-        for f in read_dir_sorted(cdir)?.into_iter().filter(|p| is_image(p)) {
-            files.push((f, label));
+/// The class folders of `dir` with their images, sorted by name. Hidden folders (`.git`,
+/// `.ipynb_checkpoints`) and folders without images are skipped with a warning: either would
+/// otherwise become a class the data has no examples of.
+fn class_folders(dir: &Path) -> Result<Vec<(String, Vec<PathBuf>)>, DataError> {
+    let mut out = Vec::new();
+    let mut saw_dir = false;
+    for cdir in read_dir_sorted(dir)?.into_iter().filter(|p| p.is_dir()) {
+        saw_dir = true;
+        let name = cdir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        if name.starts_with('.') {
+            tracing::warn!(folder = %cdir.display(), "hidden folder skipped (not a class)");
+            continue;
         }
+        let images: Vec<PathBuf> = read_dir_sorted(&cdir)?
+            .into_iter()
+            .filter(|p| is_image(p))
+            .collect();
+        if images.is_empty() {
+            tracing::warn!(folder = %cdir.display(), "folder without .png/.jpg images skipped (not a class)");
+            continue;
+        }
+        out.push((name, images));
     }
-    if files.is_empty() {
+    if out.is_empty() {
         return Err(DataError::format(
             dir,
-            "class folders contain no .png/.jpg images",
+            if saw_dir {
+                "class folders contain no .png/.jpg images"
+            } else {
+                "no class folders found; expected <root>/<class>/*.png|jpg (or <root>/train/<class>/...)"
+            },
         ));
+    }
+    Ok(out)
+}
+
+/// Lists `(file, class index)` under `dir/<class>/`. With `classes` (the training split's class
+/// list), each folder takes its index by name in that list: a class the training split does not
+/// have is an error naming it, and one it has but `dir` lacks is a warning. Without, the sorted
+/// folder names are the classes.
+fn scan(dir: &Path, classes: Option<&[String]>) -> Result<Listing, DataError> {
+    let folders = class_folders(dir)?;
+    let classes: Vec<String> = match classes {
+        Some(c) => c.to_vec(),
+        None => folders.iter().map(|(n, _)| n.clone()).collect(),
+    };
+    let mut files = Vec::new();
+    for (name, images) in folders {
+        let label = classes.iter().position(|c| *c == name).ok_or_else(|| {
+            DataError::format(
+                dir.join(&name),
+                format!(
+                    "class '{name}' is not one of the training split's classes ({})",
+                    classes.join(", ")
+                ),
+            )
+        })?;
+        files.extend(images.into_iter().map(|f| (f, label)));
+    }
+    for c in &classes {
+        if !files.iter().any(|(_, l)| classes[*l] == *c) {
+            tracing::warn!(split = %dir.display(), class = %c, "class of the training split has no images here");
+        }
     }
     Ok((files, classes))
 }
@@ -123,10 +161,21 @@ pub fn load_folder(
             .find(|p| p.is_dir())
     };
     let name = format!("folder/{}", if train { "train" } else { "test" });
+    // The test split's labels are the training split's indices, matched by class name, so a
+    // test folder that lacks a class (or has them in another order) cannot shift the labels.
+    let train_classes = match (&split_dir, train) {
+        (Some(_), false) if root.join("train").is_dir() => Some(
+            class_folders(&root.join("train"))?
+                .into_iter()
+                .map(|(n, _)| n)
+                .collect::<Vec<_>>(),
+        ),
+        _ => None,
+    };
     let (mut files, classes) = match split_dir {
-        Some(d) => scan(&d)?,
+        Some(d) => scan(&d, train_classes.as_deref())?,
         None => {
-            let (files, classes) = scan(root)?;
+            let (files, classes) = scan(root, None)?;
             let held_out = |p: &Path| {
                 let h = p
                     .file_name()
@@ -179,6 +228,47 @@ mod tests {
             .to_string();
         assert!(
             e.contains("broken.jpg") && e.contains("cannot decode"),
+            "{e}"
+        );
+    }
+
+    fn image(dir: &Path, split: &str, class: &str, file: &str, value: u8) {
+        let d = dir.join(split).join(class);
+        std::fs::create_dir_all(&d).expect("mkdir");
+        image::RgbImage::from_pixel(4, 4, image::Rgb([value, 0, 0]))
+            .save(d.join(file))
+            .expect("save");
+    }
+
+    #[test]
+    fn test_labels_follow_the_training_classes_by_name() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        for (i, c) in ["cat", "dog", "horse"].iter().enumerate() {
+            image(dir.path(), "train", c, "a.png", i as u8);
+        }
+        // The test split lacks "dog": "horse" must keep index 2, not become 1.
+        image(dir.path(), "test", "cat", "a.png", 0);
+        image(dir.path(), "test", "horse", "a.png", 2);
+        // Hidden and empty folders are not classes.
+        std::fs::create_dir_all(dir.path().join("train/.ipynb_checkpoints")).expect("mkdir");
+        std::fs::create_dir_all(dir.path().join("test/empty")).expect("mkdir");
+        let train = load_folder(dir.path(), true, 4, None).expect("train");
+        assert_eq!(train.classes, vec!["cat", "dog", "horse"]);
+        let test = load_folder(dir.path(), false, 4, None).expect("test");
+        assert_eq!(test.classes, train.classes);
+        assert_eq!(test.labels, vec![0, 2]);
+        assert_eq!(
+            test.image(1)[0],
+            2,
+            "the horse image carries the horse label"
+        );
+        // A class the model was never trained on is an error that names it.
+        image(dir.path(), "test", "zebra", "a.png", 9);
+        let e = load_folder(dir.path(), false, 4, None)
+            .expect_err("unknown class")
+            .to_string();
+        assert!(
+            e.contains("zebra") && e.contains("not one of the training split's classes"),
             "{e}"
         );
     }
