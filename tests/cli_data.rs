@@ -161,7 +161,7 @@ fn config_file_and_env_layer_under_flags() {
 }
 
 #[test]
-fn image_folder_trains_and_resume_refuses_config_changes() {
+fn image_folder_trains_and_resume_refuses_config_changes_but_not_a_repeated_command() {
     let dir = tempfile::tempdir().expect("tempdir");
     for (class, colour) in [("red", [220u8, 20, 20]), ("blue", [20, 20, 220])] {
         for split in ["train", "test"] {
@@ -182,22 +182,29 @@ fn image_folder_trains_and_resume_refuses_config_changes() {
     }
     let data = dir.path().join("imgs");
     let out = dir.path().join("run");
-    let (ok, stdout, stderr) = resnet(&[
-        "train",
-        "--dataset",
-        "folder",
-        "--data",
-        data.to_str().expect("utf8"),
-        "--width",
-        "4",
-        "--batch-size",
-        "8",
-        "--epochs",
-        "1",
-        "--out",
-        out.to_str().expect("utf8"),
-        "--json",
-    ]);
+    // The run's command, for `epochs` epochs into `out`, then `extra`.
+    let command = |epochs: &'static str, out: &std::path::Path, extra: &[&'static str]| {
+        let mut v = vec![
+            "train".to_string(),
+            "--dataset".into(),
+            "folder".into(),
+            "--data".into(),
+            data.to_str().expect("utf8").into(),
+            "--width".into(),
+            "4".into(),
+            "--batch-size".into(),
+            "8".into(),
+            "--epochs".into(),
+            epochs.into(),
+            "--out".into(),
+            out.to_str().expect("utf8").into(),
+            "--json".into(),
+        ];
+        v.extend(extra.iter().map(|s| s.to_string()));
+        v
+    };
+    let run = |args: Vec<String>| resnet(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let (ok, stdout, stderr) = run(command("1", &out, &[]));
     assert!(ok, "{stderr}");
     assert!(
         stderr.contains("16 train / 16 test images of 32x32, 2 classes"),
@@ -218,7 +225,22 @@ fn image_folder_trains_and_resume_refuses_config_changes() {
         "50",
     ]);
     assert!(
-        !ok && stderr.contains("--depth, --lr cannot change it"),
+        !ok && stderr.contains("--depth, --lr would change it: model.depth: checkpoint 18, given 50; optim.lr: checkpoint 0.1, given 0.5"),
         "{stderr}"
     );
+    // Repeating the command that started the run is not a change: it continues (2 epochs).
+    let (ok, stdout, stderr) = run(command("2", &out, &["--resume", "latest"]));
+    assert!(ok && stderr.contains("resuming from"), "{stderr}");
+    let s: serde_json::Value = serde_json::from_str(&stdout).expect("json");
+    assert_eq!(s["steps"], 4, "{stdout}");
+    // `--resume auto`: a new run where --out has no checkpoint, the newest one where it has.
+    let fresh = dir.path().join("auto");
+    let (ok, stdout, stderr) = run(command("2", &fresh, &["--resume", "auto"]));
+    assert!(ok && stderr.contains("no checkpoint under"), "{stderr}");
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&stdout).expect("json")["steps"],
+        4
+    );
+    let (ok, _, stderr) = run(command("2", &fresh, &["--resume", "auto"]));
+    assert!(ok && stderr.contains("resuming from"), "{stderr}");
 }

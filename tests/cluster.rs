@@ -148,7 +148,8 @@ fn unreachable_coordinator_is_a_clear_error_after_retries() {
         .output()
         .expect("run");
     assert!(
-        String::from_utf8_lossy(&out.stderr).contains("invalid coordinator address"),
+        String::from_utf8_lossy(&out.stderr)
+            .contains("invalid coordinator address (--coordinator 'not a url')"),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );

@@ -290,9 +290,11 @@ pub struct TrainArgs {
     /// Run directory: config.json, metrics.jsonl, summary.json, checkpoints/ [default: runs/train-<time>].
     #[arg(long, value_name = "DIR")]
     pub out: Option<PathBuf>,
-    /// Continue a run: a checkpoint directory, a run directory, or `latest` (the newest
-    /// checkpoint under --out, or else of the newest run in runs/).
-    #[arg(long, value_name = "DIR|latest")]
+    /// Continue a run: a checkpoint directory, a run directory, `latest` (the newest
+    /// checkpoint under --out, or else of the newest run in runs/) or `auto` (the newest under
+    /// --out, or a new run when there is none). Run flags may repeat the run's configuration,
+    /// not change it (except --epochs, --max-steps, --data).
+    #[arg(long, value_name = "DIR|latest|auto")]
     pub resume: Option<String>,
     /// Print the final summary as JSON on stdout.
     #[arg(long)]

@@ -85,10 +85,12 @@ pub struct CoordinatorCli {
     /// `keep_checkpoints` plus the best by test accuracy are kept).
     #[arg(long, value_name = "DIR")]
     pub out: Option<PathBuf>,
-    /// Continue a run from a checkpoint: `latest` (the newest valid one under --out) or a
-    /// checkpoint / run directory. Workers download it when they join; the run keeps its saved
-    /// configuration (only --epochs, --max-steps and --data may change).
-    #[arg(long, value_name = "latest|PATH")]
+    /// Continue a run from a checkpoint: `latest` (the newest valid one under --out), `auto`
+    /// (that, or a new run when --out has no checkpoint: one command for the first start and
+    /// every restart) or a checkpoint / run directory. Workers download it when they join; the
+    /// run keeps its saved configuration (run flags may repeat it; only --epochs, --max-steps
+    /// and --data may change it).
+    #[arg(long, value_name = "latest|auto|PATH")]
     pub resume: Option<String>,
     /// File holding the shared cluster token (at least 16 printable characters); every RPC and
     /// ring connection must present it. The env var names the file, never the secret itself.
@@ -129,9 +131,11 @@ pub struct CoordinatorCli {
 #[derive(Parser, Debug)]
 #[command(name = "worker", version)]
 pub struct WorkerCli {
-    /// Coordinator URL, e.g. http://10.0.0.5:50051.
-    #[arg(long, value_name = "URL")]
-    pub coordinator: String,
+    /// The coordinator: `HOST:PORT` or a URL (http://10.0.0.5:50051; https:// is assumed with
+    /// --tls-*). Unset: `MASTER_ADDR` and `MASTER_PORT` (default 50051), as torchrun's
+    /// launchers set them.
+    #[arg(long, value_name = "HOST:PORT|URL", env = "RESNET_COORDINATOR")]
+    pub coordinator: Option<String>,
     /// This worker's copy of the data (overrides the coordinator's data directory).
     #[arg(long, value_name = "DIR")]
     pub data: Option<PathBuf>,
@@ -245,16 +249,14 @@ fn coordinate(a: &CoordinatorCli, sel: Selected, kernels: KernelChoice) -> Resul
         );
         return crate::cluster_sweep::coordinate_sweep(a, space, &a.plan, token);
     }
-    let (mut run, resume) = match &a.resume {
+    let target = match a.resume.as_deref() {
+        Some(spec) => crate::settings::resume_target(spec, a.out.as_deref())?,
+        None => None,
+    };
+    let (mut run, resume) = match &target {
         Some(spec) => {
-            let fixed = crate::cmd_train::fixed_by_resume_run(&a.run);
-            anyhow::ensure!(
-                fixed.is_empty(),
-                "--resume continues a run with the configuration saved in its checkpoint; {} cannot \
-                 change it (allowed with --resume: --epochs, --max-steps, --data)",
-                fixed.join(", ")
-            );
             let (dir, state) = crate::settings::load_resume(spec, a.out.as_deref(), &a.run)?;
+            crate::settings::check_resume_unchanged(&a.run, &state.config)?;
             (state.config, Some(dir))
         }
         None => (resolve(&a.run)?, None),
@@ -277,10 +279,9 @@ fn coordinate(a: &CoordinatorCli, sel: Selected, kernels: KernelChoice) -> Resul
         .with_context(|| format!("--listen {listen}"))?;
     let addr = listener.local_addr()?;
     if let Some(o) = &a.out {
-        if a.resume.is_none() && !resnet_train::list_checkpoints(&o.join("checkpoints")).is_empty()
-        {
+        if resume.is_none() && !resnet_train::list_checkpoints(&o.join("checkpoints")).is_empty() {
             bail!(
-                "{} already holds checkpoints of a run; continue it with --resume latest or choose another --out",
+                "{} already holds checkpoints of a run; continue it with --resume latest (or --resume auto, which also starts a run where there is none) or choose another --out",
                 o.display()
             );
         }
@@ -466,9 +467,13 @@ pub fn run_worker_cli(a: WorkerCli) -> Result<()> {
     let timeout = Duration::from_secs(a.connect_timeout);
     let (token, ring_auth) = load_token(&a.token_file)?;
     let tls = a.tls.load()?;
+    let coordinator =
+        crate::endpoint::coordinator_url(a.coordinator.as_deref(), tls.is_some(), |v| {
+            std::env::var(v).ok()
+        })?;
     let connect = || {
         GrpcControlPlane::connect_with(
-            &a.coordinator,
+            &coordinator,
             timeout,
             token.as_deref(),
             tls.as_ref().map(|t| &t.0),
@@ -477,7 +482,7 @@ pub fn run_worker_cli(a: WorkerCli) -> Result<()> {
     let worker_id = a.worker_id.clone().unwrap_or_else(default_worker_id);
     let sweep = || {
         resnet_proto::GrpcSweep::connect(
-            &a.coordinator,
+            &coordinator,
             timeout,
             token.as_deref(),
             tls.as_ref().map(|t| &t.0),

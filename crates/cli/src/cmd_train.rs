@@ -10,7 +10,7 @@ use resnet_train::{TrainConfig, TrainSummary, Trainer};
 use crate::args::TrainArgs;
 use crate::device::select;
 use crate::progress::Progress;
-use crate::settings::{load_resume, resolve};
+use crate::settings::{check_resume_unchanged, load_resume, resolve, resume_target};
 
 /// Loads the data named by `cfg`, showing a progress bar while downloading.
 pub fn load_data(cfg: &TrainConfig) -> Result<Splits> {
@@ -63,16 +63,15 @@ fn default_out() -> PathBuf {
 pub fn run(args: TrainArgs) -> Result<()> {
     let sel = select(&args.device)?;
     let kernels = crate::kernels::choose(&args.device)?;
-    let resume = match &args.resume {
+    let target = match args.resume.as_deref() {
+        Some(spec) => resume_target(spec, args.out.as_deref())?,
+        None => None,
+    };
+    let resume = match target {
         Some(spec) => {
-            let fixed = fixed_by_resume(&args);
-            anyhow::ensure!(
-                fixed.is_empty(),
-                "--resume continues a run with the configuration saved in its checkpoint; {} cannot \
-                 change it (allowed with --resume: --epochs, --max-steps, --data, --out, --json)",
-                fixed.join(", ")
-            );
-            Some(load_resume(spec, args.out.as_deref(), &args.run)?)
+            let (dir, state) = load_resume(&spec, args.out.as_deref(), &args.run)?;
+            check_resume_unchanged(&args.run, &state.config)?;
+            Some((dir, state))
         }
         None => None,
     };
@@ -133,12 +132,8 @@ pub fn run(args: TrainArgs) -> Result<()> {
     Ok(())
 }
 
-/// Flags that would change a resumed run's saved configuration.
-fn fixed_by_resume(t: &TrainArgs) -> Vec<&'static str> {
-    fixed_by_resume_run(&t.run)
-}
-
-/// Run flags given that a resumed run cannot honour (its configuration is the checkpoint's).
+/// Run flags given that a resumed run takes from its checkpoint instead (they may only repeat
+/// it: `crate::settings::check_resume_unchanged`).
 pub fn fixed_by_resume_run(a: &crate::args::RunArgs) -> Vec<&'static str> {
     let given = [
         ("--freeze-bn", a.freeze_bn),

@@ -102,15 +102,7 @@ fn switch(env: &impl Fn(&str) -> Option<String>, var: &str, on: &str) -> Result<
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn env(pairs: &'static [(&'static str, &'static str)]) -> impl Fn(&str) -> Option<String> {
-        move |k| {
-            pairs
-                .iter()
-                .find(|(n, _)| *n == k)
-                .map(|(_, v)| v.to_string())
-        }
-    }
+    use crate::test_env::env;
 
     #[test]
     fn defaults_flags_and_overrides_end_up_in_one_value() {

@@ -15,20 +15,40 @@ pub mod cmd_schedule;
 pub mod cmd_sweep;
 pub mod cmd_train;
 pub mod device;
+pub mod endpoint;
 pub mod kernel_cache;
 pub mod kernels;
 pub mod progress;
 pub mod report;
 pub mod settings;
 
+/// An environment for the tests of code that takes one as a lookup function.
+#[cfg(test)]
+pub(crate) mod test_env {
+    /// Looks names up in `pairs`.
+    pub fn env(pairs: &'static [(&'static str, &'static str)]) -> impl Fn(&str) -> Option<String> {
+        move |k| {
+            pairs
+                .iter()
+                .find(|(n, _)| *n == k)
+                .map(|(_, v)| v.to_string())
+        }
+    }
+}
+
 use tracing_subscriber::EnvFilter;
 
-/// Diagnostics on stderr: human-readable by default, `json` for log pipelines; `RUST_LOG`
-/// filters (default `info`).
+/// Diagnostics on stderr: human-readable by default (coloured only on a terminal without
+/// `NO_COLOR`), `json` for log pipelines; `RUST_LOG` filters (default `info`).
 pub fn init_logging(format: &str) {
+    use std::io::IsTerminal;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    // Colour only for a person at a terminal: not into pipes, files or log collectors, and
+    // never when NO_COLOR is set (https://no-color.org).
+    let ansi = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(ansi)
         .with_writer(std::io::stderr);
     if format == "json" {
         builder.json().init();

@@ -16,8 +16,12 @@ pub fn resolve(args: &RunArgs) -> Result<TrainConfig> {
 
 /// Defaults, then the optional TOML file, then the environment.
 pub fn layered(file: Option<&Path>) -> Result<TrainConfig> {
-    let defaults =
-        config::Config::try_from(&TrainConfig::default()).context("serialising defaults")?;
+    layered_over(&TrainConfig::default(), file)
+}
+
+/// `base`, then the optional TOML file, then the environment.
+fn layered_over(base: &TrainConfig, file: Option<&Path>) -> Result<TrainConfig> {
+    let defaults = config::Config::try_from(base).context("serialising defaults")?;
     let mut builder = config::Config::builder().add_source(defaults);
     if let Some(f) = file {
         anyhow::ensure!(f.is_file(), "--config {}: file not found", f.display());
@@ -135,7 +139,8 @@ fn apply_flags(cfg: &mut TrainConfig, a: &RunArgs) -> Result<()> {
     Ok(())
 }
 
-/// `--resume latest`: the newest checkpoint under `--out`, else under the newest run in `runs/`.
+/// `--resume latest`: the newest checkpoint under `--out`, else under the newest run in `runs/`
+/// (`auto` is [`resume_target`]'s).
 pub fn resolve_resume(spec: &str, out: Option<&Path>) -> Result<PathBuf> {
     let base = if spec == "latest" {
         match out {
@@ -156,6 +161,91 @@ fn newest_run(runs: &Path) -> Option<PathBuf> {
         .filter(|e| e.path().join("checkpoints").is_dir())
         .max_by_key(|e| e.metadata().and_then(|m| m.modified()).ok())
         .map(|e| e.path())
+}
+
+/// What `--resume SPEC` continues from: `Some(spec)`, or None when `auto` finds no checkpoint
+/// under `--out` (then the run starts fresh, so one command serves a first start and every
+/// restart, as a Kubernetes Job's restarts need).
+pub fn resume_target(spec: &str, out: Option<&Path>) -> Result<Option<String>> {
+    if spec != "auto" {
+        return Ok(Some(spec.to_string()));
+    }
+    let out = out.context(
+        "--resume auto needs --out DIR: the run directory whose newest checkpoint it continues",
+    )?;
+    if resnet_train::list_checkpoints(&out.join("checkpoints")).is_empty() {
+        eprintln!(
+            "--resume auto: no checkpoint under {}; starting a new run",
+            out.display()
+        );
+        Ok(None)
+    } else {
+        Ok(Some("latest".into()))
+    }
+}
+
+/// With `--resume`, the run's configuration is the checkpoint's. Run flags (and `--config`, and
+/// the `RESNET_CLUSTER__*` environment with them) may repeat the command that started the run,
+/// but not change it: laid over the saved configuration they must leave it as it is, apart from
+/// what a resumed run may change (`--epochs`, `--max-steps`, `--data`). The error lists every
+/// setting that would change.
+pub fn check_resume_unchanged(a: &RunArgs, saved: &TrainConfig) -> Result<()> {
+    let given = crate::cmd_train::fixed_by_resume_run(a);
+    if given.is_empty() {
+        return Ok(());
+    }
+    let mut wanted = layered_over(saved, a.config.as_deref())?;
+    apply_flags(&mut wanted, a)?;
+    wanted.epochs = saved.epochs;
+    wanted.max_steps = saved.max_steps;
+    wanted.data.dir = saved.data.dir.clone();
+    let mut diffs = Vec::new();
+    config_diff(
+        &serde_json::to_value(saved)?,
+        &serde_json::to_value(&wanted)?,
+        "",
+        &mut diffs,
+    );
+    anyhow::ensure!(
+        diffs.is_empty(),
+        "--resume continues a run with the configuration saved in its checkpoint; {} would \
+         change it: {} (with --resume only --epochs, --max-steps and --data may change)",
+        given.join(", "),
+        diffs.join("; ")
+    );
+    Ok(())
+}
+
+/// The leaves where `saved` and `given` differ, as `path: checkpoint X, given Y`.
+fn config_diff(
+    saved: &serde_json::Value,
+    given: &serde_json::Value,
+    path: &str,
+    out: &mut Vec<String>,
+) {
+    use serde_json::Value;
+    match (saved, given) {
+        (Value::Object(a), Value::Object(b)) => {
+            let mut keys: Vec<&String> = a.keys().chain(b.keys()).collect();
+            keys.sort();
+            keys.dedup();
+            for k in keys {
+                let p = if path.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{path}.{k}")
+                };
+                config_diff(
+                    a.get(k).unwrap_or(&Value::Null),
+                    b.get(k).unwrap_or(&Value::Null),
+                    &p,
+                    out,
+                );
+            }
+        }
+        (a, b) if a != b => out.push(format!("{path}: checkpoint {a}, given {b}")),
+        _ => {}
+    }
 }
 
 /// Loads the state of the checkpoint `--resume SPEC` names and applies the only flags a resumed
