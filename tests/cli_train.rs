@@ -243,3 +243,66 @@ fn bf16_convolutions_train_are_recorded_and_resume_exactly() {
         "{stderr}"
     );
 }
+
+#[test]
+fn sigterm_stops_at_a_step_boundary_with_a_checkpoint_and_exit_code_4() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = dir.path().join("run");
+    let mut args: Vec<&str> = SMALL.to_vec();
+    // Long enough that the signal always lands mid-run.
+    let epochs = args.iter().position(|a| *a == "--epochs").expect("epochs") + 1;
+    args[epochs] = "1000";
+    args.extend(["--out", out.to_str().expect("utf8")]);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_resnet"))
+        .args(&args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    // Wait for the first step's line, then signal.
+    let mut stderr = BufReader::new(child.stderr.take().expect("stderr"));
+    let mut seen = String::new();
+    let mut line = String::new();
+    while stderr.read_line(&mut line).expect("read") > 0 {
+        seen.push_str(&line);
+        if line.contains("step 1 ") || line.contains("epoch 1 1/") {
+            break;
+        }
+        line.clear();
+    }
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stderr, &mut rest).expect("rest");
+    seen.push_str(&rest);
+    let mut stdout = String::new();
+    std::io::Read::read_to_string(&mut child.stdout.take().expect("stdout"), &mut stdout)
+        .expect("stdout");
+    let code = child.wait().expect("wait").code();
+    assert_eq!(code, Some(4), "{seen}");
+    assert!(seen.contains("interrupted by a signal at step"), "{seen}");
+    let s = json(&stdout);
+    assert_eq!(s["interrupted"], true);
+    let steps = s["steps"].as_u64().expect("steps");
+    assert!((1..1000 * 10).contains(&steps), "{steps}");
+    assert!(s["checkpoint"].is_string(), "{stdout}");
+    // The saved state continues: two more steps, then a normal end.
+    let more = (steps + 2).to_string();
+    let (ok, stdout, stderr) = resnet(&[
+        "train",
+        "--resume",
+        "latest",
+        "--out",
+        out.to_str().expect("utf8"),
+        "--max-steps",
+        &more,
+        "--json",
+    ]);
+    assert!(ok, "{stderr}");
+    assert_eq!(json(&stdout)["steps"].as_u64(), Some(steps + 2), "{stdout}");
+}

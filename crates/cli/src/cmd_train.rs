@@ -61,6 +61,8 @@ fn default_out() -> PathBuf {
 
 /// Runs `resnet train`.
 pub fn run(args: TrainArgs) -> Result<()> {
+    // First, so a signal during set-up already stops cleanly (at the first step boundary).
+    let stop = crate::stop_on_signals()?;
     let sel = select(&args.device)?;
     let kernels = crate::kernels::choose(&args.device)?;
     let target = match args.resume.as_deref() {
@@ -114,12 +116,24 @@ pub fn run(args: TrainArgs) -> Result<()> {
             None => Trainer::<B>::new(cfg, splits, device, Some(out.clone()))?,
         }
         .with_kernels(kernels);
-        trainer.fit(&mut Progress::new())?
+        trainer.fit(&mut Progress::new().with_stop(stop))?
     });
     if args.json {
         println!("{}", serde_json::to_string_pretty(&summary)?);
     } else {
         print_summary(&summary);
+    }
+    if summary.interrupted {
+        return Err(crate::Interrupted(format!(
+            "interrupted by a signal at step {}: {}; continue with --resume latest --out {}",
+            summary.steps,
+            match &summary.checkpoint {
+                Some(c) => format!("checkpoint {}", c.display()),
+                None => "NO checkpoint could be written".into(),
+            },
+            out.display()
+        ))
+        .into());
     }
     // Training survives failed checkpoint writes, but a run that ends with none of its state on
     // disk must not look like a success.

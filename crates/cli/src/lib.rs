@@ -62,10 +62,42 @@ pub fn init_logging(format: &str) {
 /// again, unlike a crash (1).
 pub const EXIT_DIVERGED: u8 = 3;
 
+/// Exit code of a run stopped by SIGTERM or SIGINT after saving a checkpoint: retrying with
+/// `--resume latest` (or `--resume auto`) continues it.
+pub const EXIT_INTERRUPTED: u8 = 4;
+
+/// A run that stopped on a signal with its state saved (exit code [`EXIT_INTERRUPTED`]).
+#[derive(Debug)]
+pub struct Interrupted(pub String);
+
+impl std::fmt::Display for Interrupted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Interrupted {}
+
+/// Sets the returned flag on the first SIGTERM or SIGINT, for a loop to stop at its next step
+/// boundary and save; a second SIGINT (Ctrl-C again) ends the process at once.
+pub fn stop_on_signals() -> anyhow::Result<std::sync::Arc<std::sync::atomic::AtomicBool>> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let flag = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // Order matters: the conditional shutdown sees the flag before the second handler sets it.
+    signal_hook::flag::register_conditional_shutdown(SIGINT, 130, flag.clone())?;
+    for sig in [SIGTERM, SIGINT] {
+        signal_hook::flag::register(sig, flag.clone())?;
+    }
+    Ok(flag)
+}
+
 /// The exit code for an error: [`EXIT_DIVERGED`] when the training diverged anywhere in its
-/// chain, 1 otherwise.
+/// chain, [`EXIT_INTERRUPTED`] for a run stopped by a signal, 1 otherwise.
 pub fn exit_code(e: &anyhow::Error) -> u8 {
     use resnet_train::TrainError;
+    if e.chain().any(|c| c.downcast_ref::<Interrupted>().is_some()) {
+        return EXIT_INTERRUPTED;
+    }
     // A worker's training errors are wrapped transparently, so look inside it too.
     let diverged = e.chain().any(|c| {
         matches!(
@@ -117,5 +149,7 @@ mod exit_tests {
         assert_eq!(exit_code(&worker.context("worker w0")), EXIT_DIVERGED);
         let other = anyhow::Error::from(resnet_train::TrainError::Config("x".into()));
         assert_eq!(exit_code(&other), 1);
+        let stopped = anyhow::Error::from(Interrupted("stopped".into())).context("training");
+        assert_eq!(exit_code(&stopped), EXIT_INTERRUPTED);
     }
 }

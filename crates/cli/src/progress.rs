@@ -12,6 +12,8 @@ pub struct Progress {
     tty: bool,
     last_line: std::time::Instant,
     smoothed_ips: f64,
+    /// Set by a signal handler: the run stops at the next step boundary.
+    stop: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
 }
 
 impl Progress {
@@ -22,6 +24,7 @@ impl Progress {
             tty: std::io::stderr().is_terminal(),
             last_line: std::time::Instant::now(),
             smoothed_ips: 0.0,
+            stop: None,
         }
     }
 
@@ -46,7 +49,21 @@ impl Default for Progress {
     }
 }
 
+impl Progress {
+    /// Stops the run at the next step boundary once `flag` is set.
+    pub fn with_stop(mut self, flag: std::sync::Arc<std::sync::atomic::AtomicBool>) -> Self {
+        self.stop = Some(flag);
+        self
+    }
+}
+
 impl TrainObserver for Progress {
+    fn stop_requested(&self) -> bool {
+        self.stop
+            .as_ref()
+            .is_some_and(|f| f.load(std::sync::atomic::Ordering::Relaxed))
+    }
+
     fn on_start(&mut self, spe: usize, last: usize, start: usize) {
         eprintln!(
             "training: {spe} steps per epoch, steps {}..{last}",

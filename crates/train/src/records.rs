@@ -155,6 +155,11 @@ pub trait TrainObserver {
     /// After every epoch, and at the end of a run stopped mid-epoch: this rank's exact counts
     /// (data-parallel workers forward them to the coordinator, which sums them).
     fn on_epoch_counts(&mut self, _c: &EpochCounts) {}
+    /// Asked after every step: true stops the run there, with a checkpoint (a single-process
+    /// run's answer to SIGTERM; data-parallel ranks must stop together, so they never ask).
+    fn stop_requested(&self) -> bool {
+        false
+    }
 }
 
 /// What one checkpoint write cost.
@@ -212,4 +217,8 @@ pub struct TrainSummary {
     pub checkpoint: Option<PathBuf>,
     /// [`param_hash`] of the final model.
     pub param_hash: String,
+    /// The observer asked the run to stop ([`TrainObserver::stop_requested`], e.g. on SIGTERM):
+    /// it stopped at a step boundary, saved a checkpoint and skipped the final evaluation.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub interrupted: bool,
 }

@@ -352,6 +352,7 @@ impl<B: AutodiffBackend> Trainer<B> {
             self.model = Some(broadcast_model(model, sync.as_mut(), 0)?);
         }
         obs.on_start(spe, limit, self.state.global_step);
+        let mut interrupted = false;
         let loader_cfg = LoaderConfig {
             batch_size: cfg.batch_size,
             workers: cfg.loader_workers,
@@ -418,16 +419,26 @@ impl<B: AutodiffBackend> Trainer<B> {
                 if self.state.global_step >= limit {
                     break;
                 }
+                if obs.stop_requested() {
+                    interrupted = true;
+                    break;
+                }
                 waited = Instant::now();
             }
-            if self.state.batch_in_epoch < spe {
-                break; // stopped by max_steps inside the epoch
+            // Stopped by max_steps inside the epoch, or asked to stop (then the epoch's end and
+            // its evaluation are left to the resumed run: a resume at the last batch of an
+            // epoch finishes it).
+            if interrupted || self.state.batch_in_epoch < spe {
+                break;
             }
             let lr = self.lr_at(self.state.global_step.saturating_sub(1), spe, total);
             self.finish_epoch(&cfg, lr, obs)?;
         }
         self.sync_replicas()?;
-        let final_eval = if self.parallel.is_some() {
+        let final_eval = if interrupted {
+            // A stop has a deadline (Kubernetes' grace period): save, skip the evaluation.
+            None
+        } else if self.parallel.is_some() {
             // Each rank holds a slice of the evaluation and the coordinator sums the counts; a run
             // that stopped inside an epoch reports that partial epoch with its evaluation.
             if self.state.batch_in_epoch > 0 || self.state.history.is_empty() {
@@ -449,6 +460,7 @@ impl<B: AutodiffBackend> Trainer<B> {
             final_eval,
             checkpoint: self.last_saved.as_ref().map(|(_, p)| p.clone()),
             param_hash: param_hash(&self.model().valid()),
+            interrupted,
         };
         if let Some(o) = &self.out {
             write_json_synced(&o.join("summary.json"), &summary)?;
