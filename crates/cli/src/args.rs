@@ -296,6 +296,11 @@ pub struct TrainArgs {
     /// not change it (except --epochs, --max-steps, --data).
     #[arg(long, value_name = "DIR|latest|auto")]
     pub resume: Option<String>,
+    /// Stop (exit code 5) when this many checkpoints in a row could not be written (full or
+    /// read-only disk; each is retried once), rather than train on with nothing saved; 0 never
+    /// stops. The final checkpoint failing always exits 5.
+    #[arg(long, value_name = "N", default_value_t = resnet_train::DEFAULT_MAX_CHECKPOINT_FAILURES)]
+    pub max_checkpoint_failures: usize,
     /// Print the final summary as JSON on stdout.
     #[arg(long)]
     pub json: bool,

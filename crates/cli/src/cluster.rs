@@ -342,6 +342,29 @@ fn coordinate(a: &CoordinatorCli, sel: Selected, kernels: KernelChoice) -> Resul
         )
     })?;
     print_summary(&summary, a.json)?;
+    if let Some(o) = &a.out {
+        // The run's result lives in the central store: ending without the final state stored
+        // is a lost result, whatever the workers did.
+        if summary.stored_step != Some(summary.steps) {
+            let root = o.join("checkpoints");
+            return Err(resnet_train::TrainError::CheckpointLost {
+                step: summary.steps as usize,
+                error: summary.failed_checkpoints.last().map_or_else(
+                    || "no upload of it arrived".into(),
+                    |f| format!("step {}: {}", f.step, f.error),
+                ),
+                why: format!(
+                    "the final checkpoint was not stored under {} ({} upload(s) failed)",
+                    root.display(),
+                    summary.failed_checkpoints.len()
+                ),
+                newest: resnet_train::list_checkpoints(&root)
+                    .first()
+                    .map_or_else(|| "none".into(), |p| p.display().to_string()),
+            }
+            .into());
+        }
+    }
     if !summary.replicas_identical {
         bail!(
             "replicas ended with different parameters: {:?}",

@@ -116,6 +116,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
             None => Trainer::<B>::new(cfg, splits, device, Some(out.clone()))?,
         }
         .with_kernels(kernels);
+        trainer.set_max_checkpoint_failures(args.max_checkpoint_failures);
         trainer.fit(&mut Progress::new().with_stop(stop))?
     });
     if args.json {

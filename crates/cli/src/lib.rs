@@ -66,6 +66,11 @@ pub const EXIT_DIVERGED: u8 = 3;
 /// `--resume latest` (or `--resume auto`) continues it.
 pub const EXIT_INTERRUPTED: u8 = 4;
 
+/// Exit code of a run that stopped because its checkpoints could not be written (too many in a
+/// row, or the final one): the newest checkpoint on disk is older than the run's state. Fix the
+/// storage, then resume.
+pub const EXIT_CHECKPOINT_LOST: u8 = 5;
+
 /// A run that stopped on a signal with its state saved (exit code [`EXIT_INTERRUPTED`]).
 #[derive(Debug)]
 pub struct Interrupted(pub String);
@@ -92,29 +97,28 @@ pub fn stop_on_signals() -> anyhow::Result<std::sync::Arc<std::sync::atomic::Ato
 }
 
 /// The exit code for an error: [`EXIT_DIVERGED`] when the training diverged anywhere in its
-/// chain, [`EXIT_INTERRUPTED`] for a run stopped by a signal, 1 otherwise.
+/// chain, [`EXIT_CHECKPOINT_LOST`] when its checkpoints could not be written,
+/// [`EXIT_INTERRUPTED`] for a run stopped by a signal, 1 otherwise.
 pub fn exit_code(e: &anyhow::Error) -> u8 {
     use resnet_train::TrainError;
     if e.chain().any(|c| c.downcast_ref::<Interrupted>().is_some()) {
         return EXIT_INTERRUPTED;
     }
     // A worker's training errors are wrapped transparently, so look inside it too.
-    let diverged = e.chain().any(|c| {
-        matches!(
-            c.downcast_ref::<TrainError>(),
-            Some(TrainError::NonFinite { .. })
-        ) || matches!(
-            c.downcast_ref::<resnet_worker::WorkerError>(),
-            Some(resnet_worker::WorkerError::Train(
-                TrainError::NonFinite { .. }
-            ))
-        )
-    });
-    if diverged {
-        EXIT_DIVERGED
-    } else {
-        1
-    }
+    let train_error = |c: &(dyn std::error::Error + 'static)| -> Option<u8> {
+        let t = c.downcast_ref::<TrainError>().or_else(|| {
+            match c.downcast_ref::<resnet_worker::WorkerError>() {
+                Some(resnet_worker::WorkerError::Train(t)) => Some(t),
+                _ => None,
+            }
+        })?;
+        match t {
+            TrainError::NonFinite { .. } => Some(EXIT_DIVERGED),
+            TrainError::CheckpointLost { .. } => Some(EXIT_CHECKPOINT_LOST),
+            _ => None,
+        }
+    };
+    e.chain().find_map(train_error).unwrap_or(1)
 }
 
 /// Prints an error chain and maps the result to an exit code.
@@ -151,5 +155,20 @@ mod exit_tests {
         assert_eq!(exit_code(&other), 1);
         let stopped = anyhow::Error::from(Interrupted("stopped".into())).context("training");
         assert_eq!(exit_code(&stopped), EXIT_INTERRUPTED);
+        let lost = || resnet_train::TrainError::CheckpointLost {
+            step: 9,
+            error: "No space left on device".into(),
+            why: "the final checkpoint could not be written".into(),
+            newest: "none".into(),
+        };
+        let worker = anyhow::Error::from(resnet_worker::WorkerError::Train(lost()));
+        assert_eq!(
+            exit_code(&worker.context("worker w0")),
+            EXIT_CHECKPOINT_LOST
+        );
+        assert_eq!(
+            exit_code(&anyhow::Error::from(lost())),
+            EXIT_CHECKPOINT_LOST
+        );
     }
 }

@@ -45,6 +45,15 @@ impl Coordinator {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .save(&c, &info);
+        let mut inner = self.lock();
+        match &result {
+            Ok(_) => inner.stored_step = inner.stored_step.max(Some(c.step)),
+            Err(e) => inner.failed_stores.push(resnet_train::FailedSave {
+                step: c.step as usize,
+                error: e.clone(),
+            }),
+        }
+        drop(inner);
         match result {
             Ok(s) => {
                 crate::metrics::checkpoint_stored(&s);

@@ -121,6 +121,10 @@ pub(crate) struct Inner {
     pub(crate) regroups: Vec<crate::summary::RegroupRecord>,
     /// Highest step any worker reported.
     pub(crate) highest_step: u64,
+    /// Step of the newest checkpoint this coordinator stored.
+    pub(crate) stored_step: Option<u64>,
+    /// Uploads that could not be stored, oldest first.
+    pub(crate) failed_stores: Vec<resnet_train::FailedSave>,
 }
 
 /// The coordinator's state. Cheap to share (`Arc`).
@@ -569,6 +573,8 @@ impl Coordinator {
                 param_hashes: hashes,
                 final_eval: inner.epochs.iter().rev().find_map(|e| e.test.clone()),
                 regroups: inner.regroups.clone(),
+                failed_checkpoints: inner.failed_stores.clone(),
+                stored_step: inner.stored_step,
             };
             if let Some(out) = &self.cfg.out {
                 write_json(&out.join("summary.json"), &summary);

@@ -80,6 +80,12 @@ pub struct RunSummary {
     /// Every time the group was re-formed after losing workers.
     #[serde(default)]
     pub regroups: Vec<RegroupRecord>,
+    /// Checkpoint uploads this coordinator could not store, oldest first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub failed_checkpoints: Vec<resnet_train::FailedSave>,
+    /// Step of the newest checkpoint stored centrally (absent: none, or no `--out`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stored_step: Option<u64>,
 }
 
 /// One re-forming of the group.

@@ -16,7 +16,9 @@ mod metrics;
 mod mix;
 mod optim;
 mod parallel;
+mod record_io;
 mod records;
+mod saves;
 mod schedule;
 pub mod sweep;
 mod trainer;
@@ -42,6 +44,7 @@ pub use records::{
     CheckpointInfo, EpochCounts, EpochRecord, EvalSummary, Quiet, StepStats, StepTiming,
     TrainObserver, TrainState, TrainSummary,
 };
+pub use saves::{FailedSave, DEFAULT_MAX_CHECKPOINT_FAILURES};
 pub use schedule::{ScheduleConfig, ScheduleKind};
 pub use trainer::{load_model, load_state, Trainer};
 pub use warmup::{warm_up, WarmUp};
@@ -55,6 +58,22 @@ pub enum TrainError {
     /// A checkpoint that cannot be written, read or verified; the message names the path.
     #[error("checkpoint: {0}")]
     Checkpoint(String),
+    /// Checkpoints could not be written and the run stopped rather than train on with nothing
+    /// saved (too many failures in a row, or the final checkpoint).
+    #[error(
+        "step {step}: {why} (last cause: {error}); newest checkpoint: {newest}. Fix the \
+         storage (space, permissions, mount) and continue with --resume latest"
+    )]
+    CheckpointLost {
+        /// The step whose checkpoint failed last.
+        step: usize,
+        /// The last failure's cause (file and operating-system error).
+        error: String,
+        /// The rule that stopped the run.
+        why: String,
+        /// The newest checkpoint left on disk, or "none in DIR".
+        newest: String,
+    },
     /// A collective operation with the other replicas failed (names the peer).
     #[error("collective: {0}")]
     Collective(String),

@@ -172,18 +172,13 @@ impl<B: AutodiffBackend> AnyOptimizer<B> {
 
     /// Writes the optimizer state (momentum buffers, Adam moments, step counts) to `path`.
     pub fn save(&self, path: &Path) -> Result<(), TrainError> {
-        let rec = NamedMpkFileRecorder::<FullPrecisionSettings>::new();
-        let r = match self {
-            AnyOptimizer::Sgd(o) => rec.record(o.to_record(), path.to_path_buf()),
-            AnyOptimizer::Adam(o) => rec.record(o.to_record(), path.to_path_buf()),
-            AnyOptimizer::AdamW(o) => rec.record(o.to_record(), path.to_path_buf()),
-        };
-        r.map_err(|e| {
-            TrainError::Checkpoint(format!(
-                "{}: cannot write optimizer state: {e}",
-                path.display()
-            ))
-        })
+        // Through `record_io`: Burn's file recorder would hide a full disk's cause.
+        let what = "optimizer state";
+        match self {
+            AnyOptimizer::Sgd(o) => crate::record_io::write::<B, _>(path, o.to_record(), what),
+            AnyOptimizer::Adam(o) => crate::record_io::write::<B, _>(path, o.to_record(), what),
+            AnyOptimizer::AdamW(o) => crate::record_io::write::<B, _>(path, o.to_record(), what),
+        }
     }
 
     /// Restores state written by [`save`](Self::save) by the same optimizer kind.

@@ -221,4 +221,7 @@ pub struct TrainSummary {
     /// it stopped at a step boundary, saved a checkpoint and skipped the final evaluation.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub interrupted: bool,
+    /// Checkpoints that could not be written, oldest first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub failed_checkpoints: Vec<crate::FailedSave>,
 }

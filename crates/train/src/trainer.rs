@@ -8,7 +8,6 @@ use std::time::Instant;
 
 use burn::module::{AutodiffModule, Module};
 use burn::optim::GradientsParams;
-use burn::record::{FullPrecisionSettings, NamedMpkFileRecorder};
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::ElementConversion;
 use resnet_data::{
@@ -29,11 +28,13 @@ use crate::loss::{smoothed_targets, soft_cross_entropy, targets_tensor};
 use crate::metrics::{argmax, EvalCounts, EvalReport};
 use crate::mix::{mix_images, mixed_targets};
 use crate::parallel::{broadcast_model, sync_batchnorm, sync_gradients_with, GradSync};
+use crate::record_io;
 use crate::records::CheckpointInfo;
 use crate::records::{
     EpochCounts, EpochRecord, EvalSummary, StepStats, StepTiming, TrainObserver, TrainState,
     TrainSummary,
 };
+use crate::saves::{lost, SaveLog, RETRY_PAUSE, SAVE_ATTEMPTS};
 use crate::{param_hash, AnyOptimizer, NonFinitePolicy, ScheduleKind, TrainConfig, TrainError};
 
 /// A model, its optimizer and data, and the state that says where training is.
@@ -60,6 +61,8 @@ pub struct Trainer<B: AutodiffBackend> {
     time_checkpoint_due: bool,
     /// The divergence guard's memory (`on_nonfinite`).
     guard: Guard,
+    /// Checkpoints that failed, and when that stops the run.
+    saves: SaveLog,
     /// The kernels the caller chose (`with_kernels`); the model runs them with the run's
     /// convolution precision.
     kernels: KernelChoice,
@@ -86,10 +89,6 @@ pub(crate) fn init_model<B: AutodiffBackend>(
     Ok(model)
 }
 
-fn recorder() -> NamedMpkFileRecorder<FullPrecisionSettings> {
-    NamedMpkFileRecorder::new()
-}
-
 fn ckpt_err(path: &Path, e: impl std::fmt::Display) -> TrainError {
     TrainError::Checkpoint(format!("{}: {e}", path.display()))
 }
@@ -114,7 +113,7 @@ pub fn load_model<B: Backend>(
         .init::<B>(device)
         .map_err(|e| TrainError::Config(e.to_string()))?;
     let model = model
-        .load_file(dir.join("model"), &recorder(), device)
+        .load_file(dir.join("model"), &record_io::FileRecorder::new(), device)
         .map_err(|e| ckpt_err(&dir.join("model.mpk"), format!("cannot read model: {e}")))?;
     Ok((model, state))
 }
@@ -239,6 +238,7 @@ impl<B: AutodiffBackend> Trainer<B> {
             last_checkpoint_time: Instant::now(),
             time_checkpoint_due: false,
             guard: Guard::default(),
+            saves: SaveLog::default(),
             kernels,
         }
     }
@@ -271,6 +271,13 @@ impl<B: AutodiffBackend> Trainer<B> {
     pub fn set_parallel(&mut self, sync: Box<dyn GradSync>) {
         self.parallel = Some(sync);
         self.bn_synced_at = None;
+    }
+
+    /// Stops the run with [`TrainError::CheckpointLost`] after `n` checkpoints in a row could
+    /// not be written (0: never; the default, for replicas whose coordinator keeps the run's
+    /// checkpoints). The final checkpoint failing is an error whatever `n` is.
+    pub fn set_max_checkpoint_failures(&mut self, n: usize) {
+        self.saves.limit = n;
     }
 
     /// Where checkpoints and records go from now on (only the group's rank 0 writes them).
@@ -453,6 +460,20 @@ impl<B: AutodiffBackend> Trainer<B> {
         if self.checkpointed_at != Some(self.state.global_step) {
             self.checkpoint(obs)?;
         }
+        // The final state must be on disk: a run that ends without it lost its result.
+        let final_lost = match (&self.out, self.saves.failed.last()) {
+            (Some(out), Some(f))
+                if self.last_saved.as_ref().map(|(s, _)| *s) != Some(self.state.global_step) =>
+            {
+                Some(lost(
+                    self.state.global_step,
+                    f.error.clone(),
+                    "the final checkpoint could not be written".into(),
+                    &out.join("checkpoints"),
+                ))
+            }
+            _ => None,
+        };
         let summary = TrainSummary {
             steps: self.state.global_step,
             epochs_completed: self.state.history.len(),
@@ -461,9 +482,17 @@ impl<B: AutodiffBackend> Trainer<B> {
             checkpoint: self.last_saved.as_ref().map(|(_, p)| p.clone()),
             param_hash: param_hash(&self.model().valid()),
             interrupted,
+            failed_checkpoints: self.saves.failed.clone(),
         };
         if let Some(o) = &self.out {
-            write_json_synced(&o.join("summary.json"), &summary)?;
+            let written = write_json_synced(&o.join("summary.json"), &summary);
+            if let Some(e) = final_lost {
+                if let Err(w) = written {
+                    tracing::error!(error = %w, "summary.json not written either");
+                }
+                return Err(e);
+            }
+            written?;
         }
         Ok(summary)
     }
@@ -789,8 +818,9 @@ impl<B: AutodiffBackend> Trainer<B> {
 
     /// Writes a checkpoint of the current state into `<out>/checkpoints` (no-op without `--out`).
     ///
-    /// A failed write (full or read-only disk) is reported to the observer and logged, and
-    /// training goes on: the write is atomic, so earlier checkpoints are untouched.
+    /// A failed write (full or read-only disk) is retried once, then reported to the observer,
+    /// logged and listed in the summary, and training goes on (the write is atomic, so earlier
+    /// checkpoints are untouched) unless too many failed in a row (`saves.rs`).
     pub fn checkpoint(&mut self, obs: &mut dyn TrainObserver) -> Result<(), TrainError> {
         // Data parallel: every rank takes part (the policy is a function of the step, so all
         // ranks get here together); the saved state must stand for the whole group. Only rank 0
@@ -812,28 +842,34 @@ impl<B: AutodiffBackend> Trainer<B> {
         let Some(out) = &self.out else { return Ok(()) };
         let root = out.join("checkpoints");
         let started = Instant::now();
-        let model = self.model();
+        let model = self.model().clone();
         let info = ManifestInfo {
             world_size: Some(self.rank_world().1),
             config_fingerprint: Some(config_fingerprint(&self.state.config)),
         };
         let (step, epoch) = (self.state.global_step, self.state.epoch);
-        let written = write_checkpoint_with(&root, step, epoch, &info, |d| {
-            model
-                .clone()
-                .save_file(d.join("model"), &recorder())
-                .map_err(|e| ckpt_err(d, format!("cannot write model: {e}")))?;
-            self.optim.save(&d.join("optim"))?;
-            write_json_synced(&d.join("state.json"), &self.state)
-        });
-        let dir = match written {
-            Ok(dir) => dir,
-            Err(e) => {
-                tracing::error!(step = self.state.global_step, error = %e, "checkpoint failed; training continues, earlier checkpoints are intact");
-                obs.on_checkpoint_failed(&e.to_string());
-                return Ok(());
+        let mut attempt = 0;
+        let dir = loop {
+            attempt += 1;
+            let written = write_checkpoint_with(&root, step, epoch, &info, |d| {
+                record_io::write::<B, _>(&d.join("model"), model.clone().into_record(), "model")?;
+                self.optim.save(&d.join("optim"))?;
+                write_json_synced(&d.join("state.json"), &self.state)
+            });
+            match written {
+                Ok(dir) => break dir,
+                Err(e) if attempt < SAVE_ATTEMPTS => {
+                    tracing::warn!(step, error = %e, "checkpoint failed; retrying once");
+                    std::thread::sleep(RETRY_PAUSE);
+                }
+                Err(e) => {
+                    tracing::error!(step, error = %e, "checkpoint failed; earlier checkpoints are intact");
+                    obs.on_checkpoint_failed(&e.to_string());
+                    return self.saves.failed(step, e.to_string(), &root);
+                }
             }
         };
+        self.saves.saved();
         prune(&root, self.state.config.keep_checkpoints);
         let info = CheckpointInfo {
             step: self.state.global_step,

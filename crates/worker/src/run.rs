@@ -357,9 +357,7 @@ pub fn run_worker<B: AutodiffBackend>(
     };
     obs.log_breakdown();
     // The final checkpoint reaches the coordinator before this worker reports Finish.
-    if let Some(u) = obs.uploader.take() {
-        u.finish();
-    }
+    let uploads = obs.uploader.take().map(|u| u.finish());
     stop.store(true, Ordering::Relaxed);
     if let Some(h) = beat {
         let _ = h.join();
@@ -375,6 +373,28 @@ pub fn run_worker<B: AutodiffBackend>(
         steps: summary.steps as u64,
         param_hash: summary.param_hash.clone(),
     })?;
+    // Rank 0 of a central-checkpoint run: if the coordinator did not store the final state,
+    // this worker's local copy is the only one. Keep it (the scratch directory would vanish)
+    // and fail, so the lost result does not look like a success.
+    if let Some(up) = uploads.filter(|u| a.rank == 0 && u.stored != Some(summary.steps as u64)) {
+        let local = trainer.last_checkpoint().map(|(_, p)| p.clone());
+        if local
+            .as_ref()
+            .is_some_and(|p| p.starts_with(scratch.path()))
+        {
+            let kept = scratch.keep();
+            tracing::error!(dir = %kept.display(), "the final checkpoint was not stored on the coordinator: its local copy is kept here");
+        }
+        let (step, error) = up
+            .failed
+            .unwrap_or((summary.steps as u64, "it was never uploaded".into()));
+        return Err(WorkerError::Train(TrainError::CheckpointLost {
+            step: summary.steps,
+            error: format!("upload of step {step}: {error}"),
+            why: "the coordinator did not store the final checkpoint".into(),
+            newest: local.map_or_else(|| "none on this worker".into(), |p| p.display().to_string()),
+        }));
+    }
     Ok(WorkerResult {
         rank: a.rank,
         world: a.world,

@@ -11,6 +11,19 @@ use resnet_proto::{CheckpointFiles, ControlPlane};
 struct Slot {
     pending: Option<CheckpointFiles>,
     closed: bool,
+    /// Step of the newest checkpoint the coordinator stored.
+    stored: Option<u64>,
+    /// The newest failed upload: (step, error).
+    failed: Option<(u64, String)>,
+}
+
+/// How the uploads went, from [`Uploader::finish`].
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct UploadOutcome {
+    /// Step of the newest checkpoint the coordinator stored.
+    pub stored: Option<u64>,
+    /// The newest failed upload: (step, error).
+    pub failed: Option<(u64, String)>,
 }
 
 /// The upload thread and its slot.
@@ -39,19 +52,25 @@ impl Uploader {
                     }
                 };
                 let started = std::time::Instant::now();
-                match control.upload_checkpoint(&next) {
-                    Ok(path) => tracing::info!(
-                        step = next.step,
-                        bytes = next.bytes(),
-                        seconds = format!("{:.3}", started.elapsed().as_secs_f64()),
-                        stored = %path,
-                        "checkpoint uploaded to the coordinator"
-                    ),
+                let result = control.upload_checkpoint(&next);
+                let mut g = s.0.lock().unwrap_or_else(|p| p.into_inner());
+                match result {
+                    Ok(path) => {
+                        g.stored = g.stored.max(Some(next.step));
+                        tracing::info!(
+                            step = next.step,
+                            bytes = next.bytes(),
+                            seconds = format!("{:.3}", started.elapsed().as_secs_f64()),
+                            stored = %path,
+                            "checkpoint uploaded to the coordinator"
+                        )
+                    }
                     Err(e) => {
                         if let Some(f) = &failures {
                             f.increment(1);
                         }
-                        tracing::error!(step = next.step, error = %e, "CHECKPOINT UPLOAD FAILED; training continues");
+                        tracing::error!(step = next.step, error = %e, "CHECKPOINT UPLOAD FAILED; training continues, the local copy is kept");
+                        g.failed = Some((next.step, e.to_string()));
                     }
                 }
             })
@@ -75,8 +94,8 @@ impl Uploader {
         cv.notify_one();
     }
 
-    /// Uploads what is pending, then stops the thread.
-    pub fn finish(mut self) {
+    /// Uploads what is pending, stops the thread, and says how the uploads went.
+    pub fn finish(mut self) -> UploadOutcome {
         {
             let (lock, cv) = &*self.slot;
             lock.lock().unwrap_or_else(|p| p.into_inner()).closed = true;
@@ -84,6 +103,11 @@ impl Uploader {
         }
         if let Some(h) = self.handle.take() {
             let _ = h.join();
+        }
+        let g = self.slot.0.lock().unwrap_or_else(|p| p.into_inner());
+        UploadOutcome {
+            stored: g.stored,
+            failed: g.failed.clone(),
         }
     }
 }
