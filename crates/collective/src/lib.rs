@@ -8,6 +8,7 @@
 //! floating-point additions, so both give bit-identical results. NCCL (CUDA issue) implements the
 //! same [`Collective`] trait ([`nccl`], feature `nccl`).
 
+mod handshake;
 pub mod memory;
 #[cfg(feature = "nccl")]
 pub mod nccl;

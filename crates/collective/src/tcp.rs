@@ -1,10 +1,13 @@
 //! Ranks in different processes: a ring of TCP connections.
 //!
 //! Each rank listens on its data-plane address, connects to the next rank and accepts the
-//! previous one. The connecting side opens with a handshake (magic, its rank, the group
-//! generation); the accepting side drops connections that are not from its predecessor in this
-//! generation, so a stray or stale peer cannot join the ring. Frames are `[u32 count][count x f32
-//! LE]`. The handshake also carries a digest of the cluster token. A writer thread per rank makes `send` non-blocking; every read has a timeout.
+//! previous one. The connecting side opens with a handshake (`handshake.rs`: its rank, the
+//! group generation, and a challenge-response proof of the cluster token in both directions);
+//! the accepting side admits only its predecessor in this generation, so a stray, stale or
+//! token-less peer cannot join the ring. While the ring forms, every incoming connection is
+//! handshaken on its own thread with a short timeout, at most a few per source address, so
+//! idle or hostile connections cannot hold the port. Frames are `[u32 count][count x f32 LE]`.
+//! A writer thread per rank makes `send` non-blocking; every read has a timeout.
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
@@ -16,14 +19,23 @@ use std::time::{Duration, Instant};
 use crate::ring::RingLink;
 use crate::CollectiveError;
 
-const MAGIC: &[u8; 4] = b"RCR1";
+/// Handshakes in flight while the ring forms, in all and per source address: beyond them new
+/// connections are closed at once.
+const MAX_PENDING: usize = 64;
+const MAX_PENDING_PER_ADDRESS: usize = 4;
+/// How long one handshake may take (its reads time out after it).
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// The name every node certificate carries (SAN `DNS:resnet-cluster`): peers are addressed by
 /// IP, so the cluster CA vouches for membership rather than for a host name.
 pub const TLS_SERVER_NAME: &str = "resnet-cluster";
 
-type Reader = Box<dyn Read + Send>;
-type Writer = Box<dyn Write + Send>;
+/// A connection both handshake directions run over (plain TCP or TLS).
+trait Duplex: Read + Write + Send {}
+impl<T: Read + Write + Send> Duplex for T {}
+
+type Reader = Box<dyn Duplex>;
+type Writer = Box<dyn Duplex>;
 
 /// Mutual TLS for the ring: every connection presents a certificate signed by the cluster CA
 /// and verifies its peer's.
@@ -262,8 +274,9 @@ impl TcpRing {
     }
 }
 
-/// Connects to the next rank and sends the handshake (through TLS when configured). Returns the
-/// raw socket (for aborting) and the stream to write on.
+/// Connects to the next rank and runs the handshake (through TLS when configured), retrying
+/// until `deadline`: the peer may not listen yet, or may have turned this connection away while
+/// busy. Returns the raw socket (for aborting) and the stream to write on.
 fn connect_next(
     addr: &str,
     next: usize,
@@ -280,17 +293,16 @@ fn connect_next(
             match TcpStream::connect_timeout(&target, Duration::from_millis(500)) {
                 Ok(s) => {
                     let _ = s.set_nodelay(true);
+                    let _ = s.set_read_timeout(Some(HANDSHAKE_TIMEOUT));
                     let raw = s.try_clone().map_err(|e| setup(e.to_string()))?;
                     let mut w = tls_writer(tls, s)?;
-                    let mut hello = Vec::with_capacity(48);
-                    hello.extend_from_slice(MAGIC);
-                    hello.extend_from_slice(&(rank as u32).to_le_bytes());
-                    hello.extend_from_slice(&generation.to_le_bytes());
-                    hello.extend_from_slice(&auth);
-                    w.write_all(&hello)
-                        .and_then(|()| w.flush())
-                        .map_err(|e| setup(format!("handshake to rank {next} at {addr}: {e}")))?;
-                    return Ok((raw, w));
+                    match crate::handshake::connector(&mut w, rank as u32, generation, &auth) {
+                        Ok(()) => {
+                            let _ = raw.set_read_timeout(None);
+                            return Ok((raw, w));
+                        }
+                        Err(e) => last_err = format!("handshake: {e}"),
+                    }
                 }
                 Err(e) => last_err = e.to_string(),
             }
@@ -304,6 +316,9 @@ fn connect_next(
     )))
 }
 
+/// What a handshake thread hands back: the predecessor's connection, or why it was refused.
+type Admitted = Result<(TcpStream, Reader), (SocketAddr, String)>;
+
 fn accept_prev(
     listener: TcpListener,
     prev: usize,
@@ -315,42 +330,94 @@ fn accept_prev(
     listener
         .set_nonblocking(true)
         .map_err(|e| setup(e.to_string()))?;
+    let (tx, rx) = channel::<Admitted>();
+    // Handshakes in flight per source address.
+    let pending: Arc<Mutex<std::collections::HashMap<std::net::IpAddr, usize>>> = Arc::default();
+    let mut refused = 0usize;
+    let mut last_refusal = String::new();
     while Instant::now() < deadline {
+        while let Ok(r) = rx.try_recv() {
+            match r {
+                Ok(admitted) => return Ok(admitted),
+                Err((from, why)) => {
+                    refused += 1;
+                    tracing::warn!(%from, expected_rank = prev, generation, reason = %why, "refused ring connection");
+                    last_refusal = format!("{from}: {why}");
+                }
+            }
+        }
         match listener.accept() {
             Ok((s, from)) => {
-                let _ = s.set_nonblocking(false);
-                let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-                let Ok(raw) = s.try_clone() else { continue };
-                let mut stream = tls_reader(tls, s)?;
-                let mut hello = [0u8; 48];
-                match stream.read_exact(&mut hello) {
-                    Ok(()) => {
-                        let r =
-                            u32::from_le_bytes([hello[4], hello[5], hello[6], hello[7]]) as usize;
-                        let mut g = [0u8; 8];
-                        g.copy_from_slice(&hello[8..16]);
-                        let g = u64::from_le_bytes(g);
-                        if &hello[..4] == MAGIC
-                            && r == prev
-                            && g == generation
-                            && hello[16..] == auth
-                        {
-                            return Ok((raw, stream));
+                let ip = from.ip();
+                let admit = {
+                    let mut p = pending.lock().unwrap_or_else(|p| p.into_inner());
+                    let total: usize = p.values().sum();
+                    let here = p.entry(ip).or_default();
+                    let ok = total < MAX_PENDING && *here < MAX_PENDING_PER_ADDRESS;
+                    if ok {
+                        *here += 1;
+                    }
+                    ok
+                };
+                if !admit {
+                    // Closing at once: a genuine predecessor retries until the deadline.
+                    tracing::warn!(%from, "too many ring handshakes in flight: connection closed");
+                    continue;
+                }
+                let (tx, pending, tls) = (tx.clone(), pending.clone(), tls.cloned());
+                let spawned = std::thread::Builder::new()
+                    .name("ring-handshake".into())
+                    .spawn(move || {
+                        let r = handshake_prev(s, from, prev, generation, &auth, tls.as_ref());
+                        let mut p = pending.lock().unwrap_or_else(|p| p.into_inner());
+                        if let Some(n) = p.get_mut(&ip) {
+                            *n -= 1;
+                            if *n == 0 {
+                                p.remove(&ip);
+                            }
                         }
-                        tracing::warn!(%from, claimed_rank = r, generation = g, expected_rank = prev, expected_generation = generation, "refused ring connection");
-                    }
-                    Err(e) => {
-                        tracing::warn!(%from, error = %e, "ring connection without a handshake")
-                    }
+                        drop(p);
+                        let _ = tx.send(r);
+                    });
+                if let Err(e) = spawned {
+                    return Err(setup(format!("cannot start a handshake thread: {e}")));
                 }
             }
             Err(e) if e.kind() == ErrorKind::WouldBlock => {
-                std::thread::sleep(Duration::from_millis(20))
+                std::thread::sleep(Duration::from_millis(10))
             }
             Err(e) => return Err(setup(format!("accept: {e}"))),
         }
     }
-    Err(setup(format!("rank {prev} did not connect in time")))
+    Err(setup(if refused == 0 {
+        format!("rank {prev} did not connect in time")
+    } else {
+        format!(
+            "rank {prev} did not connect in time ({refused} other connection(s) refused; last: {last_refusal})"
+        )
+    }))
+}
+
+/// One incoming connection's handshake, with its own timeout.
+fn handshake_prev(
+    s: TcpStream,
+    from: SocketAddr,
+    prev: usize,
+    generation: u64,
+    auth: &[u8; 32],
+    tls: Option<&RingTls>,
+) -> Admitted {
+    let fail = |why: String| (from, why);
+    s.set_nonblocking(false)
+        .and_then(|()| s.set_read_timeout(Some(HANDSHAKE_TIMEOUT)))
+        .and_then(|()| s.set_write_timeout(Some(HANDSHAKE_TIMEOUT)))
+        .map_err(|e| fail(e.to_string()))?;
+    let raw = s.try_clone().map_err(|e| fail(e.to_string()))?;
+    let mut stream = tls_reader(tls, s).map_err(|e| fail(e.to_string()))?;
+    crate::handshake::acceptor(&mut stream, prev as u32, generation, auth)
+        .map_err(|e| fail(e.to_string()))?;
+    let _ = raw.set_write_timeout(None);
+    Ok((raw, stream))
 }
 
 impl RingLink for TcpRing {

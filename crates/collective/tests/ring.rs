@@ -218,3 +218,64 @@ fn tls_ring_forms_with_cluster_certificates_and_refuses_everyone_else() {
     let e = RingTls::from_pem(b"not pem", b"", b"").expect_err("garbage");
     assert!(e.to_string().contains("TLS"), "{e}");
 }
+
+/// The attack: 30 idle connections (no handshake, never closed) to every rank's data
+/// port, plus an impostor sending a well-formed hello without the token, while a 3-rank ring
+/// forms. Before, the acceptor handshook one connection at a time with a 2 s timeout, so the
+/// idle ones used up the formation deadline and the ring failed. Now each handshake runs on
+/// its own thread (a few per source address, the rest closed at once; the genuine peer
+/// retries), and the ring forms and all-reduces.
+#[test]
+fn idle_connections_and_impostors_do_not_stop_the_ring_forming() {
+    use std::io::Write;
+    let world = 3;
+    let listeners: Vec<TcpListener> = (0..world)
+        .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind"))
+        .collect();
+    let peers: Vec<String> = listeners
+        .iter()
+        .map(|l| l.local_addr().expect("addr").to_string())
+        .collect();
+    // Held open for the whole test.
+    let mut hostile = Vec::new();
+    for p in &peers {
+        for _ in 0..30 {
+            hostile.push(std::net::TcpStream::connect(p).expect("idle connection"));
+        }
+        let mut impostor = std::net::TcpStream::connect(p).expect("impostor");
+        let mut hello = b"RCR2".to_vec();
+        hello.extend_from_slice(&0u32.to_le_bytes());
+        hello.extend_from_slice(&1u64.to_le_bytes());
+        hello.extend_from_slice(&[0u8; 16]);
+        impostor.write_all(&hello).expect("hello");
+        let mut proof = [0u8; 32];
+        proof[0] = 1;
+        let _ = impostor.write_all(&proof);
+        hostile.push(impostor);
+    }
+    let handles: Vec<_> = listeners
+        .into_iter()
+        .enumerate()
+        .map(|(rank, l)| {
+            let cfg = TcpRingConfig {
+                rank,
+                peers: peers.clone(),
+                generation: 1,
+                timeout: Duration::from_secs(10),
+                auth: [3; 32],
+                tls: None,
+            };
+            std::thread::spawn(move || {
+                let mut r = TcpRing::connect(l, &cfg)
+                    .unwrap_or_else(|e| panic!("rank {rank} did not form: {e}"));
+                let mut buf = [1.0f32; 4];
+                r.all_reduce_sum(&mut buf).expect("all-reduce");
+                buf
+            })
+        })
+        .collect();
+    for h in handles {
+        assert_eq!(h.join().expect("rank"), [3.0; 4]);
+    }
+    drop(hostile);
+}

@@ -354,7 +354,9 @@ impl<B: AutodiffBackend> Trainer<B> {
         let total = cfg.epochs * spe;
         let limit = cfg.max_steps.unwrap_or(usize::MAX).min(total);
         if self.peers().is_some() {
-            let model = self.model.take().expect("model present between steps");
+            // A copy goes out (tensors are shared, not copied): a failed broadcast leaves this
+            // replica's model in place for whoever heals or regroups next.
+            let model = self.model().clone();
             let sync = self.peers().expect("checked above");
             self.model = Some(broadcast_model(model, sync.as_mut(), 0)?);
         }
