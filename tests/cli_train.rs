@@ -333,3 +333,57 @@ fn sigterm_stops_at_a_step_boundary_with_a_checkpoint_and_exit_code_4() {
     assert!(ok, "{stderr}");
     assert_eq!(json(&stdout)["steps"].as_u64(), Some(steps + 2), "{stdout}");
 }
+
+/// A checkpoint whose `state.json` describes another model than its weights (here depth 34
+/// over ResNet-18 weights, the manifest re-hashed so it verifies): `resnet eval` and `--resume`
+/// name the mismatch instead of panicking inside Burn's loader.
+#[test]
+fn a_checkpoint_whose_config_disagrees_with_its_weights_is_a_named_error() {
+    use sha2::Digest;
+    let dir = tempfile::tempdir().expect("tmp");
+    let out = dir.path().join("run");
+    run_small(&out, &["--max-steps", "1"]);
+    let ck = out.join("checkpoints/step-00000001");
+    let state = std::fs::read_to_string(ck.join("state.json")).expect("state.json");
+    assert!(state.contains("\"depth\": 18"), "{state}");
+    let state = state.replace("\"depth\": 18", "\"depth\": 34");
+    std::fs::write(ck.join("state.json"), &state).expect("write");
+    let mpath = ck.join("MANIFEST.json");
+    let mut manifest: Value =
+        serde_json::from_str(&std::fs::read_to_string(&mpath).expect("manifest")).expect("json");
+    for f in manifest["files"].as_array_mut().expect("files") {
+        if f["name"] == "state.json" {
+            f["sha256"] = Value::from(
+                sha2::Sha256::digest(state.as_bytes())
+                    .iter()
+                    .map(|b| format!("{b:02x}"))
+                    .collect::<String>(),
+            );
+            f["bytes"] = Value::from(state.len());
+        }
+    }
+    std::fs::write(&mpath, serde_json::to_vec_pretty(&manifest).expect("json")).expect("write");
+    let ck_s = ck.to_str().expect("utf-8");
+    let out_s = out.to_str().expect("utf-8");
+    for args in [
+        vec!["eval", "--checkpoint", ck_s],
+        vec![
+            "train",
+            "--resume",
+            "latest",
+            "--out",
+            out_s,
+            "--max-steps",
+            "2",
+        ],
+    ] {
+        let (ok, _, stderr) = resnet(&args);
+        assert!(!ok, "{args:?} must fail");
+        assert!(
+            stderr.contains("does not hold the model state.json describes (ResNet-34"),
+            "{args:?}: {stderr}"
+        );
+        assert!(stderr.contains("model.mpk"), "{stderr}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+    }
+}

@@ -76,6 +76,16 @@ impl Coordinator {
         generation: u64,
         step: u64,
     ) -> Result<CheckpointFiles, Refusal> {
+        // Members only, checked before any file is read or hashed.
+        {
+            let inner = self.lock();
+            let rank = inner
+                .members
+                .iter()
+                .position(|m| m.worker_id == worker_id)
+                .ok_or_else(|| Refusal::Unknown(format!("unknown worker '{worker_id}'")))?;
+            self.member(&inner, worker_id, rank, generation)?;
+        }
         // Step 0 names the run's resume checkpoint when there is one (a healing checkpoint of
         // step 0 exists only in a run that did not resume).
         let (dir, step, epoch) = if step == 0 && self.resume.is_some() {
@@ -95,15 +105,6 @@ impl Coordinator {
             let m = resnet_train::verify(&dir).map_err(|e| Refusal::Unknown(e.to_string()))?;
             (dir, step, m.epoch as u32)
         };
-        {
-            let inner = self.lock();
-            let rank = inner
-                .members
-                .iter()
-                .position(|m| m.worker_id == worker_id)
-                .ok_or_else(|| Refusal::Unknown(format!("unknown worker '{worker_id}'")))?;
-            self.member(&inner, worker_id, rank, generation)?;
-        }
         crate::store::read_checkpoint(&dir, step, epoch).map_err(Refusal::Storage)
     }
 }

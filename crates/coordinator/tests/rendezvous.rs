@@ -385,3 +385,28 @@ fn below_min_workers_the_group_waits_for_a_replacement_then_fails_without_one() 
         "{why}"
     );
 }
+
+/// `DownloadCheckpoint` checks membership before touching the store: a stranger learns
+/// nothing (not even whether a step exists) and costs no hashing.
+#[test]
+fn checkpoint_downloads_check_membership_before_reading_anything() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let c = Coordinator::new(CoordinatorConfig {
+        workers: 2,
+        join_timeout: Duration::from_secs(10),
+        heartbeat_timeout: Duration::from_secs(60),
+        min_workers: 1,
+        regroup_timeout: Duration::from_secs(5),
+        run: Default::default(),
+        out: Some(tmp.path().to_path_buf()),
+        fingerprint: fingerprint(),
+        resume: None,
+    })
+    .expect("coordinator");
+    // Step 7 was never stored: a member would hear "missing manifest"; a stranger only that it
+    // is unknown.
+    match c.resume_checkpoint("stranger", 1, 7) {
+        Err(Refusal::Unknown(m)) => assert!(m.contains("unknown worker 'stranger'"), "{m}"),
+        other => panic!("expected an unknown-worker refusal, got {other:?}"),
+    }
+}

@@ -9,8 +9,11 @@
 
 use std::path::{Path, PathBuf};
 
+use burn::module::{Module, ModuleVisitor, Param};
 use burn::record::{BurnRecord, FullPrecisionSettings, NamedMpkFileRecorder, Record};
 use burn::tensor::backend::Backend;
+use burn::tensor::Tensor;
+use serde::de::{DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 
 use crate::TrainError;
 
@@ -42,6 +45,110 @@ pub fn write<B: Backend, R: Record<B>>(
 /// `stem` with the `.mpk` extension, as [`FileRecorder`] names its files.
 pub fn mpk_path(stem: &Path) -> PathBuf {
     stem.with_extension("mpk")
+}
+
+/// The shape of every tensor in a record file's bytes, in the order they were written (module
+/// order: the order [`ModuleVisitor`] visits the parameters in).
+pub fn tensor_shapes(bytes: &[u8]) -> Result<Vec<Vec<usize>>, String> {
+    let mut out = Vec::new();
+    let mut de = rmp_serde::Deserializer::new(bytes);
+    Shapes(&mut out)
+        .deserialize(&mut de)
+        .map_err(|e| format!("not a model record: {e}"))?;
+    Ok(out)
+}
+
+/// The shapes a model's parameters have, in module order, without initialising them.
+pub fn model_shapes<B: Backend, M: Module<B>>(model: &M) -> Vec<Vec<usize>> {
+    struct Visit(Vec<Vec<usize>>);
+    impl<B: Backend> ModuleVisitor<B> for Visit {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+            self.0.push(param.lazy_shape().dims::<D>().to_vec());
+        }
+    }
+    let mut v = Visit(Vec::new());
+    model.visit(&mut v);
+    v.0
+}
+
+/// Checks that the record in `bytes` fits `model` tensor by tensor, so a mismatch (a
+/// `state.json` that disagrees with its weights) is an error naming the first difference
+/// instead of a panic inside Burn's loader.
+pub fn check_fits<B: Backend, M: Module<B>>(bytes: &[u8], model: &M) -> Result<(), String> {
+    let file = tensor_shapes(bytes)?;
+    let want = model_shapes::<B, M>(model);
+    if let Some(i) = (0..file.len().max(want.len())).find(|&i| file.get(i) != want.get(i)) {
+        let show =
+            |s: Option<&Vec<usize>>| s.map_or_else(|| "nothing".into(), |s| format!("{s:?}"));
+        return Err(format!(
+            "the file holds {} tensors and the model {}; tensor #{i} is {} in the file, {} in the model",
+            file.len(),
+            want.len(),
+            show(file.get(i)),
+            show(want.get(i))
+        ));
+    }
+    Ok(())
+}
+
+/// Collects the value of every `shape` key, depth first, skipping everything else.
+struct Shapes<'a>(&'a mut Vec<Vec<usize>>);
+
+impl<'de> DeserializeSeed<'de> for Shapes<'_> {
+    type Value = ();
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Shapes<'_> {
+    type Value = ();
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a MessagePack record")
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> Result<(), A::Error> {
+        let out = self.0;
+        while let Some(key) = m.next_key::<String>()? {
+            if key == "shape" {
+                out.push(m.next_value::<Vec<usize>>()?);
+            } else {
+                m.next_value_seed(Shapes(&mut *out))?;
+            }
+        }
+        Ok(())
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut s: A) -> Result<(), A::Error> {
+        let out = self.0;
+        while s.next_element_seed(Shapes(&mut *out))?.is_some() {}
+        Ok(())
+    }
+    fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+    fn visit_bool<E>(self, _: bool) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_str<E>(self, _: &str) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_bytes<E>(self, _: &[u8]) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_none<E>(self) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_unit<E>(self) -> Result<(), E> {
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -109,5 +216,45 @@ mod tests {
         assert!(text.contains("no-such-dir/model.mpk"), "{text}");
         assert!(text.contains("cannot write model"), "{text}");
         assert!(text.contains("No such file or directory"), "{text}");
+    }
+
+    #[test]
+    fn a_record_of_another_depth_is_named_not_loaded() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let device = Default::default();
+        let cfg = |depth| ResNetConfig {
+            depth,
+            width: 4,
+            ..ResNetConfig::default()
+        };
+        let small = cfg(18).init::<B>(&device).expect("model");
+        write::<B, _>(&dir.path().join("m"), small.clone().into_record(), "model").expect("write");
+        let bytes = std::fs::read(dir.path().join("m.mpk")).expect("read");
+        let shapes = tensor_shapes(&bytes).expect("shapes");
+        assert_eq!(
+            shapes,
+            model_shapes::<B, _>(&small),
+            "file order is module order"
+        );
+        assert!(shapes.len() > 60, "{}", shapes.len());
+        check_fits::<B, _>(&bytes, &small).expect("its own model fits");
+        let bigger = cfg(34).init::<B>(&device).expect("model");
+        let e = check_fits::<B, _>(&bytes, &bigger).expect_err("depth 34 does not fit");
+        assert!(e.contains("tensor #"), "{e}");
+        let wider = ResNetConfig {
+            width: 8,
+            ..cfg(18)
+        }
+        .init::<B>(&device)
+        .expect("model");
+        let e = check_fits::<B, _>(&bytes, &wider).expect_err("width 8 does not fit");
+        assert!(
+            e.contains("tensor #0 is [4, 3, 3, 3] in the file, [8, 3, 3, 3]"),
+            "{e}"
+        );
+        // Truncated: an error, not a panic; well-formed but no tensors: does not fit.
+        assert!(tensor_shapes(&bytes[..bytes.len() / 2]).is_err());
+        let e = check_fits::<B, _>(b"\x93abc", &small).expect_err("no tensors");
+        assert!(e.contains("the file holds 0 tensors"), "{e}");
     }
 }

@@ -112,6 +112,19 @@ pub fn load_model<B: Backend>(
         .model
         .init::<B>(device)
         .map_err(|e| TrainError::Config(e.to_string()))?;
+    // Burn's loader panics on a record that does not fit the model: check shapes first.
+    let path = record_io::mpk_path(&dir.join("model"));
+    let bytes = std::fs::read(&path).map_err(|e| ckpt_err(&path, e))?;
+    record_io::check_fits::<B, _>(&bytes, &model).map_err(|e| {
+        let m = &state.config.model;
+        ckpt_err(
+            &path,
+            format!(
+                "does not hold the model state.json describes (ResNet-{}, width {}, {} classes): {e}",
+                m.depth, m.width, m.num_classes
+            ),
+        )
+    })?;
     let model = model
         .load_file(dir.join("model"), &record_io::FileRecorder::new(), device)
         .map_err(|e| ckpt_err(&dir.join("model.mpk"), format!("cannot read model: {e}")))?;
