@@ -175,12 +175,16 @@ impl Coordinator {
             }
             None => None,
         };
+        // Uploads are held in memory until verified: no more than this run's checkpoints weigh.
+        let max_bytes = resnet_train::checkpoint_bytes_bound(&cfg.run)
+            .map_err(|e| e.to_string())?
+            .min(crate::store::MAX_UPLOAD_BYTES);
         let store = cfg.out.as_ref().map(|o| {
             Mutex::new(crate::store::CheckpointStore::new(
                 crate::store::StoreConfig {
                     root: o.join("checkpoints"),
                     keep: cfg.run.keep_checkpoints,
-                    max_bytes: crate::store::MAX_UPLOAD_BYTES,
+                    max_bytes,
                 },
             ))
         });

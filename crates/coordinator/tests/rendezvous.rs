@@ -392,7 +392,7 @@ fn below_min_workers_the_group_waits_for_a_replacement_then_fails_without_one() 
 fn checkpoint_downloads_check_membership_before_reading_anything() {
     let tmp = tempfile::tempdir().expect("tmp");
     let c = Coordinator::new(CoordinatorConfig {
-        workers: 2,
+        workers: 1,
         join_timeout: Duration::from_secs(10),
         heartbeat_timeout: Duration::from_secs(60),
         min_workers: 1,
@@ -403,6 +403,13 @@ fn checkpoint_downloads_check_membership_before_reading_anything() {
         resume: None,
     })
     .expect("coordinator");
+    // Uploads are capped at what this run's checkpoints can weigh (default run: ResNet-18,
+    // 11.7M parameters, SGD momentum: ~94 MB of tensors), not at 16 GiB.
+    let a = rt().block_on(c.join(join_req("a"))).expect("join");
+    let max = c
+        .checkpoint_upload_allowed("a", 0, a.generation)
+        .expect("rank 0 may upload");
+    assert!((150 << 20..400 << 20).contains(&max), "{max}");
     // Step 7 was never stored: a member would hear "missing manifest"; a stranger only that it
     // is unknown.
     match c.resume_checkpoint("stranger", 1, 7) {

@@ -19,6 +19,8 @@ pub struct GrpcControlPlane {
     rt: tokio::runtime::Runtime,
     client: CoordinatorClient<InterceptedService<Channel, AttachToken>>,
     url: String,
+    /// Largest checkpoint download accepted (`limit_downloads`).
+    max_download: u64,
 }
 
 pub(crate) fn status(url: &str, what: &str, s: tonic::Status) -> ControlError {
@@ -53,7 +55,12 @@ impl GrpcControlPlane {
         let client = CoordinatorClient::with_interceptor(channel, attach)
             .max_decoding_message_size(16 << 20)
             .max_encoding_message_size(16 << 20);
-        Ok(Self { rt, client, url })
+        Ok(Self {
+            rt,
+            client,
+            url,
+            max_download: u64::MAX,
+        })
     }
 }
 
@@ -109,6 +116,10 @@ pub(crate) fn open_channel(
 }
 
 impl ControlPlane for GrpcControlPlane {
+    fn limit_downloads(&mut self, max_bytes: u64) {
+        self.max_download = max_bytes;
+    }
+
     fn join(&mut self, req: JoinRequest) -> Result<Assignment, ControlError> {
         let r = self
             .rt
@@ -173,13 +184,14 @@ impl ControlPlane for GrpcControlPlane {
             step,
         };
         let client = &mut self.client;
+        let max = self.max_download;
         self.rt.block_on(async move {
             let mut stream = client
                 .download_checkpoint(req)
                 .await
                 .map_err(|s| status(&url, "checkpoint download", s))?
                 .into_inner();
-            let mut asm = crate::checkpoint::Assembler::new(u64::MAX);
+            let mut asm = crate::checkpoint::Assembler::new(max);
             while let Some(chunk) = stream
                 .message()
                 .await

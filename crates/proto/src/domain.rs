@@ -300,6 +300,9 @@ pub trait ControlPlane: Send {
         generation: u64,
         step: u64,
     ) -> Result<crate::CheckpointFiles, ControlError>;
+    /// Refuses checkpoint downloads whose header declares more than `max_bytes` of files (the
+    /// worker knows what its run's checkpoints can weigh). Default: no limit.
+    fn limit_downloads(&mut self, _max_bytes: u64) {}
     /// The run configuration (JSON) before joining, for a warm-up.
     fn run_config(&mut self, _worker_id: &str) -> Result<String, ControlError> {
         Err(ControlError(

@@ -40,6 +40,7 @@ pub use optim::{AnyOptimizer, OptimConfig, OptimizerKind};
 pub use parallel::{
     broadcast_model, sync_batchnorm, sync_gradients, sync_gradients_with, GradSync,
 };
+pub use record_io::checkpoint_bytes_bound;
 pub use records::{
     CheckpointInfo, EpochCounts, EpochRecord, EvalSummary, Quiet, StepStats, StepTiming,
     TrainObserver, TrainState, TrainSummary,

@@ -91,6 +91,27 @@ pub fn check_fits<B: Backend, M: Module<B>>(bytes: &[u8], model: &M) -> Result<(
     Ok(())
 }
 
+/// An upper bound on the bytes of one checkpoint of a run with `cfg`: twice its tensors (the
+/// model, BatchNorm statistics and the optimizer's slots per parameter, as f32) plus 64 MiB for
+/// `state.json` and encoding. Checkpoint uploads and downloads above it are refused before any
+/// memory is committed to them. Builds the model lazily: no parameter is allocated.
+pub fn checkpoint_bytes_bound(cfg: &crate::TrainConfig) -> Result<u64, crate::TrainError> {
+    let model = cfg
+        .model
+        .init::<burn::backend::Flex>(&Default::default())
+        .map_err(|e| crate::TrainError::Config(e.to_string()))?;
+    let elems: u64 = model_shapes::<burn::backend::Flex, _>(&model)
+        .iter()
+        .map(|s| s.iter().product::<usize>() as u64)
+        .sum();
+    let slots = match cfg.optim.kind {
+        crate::OptimizerKind::Sgd if cfg.optim.momentum > 0.0 => 1,
+        crate::OptimizerKind::Sgd => 0,
+        crate::OptimizerKind::Adam | crate::OptimizerKind::Adamw => 2,
+    };
+    Ok(2 * elems * 4 * (1 + slots) + (64 << 20))
+}
+
 /// Collects the value of every `shape` key, depth first, skipping everything else.
 struct Shapes<'a>(&'a mut Vec<Vec<usize>>);
 
@@ -256,5 +277,24 @@ mod tests {
         assert!(tensor_shapes(&bytes[..bytes.len() / 2]).is_err());
         let e = check_fits::<B, _>(b"\x93abc", &small).expect_err("no tensors");
         assert!(e.contains("the file holds 0 tensors"), "{e}");
+    }
+
+    #[test]
+    fn the_checkpoint_bound_covers_a_real_checkpoint_and_grows_with_the_model() {
+        let mut cfg = crate::TrainConfig::default();
+        cfg.model.width = 4;
+        let small = checkpoint_bytes_bound(&cfg).expect("bound");
+        let device = Default::default();
+        let model = cfg.model.init::<B>(&device).expect("model");
+        let _ = crate::param_hash(&model);
+        let bytes = encode::<B, _>(model.into_record()).expect("encode").len() as u64;
+        assert!(small > 2 * bytes, "{small} vs model {bytes}");
+        cfg.model.width = 64;
+        cfg.model.depth = 50;
+        let r50 = checkpoint_bytes_bound(&cfg).expect("bound");
+        // ResNet-50: 25.6M parameters, SGD momentum: ~205 MB of tensors, twice that + 64 MiB.
+        assert!((400 << 20..600 << 20).contains(&r50), "{r50}");
+        cfg.optim.kind = crate::OptimizerKind::Adamw;
+        assert!(checkpoint_bytes_bound(&cfg).expect("bound") > r50);
     }
 }

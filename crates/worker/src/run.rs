@@ -174,6 +174,8 @@ pub fn run_worker<B: AutodiffBackend>(
     }
     let splits = cfg.data.load(cfg.seed, &mut |_, _| {})?;
     cfg.model.num_classes = splits.train.classes.len();
+    // A checkpoint download is held in memory until verified: no more than this run's weigh.
+    control.limit_downloads(resnet_train::checkpoint_bytes_bound(&cfg)?);
     tracing::info!(
         rank = a.rank,
         train = splits.train.len(),
