@@ -469,3 +469,101 @@ fn a_warm_up_before_joining_leaves_the_run_unchanged() {
         assert_eq!(r["param_hash"], local["param_hashes"][0], "{r}");
     }
 }
+
+/// SIGTERM to the coordinator (a `kubectl delete`, a node drain): it tells the workers through
+/// their heartbeats, the group agrees on one step through the all-reduce, saves a central
+/// checkpoint of it, and every process exits 4 with identical replicas. `--resume latest`
+/// with the same command then continues from that step.
+#[test]
+fn sigterm_to_the_coordinator_stops_every_rank_at_one_step_with_a_checkpoint() {
+    let out = tempfile::tempdir().expect("tmp");
+    let o = out.path().to_str().expect("utf-8");
+    let port = free_port().to_string();
+    let listen = format!("127.0.0.1:{port}");
+    let url = format!("http://127.0.0.1:{port}");
+    let run = |extra: &[&str]| -> (Child, Vec<Child>) {
+        let mut args = vec!["--workers", "2", "--listen", &listen, "--out", o, "--json"];
+        args.extend([
+            "--dataset",
+            "synthetic",
+            "--width",
+            "4",
+            "--batch-size",
+            "16",
+            "--train-limit",
+            "64",
+            "--test-limit",
+            "16",
+            "--epochs",
+            "200",
+        ]);
+        args.extend(extra);
+        let coord = spawn(env!("CARGO_BIN_EXE_coordinator"), &args);
+        let workers = (0..2)
+            .map(|i| {
+                spawn(
+                    env!("CARGO_BIN_EXE_worker"),
+                    &[
+                        "--coordinator",
+                        &url,
+                        "--worker-id",
+                        &format!("w{i}"),
+                        "--json",
+                    ],
+                )
+            })
+            .collect();
+        (coord, workers)
+    };
+    let (coord, workers) = run(&[]);
+    // Signal once training is under way: the coordinator writes metrics.jsonl after epoch 1.
+    let metrics = out.path().join("metrics.jsonl");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !metrics.exists() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(
+        metrics.exists(),
+        "the cluster never finished its first epoch"
+    );
+    let st = Command::new("kill")
+        .args(["-TERM", &coord.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(st.success());
+    let c = coord.wait_with_output().expect("coordinator");
+    let cerr = String::from_utf8_lossy(&c.stderr);
+    assert_eq!(c.status.code(), Some(4), "coordinator exits 4\n{cerr}");
+    let summary: Value = serde_json::from_slice(&c.stdout).expect("summary JSON");
+    assert_eq!(summary["interrupted"], true, "{summary}");
+    assert_eq!(summary["replicas_identical"], true, "{summary}");
+    let steps = summary["steps"].as_u64().expect("steps");
+    assert!(steps < 400, "stopped early: {steps}");
+    assert_eq!(
+        summary["stored_step"], steps,
+        "the stop step is stored centrally"
+    );
+    assert!(out
+        .path()
+        .join(format!("checkpoints/step-{steps:08}/MANIFEST.json"))
+        .is_file());
+    for w in workers {
+        let w = w.wait_with_output().expect("worker");
+        let werr = String::from_utf8_lossy(&w.stderr);
+        assert_eq!(w.status.code(), Some(4), "worker exits 4\n{werr}");
+        let r: Value = serde_json::from_slice(&w.stdout).expect("worker JSON");
+        assert_eq!(r["steps"], steps, "every rank stopped at the same step");
+        assert_eq!(r["interrupted"], true);
+    }
+    assert!(!cerr.contains("panicked"), "{cerr}");
+
+    // The same command with --resume latest continues from the stop step.
+    let more = (steps + 4).to_string();
+    let (coord, workers) = run(&["--resume", "latest", "--max-steps", &more]);
+    for w in workers {
+        finish(w, "resumed worker");
+    }
+    let summary: Value = serde_json::from_str(&finish(coord, "resumed coordinator")).expect("json");
+    assert_eq!(summary["steps"], steps + 4, "{summary}");
+    assert_eq!(summary["replicas_identical"], true, "{summary}");
+}

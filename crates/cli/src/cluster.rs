@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use clap::Parser;
 use resnet_collective::memory::MemoryRing;
-use resnet_coordinator::{serve, Coordinator, CoordinatorConfig, RunSummary};
+use resnet_coordinator::{serve, Coordinator, CoordinatorConfig, Phase, RunSummary};
 use resnet_kernels::KernelChoice;
 use resnet_proto::GrpcControlPlane;
 use resnet_worker::{run_worker, Transport, WorkerOptions, WorkerResult};
@@ -307,6 +307,26 @@ fn coordinate(a: &CoordinatorCli, sel: Selected, kernels: KernelChoice) -> Resul
         "coordinator listening on {addr}, waiting for {} worker(s)",
         a.workers
     );
+    // SIGTERM/SIGINT: the workers stop at the next step boundary with a checkpoint (told
+    // through their heartbeats), then the run ends as interrupted (exit code 4).
+    let signalled = crate::stop_on_signals()?;
+    {
+        let coord = coord.clone();
+        std::thread::Builder::new()
+            .name("signals".into())
+            .spawn(move || {
+                while !signalled.load(std::sync::atomic::Ordering::Relaxed) {
+                    if matches!(coord.phase(), Phase::Finished | Phase::Failed) {
+                        return;
+                    }
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                if coord.request_stop() {
+                    tracing::warn!("signal received: the workers stop at the next step boundary and save a checkpoint");
+                    eprintln!("stopping: the workers finish their step and save a checkpoint (Ctrl-C again to quit at once)");
+                }
+            })?;
+    }
     let tls = a.tls.load()?;
     let server = rt.spawn(serve(
         coord.clone(),
@@ -333,14 +353,18 @@ fn coordinate(a: &CoordinatorCli, sel: Selected, kernels: KernelChoice) -> Resul
     rt.block_on(server)
         .context("coordinator server task")?
         .map_err(anyhow::Error::msg)?;
-    let summary = coord.summary().ok_or_else(|| {
-        anyhow::anyhow!(
-            "{}",
-            coord
+    let summary = match coord.summary() {
+        Some(s) => s,
+        None => {
+            let why = coord
                 .failure()
-                .unwrap_or_else(|| "run ended without a summary".into())
-        )
-    })?;
+                .unwrap_or_else(|| "run ended without a summary".into());
+            if why.starts_with("stopped by a signal") {
+                return Err(crate::Interrupted(why).into());
+            }
+            bail!("{why}");
+        }
+    };
     print_summary(&summary, a.json)?;
     if let Some(o) = &a.out {
         // The run's result lives in the central store: ending without the final state stored
@@ -364,6 +388,23 @@ fn coordinate(a: &CoordinatorCli, sel: Selected, kernels: KernelChoice) -> Resul
             }
             .into());
         }
+    }
+    if summary.interrupted {
+        if !summary.replicas_identical {
+            bail!(
+                "replicas ended with different parameters: {:?}",
+                summary.param_hashes
+            );
+        }
+        return Err(crate::Interrupted(format!(
+            "interrupted by a signal at step {}; continue with --resume latest{}",
+            summary.steps,
+            a.out
+                .as_ref()
+                .map(|o| format!(" --out {}", o.display()))
+                .unwrap_or_default()
+        ))
+        .into());
     }
     if !summary.replicas_identical {
         bail!(
@@ -573,13 +614,20 @@ pub fn run_worker_cli(a: WorkerCli) -> Result<()> {
     if a.json {
         println!(
             "{}",
-            serde_json::json!({"rank": r.rank, "world": r.world, "steps": r.steps, "param_hash": r.param_hash})
+            serde_json::json!({"rank": r.rank, "world": r.world, "steps": r.steps, "param_hash": r.param_hash, "interrupted": r.interrupted})
         );
     } else {
         println!(
             "rank {} of {}: {} steps, param hash {}",
             r.rank, r.world, r.steps, r.param_hash
         );
+    }
+    if r.interrupted {
+        return Err(crate::Interrupted(format!(
+            "the coordinator stopped the run at step {} (its checkpoint holds this state)",
+            r.steps
+        ))
+        .into());
     }
     Ok(())
 }

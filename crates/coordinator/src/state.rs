@@ -125,6 +125,8 @@ pub(crate) struct Inner {
     pub(crate) stored_step: Option<u64>,
     /// Uploads that could not be stored, oldest first.
     pub(crate) failed_stores: Vec<resnet_train::FailedSave>,
+    /// The operator asked the run to stop (SIGTERM): heartbeat replies tell the workers.
+    pub(crate) stopping: bool,
 }
 
 /// The coordinator's state. Cheap to share (`Arc`).
@@ -245,6 +247,21 @@ impl Coordinator {
             inner.failure = Some(reason);
             self.set_phase(Phase::Failed);
         }
+    }
+
+    /// Asks the workers to stop at the next step boundary with a checkpoint (they learn it from
+    /// their next heartbeat reply and agree on the step through the all-reduce). Before the
+    /// group has formed there is nothing to save: the run fails at once. Returns whether the
+    /// run was under way.
+    pub fn request_stop(&self) -> bool {
+        let mut inner = self.lock();
+        inner.stopping = true;
+        let running = self.phase() == Phase::Running;
+        drop(inner);
+        if !running && self.phase() != Phase::Finished {
+            self.fail("stopped by a signal before the run started".into());
+        }
+        running
     }
 
     /// Why the run failed, if it did.
@@ -500,7 +517,10 @@ impl Coordinator {
         metrics::counter!(crate::metrics::HEARTBEATS_TOTAL).increment(1);
         let slowest = inner.members.iter().map(|m| m.step).min().unwrap_or(0);
         metrics::gauge!(crate::metrics::RUN_STEP).set(slowest as f64);
-        Ok(resnet_proto::HeartbeatReply::default())
+        Ok(resnet_proto::HeartbeatReply {
+            stop: inner.stopping,
+            regroup: false,
+        })
     }
 
     /// Stores one rank's epoch counts; when every rank has reported the epoch, logs and records
@@ -579,6 +599,7 @@ impl Coordinator {
                 regroups: inner.regroups.clone(),
                 failed_checkpoints: inner.failed_stores.clone(),
                 stored_step: inner.stored_step,
+                interrupted: inner.stopping,
             };
             if let Some(out) = &self.cfg.out {
                 write_json(&out.join("summary.json"), &summary);

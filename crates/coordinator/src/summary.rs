@@ -86,6 +86,9 @@ pub struct RunSummary {
     /// Step of the newest checkpoint stored centrally (absent: none, or no `--out`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stored_step: Option<u64>,
+    /// Stopped early on the operator's request (SIGTERM/SIGINT) with a checkpoint.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub interrupted: bool,
 }
 
 /// One re-forming of the group.

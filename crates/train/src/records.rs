@@ -155,8 +155,9 @@ pub trait TrainObserver {
     /// After every epoch, and at the end of a run stopped mid-epoch: this rank's exact counts
     /// (data-parallel workers forward them to the coordinator, which sums them).
     fn on_epoch_counts(&mut self, _c: &EpochCounts) {}
-    /// Asked after every step: true stops the run there, with a checkpoint (a single-process
-    /// run's answer to SIGTERM; data-parallel ranks must stop together, so they never ask).
+    /// Asked before and after every step: true stops the run with a checkpoint (the answer to
+    /// SIGTERM). A process on its own stops after the step; data-parallel ranks pass the
+    /// request through the step's all-reduce and all stop after the same step.
     fn stop_requested(&self) -> bool {
         false
     }

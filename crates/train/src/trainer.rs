@@ -59,6 +59,10 @@ pub struct Trainer<B: AutodiffBackend> {
     last_checkpoint_time: Instant,
     /// The group agreed in the last step's all-reduce that a time-based checkpoint is due.
     time_checkpoint_due: bool,
+    /// This process was asked to stop (`TrainObserver::stop_requested`) before the step.
+    stop_wanted: bool,
+    /// The group agreed in the last step's all-reduce to stop after it (any rank wanted to).
+    stop_agreed: bool,
     /// The divergence guard's memory (`on_nonfinite`).
     guard: Guard,
     /// Checkpoints that failed, and when that stops the run.
@@ -250,6 +254,8 @@ impl<B: AutodiffBackend> Trainer<B> {
             checkpointed_at: None,
             last_checkpoint_time: Instant::now(),
             time_checkpoint_due: false,
+            stop_wanted: false,
+            stop_agreed: false,
             guard: Guard::default(),
             saves: SaveLog::default(),
             kernels,
@@ -401,6 +407,7 @@ impl<B: AutodiffBackend> Trainer<B> {
             for batch in loader {
                 let data = waited.elapsed().as_secs_f64();
                 let lr = self.lr_at(self.state.global_step, spe, total);
+                self.stop_wanted = obs.stop_requested();
                 let (loss, correct, mut timing, verdict) = self.train_step(&batch, lr)?;
                 timing.data = data;
                 let s = &mut self.state;
@@ -441,7 +448,9 @@ impl<B: AutodiffBackend> Trainer<B> {
                 if self.state.global_step >= limit {
                     break;
                 }
-                if obs.stop_requested() {
+                // A group stops at the step its all-reduce agreed on, so every rank saves the
+                // same state; a process on its own also stops on a request during the step.
+                if self.stop_agreed || (self.peers().is_none() && obs.stop_requested()) {
                     interrupted = true;
                     break;
                 }
@@ -736,18 +745,27 @@ impl<B: AutodiffBackend> Trainer<B> {
         let due_here = self.rank_world().0 == 0
             && minutes
                 .is_some_and(|m| self.last_checkpoint_time.elapsed().as_secs_f64() >= m * 60.0);
-        // The divergence flag rides on the same all-reduce, so every rank decides alike.
+        // The divergence flag rides on the same all-reduce, so every rank decides alike. So
+        // does a stop request, in the checkpoint flag (one float, so the buffer's length and
+        // hence every element's reduction order stay as they were): rank 0's clock adds 1, a
+        // rank that wants to stop adds 2; summed over the group, > 0 checkpoints and > 1.5
+        // (more than the clock alone can give) stops.
         let bad_here = nonfinite(loss_value);
         let mut flags = [
-            if due_here { 1.0f32 } else { 0.0 },
+            f32::from(u8::from(due_here)) + 2.0 * f32::from(u8::from(self.stop_wanted)),
             if bad_here { 1.0 } else { 0.0 },
         ];
-        self.time_checkpoint_due = due_here;
+        self.time_checkpoint_due = due_here || self.stop_wanted;
+        self.stop_agreed = self.stop_wanted;
         if let Some(sync) = self.parallel.as_mut().filter(|p| p.world() > 1) {
+            let world = sync.world() as f32;
             match sync_gradients_with(&model, &mut grads, sync.as_mut(), &self.device, &mut flags) {
                 Ok(bytes) => {
                     self.last_allreduce_bytes = bytes;
-                    self.time_checkpoint_due = flags[0] > 0.0;
+                    // The all-reduce averages: back to the group's sum.
+                    let sum = flags[0] * world;
+                    self.time_checkpoint_due = sum > 0.5;
+                    self.stop_agreed = sum > 1.5;
                 }
                 Err(e) => {
                     self.model = Some(model);

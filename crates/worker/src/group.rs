@@ -171,6 +171,7 @@ pub(crate) fn spawn_heartbeats(
     membership: Arc<Mutex<Membership>>,
     progress: Arc<Mutex<Progress>>,
     stop: Arc<AtomicBool>,
+    asked_to_stop: Arc<AtomicBool>,
 ) -> std::thread::JoinHandle<()> {
     let (every, worker_id) = (opts.heartbeat_every, opts.worker_id.clone());
     std::thread::spawn(move || {
@@ -241,6 +242,11 @@ pub(crate) fn spawn_heartbeats(
                     if let Some(a) = abort {
                         tracing::warn!(rank, generation, "the coordinator is re-forming the group: aborting the collective in flight");
                         a.abort();
+                    }
+                }
+                Ok(reply) if reply.stop => {
+                    if !asked_to_stop.swap(true, Ordering::Relaxed) {
+                        tracing::warn!(rank, "the coordinator asks the run to stop: stopping at the next step boundary with a checkpoint");
                     }
                 }
                 Ok(_) => {}
@@ -365,6 +371,7 @@ mod tests {
             membership.clone(),
             Arc::new(Mutex::new(Progress::default())),
             stop.clone(),
+            Arc::default(),
         );
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         while *calls.lock().expect("calls") < beats && std::time::Instant::now() < deadline {

@@ -33,6 +33,8 @@ pub(crate) struct WorkerObserver<'a> {
     pub metrics: crate::metrics::WorkerMetrics,
     /// Sends checkpoints to the coordinator (rank 0 of a run with central checkpoints).
     pub uploader: Option<crate::upload::Uploader>,
+    /// The coordinator asked the run to stop (a heartbeat reply said so).
+    pub asked_to_stop: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl WorkerObserver<'_> {
@@ -55,6 +57,11 @@ impl WorkerObserver<'_> {
 }
 
 impl TrainObserver for WorkerObserver<'_> {
+    fn stop_requested(&self) -> bool {
+        self.asked_to_stop
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     fn on_start(&mut self, spe: usize, last: usize, start: usize) {
         tracing::info!(
             rank = self.rank,

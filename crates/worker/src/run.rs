@@ -77,6 +77,8 @@ pub struct WorkerResult {
     pub steps: usize,
     /// Hash of the final parameters and BatchNorm statistics.
     pub param_hash: String,
+    /// The coordinator stopped the run early (SIGTERM) and the group saved a checkpoint.
+    pub interrupted: bool,
 }
 
 /// Adapts any [`Collective`] to the trainer's [`GradSync`] hook.
@@ -241,8 +243,18 @@ pub fn run_worker<B: AutodiffBackend>(
         version: 1,
     }));
     let stop = Arc::new(AtomicBool::new(false));
-    let beat = heartbeats
-        .map(|hb| spawn_heartbeats(hb, opts, membership.clone(), progress.clone(), stop.clone()));
+    // Set when a heartbeat reply says the coordinator was told to stop (SIGTERM).
+    let asked_to_stop = Arc::new(AtomicBool::new(false));
+    let beat = heartbeats.map(|hb| {
+        spawn_heartbeats(
+            hb,
+            opts,
+            membership.clone(),
+            progress.clone(),
+            stop.clone(),
+            asked_to_stop.clone(),
+        )
+    });
     let mut obs = WorkerObserver {
         control,
         worker_id: opts.worker_id.clone(),
@@ -260,6 +272,7 @@ pub fn run_worker<B: AutodiffBackend>(
             writes_checkpoints,
         ),
         uploader: None,
+        asked_to_stop,
     };
     // Every worker of a central-checkpoint run has an uploader: whoever is rank 0 uses it.
     if a.central_checkpoints {
@@ -402,6 +415,7 @@ pub fn run_worker<B: AutodiffBackend>(
         world: a.world,
         steps: summary.steps,
         param_hash: summary.param_hash,
+        interrupted: summary.interrupted,
     })
 }
 
