@@ -262,4 +262,49 @@ mod tests {
             Err(HandshakeError::Proof)
         ));
     }
+
+    /// Replays fixed bytes as the peer and records what this side sends.
+    struct Scripted {
+        input: std::io::Cursor<Vec<u8>>,
+        output: Vec<u8>,
+    }
+    impl Read for Scripted {
+        fn read(&mut self, b: &mut [u8]) -> std::io::Result<usize> {
+            self.input.read(b)
+        }
+    }
+    impl Write for Scripted {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.output.extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(500))]
+
+        /// Whatever a stranger sends — garbage, or a well-formed hello with made-up proofs —
+        /// neither side panics or admits it.
+        #[test]
+        fn arbitrary_peer_bytes_are_refused_without_panic(
+            bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..120),
+            well_formed in proptest::prelude::any::<bool>(),
+        ) {
+            let key = [7u8; 32];
+            let mut input = bytes.clone();
+            if well_formed {
+                let mut hello = MAGIC.to_vec();
+                hello.extend_from_slice(&2u32.to_le_bytes());
+                hello.extend_from_slice(&9u64.to_le_bytes());
+                input.splice(0..0, hello);
+            }
+            let mut s = Scripted { input: std::io::Cursor::new(input.clone()), output: Vec::new() };
+            proptest::prop_assert!(acceptor(&mut s, 2, 9, &key).is_err());
+            let mut s = Scripted { input: std::io::Cursor::new(input), output: Vec::new() };
+            proptest::prop_assert!(connector(&mut s, 2, 9, &key).is_err());
+        }
+    }
 }

@@ -34,7 +34,7 @@ pub fn merge_epoch(reports: &[EpochReport], complete: bool, classes: &[String]) 
     let k = reports.first().map_or(0, |r| r.num_classes);
     let test = reports
         .iter()
-        .all(|r| r.confusion.len() == k * k && k > 0)
+        .all(|r| k > 0 && k.checked_mul(k) == Some(r.confusion.len()))
         .then(|| {
             let mut total = EvalCounts::new(k);
             for r in reports {

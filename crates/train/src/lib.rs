@@ -16,7 +16,7 @@ mod metrics;
 mod mix;
 mod optim;
 mod parallel;
-mod record_io;
+pub mod record_io;
 mod records;
 mod saves;
 mod schedule;
