@@ -533,10 +533,13 @@ impl Coordinator {
         // A peer's num_classes may be anything: no k * k before the bound (found by
         // tests/fuzz_requests.rs: it overflowed and panicked).
         if !r.confusion.is_empty() && (k == 0 || k > 10_000 || r.confusion.len() != k * k) {
-            return Err(Refusal::Invalid(format!(
-                "confusion has {} entries, expected num_classes^2 for num_classes = {k} (1..=10000)",
-                r.confusion.len(),
-            )));
+            return Err(Refusal::Invalid(match k.checked_mul(k) {
+                Some(kk) if (1..=10_000).contains(&k) => format!(
+                    "confusion has {} entries, expected num_classes^2 = {kk}",
+                    r.confusion.len()
+                ),
+                _ => format!("num_classes = {k} is out of range (1..=10000)"),
+            }));
         }
         let n = inner.world;
         let epoch = r.epoch;
