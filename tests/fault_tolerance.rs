@@ -23,7 +23,8 @@ fn wait_for(what: &str, mut ok: impl FnMut() -> bool) {
     }
 }
 
-const RUN: &[&str] = &[
+/// The data and model of every run here: small enough for two cores.
+const DATA: &[&str] = &[
     "--dataset",
     "synthetic",
     "--width",
@@ -34,21 +35,32 @@ const RUN: &[&str] = &[
     "960",
     "--test-limit",
     "64",
-    // Long enough after the kill at step 25 for the workers to notice the restart while
-    // training (faster CPUs finish 3 epochs within the detection window).
-    "--epochs",
-    "6",
-    "--seed",
-    "3",
-    "--checkpoint-steps",
-    "10",
-    "--json",
 ];
+
+/// [`DATA`] with the rest of a run's flags.
+fn run_args(rest: &[&'static str]) -> Vec<&'static str> {
+    [DATA, rest].concat()
+}
+
+/// Six epochs with checkpoints every 10 steps: long enough after a kill at step 25 for the
+/// workers to notice a restart while training (faster CPUs finish 3 epochs within the
+/// detection window).
+fn run() -> Vec<&'static str> {
+    run_args(&[
+        "--epochs",
+        "6",
+        "--seed",
+        "3",
+        "--checkpoint-steps",
+        "10",
+        "--json",
+    ])
+}
 
 /// A 3-worker run over TCP; with `kill_at`, worker 1 is killed with SIGKILL once it has done
 /// that many steps, and once the group has re-formed without it a replacement worker "w9" is
 /// started. Returns the coordinator's summary and the finishing workers' stdout.
-fn run(kill_at: Option<u64>) -> (Value, Vec<String>) {
+fn run_with_kill(kill_at: Option<u64>) -> (Value, Vec<String>) {
     let port = free_port();
     let listen = format!("127.0.0.1:{port}");
     let url = format!("http://{listen}");
@@ -66,7 +78,7 @@ fn run(kill_at: Option<u64>) -> (Value, Vec<String>) {
     let coord_metrics = free_port();
     let cm = format!("127.0.0.1:{coord_metrics}");
     args.extend(["--metrics-addr", &cm]);
-    args.extend(RUN);
+    args.extend(run());
     let coord = spawn(env!("CARGO_BIN_EXE_coordinator"), &args);
     let metrics: Vec<u16> = (0..3).map(|_| free_port()).collect();
     let mut workers: Vec<Child> = (0..3)
@@ -133,11 +145,11 @@ fn last_train_loss(s: &Value) -> f64 {
 
 #[test]
 fn a_killed_worker_costs_at_most_one_step_and_a_replacement_restores_the_world_size() {
-    let (calm, _) = run(None);
+    let (calm, _) = run_with_kill(None);
     assert_eq!(calm["world"], 3);
     assert!(calm["regroups"].as_array().is_some_and(|r| r.is_empty()));
 
-    let (s, outputs) = run(Some(15));
+    let (s, outputs) = run_with_kill(Some(15));
     // Lost one, re-formed with two, a replacement joined: three again, all identical.
     assert_eq!(s["world"], 3, "{s}");
     assert!(s["generation"].as_u64().expect("generation") >= 3);
@@ -171,36 +183,17 @@ fn a_killed_worker_costs_at_most_one_step_and_a_replacement_restores_the_world_s
     assert!(b <= a * 1.25 + 0.05, "undisturbed {a} vs disturbed {b}");
 }
 
-const RESTART_RUN: &[&str] = &[
-    "--workers",
-    "2",
-    "--dataset",
-    "synthetic",
-    "--width",
-    "4",
-    "--batch-size",
-    "16",
-    "--train-limit",
-    "960",
-    "--test-limit",
-    "64",
-    // Long enough after the kill at step 25 for the workers to notice the restart while
-    // training (faster CPUs finish 3 epochs within the detection window).
-    "--epochs",
-    "6",
-    "--seed",
-    "3",
-    "--checkpoint-steps",
-    "10",
-    "--json",
-];
+/// [`run`] with two workers.
+fn restart_run() -> Vec<&'static str> {
+    [&["--workers", "2"][..], &run()].concat()
+}
 
 #[test]
 fn a_killed_coordinator_restarted_with_resume_latest_takes_the_workers_back() {
     // The undisturbed run, for the final parameters (in-process: bit-identical to processes).
     let local = Command::new(env!("CARGO_BIN_EXE_coordinator"))
         .arg("--local")
-        .args(RESTART_RUN)
+        .args(restart_run())
         .output()
         .expect("local run");
     assert!(local.status.success());
@@ -213,7 +206,7 @@ fn a_killed_coordinator_restarted_with_resume_latest_takes_the_workers_back() {
     let o = out.path().to_str().expect("utf8");
     let mut first = spawn(
         env!("CARGO_BIN_EXE_coordinator"),
-        &[&["--listen", &listen, "--out", o], RESTART_RUN].concat(),
+        &[&["--listen", &listen, "--out", o][..], &restart_run()].concat(),
     );
     let metrics = free_port();
     let m = format!("127.0.0.1:{metrics}");
@@ -298,4 +291,175 @@ fn a_killed_coordinator_restarted_with_resume_latest_takes_the_workers_back() {
          {resumed}); the restarted coordinator's last lines:\n{}",
         tail.into_iter().rev().collect::<Vec<_>>().join("\n")
     );
+}
+
+/// Rank 0 dies after joining, before any ring connection: a stand-in worker joins first (so it
+/// is rank 0), takes its assignment and is gone. The two real workers load their data and try
+/// to form the ring while heartbeating; the coordinator drops the silent rank 0, its regroup
+/// answer aborts their formation (instead of waiting out the 120 s collective timeout), and
+/// they re-form as a group of two, heal from the new rank 0 at step 0 and finish identical.
+#[test]
+fn a_rank_0_lost_while_the_ring_forms_is_regrouped_without() {
+    use resnet_proto::{fingerprint, ControlPlane, GrpcControlPlane, JoinRequest};
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let url = format!("http://{listen}");
+    let out = tempfile::tempdir().expect("tmp");
+    let coord_metrics = free_port();
+    let cm = format!("127.0.0.1:{coord_metrics}");
+    let mut args = vec![
+        "--workers",
+        "3",
+        "--listen",
+        &listen,
+        "--out",
+        out.path().to_str().expect("utf8"),
+        "--heartbeat-timeout",
+        "3",
+        "--metrics-addr",
+        &cm,
+    ];
+    args.extend(run_args(&["--epochs", "1", "--json"]));
+    let coord = spawn(env!("CARGO_BIN_EXE_coordinator"), &args);
+
+    // A data address nobody listens on: bound, then closed.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let dead_addr = dead.local_addr().expect("addr").to_string();
+    drop(dead);
+    let ghost_url = url.clone();
+    let ghost = std::thread::spawn(move || {
+        let mut c =
+            GrpcControlPlane::connect(&ghost_url, Duration::from_secs(30), None).expect("connect");
+        let a = c
+            .join(JoinRequest {
+                protocol_version: resnet_proto::PROTOCOL_VERSION,
+                worker_id: "ghost".into(),
+                fingerprint: fingerprint(),
+                data_addr: dead_addr,
+                device: "cpu".into(),
+                step: 0,
+                rejoin: false,
+                generation: 0,
+                nccl_id: Vec::new(),
+            })
+            .expect("join");
+        a.rank // and gone: no heartbeat, no ring connection
+    });
+    wait_for("the stand-in to join", || {
+        common::scrape(coord_metrics)
+            .and_then(|t| {
+                common::value(
+                    &t,
+                    "resnet_cluster_membership_events_total",
+                    &["event=\"joined\""],
+                )
+            })
+            .is_some_and(|n| n >= 1.0)
+    });
+    let workers: Vec<Child> = ["w1", "w2"]
+        .iter()
+        .map(|id| {
+            spawn(
+                env!("CARGO_BIN_EXE_worker"),
+                &["--coordinator", &url, "--worker-id", id],
+            )
+        })
+        .collect();
+    assert_eq!(ghost.join().expect("stand-in"), 0, "the stand-in is rank 0");
+    let mut logs = String::new();
+    for w in workers {
+        let o = w.wait_with_output().expect("worker");
+        let stderr = String::from_utf8_lossy(&o.stderr);
+        assert!(o.status.success(), "worker failed:\n{stderr}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+        logs.push_str(&stderr);
+    }
+    assert!(
+        logs.contains("ring formation aborted"),
+        "the regroup should abort the formation, not wait out the timeout:\n{logs}"
+    );
+    let c = coord.wait_with_output().expect("coordinator");
+    let stderr = String::from_utf8_lossy(&c.stderr);
+    assert!(c.status.success(), "coordinator failed:\n{stderr}");
+    let s: Value = serde_json::from_slice(&c.stdout).expect("summary JSON");
+    assert_eq!(s["world"], 2, "{s}");
+    assert_eq!(s["replicas_identical"], true, "{s}");
+    let r = &s["regroups"][0];
+    assert_eq!(r["lost"], serde_json::json!(["ghost"]), "{s}");
+    assert_eq!(r["resumed_step"], 0, "{s}");
+    // 960 images, global batch 2 x 16: the whole epoch ran in the group of two.
+    assert_eq!(s["steps"], 30, "{s}");
+}
+
+/// SIGTERM to one of three workers (a pod deleted, a node drained): it announces its leave and
+/// exits with code 4; the coordinator re-forms the group without it at once, not after the
+/// heartbeat timeout (60 s here, far beyond this run), and the two survivors finish identical.
+#[test]
+fn a_worker_sent_sigterm_leaves_and_the_others_re_form_without_waiting() {
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let url = format!("http://{listen}");
+    let out = tempfile::tempdir().expect("tmp");
+    let mut args = vec![
+        "--workers",
+        "3",
+        "--listen",
+        &listen,
+        "--out",
+        out.path().to_str().expect("utf8"),
+        "--heartbeat-timeout",
+        "60",
+        "--regroup-timeout",
+        "60",
+    ];
+    args.extend(run());
+    let coord = spawn(env!("CARGO_BIN_EXE_coordinator"), &args);
+    let metrics = free_port();
+    let m = format!("127.0.0.1:{metrics}");
+    let mut workers: Vec<Child> = (0..3)
+        .map(|i| {
+            let id = format!("w{i}");
+            let mut a = vec!["--coordinator", &url, "--worker-id", &id];
+            if i == 1 {
+                a.extend(["--metrics-addr", &m]);
+            }
+            spawn(env!("CARGO_BIN_EXE_worker"), &a)
+        })
+        .collect();
+    wait_for("worker 1 to train", || {
+        gauge(metrics, "resnet_cluster_step").is_some_and(|s| s >= 5)
+    });
+    let pid = workers[1].id().to_string();
+    let killed = Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("kill");
+    assert!(killed.success());
+    let leaver = workers.remove(1).wait_with_output().expect("worker 1");
+    let stderr = String::from_utf8_lossy(&leaver.stderr);
+    assert_eq!(
+        leaver.status.code(),
+        Some(4),
+        "exit code of a leave:\n{stderr}"
+    );
+    assert!(stderr.contains("left the group"), "{stderr}");
+    for w in workers {
+        let o = w.wait_with_output().expect("worker");
+        assert!(
+            o.status.success(),
+            "survivor failed:\n{}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
+    let c = coord.wait_with_output().expect("coordinator");
+    let stderr = String::from_utf8_lossy(&c.stderr);
+    assert!(c.status.success(), "coordinator failed:\n{stderr}");
+    assert!(stderr.contains("worker left the group"), "{stderr}");
+    assert!(!stderr.contains("sent no heartbeat"), "{stderr}");
+    let s: Value = serde_json::from_slice(&c.stdout).expect("summary JSON");
+    assert_eq!(s["world"], 2, "{s}");
+    assert_eq!(s["replicas_identical"], true, "{s}");
+    let r = &s["regroups"][0];
+    assert_eq!(r["lost"], serde_json::json!(["w1"]), "{s}");
+    assert!(r["steps_lost"].as_u64().expect("lost") <= 1, "{r}");
 }

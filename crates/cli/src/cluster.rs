@@ -128,6 +128,9 @@ pub struct CoordinatorCli {
 
 /// A data-parallel replica: joins the coordinator at `--coordinator`, receives its rank and the
 /// run configuration, all-reduces gradients with its peers over TCP, and exits when the run ends.
+///
+/// SIGTERM/SIGINT: the worker leaves the group (the coordinator re-forms it without this worker
+/// at once) and exits with code 4; a restarted worker joins the running job.
 #[derive(Parser, Debug)]
 #[command(name = "worker", version)]
 pub struct WorkerCli {
@@ -461,6 +464,7 @@ fn run_local_workers(
                         // Threads of one process compile the same kernels at the same time.
                         warm_up: false,
                         kernels,
+                        leave_signal: None,
                     };
                     let r = crate::with_train_backend!(sel, |B, device| run_worker::<B>(
                         &mut control,
@@ -580,6 +584,9 @@ pub fn run_worker_cli(a: WorkerCli) -> Result<()> {
         return Ok(());
     }
     let (mut control, beats, uploads) = (connect()?, connect()?, connect()?);
+    // From here on SIGTERM/SIGINT mean "leave the group": announced to the coordinator, which
+    // re-forms the group without this worker at once (exit code 4).
+    let leave = crate::stop_on_signals()?;
     let opts = WorkerOptions {
         worker_id,
         data_dir: a.data.clone(),
@@ -598,6 +605,7 @@ pub fn run_worker_cli(a: WorkerCli) -> Result<()> {
             _ => !matches!(sel, Selected::Cpu),
         },
         kernels,
+        leave_signal: Some(leave),
     };
     let transport = Transport::Tcp {
         listen: a.listen.clone(),

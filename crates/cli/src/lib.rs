@@ -101,7 +101,17 @@ pub fn stop_on_signals() -> anyhow::Result<std::sync::Arc<std::sync::atomic::Ato
 /// [`EXIT_INTERRUPTED`] for a run stopped by a signal, 1 otherwise.
 pub fn exit_code(e: &anyhow::Error) -> u8 {
     use resnet_train::TrainError;
-    if e.chain().any(|c| c.downcast_ref::<Interrupted>().is_some()) {
+    // A worker that left its group on a signal was interrupted too: its pod may be restarted
+    // and join the running job.
+    let left = |c: &(dyn std::error::Error + 'static)| {
+        matches!(
+            c.downcast_ref::<resnet_worker::WorkerError>(),
+            Some(resnet_worker::WorkerError::Left { .. })
+        )
+    };
+    if e.chain()
+        .any(|c| c.downcast_ref::<Interrupted>().is_some() || left(c))
+    {
         return EXIT_INTERRUPTED;
     }
     // A worker's training errors are wrapped transparently, so look inside it too.
@@ -170,5 +180,7 @@ mod exit_tests {
             exit_code(&anyhow::Error::from(lost())),
             EXIT_CHECKPOINT_LOST
         );
+        let left = anyhow::Error::from(resnet_worker::WorkerError::Left { step: 12 });
+        assert_eq!(exit_code(&left.context("worker w1")), EXIT_INTERRUPTED);
     }
 }

@@ -192,6 +192,17 @@ impl TcpRing {
     /// Forms the ring using an already-bound `listener` (bind early so the address can be
     /// announced before the peers are known).
     pub fn connect(listener: TcpListener, cfg: &TcpRingConfig) -> Result<Self, CollectiveError> {
+        Self::connect_abortable(listener, cfg, RingAbort::default())
+    }
+
+    /// [`connect`](Self::connect) that `abort` can interrupt while the ring forms (the
+    /// coordinator re-forms the group because a peer died before connecting: waiting out the
+    /// timeout would only delay the regroup). The formed ring keeps `abort` as its handle.
+    pub fn connect_abortable(
+        listener: TcpListener,
+        cfg: &TcpRingConfig,
+        abort: RingAbort,
+    ) -> Result<Self, CollectiveError> {
         let world = cfg.peers.len();
         let rank = cfg.rank;
         if rank >= world {
@@ -208,7 +219,7 @@ impl TcpRing {
                 reader: None,
                 timeout: cfg.timeout,
                 bytes: vec![],
-                abort: RingAbort::default(),
+                abort,
             });
         }
         let deadline = Instant::now() + cfg.timeout;
@@ -216,26 +227,41 @@ impl TcpRing {
         let next = (rank + 1) % world;
         let (generation, auth) = (cfg.generation, cfg.auth);
         let tls = cfg.tls.clone();
+        let watch = abort.clone();
         let acceptor = std::thread::spawn(move || {
-            accept_prev(listener, prev, generation, auth, tls.as_ref(), deadline)
+            let until = Until {
+                deadline,
+                abort: &watch,
+            };
+            accept_prev(listener, prev, generation, auth, tls.as_ref(), &until)
         });
-        let (out_raw, out) = connect_next(
+        let until = Until {
+            deadline,
+            abort: &abort,
+        };
+        let connected = connect_next(
             &cfg.peers[next],
             next,
             rank,
             generation,
             auth,
             cfg.tls.as_ref(),
-            deadline,
-        )?;
-        let (inbound_raw, inbound) = acceptor
+            &until,
+        );
+        if connected.is_err() {
+            // Stop the acceptor too (it would wait out the deadline): raising the flag is what
+            // the coordinator's regroup would do anyway.
+            abort.abort();
+        }
+        let accepted = acceptor
             .join()
-            .map_err(|_| setup("accept thread panicked"))??;
+            .map_err(|_| setup("accept thread panicked"))?;
+        let (out_raw, out) = connected?;
+        let (inbound_raw, inbound) = accepted?;
         inbound_raw
             .set_read_timeout(Some(cfg.timeout))
             .map_err(|e| setup(e.to_string()))?;
         let _ = inbound_raw.set_nodelay(true);
-        let abort = RingAbort::default();
         abort
             .sockets
             .lock()
@@ -274,6 +300,24 @@ impl TcpRing {
     }
 }
 
+/// How long ring formation may go on: until the deadline, or until it is aborted.
+struct Until<'a> {
+    deadline: Instant,
+    abort: &'a RingAbort,
+}
+
+impl Until<'_> {
+    /// Whether to keep trying; an abort is an error naming why.
+    fn going(&self) -> Result<bool, CollectiveError> {
+        if self.abort.is_aborted() {
+            return Err(setup(
+                "ring formation aborted: the group is re-forming without a lost peer",
+            ));
+        }
+        Ok(Instant::now() < self.deadline)
+    }
+}
+
 /// Connects to the next rank and runs the handshake (through TLS when configured), retrying
 /// until `deadline`: the peer may not listen yet, or may have turned this connection away while
 /// busy. Returns the raw socket (for aborting) and the stream to write on.
@@ -284,10 +328,10 @@ fn connect_next(
     generation: u64,
     auth: [u8; 32],
     tls: Option<&RingTls>,
-    deadline: Instant,
+    until: &Until,
 ) -> Result<(TcpStream, Writer), CollectiveError> {
     let mut last_err = String::from("no attempt");
-    while Instant::now() < deadline {
+    while until.going()? {
         let target: Option<SocketAddr> = addr.to_socket_addrs().ok().and_then(|mut a| a.next());
         if let Some(target) = target {
             match TcpStream::connect_timeout(&target, Duration::from_millis(500)) {
@@ -325,7 +369,7 @@ fn accept_prev(
     generation: u64,
     auth: [u8; 32],
     tls: Option<&RingTls>,
-    deadline: Instant,
+    until: &Until,
 ) -> Result<(TcpStream, Reader), CollectiveError> {
     listener
         .set_nonblocking(true)
@@ -335,7 +379,7 @@ fn accept_prev(
     let pending: Arc<Mutex<std::collections::HashMap<std::net::IpAddr, usize>>> = Arc::default();
     let mut refused = 0usize;
     let mut last_refusal = String::new();
-    while Instant::now() < deadline {
+    while until.going()? {
         while let Ok(r) = rx.try_recv() {
             match r {
                 Ok(admitted) => return Ok(admitted),

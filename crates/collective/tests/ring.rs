@@ -279,3 +279,45 @@ fn idle_connections_and_impostors_do_not_stop_the_ring_forming() {
     }
     drop(hostile);
 }
+
+/// A peer that died before connecting: forming the ring would wait out the whole timeout;
+/// an abort from another thread (the coordinator announcing a regroup) ends it at once, with an
+/// error that says why.
+#[test]
+fn ring_formation_with_a_dead_peer_ends_when_aborted() {
+    use resnet_collective::tcp::RingAbort;
+    use std::time::Instant;
+    let mine = TcpListener::bind("127.0.0.1:0").expect("bind");
+    // Rank 1's address: bound then closed, so connecting is refused and nobody connects to us.
+    let dead = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let dead_addr = dead.local_addr().expect("addr").to_string();
+    drop(dead);
+    let cfg = TcpRingConfig {
+        rank: 0,
+        peers: vec![mine.local_addr().expect("addr").to_string(), dead_addr],
+        generation: 1,
+        timeout: Duration::from_secs(60),
+        auth: [0; 32],
+        tls: None,
+    };
+    let abort = RingAbort::default();
+    let handle = abort.clone();
+    let started = Instant::now();
+    let aborter = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(300));
+        handle.abort();
+    });
+    let r = TcpRing::connect_abortable(mine, &cfg, abort);
+    aborter.join().expect("aborter");
+    let e = r.err().expect("a ring without its peer cannot form");
+    assert!(
+        e.to_string().contains("aborted"),
+        "the error should say the formation was aborted: {e}"
+    );
+    // Well before the 60 s timeout (connect attempts take up to 0.5 s each).
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+}

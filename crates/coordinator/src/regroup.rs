@@ -72,6 +72,90 @@ impl Coordinator {
         true
     }
 
+    /// A worker leaves before the end (SIGTERM). Before the group is complete it is simply
+    /// removed; while training, the group re-forms without it at once (the survivors learn it
+    /// from their next heartbeat reply) instead of after the heartbeat timeout. A run that
+    /// cannot re-form (no checkpoint store), or whose last worker leaves, fails with a reason
+    /// naming the worker.
+    pub fn leave_group(&self, l: resnet_proto::Leave) -> Result<(), Refusal> {
+        let id = l.worker_id.as_str();
+        let why = if l.reason.is_empty() {
+            "no reason given".to_string()
+        } else {
+            l.reason.chars().take(200).collect()
+        };
+        match self.phase() {
+            Phase::Waiting => {
+                let mut inner = self.lock();
+                let before = inner.members.len();
+                inner.members.retain(|m| m.worker_id != id);
+                if inner.members.len() < before {
+                    crate::metrics::membership("left");
+                    tracing::warn!(worker = id, reason = %why, joined = inner.members.len(), "worker left before the group was complete");
+                }
+                return Ok(());
+            }
+            Phase::Finished | Phase::Failed => return Ok(()),
+            Phase::Running => {}
+        }
+        let mut inner = self.lock();
+        let position = inner.members.iter().position(|m| m.worker_id == id);
+        let regrouping = inner.regroup.as_ref().is_some_and(|r| r.expects(id));
+        if position.is_none() && !regrouping {
+            return Err(Refusal::Unknown(format!(
+                "'{id}' is not a member of the running group"
+            )));
+        }
+        // Finished already: its leaving changes nothing.
+        if position.is_some_and(|i| inner.finished.get(i).is_some_and(Option::is_some)) {
+            return Ok(());
+        }
+        crate::metrics::membership("left");
+        let reason = format!("'{id}' left at step {} ({why})", l.step);
+        tracing::warn!(worker = id, step = l.step, reason = %why, "worker left the group");
+        let survivors: Vec<String> = match &inner.regroup {
+            Some(r) => r.expected.iter().filter(|w| *w != id).cloned().collect(),
+            None => inner
+                .members
+                .iter()
+                .map(|m| m.worker_id.clone())
+                .filter(|w| w != id)
+                .collect(),
+        };
+        if !self.can_heal() || survivors.is_empty() {
+            drop(inner);
+            metrics::gauge!(crate::metrics::WORKERS_ALIVE).decrement(1.0);
+            self.fail(if survivors.is_empty() {
+                format!("{reason}: no worker is left; restart the workers (and the coordinator with --resume auto) to continue from the newest checkpoint")
+            } else {
+                format!("{reason}, and the group cannot be re-formed without it: the coordinator has no checkpoint store (--out) to heal replicas through")
+            });
+            return Ok(());
+        }
+        let complete = match &mut inner.regroup {
+            Some(r) => {
+                r.expected.retain(|w| w != id);
+                r.rejoined.retain(|(_, q)| q.worker_id != id);
+                r.rejoined.len() == r.expected.len()
+            }
+            None => {
+                inner.regroup = Some(Regroup {
+                    expected: survivors,
+                    short_since: None,
+                    rejoined: Vec::new(),
+                    deadline: Instant::now() + self.cfg.regroup_timeout,
+                    reason,
+                });
+                false
+            }
+        };
+        drop(inner);
+        if complete {
+            self.finish_regroup();
+        }
+        Ok(())
+    }
+
     /// Finalises a regroup whose deadline passed; true while one is in progress.
     pub(crate) fn regroup_due(&self) -> bool {
         let mut inner = self.lock();

@@ -149,6 +149,15 @@ impl CoordinatorRpc for CoordinatorService {
             .map_err(|r| status("Finish", r));
         observe("Finish", t, r.map(|()| Response::new(v1::Ack {})))
     }
+
+    async fn leave(&self, req: Request<v1::LeaveRequest>) -> Result<Response<v1::Ack>, Status> {
+        let t = Instant::now();
+        let r = self
+            .0
+            .leave_group(req.into_inner().into())
+            .map_err(|r| status("Leave", r));
+        observe("Leave", t, r.map(|()| Response::new(v1::Ack {})))
+    }
 }
 
 impl CoordinatorService {

@@ -5,7 +5,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use resnet_coordinator::{Coordinator, CoordinatorConfig, Phase, Refusal};
-use resnet_proto::{fingerprint, EpochReport, Finish, Heartbeat, JoinRequest, PROTOCOL_VERSION};
+use resnet_proto::{
+    fingerprint, EpochReport, Finish, Heartbeat, JoinRequest, Leave, PROTOCOL_VERSION,
+};
 
 fn coord(workers: usize, join_timeout_ms: u64) -> Arc<Coordinator> {
     Arc::new(
@@ -416,4 +418,122 @@ fn checkpoint_downloads_check_membership_before_reading_anything() {
         Err(Refusal::Unknown(m)) => assert!(m.contains("unknown worker 'stranger'"), "{m}"),
         other => panic!("expected an unknown-worker refusal, got {other:?}"),
     }
+}
+
+fn leave(id: &str, rank: usize, step: u64) -> Leave {
+    Leave {
+        worker_id: id.into(),
+        rank,
+        generation: 1,
+        step,
+        reason: "SIGTERM".into(),
+    }
+}
+
+/// A worker that announces its leave (SIGTERM) is dropped at once: the survivors' heartbeats
+/// are answered "regroup" right away (no heartbeat timeout: it is 60 s here), and the group
+/// re-forms as soon as both survivors rejoin, without waiting for the regroup deadline.
+#[test]
+fn a_worker_that_leaves_is_dropped_at_once_and_the_survivors_re_form_without_it() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let c = Arc::new(
+        Coordinator::new(CoordinatorConfig {
+            workers: 3,
+            join_timeout: Duration::from_secs(10),
+            heartbeat_timeout: Duration::from_secs(60),
+            min_workers: 1,
+            regroup_timeout: Duration::from_secs(60),
+            run: Default::default(),
+            out: Some(tmp.path().to_path_buf()),
+            fingerprint: fingerprint(),
+            resume: None,
+        })
+        .expect("coordinator"),
+    );
+    let rt = rt();
+    rt.block_on(async {
+        let joins = ["a", "b", "c"].map(|id| {
+            let c = c.clone();
+            tokio::spawn(async move { c.join(join_req(id)).await })
+        });
+        for j in joins {
+            j.await.expect("task").expect("join");
+        }
+    });
+    let beat = |id: &str, rank: usize| {
+        c.heartbeat(Heartbeat {
+            worker_id: id.into(),
+            rank,
+            generation: 1,
+            step: 7,
+            loss: 1.0,
+            images_per_sec: 1.0,
+        })
+    };
+    assert!(!beat("a", 0).expect("beat").regroup);
+    c.leave_group(leave("b", 1, 7)).expect("leave");
+    assert!(
+        beat("a", 0).expect("beat").regroup,
+        "survivors learn it at once"
+    );
+    // A stranger cannot make anyone leave.
+    let e = c.leave_group(leave("zz", 0, 1)).expect_err("not a member");
+    assert!(matches!(e, Refusal::Unknown(_)), "{e:?}");
+    let started = std::time::Instant::now();
+    let second: Vec<_> = rt.block_on(async {
+        let rejoins = [("a", 7), ("c", 7)].map(|(id, step)| {
+            let c = c.clone();
+            let r = JoinRequest {
+                step,
+                rejoin: true,
+                generation: 1,
+                ..join_req(id)
+            };
+            tokio::spawn(async move { c.join(r).await })
+        });
+        let mut out = Vec::new();
+        for j in rejoins {
+            out.push(j.await.expect("task").expect("rejoin"));
+        }
+        out
+    });
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "the group waited for the leaver (regroup deadline 60 s)"
+    );
+    assert_eq!((second[0].rank, second[1].rank), (0, 1));
+    assert_eq!((second[0].world, second[0].generation), (2, 2));
+    assert_eq!(c.phase(), Phase::Running);
+    // The leaver cannot come back into the new generation as a member.
+    let e = rt
+        .block_on(c.join(JoinRequest {
+            step: 7,
+            rejoin: true,
+            generation: 1,
+            ..join_req("b")
+        }))
+        .expect_err("it left");
+    assert!(matches!(e, Refusal::Unknown(_)), "{e:?}");
+}
+
+/// The last worker leaving, or any worker of a run that cannot re-form (no checkpoint store),
+/// fails the run with a reason naming it, instead of waiting for a heartbeat timeout.
+#[test]
+fn a_leave_that_the_group_cannot_survive_fails_the_run_naming_the_worker() {
+    let c = coord(2, 5_000);
+    let rt = rt();
+    rt.block_on(async {
+        let joins = ["a", "b"].map(|id| {
+            let c = c.clone();
+            tokio::spawn(async move { c.join(join_req(id)).await })
+        });
+        for j in joins {
+            j.await.expect("task").expect("join");
+        }
+    });
+    c.leave_group(leave("b", 1, 3)).expect("leave");
+    assert_eq!(c.phase(), Phase::Failed);
+    let why = c.failure().expect("a reason");
+    assert!(why.contains("'b' left at step 3 (SIGTERM)"), "{why}");
+    assert!(why.contains("--out"), "{why}");
 }

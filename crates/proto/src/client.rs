@@ -163,6 +163,12 @@ impl ControlPlane for GrpcControlPlane {
             .block_on(self.client.finish(crate::v1::FinishRequest::from(f)));
         r.map(|_| ()).map_err(|s| status(&self.url, "finish", s))
     }
+    fn leave(&mut self, l: crate::Leave) -> Result<(), ControlError> {
+        let r = self
+            .rt
+            .block_on(self.client.leave(crate::v1::LeaveRequest::from(l)));
+        r.map(|_| ()).map_err(|s| status(&self.url, "leave", s))
+    }
     fn upload_checkpoint(&mut self, c: &CheckpointFiles) -> Result<String, ControlError> {
         let chunks = crate::checkpoint::to_chunks(c);
         let r = self

@@ -125,6 +125,21 @@ pub struct Finish {
     pub param_hash: String,
 }
 
+/// A worker leaves the group before the end of the run (SIGTERM).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Leave {
+    /// Worker id.
+    pub worker_id: String,
+    /// Rank.
+    pub rank: usize,
+    /// Generation.
+    pub generation: u64,
+    /// Steps its replica had completed.
+    pub step: u64,
+    /// Why ("SIGTERM").
+    pub reason: String,
+}
+
 impl From<JoinRequest> for v1::JoinRequest {
     fn from(r: JoinRequest) -> Self {
         Self {
@@ -274,6 +289,29 @@ impl From<v1::FinishRequest> for Finish {
     }
 }
 
+impl From<Leave> for v1::LeaveRequest {
+    fn from(l: Leave) -> Self {
+        Self {
+            worker_id: l.worker_id,
+            rank: l.rank as u32,
+            generation: l.generation,
+            step: l.step,
+            reason: l.reason,
+        }
+    }
+}
+impl From<v1::LeaveRequest> for Leave {
+    fn from(l: v1::LeaveRequest) -> Self {
+        Self {
+            worker_id: l.worker_id,
+            rank: l.rank as usize,
+            generation: l.generation,
+            step: l.step,
+            reason: l.reason,
+        }
+    }
+}
+
 /// Control-plane errors as the worker sees them.
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("{0}")]
@@ -291,6 +329,13 @@ pub trait ControlPlane: Send {
     fn report_epoch(&mut self, report: EpochReport) -> Result<(), ControlError>;
     /// The worker is done.
     fn finish(&mut self, f: Finish) -> Result<(), ControlError>;
+    /// The worker leaves before the end (SIGTERM); the group re-forms without it at once.
+    fn leave(&mut self, _l: Leave) -> Result<(), ControlError> {
+        Err(ControlError(
+            "this control plane cannot announce a leave (the coordinator notices the silence)"
+                .into(),
+        ))
+    }
     /// Stores a checkpoint centrally; returns where the coordinator put it.
     fn upload_checkpoint(&mut self, c: &crate::CheckpointFiles) -> Result<String, ControlError>;
     /// Fetches the checkpoint the run resumes from.

@@ -14,7 +14,7 @@ pub use checkpoint::CheckpointFiles;
 pub use client::GrpcControlPlane;
 pub use domain::{
     Assignment, ControlError, ControlPlane, EpochReport, Finish, Heartbeat, HeartbeatReply,
-    JoinRequest,
+    JoinRequest, Leave,
 };
 pub use sweep::{GrpcSweep, TrialReply};
 pub use tls::TlsMaterial;

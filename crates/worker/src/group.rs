@@ -11,7 +11,7 @@ use std::time::Duration;
 use resnet_collective::memory::MemoryRing;
 use resnet_collective::tcp::{RingAbort, TcpRing, TcpRingConfig};
 use resnet_collective::Collective;
-use resnet_proto::{Assignment, ControlPlane, Heartbeat};
+use resnet_proto::{Assignment, ControlPlane, Heartbeat, Leave};
 
 use crate::observer::Progress;
 use crate::{WorkerError, WorkerOptions};
@@ -95,10 +95,12 @@ fn nccl_collective(
 
 /// Forms the collective of `a`'s generation: NCCL when the coordinator sent an id (every rank
 /// is a CUDA worker with NCCL), else the ring.
+/// `abort` interrupts a TCP ring while it forms and stays its handle afterwards.
 pub(crate) fn form_ring(
     source: &RingSource,
     a: &Assignment,
     opts: &WorkerOptions,
+    abort: RingAbort,
 ) -> Result<(Box<dyn Collective>, Option<RingAbort>), WorkerError> {
     if !a.nccl_id.is_empty() {
         return nccl_collective(a, opts);
@@ -108,7 +110,7 @@ pub(crate) fn form_ring(
             let l = l
                 .try_clone()
                 .map_err(|e| WorkerError::Storage(format!("data-plane listener: {e}")))?;
-            let ring = TcpRing::connect(
+            let ring = TcpRing::connect_abortable(
                 l,
                 &TcpRingConfig {
                     rank: a.rank,
@@ -118,6 +120,7 @@ pub(crate) fn form_ring(
                     auth: opts.ring_auth,
                     tls: opts.ring_tls.clone(),
                 },
+                abort,
             )?;
             let abort = ring.abort_handle();
             Ok((Box::new(ring), Some(abort)))
@@ -163,15 +166,77 @@ pub(crate) fn unreachable(e: &resnet_proto::ControlError) -> bool {
     e.0.contains("(Unavailable)") || e.0.contains("cannot reach") || e.0.contains("(Unknown)")
 }
 
+/// Flags shared by the heartbeat thread and the training thread.
+#[derive(Clone, Default)]
+pub(crate) struct Signals {
+    /// A heartbeat reply said the coordinator was told to stop (SIGTERM to the coordinator):
+    /// the whole group stops at a step boundary with a checkpoint.
+    pub asked_to_stop: Arc<AtomicBool>,
+    /// Set by this process's signal handler (SIGTERM to this worker): leave the group.
+    pub leave: Option<Arc<AtomicBool>>,
+    /// The heartbeat thread has announced the leave and broken the ring.
+    pub left: Arc<AtomicBool>,
+}
+
+impl Signals {
+    /// Whether this worker has left the group.
+    pub fn has_left(&self) -> bool {
+        self.left.load(Ordering::SeqCst)
+    }
+
+    fn leave_requested(&self) -> bool {
+        self.leave
+            .as_ref()
+            .is_some_and(|f| f.load(Ordering::Relaxed))
+            && !self.has_left()
+    }
+}
+
+/// The heartbeat thread, stopped and joined when dropped (so an early error return of the
+/// worker leaves no thread beating for it).
+pub(crate) struct Heartbeats {
+    stop: Arc<AtomicBool>,
+    handle: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Heartbeats {
+    /// Starts [`spawn_heartbeats`] on `hb`.
+    pub fn spawn(
+        hb: Box<dyn ControlPlane>,
+        opts: &WorkerOptions,
+        membership: Arc<Mutex<Membership>>,
+        progress: Arc<Mutex<Progress>>,
+        signals: Signals,
+    ) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let handle = spawn_heartbeats(hb, opts, membership, progress, stop.clone(), signals);
+        Self {
+            stop,
+            handle: Some(handle),
+        }
+    }
+}
+
+impl Drop for Heartbeats {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}
+
 /// Sends heartbeats every `opts.heartbeat_every` until `stop`; on a regroup answer, breaks the
-/// ring so a collective waiting on a dead peer returns at once.
+/// ring so a collective waiting on a dead peer returns at once. When `signals.leave` is raised
+/// (SIGTERM), announces the leave, breaks the ring (the peers' collectives fail at once and
+/// they re-form without this worker) and stops beating.
 pub(crate) fn spawn_heartbeats(
     mut hb: Box<dyn ControlPlane>,
     opts: &WorkerOptions,
     membership: Arc<Mutex<Membership>>,
     progress: Arc<Mutex<Progress>>,
     stop: Arc<AtomicBool>,
-    asked_to_stop: Arc<AtomicBool>,
+    signals: Signals,
 ) -> std::thread::JoinHandle<()> {
     let (every, worker_id) = (opts.heartbeat_every, opts.worker_id.clone());
     std::thread::spawn(move || {
@@ -179,10 +244,17 @@ pub(crate) fn spawn_heartbeats(
         let mut seen_version = 0u64;
         while !stop.load(Ordering::Relaxed) {
             let start = std::time::Instant::now();
-            while start.elapsed() < every && !stop.load(Ordering::Relaxed) {
+            while start.elapsed() < every
+                && !stop.load(Ordering::Relaxed)
+                && !signals.leave_requested()
+            {
                 std::thread::sleep(Duration::from_millis(50));
             }
             if stop.load(Ordering::Relaxed) {
+                break;
+            }
+            if signals.leave_requested() {
+                leave(&mut *hb, &worker_id, &membership, &progress, &signals);
                 break;
             }
             let p = *progress.lock().unwrap_or_else(|p| p.into_inner());
@@ -245,7 +317,7 @@ pub(crate) fn spawn_heartbeats(
                     }
                 }
                 Ok(reply) if reply.stop => {
-                    if !asked_to_stop.swap(true, Ordering::Relaxed) {
+                    if !signals.asked_to_stop.swap(true, Ordering::Relaxed) {
                         tracing::warn!(rank, "the coordinator asks the run to stop: stopping at the next step boundary with a checkpoint");
                     }
                 }
@@ -254,6 +326,45 @@ pub(crate) fn spawn_heartbeats(
             }
         }
     })
+}
+
+/// Tells the coordinator this worker leaves, then breaks its ring. In that order: the peers
+/// whose collectives fail rejoin a regroup that already does not expect this worker.
+fn leave(
+    hb: &mut dyn ControlPlane,
+    worker_id: &str,
+    membership: &Mutex<Membership>,
+    progress: &Mutex<Progress>,
+    signals: &Signals,
+) {
+    let step = progress.lock().unwrap_or_else(|p| p.into_inner()).step;
+    let (rank, generation) = {
+        let m = membership.lock().unwrap_or_else(|p| p.into_inner());
+        (m.rank, m.generation)
+    };
+    tracing::warn!(
+        rank,
+        step,
+        "signal received: leaving the group (the others continue without this worker)"
+    );
+    if let Err(e) = hb.leave(Leave {
+        worker_id: worker_id.to_string(),
+        rank,
+        generation,
+        step,
+        reason: "SIGTERM".into(),
+    }) {
+        tracing::warn!(error = %e, "could not announce the leave: the coordinator will notice the silence instead");
+    }
+    signals.left.store(true, Ordering::SeqCst);
+    if let Some(a) = membership
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .abort
+        .take()
+    {
+        a.abort();
+    }
 }
 
 /// Downloads a checkpoint from the coordinator (`step` 0: the run's resume checkpoint) into
@@ -358,6 +469,7 @@ mod tests {
             nccl_device_buffers: false,
             warm_up: false,
             kernels: Default::default(),
+            leave_signal: None,
         }
     }
 
@@ -371,7 +483,7 @@ mod tests {
             membership.clone(),
             Arc::new(Mutex::new(Progress::default())),
             stop.clone(),
-            Arc::default(),
+            Signals::default(),
         );
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         while *calls.lock().expect("calls") < beats && std::time::Instant::now() < deadline {

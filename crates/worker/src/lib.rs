@@ -5,6 +5,7 @@
 
 #[cfg(feature = "cuda")]
 pub mod device_reduce;
+mod formation;
 mod group;
 pub mod metrics;
 mod observer;
@@ -31,6 +32,12 @@ pub enum WorkerError {
     /// Training failed.
     #[error(transparent)]
     Train(#[from] resnet_train::TrainError),
+    /// This worker left the group on a signal; the others continue without it.
+    #[error("left the group at step {step} on a signal; the other workers continue without this one (a restarted worker joins the running job)")]
+    Left {
+        /// Steps its replica had completed.
+        step: u64,
+    },
     /// Data could not be loaded.
     #[error(transparent)]
     Data(#[from] resnet_data::DataError),

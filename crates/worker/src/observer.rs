@@ -33,8 +33,9 @@ pub(crate) struct WorkerObserver<'a> {
     pub metrics: crate::metrics::WorkerMetrics,
     /// Sends checkpoints to the coordinator (rank 0 of a run with central checkpoints).
     pub uploader: Option<crate::upload::Uploader>,
-    /// The coordinator asked the run to stop (a heartbeat reply said so).
-    pub asked_to_stop: Arc<std::sync::atomic::AtomicBool>,
+    /// The coordinator asked the run to stop (a heartbeat reply said so), or this worker left
+    /// the group (a signal; a worker on its own then stops at the step boundary).
+    pub signals: crate::group::Signals,
 }
 
 impl WorkerObserver<'_> {
@@ -58,8 +59,10 @@ impl WorkerObserver<'_> {
 
 impl TrainObserver for WorkerObserver<'_> {
     fn stop_requested(&self) -> bool {
-        self.asked_to_stop
+        self.signals
+            .asked_to_stop
             .load(std::sync::atomic::Ordering::Relaxed)
+            || self.signals.has_left()
     }
 
     fn on_start(&mut self, spe: usize, last: usize, start: usize) {

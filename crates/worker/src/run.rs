@@ -2,18 +2,20 @@
 //! rejoin, re-form the ring and heal from the most advanced survivor.
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use burn::tensor::backend::AutodiffBackend;
 use resnet_collective::memory::MemoryRing;
+use resnet_collective::tcp::RingAbort;
 use resnet_collective::Collective;
 use resnet_kernels::KernelChoice;
-use resnet_proto::{fingerprint, Assignment, ControlPlane, Finish, JoinRequest, PROTOCOL_VERSION};
+use resnet_proto::{fingerprint, ControlPlane, Finish, JoinRequest, PROTOCOL_VERSION};
 use resnet_train::{GradSync, TrainConfig, TrainError, Trainer};
 
-use crate::group::{fetch_checkpoint, form_ring, spawn_heartbeats, Membership, RingSource};
+use crate::formation::{state_for_rank, Group};
+use crate::group::{fetch_checkpoint, form_ring, Heartbeats, Membership, RingSource, Signals};
 use crate::observer::{Progress, WorkerObserver};
 use crate::WorkerError;
 
@@ -64,6 +66,10 @@ pub struct WorkerOptions {
     pub warm_up: bool,
     /// The kernels the replica's model runs (its convolution precision comes from the run).
     pub kernels: KernelChoice,
+    /// Raised by the binary's SIGTERM/SIGINT handler: leave the group (announced to the
+    /// coordinator, which re-forms it without this worker at once) and end with
+    /// [`WorkerError::Left`]. None: signals are not this worker's business (in-process runs).
+    pub leave_signal: Option<Arc<AtomicBool>>,
 }
 
 /// What a worker reports when it is done.
@@ -169,6 +175,30 @@ pub fn run_worker<B: AutodiffBackend>(
     tracing::info!(worker = %opts.worker_id, data_addr = %request.data_addr, "joining");
     let mut a = control.join(request.clone())?;
     tracing::info!(worker = %opts.worker_id, rank = a.rank, world = a.world, generation = a.generation, "joined");
+    let progress = Arc::new(Mutex::new(Progress::default()));
+    let membership = Arc::new(Mutex::new(Membership {
+        rank: a.rank,
+        generation: a.generation,
+        abort: None,
+        coordinator_lost: false,
+        version: 1,
+    }));
+    let signals = Signals {
+        leave: opts.leave_signal.clone(),
+        ..Signals::default()
+    };
+    // Heartbeats from the join on: loading the data and forming the ring may take longer than
+    // the coordinator's heartbeat timeout, and a peer that dies meanwhile is noticed by the
+    // coordinator, whose regroup answer aborts the formation (see `formation`).
+    let beats = heartbeats.map(|hb| {
+        Heartbeats::spawn(
+            hb,
+            opts,
+            membership.clone(),
+            progress.clone(),
+            signals.clone(),
+        )
+    });
     let mut cfg: TrainConfig =
         serde_json::from_str(&a.run_config_json).map_err(|e| WorkerError::Config(e.to_string()))?;
     if let Some(d) = &opts.data_dir {
@@ -186,26 +216,28 @@ pub fn run_worker<B: AutodiffBackend>(
     );
     // Only processes on a TCP ring can re-form it; keep the data to heal with.
     let regroupable = matches!(source, RingSource::Tcp(_)) && a.central_checkpoints;
-    let spare_splits = regroupable.then(|| splits.clone());
-
-    let (collective, abort) = form_ring(&source, &a, opts)?;
     let scratch = tempfile::Builder::new()
         .prefix("resnet-worker-")
         .tempdir()
         .map_err(|e| WorkerError::Storage(format!("cannot create a scratch directory: {e}")))?;
-    // Rank 0 checkpoints: into --out if given, else into scratch space when the coordinator
-    // stores them (the upload reads them back from there).
-    let out_for = |rank: usize, central: bool| match (&opts.out, central) {
-        (Some(o), _) if rank == 0 => Some(o.clone()),
-        (None, true) if rank == 0 => Some(scratch.path().join("run")),
-        _ => None,
+    let group = Group {
+        source: &source,
+        opts,
+        membership: &membership,
+        signals: &signals,
+        request: &request,
+        cfg: &cfg,
+        splits: regroupable.then(|| splits.clone()),
+        scratch: scratch.path(),
     };
-    let out = out_for(a.rank, a.central_checkpoints);
+    let out = group.out_for(a.rank, a.central_checkpoints);
     let writes_checkpoints = out.is_some() || regroupable;
-    let mut collective = collective;
-    let trainer = if a.heal {
+    let mut trainer = if a.heal {
         // Joining a running job (elastic scale-up): wait until rank 0 has stored its state,
-        // then start from it.
+        // then start from it. (A newcomer holds no state, so a ring that does not form here
+        // ends this worker; the group it tried to join re-forms without it.)
+        let (mut collective, abort) = form_ring(&source, &a, opts, RingAbort::default())?;
+        group.set_membership(&a, abort);
         let mut ready = [0f32];
         collective
             .broadcast(&mut ready, 0)
@@ -218,43 +250,32 @@ pub fn run_worker<B: AutodiffBackend>(
             epoch = state.epoch + 1,
             "joined the running job from rank 0's state"
         );
-        Trainer::<B>::resume(&dir, state, splits, device.clone(), out)?.with_kernels(opts.kernels)
-    } else if a.resume_step > 0 {
-        let dir = fetch_checkpoint(control, opts, a.generation, 0, scratch.path())?;
-        let state = state_for_rank(&dir, cfg.clone(), a.rank)?;
-        tracing::info!(
-            rank = a.rank,
-            step = state.global_step,
-            epoch = state.epoch + 1,
-            "resuming from the coordinator's checkpoint"
-        );
-        Trainer::<B>::resume(&dir, state, splits, device.clone(), out)?.with_kernels(opts.kernels)
+        Trainer::<B>::resume(&dir, state, splits, device.clone(), out)?
+            .with_kernels(opts.kernels)
+            .with_parallel(Box::new(CollectiveSync(collective)))
     } else {
-        Trainer::<B>::new(cfg.clone(), splits, device.clone(), out)?.with_kernels(opts.kernels)
+        let trainer = if a.resume_step > 0 {
+            let dir = fetch_checkpoint(control, opts, a.generation, 0, scratch.path())?;
+            let state = state_for_rank(&dir, cfg.clone(), a.rank)?;
+            tracing::info!(
+                rank = a.rank,
+                step = state.global_step,
+                epoch = state.epoch + 1,
+                "resuming from the coordinator's checkpoint"
+            );
+            Trainer::<B>::resume(&dir, state, splits, device.clone(), out)?
+        } else {
+            Trainer::<B>::new(cfg.clone(), splits, device.clone(), out)?
+        };
+        group.form(
+            control,
+            trainer.with_kernels(opts.kernels),
+            &mut a,
+            false,
+            &device,
+        )?
     };
-    let mut trainer = trainer.with_parallel(Box::new(CollectiveSync(collective)));
 
-    let progress = Arc::new(Mutex::new(Progress::default()));
-    let membership = Arc::new(Mutex::new(Membership {
-        rank: a.rank,
-        generation: a.generation,
-        abort,
-        coordinator_lost: false,
-        version: 1,
-    }));
-    let stop = Arc::new(AtomicBool::new(false));
-    // Set when a heartbeat reply says the coordinator was told to stop (SIGTERM).
-    let asked_to_stop = Arc::new(AtomicBool::new(false));
-    let beat = heartbeats.map(|hb| {
-        spawn_heartbeats(
-            hb,
-            opts,
-            membership.clone(),
-            progress.clone(),
-            stop.clone(),
-            asked_to_stop.clone(),
-        )
-    });
     let mut obs = WorkerObserver {
         control,
         worker_id: opts.worker_id.clone(),
@@ -272,7 +293,7 @@ pub fn run_worker<B: AutodiffBackend>(
             writes_checkpoints,
         ),
         uploader: None,
-        asked_to_stop,
+        signals: signals.clone(),
     };
     // Every worker of a central-checkpoint run has an uploader: whoever is rank 0 uses it.
     if a.central_checkpoints {
@@ -285,18 +306,13 @@ pub fn run_worker<B: AutodiffBackend>(
     }
     let result = loop {
         match trainer.fit(&mut obs) {
+            Err(TrainError::Collective(_)) if signals.has_left() => {
+                break Err(TrainError::Collective("left the group".into()))
+            }
             Err(TrainError::Collective(e)) if regroupable => {
                 tracing::warn!(rank = a.rank, generation = a.generation, error = %e, "collective failed: rejoining to re-form the group");
                 let step = trainer.state().global_step as u64;
-                let rejoin = JoinRequest {
-                    step,
-                    rejoin: true,
-                    generation: a.generation,
-                    // NCCL ids serve one communicator: every generation gets fresh ones.
-                    nccl_id: crate::group::fresh_nccl_id(opts, &source),
-                    ..request.clone()
-                };
-                a = rejoin_with_retry(&mut *obs.control, &rejoin, opts.rejoin_timeout)?;
+                a = group.rejoin(&mut *obs.control, step, a.generation)?;
                 tracing::info!(
                     rank = a.rank,
                     world = a.world,
@@ -305,67 +321,48 @@ pub fn run_worker<B: AutodiffBackend>(
                     heal = a.heal,
                     "group re-formed"
                 );
+                group.set_membership(&a, None);
                 // Reports that failed while the coordinator was away are superseded: the new
                 // group reports its epochs afresh.
                 obs.error = None;
-                let (collective, abort) = form_ring(&source, &a, opts)?;
-                let mut sync = CollectiveSync(collective);
-                let out = out_for(a.rank, true);
-                if let Some(o) = &out {
-                    std::fs::create_dir_all(o)
-                        .map_err(|e| WorkerError::Storage(format!("{}: {e}", o.display())))?;
-                }
-                let splits = spare_splits
-                    .clone()
-                    .ok_or_else(|| WorkerError::Config("no data kept for healing".into()))?;
-                trainer = if a.heal {
-                    heal(
-                        trainer,
-                        &mut sync,
-                        &mut *obs.control,
-                        opts,
-                        &a,
-                        &cfg,
-                        splits,
-                        &device,
-                        out,
-                        scratch.path(),
-                    )?
-                } else if a.resume_step > 0 {
-                    // A restarted coordinator: everyone rolls back to its checkpoint.
-                    drop(trainer);
-                    let dir =
-                        fetch_checkpoint(&mut *obs.control, opts, a.generation, 0, scratch.path())?;
-                    let state = state_for_rank(&dir, cfg.clone(), a.rank)?;
-                    tracing::warn!(
-                        rank = a.rank,
-                        step = state.global_step,
-                        "rolled back to the restarted coordinator's checkpoint"
-                    );
-                    Trainer::<B>::resume(&dir, state, splits, device.clone(), out)?
-                        .with_kernels(opts.kernels)
-                } else {
-                    drop(trainer);
-                    tracing::warn!(
-                        rank = a.rank,
-                        "the restarted coordinator has no checkpoint: starting the run over"
-                    );
-                    Trainer::<B>::new(cfg.clone(), splits, device.clone(), out)?
-                        .with_kernels(opts.kernels)
+                let splits = || {
+                    group
+                        .splits
+                        .clone()
+                        .ok_or_else(|| WorkerError::Config("no data kept for healing".into()))
                 };
-                trainer.set_parallel(Box::new(sync));
+                let out = group.out_for(a.rank, true);
+                if !a.heal {
+                    drop(trainer);
+                    trainer = if a.resume_step > 0 {
+                        // A restarted coordinator: everyone rolls back to its checkpoint.
+                        let dir = fetch_checkpoint(
+                            &mut *obs.control,
+                            opts,
+                            a.generation,
+                            0,
+                            scratch.path(),
+                        )?;
+                        let state = state_for_rank(&dir, cfg.clone(), a.rank)?;
+                        tracing::warn!(
+                            rank = a.rank,
+                            step = state.global_step,
+                            "rolled back to the restarted coordinator's checkpoint"
+                        );
+                        Trainer::<B>::resume(&dir, state, splits()?, device.clone(), out)?
+                    } else {
+                        tracing::warn!(
+                            rank = a.rank,
+                            "the restarted coordinator has no checkpoint: starting the run over"
+                        );
+                        Trainer::<B>::new(cfg.clone(), splits()?, device.clone(), out)?
+                    }
+                    .with_kernels(opts.kernels);
+                }
+                let heal = a.heal;
+                trainer = group.form(&mut *obs.control, trainer, &mut a, heal, &device)?;
                 obs.rank = a.rank;
                 obs.generation = a.generation;
-                {
-                    let mut m = membership.lock().unwrap_or_else(|p| p.into_inner());
-                    *m = Membership {
-                        rank: a.rank,
-                        generation: a.generation,
-                        abort,
-                        coordinator_lost: false,
-                        version: m.version + 1,
-                    };
-                }
             }
             other => break other,
         }
@@ -373,9 +370,11 @@ pub fn run_worker<B: AutodiffBackend>(
     obs.log_breakdown();
     // The final checkpoint reaches the coordinator before this worker reports Finish.
     let uploads = obs.uploader.take().map(|u| u.finish());
-    stop.store(true, Ordering::Relaxed);
-    if let Some(h) = beat {
-        let _ = h.join();
+    drop(beats);
+    if signals.has_left() {
+        return Err(WorkerError::Left {
+            step: trainer.state().global_step as u64,
+        });
     }
     let summary = result?;
     if let Some(e) = obs.error {
@@ -441,113 +440,5 @@ fn warm_up_before_join<B: AutodiffBackend>(
         backward_s = format!("{:.2}", w.backward_s),
         "warm-up done: joining"
     );
-    Ok(())
-}
-
-/// Rejoins, retrying with backoff (0.5 s doubling to 5 s) while the coordinator is unreachable
-/// — it may be restarting — for up to `timeout`; refusals are final.
-fn rejoin_with_retry(
-    control: &mut dyn ControlPlane,
-    req: &JoinRequest,
-    timeout: Duration,
-) -> Result<Assignment, WorkerError> {
-    let deadline = std::time::Instant::now() + timeout;
-    let mut delay = Duration::from_millis(500);
-    loop {
-        match control.join(req.clone()) {
-            Ok(a) => return Ok(a),
-            Err(e)
-                if crate::group::unreachable(&e)
-                    && std::time::Instant::now() + delay < deadline =>
-            {
-                tracing::warn!(error = %e, "coordinator unreachable, retrying the rejoin");
-                std::thread::sleep(delay);
-                delay = (delay * 2).min(Duration::from_secs(5));
-            }
-            Err(e) => return Err(e.into()),
-        }
-    }
-}
-
-/// The saved state of a checkpoint, for `rank` of a group: the coordinator's configuration
-/// (it may extend epochs/max_steps; this worker's data directory and class count, as for a
-/// fresh start), and the partial-epoch sums only on rank 0 — a data-parallel checkpoint's sums
-/// are the whole group's, so carrying them on every rank would count the epoch twice.
-fn state_for_rank(
-    dir: &std::path::Path,
-    cfg: TrainConfig,
-    rank: usize,
-) -> Result<resnet_train::TrainState, WorkerError> {
-    let mut state = resnet_train::load_state(dir)?;
-    state.config = cfg;
-    if rank != 0 {
-        state.epoch_loss_sum = 0.0;
-        state.epoch_correct = 0;
-        state.epoch_seen = 0;
-    }
-    Ok(state)
-}
-
-/// Makes every replica of a re-formed group identical to its rank 0, the most advanced
-/// survivor: rank 0 writes its state and uploads it synchronously; a broadcast on the new ring
-/// tells the others it is stored; they download it and resume from it.
-#[allow(clippy::too_many_arguments)]
-fn heal<B: AutodiffBackend>(
-    mut trainer: Trainer<B>,
-    sync: &mut CollectiveSync,
-    control: &mut dyn ControlPlane,
-    opts: &WorkerOptions,
-    a: &Assignment,
-    cfg: &TrainConfig,
-    splits: resnet_data::Splits,
-    device: &B::Device,
-    out: Option<PathBuf>,
-    scratch: &std::path::Path,
-) -> Result<Trainer<B>, WorkerError> {
-    let mut ready = [0f32];
-    if a.rank == 0 {
-        trainer.set_out(out.clone().or_else(|| Some(scratch.join("run"))));
-        trainer.write_checkpoint_now(&mut resnet_train::Quiet)?;
-        let (step, dir) = trainer
-            .last_checkpoint()
-            .cloned()
-            .ok_or_else(|| WorkerError::Storage("the healing checkpoint was not written".into()))?;
-        let files = crate::upload::read_dir_files(&dir)
-            .map_err(|e| WorkerError::Storage(format!("{}: {e}", dir.display())))?;
-        obs_upload(control, opts, a, step, &trainer, files)?;
-        trainer.set_out(out);
-        ready[0] = 1.0;
-        sync.broadcast(&mut ready, 0).map_err(WorkerError::Config)?;
-        return Ok(trainer);
-    }
-    sync.broadcast(&mut ready, 0).map_err(WorkerError::Config)?;
-    drop(trainer);
-    let dir = fetch_checkpoint(control, opts, a.generation, a.resume_step, scratch)?;
-    let state = state_for_rank(&dir, cfg.clone(), a.rank)?;
-    tracing::info!(
-        rank = a.rank,
-        step = state.global_step,
-        "healed from rank 0's state"
-    );
-    Ok(Trainer::<B>::resume(&dir, state, splits, device.clone(), out)?.with_kernels(opts.kernels))
-}
-
-fn obs_upload<B: AutodiffBackend>(
-    control: &mut dyn ControlPlane,
-    opts: &WorkerOptions,
-    a: &Assignment,
-    step: usize,
-    trainer: &Trainer<B>,
-    files: Vec<(String, Vec<u8>)>,
-) -> Result<(), WorkerError> {
-    let stored = control.upload_checkpoint(&resnet_proto::CheckpointFiles {
-        worker_id: opts.worker_id.clone(),
-        rank: a.rank,
-        generation: a.generation,
-        step: step as u64,
-        epoch: trainer.state().epoch as u32,
-        files,
-    })?;
-    tracing::info!(step, stored = %stored, "uploaded rank 0's state for healing");
     Ok(())
 }

@@ -1,0 +1,241 @@
+//! Forming and re-forming the group: the ring of an assignment, a rejoin when it cannot form (a
+//! peer died after joining, before connecting), and healing every replica from the new rank 0
+//! once it has formed.
+//!
+//! Formation is as robust as the running ring: the heartbeat thread runs from the join on, so
+//! a peer that dies while the others load data or connect is noticed by the coordinator, whose
+//! regroup answer aborts the formation in progress; the survivors rejoin and heal from the
+//! most advanced of them, exactly as after a loss mid-run.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use burn::tensor::backend::AutodiffBackend;
+use resnet_collective::tcp::RingAbort;
+use resnet_proto::{Assignment, ControlPlane, JoinRequest};
+use resnet_train::{TrainConfig, Trainer};
+
+use crate::group::{fetch_checkpoint, form_ring, Membership, RingSource, Signals};
+use crate::run::CollectiveSync;
+use crate::{WorkerError, WorkerOptions};
+
+/// What (re-)forming the group needs besides the trainer and the assignment.
+pub(crate) struct Group<'a> {
+    pub source: &'a RingSource<'a>,
+    pub opts: &'a WorkerOptions,
+    pub membership: &'a Arc<Mutex<Membership>>,
+    pub signals: &'a Signals,
+    /// The first join request (rejoins repeat it with the step and generation).
+    pub request: &'a JoinRequest,
+    pub cfg: &'a TrainConfig,
+    /// This worker's data, kept to rebuild a replica after a regroup (None: the group cannot
+    /// be re-formed, e.g. an in-process ring or a run without central checkpoints).
+    pub splits: Option<resnet_data::Splits>,
+    pub scratch: &'a Path,
+}
+
+impl Group<'_> {
+    /// Where `rank` writes checkpoints: `--out` on rank 0, else scratch space on rank 0 when
+    /// the coordinator stores them (the upload reads them back from there), else nowhere.
+    pub fn out_for(&self, rank: usize, central: bool) -> Option<PathBuf> {
+        match (&self.opts.out, central) {
+            (Some(o), _) if rank == 0 => Some(o.clone()),
+            (None, true) if rank == 0 => Some(self.scratch.join("run")),
+            _ => None,
+        }
+    }
+
+    /// Records a new membership for the heartbeat thread: a beat answered for an older one
+    /// cannot break this ring.
+    pub fn set_membership(&self, a: &Assignment, abort: Option<RingAbort>) {
+        let mut m = self.membership.lock().unwrap_or_else(|p| p.into_inner());
+        *m = Membership {
+            rank: a.rank,
+            generation: a.generation,
+            abort,
+            coordinator_lost: false,
+            version: m.version + 1,
+        };
+    }
+
+    /// Forms `a`'s ring and gives it to `trainer`; with `healing`, then makes every replica
+    /// equal to the new rank 0's. When the ring cannot form and the group can be re-formed,
+    /// rejoins (the coordinator drops whoever never connected) and tries the new group.
+    pub fn form<B: AutodiffBackend>(
+        &self,
+        control: &mut dyn ControlPlane,
+        mut trainer: Trainer<B>,
+        a: &mut Assignment,
+        mut healing: bool,
+        device: &B::Device,
+    ) -> Result<Trainer<B>, WorkerError> {
+        loop {
+            if self.signals.has_left() {
+                return Err(WorkerError::Left {
+                    step: trainer.state().global_step as u64,
+                });
+            }
+            // The heartbeat thread holds this handle, so a regroup announced while the ring
+            // forms ends the wait for a peer that will never connect.
+            let abort = RingAbort::default();
+            self.membership
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .abort = Some(abort.clone());
+            let e = match form_ring(self.source, a, self.opts, abort) {
+                Ok((collective, abort)) => {
+                    self.membership
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .abort = abort;
+                    let mut sync = CollectiveSync(collective);
+                    if healing {
+                        let out = self.out_for(a.rank, true);
+                        if let Some(o) = &out {
+                            std::fs::create_dir_all(o).map_err(|e| {
+                                WorkerError::Storage(format!("{}: {e}", o.display()))
+                            })?;
+                        }
+                        let splits = self.splits.clone().ok_or_else(|| {
+                            WorkerError::Config("no data kept for healing".into())
+                        })?;
+                        trainer = heal(trainer, &mut sync, control, self, a, splits, device, out)?;
+                    }
+                    trainer.set_parallel(Box::new(sync));
+                    return Ok(trainer);
+                }
+                Err(WorkerError::Collective(_)) if self.signals.has_left() => {
+                    return Err(WorkerError::Left {
+                        step: trainer.state().global_step as u64,
+                    })
+                }
+                Err(e @ WorkerError::Collective(_)) if self.splits.is_some() => e,
+                Err(e) => return Err(e),
+            };
+            tracing::warn!(rank = a.rank, generation = a.generation, error = %e, "the ring did not form: rejoining to re-form the group without the missing peer");
+            *a = self.rejoin(control, trainer.state().global_step as u64, a.generation)?;
+            tracing::info!(
+                rank = a.rank,
+                world = a.world,
+                generation = a.generation,
+                "group re-formed before training"
+            );
+            self.set_membership(a, None);
+            healing = true;
+        }
+    }
+
+    /// Rejoins with this replica's `step`, as a member of `generation`.
+    pub fn rejoin(
+        &self,
+        control: &mut dyn ControlPlane,
+        step: u64,
+        generation: u64,
+    ) -> Result<Assignment, WorkerError> {
+        let req = JoinRequest {
+            step,
+            rejoin: true,
+            generation,
+            // NCCL ids serve one communicator: every generation gets fresh ones.
+            nccl_id: crate::group::fresh_nccl_id(self.opts, self.source),
+            ..self.request.clone()
+        };
+        rejoin_with_retry(control, &req, self.opts.rejoin_timeout)
+    }
+}
+
+/// Rejoins, retrying with backoff (0.5 s doubling to 5 s) while the coordinator is unreachable
+/// — it may be restarting — for up to `timeout`; refusals are final.
+fn rejoin_with_retry(
+    control: &mut dyn ControlPlane,
+    req: &JoinRequest,
+    timeout: Duration,
+) -> Result<Assignment, WorkerError> {
+    let deadline = std::time::Instant::now() + timeout;
+    let mut delay = Duration::from_millis(500);
+    loop {
+        match control.join(req.clone()) {
+            Ok(a) => return Ok(a),
+            Err(e)
+                if crate::group::unreachable(&e)
+                    && std::time::Instant::now() + delay < deadline =>
+            {
+                tracing::warn!(error = %e, "coordinator unreachable, retrying the rejoin");
+                std::thread::sleep(delay);
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// The saved state of a checkpoint, for `rank` of a group: the coordinator's configuration
+/// (it may extend epochs/max_steps; this worker's data directory and class count, as for a
+/// fresh start), and the partial-epoch sums only on rank 0 — a data-parallel checkpoint's sums
+/// are the whole group's, so carrying them on every rank would count the epoch twice.
+pub(crate) fn state_for_rank(
+    dir: &Path,
+    cfg: TrainConfig,
+    rank: usize,
+) -> Result<resnet_train::TrainState, WorkerError> {
+    let mut state = resnet_train::load_state(dir)?;
+    state.config = cfg;
+    if rank != 0 {
+        state.epoch_loss_sum = 0.0;
+        state.epoch_correct = 0;
+        state.epoch_seen = 0;
+    }
+    Ok(state)
+}
+
+/// Makes every replica of a re-formed group identical to its rank 0, the most advanced
+/// survivor: rank 0 writes its state and uploads it synchronously; a broadcast on the new ring
+/// tells the others it is stored; they download it and resume from it.
+#[allow(clippy::too_many_arguments)]
+fn heal<B: AutodiffBackend>(
+    mut trainer: Trainer<B>,
+    sync: &mut CollectiveSync,
+    control: &mut dyn ControlPlane,
+    group: &Group,
+    a: &Assignment,
+    splits: resnet_data::Splits,
+    device: &B::Device,
+    out: Option<PathBuf>,
+) -> Result<Trainer<B>, WorkerError> {
+    let (opts, scratch) = (group.opts, group.scratch);
+    let mut ready = [0f32];
+    if a.rank == 0 {
+        trainer.set_out(out.clone().or_else(|| Some(scratch.join("run"))));
+        trainer.write_checkpoint_now(&mut resnet_train::Quiet)?;
+        let (step, dir) = trainer
+            .last_checkpoint()
+            .cloned()
+            .ok_or_else(|| WorkerError::Storage("the healing checkpoint was not written".into()))?;
+        let files = crate::upload::read_dir_files(&dir)
+            .map_err(|e| WorkerError::Storage(format!("{}: {e}", dir.display())))?;
+        let stored = control.upload_checkpoint(&resnet_proto::CheckpointFiles {
+            worker_id: opts.worker_id.clone(),
+            rank: a.rank,
+            generation: a.generation,
+            step: step as u64,
+            epoch: trainer.state().epoch as u32,
+            files,
+        })?;
+        tracing::info!(step, stored = %stored, "uploaded rank 0's state for healing");
+        trainer.set_out(out);
+        ready[0] = 1.0;
+        sync.0.broadcast(&mut ready, 0)?;
+        return Ok(trainer);
+    }
+    sync.0.broadcast(&mut ready, 0)?;
+    drop(trainer);
+    let dir = fetch_checkpoint(control, opts, a.generation, a.resume_step, scratch)?;
+    let state = state_for_rank(&dir, group.cfg.clone(), a.rank)?;
+    tracing::info!(
+        rank = a.rank,
+        step = state.global_step,
+        "healed from rank 0's state"
+    );
+    Ok(Trainer::<B>::resume(&dir, state, splits, device.clone(), out)?.with_kernels(opts.kernels))
+}
