@@ -209,6 +209,53 @@ fn ensemble_averages_members_and_reports_each() {
     assert!(human.contains("ensemble of 2 members"), "{human}");
 }
 
+/// A run stopped before its first epoch ended (`--max-steps`) has no epoch curves, but its
+/// steps.jsonl gives the report a loss and LR curve, and the checkpoint its evaluation.
+#[test]
+fn report_works_on_a_run_that_never_finished_an_epoch() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let run = dir.path().join("run");
+    // 96 images in batches of 16: 6 steps per epoch; stop after 5.
+    let s = train(&run, &["--max-steps", "5", "--step-metrics-every", "2"]);
+    assert_eq!(s["epochs_completed"], 0);
+    let lines: Vec<Value> = std::fs::read_to_string(run.join("steps.jsonl"))
+        .expect("steps.jsonl")
+        .lines()
+        .map(json)
+        .collect();
+    let steps: Vec<u64> = lines
+        .iter()
+        .map(|l| l["step"].as_u64().expect("step"))
+        .collect();
+    assert_eq!(
+        steps,
+        [2, 4, 5],
+        "a line every 2 steps and one for the rest"
+    );
+    for l in &lines {
+        assert!(l["loss"].as_f64().is_some_and(f64::is_finite), "{l}");
+        assert!(
+            l["lr"].as_f64().is_some_and(|v| v > 0.0 && v <= 0.05),
+            "{l}"
+        );
+        assert!(l["images_per_sec"].as_f64().is_some_and(|v| v > 0.0), "{l}");
+        assert_eq!(l["phase_s"].as_array().map(Vec::len), Some(5), "{l}");
+    }
+    ok(&["report", "--run", run.to_str().expect("utf8")]);
+    let report = run.join("report");
+    assert!(image::open(report.join("steps.png")).is_ok());
+    assert!(image::open(report.join("confusion.png")).is_ok());
+    assert!(
+        !report.join("curves.png").exists(),
+        "no epoch, no epoch curves"
+    );
+    let summary = json(&std::fs::read_to_string(report.join("report.json")).expect("json"));
+    assert_eq!(
+        (summary["epochs"].as_u64(), summary["step_lines"].as_u64()),
+        (Some(0), Some(3))
+    );
+}
+
 #[test]
 fn report_draws_pngs_from_the_evaluation() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -233,8 +280,13 @@ fn report_draws_pngs_from_the_evaluation() {
     assert_eq!(summary["epochs"], 2);
     let files = summary["files"].as_array().expect("files").len();
     assert!(listed.lines().count() == files + 1, "{listed}");
+    assert_eq!(size("steps.png"), (1200, 450));
+    // 12 steps, a line every 10 and one for the last 2.
+    assert_eq!(summary["step_lines"], 2);
+    // Not a run directory: an error, and no empty report directory left behind.
     let (good, _, err) = resnet(&["report", "--run", dir.path().to_str().expect("utf8")]);
-    assert!(!good && err.contains("metrics.jsonl"), "{err}");
+    assert!(!good && err.contains("checkpoint"), "{err}");
+    assert!(!dir.path().join("report").exists());
     // A cluster run directory (the coordinator's metrics.jsonl and central checkpoints) works too.
     let cluster = dir.path().join("cluster");
     let status = std::process::Command::new(env!("CARGO_BIN_EXE_coordinator"))

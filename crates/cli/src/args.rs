@@ -301,6 +301,11 @@ pub struct TrainArgs {
     /// stops. The final checkpoint failing always exits 5.
     #[arg(long, value_name = "N", default_value_t = resnet_train::DEFAULT_MAX_CHECKPOINT_FAILURES)]
     pub max_checkpoint_failures: usize,
+    /// Write steps.jsonl in the run directory: a line every N steps (mean loss, LR, images/s,
+    /// phase times), and one for the steps left over at the end; 0: only that last line.
+    /// `resnet report` draws it.
+    #[arg(long, value_name = "N", default_value_t = resnet_train::DEFAULT_STEP_METRICS_EVERY)]
+    pub step_metrics_every: usize,
     /// Print the final summary as JSON on stdout.
     #[arg(long)]
     pub json: bool,

@@ -117,7 +117,9 @@ pub fn run(args: TrainArgs) -> Result<()> {
         }
         .with_kernels(kernels);
         trainer.set_max_checkpoint_failures(args.max_checkpoint_failures);
-        trainer.fit(&mut Progress::new().with_stop(stop))?
+        let steps =
+            resnet_train::StepLog::open(&out, args.step_metrics_every, trainer.state().global_step);
+        trainer.fit(&mut Progress::new().with_stop(stop).with_step_log(steps))?
     });
     if args.json {
         println!("{}", serde_json::to_string_pretty(&summary)?);

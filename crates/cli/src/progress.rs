@@ -14,6 +14,8 @@ pub struct Progress {
     smoothed_ips: f64,
     /// Set by a signal handler: the run stops at the next step boundary.
     stop: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
+    /// The run's steps.jsonl (its last line is written when this is dropped).
+    steps: Option<resnet_train::StepLog>,
 }
 
 impl Progress {
@@ -25,6 +27,7 @@ impl Progress {
             last_line: std::time::Instant::now(),
             smoothed_ips: 0.0,
             stop: None,
+            steps: None,
         }
     }
 
@@ -55,6 +58,12 @@ impl Progress {
         self.stop = Some(flag);
         self
     }
+
+    /// Records every step in `log`.
+    pub fn with_step_log(mut self, log: resnet_train::StepLog) -> Self {
+        self.steps = Some(log);
+        self
+    }
 }
 
 impl TrainObserver for Progress {
@@ -72,6 +81,9 @@ impl TrainObserver for Progress {
     }
 
     fn on_step(&mut self, s: &StepStats) {
+        if let Some(log) = &mut self.steps {
+            log.record(s);
+        }
         let ips = s.images as f64 / s.timing.total().max(1e-9);
         self.smoothed_ips = if self.smoothed_ips == 0.0 {
             ips

@@ -127,6 +127,10 @@ pub(crate) struct Inner {
     pub(crate) failed_stores: Vec<resnet_train::FailedSave>,
     /// The operator asked the run to stop (SIGTERM): heartbeat replies tell the workers.
     pub(crate) stopping: bool,
+    /// Last step written to `steps.jsonl` (from rank 0's heartbeats).
+    step_logged: u64,
+    /// Writing `steps.jsonl` failed once (logged once; the run goes on).
+    step_log_failed: bool,
 }
 
 /// The coordinator's state. Cheap to share (`Arc`).
@@ -203,6 +207,14 @@ impl Coordinator {
                 .into_iter()
                 .filter(|e| e.complete && e.step <= *step)
                 .collect();
+        }
+        // steps.jsonl likewise (a fresh run starts it empty).
+        if let Some(out) = &cfg.out {
+            let step = resume.as_ref().map_or(0, |r| r.1);
+            inner.step_logged = step;
+            if let Err(e) = resnet_train::step_log::truncate_after(out, step as usize) {
+                tracing::warn!(error = %e, "cannot trim steps.jsonl to the resumed step");
+            }
         }
         Ok(Self {
             classes: class_names(&cfg.run),
@@ -517,10 +529,35 @@ impl Coordinator {
         metrics::counter!(crate::metrics::HEARTBEATS_TOTAL).increment(1);
         let slowest = inner.members.iter().map(|m| m.step).min().unwrap_or(0);
         metrics::gauge!(crate::metrics::RUN_STEP).set(slowest as f64);
-        Ok(resnet_proto::HeartbeatReply {
+        let reply = resnet_proto::HeartbeatReply {
             stop: inner.stopping,
             regroup: false,
-        })
+        };
+        // Rank 0's progress is the run's loss curve between epochs (steps.jsonl).
+        let line = match &self.cfg.out {
+            Some(out) if idx == 0 && hb.step > inner.step_logged && !inner.step_log_failed => {
+                inner.step_logged = hb.step;
+                let epoch = inner.epochs.len() + 1;
+                Some((
+                    out.join(resnet_train::STEP_LOG),
+                    resnet_train::step_log::heartbeat_record(
+                        hb.step as usize,
+                        epoch,
+                        hb.loss,
+                        hb.images_per_sec,
+                    ),
+                ))
+            }
+            _ => None,
+        };
+        drop(inner);
+        if let Some((path, r)) = line {
+            if let Err(e) = resnet_train::step_log::append(&path, &r) {
+                tracing::warn!(file = %path.display(), error = %e, "cannot write the step metrics (the run goes on; not retried)");
+                self.lock().step_log_failed = true;
+            }
+        }
+        Ok(reply)
     }
 
     /// Stores one rank's epoch counts; when every rank has reported the epoch, logs and records

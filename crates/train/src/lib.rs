@@ -20,6 +20,7 @@ pub mod record_io;
 mod records;
 mod saves;
 mod schedule;
+pub mod step_log;
 pub mod sweep;
 mod trainer;
 mod warmup;
@@ -47,6 +48,7 @@ pub use records::{
 };
 pub use saves::{FailedSave, DEFAULT_MAX_CHECKPOINT_FAILURES};
 pub use schedule::{ScheduleConfig, ScheduleKind};
+pub use step_log::{StepLog, StepRecord, DEFAULT_STEP_METRICS_EVERY, STEP_LOG};
 pub use trainer::{load_model, load_state, Trainer};
 pub use warmup::{warm_up, WarmUp};
 

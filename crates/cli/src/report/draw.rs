@@ -153,6 +153,77 @@ pub fn curves(path: &Path, points: &[CurvePoint]) -> Result<()> {
     })
 }
 
+/// One line of `steps.jsonl` as drawn.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StepPoint {
+    /// Global step.
+    pub step: f64,
+    /// Mean training loss over the line's steps (None: no finite step).
+    pub loss: Option<f64>,
+    /// Learning rate (None: the line does not say, e.g. a coordinator's heartbeat line).
+    pub lr: Option<f64>,
+}
+
+/// Size of `steps.png`.
+pub const STEPS_SIZE: (u32, u32) = (1200, 450);
+
+/// Training loss (left) and learning rate (right) per step; the LR panel stays empty when no
+/// line carries one.
+pub fn steps(path: &Path, points: &[StepPoint]) -> Result<()> {
+    render(path, STEPS_SIZE, |root| {
+        let (left, right) = root.split_horizontally(STEPS_SIZE.0 / 2);
+        let last = points.iter().map(|p| p.step).fold(1.0, f64::max);
+        for (area, title, data) in [
+            (
+                left,
+                "training loss per step",
+                points
+                    .iter()
+                    .filter_map(|p| p.loss.map(|v| (p.step, v)))
+                    .collect::<Vec<_>>(),
+            ),
+            (
+                right,
+                "learning rate",
+                points
+                    .iter()
+                    .filter_map(|p| p.lr.map(|v| (p.step, v)))
+                    .collect::<Vec<_>>(),
+            ),
+        ] {
+            let hi = data.iter().map(|p| p.1).fold(0.0, f64::max);
+            let hi = if hi > 0.0 && hi.is_finite() {
+                hi * 1.05
+            } else {
+                1.0
+            };
+            let mut chart = ChartBuilder::on(&area)
+                .caption(title, (FONT, 24))
+                .margin(15)
+                .x_label_area_size(40)
+                .y_label_area_size(70)
+                .build_cartesian_2d(0.0..last * 1.02, 0.0..hi)
+                .map_err(plot_err)?;
+            chart
+                .configure_mesh()
+                .x_desc("step")
+                .x_label_formatter(&|x| format!("{x:.0}"))
+                .label_style((FONT, 14))
+                .draw()
+                .map_err(plot_err)?;
+            chart
+                .draw_series(LineSeries::new(data.clone(), TRAIN.stroke_width(2)))
+                .map_err(plot_err)?;
+            if data.len() <= 50 {
+                chart
+                    .draw_series(data.iter().map(|&p| Circle::new(p, 3, TRAIN.filled())))
+                    .map_err(plot_err)?;
+            }
+        }
+        Ok(())
+    })
+}
+
 /// Where the confusion matrix's cells are: left/top corner of cell (0, 0) and the cell side.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HeatmapLayout {

@@ -1,6 +1,8 @@
-//! `resnet report`: pictures of a finished (or running) run: loss and accuracy curves, the
-//! confusion-matrix heatmap, a grid of test predictions and the most confident mistakes, plus
-//! `report.json` with the evaluation the pictures were drawn from.
+//! `resnet report`: pictures of a finished (or running) run: loss and accuracy curves per epoch
+//! and per step, the confusion-matrix heatmap, a grid of test predictions and the most
+//! confident mistakes, plus `report.json` with the evaluation the pictures were drawn from.
+//! A run that never finished an epoch (e.g. `--max-steps`) has no epoch curves but still its
+//! step curves and the evaluation of its checkpoint.
 
 pub mod draw;
 
@@ -13,7 +15,7 @@ use serde::Serialize;
 
 use crate::args::DeviceArgs;
 use crate::device::select;
-use draw::{CurvePoint, Tile};
+use draw::{CurvePoint, StepPoint, Tile};
 
 /// `resnet report`.
 #[derive(Args, Debug)]
@@ -55,8 +57,10 @@ pub struct ReportSummary {
     pub checkpoint: PathBuf,
     /// The evaluation drawn in confusion.png (same numbers as `resnet eval --json`).
     pub eval: EvalReport,
-    /// Epochs plotted in curves.png.
+    /// Epochs plotted in curves.png (0: no epoch had finished; no curves.png).
     pub epochs: usize,
+    /// Lines of steps.jsonl plotted in steps.png (0: none; no steps.png).
+    pub step_lines: usize,
     /// Files written.
     pub files: Vec<PathBuf>,
 }
@@ -68,8 +72,13 @@ pub fn run(args: ReportArgs) -> Result<()> {
     let sel = select(&args.device)?;
     let kernels = crate::kernels::choose(&args.device)?;
     let out = args.out.clone().unwrap_or_else(|| args.run.join("report"));
-    std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+    // Everything is read before the report directory is made: a run that cannot be reported
+    // on leaves nothing behind.
     let points = read_curves(&args.run.join("metrics.jsonl"))?;
+    let step_points = read_steps(&args.run.join(resnet_train::STEP_LOG))?;
+    if points.is_empty() {
+        eprintln!("no epoch has finished in this run: no epoch curves (curves.png)");
+    }
     let ckpt = resolve_checkpoint(args.checkpoint.as_deref().unwrap_or(&args.run))?;
     let (test, logits) = crate::with_infer_backend!(sel, |B, device| {
         let (model, state) = load_model::<B>(&ckpt, &device)?;
@@ -87,13 +96,19 @@ pub fn run(args: ReportArgs) -> Result<()> {
     let mut counts = EvalCounts::new(k);
     count_batch(&logits, &test.labels, k, &mut counts);
     let eval = counts.report(&test.classes);
+    std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
     let mut files = Vec::new();
     let mut file = |name: &str| {
         let p = out.join(name);
         files.push(p.clone());
         p
     };
-    draw::curves(&file("curves.png"), &points)?;
+    if !points.is_empty() {
+        draw::curves(&file("curves.png"), &points)?;
+    }
+    if !step_points.is_empty() {
+        draw::steps(&file("steps.png"), &step_points)?;
+    }
     draw::confusion(&file("confusion.png"), &eval.confusion, &test.classes)?;
     let preds = predictions(&logits, k);
     let first: Vec<usize> = (0..test.len().min(args.grid)).collect();
@@ -121,6 +136,7 @@ pub fn run(args: ReportArgs) -> Result<()> {
         checkpoint: ckpt,
         eval,
         epochs: points.len(),
+        step_lines: step_points.len(),
         files,
     };
     let path = out.join("report.json");
@@ -134,14 +150,14 @@ pub fn run(args: ReportArgs) -> Result<()> {
 }
 
 /// Reads the curves from a `resnet train` or `coordinator` metrics.jsonl (both carry epoch,
-/// train_loss, train_accuracy and an optional test object with loss and accuracy).
+/// train_loss, train_accuracy and an optional test object with loss and accuracy). A missing
+/// file is a run that has not finished an epoch: no points.
 pub fn read_curves(path: &Path) -> Result<Vec<CurvePoint>> {
-    let text = std::fs::read_to_string(path).with_context(|| {
-        format!(
-            "reading {} (is this a run directory of resnet train or coordinator?)",
-            path.display()
-        )
-    })?;
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    };
     let mut points = Vec::new();
     for (i, line) in text
         .lines()
@@ -173,6 +189,28 @@ pub fn read_curves(path: &Path) -> Result<Vec<CurvePoint>> {
         });
     }
     Ok(points)
+}
+
+/// Reads `steps.jsonl` (missing: no points); a malformed line is an error naming it.
+pub fn read_steps(path: &Path) -> Result<Vec<StepPoint>> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    };
+    text.lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+        .map(|(i, line)| {
+            let r: resnet_train::StepRecord = serde_json::from_str(line)
+                .with_context(|| format!("{} line {}: not a step record", path.display(), i + 1))?;
+            Ok(StepPoint {
+                step: r.step as f64,
+                loss: r.loss,
+                lr: r.lr,
+            })
+        })
+        .collect()
 }
 
 /// (predicted class, its softmax probability) per image.
