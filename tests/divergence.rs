@@ -148,3 +148,51 @@ fn nonfinite_and_out_of_range_options_are_named_errors() {
         assert!(!stderr.contains("panicked"), "{stderr}");
     }
 }
+
+/// A cluster that diverges: every rank stops at the same step with exit code 3, and tells the
+/// coordinator why, which ends the run at once with exit code 3 and the reason (instead of
+/// waiting for its silent workers: its heartbeat timeout here is 60 s).
+#[test]
+fn a_diverging_cluster_stops_every_process_with_exit_code_3() {
+    let port = common::free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let url = format!("http://{listen}");
+    let out = tempfile::tempdir().expect("tmp");
+    let mut args = vec![
+        "--workers",
+        "2",
+        "--listen",
+        &listen,
+        "--out",
+        out.path().to_str().expect("utf8"),
+        "--heartbeat-timeout",
+        "60",
+    ];
+    // The run flags of `resnet train` above, without the subcommand and its --out.
+    let run = train_args(out.path(), "1e30", &[]);
+    args.extend(&run[1..run.len() - 2]);
+    let coord = common::spawn(env!("CARGO_BIN_EXE_coordinator"), &args);
+    let workers: Vec<_> = ["w0", "w1"]
+        .iter()
+        .map(|id| {
+            common::spawn(
+                env!("CARGO_BIN_EXE_worker"),
+                &["--coordinator", &url, "--worker-id", id],
+            )
+        })
+        .collect();
+    let mut steps = Vec::new();
+    for w in workers {
+        let o = w.wait_with_output().expect("worker");
+        let stderr = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(3), "worker:\n{stderr}");
+        steps.push(diverged_step(&stderr));
+    }
+    assert_eq!(steps[0], steps[1], "every rank stops at the same step");
+    let c = coord.wait_with_output().expect("coordinator");
+    let stderr = String::from_utf8_lossy(&c.stderr);
+    assert_eq!(c.status.code(), Some(3), "coordinator:\n{stderr}");
+    assert_eq!(diverged_step(&stderr), steps[0], "{stderr}");
+    assert!(stderr.contains("reported by worker"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}

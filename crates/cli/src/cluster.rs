@@ -365,6 +365,15 @@ fn coordinate(a: &CoordinatorCli, sel: Selected, kernels: KernelChoice) -> Resul
             if why.starts_with("stopped by a signal") {
                 return Err(crate::Interrupted(why).into());
             }
+            // Exit code 3, as the workers: retrying the same run diverges again.
+            if let Some((step, loss, why)) = coord.divergence() {
+                return Err(resnet_train::TrainError::NonFinite {
+                    step: step as usize,
+                    loss,
+                    why,
+                }
+                .into());
+            }
             bail!("{why}");
         }
     };

@@ -72,8 +72,9 @@ impl Coordinator {
         true
     }
 
-    /// A worker leaves before the end (SIGTERM). Before the group is complete it is simply
-    /// removed; while training, the group re-forms without it at once (the survivors learn it
+    /// A worker leaves before the end (SIGTERM), or says the training diverged (the run ends at
+    /// once with that reason: every rank stops at the same step). Before the group is complete a
+    /// leaving worker is simply removed; while training, the group re-forms without it at once (the survivors learn it
     /// from their next heartbeat reply) instead of after the heartbeat timeout. A run that
     /// cannot re-form (no checkpoint store), or whose last worker leaves, fails with a reason
     /// naming the worker.
@@ -82,8 +83,27 @@ impl Coordinator {
         let why = if l.reason.is_empty() {
             "no reason given".to_string()
         } else {
-            l.reason.chars().take(200).collect()
+            l.reason.chars().take(2000).collect()
         };
+        if l.diverged && self.phase() == Phase::Running {
+            let mut inner = self.lock();
+            if !inner.members.iter().any(|m| m.worker_id == id) {
+                return Err(Refusal::Unknown(format!(
+                    "'{id}' is not a member of the running group"
+                )));
+            }
+            inner.diverged.get_or_insert((
+                l.step,
+                l.loss,
+                format!("{why}; reported by worker '{id}'"),
+            ));
+            drop(inner);
+            self.fail(format!(
+                "training diverged: worker '{id}' stopped at step {} (loss {}): {why}",
+                l.step, l.loss
+            ));
+            return Ok(());
+        }
         match self.phase() {
             Phase::Waiting => {
                 let mut inner = self.lock();

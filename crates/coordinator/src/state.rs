@@ -131,6 +131,8 @@ pub(crate) struct Inner {
     step_logged: u64,
     /// Writing `steps.jsonl` failed once (logged once; the run goes on).
     step_log_failed: bool,
+    /// The training diverged: (step, loss, the worker's message), from the first report.
+    pub(crate) diverged: Option<(u64, f64, String)>,
 }
 
 /// The coordinator's state. Cheap to share (`Arc`).
@@ -259,6 +261,12 @@ impl Coordinator {
             inner.failure = Some(reason);
             self.set_phase(Phase::Failed);
         }
+    }
+
+    /// Where the training diverged (step, loss, message), when a worker said so: the run failed
+    /// for that reason (the binary exits with the divergence code, not a generic failure).
+    pub fn divergence(&self) -> Option<(u64, f64, String)> {
+        self.lock().diverged.clone()
     }
 
     /// Asks the workers to stop at the next step boundary with a checkpoint (they learn it from

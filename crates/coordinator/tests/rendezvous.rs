@@ -427,6 +427,8 @@ fn leave(id: &str, rank: usize, step: u64) -> Leave {
         generation: 1,
         step,
         reason: "SIGTERM".into(),
+        diverged: false,
+        loss: f64::NAN,
     }
 }
 

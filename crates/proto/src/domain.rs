@@ -136,8 +136,12 @@ pub struct Leave {
     pub generation: u64,
     /// Steps its replica had completed.
     pub step: u64,
-    /// Why ("SIGTERM").
+    /// Why ("SIGTERM", or the divergence message).
     pub reason: String,
+    /// The training diverged: the run cannot go on (every rank stops at the same step).
+    pub diverged: bool,
+    /// With `diverged`: this rank's loss at `step`.
+    pub loss: f64,
 }
 
 impl From<JoinRequest> for v1::JoinRequest {
@@ -297,6 +301,8 @@ impl From<Leave> for v1::LeaveRequest {
             generation: l.generation,
             step: l.step,
             reason: l.reason,
+            diverged: l.diverged,
+            loss: l.loss,
         }
     }
 }
@@ -308,6 +314,8 @@ impl From<v1::LeaveRequest> for Leave {
             generation: l.generation,
             step: l.step,
             reason: l.reason,
+            diverged: l.diverged,
+            loss: l.loss,
         }
     }
 }

@@ -353,6 +353,8 @@ fn leave(
         generation,
         step,
         reason: "SIGTERM".into(),
+        diverged: false,
+        loss: f64::NAN,
     }) {
         tracing::warn!(error = %e, "could not announce the leave: the coordinator will notice the silence instead");
     }

@@ -376,6 +376,21 @@ pub fn run_worker<B: AutodiffBackend>(
             step: trainer.state().global_step as u64,
         });
     }
+    // A diverged run cannot go on: say so, so the coordinator ends the run with the reason at
+    // once (every rank stops at the same step) instead of waiting for silent workers.
+    if let Err(TrainError::NonFinite { step, loss, why }) = &result {
+        if let Err(c) = obs.control.leave(resnet_proto::Leave {
+            worker_id: opts.worker_id.clone(),
+            rank: a.rank,
+            generation: a.generation,
+            step: *step as u64,
+            reason: why.clone(),
+            diverged: true,
+            loss: *loss,
+        }) {
+            tracing::warn!(error = %c, "could not tell the coordinator that the training diverged");
+        }
+    }
     let summary = result?;
     if let Some(e) = obs.error {
         return Err(e.into());
