@@ -230,11 +230,13 @@ pub struct RunArgs {
     /// Freeze BatchNorm statistics while training (use and keep the running statistics).
     #[arg(long)]
     pub freeze_bn: bool,
-    /// What a step whose loss is NaN or infinite does: `stop` ends the run before the step is
-    /// applied, exit code 3, the newest checkpoint finite; `skip-step` drops the step (weights
-    /// and BatchNorm statistics unchanged) and goes on, stopping as `stop` after 10 in a row
-    /// [default: stop].
-    #[arg(long, value_name = "stop|skip-step")]
+    /// What a step whose loss (or, data parallel, all-reduced gradient) is NaN or infinite
+    /// does: `stop` ends the run before the step is applied, exit code 3, the newest checkpoint
+    /// finite; `skip-step` drops the step (weights and BatchNorm statistics unchanged) and goes
+    /// on, stopping as `stop` after 10 in a row; `rollback` returns to the newest checkpoint's
+    /// state and passes over the batches from there to the bad step, stopping as `stop` after
+    /// 3 rollbacks [default: stop].
+    #[arg(long, value_name = "stop|skip-step|rollback")]
     pub on_nonfinite: Option<String>,
     /// Convolution arithmetic: f32, or bf16 as autocast does it (operands and results rounded
     /// to bf16, f32 accumulation; weights, BatchNorm, classifier, loss and optimizer stay f32).

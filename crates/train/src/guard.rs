@@ -8,13 +8,23 @@
 //! `skip-step` leaves the weights and the BatchNorm running statistics as they were before the
 //! step and goes on with the next batch; after [`MAX_CONSECUTIVE_SKIPS`] skipped steps in a row
 //! the run stops as with `stop` (a run that only skips is not training).
+//! `rollback` goes back to the state of the newest checkpoint or epoch end (kept in memory on
+//! every rank, so no disk read and no rank without it) and passes over the batches from there
+//! up to the non-finite step — the data that led into the divergence — before training on; after
+//! [`MAX_ROLLBACKS`] rollbacks in one process the run stops as with `stop`.
 
+use burn::module::{Module, ModuleVisitor, Param};
+use burn::tensor::backend::Backend;
+use burn::tensor::Tensor;
 use serde::{Deserialize, Serialize};
 
 use crate::TrainError;
 
 /// Skipped steps in a row after which `skip-step` stops the run.
 pub const MAX_CONSECUTIVE_SKIPS: usize = 10;
+
+/// Rollbacks in one process after which `rollback` stops the run.
+pub const MAX_ROLLBACKS: usize = 3;
 
 /// `on_nonfinite` / `--on-nonfinite`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -25,6 +35,8 @@ pub enum NonFinitePolicy {
     Stop,
     /// Drop the step (weights and BatchNorm statistics unchanged) and continue.
     SkipStep,
+    /// Go back to the newest checkpoint's state and pass over the batches that led here.
+    Rollback,
 }
 
 impl NonFinitePolicy {
@@ -33,6 +45,7 @@ impl NonFinitePolicy {
         match self {
             Self::Stop => "stop",
             Self::SkipStep => "skip-step",
+            Self::Rollback => "rollback",
         }
     }
 }
@@ -43,8 +56,9 @@ impl std::str::FromStr for NonFinitePolicy {
         match s {
             "stop" => Ok(Self::Stop),
             "skip-step" => Ok(Self::SkipStep),
+            "rollback" => Ok(Self::Rollback),
             o => Err(format!(
-                "unknown on_nonfinite '{o}': expected stop, skip-step"
+                "unknown on_nonfinite '{o}': expected stop, skip-step, rollback"
             )),
         }
     }
@@ -57,6 +71,8 @@ pub enum Verdict {
     Apply,
     /// Drop it and continue.
     Skip,
+    /// Drop it, return to the newest checkpoint's state and pass over the batches since.
+    Rollback,
 }
 
 /// The guard's memory: skipped steps in a row and in total.
@@ -66,6 +82,8 @@ pub struct Guard {
     pub consecutive: usize,
     /// Skipped steps in this process.
     pub skipped: usize,
+    /// Rollbacks in this process.
+    pub rollbacks: usize,
 }
 
 impl Guard {
@@ -93,8 +111,41 @@ impl Guard {
                 self.skipped += 1;
                 Ok(Verdict::Skip)
             }
+            NonFinitePolicy::Rollback if self.rollbacks >= MAX_ROLLBACKS => stop(format!(
+                "{MAX_ROLLBACKS} rollbacks did not get past the divergence (on_nonfinite = rollback)"
+            )),
+            NonFinitePolicy::Rollback => {
+                self.rollbacks += 1;
+                Ok(Verdict::Rollback)
+            }
         }
     }
+}
+
+/// Whether every parameter and buffer of `module` is finite: `x * 0` is 0 for finite `x` and
+/// NaN otherwise, so one sum per tensor, added up and read back once, answers it without
+/// overflowing. Checked before a checkpoint is written, so none ever holds non-finite weights.
+pub fn weights_finite<B: Backend, M: Module<B>>(module: &M) -> bool {
+    struct Zeros<B: Backend> {
+        total: Option<Tensor<B, 1>>,
+    }
+    impl<B: Backend> ModuleVisitor<B> for Zeros<B> {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+            let z = (param.val() * 0.0).sum();
+            self.total = Some(match self.total.take() {
+                Some(t) => t + z,
+                None => z,
+            });
+        }
+    }
+    let mut v = Zeros::<B> { total: None };
+    module.visit(&mut v);
+    v.total.is_none_or(|t| {
+        t.into_data()
+            .convert::<f32>()
+            .to_vec::<f32>()
+            .is_ok_and(|v| v.first() == Some(&0.0))
+    })
 }
 
 /// Whether this rank's step is not finite (the flag it contributes to the all-reduce).
@@ -144,11 +195,58 @@ mod tests {
     }
 
     #[test]
+    fn rollback_rolls_back_then_gives_up_after_its_limit() {
+        let mut g = Guard::default();
+        let p = NonFinitePolicy::Rollback;
+        assert_eq!(g.decide(p, false, 1, 1.0).expect("apply"), Verdict::Apply);
+        for step in 2..2 + MAX_ROLLBACKS {
+            assert_eq!(
+                g.decide(p, true, step, f64::NAN).expect("rollback"),
+                Verdict::Rollback
+            );
+            // Finite steps between rollbacks do not reset the count: the limit is per process.
+            assert_eq!(
+                g.decide(p, false, step, 1.0).expect("apply"),
+                Verdict::Apply
+            );
+        }
+        let e = g.decide(p, true, 50, f64::NAN).expect_err("gives up");
+        assert!(e.to_string().contains("rollbacks"), "{e}");
+    }
+
+    #[test]
     fn names_round_trip() {
-        for p in [NonFinitePolicy::Stop, NonFinitePolicy::SkipStep] {
+        for p in [
+            NonFinitePolicy::Stop,
+            NonFinitePolicy::SkipStep,
+            NonFinitePolicy::Rollback,
+        ] {
             assert_eq!(p.name().parse::<NonFinitePolicy>(), Ok(p));
         }
-        assert!("rollback".parse::<NonFinitePolicy>().is_err());
+        assert!("restart".parse::<NonFinitePolicy>().is_err());
         assert!(nonfinite(f32::NAN) && nonfinite(f32::NEG_INFINITY) && !nonfinite(1e30));
+    }
+
+    #[test]
+    fn weights_with_a_nan_or_an_infinity_are_not_finite() {
+        use burn::backend::Flex;
+        use burn::module::Param;
+        use burn::tensor::{Tensor, TensorData};
+        #[derive(burn::module::Module, Debug)]
+        struct Two<B: Backend> {
+            a: Param<Tensor<B, 1>>,
+            b: Param<Tensor<B, 2>>,
+        }
+        let device = Default::default();
+        let two = |a: Vec<f32>, b: Vec<f32>| Two::<Flex> {
+            a: Param::from_tensor(Tensor::from_data(TensorData::new(a, [2]), &device)),
+            b: Param::from_tensor(Tensor::from_data(TensorData::new(b, [1, 2]), &device)),
+        };
+        assert!(weights_finite(&two(vec![1e38, -3.0], vec![3e38, 3e38])));
+        assert!(!weights_finite(&two(vec![1.0, 2.0], vec![f32::NAN, 0.0])));
+        assert!(!weights_finite(&two(
+            vec![f32::NEG_INFINITY, 2.0],
+            vec![0.0, 0.0]
+        )));
     }
 }

@@ -32,14 +32,14 @@ pub use checkpoint::{
 pub use config::TrainConfig;
 pub use eval::{batch_tensor, evaluate, predict};
 pub use finetune::{take_head_grads, FinetuneConfig, FREEZABLE};
-pub use guard::{Guard, NonFinitePolicy, Verdict, MAX_CONSECUTIVE_SKIPS};
+pub use guard::{Guard, NonFinitePolicy, Verdict, MAX_CONSECUTIVE_SKIPS, MAX_ROLLBACKS};
 pub use hash::param_hash;
 pub use loss::{smoothed_targets, soft_cross_entropy, targets_tensor};
 pub use metrics::{argmax, count_batch, ClassMetrics, EvalCounts, EvalReport};
 pub use mix::{mix_images, mixed_targets, MixConfig, MixDraw};
 pub use optim::{AnyOptimizer, OptimConfig, OptimizerKind};
 pub use parallel::{
-    broadcast_model, sync_batchnorm, sync_gradients, sync_gradients_with, GradSync,
+    broadcast_model, sync_batchnorm, sync_gradients, sync_gradients_with, GradSync, Synced,
 };
 pub use record_io::checkpoint_bytes_bound;
 pub use records::{
@@ -88,7 +88,7 @@ pub enum TrainError {
     #[error(
         "step {step}: the training loss is {loss} (diverged; {why}); the weights before this step \
          are kept and the newest checkpoint holds finite ones. Lower the learning rate, or use \
-         --on-nonfinite skip-step"
+         --on-nonfinite skip-step or rollback"
     )]
     NonFinite {
         /// The step that was not applied (1-based).

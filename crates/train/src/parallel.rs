@@ -85,7 +85,17 @@ pub fn sync_gradients<B: AutodiffBackend>(
     sync: &mut dyn GradSync,
     device: &B::Device,
 ) -> Result<usize, TrainError> {
-    sync_gradients_with(model, grads, sync, device, &mut [])
+    sync_gradients_with(model, grads, sync, device, &mut []).map(|s| s.bytes)
+}
+
+/// What one gradient sync did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Synced {
+    /// Gradient bytes all-reduced.
+    pub bytes: usize,
+    /// Whether every element of the all-reduced gradient is finite. A NaN or infinity on any
+    /// rank survives the sum, so every rank sees the same answer without another exchange.
+    pub grads_finite: bool,
 }
 
 /// [`sync_gradients`], averaging `flags` in the same all-reduce: a free way for the ranks to
@@ -96,7 +106,7 @@ pub fn sync_gradients_with<B: AutodiffBackend>(
     sync: &mut dyn GradSync,
     device: &B::Device,
     flags: &mut [f32],
-) -> Result<usize, TrainError> {
+) -> Result<Synced, TrainError> {
     let mut c = Collect::<B> {
         grads,
         parts: Vec::new(),
@@ -116,29 +126,44 @@ pub fn sync_gradients_with<B: AutodiffBackend>(
         ));
     }
     if parts.is_empty() {
-        return Ok(0);
+        return Ok(Synced {
+            bytes: 0,
+            grads_finite: true,
+        });
     }
     // One buffer, one collective call, one transfer each way (not one per parameter).
     let mut flat = Tensor::cat(parts, 0);
-    match sync.all_reduce_mean_device(&mut flat) {
-        Some(r) => r.map_err(TrainError::Collective)?,
+    let grads_finite = match sync.all_reduce_mean_device(&mut flat) {
+        Some(r) => {
+            r.map_err(TrainError::Collective)?;
+            // x * 0 is 0 for every finite x and NaN for NaN or ±inf, so this sum is 0 exactly
+            // when every element is finite (no overflow, unlike a norm). It is read back with
+            // the flags: one transfer.
+            let zero = (flat.clone().narrow(0, 0, grads_len) * 0.0).sum();
+            let mut tail = Vec::with_capacity(2);
+            if !flags.is_empty() {
+                tail.push(flat.clone().narrow(0, grads_len, flags.len()));
+            }
+            tail.push(zero);
+            let tail = Tensor::cat(tail, 0);
+            let tail: Vec<f32> = tail.into_data().convert::<f32>().to_vec().map_err(|e| {
+                TrainError::Collective(format!("reading the step flags back: {e:?}"))
+            })?;
+            flags.copy_from_slice(&tail[..flags.len()]);
+            tail[flags.len()] == 0.0
+        }
         None => {
             let mut host: Vec<f32> = flat.into_data().convert::<f32>().to_vec().map_err(|e| {
                 TrainError::Collective(format!("reading the gradients back: {e:?}"))
             })?;
             sync.all_reduce_mean(&mut host)
                 .map_err(TrainError::Collective)?;
+            flags.copy_from_slice(&host[grads_len..]);
+            let finite = host[..grads_len].iter().all(|v| v.is_finite());
             flat = Tensor::from_data(TensorData::new(host, [grads_len + flags.len()]), device);
+            finite
         }
-    }
-    if !flags.is_empty() {
-        let agreed = flat.clone().narrow(0, grads_len, flags.len());
-        let agreed: Vec<f32> =
-            agreed.into_data().convert::<f32>().to_vec().map_err(|e| {
-                TrainError::Collective(format!("reading the step flags back: {e:?}"))
-            })?;
-        flags.copy_from_slice(&agreed);
-    }
+    };
     let mut r = Register::<B> {
         grads,
         flat: &flat,
@@ -147,7 +172,10 @@ pub fn sync_gradients_with<B: AutodiffBackend>(
         offset: 0,
     };
     model.visit(&mut r);
-    Ok(grads_len * std::mem::size_of::<f32>())
+    Ok(Synced {
+        bytes: grads_len * std::mem::size_of::<f32>(),
+        grads_finite,
+    })
 }
 
 /// Averages BatchNorm running statistics over the replicas (each replica saw its own shard), so

@@ -225,4 +225,10 @@ pub struct TrainSummary {
     /// Checkpoints that could not be written, oldest first.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub failed_checkpoints: Vec<crate::FailedSave>,
+    /// Non-finite steps dropped in this process (`on_nonfinite = skip-step`).
+    #[serde(default)]
+    pub skipped_steps: usize,
+    /// Returns to the newest checkpoint's state in this process (`on_nonfinite = rollback`).
+    #[serde(default)]
+    pub rollbacks: usize,
 }

@@ -37,6 +37,16 @@ use crate::records::{
 use crate::saves::{lost, SaveLog, RETRY_PAUSE, SAVE_ATTEMPTS};
 use crate::{param_hash, AnyOptimizer, NonFinitePolicy, ScheduleKind, TrainConfig, TrainError};
 
+/// What `on_nonfinite = rollback` returns to: the state of the newest checkpoint (or epoch end),
+/// kept in memory on every rank (tensors are shared, not copied, until training replaces them).
+struct Snapshot<B: AutodiffBackend> {
+    model: ResNet<B>,
+    optim: AnyOptimizer<B>,
+    state: TrainState,
+    checkpointed_at: Option<usize>,
+    bn_synced_at: Option<usize>,
+}
+
 /// A model, its optimizer and data, and the state that says where training is.
 pub struct Trainer<B: AutodiffBackend> {
     device: B::Device,
@@ -65,6 +75,14 @@ pub struct Trainer<B: AutodiffBackend> {
     stop_agreed: bool,
     /// The divergence guard's memory (`on_nonfinite`).
     guard: Guard,
+    /// The last step's training loss (for the message when a checkpoint finds non-finite
+    /// weights).
+    last_loss: f64,
+    /// `on_nonfinite = rollback`: the state to return to (taken at every checkpoint).
+    snapshot: Option<Snapshot<B>>,
+    /// After a rollback: batches are passed over until this global step (the one that was not
+    /// finite) has been reached again.
+    skip_until: usize,
     /// Checkpoints that failed, and when that stops the run.
     saves: SaveLog,
     /// The kernels the caller chose (`with_kernels`); the model runs them with the run's
@@ -257,6 +275,9 @@ impl<B: AutodiffBackend> Trainer<B> {
             stop_wanted: false,
             stop_agreed: false,
             guard: Guard::default(),
+            last_loss: f64::NAN,
+            snapshot: None,
+            skip_until: 0,
             saves: SaveLog::default(),
             kernels,
         }
@@ -380,6 +401,7 @@ impl<B: AutodiffBackend> Trainer<B> {
             self.model = Some(broadcast_model(model, sync.as_mut(), 0)?);
         }
         obs.on_start(spe, limit, self.state.global_step);
+        self.take_snapshot();
         let mut interrupted = false;
         let loader_cfg = LoaderConfig {
             batch_size: cfg.batch_size,
@@ -404,11 +426,28 @@ impl<B: AutodiffBackend> Trainer<B> {
                 self.state.batch_in_epoch,
             );
             let mut waited = Instant::now();
+            let mut rolled_back = false;
             for batch in loader {
+                if self.state.global_step < self.skip_until {
+                    // A batch of the window that led into a divergence: passed over.
+                    self.state.global_step += 1;
+                    self.state.batch_in_epoch += 1;
+                    if self.state.global_step >= limit {
+                        break;
+                    }
+                    continue;
+                }
                 let data = waited.elapsed().as_secs_f64();
                 let lr = self.lr_at(self.state.global_step, spe, total);
                 self.stop_wanted = obs.stop_requested();
                 let (loss, correct, mut timing, verdict) = self.train_step(&batch, lr)?;
+                self.last_loss = loss;
+                if verdict == Verdict::Rollback {
+                    self.roll_back(self.state.global_step + 1)?;
+                    rolled_back = true;
+                    interrupted = self.stop_agreed;
+                    break;
+                }
                 timing.data = data;
                 let s = &mut self.state;
                 s.global_step += 1;
@@ -442,6 +481,43 @@ impl<B: AutodiffBackend> Trainer<B> {
                 let step_due = cfg
                     .checkpoint_steps
                     .is_some_and(|n| n > 0 && s.global_step.is_multiple_of(n));
+                // A finite loss can hide a non-finite gradient (a data-parallel group checks the
+                // reduced gradient; alone, the next step's loss shows it). Before anything could
+                // save this step's weights, every rank checks them, so all decide alike.
+                let saving = step_due
+                    || self.time_checkpoint_due
+                    || s.batch_in_epoch == spe
+                    || s.global_step >= limit
+                    || self.stop_agreed
+                    || (self.peers().is_none() && obs.stop_requested());
+                if saving && !crate::guard::weights_finite(&self.model().valid()) {
+                    let step = self.state.global_step;
+                    let policy = self.state.config.on_nonfinite;
+                    match self.guard.decide(policy, true, step, loss) {
+                        Ok(Verdict::Rollback) => {
+                            self.roll_back(step)?;
+                            rolled_back = true;
+                            interrupted = self.stop_agreed;
+                            break;
+                        }
+                        other => {
+                            // `skip-step` cannot take back a step already applied; `stop` and
+                            // a `rollback` out of tries say why they stop.
+                            let rule = match other {
+                                Err(TrainError::NonFinite { why, .. }) => why,
+                                _ => format!("on_nonfinite = {}", policy.name()),
+                            };
+                            return Err(TrainError::NonFinite {
+                                step,
+                                loss,
+                                why: format!(
+                                    "the weights after this step are not finite (its gradient \
+                                     was not), so nothing of it is saved; {rule}"
+                                ),
+                            });
+                        }
+                    }
+                }
                 if step_due || self.time_checkpoint_due {
                     self.checkpoint(obs)?;
                 }
@@ -455,6 +531,10 @@ impl<B: AutodiffBackend> Trainer<B> {
                     break;
                 }
                 waited = Instant::now();
+            }
+            // Back at the newest checkpoint's step: the loader starts again from there.
+            if rolled_back && !interrupted {
+                continue;
             }
             // Stopped by max_steps inside the epoch, or asked to stop (then the epoch's end and
             // its evaluation are left to the resumed run: a resume at the last batch of an
@@ -507,6 +587,8 @@ impl<B: AutodiffBackend> Trainer<B> {
             param_hash: param_hash(&self.model().valid()),
             interrupted,
             failed_checkpoints: self.saves.failed.clone(),
+            skipped_steps: self.guard.skipped,
+            rollbacks: self.guard.rollbacks,
         };
         if let Some(o) = &self.out {
             let written = write_json_synced(&o.join("summary.json"), &summary);
@@ -635,6 +717,9 @@ impl<B: AutodiffBackend> Trainer<B> {
         if (due || self.state.epoch == cfg.epochs) && !fresh {
             self.checkpoint(obs)?;
         }
+        // Also without a checkpoint: a rollback never returns into an epoch whose metrics are
+        // recorded (and, in a cluster, reported to the coordinator) already.
+        self.take_snapshot();
         Ok(())
     }
 
@@ -757,11 +842,16 @@ impl<B: AutodiffBackend> Trainer<B> {
         ];
         self.time_checkpoint_due = due_here || self.stop_wanted;
         self.stop_agreed = self.stop_wanted;
+        // Data parallel: the all-reduced gradient is checked too (a finite loss can still have
+        // an infinite gradient); alone, a non-finite gradient shows in the next step's loss,
+        // and the checkpoint refuses non-finite weights meanwhile.
+        let mut grads_finite = true;
         if let Some(sync) = self.parallel.as_mut().filter(|p| p.world() > 1) {
             let world = sync.world() as f32;
             match sync_gradients_with(&model, &mut grads, sync.as_mut(), &self.device, &mut flags) {
-                Ok(bytes) => {
-                    self.last_allreduce_bytes = bytes;
+                Ok(synced) => {
+                    self.last_allreduce_bytes = synced.bytes;
+                    grads_finite = synced.grads_finite;
                     // The all-reduce averages: back to the group's sum.
                     let sum = flags[0] * world;
                     self.time_checkpoint_due = sum > 0.5;
@@ -776,17 +866,28 @@ impl<B: AutodiffBackend> Trainer<B> {
         let t3 = Instant::now();
         let policy = self.state.config.on_nonfinite;
         let step = self.state.global_step + 1;
-        let verdict = match self
-            .guard
-            .decide(policy, flags[1] > 0.0, step, loss_value as f64)
-        {
+        let verdict = match self.guard.decide(
+            policy,
+            flags[1] > 0.0 || !grads_finite,
+            step,
+            loss_value as f64,
+        ) {
             Ok(v) => v,
+            Err(TrainError::NonFinite { step, loss, why }) if !grads_finite => {
+                self.model = Some(model);
+                return Err(TrainError::NonFinite {
+                    step,
+                    loss,
+                    why: format!("the all-reduced gradient is not finite; {why}"),
+                });
+            }
             Err(e) => {
                 self.model = Some(model);
                 return Err(e);
             }
         };
-        if verdict == Verdict::Skip {
+        if verdict != Verdict::Apply {
+            // (A rollback replaces the whole model next, statistics included.)
             if let Some(before) = stats_before {
                 for (bn, (mean, var)) in model.batchnorms_mut().into_iter().zip(before) {
                     bn.set_running_stats(mean, var);
@@ -865,7 +966,49 @@ impl<B: AutodiffBackend> Trainer<B> {
         // On every rank, so all ranks agree whether the end of `fit` still needs one.
         self.checkpointed_at = Some(self.state.global_step);
         self.last_checkpoint_time = Instant::now();
-        self.write_checkpoint_now(obs)
+        self.write_checkpoint_now(obs)?;
+        self.take_snapshot();
+        Ok(())
+    }
+
+    /// `on_nonfinite = rollback`: remembers the current state (at the start of `fit`, at every
+    /// checkpoint and at every epoch's end, which every rank reaches at the same step).
+    fn take_snapshot(&mut self) {
+        if self.state.config.on_nonfinite != NonFinitePolicy::Rollback {
+            return;
+        }
+        if let Some(model) = &self.model {
+            self.snapshot = Some(Snapshot {
+                model: model.clone(),
+                optim: self.optim.clone(),
+                state: self.state.clone(),
+                checkpointed_at: self.checkpointed_at,
+                bn_synced_at: self.bn_synced_at,
+            });
+        }
+    }
+
+    /// Returns to the snapshot after step `bad` was not finite, and passes over the batches up
+    /// to and including that step when training goes on.
+    fn roll_back(&mut self, bad: usize) -> Result<(), TrainError> {
+        let snap = self.snapshot.as_ref().ok_or_else(|| {
+            TrainError::Config("on_nonfinite = rollback without a state to return to".into())
+        })?;
+        self.model = Some(snap.model.clone());
+        self.optim = snap.optim.clone();
+        self.state = snap.state.clone();
+        self.checkpointed_at = snap.checkpointed_at;
+        self.bn_synced_at = snap.bn_synced_at;
+        let back_to = self.state.global_step;
+        self.skip_until = bad;
+        tracing::warn!(
+            step = bad,
+            back_to,
+            rollbacks = self.guard.rollbacks,
+            "non-finite step: rolled back to the newest checkpoint's state; steps {}..={bad} pass over their batches (on_nonfinite = rollback)",
+            back_to + 1
+        );
+        Ok(())
     }
 
     /// Writes this replica's state as a checkpoint without talking to the other ranks (no-op
@@ -873,6 +1016,18 @@ impl<B: AutodiffBackend> Trainer<B> {
     /// others from it.
     pub fn write_checkpoint_now(&mut self, obs: &mut dyn TrainObserver) -> Result<(), TrainError> {
         let Some(out) = &self.out else { return Ok(()) };
+        // A finite loss can hide an infinite gradient (caught by the next step's loss, or at
+        // once in a data-parallel run): such weights are never saved, so the newest checkpoint
+        // always holds finite ones.
+        if !crate::guard::weights_finite(&self.model().valid()) {
+            return Err(TrainError::NonFinite {
+                step: self.state.global_step,
+                loss: self.last_loss,
+                why: "the weights after this step are not finite (its gradient was not); \
+                      its checkpoint was not written"
+                    .into(),
+            });
+        }
         let root = out.join("checkpoints");
         let started = Instant::now();
         let model = self.model().clone();

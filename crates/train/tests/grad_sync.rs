@@ -118,10 +118,11 @@ fn synced(path: Path) -> (PerParam, PerParam, Scale, Vec<f32>) {
     let mut sync = Scale::new(path);
     let mut flags = vec![4.0, -2.0];
     let device: burn::tensor::Device<B> = Default::default();
-    let bytes = sync_gradients_with(&model, &mut grads, &mut sync, &device, &mut flags)
+    let synced = sync_gradients_with(&model, &mut grads, &mut sync, &device, &mut flags)
         .expect("sync succeeds");
     let n: usize = before.iter().flatten().map(Vec::len).sum();
-    assert_eq!(bytes, 4 * n, "bytes reported = the gradients' size");
+    assert_eq!(synced.bytes, 4 * n, "bytes reported = the gradients' size");
+    assert!(synced.grads_finite);
     (before, grads_of(&model, &grads), sync, flags)
 }
 
@@ -180,4 +181,22 @@ fn a_failing_device_sync_is_a_collective_error() {
         sync.host_calls, 0,
         "no silent fallback after a failed device call"
     );
+}
+
+/// A peer whose gradient is not finite (here: the fake reduce scales by infinity) shows in the
+/// reduced buffer, so every rank learns it from the sync itself, on both paths.
+#[test]
+fn a_nonfinite_reduced_gradient_is_reported_on_both_paths() {
+    for path in [Path::Host, Path::Device] {
+        let (model, mut grads) = model_and_grads();
+        let mut sync = Scale {
+            factor: f32::INFINITY,
+            ..Scale::new(path)
+        };
+        let device: burn::tensor::Device<B> = Default::default();
+        let mut flags = vec![0.0, 0.0];
+        let synced = sync_gradients_with(&model, &mut grads, &mut sync, &device, &mut flags)
+            .expect("sync succeeds");
+        assert!(!synced.grads_finite, "{path:?}");
+    }
 }
