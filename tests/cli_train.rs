@@ -387,3 +387,63 @@ fn a_checkpoint_whose_config_disagrees_with_its_weights_is_a_named_error() {
         assert!(!stderr.contains("panicked"), "{stderr}");
     }
 }
+
+/// Every stderr line of a JSON-logging run is a JSON object (progress, epoch lines, where the
+/// checkpoints went, and the final error, with its exit code), so a log collector never meets
+/// free text; human logs written to a pipe carry no colour codes.
+#[test]
+fn json_logs_are_json_lines_only_and_piped_logs_have_no_colour() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let every_line_json = |what: &str, stderr: &str| {
+        assert!(!stderr.trim().is_empty(), "{what}: no log at all");
+        for line in stderr.lines() {
+            let v: Value = serde_json::from_str(line)
+                .unwrap_or_else(|e| panic!("{what}: not a JSON line ({e}): {line}"));
+            assert!(v["level"].is_string() && v["fields"].is_object(), "{line}");
+        }
+    };
+    let out = dir.path().join("a");
+    let mut args = SMALL.to_vec();
+    args.extend(["--out", out.to_str().expect("utf8"), "--log-format", "json"]);
+    let (ok, _, stderr) = resnet(&args);
+    assert!(ok, "{stderr}");
+    every_line_json("resnet train", &stderr);
+    assert!(stderr.contains("epoch"), "{stderr}");
+    // A failure too: the run refuses to overwrite `out`, as one JSON error line with its code.
+    let (ok, _, stderr) = resnet(&args);
+    assert!(!ok);
+    every_line_json("a refused run", &stderr);
+    assert!(stderr.contains("\"exit_code\":1"), "{stderr}");
+    // A whole cluster in one process.
+    let c = std::process::Command::new(env!("CARGO_BIN_EXE_coordinator"))
+        .args([
+            "--local",
+            "--workers",
+            "2",
+            "--width",
+            "4",
+            "--batch-size",
+            "16",
+        ])
+        .args(["--train-limit", "96", "--test-limit", "32", "--epochs", "1"])
+        .args(["--log-format", "json"])
+        .output()
+        .expect("coordinator");
+    let stderr = String::from_utf8_lossy(&c.stderr);
+    assert!(c.status.success(), "{stderr}");
+    every_line_json("coordinator --local", &stderr);
+    // Human format into a pipe: plain text.
+    let piped = dir.path().join("b");
+    let (ok, _, stderr) = resnet(
+        &[
+            &SMALL[..SMALL.len() - 1],
+            &["--max-steps", "2", "--out", piped.to_str().expect("utf8")],
+        ]
+        .concat(),
+    );
+    assert!(ok, "{stderr}");
+    assert!(
+        !stderr.contains('\x1b'),
+        "colour codes in piped output:\n{stderr}"
+    );
+}

@@ -52,7 +52,7 @@ impl TlsArgs {
 /// exact per-epoch counts and ends with a summary. With `--local` the workers are threads of
 /// this process (in-memory ring).
 #[derive(Parser, Debug)]
-#[command(name = "coordinator", version)]
+#[command(name = "coordinator", version, after_help = crate::EXIT_CODES_HELP)]
 pub struct CoordinatorCli {
     /// Run parameters.
     #[command(flatten)]
@@ -77,6 +77,12 @@ pub struct CoordinatorCli {
     /// Fewest workers to continue with after losing some; below it the run fails.
     #[arg(long, default_value_t = 1)]
     pub min_workers: usize,
+    /// Most workers the group may grow to when workers join a running job (elastic scale-up;
+    /// each one grows the global batch): with --workers and --min-workers the min:max range of
+    /// torchrun's --nnodes [default: --workers, so an extra worker is refused, naming the limit;
+    /// replacements for lost workers are always admitted up to it].
+    #[arg(long, value_name = "N")]
+    pub max_workers: Option<usize>,
     /// Seconds survivors have to rejoin when the group is re-formed after a loss.
     #[arg(long, default_value_t = 5)]
     pub regroup_timeout: u64,
@@ -132,7 +138,7 @@ pub struct CoordinatorCli {
 /// SIGTERM/SIGINT: the worker leaves the group (the coordinator re-forms it without this worker
 /// at once) and exits with code 4; a restarted worker joins the running job.
 #[derive(Parser, Debug)]
-#[command(name = "worker", version)]
+#[command(name = "worker", version, after_help = crate::EXIT_CODES_HELP)]
 pub struct WorkerCli {
     /// The coordinator: `HOST:PORT` or a URL (http://10.0.0.5:50051; https:// is assumed with
     /// --tls-*). Unset: `MASTER_ADDR` and `MASTER_PORT` (default 50051), as torchrun's
@@ -237,7 +243,7 @@ pub fn run_coordinator(a: CoordinatorCli) -> Result<()> {
     }
     let result = coordinate(&a, sel, kernels);
     if a.metrics_addr.is_some() && a.metrics_linger > 0 {
-        eprintln!("serving metrics for {} more seconds", a.metrics_linger);
+        crate::say!("serving metrics for {} more seconds", a.metrics_linger);
         std::thread::sleep(Duration::from_secs(a.metrics_linger));
     }
     result
@@ -297,6 +303,7 @@ fn coordinate(a: &CoordinatorCli, sel: Selected, kernels: KernelChoice) -> Resul
             join_timeout: Duration::from_secs(a.join_timeout),
             heartbeat_timeout: Duration::from_secs(a.heartbeat_timeout),
             min_workers: a.min_workers,
+            max_workers: a.max_workers,
             regroup_timeout: Duration::from_secs(a.regroup_timeout),
             run,
             out: a.out.clone(),
@@ -306,7 +313,7 @@ fn coordinate(a: &CoordinatorCli, sel: Selected, kernels: KernelChoice) -> Resul
         .map_err(anyhow::Error::msg)?,
     );
     tracing::info!(%addr, workers = a.workers, local = a.local, "coordinator listening");
-    eprintln!(
+    crate::say!(
         "coordinator listening on {addr}, waiting for {} worker(s)",
         a.workers
     );
@@ -326,7 +333,7 @@ fn coordinate(a: &CoordinatorCli, sel: Selected, kernels: KernelChoice) -> Resul
                 }
                 if coord.request_stop() {
                     tracing::warn!("signal received: the workers stop at the next step boundary and save a checkpoint");
-                    eprintln!("stopping: the workers finish their step and save a checkpoint (Ctrl-C again to quit at once)");
+                    crate::say!("stopping: the workers finish their step and save a checkpoint (Ctrl-C again to quit at once)");
                 }
             })?;
     }

@@ -44,7 +44,7 @@ pub fn coordinate_sweep(
         .block_on(tokio::net::TcpListener::bind(&a.listen))
         .with_context(|| format!("--listen {}", a.listen))?;
     let addr = listener.local_addr()?;
-    eprintln!(
+    crate::say!(
         "sweep coordinator listening on {addr}: {} trials, {}, rungs {rungs:?} epochs; start workers with `worker --coordinator http://{addr}`",
         plan.trials, plan.method
     );
@@ -116,9 +116,11 @@ pub fn sweep_worker<B: AutodiffBackend>(
             TrialReply::Wait => std::thread::sleep(Duration::from_millis(500)),
             TrialReply::Task(a) => {
                 let task = task_of(&a, data)?;
-                eprintln!(
+                crate::say!(
                     "trial {} rung {}: training to {} epochs",
-                    a.trial, a.rung, a.epochs
+                    a.trial,
+                    a.rung,
+                    a.epochs
                 );
                 let training = AtomicBool::new(true);
                 let outcome = std::thread::scope(|s| {
@@ -149,9 +151,12 @@ pub fn sweep_worker<B: AutodiffBackend>(
                 };
                 match outcome {
                     Ok(r) => {
-                        eprintln!(
+                        crate::say!(
                             "trial {} rung {}: accuracy {:.4} loss {:.4}",
-                            a.trial, a.rung, r.accuracy, r.loss
+                            a.trial,
+                            a.rung,
+                            r.accuracy,
+                            r.loss
                         );
                         report.epochs = r.epochs as u32;
                         report.accuracy = r.accuracy;
@@ -161,7 +166,7 @@ pub fn sweep_worker<B: AutodiffBackend>(
                         done += 1;
                     }
                     Err(e) => {
-                        eprintln!("trial {} rung {} failed: {e:#}", a.trial, a.rung);
+                        crate::say!("trial {} rung {} failed: {e:#}", a.trial, a.rung);
                         report.error = format!("{e:#}");
                     }
                 }

@@ -159,7 +159,7 @@ pub fn bench_train<B: AutodiffBackend>(
         let t1 = Instant::now();
         if i == 0 {
             // A cold GPU step can take minutes: say which phase got through if it never ends.
-            eprintln!("step 1: forward {:.3} s", (t1 - t0).as_secs_f64());
+            crate::say!("step 1: forward {:.3} s", (t1 - t0).as_secs_f64());
         }
         let grads = GradientsParams::from_grads(loss.backward(), &model);
         if split {
@@ -167,7 +167,7 @@ pub fn bench_train<B: AutodiffBackend>(
         }
         let t2 = Instant::now();
         if i == 0 {
-            eprintln!("step 1: backward {:.3} s", (t2 - t1).as_secs_f64());
+            crate::say!("step 1: backward {:.3} s", (t2 - t1).as_secs_f64());
         }
         model = optim.step(0.01, model, grads);
         sync::<B>(device);
@@ -188,7 +188,7 @@ pub fn bench_train<B: AutodiffBackend>(
             total.push((t3 - t0).as_secs_f64());
         } else {
             // Cold steps on a GPU compile and autotune kernels: show where that time goes.
-            eprintln!(
+            crate::say!(
                 "warm-up step {}/{}: {:.3} s (forward {:.3}, backward {:.3}, optimizer {:.3})",
                 i + 1,
                 a.warmup,

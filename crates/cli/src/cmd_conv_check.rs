@@ -285,7 +285,7 @@ pub fn run(a: ConvCheckArgs) -> Result<()> {
     for (i, g) in distinct.iter().enumerate() {
         let name = g.key(g.batch);
         if !a.json {
-            eprintln!("conv {}/{}: {name}", i + 1, distinct.len());
+            crate::say!("conv {}/{}: {name}", i + 1, distinct.len());
         }
         let (y, dx, dw) = crate::with_train_backend!(sel, |B, device| passes::<B>(&k, g, &device));
         let (ry, rdx, rdw) = passes::<Autodiff<Flex>>(&reference, g, &Default::default());
@@ -311,7 +311,7 @@ pub fn run(a: ConvCheckArgs) -> Result<()> {
     let mut bn = Vec::new();
     for (i, shape) in bn_shapes.iter().enumerate() {
         if !a.json {
-            eprintln!("batchnorm {}/{}: {shape:?}", i + 1, bn_shapes.len());
+            crate::say!("batchnorm {}/{}: {shape:?}", i + 1, bn_shapes.len());
         }
         let ours = crate::with_train_backend!(sel, |B, device| bn_passes::<B>(&k, *shape, &device));
         let reference = bn_passes::<Autodiff<Flex>>(&bn_reference, *shape, &Default::default());

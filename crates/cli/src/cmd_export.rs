@@ -35,7 +35,7 @@ pub fn run(a: ExportArgs) -> Result<()> {
     let (model, state) = load_model::<crate::device::CpuInfer>(&dir, &device)?;
     resnet_model::export_torchvision_safetensors(&model, &out)
         .with_context(|| format!("cannot write {}", out.display()))?;
-    eprintln!(
+    crate::say!(
         "exported {} (ResNet-{}, {} classes, step {}) to {}",
         dir.display(),
         state.config.model.depth,

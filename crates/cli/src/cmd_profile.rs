@@ -228,7 +228,7 @@ pub fn run(a: ProfileArgs) -> Result<()> {
             g.batch, g.cin, g.in_hw[0], g.in_hw[1], g.cout, g.kernel[0], g.stride[0], g.pad[0]
         );
         if !a.json {
-            eprintln!("profiling conv {}/{}: {shape}", i + 1, order.len());
+            crate::say!("profiling conv {}/{}: {shape}", i + 1, order.len());
         }
         let (burn, gemm) = profile_conv(g, i == 0, a.repeats);
         let bn_relu = profile_bn_relu(&k, [g.batch, g.cout, g.out_hw[0], g.out_hw[1]], a.repeats);
@@ -242,7 +242,7 @@ pub fn run(a: ProfileArgs) -> Result<()> {
         });
     }
     if !a.json {
-        eprintln!("measuring a full training step ...");
+        crate::say!("measuring a full training step ...");
     }
     let step = measured_step(&cfg, k, &a)?;
     let profile = Profile {

@@ -71,7 +71,7 @@ pub fn run(args: ScheduleArgs) -> Result<()> {
         }
     };
     if cfg.schedule.kind == ScheduleKind::Plateau && args.val_losses.is_empty() {
-        eprintln!("note: plateau follows the validation loss; pass --val-losses to see its cuts");
+        crate::say!("note: plateau follows the validation loss; pass --val-losses to see its cuts");
     }
     let rows = table(&cfg, spe, &args.val_losses);
     if args.json {

@@ -94,7 +94,7 @@ pub fn run(args: SweepArgs) -> Result<()> {
     let sched = args.plan.scheduler(&base, &args.space)?;
     let out = args.out.clone().unwrap_or_else(default_out);
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
-    eprintln!(
+    crate::say!(
         "sweep: {} trials, {}, rungs {:?} epochs, {} at a time; out {}",
         args.plan.trials,
         args.plan.method,
@@ -145,7 +145,7 @@ fn worker_loop<B: AutodiffBackend>(
         let mut s = lock.lock().unwrap_or_else(|p| p.into_inner());
         match outcome {
             Ok(r) => {
-                eprintln!(
+                crate::say!(
                     "trial {id:>3} rung {rung} ({} epochs): accuracy {:.4} loss {:.4} in {:.0} s  {}",
                     r.epochs,
                     r.accuracy,
@@ -156,7 +156,7 @@ fn worker_loop<B: AutodiffBackend>(
                 s.report(id, rung, r);
             }
             Err(e) => {
-                eprintln!("trial {id:>3} rung {rung} FAILED: {e:#}");
+                crate::say!("trial {id:>3} rung {rung} FAILED: {e:#}");
                 s.fail(id);
             }
         }

@@ -18,7 +18,10 @@ pub fn load_data(cfg: &TrainConfig) -> Result<Splits> {
     let mut shown = false;
     let mut progress = |done: u64, total: Option<u64>| {
         if !shown {
-            bar.set_draw_target(indicatif::ProgressDrawTarget::stderr());
+            // (Drawn on a terminal only, and never between JSON log lines.)
+            if !crate::json_logs() {
+                bar.set_draw_target(indicatif::ProgressDrawTarget::stderr());
+            }
             bar.set_style(
                 ProgressStyle::with_template(
                     "downloading [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} ({eta})",
@@ -40,7 +43,7 @@ pub fn load_data(cfg: &TrainConfig) -> Result<Splits> {
         )
     })?;
     bar.finish_and_clear();
-    eprintln!(
+    crate::say!(
         "data: {} train / {} test images of {}x{}, {} classes",
         splits.train.len(),
         splits.test.len(),
@@ -95,7 +98,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
     if resume.is_none() {
         cfg.model.num_classes = splits.train.classes.len();
     }
-    eprintln!(
+    crate::say!(
         "model: resnet-{} {} stem, width {}, {} classes; {:?} lr {} {:?} schedule; batch {} x {} epochs; out {}",
         cfg.model.depth,
         cfg.model.stem,

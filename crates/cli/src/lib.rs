@@ -42,6 +42,7 @@ use tracing_subscriber::EnvFilter;
 /// `NO_COLOR`), `json` for log pipelines; `RUST_LOG` filters (default `info`).
 pub fn init_logging(format: &str) {
     use std::io::IsTerminal;
+    let _ = JSON_LOGS.set(format == "json");
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     // Colour only for a person at a terminal: not into pipes, files or log collectors, and
     // never when NO_COLOR is set (https://no-color.org).
@@ -57,6 +58,33 @@ pub fn init_logging(format: &str) {
     }
 }
 
+/// Set once by [`init_logging`]: whether every line must be a JSON object.
+static JSON_LOGS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+
+/// Whether `--log-format json` is in effect.
+pub fn json_logs() -> bool {
+    JSON_LOGS.get().copied().unwrap_or(false)
+}
+
+/// One line for the person watching (progress, a summary, where files went): on stderr as
+/// text, or, with `--log-format json`, as a tracing event, so that stderr holds JSON lines
+/// only. Use through [`say!`].
+pub fn say_line(args: std::fmt::Arguments) {
+    if json_logs() {
+        tracing::info!(target: "resnet", "{args}");
+    } else {
+        eprintln!("{args}");
+    }
+}
+
+/// `eprintln!` that respects `--log-format json` (see [`say_line`]).
+#[macro_export]
+macro_rules! say {
+    ($($t:tt)*) => {
+        $crate::say_line(format_args!($($t)*))
+    };
+}
+
 /// Exit code of a run stopped because training diverged (a non-finite loss under
 /// `on_nonfinite = stop`, or too many skipped steps): retrying the same command will diverge
 /// again, unlike a crash (1).
@@ -70,6 +98,16 @@ pub const EXIT_INTERRUPTED: u8 = 4;
 /// row, or the final one): the newest checkpoint on disk is older than the run's state. Fix the
 /// storage, then resume.
 pub const EXIT_CHECKPOINT_LOST: u8 = 5;
+
+/// The exit codes as `--help` shows them (after the options). deploy/verify reads this to check
+/// the manifests' `podFailurePolicy` against the binaries; a unit test ties it to the constants.
+pub const EXIT_CODES_HELP: &str = "Exit codes:
+  0  the run finished and its final state is stored
+  1  any other failure (the message names the field, file or peer)
+  2  usage error: unknown flag or bad value (do not retry)
+  3  training diverged: a non-finite loss or gradient (do not retry: lower the LR)
+  4  interrupted by SIGTERM/SIGINT with its state saved, or a worker that left its group (retry: --resume auto continues)
+  5  checkpoints could not be written (retry after fixing the storage)";
 
 /// A run that stopped on a signal with its state saved (exit code [`EXIT_INTERRUPTED`]).
 #[derive(Debug)]
@@ -136,7 +174,11 @@ pub fn exit(result: anyhow::Result<()>) -> std::process::ExitCode {
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            if json_logs() {
+                tracing::error!(exit_code = exit_code(&e), "{e:#}");
+            } else {
+                eprintln!("error: {e:#}");
+            }
             std::process::ExitCode::from(exit_code(&e))
         }
     }
@@ -182,5 +224,20 @@ mod exit_tests {
         );
         let left = anyhow::Error::from(resnet_worker::WorkerError::Left { step: 12 });
         assert_eq!(exit_code(&left.context("worker w1")), EXIT_INTERRUPTED);
+    }
+
+    /// The help text lists each code next to its meaning, as the manifests' checks read it.
+    #[test]
+    fn the_exit_codes_in_the_help_are_the_constants() {
+        let line = |code: u8| {
+            EXIT_CODES_HELP
+                .lines()
+                .find(|l| l.trim_start().starts_with(&format!("{code}  ")))
+                .unwrap_or_else(|| panic!("no line for exit code {code}"))
+        };
+        assert!(line(EXIT_DIVERGED).contains("diverged"));
+        assert!(line(EXIT_INTERRUPTED).contains("interrupted"));
+        assert!(line(EXIT_CHECKPOINT_LOST).contains("checkpoints could not be written"));
+        assert!(line(2).contains("usage"));
     }
 }

@@ -23,7 +23,8 @@ impl Progress {
     pub fn new() -> Self {
         Self {
             bar: None,
-            tty: std::io::stderr().is_terminal(),
+            // Bars only for a person at a terminal, never between JSON log lines.
+            tty: std::io::stderr().is_terminal() && !crate::json_logs(),
             last_line: std::time::Instant::now(),
             smoothed_ips: 0.0,
             stop: None,
@@ -74,7 +75,7 @@ impl TrainObserver for Progress {
     }
 
     fn on_start(&mut self, spe: usize, last: usize, start: usize) {
-        eprintln!(
+        crate::say!(
             "training: {spe} steps per epoch, steps {}..{last}",
             start + 1
         );
@@ -99,7 +100,7 @@ impl TrainObserver for Progress {
             bar.set_position(s.batch as u64 + 1);
             bar.set_message(msg);
         } else if self.last_line.elapsed().as_secs_f64() > 10.0 || s.batch == 0 {
-            eprintln!(
+            crate::say!(
                 "epoch {} {}/{} {msg}",
                 s.epoch + 1,
                 s.batch + 1,
@@ -123,7 +124,7 @@ impl TrainObserver for Progress {
                 )
             })
             .unwrap_or_default();
-        eprintln!(
+        crate::say!(
             "epoch {:>3} step {:>6} | train loss {:.4} acc {:.4} | lr {:.5} | {:.0} img/s {:.1}s{test}",
             e.epoch, e.step, e.train_loss, e.train_accuracy, e.lr, e.images_per_sec, e.seconds
         );
@@ -150,8 +151,8 @@ impl Progress {
     /// A line that does not tear the progress bar.
     fn print(&self, line: &str) {
         match &self.bar {
-            Some(bar) => bar.suspend(|| eprintln!("{line}")),
-            None => eprintln!("{line}"),
+            Some(bar) => bar.suspend(|| crate::say!("{line}")),
+            None => crate::say!("{line}"),
         }
     }
 }

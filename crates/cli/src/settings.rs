@@ -174,7 +174,7 @@ pub fn resume_target(spec: &str, out: Option<&Path>) -> Result<Option<String>> {
         "--resume auto needs --out DIR: the run directory whose newest checkpoint it continues",
     )?;
     if resnet_train::list_checkpoints(&out.join("checkpoints")).is_empty() {
-        eprintln!(
+        crate::say!(
             "--resume auto: no checkpoint under {}; starting a new run",
             out.display()
         );
@@ -267,7 +267,7 @@ pub fn load_resume(
     if let Some(d) = &a.data {
         state.config.data.dir = d.clone();
     }
-    eprintln!(
+    crate::say!(
         "resuming from {} (step {}, epoch {})",
         dir.display(),
         state.global_step,

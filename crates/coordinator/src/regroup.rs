@@ -237,6 +237,20 @@ impl Coordinator {
                         .into(),
                 ));
             }
+            if newcomer {
+                // The group's size once the regroup in progress (if any) completes.
+                let size = inner
+                    .regroup
+                    .as_ref()
+                    .map_or(inner.members.len(), |r| r.expected.len());
+                let max = self.cfg.max_workers.unwrap_or(self.cfg.workers);
+                if size >= max {
+                    return Err(Refusal::NotJoinable(format!(
+                        "the running group already has {size} worker(s), the most it may have (--max-workers {max}): '{}' is not admitted",
+                        req.worker_id
+                    )));
+                }
+            }
             inner.highest_step = inner.highest_step.max(req.step);
             if inner.regroup.is_none() {
                 let expected = inner.members.iter().map(|m| m.worker_id.clone()).collect();

@@ -60,6 +60,9 @@ pub struct CoordinatorConfig {
     /// Fewest workers to continue with after losing some (the group is re-formed from the
     /// survivors when a central checkpoint store lets them heal); below it the run fails.
     pub min_workers: usize,
+    /// Most workers the group may grow to by workers joining the running job (None:
+    /// `workers`): one more is refused rather than silently growing the global batch.
+    pub max_workers: Option<usize>,
     /// How long survivors have to rejoin when the group is re-formed.
     pub regroup_timeout: Duration,
     /// The run configuration every worker receives.
@@ -171,6 +174,12 @@ impl Coordinator {
     pub fn new(cfg: CoordinatorConfig) -> Result<Self, String> {
         if cfg.workers == 0 {
             return Err("--workers must be at least 1".into());
+        }
+        if let Some(max) = cfg.max_workers.filter(|m| *m < cfg.workers) {
+            return Err(format!(
+                "--max-workers {max} is below --workers {}: the group could never form",
+                cfg.workers
+            ));
         }
         cfg.run.validate().map_err(|e| e.to_string())?;
         let run_json = serde_json::to_string(&cfg.run).map_err(|e| e.to_string())?;

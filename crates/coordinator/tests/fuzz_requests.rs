@@ -60,6 +60,7 @@ proptest! {
                 join_timeout: Duration::from_millis(5),
                 heartbeat_timeout: Duration::from_secs(60),
                 min_workers: 1,
+                max_workers: None,
                 regroup_timeout: Duration::from_millis(5),
                 run: Default::default(),
                 out: Some(out.path().to_path_buf()),

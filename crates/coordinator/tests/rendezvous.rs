@@ -16,6 +16,7 @@ fn coord(workers: usize, join_timeout_ms: u64) -> Arc<Coordinator> {
             join_timeout: Duration::from_millis(join_timeout_ms),
             heartbeat_timeout: Duration::from_secs(60),
             min_workers: 1,
+            max_workers: None,
             regroup_timeout: Duration::from_secs(5),
             run: Default::default(),
             out: None,
@@ -241,6 +242,7 @@ fn survivors_re_form_the_group_ranked_by_progress_and_the_silent_worker_is_dropp
             join_timeout: Duration::from_secs(10),
             heartbeat_timeout: Duration::from_secs(60),
             min_workers: 2,
+            max_workers: None,
             regroup_timeout: Duration::from_millis(400),
             run: Default::default(),
             out: Some(tmp.path().to_path_buf()),
@@ -321,6 +323,7 @@ fn below_min_workers_the_group_waits_for_a_replacement_then_fails_without_one() 
                 join_timeout: Duration::from_millis(join_ms),
                 heartbeat_timeout: Duration::from_secs(60),
                 min_workers: 2,
+                max_workers: None,
                 regroup_timeout: Duration::from_millis(200),
                 run: Default::default(),
                 out: Some(tmp.path().to_path_buf()),
@@ -398,6 +401,7 @@ fn checkpoint_downloads_check_membership_before_reading_anything() {
         join_timeout: Duration::from_secs(10),
         heartbeat_timeout: Duration::from_secs(60),
         min_workers: 1,
+        max_workers: None,
         regroup_timeout: Duration::from_secs(5),
         run: Default::default(),
         out: Some(tmp.path().to_path_buf()),
@@ -444,6 +448,7 @@ fn a_worker_that_leaves_is_dropped_at_once_and_the_survivors_re_form_without_it(
             join_timeout: Duration::from_secs(10),
             heartbeat_timeout: Duration::from_secs(60),
             min_workers: 1,
+            max_workers: None,
             regroup_timeout: Duration::from_secs(60),
             run: Default::default(),
             out: Some(tmp.path().to_path_buf()),
@@ -538,4 +543,79 @@ fn a_leave_that_the_group_cannot_survive_fails_the_run_naming_the_worker() {
     let why = c.failure().expect("a reason");
     assert!(why.contains("'b' left at step 3 (SIGTERM)"), "{why}");
     assert!(why.contains("--out"), "{why}");
+}
+
+/// `--max-workers`: by default the group never grows past `--workers` (an extra worker would
+/// silently grow the global batch), and above the limit a joining worker is refused by name;
+/// with a higher limit a worker joins the running job until the limit is reached.
+#[test]
+fn workers_joining_a_running_job_are_admitted_up_to_max_workers() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let make = |max: Option<usize>| {
+        Coordinator::new(CoordinatorConfig {
+            workers: 2,
+            join_timeout: Duration::from_secs(10),
+            heartbeat_timeout: Duration::from_secs(60),
+            min_workers: 1,
+            max_workers: max,
+            regroup_timeout: Duration::from_secs(10),
+            run: Default::default(),
+            out: Some(tmp.path().to_path_buf()),
+            fingerprint: fingerprint(),
+            resume: None,
+        })
+        .map(Arc::new)
+    };
+    let e = make(Some(1)).err().expect("max below workers");
+    assert!(e.contains("--max-workers 1"), "{e}");
+    let rt = rt();
+    let form = |c: &Arc<Coordinator>| {
+        rt.block_on(async {
+            let joins = ["a", "b"].map(|id| {
+                let c = c.clone();
+                tokio::spawn(async move { c.join(join_req(id)).await })
+            });
+            for j in joins {
+                j.await.expect("task").expect("join");
+            }
+        })
+    };
+    let c = make(None).expect("coordinator");
+    form(&c);
+    let e = rt.block_on(c.join(join_req("c"))).expect_err("full");
+    assert!(
+        matches!(&e, Refusal::NotJoinable(m) if m.contains("--max-workers 2") && m.contains("'c'")),
+        "{e:?}"
+    );
+    assert_eq!(c.phase(), Phase::Running, "the refusal changes nothing");
+
+    let c = make(Some(3)).expect("coordinator");
+    form(&c);
+    let assigned = rt.block_on(async {
+        let newcomer = tokio::spawn({
+            let c = c.clone();
+            async move { c.join(join_req("c")).await }
+        });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let rejoins = ["a", "b"].map(|id| {
+            let c = c.clone();
+            let r = JoinRequest {
+                step: 4,
+                rejoin: true,
+                generation: 1,
+                ..join_req(id)
+            };
+            tokio::spawn(async move { c.join(r).await })
+        });
+        for j in rejoins {
+            j.await.expect("task").expect("rejoin");
+        }
+        newcomer.await.expect("task").expect("admitted")
+    });
+    assert_eq!((assigned.rank, assigned.world), (2, 3));
+    let e = rt.block_on(c.join(join_req("d"))).expect_err("full at 3");
+    assert!(
+        matches!(&e, Refusal::NotJoinable(m) if m.contains("--max-workers 3")),
+        "{e:?}"
+    );
 }

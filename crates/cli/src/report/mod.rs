@@ -77,7 +77,7 @@ pub fn run(args: ReportArgs) -> Result<()> {
     let points = read_curves(&args.run.join("metrics.jsonl"))?;
     let step_points = read_steps(&args.run.join(resnet_train::STEP_LOG))?;
     if points.is_empty() {
-        eprintln!("no epoch has finished in this run: no epoch curves (curves.png)");
+        crate::say!("no epoch has finished in this run: no epoch curves (curves.png)");
     }
     let ckpt = resolve_checkpoint(args.checkpoint.as_deref().unwrap_or(&args.run))?;
     let (test, logits) = crate::with_infer_backend!(sel, |B, device| {
@@ -85,7 +85,7 @@ pub fn run(args: ReportArgs) -> Result<()> {
         let model = model.with_kernels(kernels);
         let (test, norm, _) =
             crate::cmd_eval::load_test(&state.config, args.data.as_ref(), args.test_limit)?;
-        eprintln!("evaluating {} test images ...", test.len());
+        crate::say!("evaluating {} test images ...", test.len());
         let logits = predict(&model, test.clone(), norm, args.batch_size, &device);
         (test, logits)
     });
