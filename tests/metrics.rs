@@ -166,7 +166,13 @@ fn local_run_exports_documented_series_with_values_matching_the_run() {
         .as_f64()
         .expect("accuracy");
     assert!((final_acc - acc).abs() < 1e-12, "{final_acc} vs {acc}");
-    assert!(value(&text, "resnet_cluster_process_resident_memory_bytes", &[]).unwrap_or(0.0) > 1e6);
+    // The standard process collector's names, so stock process dashboards work.
+    assert!(value(&text, "process_resident_memory_bytes", &[]).unwrap_or(0.0) > 1e6);
+    assert!(
+        value(&text, "process_cpu_seconds_total", &[]).is_some(),
+        "{text}"
+    );
+    assert!(value(&text, "process_open_fds", &[]).unwrap_or(0.0) >= 3.0);
     // Histograms (not summaries), in seconds.
     assert!(text.contains("# TYPE resnet_cluster_step_duration_seconds histogram"));
     assert!(text.contains("resnet_cluster_step_duration_seconds_bucket{"));
