@@ -23,23 +23,9 @@ fn wait_for(what: &str, mut ok: impl FnMut() -> bool) {
     }
 }
 
-/// The data and model of every run here: small enough for two cores.
-const DATA: &[&str] = &[
-    "--dataset",
-    "synthetic",
-    "--width",
-    "4",
-    "--batch-size",
-    "16",
-    "--train-limit",
-    "960",
-    "--test-limit",
-    "64",
-];
-
-/// [`DATA`] with the rest of a run's flags.
+/// [`common::SMALL_RUN`] with the rest of a run's flags.
 fn run_args(rest: &[&'static str]) -> Vec<&'static str> {
-    [DATA, rest].concat()
+    [common::SMALL_RUN, rest].concat()
 }
 
 /// Six epochs with checkpoints every 10 steps: long enough after a kill at step 25 for the

@@ -7,6 +7,21 @@ use std::net::{TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+/// The data and model of the multi-process runs: synthetic data, width 4, batch 16, 960 train
+/// and 64 test images — small enough for two cores, long enough to kill something mid-run.
+pub const SMALL_RUN: &[&str] = &[
+    "--dataset",
+    "synthetic",
+    "--width",
+    "4",
+    "--batch-size",
+    "16",
+    "--train-limit",
+    "960",
+    "--test-limit",
+    "64",
+];
+
 /// A port that was free a moment ago.
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")

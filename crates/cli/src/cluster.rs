@@ -204,6 +204,17 @@ pub struct WorkerCli {
     /// all-reduce, where the peers would wait against --collective-timeout. auto: on with --gpu.
     #[arg(long, default_value = "auto", value_parser = ["auto", "on", "off"])]
     pub warm_up: String,
+    /// Start and watch one worker process per GPU of this node (torchrun's --nproc-per-node):
+    /// a list (0,1,2,3) or `all`. Each child gets --gpu N, --worker-id <id>-gpuN, and the
+    /// --metrics-addr, --listen and --advertise ports plus its position; log lines are
+    /// prefixed with [gpu N]. With --cpu the children run on the CPU, numbered like GPUs.
+    /// A failed child is started again (it joins the running job) up to --max-restarts times;
+    /// SIGTERM is passed on to every child.
+    #[arg(long, value_name = "LIST|all", conflicts_with = "gpu")]
+    pub gpus: Option<String>,
+    /// With --gpus: how often one GPU's worker is started again after failing [3].
+    #[arg(long, value_name = "N", default_value_t = 3, requires = "gpus")]
+    pub max_restarts: usize,
     /// Device selection.
     #[command(flatten)]
     pub device: DeviceArgs,
@@ -227,7 +238,7 @@ fn load_token(file: &Option<PathBuf>) -> Result<(Option<String>, [u8; 32])> {
     Ok((Some(token), digest))
 }
 
-fn default_worker_id() -> String {
+pub(crate) fn default_worker_id() -> String {
     let host = std::fs::read_to_string("/etc/hostname")
         .map(|h| h.trim().to_string())
         .unwrap_or_else(|_| "worker".into());
@@ -543,6 +554,18 @@ fn print_summary(s: &RunSummary, json: bool) -> Result<()> {
 
 /// Runs `worker`.
 pub fn run_worker_cli(a: WorkerCli) -> Result<()> {
+    if let Some(spec) = &a.gpus {
+        let gpus = crate::supervise::parse_gpus(spec, crate::device::cuda_device_count)?;
+        let code = crate::supervise::supervise(&a, &gpus, a.max_restarts)?;
+        if code != 0 {
+            return Err(crate::ExitWith(
+                code,
+                format!("the workers of GPUs {gpus:?} did not all finish (exit code {code})"),
+            )
+            .into());
+        }
+        return Ok(());
+    }
     let sel = select(&a.device)?;
     let kernels = crate::kernels::choose(&a.device)?;
     if let Some(addr) = a.metrics_addr {

@@ -86,6 +86,33 @@ pub fn cuda_flags(
     Ok((fusion, conv))
 }
 
+/// GPUs this process may use, for `worker --gpus all`, without loading CUDA: the entries of
+/// `CUDA_VISIBLE_DEVICES` when set, else the NVIDIA device nodes (`/dev/nvidiaN`; a container
+/// sees only the GPUs given to it, which CUDA numbers from 0).
+pub fn cuda_device_count() -> Result<usize> {
+    if let Ok(v) = std::env::var("CUDA_VISIBLE_DEVICES") {
+        if !v.trim().is_empty() {
+            return Ok(v.split(',').filter(|d| !d.trim().is_empty()).count());
+        }
+    }
+    let n = std::fs::read_dir("/dev")
+        .map(|d| {
+            d.filter_map(Result::ok)
+                .filter(|e| {
+                    e.file_name().to_str().is_some_and(|n| {
+                        n.strip_prefix("nvidia")
+                            .is_some_and(|i| !i.is_empty() && i.bytes().all(|b| b.is_ascii_digit()))
+                    })
+                })
+                .count()
+        })
+        .unwrap_or(0);
+    if n == 0 {
+        bail!("--gpus all: no NVIDIA GPU (/dev/nvidiaN) on this machine; list GPU numbers instead (with --cpu for CPU workers)");
+    }
+    Ok(n)
+}
+
 /// Burn's CUDA runtime panics in a background thread when the driver is missing, so look for
 /// it first: the device node and the driver library.
 #[cfg(feature = "cuda")]

@@ -21,6 +21,7 @@ pub mod kernels;
 pub mod progress;
 pub mod report;
 pub mod settings;
+pub mod supervise;
 
 /// An environment for the tests of code that takes one as a lookup function.
 #[cfg(test)]
@@ -109,6 +110,18 @@ pub const EXIT_CODES_HELP: &str = "Exit codes:
   4  interrupted by SIGTERM/SIGINT with its state saved, or a worker that left its group (retry: --resume auto continues)
   5  checkpoints could not be written (retry after fixing the storage)";
 
+/// A failure that carries the exit code to end with (a supervisor passing on its children's).
+#[derive(Debug)]
+pub struct ExitWith(pub u8, pub String);
+
+impl std::fmt::Display for ExitWith {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.1)
+    }
+}
+
+impl std::error::Error for ExitWith {}
+
 /// A run that stopped on a signal with its state saved (exit code [`EXIT_INTERRUPTED`]).
 #[derive(Debug)]
 pub struct Interrupted(pub String);
@@ -147,6 +160,9 @@ pub fn exit_code(e: &anyhow::Error) -> u8 {
             Some(resnet_worker::WorkerError::Left { .. })
         )
     };
+    if let Some(ExitWith(code, _)) = e.chain().find_map(|c| c.downcast_ref::<ExitWith>()) {
+        return *code;
+    }
     if e.chain()
         .any(|c| c.downcast_ref::<Interrupted>().is_some() || left(c))
     {

@@ -190,6 +190,63 @@ impl Coordinator {
         inner.regroup.is_some()
     }
 
+    fn max_workers(&self) -> usize {
+        self.cfg.max_workers.unwrap_or(self.cfg.workers)
+    }
+
+    /// The group's size once the regroup in progress (if any) completes.
+    fn group_size(&self, inner: &crate::state::Inner) -> usize {
+        inner
+            .regroup
+            .as_ref()
+            .map_or(inner.members.len(), |r| r.expected.len())
+    }
+
+    fn full(&self, worker_id: &str, inner: &crate::state::Inner) -> Refusal {
+        Refusal::NotJoinable(format!(
+            "the running group has {} worker(s), the most it may have (--max-workers {}), and none left within {:?}: '{worker_id}' is not admitted",
+            self.group_size(inner),
+            self.max_workers(),
+            self.cfg.join_timeout
+        ))
+    }
+
+    /// A worker joining a full group waits (up to the join timeout) for a place: a replacement
+    /// for a crashed worker usually arrives before the coordinator has noticed the crash, and
+    /// must not be turned away for a member that is already gone.
+    async fn wait_for_room(&self, worker_id: &str) -> Result<(), Refusal> {
+        let deadline = Instant::now() + self.cfg.join_timeout;
+        let mut generations = self.generation_tx.subscribe();
+        let mut told = false;
+        loop {
+            {
+                let inner = self.lock();
+                if matches!(self.phase(), Phase::Finished | Phase::Failed) {
+                    return Err(Refusal::NotJoinable("the run has ended".into()));
+                }
+                if self.group_size(&inner) < self.max_workers() {
+                    return Ok(());
+                }
+                let now = Instant::now();
+                if now >= deadline {
+                    return Err(self.full(worker_id, &inner));
+                }
+                if !told {
+                    told = true;
+                    tracing::info!(
+                        worker = worker_id,
+                        max = self.max_workers(),
+                        "the group is full (--max-workers): the new worker waits for a place"
+                    );
+                }
+            }
+            let wait = deadline
+                .saturating_duration_since(Instant::now())
+                .min(Duration::from_secs(1));
+            let _ = tokio::time::timeout(wait, generations.changed()).await;
+        }
+    }
+
     /// A member asks to re-form the group, or (`newcomer`) a new worker asks to join the running
     /// job; answers with its place in the new group.
     pub(crate) async fn rejoin(
@@ -197,6 +254,9 @@ impl Coordinator {
         req: JoinRequest,
         newcomer: bool,
     ) -> Result<Assignment, Refusal> {
+        if newcomer {
+            self.wait_for_room(&req.worker_id).await?;
+        }
         let old_generation = {
             let mut inner = self.lock();
             match self.phase() {
@@ -237,19 +297,9 @@ impl Coordinator {
                         .into(),
                 ));
             }
-            if newcomer {
-                // The group's size once the regroup in progress (if any) completes.
-                let size = inner
-                    .regroup
-                    .as_ref()
-                    .map_or(inner.members.len(), |r| r.expected.len());
-                let max = self.cfg.max_workers.unwrap_or(self.cfg.workers);
-                if size >= max {
-                    return Err(Refusal::NotJoinable(format!(
-                        "the running group already has {size} worker(s), the most it may have (--max-workers {max}): '{}' is not admitted",
-                        req.worker_id
-                    )));
-                }
+            if newcomer && self.group_size(&inner) >= self.max_workers() {
+                // (Another newcomer took the place freed while this one waited.)
+                return Err(self.full(&req.worker_id, &inner));
             }
             inner.highest_step = inner.highest_step.max(req.step);
             if inner.regroup.is_none() {

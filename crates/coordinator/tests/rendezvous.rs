@@ -551,10 +551,10 @@ fn a_leave_that_the_group_cannot_survive_fails_the_run_naming_the_worker() {
 #[test]
 fn workers_joining_a_running_job_are_admitted_up_to_max_workers() {
     let tmp = tempfile::tempdir().expect("tmp");
-    let make = |max: Option<usize>| {
+    let make = |max: Option<usize>, join_ms: u64| {
         Coordinator::new(CoordinatorConfig {
             workers: 2,
-            join_timeout: Duration::from_secs(10),
+            join_timeout: Duration::from_millis(join_ms),
             heartbeat_timeout: Duration::from_secs(60),
             min_workers: 1,
             max_workers: max,
@@ -566,7 +566,7 @@ fn workers_joining_a_running_job_are_admitted_up_to_max_workers() {
         })
         .map(Arc::new)
     };
-    let e = make(Some(1)).err().expect("max below workers");
+    let e = make(Some(1), 1000).err().expect("max below workers");
     assert!(e.contains("--max-workers 1"), "{e}");
     let rt = rt();
     let form = |c: &Arc<Coordinator>| {
@@ -580,7 +580,8 @@ fn workers_joining_a_running_job_are_admitted_up_to_max_workers() {
             }
         })
     };
-    let c = make(None).expect("coordinator");
+    // A full group: the newcomer waits for a place (the join timeout, 1 s here), then is refused.
+    let c = make(None, 1000).expect("coordinator");
     form(&c);
     let e = rt.block_on(c.join(join_req("c"))).expect_err("full");
     assert!(
@@ -589,7 +590,7 @@ fn workers_joining_a_running_job_are_admitted_up_to_max_workers() {
     );
     assert_eq!(c.phase(), Phase::Running, "the refusal changes nothing");
 
-    let c = make(Some(3)).expect("coordinator");
+    let c = make(Some(3), 2000).expect("coordinator");
     form(&c);
     let assigned = rt.block_on(async {
         let newcomer = tokio::spawn({

@@ -161,6 +161,12 @@ pub trait TrainObserver {
     fn stop_requested(&self) -> bool {
         false
     }
+    /// Asked before every step: true ends `fit` there with a collective error, as a broken ring
+    /// would (the coordinator is re-forming the group). A replica alone in its group has no
+    /// collective to break, so this is how it learns that a worker joins.
+    fn regroup_requested(&self) -> bool {
+        false
+    }
 }
 
 /// What one checkpoint write cost.

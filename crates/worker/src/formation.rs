@@ -8,6 +8,7 @@
 //! most advanced of them, exactly as after a loss mid-run.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -50,6 +51,7 @@ impl Group<'_> {
     /// cannot break this ring.
     pub fn set_membership(&self, a: &Assignment, abort: Option<RingAbort>) {
         let mut m = self.membership.lock().unwrap_or_else(|p| p.into_inner());
+        self.signals.regroup.store(false, Ordering::SeqCst);
         *m = Membership {
             rank: a.rank,
             generation: a.generation,

@@ -176,6 +176,10 @@ pub(crate) struct Signals {
     pub leave: Option<Arc<AtomicBool>>,
     /// The heartbeat thread has announced the leave and broken the ring.
     pub left: Arc<AtomicBool>,
+    /// The coordinator is re-forming the group this worker is in (set by the heartbeat thread
+    /// under the membership lock, cleared with each new membership): the trainer ends its
+    /// `fit` at the next step, which a replica alone in its group needs (no ring to break).
+    pub regroup: Arc<AtomicBool>,
 }
 
 impl Signals {
@@ -306,6 +310,7 @@ pub(crate) fn spawn_heartbeats(
                     let abort = {
                         let mut m = membership.lock().unwrap_or_else(|p| p.into_inner());
                         if current(&m) {
+                            signals.regroup.store(true, Ordering::SeqCst);
                             m.abort.take()
                         } else {
                             None

@@ -58,6 +58,12 @@ impl WorkerObserver<'_> {
 }
 
 impl TrainObserver for WorkerObserver<'_> {
+    fn regroup_requested(&self) -> bool {
+        self.signals
+            .regroup
+            .load(std::sync::atomic::Ordering::SeqCst)
+    }
+
     fn stop_requested(&self) -> bool {
         self.signals
             .asked_to_stop
