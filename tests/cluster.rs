@@ -143,6 +143,37 @@ fn unreachable_coordinator_is_a_clear_error_after_retries() {
         )) && stderr.contains("attempts"),
         "{stderr}"
     );
+    // The operating system's reason and what to check, not a bare "transport error".
+    assert!(
+        stderr.contains("Connection refused") && stderr.contains("nothing listens on"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("transport error"), "{stderr}");
+    // Pointed at something that is not a gRPC server (here: a metrics-like HTTP/1 endpoint).
+    let http = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let http_port = http.local_addr().expect("addr").port();
+    let server = std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        for s in http.incoming().take(3).flatten() {
+            let mut s = s;
+            let mut buf = [0u8; 1024];
+            let _ = s.read(&mut buf);
+            let _ = s.write_all(b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n");
+        }
+    });
+    let out = Command::new(env!("CARGO_BIN_EXE_worker"))
+        .args([
+            "--coordinator",
+            &format!("127.0.0.1:{http_port}"),
+            "--connect-timeout",
+            "2",
+        ])
+        .output()
+        .expect("run worker");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("does not speak gRPC"), "{stderr}");
+    drop(server);
     let out = Command::new(env!("CARGO_BIN_EXE_worker"))
         .args(["--coordinator", "not a url"])
         .output()

@@ -24,11 +24,92 @@ pub struct GrpcControlPlane {
 }
 
 pub(crate) fn status(url: &str, what: &str, s: tonic::Status) -> ControlError {
+    // A transport failure arrives as Unknown "transport error" with the reason in its sources.
+    let message = match std::error::Error::source(&s) {
+        Some(source) if s.code() == tonic::Code::Unknown => {
+            // The message's own parts, then the sources' parts it does not already say.
+            let mut parts: Vec<&str> = s
+                .message()
+                .split(": ")
+                .filter(|p| *p != "transport error")
+                .collect();
+            let detail = causes(source);
+            for p in detail.split(": ") {
+                if !parts.contains(&p) {
+                    parts.push(p);
+                }
+            }
+            parts.join(": ")
+        }
+        _ => s.message().to_string(),
+    };
     ControlError(format!(
-        "coordinator {url}: {what} refused: {} ({:?})",
-        s.message(),
-        s.code()
+        "coordinator {url}: {what} refused: {message} ({:?}){}",
+        s.code(),
+        status_hint(url, s.code(), &message)
     ))
+}
+
+/// What a status that is not the coordinator's own refusal means for the operator.
+fn status_hint(url: &str, code: tonic::Code, m: &str) -> String {
+    match code {
+        tonic::Code::Unknown
+            if m.contains("h2 protocol error")
+                || m.contains("http2 error")
+                || m.contains("transport error") =>
+        {
+            format!(
+                ": the server at {url} does not speak gRPC (HTTP/2): is this the coordinator's \
+                 --listen address (not its --metrics-addr), and do both sides agree on TLS?"
+            )
+        }
+        tonic::Code::Unimplemented => format!(
+            ": the server at {url} speaks gRPC but not the resnet-cluster Coordinator service \
+             (another server, or a coordinator of an incompatible version)"
+        ),
+        _ => String::new(),
+    }
+}
+
+/// The chain of causes of `e` without repeats or tonic's bare "transport error", so a message
+/// says "Connection refused (os error 111)" rather than "transport error".
+pub(crate) fn causes(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        let text = err.to_string();
+        if text != "transport error" && !parts.iter().any(|p| p.contains(&text)) {
+            parts.push(text);
+        }
+        cur = err.source();
+    }
+    if parts.is_empty() {
+        e.to_string()
+    } else {
+        parts.join(": ")
+    }
+}
+
+/// Why a connection to `url` failed, with what to check.
+fn connect_error(url: &str, e: &tonic::transport::Error) -> String {
+    let cause = causes(e);
+    let host = url.split("://").nth(1).unwrap_or(url);
+    let hint = if cause.contains("Connection refused") {
+        format!(" (nothing listens on {host}: is the coordinator running, and is this its --listen address?)")
+    } else if cause.contains("dns error") || cause.contains("failed to lookup") {
+        " (the host name does not resolve)".to_string()
+    } else if cause.contains("InvalidContentType")
+        || cause.contains("corrupt message")
+        || cause.contains("HandshakeFailure")
+        || cause.contains("tls")
+    {
+        " (the TLS handshake failed: the coordinator and this worker must both use --tls-*, with certificates from the same CA)".to_string()
+    } else if cause.contains("timed out") {
+        format!(" (no answer from {host}: a firewall, or the wrong address)")
+    } else {
+        String::new()
+    };
+    format!("{cause}{hint}")
 }
 
 impl GrpcControlPlane {
@@ -102,15 +183,14 @@ pub(crate) fn open_channel(
         match rt.block_on(endpoint.connect()) {
             Ok(channel) => return Ok((rt, channel, url)),
             Err(e) if Instant::now() + delay < deadline => {
-                tracing::info!(coordinator = %url, attempt = attempts, error = %e, "coordinator not reachable yet, retrying");
+                tracing::info!(coordinator = %url, attempt = attempts, error = %causes(&e), "coordinator not reachable yet, retrying");
                 std::thread::sleep(delay);
                 delay = (delay * 2).min(Duration::from_secs(2));
             }
-            Err(e) => {
-                return Err(ControlError(format!(
-                "cannot reach coordinator at {url} after {timeout:.0?} ({attempts} attempts): {e}"
-            )))
-            }
+            Err(e) => return Err(ControlError(format!(
+                "cannot reach coordinator at {url} after {timeout:.0?} ({attempts} attempts): {}",
+                connect_error(&url, &e)
+            ))),
         }
     }
 }
@@ -209,5 +289,66 @@ impl ControlPlane for GrpcControlPlane {
             asm.finish()
                 .map_err(|e| ControlError(format!("checkpoint from {url}: {e}")))
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug)]
+    struct Wrap(&'static str, Option<Box<Wrap>>);
+    impl std::fmt::Display for Wrap {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str(self.0)
+        }
+    }
+    impl std::error::Error for Wrap {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            self.1.as_deref().map(|e| e as _)
+        }
+    }
+
+    #[test]
+    fn causes_name_the_os_error_once_and_drop_the_bare_transport_error() {
+        let e = Wrap(
+            "transport error",
+            Some(Box::new(Wrap(
+                "tcp connect error",
+                Some(Box::new(Wrap("Connection refused (os error 111)", None))),
+            ))),
+        );
+        assert_eq!(
+            causes(&e),
+            "tcp connect error: Connection refused (os error 111)"
+        );
+    }
+
+    #[test]
+    fn statuses_that_are_not_refusals_say_what_is_wrong() {
+        let url = "http://127.0.0.1:9187";
+        let h2 = status(
+            url,
+            "join",
+            tonic::Status::unknown("h2 protocol error: http2 error"),
+        );
+        assert!(
+            h2.0.contains("does not speak gRPC") && h2.0.contains("--metrics-addr"),
+            "{h2}"
+        );
+        // The worker's "is the coordinator unreachable" test keeps working on it.
+        assert!(h2.0.contains("(Unknown)"), "{h2}");
+        let other = status(url, "join", tonic::Status::unimplemented("no such service"));
+        assert!(
+            other
+                .0
+                .contains("not the resnet-cluster Coordinator service"),
+            "{other}"
+        );
+        let plain = status(url, "join", tonic::Status::not_found("unknown worker 'w1'"));
+        assert_eq!(
+            plain.0,
+            "coordinator http://127.0.0.1:9187: join refused: unknown worker 'w1' (NotFound)"
+        );
     }
 }
