@@ -434,6 +434,22 @@ impl Coordinator {
             ));
             return;
         }
+        if joined.len() == n {
+            // Nobody who holds the run's state is left: a newcomer would "heal" the others from
+            // its fresh model. The central store has the newest state; a restarted coordinator
+            // serves it.
+            let stored = inner
+                .stored_step
+                .map_or_else(|| "none yet".to_string(), |s| format!("step {s}"));
+            drop(inner);
+            self.fail(format!(
+                "{}: every worker holding the run's state is lost ({}), and the worker(s) that joined ({}) have nothing to continue from; restart the coordinator with --resume auto to continue from its newest checkpoint ({stored})",
+                r.reason,
+                lost.join(", "),
+                joined.join(", ")
+            ));
+            return;
+        }
         let now = Instant::now();
         inner.members = rejoined
             .iter()

@@ -620,3 +620,47 @@ fn workers_joining_a_running_job_are_admitted_up_to_max_workers() {
         "{e:?}"
     );
 }
+
+/// When every worker holding the run's state is gone, a worker that joins has nothing to heal
+/// the group from (its model is fresh): the run fails with what to do, instead of continuing
+/// from a fresh model or stranding the newcomer.
+#[test]
+fn newcomers_alone_cannot_continue_a_run_whose_state_holders_are_all_lost() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let c = Arc::new(
+        Coordinator::new(CoordinatorConfig {
+            workers: 1,
+            join_timeout: Duration::from_secs(5),
+            heartbeat_timeout: Duration::from_millis(200),
+            min_workers: 1,
+            max_workers: None,
+            regroup_timeout: Duration::from_millis(200),
+            run: Default::default(),
+            out: Some(tmp.path().to_path_buf()),
+            fingerprint: fingerprint(),
+            resume: None,
+        })
+        .expect("coordinator"),
+    );
+    let rt = rt();
+    rt.block_on(c.join(join_req("a"))).expect("a joins");
+    let e = rt.block_on(async {
+        // "a" falls silent: the group re-forms without it and waits for a replacement.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        c.check_liveness();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        c.check_liveness();
+        assert_eq!(c.phase(), Phase::Running, "waiting for a replacement");
+        c.join(join_req("b"))
+            .await
+            .expect_err("nothing to heal from")
+    });
+    assert!(matches!(e, Refusal::NotJoinable(_)), "{e:?}");
+    assert_eq!(c.phase(), Phase::Failed);
+    let why = c.failure().expect("reason");
+    assert!(
+        why.contains("every worker holding the run's state is lost")
+            && why.contains("--resume auto"),
+        "{why}"
+    );
+}
