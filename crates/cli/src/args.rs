@@ -7,7 +7,15 @@ use clap::{Args, Parser, Subcommand};
 
 /// Train and evaluate ResNet-18..152 image classifiers (CIFAR-10/100, image folders, synthetic).
 #[derive(Parser, Debug)]
-#[command(name = "resnet", version, about, long_about = None, after_help = crate::EXIT_CODES_HELP)]
+#[command(
+    name = "resnet",
+    version,
+    about = "Train, evaluate, inspect and benchmark ResNet-18/34/50/101/152 image classifiers \
+             (CIFAR-10/100, image folders, synthetic data) on the CPU or a GPU. The same training \
+             runs data-parallel on a cluster with `coordinator` and `worker`.",
+    long_about = None,
+    after_help = crate::EXIT_CODES_HELP
+)]
 pub struct Cli {
     /// Log format for diagnostics on stderr.
     #[arg(long, global = true, default_value = "human", value_parser = ["human", "json"])]

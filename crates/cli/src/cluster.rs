@@ -57,8 +57,9 @@ pub struct CoordinatorCli {
     /// Run parameters.
     #[command(flatten)]
     pub run: RunArgs,
-    /// Number of workers in the group.
-    #[arg(long, default_value_t = 1)]
+    /// Number of workers in the group (env WORLD_SIZE, as torchrun and the PyTorch operators
+    /// set it).
+    #[arg(long, default_value_t = 1, env = "WORLD_SIZE")]
     pub workers: usize,
     /// gRPC address to listen on (port 0 picks a free port; the chosen address is logged).
     #[arg(long, default_value = "127.0.0.1:50051")]
