@@ -187,10 +187,12 @@ pub(crate) fn open_channel(
                 std::thread::sleep(delay);
                 delay = (delay * 2).min(Duration::from_secs(2));
             }
-            Err(e) => return Err(ControlError(format!(
+            Err(e) => {
+                return Err(ControlError(format!(
                 "cannot reach coordinator at {url} after {timeout:.0?} ({attempts} attempts): {}",
                 connect_error(&url, &e)
-            ))),
+            )))
+            }
         }
     }
 }
