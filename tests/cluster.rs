@@ -159,6 +159,9 @@ fn unreachable_coordinator_is_a_clear_error_after_retries() {
             let mut buf = [0u8; 1024];
             let _ = s.read(&mut buf);
             let _ = s.write_all(b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n");
+            // Drain until the client hangs up, so it reads the answer rather than a reset.
+            let _ = s.set_read_timeout(Some(std::time::Duration::from_secs(5)));
+            while matches!(s.read(&mut buf), Ok(n) if n > 0) {}
         }
     });
     let out = Command::new(env!("CARGO_BIN_EXE_worker"))

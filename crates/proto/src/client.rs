@@ -43,18 +43,22 @@ pub(crate) fn status(url: &str, what: &str, s: tonic::Status) -> ControlError {
         }
         _ => s.message().to_string(),
     };
+    let transport = s.code() == tonic::Code::Unknown && std::error::Error::source(&s).is_some();
     ControlError(format!(
         "coordinator {url}: {what} refused: {message} ({:?}){}",
         s.code(),
-        status_hint(url, s.code(), &message)
+        status_hint(url, s.code(), &message, transport)
     ))
 }
 
 /// What a status that is not the coordinator's own refusal means for the operator.
-fn status_hint(url: &str, code: tonic::Code, m: &str) -> String {
+fn status_hint(url: &str, code: tonic::Code, m: &str, transport: bool) -> String {
     match code {
+        // A failure of the HTTP/2 exchange itself (a protocol error, or the server closing the
+        // connection mid-request), not an answer of the coordinator.
         tonic::Code::Unknown
-            if m.contains("h2 protocol error")
+            if transport
+                || m.contains("h2 protocol error")
                 || m.contains("http2 error")
                 || m.contains("transport error") =>
         {
