@@ -228,6 +228,18 @@ fn a_full_central_store_fails_the_coordinator_and_rank_0_and_keeps_the_final_sta
     assert!(out
         .join("checkpoints/step-00000004/MANIFEST.json")
         .is_file());
+    // Uploads are spooled to disk as they arrive; the failed ones leave no partial files.
+    let mut left: Vec<String> = std::fs::read_dir(out.join("checkpoints"))
+        .expect("store")
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    left.sort();
+    assert_eq!(
+        left,
+        ["LATEST", "step-00000002", "step-00000004"],
+        "nothing but the stored checkpoints"
+    );
 
     // Rank 0 failed and kept its local copy; rank 1 had nothing to lose.
     let codes: Vec<Option<i32>> = workers.iter().map(|w| w.status.code()).collect();

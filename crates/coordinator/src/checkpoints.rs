@@ -30,41 +30,75 @@ impl Coordinator {
         Ok(store.lock().unwrap_or_else(|p| p.into_inner()).max_bytes())
     }
 
-    /// Stores a verified upload (blocking file I/O: call it off the async runtime).
+    /// Stores a verified upload held in memory (blocking file I/O: call it off the async
+    /// runtime).
     pub fn store_checkpoint(&self, c: CheckpointFiles) -> Result<Stored, Refusal> {
         self.checkpoint_upload_allowed(&c.worker_id, c.rank, c.generation)?;
+        let info = self.manifest_info();
+        let result = self.with_store(|s| s.save(&c, &info))?;
+        self.stored(c.step, result)
+    }
+
+    /// Stores a verified upload from its spool directory (what the gRPC service receives:
+    /// chunks were written to disk as they arrived). Blocking file I/O.
+    pub fn store_spooled(&self, c: resnet_proto::spool::Spooled) -> Result<Stored, Refusal> {
+        self.checkpoint_upload_allowed(&c.worker_id, c.rank, c.generation)?;
+        let info = self.manifest_info();
+        let result = self.with_store(|s| s.save_spooled(&c, &info))?;
+        self.stored(c.step, result)
+    }
+
+    /// A spool for an upload of at most `max_bytes` (after `checkpoint_upload_allowed`).
+    pub fn upload_spool(&self, max_bytes: u64) -> Result<resnet_proto::spool::Spool, Refusal> {
+        self.with_store(|s| s.spool(max_bytes))?
+            .map_err(|e| self.store_failed(None, e))
+    }
+
+    /// An upload of `step` could not be written to the spool (the store's disk): counted and
+    /// logged like a failed store; the refusal to answer with.
+    pub fn store_failed(&self, step: Option<u64>, error: String) -> Refusal {
+        if let Some(step) = step {
+            self.lock().failed_stores.push(resnet_train::FailedSave {
+                step: step as usize,
+                error: error.clone(),
+            });
+        }
+        crate::metrics::checkpoint_failed();
+        tracing::error!(?step, %error, "CHECKPOINT FAILED: cannot store the upload; training continues, earlier checkpoints are intact");
+        Refusal::Storage(error)
+    }
+
+    fn manifest_info(&self) -> ManifestInfo {
+        ManifestInfo {
+            world_size: Some(self.lock().members.len()),
+            config_fingerprint: Some(resnet_train::config_fingerprint(&self.cfg.run)),
+        }
+    }
+
+    fn with_store<T>(
+        &self,
+        f: impl FnOnce(&crate::store::CheckpointStore) -> T,
+    ) -> Result<T, Refusal> {
         let store = self
             .store
             .as_ref()
             .ok_or_else(|| Refusal::NotJoinable("this coordinator stores no checkpoints".into()))?;
-        let info = ManifestInfo {
-            world_size: Some(self.lock().members.len()),
-            config_fingerprint: Some(resnet_train::config_fingerprint(&self.cfg.run)),
-        };
-        let result = store
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .save(&c, &info);
-        let mut inner = self.lock();
-        match &result {
-            Ok(_) => inner.stored_step = inner.stored_step.max(Some(c.step)),
-            Err(e) => inner.failed_stores.push(resnet_train::FailedSave {
-                step: c.step as usize,
-                error: e.clone(),
-            }),
-        }
-        drop(inner);
+        Ok(f(&store.lock().unwrap_or_else(|p| p.into_inner())))
+    }
+
+    /// Books a store's outcome: the newest stored step, or a failed store.
+    fn stored(&self, step: u64, result: Result<Stored, String>) -> Result<Stored, Refusal> {
         match result {
             Ok(s) => {
+                {
+                    let mut inner = self.lock();
+                    inner.stored_step = inner.stored_step.max(Some(step));
+                }
                 crate::metrics::checkpoint_stored(&s);
-                tracing::info!(step = c.step, dir = %s.dir.display(), bytes = s.bytes, seconds = format!("{:.3}", s.seconds), "checkpoint stored");
+                tracing::info!(step, dir = %s.dir.display(), bytes = s.bytes, seconds = format!("{:.3}", s.seconds), "checkpoint stored");
                 Ok(s)
             }
-            Err(e) => {
-                crate::metrics::checkpoint_failed();
-                tracing::error!(step = c.step, error = %e, "CHECKPOINT FAILED: cannot store the upload; training continues, earlier checkpoints are intact");
-                Err(Refusal::Storage(e))
-            }
+            Err(e) => Err(self.store_failed(Some(step), e)),
         }
     }
 

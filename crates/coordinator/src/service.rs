@@ -171,10 +171,20 @@ impl CoordinatorService {
             tracing::warn!(method = "UploadCheckpoint", reason = %m, "request refused");
             Status::invalid_argument(m)
         };
-        let mut asm: Option<resnet_proto::checkpoint::Assembler> = None;
+        // Chunks go to disk as they arrive (one chunk in memory at a time), checked as the
+        // Assembler would; the spool directory vanishes with any error.
+        let mut spool: Option<(resnet_proto::spool::Spool, u64)> = None;
+        let coord = self.0.clone();
+        let failed = |step: u64, e: resnet_proto::spool::SpoolError| match e {
+            resnet_proto::spool::SpoolError::Stream(m) => bad(m),
+            io => status(
+                "UploadCheckpoint",
+                coord.store_failed(Some(step), io.to_string()),
+            ),
+        };
         while let Some(chunk) = stream.message().await? {
-            let a = match &mut asm {
-                Some(a) => a,
+            let (s, step) = match &mut spool {
+                Some(s) => s,
                 None => {
                     let h = chunk
                         .header
@@ -184,20 +194,31 @@ impl CoordinatorService {
                         .0
                         .checkpoint_upload_allowed(&h.worker_id, h.rank as usize, h.generation)
                         .map_err(|r| status("UploadCheckpoint", r))?;
-                    asm.insert(resnet_proto::checkpoint::Assembler::new(max))
+                    let s = self
+                        .0
+                        .upload_spool(max)
+                        .map_err(|r| status("UploadCheckpoint", r))?;
+                    spool.insert((s, h.step))
                 }
             };
-            a.push(chunk).map_err(bad)?;
+            let step = *step;
+            // A small blocking write (at most one chunk, 1 MiB) on this runtime thread: cheaper
+            // than a hand-off per chunk, and it works on any runtime flavour.
+            s.push(chunk).map_err(|e| failed(step, e))?;
         }
-        let files = asm
-            .ok_or_else(|| bad("empty checkpoint stream".into()))?
-            .finish()
-            .map_err(bad)?;
+        let (s, step) = spool.ok_or_else(|| bad("empty checkpoint stream".into()))?;
         let coord = self.0.clone();
-        let stored = tokio::task::spawn_blocking(move || coord.store_checkpoint(files))
-            .await
-            .map_err(|e| Status::internal(e.to_string()))?
-            .map_err(|r| status("UploadCheckpoint", r))?;
+        // Verifying (fsync of every file) and storing are blocking file I/O: off the runtime.
+        let stored = tokio::task::spawn_blocking(move || {
+            let done = s.finish().map_err(|e| match e {
+                resnet_proto::spool::SpoolError::Stream(m) => Refusal::Invalid(m),
+                io => coord.store_failed(Some(step), io.to_string()),
+            })?;
+            coord.store_spooled(done)
+        })
+        .await
+        .map_err(|e| Status::internal(e.to_string()))?
+        .map_err(|r| status("UploadCheckpoint", r))?;
         Ok(v1::CheckpointAck {
             path: stored.dir.display().to_string(),
             bytes: stored.bytes,

@@ -15,6 +15,8 @@ use resnet_train::checkpoint::{
 pub const MAX_UPLOAD_BYTES: u64 = 16 << 30;
 
 const MANIFEST: &str = "MANIFEST.json";
+/// Uploads in progress: `<root>/.upload-<pid>-<n>/`.
+const SPOOL_PREFIX: &str = ".upload-";
 const BEST: &str = "BEST";
 
 /// Where and how many.
@@ -48,8 +50,15 @@ pub struct CheckpointStore {
 }
 
 impl CheckpointStore {
-    /// A store writing into `cfg.root`.
+    /// A store writing into `cfg.root` (removing spool directories a killed coordinator left).
     pub fn new(cfg: StoreConfig) -> Self {
+        if let Ok(entries) = std::fs::read_dir(&cfg.root) {
+            for e in entries.flatten() {
+                if e.file_name().to_string_lossy().starts_with(SPOOL_PREFIX) {
+                    let _ = std::fs::remove_dir_all(e.path());
+                }
+            }
+        }
         Self {
             cfg,
             accuracy_at: BTreeMap::new(),
@@ -84,6 +93,61 @@ impl CheckpointStore {
                         resnet_train::TrainError::Checkpoint(format!("{}: {e}", path.display()))
                     })?;
                     bytes += data.len() as u64;
+                }
+                Ok(())
+            },
+        )
+        .map_err(|e| e.to_string())?;
+        self.update_best();
+        prune_except(
+            &self.cfg.root,
+            self.cfg.keep,
+            &self.best().into_iter().collect::<Vec<_>>(),
+        );
+        Ok(Stored {
+            dir,
+            bytes,
+            seconds: started.elapsed().as_secs_f64(),
+        })
+    }
+
+    /// A fresh spool directory for an upload, inside the store (same filesystem: the files are
+    /// renamed into the checkpoint, not copied). Leftovers of a killed coordinator are removed
+    /// when the store starts.
+    pub fn spool(&self, max_bytes: u64) -> Result<resnet_proto::spool::Spool, String> {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        std::fs::create_dir_all(&self.cfg.root)
+            .map_err(|e| format!("{}: {e}", self.cfg.root.display()))?;
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = self
+            .cfg
+            .root
+            .join(format!("{SPOOL_PREFIX}{}-{n}", std::process::id()));
+        Ok(resnet_proto::spool::Spool::new(dir, max_bytes))
+    }
+
+    /// Stores a verified upload from its spool directory, as [`save`](Self::save) does from
+    /// memory: the files are moved into the staging directory, which gets its manifest, is
+    /// fsynced and renamed into place.
+    pub fn save_spooled(
+        &self,
+        s: &resnet_proto::spool::Spooled,
+        info: &ManifestInfo,
+    ) -> Result<Stored, String> {
+        let started = Instant::now();
+        let mut bytes = 0u64;
+        let dir = write_checkpoint_with(
+            &self.cfg.root,
+            s.step as usize,
+            s.epoch as usize,
+            info,
+            |d| {
+                for (name, size) in s.files.iter().filter(|(n, _)| n != MANIFEST) {
+                    let (from, to) = (s.dir.join(name), d.join(name));
+                    std::fs::rename(&from, &to).map_err(|e| {
+                        resnet_train::TrainError::Checkpoint(format!("{}: {e}", to.display()))
+                    })?;
+                    bytes += size;
                 }
                 Ok(())
             },

@@ -96,6 +96,38 @@ pub fn valid_file_name(name: &str) -> bool {
         && name.chars().all(|c| c.is_ascii_graphic())
 }
 
+/// Checks a stream's header: 1..=[`MAX_FILES`] plain, distinct file names with 64-hex-digit
+/// digests, and no more than `max_bytes` of data in all.
+pub fn check_header(h: &v1::CheckpointHeader, max_bytes: u64) -> Result<(), String> {
+    if h.files.is_empty() || h.files.len() > MAX_FILES {
+        return Err(format!(
+            "header lists {} files (1..={MAX_FILES} allowed)",
+            h.files.len()
+        ));
+    }
+    let mut total = 0u64;
+    for f in &h.files {
+        if !valid_file_name(&f.name) {
+            return Err(format!("invalid file name {:?}", f.name));
+        }
+        if f.sha256.len() != 64 {
+            return Err(format!("{}: sha256 is not 64 hex digits", f.name));
+        }
+        total = total.saturating_add(f.size);
+    }
+    if total > max_bytes {
+        return Err(format!(
+            "checkpoint of {total} bytes exceeds the limit of {max_bytes} bytes"
+        ));
+    }
+    let mut names: Vec<&str> = h.files.iter().map(|f| f.name.as_str()).collect();
+    names.sort_unstable();
+    if names.windows(2).any(|w| w[0] == w[1]) {
+        return Err("a file name appears twice in the header".into());
+    }
+    Ok(())
+}
+
 /// Reassembles a chunk stream, checking it as it arrives.
 #[derive(Debug)]
 pub struct Assembler {
@@ -122,33 +154,7 @@ impl Assembler {
             if self.header.is_some() {
                 return Err("a second header in one checkpoint stream".into());
             }
-            if h.files.is_empty() || h.files.len() > MAX_FILES {
-                return Err(format!(
-                    "header lists {} files (1..={MAX_FILES} allowed)",
-                    h.files.len()
-                ));
-            }
-            let mut total = 0u64;
-            for f in &h.files {
-                if !valid_file_name(&f.name) {
-                    return Err(format!("invalid file name {:?}", f.name));
-                }
-                if f.sha256.len() != 64 {
-                    return Err(format!("{}: sha256 is not 64 hex digits", f.name));
-                }
-                total = total.saturating_add(f.size);
-            }
-            if total > self.max_bytes {
-                return Err(format!(
-                    "checkpoint of {total} bytes exceeds the limit of {} bytes",
-                    self.max_bytes
-                ));
-            }
-            let mut names: Vec<&str> = h.files.iter().map(|f| f.name.as_str()).collect();
-            names.sort_unstable();
-            if names.windows(2).any(|w| w[0] == w[1]) {
-                return Err("a file name appears twice in the header".into());
-            }
+            check_header(&h, self.max_bytes)?;
             self.data = h
                 .files
                 .iter()

@@ -6,6 +6,7 @@ pub mod auth;
 pub mod checkpoint;
 pub mod client;
 pub mod domain;
+pub mod spool;
 pub mod sweep;
 pub mod tls;
 
