@@ -190,6 +190,46 @@ fn unreachable_coordinator_is_a_clear_error_after_retries() {
 }
 
 #[test]
+fn the_launch_environment_stands_for_the_flags() {
+    // MASTER_ADDR/MASTER_PORT name the coordinator (here: nothing listens, so the error names
+    // the address they made); LOCAL_RANK picks the GPU unless --cpu says otherwise.
+    let port = free_port().to_string();
+    let worker = |env: &[(&str, &str)], args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_worker"))
+            .args(["--connect-timeout", "1"])
+            .args(args)
+            .env_remove("RESNET_COORDINATOR")
+            .env_remove("LOCAL_RANK")
+            .envs(env.iter().copied())
+            .output()
+            .expect("run worker");
+        assert!(!out.status.success());
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let e = worker(&[("MASTER_ADDR", "127.0.0.1"), ("MASTER_PORT", &port)], &[]);
+    assert!(e.contains(&format!("127.0.0.1:{port}")), "{e}");
+    let e = worker(&[("LOCAL_RANK", "x1")], &["--coordinator", "127.0.0.1:1"]);
+    assert!(e.contains("LOCAL_RANK: 'x1' is not a GPU index"), "{e}");
+    #[cfg(not(feature = "cuda"))]
+    {
+        let e = worker(&[("LOCAL_RANK", "1")], &["--coordinator", "127.0.0.1:1"]);
+        assert!(
+            e.contains("LOCAL_RANK=1 selects GPU 1") && e.contains("without CUDA support"),
+            "{e}"
+        );
+        // --cpu wins over LOCAL_RANK: the worker gets as far as the (absent) coordinator.
+        let e = worker(
+            &[("LOCAL_RANK", "1")],
+            &["--cpu", "--coordinator", &format!("127.0.0.1:{port}")],
+        );
+        assert!(
+            !e.contains("LOCAL_RANK") && e.contains("nothing listens"),
+            "{e}"
+        );
+    }
+}
+
+#[test]
 fn a_worker_that_never_comes_back_fails_the_run_instead_of_hanging() {
     // One of two workers is killed while training and --min-workers 2 forbids continuing with
     // one: the survivor's collective fails, the group waits --join-timeout for a replacement,

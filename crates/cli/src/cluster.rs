@@ -138,6 +138,10 @@ pub struct CoordinatorCli {
 ///
 /// SIGTERM/SIGINT: the worker leaves the group (the coordinator re-forms it without this worker
 /// at once) and exits with code 4; a restarted worker joins the running job.
+///
+/// Launch environment: `RESNET_COORDINATOR` or `MASTER_ADDR`/`MASTER_PORT` stand for
+/// --coordinator; `LOCAL_RANK` (set by per-process launchers) stands for --gpu when neither
+/// --gpu nor --cpu is given. `RANK` is ignored: the coordinator assigns ranks.
 #[derive(Parser, Debug)]
 #[command(name = "worker", version, after_help = crate::EXIT_CODES_HELP)]
 pub struct WorkerCli {
@@ -567,8 +571,16 @@ pub fn run_worker_cli(a: WorkerCli) -> Result<()> {
         }
         return Ok(());
     }
-    let sel = select(&a.device)?;
-    let kernels = crate::kernels::choose(&a.device)?;
+    let mut device = a.device.clone();
+    device.gpu = crate::endpoint::worker_gpu(device.gpu, device.cpu, |v| std::env::var(v).ok())?;
+    let sel = match (a.device.gpu, device.gpu) {
+        (None, Some(n)) => {
+            tracing::info!(gpu = n, "LOCAL_RANK={n}: this worker runs on GPU {n}");
+            select(&device).with_context(|| format!("LOCAL_RANK={n} selects GPU {n}"))?
+        }
+        _ => select(&device)?,
+    };
+    let kernels = crate::kernels::choose(&device)?;
     if let Some(addr) = a.metrics_addr {
         resnet_telemetry::serve_metrics(addr, "worker")?;
     }

@@ -1,6 +1,7 @@
 //! Where a worker finds its coordinator: `--coordinator` as an operator types it (`host:port`
 //! or a URL), or the launch environment's conventions (`RESNET_COORDINATOR`, torchrun's
-//! `MASTER_ADDR`/`MASTER_PORT`), made into the URL tonic needs.
+//! `MASTER_ADDR`/`MASTER_PORT`), made into the URL tonic needs; and which GPU a worker started
+//! by a per-process launcher uses (`LOCAL_RANK`).
 
 use anyhow::{bail, Result};
 
@@ -36,6 +37,29 @@ pub fn coordinator_url(
     };
     normalise(&raw, tls)
         .map_err(|why| anyhow::anyhow!("invalid coordinator address ({source} '{raw}'): {why}"))
+}
+
+/// The GPU a worker runs on: `--gpu` if given; none with `--cpu`; else `LOCAL_RANK` (looked up
+/// with `env`), which launchers that start one process per GPU set to the process's index on
+/// its node (torchrun, `worker --gpus`, MPI/Slurm wrappers). `RANK` is not read: ranks are the
+/// coordinator's to assign.
+pub fn worker_gpu(
+    gpu: Option<usize>,
+    cpu: bool,
+    env: impl Fn(&str) -> Option<String>,
+) -> Result<Option<usize>> {
+    if gpu.is_some() || cpu {
+        return Ok(gpu);
+    }
+    match env("LOCAL_RANK").filter(|s| !s.trim().is_empty()) {
+        None => Ok(None),
+        Some(v) => v.trim().parse::<usize>().map(Some).map_err(|_| {
+            anyhow::anyhow!(
+                "LOCAL_RANK: '{v}' is not a GPU index (expected 0, 1, ...); unset it, or give \
+                 --gpu N or --cpu"
+            )
+        }),
+    }
 }
 
 /// `host:port` with IPv6 literals bracketed.
@@ -140,6 +164,43 @@ mod tests {
             err(Some("not a url"), &[]),
             "invalid coordinator address (--coordinator 'not a url'): expected HOST:PORT or a \
              URL, found spaces"
+        );
+    }
+
+    #[test]
+    fn local_rank_picks_the_gpu_unless_the_flags_say_otherwise() {
+        let env = |v: &'static str| move |k: &str| (k == "LOCAL_RANK").then(|| v.to_string());
+        assert_eq!(
+            worker_gpu(None, false, env("3")).expect("a GPU choice"),
+            Some(3)
+        );
+        assert_eq!(
+            worker_gpu(None, false, env(" 0 ")).expect("a GPU choice"),
+            Some(0)
+        );
+        assert_eq!(
+            worker_gpu(Some(1), false, env("3")).expect("a GPU choice"),
+            Some(1)
+        );
+        assert_eq!(
+            worker_gpu(None, true, env("3")).expect("a GPU choice"),
+            None
+        );
+        assert_eq!(
+            worker_gpu(None, false, env("")).expect("a GPU choice"),
+            None
+        );
+        assert_eq!(
+            worker_gpu(None, false, |_| None).expect("a GPU choice"),
+            None
+        );
+        let e = worker_gpu(None, false, env("gpu1"))
+            .expect_err("an error")
+            .to_string();
+        assert!(e.contains("LOCAL_RANK: 'gpu1' is not a GPU index"), "{e}");
+        assert_eq!(
+            worker_gpu(Some(2), false, env("gpu1")).expect("a GPU choice"),
+            Some(2)
         );
     }
 }

@@ -179,6 +179,8 @@ pub fn supervise(a: &WorkerCli, gpus: &[usize], max_restarts: usize) -> Result<u
         )?;
         let mut child = Command::new(&exe)
             .args(&child_args)
+            // As torchrun sets it: the child's index on this node (its --gpu is explicit).
+            .env("LOCAL_RANK", slot.position.to_string())
             .stdin(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
