@@ -481,11 +481,7 @@ impl RingLink for TcpRing {
         {
             return Err(CollectiveError::Disconnected { peer, detail: e });
         }
-        let mut frame = Vec::with_capacity(4 + data.len() * 4);
-        frame.extend_from_slice(&(data.len() as u32).to_le_bytes());
-        for v in data {
-            frame.extend_from_slice(&v.to_le_bytes());
-        }
+        let frame = encode_frame(data);
         let tx = self
             .writer
             .as_ref()
@@ -517,22 +513,55 @@ impl RingLink for TcpRing {
                 detail: e.to_string(),
             },
         };
-        let mut len = [0u8; 4];
-        stream.read_exact(&mut len).map_err(map)?;
-        let n = u32::from_le_bytes(len) as usize;
-        if n != out.len() {
-            return Err(CollectiveError::Protocol {
+        read_frame(stream, out, &mut self.bytes).map_err(|e| match e {
+            FrameError::Io(e) => map(e),
+            FrameError::Length(n) => CollectiveError::Protocol {
                 peer,
                 detail: format!("frame of {n} elements, expected {}", out.len()),
-            });
-        }
-        self.bytes.resize(n * 4, 0);
-        stream.read_exact(&mut self.bytes).map_err(map)?;
-        for (o, b) in out.iter_mut().zip(self.bytes.chunks_exact(4)) {
-            *o = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
-        }
-        Ok(())
+            },
+        })
     }
+}
+
+/// One ring frame on the wire: the element count (u32, little-endian), then the elements
+/// (f32, little-endian).
+fn encode_frame(data: &[f32]) -> Vec<u8> {
+    let mut frame = Vec::with_capacity(4 + data.len() * 4);
+    frame.extend_from_slice(&(data.len() as u32).to_le_bytes());
+    for v in data {
+        frame.extend_from_slice(&v.to_le_bytes());
+    }
+    frame
+}
+
+/// Why a frame could not be read.
+#[derive(Debug)]
+enum FrameError {
+    Io(std::io::Error),
+    /// The frame announced this many elements, not the expected number.
+    Length(usize),
+}
+
+/// Reads one frame of exactly `out.len()` elements into `out` (through `scratch`). The length
+/// is checked before anything is allocated, so a peer cannot make this side allocate more than
+/// the reduction it already expects.
+fn read_frame(
+    stream: &mut impl Read,
+    out: &mut [f32],
+    scratch: &mut Vec<u8>,
+) -> Result<(), FrameError> {
+    let mut len = [0u8; 4];
+    stream.read_exact(&mut len).map_err(FrameError::Io)?;
+    let n = u32::from_le_bytes(len) as usize;
+    if n != out.len() {
+        return Err(FrameError::Length(n));
+    }
+    scratch.resize(n * 4, 0);
+    stream.read_exact(scratch).map_err(FrameError::Io)?;
+    for (o, b) in out.iter_mut().zip(scratch.chunks_exact(4)) {
+        *o = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+    }
+    Ok(())
 }
 
 impl Drop for TcpRing {
@@ -541,5 +570,79 @@ impl Drop for TcpRing {
         if let Some(h) = self.writer_thread.take() {
             let _ = h.join();
         }
+    }
+}
+
+#[cfg(test)]
+mod frame_tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+
+        /// Whatever bytes a peer sends, reading a frame returns (never panics, never allocates
+        /// beyond the expected frame), and succeeds only when the bytes are a frame of the
+        /// expected length, whose elements it returns bit for bit.
+        #[test]
+        fn any_bytes_are_a_frame_or_an_error(
+            expect in 0usize..64,
+            bytes in proptest::collection::vec(any::<u8>(), 0..300),
+            real in any::<bool>(),
+            cut in 0usize..300,
+        ) {
+            // Half the cases: a genuine frame of the expected length, whole or cut short,
+            // instead of noise.
+            let bytes = if real {
+                let data: Vec<f32> = (0..expect)
+                    .map(|i| f32::from_bits(0x9E37_79B9u32.wrapping_mul(i as u32 + 1)))
+                    .collect();
+                let mut f = encode_frame(&data);
+                let keep = if cut % 3 == 0 { f.len() } else { cut.min(f.len()) };
+                f.truncate(keep);
+                f.extend_from_slice(&bytes[..bytes.len().min(cut % 7)]);
+                f
+            } else {
+                bytes
+            };
+            let mut out = vec![0f32; expect];
+            let mut scratch = Vec::new();
+            let r = read_frame(&mut std::io::Cursor::new(&bytes), &mut out, &mut scratch);
+            let announced = (bytes.len() >= 4)
+                .then(|| u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]) as usize);
+            let whole = announced == Some(expect) && bytes.len() >= 4 + 4 * expect;
+            prop_assert_eq!(r.is_ok(), whole, "{:?}", r);
+            prop_assert!(scratch.capacity() <= 4 * expect.max(1) + 64);
+            if whole {
+                for (i, v) in out.iter().enumerate() {
+                    let b = &bytes[4 + 4 * i..8 + 4 * i];
+                    prop_assert_eq!(v.to_bits(), u32::from_le_bytes([b[0], b[1], b[2], b[3]]));
+                }
+            }
+            if let Err(FrameError::Length(n)) = r {
+                prop_assert_eq!(Some(n), announced);
+                prop_assert_ne!(n, expect);
+            }
+        }
+    }
+
+    #[test]
+    fn a_frame_round_trips_bit_exactly() {
+        let data = [
+            1.5f32,
+            -0.0,
+            f32::NAN,
+            f32::INFINITY,
+            f32::MIN_POSITIVE / 2.0,
+        ];
+        let mut out = [0f32; 5];
+        let mut scratch = Vec::new();
+        let f = encode_frame(&data);
+        read_frame(&mut f.as_slice(), &mut out, &mut scratch).expect("frame");
+        for (a, b) in data.iter().zip(out) {
+            assert_eq!(a.to_bits(), b.to_bits());
+        }
+        let e = read_frame(&mut f.as_slice(), &mut [0f32; 4], &mut scratch);
+        assert!(matches!(e, Err(FrameError::Length(5))), "{e:?}");
     }
 }
