@@ -243,4 +243,61 @@ fn image_folder_trains_and_resume_refuses_config_changes_but_not_a_repeated_comm
     );
     let (ok, _, stderr) = run(command("2", &fresh, &["--resume", "auto"]));
     assert!(ok && stderr.contains("resuming from"), "{stderr}");
+
+    // The run recorded its classes and normalisation, so a folder holding only some classes
+    // (here: only test/red, no training split at all) is evaluated with the model's labels.
+    let saved: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).expect("config"))
+            .expect("json");
+    assert_eq!(saved["data"]["classes"], serde_json::json!(["blue", "red"]));
+    assert!(saved["data"]["normalization"]["mean"].is_array(), "{saved}");
+    let only = dir.path().join("only-red");
+    std::fs::create_dir_all(only.join("test")).expect("mkdir");
+    let copy = |from: &std::path::Path, to: &std::path::Path| {
+        std::fs::create_dir_all(to).expect("mkdir");
+        for e in std::fs::read_dir(from).expect("read").flatten() {
+            std::fs::copy(e.path(), to.join(e.file_name())).expect("copy");
+        }
+    };
+    copy(&data.join("test/red"), &only.join("test/red"));
+    let eval = |data: &std::path::Path| {
+        let (ok, stdout, stderr) = resnet(&[
+            "eval",
+            "--checkpoint",
+            out.to_str().expect("utf8"),
+            "--data",
+            data.to_str().expect("utf8"),
+            "--json",
+        ]);
+        assert!(ok, "{stderr}");
+        serde_json::from_str::<serde_json::Value>(&stdout).expect("eval json")
+    };
+    let whole = eval(&data);
+    let red = eval(&only);
+    assert_eq!(red["samples"], 8, "{red}");
+    // Every image is a red one (row 1 of the confusion matrix), none is counted as blue...
+    assert_eq!(red["confusion"][0], serde_json::json!([0, 0]), "{red}");
+    let row = |v: &serde_json::Value| -> Vec<u64> {
+        v["confusion"][1]
+            .as_array()
+            .expect("row")
+            .iter()
+            .map(|c| c.as_u64().expect("count"))
+            .collect()
+    };
+    // ...and classified exactly as in the full folder: same labels, same normalisation.
+    assert_eq!(row(&red), row(&whole), "{red}\n{whole}");
+    // A class the model never saw is an error naming it.
+    copy(&data.join("test/red"), &only.join("test/green"));
+    let (ok, _, stderr) = resnet(&[
+        "eval",
+        "--checkpoint",
+        out.to_str().expect("utf8"),
+        "--data",
+        only.to_str().expect("utf8"),
+    ]);
+    assert!(
+        !ok && stderr.contains("class 'green' is not one of the training split's classes"),
+        "{stderr}"
+    );
 }

@@ -128,8 +128,29 @@ pub fn load_test(
     if test_limit.is_some() {
         cfg.data.test_limit = test_limit;
     }
-    // Only the test split is needed; keep training data small when it must be read anyway.
-    cfg.data.train_limit = Some(1);
+    // A folder run that recorded its classes and normalisation needs only the test split (the
+    // folder may hold nothing else).
+    if let (resnet_data::DatasetKind::Folder, Some(classes), Some(norm)) = (
+        cfg.data.dataset,
+        cfg.data.classes.as_deref(),
+        cfg.data.normalization,
+    ) {
+        let test = resnet_data::load_folder(
+            &cfg.data.dir,
+            false,
+            cfg.data.image_size,
+            cfg.data.test_limit,
+            Some(classes),
+        )
+        .with_context(|| format!("loading test data from {}", cfg.data.dir.display()))?;
+        return Ok((Arc::new(test), norm, cfg));
+    }
+    // Otherwise only the test split is needed, but a folder's normalisation (when not recorded:
+    // runs from before it was, cluster runs) is the training split's statistics, so that split
+    // is read as training read it; for the other datasets one training record is enough.
+    if cfg.data.dataset != resnet_data::DatasetKind::Folder || cfg.data.normalization.is_some() {
+        cfg.data.train_limit = Some(1);
+    }
     let splits = cfg
         .data
         .load(cfg.seed, &mut |_, _| {})

@@ -139,11 +139,17 @@ fn decode(
 ///
 /// Without `train/` and `test/` (or `val/`) subfolders, every 10th image by a hash of its file name
 /// is held out as the test split, so the split is stable when files are added.
+///
+/// `classes` is the label list a trained model knows (recorded in its run configuration): when
+/// given, every folder of either split takes its label by name in it (a folder it lacks is an
+/// error naming it), so a model is evaluated on another folder without its labels shifting.
+/// Without, the training split's sorted folder names are the classes.
 pub fn load_folder(
     root: &Path,
     train: bool,
     size: usize,
     limit: Option<usize>,
+    classes: Option<&[String]>,
 ) -> Result<ImageDataset, DataError> {
     if !root.is_dir() {
         return Err(DataError::Missing {
@@ -164,6 +170,7 @@ pub fn load_folder(
     // The test split's labels are the training split's indices, matched by class name, so a
     // test folder that lacks a class (or has them in another order) cannot shift the labels.
     let train_classes = match (&split_dir, train) {
+        _ if classes.is_some() => classes.map(<[String]>::to_vec),
         (Some(_), false) if root.join("train").is_dir() => Some(
             class_folders(&root.join("train"))?
                 .into_iter()
@@ -175,7 +182,7 @@ pub fn load_folder(
     let (mut files, classes) = match split_dir {
         Some(d) => scan(&d, train_classes.as_deref())?,
         None => {
-            let (files, classes) = scan(root, None)?;
+            let (files, classes) = scan(root, train_classes.as_deref())?;
             let held_out = |p: &Path| {
                 let h = p
                     .file_name()
@@ -217,13 +224,13 @@ mod tests {
                 img.save(d.join("a.png")).expect("save");
             }
         }
-        let ds = load_folder(dir.path(), true, 8, None).expect("load");
+        let ds = load_folder(dir.path(), true, 8, None, None).expect("load");
         assert_eq!(ds.classes, vec!["cats", "dogs"]);
         assert_eq!(ds.labels, vec![0, 1]);
         assert_eq!(ds.image(0)[0], 255); // red plane of the cat
         assert_eq!(ds.image(1)[2 * 64], 255); // blue plane of the dog
         std::fs::write(dir.path().join("test/dogs/broken.jpg"), b"not a jpeg").expect("write");
-        let e = load_folder(dir.path(), false, 8, None)
+        let e = load_folder(dir.path(), false, 8, None, None)
             .expect_err("broken")
             .to_string();
         assert!(
@@ -252,9 +259,9 @@ mod tests {
         // Hidden and empty folders are not classes.
         std::fs::create_dir_all(dir.path().join("train/.ipynb_checkpoints")).expect("mkdir");
         std::fs::create_dir_all(dir.path().join("test/empty")).expect("mkdir");
-        let train = load_folder(dir.path(), true, 4, None).expect("train");
+        let train = load_folder(dir.path(), true, 4, None, None).expect("train");
         assert_eq!(train.classes, vec!["cat", "dog", "horse"]);
-        let test = load_folder(dir.path(), false, 4, None).expect("test");
+        let test = load_folder(dir.path(), false, 4, None, None).expect("test");
         assert_eq!(test.classes, train.classes);
         assert_eq!(test.labels, vec![0, 2]);
         assert_eq!(
@@ -264,7 +271,7 @@ mod tests {
         );
         // A class the model was never trained on is an error that names it.
         image(dir.path(), "test", "zebra", "a.png", 9);
-        let e = load_folder(dir.path(), false, 4, None)
+        let e = load_folder(dir.path(), false, 4, None, None)
             .expect_err("unknown class")
             .to_string();
         assert!(

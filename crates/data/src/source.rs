@@ -64,6 +64,11 @@ pub struct DataConfig {
     pub augment: AugmentConfig,
     /// Fetch CIFAR if it is missing. Default false.
     pub download: bool,
+    /// Image folders: the class names in label order. `resnet train` records the training
+    /// split's list here (and the normalisation above) when a run starts, so evaluating the
+    /// model on another folder labels it by name. Default: the folder's own training classes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub classes: Option<Vec<String>>,
 }
 
 impl Default for DataConfig {
@@ -79,6 +84,7 @@ impl Default for DataConfig {
             normalization: None,
             augment: AugmentConfig::default(),
             download: false,
+            classes: None,
         }
     }
 }
@@ -166,8 +172,11 @@ impl DataConfig {
                 )
             }
             DatasetKind::Folder => {
-                let train = load_folder(&self.dir, true, self.image_size, self.train_limit)?;
-                let test = load_folder(&self.dir, false, self.image_size, self.test_limit)?;
+                let classes = self.classes.as_deref();
+                let train =
+                    load_folder(&self.dir, true, self.image_size, self.train_limit, classes)?;
+                let test =
+                    load_folder(&self.dir, false, self.image_size, self.test_limit, classes)?;
                 let norm = train.channel_stats();
                 (train, test, norm)
             }

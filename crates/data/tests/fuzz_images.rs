@@ -28,7 +28,7 @@ fn load_with(ext: &str, bytes: &[u8]) -> Result<(), String> {
     }
     std::fs::write(dir.path().join("a/good.png"), genuine("png")).expect("write");
     std::fs::write(dir.path().join(format!("b/fuzzed.{ext}")), bytes).expect("write");
-    match load_folder(dir.path(), true, 8, None) {
+    match load_folder(dir.path(), true, 8, None, None) {
         Ok(d) => {
             assert_eq!(d.labels.len(), 2);
             Ok(())
