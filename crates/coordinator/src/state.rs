@@ -299,8 +299,9 @@ impl Coordinator {
     }
 
     /// Fails the run if the group is not complete within the join timeout of the coordinator's
-    /// start, or if a training worker has been silent longer than the heartbeat timeout.
-    /// (Fault tolerance — dropping the worker and re-forming the group — replaces this.)
+    /// start. A training worker silent longer than the heartbeat timeout is dropped and the
+    /// group re-formed without it (`start_regroup_for_silence`); only when that cannot be done
+    /// does the run fail, naming the worker.
     pub fn check_liveness(&self) {
         if self.phase() == Phase::Waiting && self.started.elapsed() > self.cfg.join_timeout {
             let joined = self.lock().members.len();

@@ -39,7 +39,8 @@ pub use metrics::{argmax, count_batch, ClassMetrics, EvalCounts, EvalReport};
 pub use mix::{mix_images, mixed_targets, MixConfig, MixDraw};
 pub use optim::{AnyOptimizer, OptimConfig, OptimizerKind};
 pub use parallel::{
-    broadcast_model, sync_batchnorm, sync_gradients, sync_gradients_with, GradSync, Synced,
+    broadcast_model, sync_batchnorm, sync_gradients, sync_gradients_with, GradSync, SyncError,
+    Synced,
 };
 pub use record_io::checkpoint_bytes_bound;
 pub use records::{
@@ -77,9 +78,10 @@ pub enum TrainError {
         /// The newest checkpoint left on disk, or "none in DIR".
         newest: String,
     },
-    /// A collective operation with the other replicas failed (names the peer).
+    /// A collective operation with the other replicas failed (names the peer); the kind says
+    /// whether re-forming the group can help.
     #[error("collective: {0}")]
-    Collective(String),
+    Collective(#[from] SyncError),
     /// A data problem.
     #[error(transparent)]
     Data(#[from] resnet_data::DataError),

@@ -12,6 +12,36 @@ use resnet_model::ResNet;
 
 use crate::TrainError;
 
+/// Why an exchange with the other replicas failed, in the terms its caller decides on: whether
+/// re-forming the group can continue the run ([`SyncError::regroup_may_help`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SyncError {
+    /// A peer is lost: it closed its connection, stopped answering, or the exchange was aborted
+    /// (the coordinator is re-forming the group). Names the peer.
+    #[error("{0}")]
+    PeerLost(String),
+    /// A peer sent something the protocol does not expect. Names the peer.
+    #[error("{0}")]
+    Protocol(String),
+    /// The coordinator asked for the group to be re-formed before this step's exchange.
+    #[error("the coordinator is re-forming the group")]
+    Regroup,
+    /// This replica left its group (it was asked to stop).
+    #[error("left the group")]
+    Left,
+    /// This replica's own side failed (e.g. reading its gradients off the device): another
+    /// group would not fix it.
+    #[error("{0}")]
+    Local(String),
+}
+
+impl SyncError {
+    /// Whether re-forming the group (without a lost or misbehaving peer) can continue the run.
+    pub fn regroup_may_help(&self) -> bool {
+        matches!(self, Self::PeerLost(_) | Self::Protocol(_) | Self::Regroup)
+    }
+}
+
 /// How a replica combines values with its peers.
 pub trait GradSync: Send {
     /// This replica's rank.
@@ -19,14 +49,14 @@ pub trait GradSync: Send {
     /// Number of replicas.
     fn world(&self) -> usize;
     /// Element-wise mean over all replicas, in place. Errors name the peer and the failure.
-    fn all_reduce_mean(&mut self, buf: &mut [f32]) -> Result<(), String>;
+    fn all_reduce_mean(&mut self, buf: &mut [f32]) -> Result<(), SyncError>;
     /// Copies `root`'s buffer to every replica.
-    fn broadcast(&mut self, buf: &mut [f32], root: usize) -> Result<(), String>;
+    fn broadcast(&mut self, buf: &mut [f32], root: usize) -> Result<(), SyncError>;
     /// [`Self::all_reduce_mean`] of a flat `Tensor<B, 1>` (B the trainer's inner backend) where
     /// it lives, without a copy to the host: `flat` is that tensor behind `Any`, since this
     /// trait knows no backend. Replaces it with the mean. `None` when this sync cannot reduce
     /// that tensor type on its device; the trainer then takes the host path.
-    fn all_reduce_mean_device(&mut self, _flat: &mut dyn Any) -> Option<Result<(), String>> {
+    fn all_reduce_mean_device(&mut self, _flat: &mut dyn Any) -> Option<Result<(), SyncError>> {
         None
     }
 }
@@ -147,14 +177,18 @@ pub fn sync_gradients_with<B: AutodiffBackend>(
             tail.push(zero);
             let tail = Tensor::cat(tail, 0);
             let tail: Vec<f32> = tail.into_data().convert::<f32>().to_vec().map_err(|e| {
-                TrainError::Collective(format!("reading the step flags back: {e:?}"))
+                TrainError::Collective(SyncError::Local(format!(
+                    "reading the step flags back: {e:?}"
+                )))
             })?;
             flags.copy_from_slice(&tail[..flags.len()]);
             tail[flags.len()] == 0.0
         }
         None => {
             let mut host: Vec<f32> = flat.into_data().convert::<f32>().to_vec().map_err(|e| {
-                TrainError::Collective(format!("reading the gradients back: {e:?}"))
+                TrainError::Collective(SyncError::Local(format!(
+                    "reading the gradients back: {e:?}"
+                )))
             })?;
             sync.all_reduce_mean(&mut host)
                 .map_err(TrainError::Collective)?;

@@ -440,9 +440,7 @@ impl<B: AutodiffBackend> Trainer<B> {
                 let data = waited.elapsed().as_secs_f64();
                 let lr = self.lr_at(self.state.global_step, spe, total);
                 if obs.regroup_requested() {
-                    return Err(TrainError::Collective(
-                        "the coordinator is re-forming the group".into(),
-                    ));
+                    return Err(TrainError::Collective(crate::parallel::SyncError::Regroup));
                 }
                 self.stop_wanted = obs.stop_requested();
                 let (loss, correct, mut timing, verdict) = self.train_step(&batch, lr)?;

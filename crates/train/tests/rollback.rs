@@ -24,7 +24,7 @@ impl GradSync for Poisoned {
     fn world(&self) -> usize {
         2
     }
-    fn all_reduce_mean(&mut self, buf: &mut [f32]) -> Result<(), String> {
+    fn all_reduce_mean(&mut self, buf: &mut [f32]) -> Result<(), resnet_train::SyncError> {
         // Gradient buffers are large; BatchNorm statistics and epoch sums are other calls.
         if buf.len() > 1000 {
             self.grad_calls += 1;
@@ -36,7 +36,7 @@ impl GradSync for Poisoned {
         }
         Ok(())
     }
-    fn broadcast(&mut self, _buf: &mut [f32], _root: usize) -> Result<(), String> {
+    fn broadcast(&mut self, _buf: &mut [f32], _root: usize) -> Result<(), resnet_train::SyncError> {
         Ok(())
     }
 }

@@ -21,7 +21,7 @@ use resnet_kernels::backends::CudaPlain;
 pub fn all_reduce_mean(
     collective: &mut dyn Collective,
     flat: &mut dyn Any,
-) -> Option<Result<(), String>> {
+) -> Option<Result<(), resnet_train::SyncError>> {
     let nccl = collective.as_nccl().filter(|n| n.device_buffers())?;
     let usable = flat.downcast_mut::<Tensor<CudaPlain, 1>>().filter(|t| {
         let prim = Tensor::clone(t).into_primitive().tensor();
@@ -37,7 +37,12 @@ pub fn all_reduce_mean(
         });
         return None;
     };
-    Some(mean_into_fresh(nccl, t).map_err(|e| format!("NCCL on device buffers: {e}")))
+    // NCCL reports a lost peer as a failed call (after the abort): re-forming the group is what
+    // helps, as for the TCP ring.
+    Some(
+        mean_into_fresh(nccl, t)
+            .map_err(|e| resnet_train::SyncError::PeerLost(format!("NCCL on device buffers: {e}"))),
+    )
 }
 
 fn mean_into_fresh(nccl: &mut NcclCollective, t: &mut Tensor<CudaPlain, 1>) -> Result<(), String> {

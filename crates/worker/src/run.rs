@@ -12,7 +12,7 @@ use resnet_collective::tcp::RingAbort;
 use resnet_collective::Collective;
 use resnet_kernels::KernelChoice;
 use resnet_proto::{fingerprint, ControlPlane, Finish, JoinRequest, PROTOCOL_VERSION};
-use resnet_train::{GradSync, TrainConfig, TrainError, Trainer};
+use resnet_train::{GradSync, SyncError, TrainConfig, TrainError, Trainer};
 
 use crate::formation::{state_for_rank, Group};
 use crate::group::{fetch_checkpoint, form_ring, Heartbeats, Membership, RingSource, Signals};
@@ -90,6 +90,18 @@ pub struct WorkerResult {
 /// Adapts any [`Collective`] to the trainer's [`GradSync`] hook.
 pub struct CollectiveSync(pub Box<dyn Collective>);
 
+/// A collective's failure in the trainer's terms: a peer that went away, stalled or was
+/// aborted is lost (the group re-forms without it); a malformed message is a protocol error.
+pub fn sync_error(e: resnet_collective::CollectiveError) -> SyncError {
+    use resnet_collective::CollectiveError as C;
+    match e {
+        C::Protocol { .. } => SyncError::Protocol(e.to_string()),
+        C::Timeout { .. } | C::Disconnected { .. } | C::Setup(_) => {
+            SyncError::PeerLost(e.to_string())
+        }
+    }
+}
+
 impl GradSync for CollectiveSync {
     fn rank(&self) -> usize {
         self.0.rank()
@@ -97,17 +109,17 @@ impl GradSync for CollectiveSync {
     fn world(&self) -> usize {
         self.0.world()
     }
-    fn all_reduce_mean(&mut self, buf: &mut [f32]) -> Result<(), String> {
-        self.0.all_reduce_mean(buf).map_err(|e| e.to_string())
+    fn all_reduce_mean(&mut self, buf: &mut [f32]) -> Result<(), SyncError> {
+        self.0.all_reduce_mean(buf).map_err(sync_error)
     }
-    fn broadcast(&mut self, buf: &mut [f32], root: usize) -> Result<(), String> {
-        self.0.broadcast(buf, root).map_err(|e| e.to_string())
+    fn broadcast(&mut self, buf: &mut [f32], root: usize) -> Result<(), SyncError> {
+        self.0.broadcast(buf, root).map_err(sync_error)
     }
     #[cfg(feature = "cuda")]
     fn all_reduce_mean_device(
         &mut self,
         flat: &mut dyn std::any::Any,
-    ) -> Option<Result<(), String>> {
+    ) -> Option<Result<(), SyncError>> {
         crate::device_reduce::all_reduce_mean(&mut *self.0, flat)
     }
 }
@@ -307,9 +319,11 @@ pub fn run_worker<B: AutodiffBackend>(
     let result = loop {
         match trainer.fit(&mut obs) {
             Err(TrainError::Collective(_)) if signals.has_left() => {
-                break Err(TrainError::Collective("left the group".into()))
+                break Err(TrainError::Collective(SyncError::Left))
             }
-            Err(TrainError::Collective(e)) if regroupable => {
+            // A lost or misbehaving peer, or a regroup the coordinator asked for: re-form the
+            // group. A failure of this replica's own side ends this worker instead.
+            Err(TrainError::Collective(e)) if regroupable && e.regroup_may_help() => {
                 tracing::warn!(rank = a.rank, generation = a.generation, error = %e, "collective failed: rejoining to re-form the group");
                 let step = trainer.state().global_step as u64;
                 a = group.rejoin(&mut *obs.control, step, a.generation)?;
@@ -456,4 +470,45 @@ fn warm_up_before_join<B: AutodiffBackend>(
         "warm-up done: joining"
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use resnet_collective::CollectiveError;
+
+    #[test]
+    fn lost_peers_regroup_and_local_failures_do_not() {
+        let lost = [
+            CollectiveError::Timeout {
+                peer: 2,
+                timeout: Duration::from_secs(3),
+            },
+            CollectiveError::Disconnected {
+                peer: 1,
+                detail: "connection reset".into(),
+            },
+            CollectiveError::Setup("rank 0 did not connect in time".into()),
+        ];
+        for e in lost {
+            let text = e.to_string();
+            let s = sync_error(e);
+            assert!(
+                matches!(s, SyncError::PeerLost(_)) && s.regroup_may_help(),
+                "{s:?}"
+            );
+            assert_eq!(s.to_string(), text, "the peer's name and cause survive");
+        }
+        let bad = sync_error(CollectiveError::Protocol {
+            peer: 1,
+            detail: "frame of 3 elements, expected 4".into(),
+        });
+        assert!(matches!(bad, SyncError::Protocol(_)) && bad.regroup_may_help());
+        assert!(bad.to_string().contains("rank 1") && bad.to_string().contains("expected 4"));
+        assert!(SyncError::Regroup.regroup_may_help());
+        assert!(!SyncError::Left.regroup_may_help());
+        assert!(
+            !SyncError::Local("reading the gradients back: device lost".into()).regroup_may_help()
+        );
+    }
 }
