@@ -98,17 +98,7 @@ impl CheckpointStore {
             },
         )
         .map_err(|e| e.to_string())?;
-        self.update_best();
-        prune_except(
-            &self.cfg.root,
-            self.cfg.keep,
-            &self.best().into_iter().collect::<Vec<_>>(),
-        );
-        Ok(Stored {
-            dir,
-            bytes,
-            seconds: started.elapsed().as_secs_f64(),
-        })
+        Ok(self.after_store(dir, bytes, started))
     }
 
     /// A fresh spool directory for an upload, inside the store (same filesystem: the files are
@@ -153,17 +143,22 @@ impl CheckpointStore {
             },
         )
         .map_err(|e| e.to_string())?;
+        Ok(self.after_store(dir, bytes, started))
+    }
+
+    /// After a checkpoint was written: `BEST` updated, old ones pruned (never the best).
+    fn after_store(&self, dir: PathBuf, bytes: u64, started: Instant) -> Stored {
         self.update_best();
         prune_except(
             &self.cfg.root,
             self.cfg.keep,
             &self.best().into_iter().collect::<Vec<_>>(),
         );
-        Ok(Stored {
+        Stored {
             dir,
             bytes,
             seconds: started.elapsed().as_secs_f64(),
-        })
+        }
     }
 
     /// Records the test accuracy of the model at `step` (an epoch end).
