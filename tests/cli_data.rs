@@ -260,11 +260,11 @@ fn image_folder_trains_and_resume_refuses_config_changes_but_not_a_repeated_comm
         }
     };
     copy(&data.join("test/red"), &only.join("test/red"));
-    let eval = |data: &std::path::Path| {
+    let eval_at = |run: &std::path::Path, data: &std::path::Path| {
         let (ok, stdout, stderr) = resnet(&[
             "eval",
             "--checkpoint",
-            out.to_str().expect("utf8"),
+            run.to_str().expect("utf8"),
             "--data",
             data.to_str().expect("utf8"),
             "--json",
@@ -272,8 +272,8 @@ fn image_folder_trains_and_resume_refuses_config_changes_but_not_a_repeated_comm
         assert!(ok, "{stderr}");
         serde_json::from_str::<serde_json::Value>(&stdout).expect("eval json")
     };
-    let whole = eval(&data);
-    let red = eval(&only);
+    let whole = eval_at(&out, &data);
+    let red = eval_at(&out, &only);
     assert_eq!(red["samples"], 8, "{red}");
     // Every image is a red one (row 1 of the confusion matrix), none is counted as blue...
     assert_eq!(red["confusion"][0], serde_json::json!([0, 0]), "{red}");
@@ -287,6 +287,28 @@ fn image_folder_trains_and_resume_refuses_config_changes_but_not_a_repeated_comm
     };
     // ...and classified exactly as in the full folder: same labels, same normalisation.
     assert_eq!(row(&red), row(&whole), "{red}\n{whole}");
+    // A cluster run records them too (each worker, in the checkpoints it writes): two
+    // in-process workers, then the same test-only folder through the coordinator's checkpoint.
+    let cluster = dir.path().join("cluster");
+    let o = Command::new(env!("CARGO_BIN_EXE_coordinator"))
+        .args(["--local", "--workers", "2", "--dataset", "folder", "--data"])
+        .arg(&data)
+        .args([
+            "--width",
+            "4",
+            "--batch-size",
+            "4",
+            "--epochs",
+            "1",
+            "--out",
+        ])
+        .arg(&cluster)
+        .output()
+        .expect("run coordinator");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let red = eval_at(&cluster, &only);
+    assert_eq!(red["samples"], 8, "{red}");
+    assert_eq!(red["confusion"][0], serde_json::json!([0, 0]), "{red}");
     // A class the model never saw is an error naming it.
     copy(&data.join("test/red"), &only.join("test/green"));
     let (ok, _, stderr) = resnet(&[

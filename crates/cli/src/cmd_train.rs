@@ -97,13 +97,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
     let splits = load_data(&cfg)?;
     if resume.is_none() {
         cfg.model.num_classes = splits.train.classes.len();
-        // An image folder's classes and statistics are facts of this training data: recorded
-        // with the run, so evaluation elsewhere (another folder, a test-only folder) labels by
-        // name and normalises as training did.
-        if cfg.data.dataset == resnet_data::DatasetKind::Folder {
-            cfg.data.classes = Some(splits.train.classes.clone());
-            cfg.data.normalization.get_or_insert(splits.norm);
-        }
+        cfg.data.record_trained_on(&splits);
     }
     crate::say!(
         "model: resnet-{} {} stem, width {}, {} classes; {:?} lr {} {:?} schedule; batch {} x {} epochs; out {}",

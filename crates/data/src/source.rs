@@ -143,6 +143,17 @@ impl DataConfig {
         Ok(())
     }
 
+    /// Records what an image folder's training data determines and a model trained on it
+    /// depends on: its class list and (unless given) its channel statistics, so evaluation on
+    /// another folder labels by name and normalises as training did. Other datasets: nothing.
+    pub fn record_trained_on(&mut self, splits: &Splits) {
+        if self.dataset == DatasetKind::Folder {
+            self.classes
+                .get_or_insert_with(|| splits.train.classes.clone());
+            self.normalization.get_or_insert(splits.norm);
+        }
+    }
+
     /// [`DataConfig::validate_with`] this machine's memory.
     pub fn validate(&self) -> Result<(), DataError> {
         self.validate_with(memory_total())

@@ -218,6 +218,8 @@ pub fn run_worker<B: AutodiffBackend>(
     }
     let splits = cfg.data.load(cfg.seed, &mut |_, _| {})?;
     cfg.model.num_classes = splits.train.classes.len();
+    // Image folders: the class list and statistics go into every checkpoint this worker writes.
+    cfg.data.record_trained_on(&splits);
     // A checkpoint download is held in memory until verified: no more than this run's weigh.
     control.limit_downloads(resnet_train::checkpoint_bytes_bound(&cfg)?);
     tracing::info!(
