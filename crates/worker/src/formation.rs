@@ -47,6 +47,30 @@ impl Group<'_> {
         }
     }
 
+    /// The one way a replica is built for an assignment `a`: from the checkpoint the
+    /// coordinator serves for step `from` (0: its newest), or a fresh model with `None`; the
+    /// saved state adapted to `a.rank` ([`state_for_rank`]); this worker's kernels.
+    #[allow(clippy::too_many_arguments)] // the assignment's parts, each used once
+    pub fn trainer<B: AutodiffBackend>(
+        &self,
+        control: &mut dyn ControlPlane,
+        a: &Assignment,
+        from: Option<u64>,
+        splits: resnet_data::Splits,
+        device: &B::Device,
+        out: Option<PathBuf>,
+    ) -> Result<Trainer<B>, WorkerError> {
+        let trainer = match from {
+            Some(step) => {
+                let dir = fetch_checkpoint(control, self.opts, a.generation, step, self.scratch)?;
+                let state = state_for_rank(&dir, self.cfg.clone(), a.rank)?;
+                Trainer::<B>::resume(&dir, state, splits, device.clone(), out)?
+            }
+            None => Trainer::<B>::new(self.cfg.clone(), splits, device.clone(), out)?,
+        };
+        Ok(trainer.with_kernels(self.opts.kernels))
+    }
+
     /// Records a new membership for the heartbeat thread: a beat answered for an older one
     /// cannot break this ring.
     pub fn set_membership(&self, a: &Assignment, abort: Option<RingAbort>) {
@@ -232,12 +256,11 @@ fn heal<B: AutodiffBackend>(
     }
     sync.0.broadcast(&mut ready, 0)?;
     drop(trainer);
-    let dir = fetch_checkpoint(control, opts, a.generation, a.resume_step, scratch)?;
-    let state = state_for_rank(&dir, group.cfg.clone(), a.rank)?;
+    let trainer = group.trainer(control, a, Some(a.resume_step), splits, device, out)?;
     tracing::info!(
         rank = a.rank,
-        step = state.global_step,
+        step = trainer.state().global_step,
         "healed from rank 0's state"
     );
-    Ok(Trainer::<B>::resume(&dir, state, splits, device.clone(), out)?.with_kernels(opts.kernels))
+    Ok(trainer)
 }

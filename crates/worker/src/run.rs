@@ -12,10 +12,10 @@ use resnet_collective::tcp::RingAbort;
 use resnet_collective::Collective;
 use resnet_kernels::KernelChoice;
 use resnet_proto::{fingerprint, ControlPlane, Finish, JoinRequest, PROTOCOL_VERSION};
-use resnet_train::{GradSync, SyncError, TrainConfig, TrainError, Trainer};
+use resnet_train::{GradSync, SyncError, TrainConfig, TrainError};
 
-use crate::formation::{state_for_rank, Group};
-use crate::group::{fetch_checkpoint, form_ring, Heartbeats, Membership, RingSource, Signals};
+use crate::formation::Group;
+use crate::group::{form_ring, Heartbeats, Membership, RingSource, Signals};
 use crate::observer::{Progress, WorkerObserver};
 use crate::WorkerError;
 
@@ -256,38 +256,27 @@ pub fn run_worker<B: AutodiffBackend>(
         collective
             .broadcast(&mut ready, 0)
             .map_err(WorkerError::Collective)?;
-        let dir = fetch_checkpoint(control, opts, a.generation, a.resume_step, scratch.path())?;
-        let state = state_for_rank(&dir, cfg.clone(), a.rank)?;
+        let trainer = group.trainer::<B>(control, &a, Some(a.resume_step), splits, &device, out)?;
         tracing::info!(
             rank = a.rank,
-            step = state.global_step,
-            epoch = state.epoch + 1,
+            step = trainer.state().global_step,
+            epoch = trainer.state().epoch + 1,
             "joined the running job from rank 0's state"
         );
-        Trainer::<B>::resume(&dir, state, splits, device.clone(), out)?
-            .with_kernels(opts.kernels)
-            .with_parallel(Box::new(CollectiveSync(collective)))
+        trainer.with_parallel(Box::new(CollectiveSync(collective)))
     } else {
-        let trainer = if a.resume_step > 0 {
-            let dir = fetch_checkpoint(control, opts, a.generation, 0, scratch.path())?;
-            let state = state_for_rank(&dir, cfg.clone(), a.rank)?;
+        // A coordinator resumed from a checkpoint serves it; a fresh run starts from scratch.
+        let from = (a.resume_step > 0).then_some(0);
+        let trainer = group.trainer::<B>(control, &a, from, splits, &device, out)?;
+        if from.is_some() {
             tracing::info!(
                 rank = a.rank,
-                step = state.global_step,
-                epoch = state.epoch + 1,
+                step = trainer.state().global_step,
+                epoch = trainer.state().epoch + 1,
                 "resuming from the coordinator's checkpoint"
             );
-            Trainer::<B>::resume(&dir, state, splits, device.clone(), out)?
-        } else {
-            Trainer::<B>::new(cfg.clone(), splits, device.clone(), out)?
-        };
-        group.form(
-            control,
-            trainer.with_kernels(opts.kernels),
-            &mut a,
-            false,
-            &device,
-        )?
+        }
+        group.form(control, trainer, &mut a, false, &device)?
     };
 
     let mut obs = WorkerObserver {
@@ -350,30 +339,23 @@ pub fn run_worker<B: AutodiffBackend>(
                 let out = group.out_for(a.rank, true);
                 if !a.heal {
                     drop(trainer);
-                    trainer = if a.resume_step > 0 {
-                        // A restarted coordinator: everyone rolls back to its checkpoint.
-                        let dir = fetch_checkpoint(
-                            &mut *obs.control,
-                            opts,
-                            a.generation,
-                            0,
-                            scratch.path(),
-                        )?;
-                        let state = state_for_rank(&dir, cfg.clone(), a.rank)?;
+                    // A restarted coordinator: everyone rolls back to its checkpoint, or starts
+                    // the run over when it has none.
+                    let from = (a.resume_step > 0).then_some(0);
+                    trainer =
+                        group.trainer::<B>(&mut *obs.control, &a, from, splits()?, &device, out)?;
+                    if from.is_some() {
                         tracing::warn!(
                             rank = a.rank,
-                            step = state.global_step,
+                            step = trainer.state().global_step,
                             "rolled back to the restarted coordinator's checkpoint"
                         );
-                        Trainer::<B>::resume(&dir, state, splits()?, device.clone(), out)?
                     } else {
                         tracing::warn!(
                             rank = a.rank,
                             "the restarted coordinator has no checkpoint: starting the run over"
                         );
-                        Trainer::<B>::new(cfg.clone(), splits()?, device.clone(), out)?
                     }
-                    .with_kernels(opts.kernels);
                 }
                 let heal = a.heal;
                 trainer = group.form(&mut *obs.control, trainer, &mut a, heal, &device)?;
