@@ -8,8 +8,9 @@
 #                          -- RUN ARGS...
 #
 # RUN ARGS go to the coordinator (the run configuration: --dataset, --depth, --epochs, ...).
-# Prints one JSON line: rate, workers, steps, wall seconds, images/s per epoch (the coordinator's
-# summary) and whether the replicas ended identical; exits non-zero when the run failed. --fail-worker starts the last worker with a
+# Prints one JSON line: width and batch size (when RUN ARGS name them), rate, workers, steps,
+# wall seconds, images/s per epoch (the coordinator's summary; `resnet scaling --calibrate`
+# reads these lines) and whether the replicas ended identical; exits non-zero when the run failed. --fail-worker starts the last worker with a
 # bad flag (CI uses it to prove the clean-up after a failure). Needs root, iproute2 and tc.
 set -euo pipefail
 
@@ -117,15 +118,26 @@ for _ in "${PIDS[@]}"; do
   fi
 done
 WALL=$(python3 -c "import sys; print(round(float(sys.argv[2]) - float(sys.argv[1]), 2))" "$START" "$(date +%s.%N)")
-python3 - "$OUT" "$RATE" "$WORKERS" "$failed" "$WALL" <<'EOF'
+python3 - "$OUT" "$RATE" "$WORKERS" "$failed" "$WALL" "${RUN_ARGS[@]}" <<'EOF'
 import json, sys
 out, rate, workers, failed, wall = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4] == "1", float(sys.argv[5])
+# The model width and per-worker batch of the run, for `resnet scaling --calibrate`.
+run = sys.argv[6:]
+def flag(name):
+    for i, a in enumerate(run):
+        if a == name and i + 1 < len(run):
+            return run[i + 1]
+        if a.startswith(name + "="):
+            return a.split("=", 1)[1]
+    return None
+shape = {k: int(v) for k, v in (("width", flag("--width")), ("batch_size", flag("--batch-size")))
+         if v is not None and v.isdigit()}
 try:
     s = json.load(open(f"{out}/coordinator.json"))
 except (OSError, ValueError):
     s = {}
 print(json.dumps({
-    "rate": rate, "workers": workers, "ok": not failed and bool(s),
+    **shape, "rate": rate, "workers": workers, "ok": not failed and bool(s),
     "steps": s.get("steps"), "replicas_identical": s.get("replicas_identical"),
     "wall_seconds": wall,
     "images_per_sec": [round(e["images_per_sec"], 1) for e in s.get("epochs", [])],

@@ -39,6 +39,10 @@ pub enum Command {
     /// Where a CPU training step spends its time: each convolution pass (Burn's and the GEMM
     /// kernels'), BatchNorm+ReLU, and the rest of a measured step.
     Profile(crate::cmd_profile::ProfileArgs),
+    /// Predict step time and scaling efficiency on 1-1024 GPUs, with and without the
+    /// all-reduce overlapped with the backward pass; `--calibrate` checks the model against
+    /// test-bed runs.
+    Scaling(Box<crate::cmd_scaling::ScalingArgs>),
     /// Measure TCP-ring all-reduce bus bandwidth on loopback against a plain TCP copy.
     BenchAllreduce(crate::cmd_allreduce::AllReduceArgs),
     /// Check the chosen convolution kernels (e.g. `--gpu 0 --cuda-conv cudnn`) against Burn's
@@ -372,7 +376,7 @@ pub struct InfoArgs {
     pub json: bool,
 }
 
-/// The model and input shape of `resnet bench` and `resnet profile`.
+/// The model and input shape of `resnet bench`, `resnet profile` and `resnet scaling`.
 #[derive(Args, Debug, Clone)]
 pub struct ModelShapeArgs {
     /// 18, 34, 50, 101 or 152.

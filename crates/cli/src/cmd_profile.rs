@@ -19,7 +19,7 @@ use clap::Args;
 use resnet_kernels::conv::{self, cpu as kernels};
 use resnet_kernels::{ConvGeom, CpuConv, KernelChoice};
 use resnet_model::{BatchNorm2d, ResNetConfig};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// `resnet profile`.
 #[derive(Args, Debug)]
@@ -39,7 +39,7 @@ pub struct ProfileArgs {
 }
 
 /// Seconds of one convolution shape's three passes, per implementation.
-#[derive(Debug, Default, Serialize, Clone, Copy)]
+#[derive(Debug, Default, Serialize, Deserialize, Clone, Copy)]
 pub struct PassTimes {
     /// Forward.
     pub forward: f64,
@@ -50,7 +50,7 @@ pub struct PassTimes {
 }
 
 /// One distinct convolution shape.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, Deserialize)]
 pub struct LayerProfile {
     /// [N, Cin, H, W] -> Cout, kernel, stride, padding.
     pub shape: String,
@@ -67,7 +67,7 @@ pub struct LayerProfile {
 }
 
 /// The whole profile.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, Deserialize)]
 pub struct Profile {
     /// e.g. resnet18 cifar batch 64.
     pub case: String,
@@ -196,6 +196,14 @@ fn measured_step(cfg: &ResNetConfig, k: KernelChoice, a: &ProfileArgs) -> Result
     Ok(phases)
 }
 
+/// How a convolution shape is named in the profile: `[N,Cin,H,W] -> Cout kK sS pP`.
+pub fn shape_label(g: &ConvGeom) -> String {
+    format!(
+        "[{},{},{},{}] -> {} k{} s{} p{}",
+        g.batch, g.cin, g.in_hw[0], g.in_hw[1], g.cout, g.kernel[0], g.stride[0], g.pad[0]
+    )
+}
+
 /// Runs `resnet profile`.
 pub fn run(a: ProfileArgs) -> Result<()> {
     let cfg = a.shape.config(ResNetConfig::default().num_classes)?;
@@ -223,10 +231,7 @@ pub fn run(a: ProfileArgs) -> Result<()> {
     }
     let mut layers = vec![];
     for (i, g) in order.iter().enumerate() {
-        let shape = format!(
-            "[{},{},{},{}] -> {} k{} s{} p{}",
-            g.batch, g.cin, g.in_hw[0], g.in_hw[1], g.cout, g.kernel[0], g.stride[0], g.pad[0]
-        );
+        let shape = shape_label(g);
         if !a.json {
             crate::say!("profiling conv {}/{}: {shape}", i + 1, order.len());
         }

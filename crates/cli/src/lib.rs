@@ -11,6 +11,7 @@ pub mod cmd_eval;
 pub mod cmd_export;
 pub mod cmd_info;
 pub mod cmd_profile;
+pub mod cmd_scaling;
 pub mod cmd_schedule;
 pub mod cmd_sweep;
 pub mod cmd_train;

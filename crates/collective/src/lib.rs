@@ -8,6 +8,7 @@
 //! floating-point additions, so both give bit-identical results. NCCL (CUDA issue) implements the
 //! same [`Collective`] trait ([`nccl`], feature `nccl`).
 
+pub mod cost;
 mod handshake;
 pub mod memory;
 #[cfg(feature = "nccl")]

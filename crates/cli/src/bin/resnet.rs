@@ -16,6 +16,7 @@ fn main() -> std::process::ExitCode {
         args::Command::Sweep(a) => resnet_cli::cmd_sweep::run(*a),
         args::Command::Schedule(a) => resnet_cli::cmd_schedule::run(*a),
         args::Command::Profile(a) => resnet_cli::cmd_profile::run(a),
+        args::Command::Scaling(a) => resnet_cli::cmd_scaling::run(*a),
         args::Command::BenchAllreduce(a) => resnet_cli::cmd_allreduce::run(a),
         args::Command::ConvCheck(a) => resnet_cli::cmd_conv_check::run(*a),
     };
