@@ -89,3 +89,57 @@ fn bad_links_are_named() {
     let t = topology(&args(&["--gpus-per-node", "4"]), 4, "25gbit").expect("topology");
     assert_eq!((t.nics, t.inter.bytes_per_s), (4, 25e9 / 8.0));
 }
+
+#[test]
+fn a_profile_spreads_its_measured_backward_over_the_layers() {
+    use crate::cmd_profile::{LayerProfile, PassTimes, Profile};
+    let l = layers(18, "cifar");
+    let a = args(&["--batch-size", "4"]);
+    // Every distinct shape at batch 4: input gradient 1, weight gradient 2, BN+ReLU backward 1.
+    let mut shapes: Vec<String> = vec![];
+    for g in &l.convs {
+        let label = crate::cmd_profile::shape_label(&ConvGeom { batch: 4, ..*g });
+        if !shapes.contains(&label) {
+            shapes.push(label);
+        }
+    }
+    let passes = PassTimes {
+        forward: 9.0,
+        grad_input: 1.0,
+        grad_weight: 2.0,
+    };
+    let profile = Profile {
+        case: "test".into(),
+        threads: 1,
+        layers: shapes
+            .into_iter()
+            .map(|shape| LayerProfile {
+                shape,
+                count: 1,
+                macs: 1,
+                burn: PassTimes::default(),
+                gemm: passes,
+                bn_relu: [0.0, 1.0],
+            })
+            .collect(),
+        step: [0.1, 0.4, 0.05],
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("profile.json");
+    std::fs::write(&path, serde_json::to_string(&profile).expect("json")).expect("write");
+    let (c, grads) = from_profile(&path, &a, &l).expect("profile");
+    assert_eq!((c.forward_s, c.backward_s, c.optimizer_s), (0.1, 0.4, 0.05));
+    // The head is ready at once; every conv but the stem weighs 4, the stem 3 (no input
+    // gradient): the measured 0.4 s split in those proportions.
+    let total = 4.0 * (l.convs.len() - 1) as f64 + 3.0;
+    assert_eq!(grads[0].ready_s, 0.0);
+    assert!((grads[1].ready_s - 0.4 * 4.0 / total).abs() < 1e-12);
+    let n = grads.len();
+    assert!((grads[n - 1].ready_s - grads[n - 2].ready_s - 0.4 * 3.0 / total).abs() < 1e-12);
+    assert!((grads[n - 1].ready_s - 0.4).abs() < 1e-12);
+
+    // Another batch's profile is refused with the command that makes the right one.
+    let other = args(&["--batch-size", "8"]);
+    let e = from_profile(&path, &other, &l).err().map(|e| e.to_string());
+    assert!(e.is_some_and(|e| e.contains("--batch-size 8 --json")));
+}
