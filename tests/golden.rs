@@ -114,6 +114,33 @@ const PINNED: &[(&str, &str, &str)] = &[
         "local-2-workers",
         "637383e90fb52b0b0a6ece4ce2bfc3b941dbd9347f4ab1223377ec286fc161c9",
     ),
+    // Pinned on 2026-12-05 with the code before the trainer was split into files by purpose
+    // (commit 4c910e6), on the development machine (2 cores, AVX-512).
+    (
+        "x86_64-avx512",
+        "r18-cifar",
+        "33b783d82ceaea97418e051e958674fdfcef970d79be78ecee84163ba9c003bc",
+    ),
+    (
+        "x86_64-avx512",
+        "r18-cifar-bf16",
+        "4abec499d80021130d7b0d2a99dfe321b9774a0c009a4327bf068464bc30f686",
+    ),
+    (
+        "x86_64-avx512",
+        "r18-cifar-burn-kernels",
+        "fdd68abc7609903f5cd35c42eab624bf188affecbafb3361945aa8be1ce9f96d",
+    ),
+    (
+        "x86_64-avx512",
+        "r50-imagenet-adamw",
+        "b00400e9579023a56fb9d7b6258d43e97b671c3985bb56c34e45c28b15a4bda4",
+    ),
+    (
+        "x86_64-avx512",
+        "local-2-workers",
+        "02a55a167267b49ce15e7d5d5e8a6b879b8f0ade0100fe9ef5b4a871ae6936be",
+    ),
 ];
 
 fn simd_class() -> &'static str {
