@@ -1,6 +1,14 @@
 //! The training loop: data -> forward -> loss -> backward -> [all-reduce] -> optimizer, with
 //! per-epoch evaluation, metrics files and checkpoints that resume bit-exactly. The same loop
 //! runs one process (`resnet train`) or one replica of a data-parallel group (a worker).
+//!
+//! This file holds the `Trainer` type, its construction and `fit`'s loop; the rest is split by
+//! purpose into `impl Trainer` blocks: `step.rs` (one step), `finish.rs` (the end of an epoch
+//! and of the run), `replicas.rs` (what a data-parallel group shares besides gradients),
+//! `saving.rs` (checkpoints and the rollback snapshot) and `restore.rs` (models and state from
+//! the seed or a checkpoint). `fit` stays one function (~190 lines, over this crate's usual
+//! size): its exits — `max_steps`, an agreed stop, a rollback, a regroup — share the loop's
+//! state, and split apart they would hand that state around in flags.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -14,15 +22,14 @@ use resnet_data::{
 use resnet_kernels::KernelChoice;
 use resnet_model::ResNet;
 
-use crate::checkpoint::{write_json_synced, FORMAT_VERSION};
+use crate::checkpoint::FORMAT_VERSION;
 use crate::guard::{Guard, Verdict};
 use crate::parallel::{broadcast_model, GradSync};
-use crate::records::{
-    EpochRecord, EvalSummary, StepStats, TrainObserver, TrainState, TrainSummary,
-};
-use crate::saves::{lost, SaveLog};
-use crate::{param_hash, AnyOptimizer, ScheduleKind, TrainConfig, TrainError};
+use crate::records::{EpochRecord, StepStats, TrainObserver, TrainState, TrainSummary};
+use crate::saves::SaveLog;
+use crate::{AnyOptimizer, ScheduleKind, TrainConfig, TrainError};
 
+mod finish;
 mod replicas;
 mod restore;
 mod saving;
@@ -31,7 +38,7 @@ mod step;
 use restore::{check_classes, prepare_out};
 pub(crate) use restore::{init_model, run_kernels};
 pub use restore::{load_model, load_state};
-use saving::{write_metrics, Snapshot};
+use saving::Snapshot;
 
 /// A model, its optimizer and data, and the state that says where training is.
 pub struct Trainer<B: AutodiffBackend> {
@@ -457,118 +464,7 @@ impl<B: AutodiffBackend> Trainer<B> {
             let lr = self.lr_at(self.state.global_step.saturating_sub(1), spe, total);
             self.finish_epoch(&cfg, lr, obs)?;
         }
-        self.sync_replicas()?;
-        let final_eval = if interrupted {
-            // A stop has a deadline (Kubernetes' grace period): save, skip the evaluation.
-            None
-        } else if self.parallel.is_some() {
-            // Each rank holds a slice of the evaluation and the coordinator sums the counts; a run
-            // that stopped inside an epoch reports that partial epoch with its evaluation.
-            if self.state.batch_in_epoch > 0 || self.state.history.is_empty() {
-                let lr = self.lr_at(self.state.global_step.saturating_sub(1), spe, total);
-                let counts = self.epoch_counts(false, lr);
-                obs.on_epoch_counts(&counts);
-            }
-            None
-        } else {
-            self.evaluate_test()
-        };
-        if self.checkpointed_at != Some(self.state.global_step) {
-            self.checkpoint(obs)?;
-        }
-        // The final state must be on disk: a run that ends without it lost its result.
-        let final_lost = match (&self.out, self.saves.failed.last()) {
-            (Some(out), Some(f))
-                if self.last_saved.as_ref().map(|(s, _)| *s) != Some(self.state.global_step) =>
-            {
-                Some(lost(
-                    self.state.global_step,
-                    f.error.clone(),
-                    "the final checkpoint could not be written".into(),
-                    &out.join("checkpoints"),
-                ))
-            }
-            _ => None,
-        };
-        let summary = TrainSummary {
-            steps: self.state.global_step,
-            epochs_completed: self.state.history.len(),
-            history: self.state.history.clone(),
-            final_eval,
-            checkpoint: self.last_saved.as_ref().map(|(_, p)| p.clone()),
-            param_hash: param_hash(&self.model().valid()),
-            interrupted,
-            failed_checkpoints: self.saves.failed.clone(),
-            skipped_steps: self.guard.skipped,
-            rollbacks: self.guard.rollbacks,
-        };
-        if let Some(o) = &self.out {
-            let written = write_json_synced(&o.join("summary.json"), &summary);
-            if let Some(e) = final_lost {
-                if let Err(w) = written {
-                    tracing::error!(error = %w, "summary.json not written either");
-                }
-                return Err(e);
-            }
-            written?;
-        }
-        Ok(summary)
-    }
-
-    fn finish_epoch(
-        &mut self,
-        cfg: &TrainConfig,
-        lr: f64,
-        obs: &mut dyn TrainObserver,
-    ) -> Result<(), TrainError> {
-        self.sync_replicas()?;
-        let mut val_loss = None;
-        let test = if self.parallel.is_some() {
-            let counts = self.epoch_counts(true, lr);
-            obs.on_epoch_counts(&counts);
-            if cfg.schedule.kind == ScheduleKind::Plateau {
-                val_loss = self.group_val_loss(counts.eval.as_ref())?;
-            }
-            None // only the coordinator sees the whole evaluation
-        } else if cfg.eval_each_epoch {
-            self.evaluate_test().map(|r| EvalSummary::from(&r))
-        } else {
-            None
-        };
-        let s = &mut self.state;
-        let record = EpochRecord {
-            epoch: s.epoch + 1,
-            step: s.global_step,
-            train_loss: s.epoch_loss_sum / s.epoch_seen.max(1) as f64,
-            train_accuracy: s.epoch_correct as f64 / s.epoch_seen.max(1) as f64,
-            lr,
-            test,
-            val_loss,
-            seconds: s.epoch_seconds,
-            images_per_sec: s.epoch_seen as f64 / s.epoch_seconds.max(1e-9),
-        };
-        s.history.push(record.clone());
-        s.epoch += 1;
-        s.batch_in_epoch = 0;
-        s.epoch_loss_sum = 0.0;
-        s.epoch_correct = 0;
-        s.epoch_seen = 0;
-        s.epoch_seconds = 0.0;
-        if let Some(o) = &self.out {
-            write_metrics(&o.join("metrics.jsonl"), &s.history)?;
-        }
-        obs.on_epoch(&record);
-        let due =
-            cfg.checkpoint_epochs > 0 && self.state.epoch.is_multiple_of(cfg.checkpoint_epochs);
-        // A step checkpoint at this very step already holds the same state.
-        let fresh = self.checkpointed_at == Some(self.state.global_step);
-        if (due || self.state.epoch == cfg.epochs) && !fresh {
-            self.checkpoint(obs)?;
-        }
-        // Also without a checkpoint: a rollback never returns into an epoch whose metrics are
-        // recorded (and, in a cluster, reported to the coordinator) already.
-        self.take_snapshot();
-        Ok(())
+        self.end_of_run(interrupted, spe, total, obs)
     }
 
     /// The scheduled LR at `step` (plateau reads the epochs recorded so far).
