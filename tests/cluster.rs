@@ -31,12 +31,18 @@ const RUN: &[&str] = &[
 ];
 
 fn cluster(workers: usize) -> (Value, Vec<Value>) {
+    cluster_with(workers, &[])
+}
+
+/// A coordinator process and `workers` worker processes; `extra`: more run flags.
+fn cluster_with(workers: usize, extra: &[&str]) -> (Value, Vec<Value>) {
     let port = free_port().to_string();
     let listen = format!("127.0.0.1:{port}");
     let url = format!("http://127.0.0.1:{port}");
     let n = workers.to_string();
     let mut args = vec!["--workers", &n, "--listen", &listen, "--json"];
     args.extend(RUN);
+    args.extend(extra);
     let coord = spawn(env!("CARGO_BIN_EXE_coordinator"), &args);
     // A malformed client must not take the coordinator down: raw garbage on its gRPC port.
     for _ in 0..50 {
@@ -121,6 +127,38 @@ fn two_three_and_four_worker_processes_train_identical_replicas() {
             "local mode differs from the multi-process run (world {world})"
         );
     }
+}
+
+/// `coordinator --local --workers N` (threads, in-memory ring) with `extra` run flags.
+fn local(workers: usize, extra: &[&str]) -> Value {
+    let n = workers.to_string();
+    let mut args = vec!["--local", "--workers", &n, "--json"];
+    args.extend(RUN);
+    args.extend(extra);
+    serde_json::from_str(&finish(
+        spawn(env!("CARGO_BIN_EXE_coordinator"), &args),
+        "local coordinator",
+    ))
+    .expect("json")
+}
+
+#[test]
+fn the_bf16_gradient_wire_keeps_replicas_identical_and_changes_the_run() {
+    // Processes over TCP (2-byte frames) and threads over the in-memory ring (rounding in
+    // place) must agree bit for bit; the result must differ from the f32 wire's (or the flag
+    // did nothing) while still learning.
+    let (summary, results) = cluster_with(2, &["--grad-wire", "bf16"]);
+    check(&summary, &results, 2);
+    let threads = local(2, &["--grad-wire", "bf16"]);
+    assert_eq!(
+        threads["param_hashes"][0], summary["param_hashes"][0],
+        "local bf16 differs from the multi-process bf16 run"
+    );
+    let f32_wire = local(2, &[]);
+    assert_ne!(
+        f32_wire["param_hashes"][0], summary["param_hashes"][0],
+        "--grad-wire bf16 changed nothing"
+    );
 }
 
 #[test]

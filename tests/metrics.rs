@@ -92,6 +92,11 @@ fn local_run_exports_documented_series_with_values_matching_the_run() {
             );
         }
         assert!(value(&text, "resnet_cluster_allreduce_bytes_total", &[rank]).unwrap_or(0.0) > 0.0);
+        // The f32 wire (the default) saves nothing, and says so with a 0, not a missing series.
+        assert_eq!(
+            value(&text, "resnet_cluster_allreduce_saved_bytes_total", &[rank]),
+            Some(0.0)
+        );
         assert!(
             value(
                 &text,

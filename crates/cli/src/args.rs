@@ -255,6 +255,12 @@ pub struct RunArgs {
     /// On CUDA the convolution kernels then run on bf16 tensors [default: f32].
     #[arg(long, value_name = "f32|bf16")]
     pub conv_precision: Option<String>,
+    /// Data-parallel runs: how gradients travel between workers. `bf16` rounds each transfer
+    /// to bfloat16 (half the bytes on the wire) and sums in f32; the group then all-reduces over
+    /// the TCP ring, never NCCL. Weights, BatchNorm statistics and metrics stay f32
+    /// [default: f32].
+    #[arg(long, value_name = "f32|bf16")]
+    pub grad_wire: Option<String>,
     /// Cyclic schedule: epochs per full up-and-down cycle [default: 4].
     #[arg(long, value_name = "EPOCHS")]
     pub cycle_epochs: Option<f64>,

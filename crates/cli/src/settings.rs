@@ -103,6 +103,11 @@ fn apply_flags(cfg: &mut TrainConfig, a: &RunArgs) -> Result<()> {
             .parse()
             .map_err(|e: String| anyhow::anyhow!("--on-nonfinite: {e}"))?;
     }
+    if let Some(w) = &a.grad_wire {
+        cfg.grad_wire = w
+            .parse()
+            .map_err(|e: String| anyhow::anyhow!("--grad-wire: {e}"))?;
+    }
     if let Some(p) = &a.conv_precision {
         cfg.conv_precision = p
             .parse()

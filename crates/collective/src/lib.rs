@@ -15,6 +15,9 @@ pub mod memory;
 pub mod nccl;
 pub mod ring;
 pub mod tcp;
+pub mod wire;
+
+pub use wire::Wire;
 
 use std::time::Duration;
 
@@ -48,6 +51,9 @@ pub enum CollectiveError {
     /// Setting up the ring failed.
     #[error("ring setup: {0}")]
     Setup(String),
+    /// This collective cannot do what was asked (a configuration error, not a peer's fault).
+    #[error("unsupported: {0}")]
+    Unsupported(String),
 }
 
 /// Polls `done` until it reports completion, the `timeout` passes or `abort` is raised.
@@ -100,14 +106,29 @@ pub trait Collective: Send {
     fn as_nccl(&mut self) -> Option<&mut nccl::NcclCollective> {
         None
     }
-    /// Element-wise mean over all ranks, in place.
-    fn all_reduce_mean(&mut self, buf: &mut [f32]) -> Result<(), CollectiveError> {
-        self.all_reduce_sum(buf)?;
+    /// [`Self::all_reduce_sum`] with the transfers in `wire`'s element type. Only the rings
+    /// have a bfloat16 wire; other collectives refuse it.
+    fn all_reduce_sum_wire(&mut self, buf: &mut [f32], wire: Wire) -> Result<(), CollectiveError> {
+        match wire {
+            Wire::F32 => self.all_reduce_sum(buf),
+            Wire::Bf16 => Err(CollectiveError::Unsupported(
+                "this collective has no bf16 wire format (grad_wire = bf16 needs the TCP ring)"
+                    .into(),
+            )),
+        }
+    }
+    /// [`Self::all_reduce_mean`] with the transfers in `wire`'s element type.
+    fn all_reduce_mean_wire(&mut self, buf: &mut [f32], wire: Wire) -> Result<(), CollectiveError> {
+        self.all_reduce_sum_wire(buf, wire)?;
         let n = self.world() as f32;
         if n > 1.0 {
             buf.iter_mut().for_each(|v| *v /= n);
         }
         Ok(())
+    }
+    /// Element-wise mean over all ranks, in place.
+    fn all_reduce_mean(&mut self, buf: &mut [f32]) -> Result<(), CollectiveError> {
+        self.all_reduce_mean_wire(buf, Wire::F32)
     }
 }
 
@@ -121,6 +142,9 @@ impl<L: ring::RingLink + Send> Collective for L {
     }
     fn all_reduce_sum(&mut self, buf: &mut [f32]) -> Result<(), CollectiveError> {
         ring::all_reduce_sum(self, buf)
+    }
+    fn all_reduce_sum_wire(&mut self, buf: &mut [f32], wire: Wire) -> Result<(), CollectiveError> {
+        ring::all_reduce_sum_wire(self, buf, wire)
     }
     fn broadcast(&mut self, buf: &mut [f32], root: usize) -> Result<(), CollectiveError> {
         ring::broadcast(self, buf, root)

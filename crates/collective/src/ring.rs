@@ -1,5 +1,6 @@
 //! The ring all-reduce and broadcast, written once over a [`RingLink`].
 
+use crate::wire::{round_bf16, Wire};
 use crate::CollectiveError;
 
 /// Elements per message. Large enough to amortise per-message overhead, small enough that the
@@ -17,6 +18,31 @@ pub trait RingLink {
     fn send(&mut self, data: &[f32]) -> Result<(), CollectiveError>;
     /// Receives exactly `out.len()` elements from the previous rank.
     fn recv(&mut self, out: &mut [f32]) -> Result<(), CollectiveError>;
+    /// Sends `data` as bfloat16: the receiver's [`Self::recv_bf16`] gets [`round_bf16`] of
+    /// every value. This default rounds and sends f32 (a link between threads has no wire to
+    /// save); the TCP ring puts 2 bytes an element on the wire, with the same values.
+    fn send_bf16(&mut self, data: &[f32]) -> Result<(), CollectiveError> {
+        let rounded: Vec<f32> = data.iter().map(|&v| round_bf16(v)).collect();
+        self.send(&rounded)
+    }
+    /// Receives what the previous rank's [`Self::send_bf16`] sent.
+    fn recv_bf16(&mut self, out: &mut [f32]) -> Result<(), CollectiveError> {
+        self.recv(out)
+    }
+}
+
+fn send_as<L: RingLink>(link: &mut L, data: &[f32], wire: Wire) -> Result<(), CollectiveError> {
+    match wire {
+        Wire::F32 => link.send(data),
+        Wire::Bf16 => link.send_bf16(data),
+    }
+}
+
+fn recv_as<L: RingLink>(link: &mut L, out: &mut [f32], wire: Wire) -> Result<(), CollectiveError> {
+    match wire {
+        Wire::F32 => link.recv(out),
+        Wire::Bf16 => link.recv_bf16(out),
+    }
 }
 
 /// Chunk `i` of `n` over `len` elements: `[i*len/n, (i+1)*len/n)`. Sizes differ by at most one
@@ -32,6 +58,18 @@ pub fn chunk(len: usize, n: usize, i: usize) -> std::ops::Range<usize> {
 /// Sends never block (see [`RingLink::send`]), so each step queues its chunk's segments and then
 /// consumes the predecessor's: the transfer of later segments overlaps the addition of earlier ones.
 pub fn all_reduce_sum<L: RingLink>(link: &mut L, buf: &mut [f32]) -> Result<(), CollectiveError> {
+    all_reduce_sum_wire(link, buf, Wire::F32)
+}
+
+/// [`all_reduce_sum`] with every transfer in `wire`'s element type. With bfloat16 each hop of
+/// the reduce-scatter rounds the partial sum it sends and the receiver adds its own f32 values
+/// in f32; the owner of a finished chunk rounds it once more before the all-gather, so every
+/// rank ends with the same (bfloat16-representable) values, bit for bit.
+pub fn all_reduce_sum_wire<L: RingLink>(
+    link: &mut L,
+    buf: &mut [f32],
+    wire: Wire,
+) -> Result<(), CollectiveError> {
     let (n, r) = (link.world(), link.rank());
     if n <= 1 {
         return Ok(());
@@ -41,22 +79,28 @@ pub fn all_reduce_sum<L: RingLink>(link: &mut L, buf: &mut [f32]) -> Result<(), 
     let mut scratch = vec![0f32; SEGMENT.min(len / n + 1)];
     for s in 0..n as isize - 1 {
         for seg in segments(at(r as isize - s)) {
-            link.send(&buf[seg])?;
+            send_as(link, &buf[seg], wire)?;
         }
         for seg in segments(at(r as isize - s - 1)) {
             let tmp = &mut scratch[..seg.len()];
-            link.recv(tmp)?;
+            recv_as(link, tmp, wire)?;
             for (d, v) in buf[seg].iter_mut().zip(tmp.iter()) {
                 *d += *v;
             }
         }
     }
+    if wire == Wire::Bf16 {
+        // The chunk this rank completed goes out rounded; its own copy must hold the same.
+        for v in &mut buf[at(r as isize + 1)] {
+            *v = round_bf16(*v);
+        }
+    }
     for s in 0..n as isize - 1 {
         for seg in segments(at(r as isize + 1 - s)) {
-            link.send(&buf[seg])?;
+            send_as(link, &buf[seg], wire)?;
         }
         for seg in segments(at(r as isize - s)) {
-            link.recv(&mut buf[seg])?;
+            recv_as(link, &mut buf[seg], wire)?;
         }
     }
     Ok(())

@@ -17,6 +17,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crate::ring::RingLink;
+use crate::wire::{from_bf16_bits, to_bf16_bits, Wire};
 use crate::CollectiveError;
 
 /// Handshakes in flight while the ring forms, in all and per source address: beyond them new
@@ -472,6 +473,21 @@ impl RingLink for TcpRing {
         self.world
     }
     fn send(&mut self, data: &[f32]) -> Result<(), CollectiveError> {
+        self.send_frame(encode_frame(data, Wire::F32))
+    }
+    fn send_bf16(&mut self, data: &[f32]) -> Result<(), CollectiveError> {
+        self.send_frame(encode_frame(data, Wire::Bf16))
+    }
+    fn recv(&mut self, out: &mut [f32]) -> Result<(), CollectiveError> {
+        self.recv_frame(out, Wire::F32)
+    }
+    fn recv_bf16(&mut self, out: &mut [f32]) -> Result<(), CollectiveError> {
+        self.recv_frame(out, Wire::Bf16)
+    }
+}
+
+impl TcpRing {
+    fn send_frame(&mut self, frame: Vec<u8>) -> Result<(), CollectiveError> {
         let peer = (self.rank + 1) % self.world;
         if let Some(e) = self
             .writer_error
@@ -481,7 +497,6 @@ impl RingLink for TcpRing {
         {
             return Err(CollectiveError::Disconnected { peer, detail: e });
         }
-        let frame = encode_frame(data);
         let tx = self
             .writer
             .as_ref()
@@ -494,7 +509,7 @@ impl RingLink for TcpRing {
             detail: "writer stopped".into(),
         })
     }
-    fn recv(&mut self, out: &mut [f32]) -> Result<(), CollectiveError> {
+    fn recv_frame(&mut self, out: &mut [f32], wire: Wire) -> Result<(), CollectiveError> {
         let peer = (self.rank + self.world - 1) % self.world;
         let timeout = self.timeout;
         let stream = self
@@ -513,23 +528,44 @@ impl RingLink for TcpRing {
                 detail: e.to_string(),
             },
         };
-        read_frame(stream, out, &mut self.bytes).map_err(|e| match e {
+        read_frame(stream, out, &mut self.bytes, wire).map_err(|e| match e {
             FrameError::Io(e) => map(e),
             FrameError::Length(n) => CollectiveError::Protocol {
                 peer,
                 detail: format!("frame of {n} elements, expected {}", out.len()),
             },
+            FrameError::Wire(got) => CollectiveError::Protocol {
+                peer,
+                detail: format!(
+                    "frame of {} elements, expected {} (the ranks disagree on grad_wire)",
+                    got.name(),
+                    wire.name()
+                ),
+            },
         })
     }
 }
 
-/// One ring frame on the wire: the element count (u32, little-endian), then the elements
-/// (f32, little-endian).
-fn encode_frame(data: &[f32]) -> Vec<u8> {
-    let mut frame = Vec::with_capacity(4 + data.len() * 4);
-    frame.extend_from_slice(&(data.len() as u32).to_le_bytes());
-    for v in data {
-        frame.extend_from_slice(&v.to_le_bytes());
+/// Set in a frame's element count when its elements are bfloat16.
+const BF16_FRAME: u32 = 1 << 31;
+
+/// One ring frame on the wire: the element count (u32, little-endian; the top bit set for
+/// bfloat16 elements), then the elements (f32 or bfloat16 bits, little-endian).
+fn encode_frame(data: &[f32], wire: Wire) -> Vec<u8> {
+    let mut frame = Vec::with_capacity(4 + data.len() * wire.bytes_per_element());
+    match wire {
+        Wire::F32 => {
+            frame.extend_from_slice(&(data.len() as u32).to_le_bytes());
+            for v in data {
+                frame.extend_from_slice(&v.to_le_bytes());
+            }
+        }
+        Wire::Bf16 => {
+            frame.extend_from_slice(&(data.len() as u32 | BF16_FRAME).to_le_bytes());
+            for v in data {
+                frame.extend_from_slice(&to_bf16_bits(*v).to_le_bytes());
+            }
+        }
     }
     frame
 }
@@ -540,26 +576,47 @@ enum FrameError {
     Io(std::io::Error),
     /// The frame announced this many elements, not the expected number.
     Length(usize),
+    /// The frame's elements are of this other type.
+    Wire(Wire),
 }
 
-/// Reads one frame of exactly `out.len()` elements into `out` (through `scratch`). The length
-/// is checked before anything is allocated, so a peer cannot make this side allocate more than
-/// the reduction it already expects.
+/// Reads one frame of exactly `out.len()` elements of `wire`'s type into `out` (through
+/// `scratch`). The header is checked before anything is allocated, so a peer cannot make this
+/// side allocate more than the reduction it already expects.
 fn read_frame(
     stream: &mut impl Read,
     out: &mut [f32],
     scratch: &mut Vec<u8>,
+    wire: Wire,
 ) -> Result<(), FrameError> {
     let mut len = [0u8; 4];
     stream.read_exact(&mut len).map_err(FrameError::Io)?;
-    let n = u32::from_le_bytes(len) as usize;
+    let header = u32::from_le_bytes(len);
+    let got = if header & BF16_FRAME != 0 {
+        Wire::Bf16
+    } else {
+        Wire::F32
+    };
+    if got != wire {
+        return Err(FrameError::Wire(got));
+    }
+    let n = (header & !BF16_FRAME) as usize;
     if n != out.len() {
         return Err(FrameError::Length(n));
     }
-    scratch.resize(n * 4, 0);
+    scratch.resize(n * wire.bytes_per_element(), 0);
     stream.read_exact(scratch).map_err(FrameError::Io)?;
-    for (o, b) in out.iter_mut().zip(scratch.chunks_exact(4)) {
-        *o = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+    match wire {
+        Wire::F32 => {
+            for (o, b) in out.iter_mut().zip(scratch.chunks_exact(4)) {
+                *o = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+            }
+        }
+        Wire::Bf16 => {
+            for (o, b) in out.iter_mut().zip(scratch.chunks_exact(2)) {
+                *o = from_bf16_bits(u16::from_le_bytes([b[0], b[1]]));
+            }
+        }
     }
     Ok(())
 }
@@ -583,21 +640,29 @@ mod frame_tests {
 
         /// Whatever bytes a peer sends, reading a frame returns (never panics, never allocates
         /// beyond the expected frame), and succeeds only when the bytes are a frame of the
-        /// expected length, whose elements it returns bit for bit.
+        /// expected length and element type, whose elements it returns bit for bit.
         #[test]
         fn any_bytes_are_a_frame_or_an_error(
             expect in 0usize..64,
             bytes in proptest::collection::vec(any::<u8>(), 0..300),
             real in any::<bool>(),
+            bf16 in any::<bool>(),
             cut in 0usize..300,
         ) {
+            let wire = if bf16 { Wire::Bf16 } else { Wire::F32 };
+            let es = wire.bytes_per_element();
             // Half the cases: a genuine frame of the expected length, whole or cut short,
-            // instead of noise.
+            // instead of noise; a third of those in the other element type.
             let bytes = if real {
                 let data: Vec<f32> = (0..expect)
                     .map(|i| f32::from_bits(0x9E37_79B9u32.wrapping_mul(i as u32 + 1)))
                     .collect();
-                let mut f = encode_frame(&data);
+                let sent = if cut % 3 == 1 {
+                    if bf16 { Wire::F32 } else { Wire::Bf16 }
+                } else {
+                    wire
+                };
+                let mut f = encode_frame(&data, sent);
                 let keep = if cut % 3 == 0 { f.len() } else { cut.min(f.len()) };
                 f.truncate(keep);
                 f.extend_from_slice(&bytes[..bytes.len().min(cut % 7)]);
@@ -607,21 +672,38 @@ mod frame_tests {
             };
             let mut out = vec![0f32; expect];
             let mut scratch = Vec::new();
-            let r = read_frame(&mut std::io::Cursor::new(&bytes), &mut out, &mut scratch);
-            let announced = (bytes.len() >= 4)
-                .then(|| u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]) as usize);
-            let whole = announced == Some(expect) && bytes.len() >= 4 + 4 * expect;
+            let r = read_frame(&mut std::io::Cursor::new(&bytes), &mut out, &mut scratch, wire);
+            let header = (bytes.len() >= 4)
+                .then(|| u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]));
+            let type_ok = header.map(|h| (h & BF16_FRAME != 0) == bf16);
+            let announced = header.map(|h| (h & !BF16_FRAME) as usize);
+            let whole = type_ok == Some(true)
+                && announced == Some(expect)
+                && bytes.len() >= 4 + es * expect;
             prop_assert_eq!(r.is_ok(), whole, "{:?}", r);
             prop_assert!(scratch.capacity() <= 4 * expect.max(1) + 64);
             if whole {
                 for (i, v) in out.iter().enumerate() {
-                    let b = &bytes[4 + 4 * i..8 + 4 * i];
-                    prop_assert_eq!(v.to_bits(), u32::from_le_bytes([b[0], b[1], b[2], b[3]]));
+                    let b = &bytes[4 + es * i..4 + es * (i + 1)];
+                    let bits = if bf16 {
+                        u32::from(u16::from_le_bytes([b[0], b[1]])) << 16
+                    } else {
+                        u32::from_le_bytes([b[0], b[1], b[2], b[3]])
+                    };
+                    prop_assert_eq!(v.to_bits(), bits);
                 }
             }
-            if let Err(FrameError::Length(n)) = r {
-                prop_assert_eq!(Some(n), announced);
-                prop_assert_ne!(n, expect);
+            match r {
+                Err(FrameError::Length(n)) => {
+                    prop_assert_eq!(type_ok, Some(true));
+                    prop_assert_eq!(Some(n), announced);
+                    prop_assert_ne!(n, expect);
+                }
+                Err(FrameError::Wire(got)) => {
+                    prop_assert_eq!(type_ok, Some(false));
+                    prop_assert_ne!(got, wire);
+                }
+                _ => {}
             }
         }
     }
@@ -637,12 +719,29 @@ mod frame_tests {
         ];
         let mut out = [0f32; 5];
         let mut scratch = Vec::new();
-        let f = encode_frame(&data);
-        read_frame(&mut f.as_slice(), &mut out, &mut scratch).expect("frame");
+        let f = encode_frame(&data, Wire::F32);
+        read_frame(&mut f.as_slice(), &mut out, &mut scratch, Wire::F32).expect("frame");
         for (a, b) in data.iter().zip(out) {
             assert_eq!(a.to_bits(), b.to_bits());
         }
-        let e = read_frame(&mut f.as_slice(), &mut [0f32; 4], &mut scratch);
+        let e = read_frame(&mut f.as_slice(), &mut [0f32; 4], &mut scratch, Wire::F32);
         assert!(matches!(e, Err(FrameError::Length(5))), "{e:?}");
+        // The same frame where bfloat16 is expected: refused by its type, not misread.
+        let e = read_frame(&mut f.as_slice(), &mut out, &mut scratch, Wire::Bf16);
+        assert!(matches!(e, Err(FrameError::Wire(Wire::F32))), "{e:?}");
+    }
+
+    #[test]
+    fn a_bf16_frame_carries_the_rounded_values_in_half_the_bytes() {
+        let data = [1.0f32 + 3.0 / 256.0, -0.0, f32::NAN, f32::INFINITY, 1e-3];
+        let f = encode_frame(&data, Wire::Bf16);
+        assert_eq!(f.len(), 4 + 2 * data.len());
+        let (mut out, mut scratch) = ([0f32; 5], Vec::new());
+        read_frame(&mut f.as_slice(), &mut out, &mut scratch, Wire::Bf16).expect("frame");
+        for (a, b) in data.iter().zip(out) {
+            assert_eq!(crate::wire::round_bf16(*a).to_bits(), b.to_bits());
+        }
+        let e = read_frame(&mut f.as_slice(), &mut out, &mut scratch, Wire::F32);
+        assert!(matches!(e, Err(FrameError::Wire(Wire::Bf16))), "{e:?}");
     }
 }

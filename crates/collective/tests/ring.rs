@@ -8,7 +8,8 @@ use std::time::Duration;
 use resnet_collective::memory::MemoryRing;
 use resnet_collective::ring::SEGMENT;
 use resnet_collective::tcp::{RingTls, TcpRing, TcpRingConfig};
-use resnet_collective::{Collective, CollectiveError};
+use resnet_collective::wire::round_bf16;
+use resnet_collective::{Collective, CollectiveError, Wire};
 
 fn input(rank: usize, len: usize) -> Vec<f32> {
     (0..len)
@@ -114,6 +115,78 @@ fn tcp_ring_matches_memory_ring_bit_exactly() {
             assert!(tcp.iter().all(|b| b == &tcp[0]), "ranks disagree");
         }
     }
+}
+
+/// Every rank's `input` times `scale`, all-reduced with the transfers in `wire`'s type.
+fn run_wire<C: Collective + 'static>(
+    group: Vec<C>,
+    len: usize,
+    wire: Wire,
+    scale: f32,
+) -> Vec<Vec<f32>> {
+    let handles: Vec<_> = group
+        .into_iter()
+        .map(|mut c| {
+            std::thread::spawn(move || {
+                let mut buf: Vec<f32> = input(c.rank(), len).iter().map(|v| v * scale).collect();
+                c.all_reduce_sum_wire(&mut buf, wire).expect("all-reduce");
+                buf
+            })
+        })
+        .collect();
+    handles
+        .into_iter()
+        .map(|h| h.join().expect("thread"))
+        .collect()
+}
+
+fn run_bf16<C: Collective + 'static>(group: Vec<C>, len: usize) -> Vec<Vec<f32>> {
+    // Values whose sums need more than bfloat16's 8 mantissa bits.
+    run_wire(group, len, Wire::Bf16, 1.013)
+}
+
+#[test]
+fn bf16_wire_sums_in_f32_and_leaves_every_rank_identical() {
+    for world in 2..=4 {
+        for len in [5usize, 1001, SEGMENT + 3] {
+            let mem = run_bf16(MemoryRing::group(world, Duration::from_secs(10)), len);
+            let tcp = run_bf16(tcp_group(world), len);
+            // The TCP ring's 2-byte frames carry exactly what the in-memory ring rounds to.
+            assert_eq!(mem, tcp, "world {world} len {len}");
+            assert!(tcp.iter().all(|b| b == &tcp[0]), "ranks disagree");
+            // Each rank's input once (building it per element is quadratic in `len`).
+            let inputs: Vec<Vec<f32>> = (0..world).map(|r| input(r, len)).collect();
+            let exact: Vec<f32> = (0..len)
+                .map(|i| inputs.iter().map(|x| x[i] * 1.013).sum())
+                .collect();
+            let scale = exact.iter().fold(1.0f32, |m, v| m.max(v.abs()));
+            let mut differs = false;
+            for (got, want) in tcp[0].iter().zip(&exact) {
+                // Every result is a bfloat16, within world - 1 roundings of partial sums and
+                // one of the total (2^-8 relative each) of the exact sum.
+                assert_eq!(*got, round_bf16(*got));
+                let bound = (world as f32) * scale / 256.0;
+                assert!(
+                    (got - want).abs() <= bound,
+                    "{got} vs {want} (world {world})"
+                );
+                differs |= got != want;
+            }
+            assert!(
+                differs || len < 10,
+                "bf16 changed nothing: the wire was f32"
+            );
+        }
+    }
+    // The f32 wire is the plain all-reduce, bit for bit.
+    let f32_wire = run_wire(
+        MemoryRing::group(2, Duration::from_secs(10)),
+        1001,
+        Wire::F32,
+        1.0,
+    );
+    let plain = run_all(MemoryRing::group(2, Duration::from_secs(10)), 1001);
+    assert_eq!(f32_wire, plain);
 }
 
 #[test]

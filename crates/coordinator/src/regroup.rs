@@ -374,7 +374,7 @@ impl Coordinator {
             // download it.
             resume_step: inner.members.first().map_or(0, |m| m.step),
             heal: true,
-            nccl_id: crate::state::group_nccl_id(&inner.members),
+            nccl_id: crate::state::group_nccl_id(&inner.members, &self.cfg.run),
         })
     }
 

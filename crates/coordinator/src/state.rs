@@ -93,7 +93,11 @@ pub(crate) struct Member {
 
 /// Rank 0's NCCL id when every member is a CUDA worker that sent one; otherwise empty (the TCP
 /// ring), counted and logged when only some members could have used NCCL.
-pub(crate) fn group_nccl_id(members: &[Member]) -> Vec<u8> {
+pub(crate) fn group_nccl_id(members: &[Member], run: &TrainConfig) -> Vec<u8> {
+    // The bf16 gradient wire is the ring's: such a group never gets NCCL.
+    if run.grad_wire != resnet_train::GradWire::F32 {
+        return Vec::new();
+    }
     let capable = |m: &Member| m.device.starts_with("cuda") && m.nccl_id.len() == 128;
     let n = members.iter().filter(|m| capable(m)).count();
     if n == members.len() && n > 0 {
@@ -483,7 +487,7 @@ impl Coordinator {
             central_checkpoints: self.store.is_some(),
             resume_step: self.resume.as_ref().map_or(0, |r| r.1),
             heal: false,
-            nccl_id: group_nccl_id(&inner.members),
+            nccl_id: group_nccl_id(&inner.members, &self.cfg.run),
         })
     }
 

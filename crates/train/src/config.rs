@@ -5,7 +5,9 @@ use resnet_kernels::ConvPrecision;
 use resnet_model::ResNetConfig;
 use serde::{Deserialize, Serialize};
 
-use crate::{FinetuneConfig, MixConfig, NonFinitePolicy, OptimConfig, ScheduleConfig, TrainError};
+use crate::{
+    FinetuneConfig, GradWire, MixConfig, NonFinitePolicy, OptimConfig, ScheduleConfig, TrainError,
+};
 
 /// Everything that determines a run. Every field has a documented default.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -62,6 +64,11 @@ pub struct TrainConfig {
     /// What a step with a non-finite loss does: `stop` the run (distinct exit code) or
     /// `skip-step` (see `guard.rs`). Default stop.
     pub on_nonfinite: NonFinitePolicy,
+    /// How a data-parallel group's gradients travel: `f32`, or `bf16` (rounded for each
+    /// transfer, half the bytes, summed in f32; the TCP ring only). Default f32 (then not
+    /// written, so older runs' config fingerprints are unchanged).
+    #[serde(skip_serializing_if = "GradWire::is_f32")]
+    pub grad_wire: GradWire,
 }
 
 impl Default for TrainConfig {
@@ -89,6 +96,7 @@ impl Default for TrainConfig {
             shard_drop_last: false,
             conv_precision: ConvPrecision::F32,
             on_nonfinite: NonFinitePolicy::Stop,
+            grad_wire: GradWire::F32,
         }
     }
 }

@@ -39,8 +39,8 @@ pub use metrics::{argmax, count_batch, ClassMetrics, EvalCounts, EvalReport};
 pub use mix::{mix_images, mixed_targets, MixConfig, MixDraw};
 pub use optim::{AnyOptimizer, OptimConfig, OptimizerKind};
 pub use parallel::{
-    broadcast_model, sync_batchnorm, sync_gradients, sync_gradients_with, GradSync, SyncError,
-    Synced,
+    broadcast_model, sync_batchnorm, sync_gradients, sync_gradients_with, GradSync, GradWire,
+    SyncError, Synced,
 };
 pub use record_io::checkpoint_bytes_bound;
 pub use records::{

@@ -9,6 +9,7 @@ use burn::optim::GradientsParams;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Tensor, TensorData};
 use resnet_model::ResNet;
+use serde::{Deserialize, Serialize};
 
 use crate::TrainError;
 
@@ -42,6 +43,53 @@ impl SyncError {
     }
 }
 
+/// How a data-parallel group's gradients travel (`grad_wire`): `f32`, or `bf16` — rounded to
+/// bfloat16 for each transfer (half the bytes) and summed in f32; the TCP ring only (a group
+/// with this setting never gets NCCL). Everything else the replicas exchange (weights,
+/// BatchNorm statistics, epoch sums) stays f32.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum GradWire {
+    /// 4 bytes an element, exact.
+    #[default]
+    F32,
+    /// 2 bytes an element.
+    Bf16,
+}
+
+impl GradWire {
+    /// The name the flag and the config use.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::F32 => "f32",
+            Self::Bf16 => "bf16",
+        }
+    }
+    /// Bytes an element takes on the wire.
+    pub fn bytes_per_element(self) -> usize {
+        match self {
+            Self::F32 => 4,
+            Self::Bf16 => 2,
+        }
+    }
+    /// Whether this is the default (then the run config does not write it, so the config
+    /// fingerprints of f32 runs stay what they were).
+    pub fn is_f32(&self) -> bool {
+        *self == Self::F32
+    }
+}
+
+impl std::str::FromStr for GradWire {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "f32" => Ok(Self::F32),
+            "bf16" => Ok(Self::Bf16),
+            o => Err(format!("unknown grad_wire '{o}': expected f32, bf16")),
+        }
+    }
+}
+
 /// How a replica combines values with its peers.
 pub trait GradSync: Send {
     /// This replica's rank.
@@ -52,6 +100,16 @@ pub trait GradSync: Send {
     fn all_reduce_mean(&mut self, buf: &mut [f32]) -> Result<(), SyncError>;
     /// Copies `root`'s buffer to every replica.
     fn broadcast(&mut self, buf: &mut [f32], root: usize) -> Result<(), SyncError>;
+    /// [`Self::all_reduce_mean`] of a step's gradients (and the flags riding with them), every
+    /// transfer in `wire`'s element type. The default has the f32 wire only.
+    fn all_reduce_grads_mean(&mut self, buf: &mut [f32], wire: GradWire) -> Result<(), SyncError> {
+        match wire {
+            GradWire::F32 => self.all_reduce_mean(buf),
+            GradWire::Bf16 => Err(SyncError::Local(
+                "this gradient sync has no bf16 wire (grad_wire = bf16 needs the TCP ring)".into(),
+            )),
+        }
+    }
     /// [`Self::all_reduce_mean`] of a flat `Tensor<B, 1>` (B the trainer's inner backend) where
     /// it lives, without a copy to the host: `flat` is that tensor behind `Any`, since this
     /// trait knows no backend. Replaces it with the mean. `None` when this sync cannot reduce
@@ -115,27 +173,31 @@ pub fn sync_gradients<B: AutodiffBackend>(
     sync: &mut dyn GradSync,
     device: &B::Device,
 ) -> Result<usize, TrainError> {
-    sync_gradients_with(model, grads, sync, device, &mut []).map(|s| s.bytes)
+    sync_gradients_with(model, grads, sync, device, &mut [], GradWire::F32).map(|s| s.bytes)
 }
 
 /// What one gradient sync did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Synced {
-    /// Gradient bytes all-reduced.
+    /// Gradient bytes all-reduced (in the wire's element type).
     pub bytes: usize,
+    /// Bytes the f32 wire would have taken beyond `bytes` (0 on the f32 wire).
+    pub saved_bytes: usize,
     /// Whether every element of the all-reduced gradient is finite. A NaN or infinity on any
     /// rank survives the sum, so every rank sees the same answer without another exchange.
     pub grads_finite: bool,
 }
 
 /// [`sync_gradients`], averaging `flags` in the same all-reduce: a free way for the ranks to
-/// agree on a decision every step (e.g. rank 0's clock saying a checkpoint is due).
+/// agree on a decision every step (e.g. rank 0's clock saying a checkpoint is due). With the
+/// bf16 `wire` the flags are rounded too: small integers (up to 256) stay exact.
 pub fn sync_gradients_with<B: AutodiffBackend>(
     model: &ResNet<B>,
     grads: &mut GradientsParams,
     sync: &mut dyn GradSync,
     device: &B::Device,
     flags: &mut [f32],
+    wire: GradWire,
 ) -> Result<Synced, TrainError> {
     let mut c = Collect::<B> {
         grads,
@@ -158,12 +220,18 @@ pub fn sync_gradients_with<B: AutodiffBackend>(
     if parts.is_empty() {
         return Ok(Synced {
             bytes: 0,
+            saved_bytes: 0,
             grads_finite: true,
         });
     }
     // One buffer, one collective call, one transfer each way (not one per parameter).
     let mut flat = Tensor::cat(parts, 0);
-    let grads_finite = match sync.all_reduce_mean_device(&mut flat) {
+    // Only f32 reduces on the device (NCCL); the bf16 wire is the ring's, on the host.
+    let on_device = match wire {
+        GradWire::F32 => sync.all_reduce_mean_device(&mut flat),
+        GradWire::Bf16 => None,
+    };
+    let grads_finite = match on_device {
         Some(r) => {
             r.map_err(TrainError::Collective)?;
             // x * 0 is 0 for every finite x and NaN for NaN or ±inf, so this sum is 0 exactly
@@ -190,7 +258,7 @@ pub fn sync_gradients_with<B: AutodiffBackend>(
                     "reading the gradients back: {e:?}"
                 )))
             })?;
-            sync.all_reduce_mean(&mut host)
+            sync.all_reduce_grads_mean(&mut host, wire)
                 .map_err(TrainError::Collective)?;
             flags.copy_from_slice(&host[grads_len..]);
             let finite = host[..grads_len].iter().all(|v| v.is_finite());
@@ -207,7 +275,8 @@ pub fn sync_gradients_with<B: AutodiffBackend>(
     };
     model.visit(&mut r);
     Ok(Synced {
-        bytes: grads_len * std::mem::size_of::<f32>(),
+        bytes: grads_len * wire.bytes_per_element(),
+        saved_bytes: grads_len * (std::mem::size_of::<f32>() - wire.bytes_per_element()),
         grads_finite,
     })
 }

@@ -224,6 +224,7 @@ mod tests {
                 optimizer: 0.09,
             },
             allreduce_bytes: 0,
+            allreduce_saved_bytes: 0,
             world: 1,
         }
     }

@@ -12,7 +12,7 @@ use burn::optim::GradientsParams;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Distribution, Tensor};
 use resnet_model::{ResNet, ResNetConfig};
-use resnet_train::{sync_gradients_with, GradSync, SyncError, TrainError};
+use resnet_train::{sync_gradients_with, GradSync, GradWire, SyncError, TrainError};
 
 type B = Autodiff<Flex>;
 type Inner = Flex;
@@ -31,6 +31,8 @@ struct Scale {
     path: Path,
     host_calls: usize,
     device_calls: usize,
+    /// Calls of the gradient reduce with the bf16 wire.
+    bf16_calls: usize,
 }
 
 impl Scale {
@@ -40,6 +42,7 @@ impl Scale {
             path,
             host_calls: 0,
             device_calls: 0,
+            bf16_calls: 0,
         }
     }
 }
@@ -58,6 +61,12 @@ impl GradSync for Scale {
     }
     fn broadcast(&mut self, _buf: &mut [f32], _root: usize) -> Result<(), SyncError> {
         Ok(())
+    }
+    fn all_reduce_grads_mean(&mut self, buf: &mut [f32], wire: GradWire) -> Result<(), SyncError> {
+        if wire == GradWire::Bf16 {
+            self.bf16_calls += 1;
+        }
+        self.all_reduce_mean(buf)
     }
     fn all_reduce_mean_device(&mut self, flat: &mut dyn Any) -> Option<Result<(), SyncError>> {
         match self.path {
@@ -118,10 +127,18 @@ fn synced(path: Path) -> (PerParam, PerParam, Scale, Vec<f32>) {
     let mut sync = Scale::new(path);
     let mut flags = vec![4.0, -2.0];
     let device: burn::tensor::Device<B> = Default::default();
-    let synced = sync_gradients_with(&model, &mut grads, &mut sync, &device, &mut flags)
-        .expect("sync succeeds");
+    let synced = sync_gradients_with(
+        &model,
+        &mut grads,
+        &mut sync,
+        &device,
+        &mut flags,
+        GradWire::F32,
+    )
+    .expect("sync succeeds");
     let n: usize = before.iter().flatten().map(Vec::len).sum();
     assert_eq!(synced.bytes, 4 * n, "bytes reported = the gradients' size");
+    assert_eq!(synced.saved_bytes, 0, "the f32 wire saves nothing");
     assert!(synced.grads_finite);
     (before, grads_of(&model, &grads), sync, flags)
 }
@@ -171,8 +188,15 @@ fn a_failing_device_sync_is_a_collective_error() {
     let (model, mut grads) = model_and_grads();
     let mut sync = Scale::new(Path::DeviceFails);
     let device: burn::tensor::Device<B> = Default::default();
-    let err = sync_gradients_with(&model, &mut grads, &mut sync, &device, &mut [])
-        .expect_err("the failure surfaces");
+    let err = sync_gradients_with(
+        &model,
+        &mut grads,
+        &mut sync,
+        &device,
+        &mut [],
+        GradWire::F32,
+    )
+    .expect_err("the failure surfaces");
     match err {
         TrainError::Collective(e) => assert_eq!(e, SyncError::PeerLost("rank 1 went away".into())),
         other => panic!("expected a collective error, got {other:?}"),
@@ -195,8 +219,43 @@ fn a_nonfinite_reduced_gradient_is_reported_on_both_paths() {
         };
         let device: burn::tensor::Device<B> = Default::default();
         let mut flags = vec![0.0, 0.0];
-        let synced = sync_gradients_with(&model, &mut grads, &mut sync, &device, &mut flags)
-            .expect("sync succeeds");
+        let synced = sync_gradients_with(
+            &model,
+            &mut grads,
+            &mut sync,
+            &device,
+            &mut flags,
+            GradWire::F32,
+        )
+        .expect("sync succeeds");
         assert!(!synced.grads_finite, "{path:?}");
     }
+}
+
+#[test]
+fn the_bf16_wire_takes_the_host_path_even_where_the_device_path_exists() {
+    // NCCL (the device path) has no bf16 wire: the gradients must go through the host's ring
+    // with the wire named, and the bytes reported are 2 an element, the other 2 saved.
+    let (model, mut grads) = model_and_grads();
+    let before = grads_of(&model, &grads);
+    let mut sync = Scale::new(Path::Device);
+    let mut flags = vec![4.0, -2.0];
+    let device: burn::tensor::Device<B> = Default::default();
+    let synced = sync_gradients_with(
+        &model,
+        &mut grads,
+        &mut sync,
+        &device,
+        &mut flags,
+        GradWire::Bf16,
+    )
+    .expect("sync succeeds");
+    assert_eq!(
+        (sync.host_calls, sync.device_calls, sync.bf16_calls),
+        (1, 0, 1)
+    );
+    let n: usize = before.iter().flatten().map(Vec::len).sum();
+    assert_eq!((synced.bytes, synced.saved_bytes), (2 * n, 2 * n));
+    assert_scaled(&before, &grads_of(&model, &grads));
+    assert_eq!(flags, vec![2.0, -1.0]);
 }

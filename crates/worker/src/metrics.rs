@@ -29,6 +29,9 @@ pub const TRAIN_ACCURACY_RATIO: &str = "resnet_cluster_train_accuracy_ratio";
 pub const LEARNING_RATE: &str = "resnet_cluster_learning_rate";
 /// Gradient bytes this rank all-reduced.
 pub const ALLREDUCE_BYTES_TOTAL: &str = "resnet_cluster_allreduce_bytes_total";
+/// Gradient bytes the bf16 wire (`--grad-wire bf16`) kept off the network against f32 on this
+/// rank (0 on the f32 wire).
+pub const ALLREDUCE_SAVED_BYTES_TOTAL: &str = "resnet_cluster_allreduce_saved_bytes_total";
 /// Histogram of all-reduce durations.
 pub const ALLREDUCE_DURATION_SECONDS: &str = "resnet_cluster_allreduce_duration_seconds";
 /// Ring bus bandwidth of the last all-reduce: 2(n-1)/n x bytes / seconds (NCCL's definition).
@@ -62,6 +65,7 @@ pub struct WorkerMetrics {
     accuracy: Gauge,
     lr: Gauge,
     ar_bytes: Counter,
+    ar_saved: Counter,
     ar_duration: Histogram,
     ar_busbw: Gauge,
     cudnn_fallbacks: Gauge,
@@ -103,6 +107,7 @@ impl WorkerMetrics {
             accuracy: gauge!(TRAIN_ACCURACY_RATIO, &l),
             lr: gauge!(LEARNING_RATE, &l),
             ar_bytes: counter!(ALLREDUCE_BYTES_TOTAL, &l),
+            ar_saved: counter!(ALLREDUCE_SAVED_BYTES_TOTAL, &l),
             ar_duration: histogram!(ALLREDUCE_DURATION_SECONDS, &l),
             ar_busbw: gauge!(ALLREDUCE_BUS_BANDWIDTH, &l),
             cudnn_fallbacks: gauge!(CUDNN_FALLBACK_PASSES, &l),
@@ -115,6 +120,7 @@ impl WorkerMetrics {
         };
         // Present from the start, so "no failures" is a 0 rather than a missing series.
         m.ar_bytes.increment(0);
+        m.ar_saved.increment(0);
         m.cudnn_fallbacks.set(0.0);
         if let Some(c) = &m.ckpt {
             c.failures.increment(0);
@@ -148,6 +154,7 @@ impl WorkerMetrics {
             .set(resnet_kernels::cudnn::stats().fallbacks as f64);
         if s.allreduce_bytes > 0 {
             self.ar_bytes.increment(s.allreduce_bytes as u64);
+            self.ar_saved.increment(s.allreduce_saved_bytes as u64);
             self.ar_duration.record(t.allreduce);
             let n = s.world as f64;
             let bus = 2.0 * (n - 1.0) / n * s.allreduce_bytes as f64 / t.allreduce.max(1e-9);
@@ -206,7 +213,12 @@ fn describe() {
     describe_counter!(
         ALLREDUCE_BYTES_TOTAL,
         Unit::Bytes,
-        "Gradient bytes all-reduced."
+        "Gradient bytes all-reduced (in the wire's element type)."
+    );
+    describe_counter!(
+        ALLREDUCE_SAVED_BYTES_TOTAL,
+        Unit::Bytes,
+        "Gradient bytes the bf16 wire kept off the network against f32."
     );
     describe_histogram!(
         ALLREDUCE_DURATION_SECONDS,

@@ -12,7 +12,7 @@ use resnet_collective::tcp::RingAbort;
 use resnet_collective::Collective;
 use resnet_kernels::KernelChoice;
 use resnet_proto::{fingerprint, ControlPlane, Finish, JoinRequest, PROTOCOL_VERSION};
-use resnet_train::{GradSync, SyncError, TrainConfig, TrainError};
+use resnet_train::{GradSync, GradWire, SyncError, TrainConfig, TrainError};
 
 use crate::formation::Group;
 use crate::group::{form_ring, Heartbeats, Membership, RingSource, Signals};
@@ -99,6 +99,8 @@ pub fn sync_error(e: resnet_collective::CollectiveError) -> SyncError {
         C::Timeout { .. } | C::Disconnected { .. } | C::Setup(_) => {
             SyncError::PeerLost(e.to_string())
         }
+        // A configuration this collective cannot serve: no other group would either.
+        C::Unsupported(_) => SyncError::Local(e.to_string()),
     }
 }
 
@@ -114,6 +116,13 @@ impl GradSync for CollectiveSync {
     }
     fn broadcast(&mut self, buf: &mut [f32], root: usize) -> Result<(), SyncError> {
         self.0.broadcast(buf, root).map_err(sync_error)
+    }
+    fn all_reduce_grads_mean(&mut self, buf: &mut [f32], wire: GradWire) -> Result<(), SyncError> {
+        let wire = match wire {
+            GradWire::F32 => resnet_collective::Wire::F32,
+            GradWire::Bf16 => resnet_collective::Wire::Bf16,
+        };
+        self.0.all_reduce_mean_wire(buf, wire).map_err(sync_error)
     }
     #[cfg(feature = "cuda")]
     fn all_reduce_mean_device(

@@ -54,6 +54,7 @@ pub struct Trainer<B: AutodiffBackend> {
     parallel: Option<Box<dyn GradSync>>,
     /// Gradient bytes all-reduced by the last step (for throughput metrics).
     last_allreduce_bytes: usize,
+    last_allreduce_saved_bytes: usize,
     /// Step at which BatchNorm statistics were last averaged over the replicas.
     bn_synced_at: Option<usize>,
     /// Step of the last checkpoint (attempted, on every rank).
@@ -184,6 +185,7 @@ impl<B: AutodiffBackend> Trainer<B> {
             last_saved: None,
             parallel: None,
             last_allreduce_bytes: 0,
+            last_allreduce_saved_bytes: 0,
             bn_synced_at: None,
             checkpointed_at: None,
             last_checkpoint_time: Instant::now(),
@@ -395,6 +397,7 @@ impl<B: AutodiffBackend> Trainer<B> {
                     images: batch.n,
                     timing,
                     allreduce_bytes: self.last_allreduce_bytes,
+                    allreduce_saved_bytes: self.last_allreduce_saved_bytes,
                     world: self.parallel.as_ref().map_or(1, |p| p.world()),
                 });
                 let step_due = cfg

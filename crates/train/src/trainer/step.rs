@@ -92,6 +92,7 @@ impl<B: AutodiffBackend> Trainer<B> {
             .count();
         let t2 = Instant::now();
         self.last_allreduce_bytes = 0;
+        self.last_allreduce_saved_bytes = 0;
         // Rank 0's clock decides time-based checkpoints; the flag rides on the all-reduce.
         let minutes = self.state.config.checkpoint_minutes;
         let due_here = self.rank_world().0 == 0
@@ -115,9 +116,17 @@ impl<B: AutodiffBackend> Trainer<B> {
         let mut grads_finite = true;
         if let Some(sync) = self.parallel.as_mut().filter(|p| p.world() > 1) {
             let world = sync.world() as f32;
-            match sync_gradients_with(&model, &mut grads, sync.as_mut(), &self.device, &mut flags) {
+            match sync_gradients_with(
+                &model,
+                &mut grads,
+                sync.as_mut(),
+                &self.device,
+                &mut flags,
+                self.state.config.grad_wire,
+            ) {
                 Ok(synced) => {
                     self.last_allreduce_bytes = synced.bytes;
+                    self.last_allreduce_saved_bytes = synced.saved_bytes;
                     grads_finite = synced.grads_finite;
                     // The all-reduce averages: back to the group's sum.
                     let sum = flags[0] * world;
