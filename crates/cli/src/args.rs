@@ -1,4 +1,6 @@
-//! Command-line arguments. Every flag that sets a run parameter is optional so that it can
+//! The `resnet` command line and the flags several commands share: run parameters (`resnet
+//! train`, `coordinator`, sweeps), device and kernel choice, model shape. Each command's own
+//! flags live in its `cmd_*.rs`. Every flag that sets a run parameter is optional so that it can
 //! override a value from `--config FILE` or the environment only when given.
 
 use std::path::PathBuf;
@@ -29,13 +31,13 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Train a model; writes metrics, the resolved config and checkpoints to --out.
-    Train(Box<TrainArgs>),
+    Train(Box<crate::cmd_train::TrainArgs>),
     /// Evaluate a checkpoint: accuracy, top-5, per-class precision/recall/F1, confusion matrix.
-    Eval(EvalArgs),
+    Eval(crate::cmd_eval::EvalArgs),
     /// Print a model's parameter counts and per-stage output shapes.
-    Info(InfoArgs),
+    Info(crate::cmd_info::InfoArgs),
     /// Measure training or inference throughput (images/s) on synthetic input.
-    Bench(BenchArgs),
+    Bench(crate::cmd_bench::BenchArgs),
     /// Where a CPU training step spends its time: each convolution pass (Burn's and the GEMM
     /// kernels'), BatchNorm+ReLU, and the rest of a measured step.
     Profile(crate::cmd_profile::ProfileArgs),
@@ -61,6 +63,7 @@ pub enum Command {
 
 /// Where to run.
 #[derive(Args, Debug, Clone, Default)]
+#[command(next_help_heading = "Device and kernels")]
 pub struct DeviceArgs {
     /// Run on CUDA device N (needs a build with `--features cuda` and an NVIDIA driver).
     #[arg(long, value_name = "N", conflicts_with = "cpu")]
@@ -159,88 +162,88 @@ pub enum CudaMathArg {
 pub struct RunArgs {
     /// TOML file with any fields of the run config (see README); flags override it, and
     /// RESNET_CLUSTER__SECTION__FIELD environment variables sit between the two.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", help_heading = "Configuration")]
     pub config: Option<PathBuf>,
     /// Dataset: cifar10, cifar100, folder or synthetic [default: synthetic].
-    #[arg(long)]
+    #[arg(long, help_heading = "Data")]
     pub dataset: Option<String>,
     /// Data directory (CIFAR .bin files or their tarball folder; image-folder root) [default: data].
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, value_name = "DIR", help_heading = "Data")]
     pub data: Option<PathBuf>,
     /// Download CIFAR into --data if it is missing (verifies the official MD5).
-    #[arg(long)]
+    #[arg(long, help_heading = "Data")]
     pub download: bool,
     /// ResNet depth: 18, 34, 50, 101 or 152 [default: 18].
-    #[arg(long)]
+    #[arg(long, help_heading = "Model")]
     pub depth: Option<usize>,
     /// Stem: cifar (3x3, no max-pool) or imagenet (7x7/2 + max-pool) [default: cifar].
-    #[arg(long)]
+    #[arg(long, help_heading = "Model")]
     pub stem: Option<String>,
     /// Base width (torchvision: 64) [default: 64].
-    #[arg(long)]
+    #[arg(long, help_heading = "Model")]
     pub width: Option<usize>,
     /// Epochs [default: 10].
-    #[arg(long)]
+    #[arg(long, help_heading = "Optimization")]
     pub epochs: Option<usize>,
     /// Batch size [default: 128].
-    #[arg(long)]
+    #[arg(long, help_heading = "Optimization")]
     pub batch_size: Option<usize>,
     /// Base learning rate [default: 0.1].
-    #[arg(long)]
+    #[arg(long, help_heading = "Optimization")]
     pub lr: Option<f64>,
     /// Optimizer: sgd, adam or adamw [default: sgd].
-    #[arg(long)]
+    #[arg(long, help_heading = "Optimization")]
     pub optimizer: Option<String>,
     /// Weight decay (L2 for sgd/adam, decoupled for adamw) [default: 5e-4].
-    #[arg(long)]
+    #[arg(long, help_heading = "Optimization")]
     pub weight_decay: Option<f64>,
     /// SGD momentum [default: 0.9].
-    #[arg(long)]
+    #[arg(long, help_heading = "Optimization")]
     pub momentum: Option<f64>,
     /// Nesterov momentum.
-    #[arg(long)]
+    #[arg(long, help_heading = "Optimization")]
     pub nesterov: bool,
     /// LR schedule: constant, step, cosine, onecycle, cyclic or plateau [default: cosine].
-    #[arg(long)]
+    #[arg(long, help_heading = "Learning-rate schedule")]
     pub schedule: Option<String>,
     /// Step schedule: decay every N epochs [default: 30].
-    #[arg(long)]
+    #[arg(long, help_heading = "Learning-rate schedule")]
     pub step_epochs: Option<usize>,
     /// Step and plateau schedules: decay factor [default: 0.1].
-    #[arg(long)]
+    #[arg(long, help_heading = "Learning-rate schedule")]
     pub gamma: Option<f64>,
     /// Linear warm-up epochs in front of the schedule [default: 0].
-    #[arg(long)]
+    #[arg(long, help_heading = "Learning-rate schedule")]
     pub warmup_epochs: Option<f64>,
     /// Label smoothing [default: 0].
-    #[arg(long)]
+    #[arg(long, help_heading = "Optimization")]
     pub label_smoothing: Option<f64>,
     /// Stop after N steps in total (the schedule still spans --epochs).
-    #[arg(long)]
+    #[arg(long, help_heading = "Optimization")]
     pub max_steps: Option<usize>,
     /// Use only the first N training records.
-    #[arg(long)]
+    #[arg(long, help_heading = "Data")]
     pub train_limit: Option<usize>,
     /// Use only the first N test records.
-    #[arg(long)]
+    #[arg(long, help_heading = "Data")]
     pub test_limit: Option<usize>,
     /// Seed for weights, shuffling and augmentation [default: 42].
-    #[arg(long)]
+    #[arg(long, help_heading = "Optimization")]
     pub seed: Option<u64>,
     /// Disable augmentation (random crop + flip).
-    #[arg(long)]
+    #[arg(long, help_heading = "Augmentation")]
     pub no_augment: bool,
     /// Threads preparing batches [default: 2].
-    #[arg(long)]
+    #[arg(long, help_heading = "Data")]
     pub loader_workers: Option<usize>,
     /// Checkpoint every N steps as well as every epoch.
-    #[arg(long)]
+    #[arg(long, help_heading = "Checkpoints and divergence")]
     pub checkpoint_steps: Option<usize>,
     /// Also checkpoint when M minutes passed since the last checkpoint (fractions allowed).
-    #[arg(long, value_name = "M")]
+    #[arg(long, value_name = "M", help_heading = "Checkpoints and divergence")]
     pub checkpoint_minutes: Option<f64>,
     /// Freeze BatchNorm statistics while training (use and keep the running statistics).
-    #[arg(long)]
+    #[arg(long, help_heading = "Optimization")]
     pub freeze_bn: bool,
     /// What a step whose loss (or, data parallel, all-reduced gradient) is NaN or infinite
     /// does: `stop` ends the run before the step is applied, exit code 3, the newest checkpoint
@@ -248,138 +251,74 @@ pub struct RunArgs {
     /// on, stopping as `stop` after 10 in a row; `rollback` returns to the newest checkpoint's
     /// state and passes over the batches from there to the bad step, stopping as `stop` after
     /// 3 rollbacks [default: stop].
-    #[arg(long, value_name = "stop|skip-step|rollback")]
+    #[arg(
+        long,
+        value_name = "stop|skip-step|rollback",
+        help_heading = "Checkpoints and divergence"
+    )]
     pub on_nonfinite: Option<String>,
     /// Convolution arithmetic: f32, or bf16 as autocast does it (operands and results rounded
     /// to bf16, f32 accumulation; weights, BatchNorm, classifier, loss and optimizer stay f32).
     /// On CUDA the convolution kernels then run on bf16 tensors [default: f32].
-    #[arg(long, value_name = "f32|bf16")]
+    #[arg(
+        long,
+        value_name = "f32|bf16",
+        help_heading = "Precision and gradient transfer"
+    )]
     pub conv_precision: Option<String>,
     /// Data-parallel runs: how gradients travel between workers. `bf16` rounds each transfer
     /// to bfloat16 (half the bytes on the wire) and sums in f32; the group then all-reduces over
     /// the TCP ring, never NCCL. Weights, BatchNorm statistics and metrics stay f32
     /// [default: f32].
-    #[arg(long, value_name = "f32|bf16")]
+    #[arg(
+        long,
+        value_name = "f32|bf16",
+        help_heading = "Precision and gradient transfer"
+    )]
     pub grad_wire: Option<String>,
     /// Cyclic schedule: epochs per full up-and-down cycle [default: 4].
-    #[arg(long, value_name = "EPOCHS")]
+    #[arg(long, value_name = "EPOCHS", help_heading = "Learning-rate schedule")]
     pub cycle_epochs: Option<f64>,
     /// Plateau schedule: epochs without improvement before each reduction by --gamma [default: 2].
-    #[arg(long, value_name = "EPOCHS")]
+    #[arg(long, value_name = "EPOCHS", help_heading = "Learning-rate schedule")]
     pub patience: Option<usize>,
     /// Dropout probability before the classifier [default: 0].
-    #[arg(long, value_name = "P")]
+    #[arg(long, value_name = "P", help_heading = "Model")]
     pub dropout: Option<f64>,
     /// Cutout: side of a square set to the mean after normalisation (CIFAR: 16) [default: off].
-    #[arg(long, value_name = "PIXELS")]
+    #[arg(long, value_name = "PIXELS", help_heading = "Augmentation")]
     pub cutout: Option<usize>,
     /// Random rotation within +-DEG degrees [default: off].
-    #[arg(long, value_name = "DEG")]
+    #[arg(long, value_name = "DEG", help_heading = "Augmentation")]
     pub rotation: Option<f64>,
     /// Random zoom by a factor within 1 +- F [default: off].
-    #[arg(long, value_name = "F")]
+    #[arg(long, value_name = "F", help_heading = "Augmentation")]
     pub scale: Option<f64>,
     /// Colour jitter as brightness,contrast,saturation amounts, e.g. 0.4,0.4,0.4 [default: off].
-    #[arg(long, value_name = "B,C,S")]
+    #[arg(long, value_name = "B,C,S", help_heading = "Augmentation")]
     pub color_jitter: Option<String>,
     /// Mixup with Beta(ALPHA, ALPHA) blend weights (typical 0.2) [default: off].
-    #[arg(long, value_name = "ALPHA")]
+    #[arg(long, value_name = "ALPHA", help_heading = "Augmentation")]
     pub mixup: Option<f64>,
     /// CutMix with Beta(ALPHA, ALPHA) area fractions (typical 1.0); with --mixup, each mixed batch
     /// picks one of the two [default: off].
-    #[arg(long, value_name = "ALPHA")]
+    #[arg(long, value_name = "ALPHA", help_heading = "Augmentation")]
     pub cutmix: Option<f64>,
     /// Fine-tune from torchvision weights (.pth, .pt or .safetensors; any head size: the
     /// classifier is re-initialised for the dataset's classes).
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", help_heading = "Fine-tuning")]
     pub pretrained: Option<PathBuf>,
     /// Freeze parts of the network: comma-separated stem, layer1, layer2, layer3, layer4.
-    #[arg(long, value_name = "PARTS", value_delimiter = ',')]
+    #[arg(
+        long,
+        value_name = "PARTS",
+        value_delimiter = ',',
+        help_heading = "Fine-tuning"
+    )]
     pub freeze: Option<Vec<String>>,
     /// Backbone learning rate as a multiple of the head's (scheduled) LR, e.g. 0.1 [default: 1].
-    #[arg(long, value_name = "F")]
+    #[arg(long, value_name = "F", help_heading = "Fine-tuning")]
     pub backbone_lr_scale: Option<f64>,
-}
-
-/// `resnet train`.
-#[derive(Args, Debug)]
-pub struct TrainArgs {
-    /// Run parameters.
-    #[command(flatten)]
-    pub run: RunArgs,
-    /// Run directory: config.json, metrics.jsonl, summary.json, checkpoints/ [default: runs/train-<time>].
-    #[arg(long, value_name = "DIR")]
-    pub out: Option<PathBuf>,
-    /// Continue a run: a checkpoint directory, a run directory, `latest` (the newest
-    /// checkpoint under --out, or else of the newest run in runs/) or `auto` (the newest under
-    /// --out, or a new run when there is none). Run flags may repeat the run's configuration,
-    /// not change it (except --epochs, --max-steps, --data).
-    #[arg(long, value_name = "DIR|latest|auto")]
-    pub resume: Option<String>,
-    /// Stop (exit code 5) when this many checkpoints in a row could not be written (full or
-    /// read-only disk; each is retried once), rather than train on with nothing saved; 0 never
-    /// stops. The final checkpoint failing always exits 5.
-    #[arg(long, value_name = "N", default_value_t = resnet_train::DEFAULT_MAX_CHECKPOINT_FAILURES)]
-    pub max_checkpoint_failures: usize,
-    /// Write steps.jsonl in the run directory: a line every N steps (mean loss, LR, images/s,
-    /// phase times), and one for the steps left over at the end; 0: only that last line.
-    /// `resnet report` draws it.
-    #[arg(long, value_name = "N", default_value_t = resnet_train::DEFAULT_STEP_METRICS_EVERY)]
-    pub step_metrics_every: usize,
-    /// Print the final summary as JSON on stdout.
-    #[arg(long)]
-    pub json: bool,
-    /// Device selection.
-    #[command(flatten)]
-    pub device: DeviceArgs,
-}
-
-/// `resnet eval`.
-#[derive(Args, Debug)]
-pub struct EvalArgs {
-    /// Checkpoint directory or run directory (its newest valid checkpoint). Repeat it to
-    /// evaluate an ensemble: the members' softmax probabilities are averaged, and every member
-    /// is reported too (members may differ in depth, width and seed, not in dataset).
-    #[arg(long, value_name = "DIR", required = true)]
-    pub checkpoint: Vec<PathBuf>,
-    /// Data directory; default: the one recorded in the checkpoint's config.
-    #[arg(long, value_name = "DIR")]
-    pub data: Option<PathBuf>,
-    /// Evaluate only the first N test records.
-    #[arg(long)]
-    pub test_limit: Option<usize>,
-    /// Images per batch.
-    #[arg(long, default_value_t = 256)]
-    pub batch_size: usize,
-    /// Print the full report as JSON.
-    #[arg(long)]
-    pub json: bool,
-    /// Device selection.
-    #[command(flatten)]
-    pub device: DeviceArgs,
-}
-
-/// `resnet info`.
-#[derive(Args, Debug)]
-pub struct InfoArgs {
-    /// 18, 34, 50, 101 or 152.
-    #[arg(long, default_value_t = 18)]
-    pub depth: usize,
-    /// Classifier outputs.
-    #[arg(long, default_value_t = 10)]
-    pub num_classes: usize,
-    /// cifar or imagenet.
-    #[arg(long, default_value = "cifar")]
-    pub stem: String,
-    /// Base width.
-    #[arg(long, default_value_t = 64)]
-    pub width: usize,
-    /// Input side length for the shape table.
-    #[arg(long, default_value_t = 32)]
-    pub image_size: usize,
-    /// JSON output.
-    #[arg(long)]
-    pub json: bool,
 }
 
 /// The model and input shape of `resnet bench`, `resnet profile` and `resnet scaling`.
@@ -417,36 +356,4 @@ impl ModelShapeArgs {
         cfg.validate()?;
         Ok(cfg)
     }
-}
-
-/// `resnet bench`.
-#[derive(Args, Debug)]
-pub struct BenchArgs {
-    /// Model and input shape.
-    #[command(flatten)]
-    pub shape: ModelShapeArgs,
-    /// train (forward + backward + optimizer) or eval (inference forward).
-    #[arg(long, default_value = "train", value_parser = ["train", "eval"])]
-    pub mode: String,
-    /// Optimizer for train mode: sgd or adam.
-    #[arg(long, default_value = "sgd")]
-    pub optimizer: String,
-    /// Untimed warm-up steps.
-    #[arg(long, default_value_t = 2)]
-    pub warmup: usize,
-    /// Timed steps (the median is reported).
-    #[arg(long, default_value_t = 10)]
-    pub steps: usize,
-    /// Classes.
-    #[arg(long, default_value_t = 10)]
-    pub num_classes: usize,
-    /// Convolution arithmetic, as for `resnet train`: f32 or bf16.
-    #[arg(long, default_value = "f32", value_parser = ["f32", "bf16"])]
-    pub conv_precision: String,
-    /// JSON output.
-    #[arg(long)]
-    pub json: bool,
-    /// Device selection.
-    #[command(flatten)]
-    pub device: DeviceArgs,
 }

@@ -21,7 +21,7 @@ use crate::settings::resolve;
 /// `coordinator --sweep`: serves the sweep until every trial is done; writes results.csv and
 /// sweep.json into `out`.
 pub fn coordinate_sweep(
-    a: &crate::cluster::CoordinatorCli,
+    a: &crate::cmd_coordinator::CoordinatorCli,
     space: &Path,
     plan: &SweepPlanArgs,
     token: Option<String>,

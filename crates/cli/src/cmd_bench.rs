@@ -13,8 +13,42 @@ use resnet_model::ResNetConfig;
 use resnet_train::{smoothed_targets, soft_cross_entropy, targets_tensor, OptimConfig};
 use serde::Serialize;
 
-use crate::args::BenchArgs;
+use clap::Args;
+
+use crate::args::{DeviceArgs, ModelShapeArgs};
 use crate::device::select;
+
+/// `resnet bench`.
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    /// Model and input shape.
+    #[command(flatten)]
+    pub shape: ModelShapeArgs,
+    /// train (forward + backward + optimizer) or eval (inference forward).
+    #[arg(long, default_value = "train", value_parser = ["train", "eval"])]
+    pub mode: String,
+    /// Optimizer for train mode: sgd or adam.
+    #[arg(long, default_value = "sgd")]
+    pub optimizer: String,
+    /// Untimed warm-up steps.
+    #[arg(long, default_value_t = 2)]
+    pub warmup: usize,
+    /// Timed steps (the median is reported).
+    #[arg(long, default_value_t = 10)]
+    pub steps: usize,
+    /// Classes.
+    #[arg(long, default_value_t = 10)]
+    pub num_classes: usize,
+    /// Convolution arithmetic, as for `resnet train`: f32 or bf16.
+    #[arg(long, default_value = "f32", value_parser = ["f32", "bf16"])]
+    pub conv_precision: String,
+    /// JSON output.
+    #[arg(long)]
+    pub json: bool,
+    /// Device selection.
+    #[command(flatten)]
+    pub device: DeviceArgs,
+}
 
 /// One benchmark's result.
 #[derive(Debug, Serialize)]

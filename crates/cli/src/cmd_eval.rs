@@ -8,8 +8,35 @@ use resnet_data::{ImageDataset, Normalization};
 use resnet_train::{count_batch, load_model, predict, resolve_checkpoint, EvalCounts, EvalReport};
 use serde::Serialize;
 
-use crate::args::EvalArgs;
+use clap::Args;
+
+use crate::args::DeviceArgs;
 use crate::device::select;
+
+/// `resnet eval`.
+#[derive(Args, Debug)]
+pub struct EvalArgs {
+    /// Checkpoint directory or run directory (its newest valid checkpoint). Repeat it to
+    /// evaluate an ensemble: the members' softmax probabilities are averaged, and every member
+    /// is reported too (members may differ in depth, width and seed, not in dataset).
+    #[arg(long, value_name = "DIR", required = true)]
+    pub checkpoint: Vec<PathBuf>,
+    /// Data directory; default: the one recorded in the checkpoint's config.
+    #[arg(long, value_name = "DIR")]
+    pub data: Option<PathBuf>,
+    /// Evaluate only the first N test records.
+    #[arg(long)]
+    pub test_limit: Option<usize>,
+    /// Images per batch.
+    #[arg(long, default_value_t = 256)]
+    pub batch_size: usize,
+    /// Print the full report as JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// Device selection.
+    #[command(flatten)]
+    pub device: DeviceArgs,
+}
 
 /// One ensemble member's result.
 #[derive(Debug, Serialize)]

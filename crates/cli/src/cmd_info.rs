@@ -5,8 +5,32 @@ use burn::module::Module;
 use resnet_model::{stage_shapes, ResNetConfig};
 use serde_json::json;
 
-use crate::args::InfoArgs;
+use clap::Args;
+
 use crate::device::CpuInfer;
+
+/// `resnet info`.
+#[derive(Args, Debug)]
+pub struct InfoArgs {
+    /// 18, 34, 50, 101 or 152.
+    #[arg(long, default_value_t = 18)]
+    pub depth: usize,
+    /// Classifier outputs.
+    #[arg(long, default_value_t = 10)]
+    pub num_classes: usize,
+    /// cifar or imagenet.
+    #[arg(long, default_value = "cifar")]
+    pub stem: String,
+    /// Base width.
+    #[arg(long, default_value_t = 64)]
+    pub width: usize,
+    /// Input side length for the shape table.
+    #[arg(long, default_value_t = 32)]
+    pub image_size: usize,
+    /// JSON output.
+    #[arg(long)]
+    pub json: bool,
+}
 
 /// Runs `resnet info`: builds the real module and counts its tensors.
 pub fn run(a: InfoArgs) -> Result<()> {

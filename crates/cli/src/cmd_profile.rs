@@ -180,7 +180,7 @@ fn profile_bn_relu(k: &KernelChoice, shape: [usize; 4], repeats: usize) -> [f64;
 }
 
 fn measured_step(cfg: &ResNetConfig, k: KernelChoice, a: &ProfileArgs) -> Result<[f64; 3]> {
-    let bench = crate::args::BenchArgs {
+    let bench = crate::cmd_bench::BenchArgs {
         shape: a.shape.clone(),
         mode: "train".into(),
         optimizer: "sgd".into(),

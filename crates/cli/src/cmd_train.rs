@@ -7,10 +7,45 @@ use indicatif::{ProgressBar, ProgressStyle};
 use resnet_data::Splits;
 use resnet_train::{TrainConfig, TrainSummary, Trainer};
 
-use crate::args::TrainArgs;
+use clap::Args;
+
+use crate::args::{DeviceArgs, RunArgs};
 use crate::device::select;
 use crate::progress::Progress;
 use crate::settings::{check_resume_unchanged, load_resume, resolve, resume_target};
+
+/// `resnet train`.
+#[derive(Args, Debug)]
+pub struct TrainArgs {
+    /// Run parameters.
+    #[command(flatten)]
+    pub run: RunArgs,
+    /// Run directory: config.json, metrics.jsonl, summary.json, checkpoints/ [default: runs/train-<time>].
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+    /// Continue a run: a checkpoint directory, a run directory, `latest` (the newest
+    /// checkpoint under --out, or else of the newest run in runs/) or `auto` (the newest under
+    /// --out, or a new run when there is none). Run flags may repeat the run's configuration,
+    /// not change it (except --epochs, --max-steps, --data).
+    #[arg(long, value_name = "DIR|latest|auto")]
+    pub resume: Option<String>,
+    /// Stop (exit code 5) when this many checkpoints in a row could not be written (full or
+    /// read-only disk; each is retried once), rather than train on with nothing saved; 0 never
+    /// stops. The final checkpoint failing always exits 5.
+    #[arg(long, value_name = "N", default_value_t = resnet_train::DEFAULT_MAX_CHECKPOINT_FAILURES)]
+    pub max_checkpoint_failures: usize,
+    /// Write steps.jsonl in the run directory: a line every N steps (mean loss, LR, images/s,
+    /// phase times), and one for the steps left over at the end; 0: only that last line.
+    /// `resnet report` draws it.
+    #[arg(long, value_name = "N", default_value_t = resnet_train::DEFAULT_STEP_METRICS_EVERY)]
+    pub step_metrics_every: usize,
+    /// Print the final summary as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+    /// Device selection.
+    #[command(flatten)]
+    pub device: DeviceArgs,
+}
 
 /// Loads the data named by `cfg`, showing a progress bar while downloading.
 pub fn load_data(cfg: &TrainConfig) -> Result<Splits> {

@@ -37,6 +37,17 @@ pub enum Selected {
     },
 }
 
+impl Selected {
+    /// The device as the coordinator and the logs name it: `cpu` or `cuda:N`.
+    pub fn name(self) -> String {
+        match self {
+            Selected::Cpu => "cpu".into(),
+            #[cfg(feature = "cuda")]
+            Selected::Gpu { index, .. } => format!("cuda:{index}"),
+        }
+    }
+}
+
 /// Resolves `--gpu`/`--cpu`. A `--gpu` request fails with an explanation, never a panic, when
 /// the build or the machine cannot serve it.
 pub fn select(args: &DeviceArgs) -> Result<Selected> {

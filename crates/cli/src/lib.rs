@@ -2,11 +2,12 @@
 //! progress output, and the command implementations of `resnet`, `coordinator` and `worker`.
 
 pub mod args;
-pub mod cluster;
+pub mod cluster_security;
 pub mod cluster_sweep;
 pub mod cmd_allreduce;
 pub mod cmd_bench;
 pub mod cmd_conv_check;
+pub mod cmd_coordinator;
 pub mod cmd_eval;
 pub mod cmd_export;
 pub mod cmd_info;
@@ -15,6 +16,7 @@ pub mod cmd_scaling;
 pub mod cmd_schedule;
 pub mod cmd_sweep;
 pub mod cmd_train;
+pub mod cmd_worker;
 pub mod device;
 pub mod endpoint;
 pub mod kernel_cache;

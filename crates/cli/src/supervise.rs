@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 
-use crate::cluster::WorkerCli;
+use crate::cmd_worker::WorkerCli;
 
 /// Flags the supervisor sets per child (removed from the inherited command line).
 const PER_CHILD: &[&str] = &[
@@ -165,7 +165,7 @@ pub fn supervise(a: &WorkerCli, gpus: &[usize], max_restarts: usize) -> Result<u
     let base_id = a
         .worker_id
         .clone()
-        .unwrap_or_else(crate::cluster::default_worker_id);
+        .unwrap_or_else(crate::cmd_worker::default_worker_id);
     let stop = crate::stop_on_signals()?;
     let json = crate::json_logs();
     let spawn = |slot: &Slot| -> Result<Child> {

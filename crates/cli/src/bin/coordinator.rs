@@ -3,7 +3,7 @@
 use clap::Parser;
 
 fn main() -> std::process::ExitCode {
-    let cli = resnet_cli::cluster::CoordinatorCli::parse();
+    let cli = resnet_cli::cmd_coordinator::CoordinatorCli::parse();
     resnet_cli::init_logging(&cli.log_format);
-    resnet_cli::exit(resnet_cli::cluster::run_coordinator(cli))
+    resnet_cli::exit(resnet_cli::cmd_coordinator::run_coordinator(cli))
 }

@@ -3,7 +3,7 @@
 use clap::Parser;
 
 fn main() -> std::process::ExitCode {
-    let cli = resnet_cli::cluster::WorkerCli::parse();
+    let cli = resnet_cli::cmd_worker::WorkerCli::parse();
     resnet_cli::init_logging(&cli.log_format);
-    resnet_cli::exit(resnet_cli::cluster::run_worker_cli(cli))
+    resnet_cli::exit(resnet_cli::cmd_worker::run_worker_cli(cli))
 }
