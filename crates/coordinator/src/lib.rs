@@ -5,6 +5,7 @@
 //! through it.
 
 mod checkpoints;
+mod liveness;
 pub mod metrics;
 mod regroup;
 mod service;

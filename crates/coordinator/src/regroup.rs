@@ -176,13 +176,13 @@ impl Coordinator {
         Ok(())
     }
 
-    /// Finalises a regroup whose deadline passed; true while one is in progress.
-    pub(crate) fn regroup_due(&self) -> bool {
+    /// Finalises a regroup whose deadline has passed at `now`; true while one is in progress.
+    pub(crate) fn regroup_due_at(&self, now: Instant) -> bool {
         let mut inner = self.lock();
         let Some(r) = &inner.regroup else {
             return false;
         };
-        if Instant::now() >= r.deadline {
+        if now >= r.deadline {
             drop(inner);
             self.finish_regroup();
             inner = self.lock();

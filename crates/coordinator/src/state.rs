@@ -305,9 +305,17 @@ impl Coordinator {
     /// Fails the run if the group is not complete within the join timeout of the coordinator's
     /// start. A training worker silent longer than the heartbeat timeout is dropped and the
     /// group re-formed without it (`start_regroup_for_silence`); only when that cannot be done
-    /// does the run fail, naming the worker.
+    /// does the run fail, naming the worker. The service calls this every second.
     pub fn check_liveness(&self) {
-        if self.phase() == Phase::Waiting && self.started.elapsed() > self.cfg.join_timeout {
+        self.check_liveness_at(Instant::now());
+    }
+
+    /// [`Self::check_liveness`] as of `now` (the decisions are `liveness`'s pure functions of
+    /// it), so a test can look ahead in time instead of sleeping.
+    pub fn check_liveness_at(&self, now: Instant) {
+        if self.phase() == Phase::Waiting
+            && crate::liveness::rendezvous_expired(self.started, now, self.cfg.join_timeout)
+        {
             let joined = self.lock().members.len();
             self.fail(format!(
                 "rendezvous timed out after {:?}: {joined} of {} workers joined",
@@ -318,34 +326,30 @@ impl Coordinator {
         if self.phase() != Phase::Running {
             return;
         }
-        if self.regroup_due() {
+        if self.regroup_due_at(now) {
             return;
         }
         let silent = {
             let mut inner = self.lock();
-            let interval = resnet_proto::HEARTBEAT_INTERVAL.as_secs_f64();
             for m in inner.members.iter_mut() {
-                let missed = (m.last_seen.elapsed().as_secs_f64() / interval) as u64;
-                let missed = missed.saturating_sub(1);
+                let missed = crate::liveness::missed_beats(
+                    m.last_seen,
+                    now,
+                    resnet_proto::HEARTBEAT_INTERVAL,
+                );
                 if missed > m.misses {
                     metrics::counter!(crate::metrics::HEARTBEAT_MISSES_TOTAL)
                         .increment(missed - m.misses);
                     m.misses = missed;
                 }
             }
-            inner
-                .members
-                .iter()
-                .enumerate()
-                .filter(|(i, _)| inner.finished.get(*i).is_some_and(Option::is_none))
-                .find(|(_, m)| m.last_seen.elapsed() > self.cfg.heartbeat_timeout)
-                .map(|(i, m)| {
-                    format!(
-                        "worker '{}' (rank {i}) sent no heartbeat for {:.0?}",
-                        m.worker_id,
-                        m.last_seen.elapsed()
-                    )
-                })
+            crate::liveness::silent_member(
+                &inner.members,
+                &inner.finished,
+                now,
+                self.cfg.heartbeat_timeout,
+            )
+            .map(|(_, reason)| reason)
         };
         if let Some(reason) = silent {
             if !self.start_regroup_for_silence(&reason) {

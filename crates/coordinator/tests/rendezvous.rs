@@ -2,7 +2,7 @@
 //! request is refused with a precise reason, and nothing is left half-registered.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use resnet_coordinator::{Coordinator, CoordinatorConfig, Phase, Refusal};
 use resnet_proto::{
@@ -294,9 +294,9 @@ fn survivors_re_form_the_group_ranked_by_progress_and_the_silent_worker_is_dropp
             })
             .expect("heartbeat");
         assert!(reply.regroup);
-        // The deadline passes in check_liveness (the service calls it every second).
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        c.check_liveness();
+        // The deadline (400 ms) passes in check_liveness (the service calls it every second),
+        // here looked at half a second ahead instead of slept through.
+        c.check_liveness_at(Instant::now() + Duration::from_millis(500));
         vec![
             a.await.expect("task").expect("a rejoined"),
             cc.await.expect("task").expect("c rejoined"),
@@ -645,11 +645,11 @@ fn newcomers_alone_cannot_continue_a_run_whose_state_holders_are_all_lost() {
     let rt = rt();
     rt.block_on(c.join(join_req("a"))).expect("a joins");
     let e = rt.block_on(async {
-        // "a" falls silent: the group re-forms without it and waits for a replacement.
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        c.check_liveness();
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        c.check_liveness();
+        // "a" falls silent (200 ms heartbeat timeout, seen 300 ms ahead): the group re-forms
+        // without it; once the regroup deadline (200 ms more) has passed, it waits for a
+        // replacement.
+        c.check_liveness_at(Instant::now() + Duration::from_millis(300));
+        c.check_liveness_at(Instant::now() + Duration::from_millis(600));
         assert_eq!(c.phase(), Phase::Running, "waiting for a replacement");
         c.join(join_req("b"))
             .await
