@@ -57,11 +57,11 @@ impl<B: AutodiffBackend> Trainer<B> {
             write_metrics(&o.join("metrics.jsonl"), &s.history)?;
         }
         obs.on_epoch(&record);
-        let due =
-            cfg.checkpoint_epochs > 0 && self.state.epoch.is_multiple_of(cfg.checkpoint_epochs);
-        // A step checkpoint at this very step already holds the same state.
-        let fresh = self.checkpointed_at == Some(self.state.global_step);
-        if (due || self.state.epoch == cfg.epochs) && !fresh {
+        // (A step checkpoint at this very step already holds the same state.)
+        if self
+            .checkpoints
+            .epoch_due(cfg, self.state.epoch, self.state.global_step)
+        {
             self.checkpoint(obs)?;
         }
         // Also without a checkpoint: a rollback never returns into an epoch whose metrics are
@@ -96,7 +96,7 @@ impl<B: AutodiffBackend> Trainer<B> {
         } else {
             self.evaluate_test()
         };
-        if self.checkpointed_at != Some(self.state.global_step) {
+        if !self.checkpoints.fresh(self.state.global_step) {
             self.checkpoint(obs)?;
         }
         // The final state must be on disk: a run that ends without it lost its result.

@@ -30,11 +30,13 @@ use crate::saves::SaveLog;
 use crate::{AnyOptimizer, ScheduleKind, TrainConfig, TrainError};
 
 mod finish;
+mod policy;
 mod replicas;
 mod restore;
 mod saving;
 mod step;
 
+use policy::CheckpointPolicy;
 use restore::{check_classes, prepare_out};
 pub(crate) use restore::{init_model, run_kernels};
 pub use restore::{load_model, load_state};
@@ -57,12 +59,8 @@ pub struct Trainer<B: AutodiffBackend> {
     last_allreduce_saved_bytes: usize,
     /// Step at which BatchNorm statistics were last averaged over the replicas.
     bn_synced_at: Option<usize>,
-    /// Step of the last checkpoint (attempted, on every rank).
-    checkpointed_at: Option<usize>,
-    /// When the last checkpoint was taken (or training started), for `checkpoint_minutes`.
-    last_checkpoint_time: Instant,
-    /// The group agreed in the last step's all-reduce that a time-based checkpoint is due.
-    time_checkpoint_due: bool,
+    /// When to checkpoint, and the last checkpoint's step and time.
+    checkpoints: CheckpointPolicy,
     /// This process was asked to stop (`TrainObserver::stop_requested`) before the step.
     stop_wanted: bool,
     /// The group agreed in the last step's all-reduce to stop after it (any rank wanted to).
@@ -187,9 +185,7 @@ impl<B: AutodiffBackend> Trainer<B> {
             last_allreduce_bytes: 0,
             last_allreduce_saved_bytes: 0,
             bn_synced_at: None,
-            checkpointed_at: None,
-            last_checkpoint_time: Instant::now(),
-            time_checkpoint_due: false,
+            checkpoints: CheckpointPolicy::new(Instant::now()),
             stop_wanted: false,
             stop_agreed: false,
             guard: Guard::default(),
@@ -400,14 +396,12 @@ impl<B: AutodiffBackend> Trainer<B> {
                     allreduce_saved_bytes: self.last_allreduce_saved_bytes,
                     world: self.parallel.as_ref().map_or(1, |p| p.world()),
                 });
-                let step_due = cfg
-                    .checkpoint_steps
-                    .is_some_and(|n| n > 0 && s.global_step.is_multiple_of(n));
+                let step_due = CheckpointPolicy::step_due(&cfg, s.global_step);
                 // A finite loss can hide a non-finite gradient (a data-parallel group checks the
                 // reduced gradient; alone, the next step's loss shows it). Before anything could
                 // save this step's weights, every rank checks them, so all decide alike.
                 let saving = step_due
-                    || self.time_checkpoint_due
+                    || self.checkpoints.time_due
                     || s.batch_in_epoch == spe
                     || s.global_step >= limit
                     || self.stop_agreed
@@ -440,7 +434,7 @@ impl<B: AutodiffBackend> Trainer<B> {
                         }
                     }
                 }
-                if step_due || self.time_checkpoint_due {
+                if step_due || self.checkpoints.time_due {
                     self.checkpoint(obs)?;
                 }
                 if self.state.global_step >= limit {

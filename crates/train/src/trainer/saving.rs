@@ -55,8 +55,8 @@ impl<B: AutodiffBackend> Trainer<B> {
             self.pool_epoch_sums()?;
         }
         // On every rank, so all ranks agree whether the end of `fit` still needs one.
-        self.checkpointed_at = Some(self.state.global_step);
-        self.last_checkpoint_time = Instant::now();
+        self.checkpoints
+            .taken(self.state.global_step, Instant::now());
         self.write_checkpoint_now(obs)?;
         self.take_snapshot();
         Ok(())
@@ -73,7 +73,7 @@ impl<B: AutodiffBackend> Trainer<B> {
                 model: model.clone(),
                 optim: self.optim.clone(),
                 state: self.state.clone(),
-                checkpointed_at: self.checkpointed_at,
+                checkpointed_at: self.checkpoints.taken_at(),
                 bn_synced_at: self.bn_synced_at,
             });
         }
@@ -88,7 +88,7 @@ impl<B: AutodiffBackend> Trainer<B> {
         self.model = Some(snap.model.clone());
         self.optim = snap.optim.clone();
         self.state = snap.state.clone();
-        self.checkpointed_at = snap.checkpointed_at;
+        self.checkpoints.restore_taken_at(snap.checkpointed_at);
         self.bn_synced_at = snap.bn_synced_at;
         let back_to = self.state.global_step;
         self.skip_until = bad;

@@ -1,12 +1,14 @@
 //! One training step: batch -> tensors -> forward -> loss -> backward -> all-reduce (with the
-//! group's flags) -> divergence verdict -> optimizer. (An `impl Trainer` split by purpose.)
+//! group's flags) -> divergence verdict -> optimizer, one function per phase; `train_step`
+//! strings them together and times them. (An `impl Trainer` split by purpose.)
 
 use std::time::Instant;
 
 use burn::optim::GradientsParams;
 use burn::tensor::backend::AutodiffBackend;
-use burn::tensor::ElementConversion;
+use burn::tensor::{ElementConversion, Tensor};
 use resnet_data::Batch;
+use resnet_model::ResNet;
 
 use super::Trainer;
 use crate::eval::batch_tensor;
@@ -19,58 +21,28 @@ use crate::parallel::sync_gradients_with;
 use crate::records::StepTiming;
 use crate::{NonFinitePolicy, TrainError};
 
+/// What the group agreed in a step's all-reduce.
+struct Agreed {
+    /// Some rank's loss was not finite.
+    loss_nonfinite: bool,
+    /// The all-reduced gradient is finite (always true alone: the next loss shows it).
+    grads_finite: bool,
+}
+
+/// BatchNorm running statistics to put back when a step is dropped.
+type SavedStats<B> = Vec<(Tensor<B, 1>, Tensor<B, 1>)>;
+
 impl<B: AutodiffBackend> Trainer<B> {
     pub(super) fn train_step(
         &mut self,
         batch: &Batch,
         lr: f64,
     ) -> Result<(f64, usize, StepTiming, Verdict), TrainError> {
-        let k = self.train.classes.len();
         let t0 = Instant::now();
         let mut model = self.model.take().expect("model present between steps");
-        let cfg = &self.state.config;
-        // `skip-step` restores the BatchNorm statistics of a dropped step (the forward has
-        // already folded that batch into them).
-        let stats_before: Option<Vec<_>> =
-            (cfg.on_nonfinite == NonFinitePolicy::SkipStep).then(|| {
-                model
-                    .batchnorms()
-                    .iter()
-                    .map(|bn| bn.running_stats())
-                    .collect()
-            });
-        let draw = cfg.mix.draw(
-            cfg.seed,
-            self.state.global_step as u64,
-            self.rank_world().0 as u64,
-            batch.h,
-            batch.w,
-        );
-        let (x, targets) = match draw {
-            None => (
-                batch_tensor::<B>(batch, &self.device),
-                smoothed_targets(&batch.labels, k, cfg.label_smoothing),
-            ),
-            Some(d) => {
-                let mut mixed = batch.clone();
-                mix_images(&d, &mut mixed.images, batch.n, batch.h, batch.w);
-                let t = mixed_targets(&batch.labels, k, cfg.label_smoothing, d.lam);
-                (batch_tensor::<B>(&mixed, &self.device), t)
-            }
-        };
-        let targets = targets_tensor::<B>(targets, batch.n, k, &self.device);
-        let logits = match crate::dropout::dropout_mask::<B>(
-            &self.state,
-            self.rank_world().0,
-            batch.n,
-            &model,
-        ) {
-            // Burn's Dropout draws from the backend's process-wide RNG, which a resumed run (or
-            // a replica thread next to others) cannot reproduce; this mask is a function of
-            // (seed, step, rank).
-            Some(mask) => model.fc.forward(model.features(x) * mask),
-            None => model.forward(x),
-        };
+        let stats_before = self.stats_to_restore(&model);
+        let (x, targets) = self.inputs(batch);
+        let logits = self.forward(&model, x, batch.n);
         let loss = soft_cross_entropy(logits.clone(), targets);
         // The loss and logits are read back only once the backward pass is queued: on a GPU a
         // read waits for the device, and reading before the backward would leave it idle while
@@ -80,83 +52,18 @@ impl<B: AutodiffBackend> Trainer<B> {
         let t1 = Instant::now();
         let mut grads = GradientsParams::from_grads(loss.backward(), &model);
         let loss_value: f32 = loss_read.into_scalar().elem();
-        let host: Vec<f32> = logits_read
-            .into_data()
-            .convert::<f32>()
-            .to_vec()
-            .unwrap_or_default();
-        let correct = host
-            .chunks_exact(k)
-            .zip(&batch.labels)
-            .filter(|(row, &l)| argmax(row) == l as usize)
-            .count();
+        let correct = self.count_correct(logits_read, batch);
         let t2 = Instant::now();
-        self.last_allreduce_bytes = 0;
-        self.last_allreduce_saved_bytes = 0;
-        // Rank 0's clock decides time-based checkpoints; the flag rides on the all-reduce.
-        let minutes = self.state.config.checkpoint_minutes;
-        let due_here = self.rank_world().0 == 0
-            && minutes
-                .is_some_and(|m| self.last_checkpoint_time.elapsed().as_secs_f64() >= m * 60.0);
-        // The divergence flag rides on the same all-reduce, so every rank decides alike. So
-        // does a stop request, in the checkpoint flag (one float, so the buffer's length and
-        // hence every element's reduction order stay as they were): rank 0's clock adds 1, a
-        // rank that wants to stop adds 2; summed over the group, > 0 checkpoints and > 1.5
-        // (more than the clock alone can give) stops.
-        let bad_here = nonfinite(loss_value);
-        let mut flags = [
-            f32::from(u8::from(due_here)) + 2.0 * f32::from(u8::from(self.stop_wanted)),
-            if bad_here { 1.0 } else { 0.0 },
-        ];
-        self.time_checkpoint_due = due_here || self.stop_wanted;
-        self.stop_agreed = self.stop_wanted;
-        // Data parallel: the all-reduced gradient is checked too (a finite loss can still have
-        // an infinite gradient); alone, a non-finite gradient shows in the next step's loss,
-        // and the checkpoint refuses non-finite weights meanwhile.
-        let mut grads_finite = true;
-        if let Some(sync) = self.parallel.as_mut().filter(|p| p.world() > 1) {
-            let world = sync.world() as f32;
-            match sync_gradients_with(
-                &model,
-                &mut grads,
-                sync.as_mut(),
-                &self.device,
-                &mut flags,
-                self.state.config.grad_wire,
-            ) {
-                Ok(synced) => {
-                    self.last_allreduce_bytes = synced.bytes;
-                    self.last_allreduce_saved_bytes = synced.saved_bytes;
-                    grads_finite = synced.grads_finite;
-                    // The all-reduce averages: back to the group's sum.
-                    let sum = flags[0] * world;
-                    self.time_checkpoint_due = sum > 0.5;
-                    self.stop_agreed = sum > 1.5;
-                }
-                Err(e) => {
-                    self.model = Some(model);
-                    return Err(e);
-                }
-            }
-        }
-        let t3 = Instant::now();
-        let policy = self.state.config.on_nonfinite;
-        let step = self.state.global_step + 1;
-        let verdict = match self.guard.decide(
-            policy,
-            flags[1] > 0.0 || !grads_finite,
-            step,
-            loss_value as f64,
-        ) {
-            Ok(v) => v,
-            Err(TrainError::NonFinite { step, loss, why }) if !grads_finite => {
+        let agreed = match self.all_reduce(&model, &mut grads, loss_value) {
+            Ok(a) => a,
+            Err(e) => {
                 self.model = Some(model);
-                return Err(TrainError::NonFinite {
-                    step,
-                    loss,
-                    why: format!("the all-reduced gradient is not finite; {why}"),
-                });
+                return Err(e);
             }
+        };
+        let t3 = Instant::now();
+        let verdict = match self.verdict(&agreed, loss_value) {
+            Ok(v) => v,
             Err(e) => {
                 self.model = Some(model);
                 return Err(e);
@@ -179,16 +86,7 @@ impl<B: AutodiffBackend> Trainer<B> {
             };
             return Ok((loss_value as f64, correct, timing, verdict));
         }
-        let ft = &self.state.config.finetune;
-        ft.drop_frozen(&model, &mut grads);
-        let model = if ft.splits_head() {
-            let head = take_head_grads(&model, &mut grads);
-            let model = self.optim.step(lr * ft.backbone_lr_scale, model, grads);
-            self.optim.step(lr, model, head)
-        } else {
-            self.optim.step(lr, model, grads)
-        };
-        self.model = Some(model);
+        self.model = Some(self.apply_gradients(model, grads, lr));
         let t4 = Instant::now();
         let timing = StepTiming {
             data: 0.0,
@@ -198,5 +96,165 @@ impl<B: AutodiffBackend> Trainer<B> {
             optimizer: (t4 - t3).as_secs_f64(),
         };
         Ok((loss_value as f64, correct, timing, verdict))
+    }
+
+    /// `skip-step` restores the BatchNorm statistics of a dropped step (the forward has
+    /// already folded that batch into them): those before it, under that policy only.
+    fn stats_to_restore(&self, model: &ResNet<B>) -> Option<SavedStats<B>> {
+        (self.state.config.on_nonfinite == NonFinitePolicy::SkipStep).then(|| {
+            model
+                .batchnorms()
+                .iter()
+                .map(|bn| bn.running_stats())
+                .collect()
+        })
+    }
+
+    /// Batch -> input and target tensors: Mixup/CutMix when the run draws it for this step
+    /// (a function of seed, step and rank), label smoothing.
+    fn inputs(&self, batch: &Batch) -> (Tensor<B, 4>, Tensor<B, 2>) {
+        let k = self.train.classes.len();
+        let cfg = &self.state.config;
+        let draw = cfg.mix.draw(
+            cfg.seed,
+            self.state.global_step as u64,
+            self.rank_world().0 as u64,
+            batch.h,
+            batch.w,
+        );
+        let (x, targets) = match draw {
+            None => (
+                batch_tensor::<B>(batch, &self.device),
+                smoothed_targets(&batch.labels, k, cfg.label_smoothing),
+            ),
+            Some(d) => {
+                let mut mixed = batch.clone();
+                mix_images(&d, &mut mixed.images, batch.n, batch.h, batch.w);
+                let t = mixed_targets(&batch.labels, k, cfg.label_smoothing, d.lam);
+                (batch_tensor::<B>(&mixed, &self.device), t)
+            }
+        };
+        (x, targets_tensor::<B>(targets, batch.n, k, &self.device))
+    }
+
+    /// The logits, with the run's dropout before the classifier.
+    fn forward(&self, model: &ResNet<B>, x: Tensor<B, 4>, n: usize) -> Tensor<B, 2> {
+        match crate::dropout::dropout_mask::<B>(&self.state, self.rank_world().0, n, model) {
+            // Burn's Dropout draws from the backend's process-wide RNG, which a resumed run (or
+            // a replica thread next to others) cannot reproduce; this mask is a function of
+            // (seed, step, rank).
+            Some(mask) => model.fc.forward(model.features(x) * mask),
+            None => model.forward(x),
+        }
+    }
+
+    /// Correct top-1 predictions among the batch's (detached) logits.
+    fn count_correct(&self, logits: Tensor<B, 2>, batch: &Batch) -> usize {
+        let k = self.train.classes.len();
+        let host: Vec<f32> = logits
+            .into_data()
+            .convert::<f32>()
+            .to_vec()
+            .unwrap_or_default();
+        host.chunks_exact(k)
+            .zip(&batch.labels)
+            .filter(|(row, &l)| argmax(row) == l as usize)
+            .count()
+    }
+
+    /// Data parallel: the mean gradient over the group, and with it the step's flags (rank 0's
+    /// checkpoint clock, stop requests, non-finite losses), so every rank decides alike. Alone:
+    /// only the flags of this process.
+    fn all_reduce(
+        &mut self,
+        model: &ResNet<B>,
+        grads: &mut GradientsParams,
+        loss_value: f32,
+    ) -> Result<Agreed, TrainError> {
+        self.last_allreduce_bytes = 0;
+        self.last_allreduce_saved_bytes = 0;
+        // Rank 0's clock decides time-based checkpoints; the flag rides on the all-reduce.
+        let due_here = self.rank_world().0 == 0
+            && self
+                .checkpoints
+                .clock_due(&self.state.config, Instant::now());
+        // The divergence flag rides on the same all-reduce, so every rank decides alike. So
+        // does a stop request, in the checkpoint flag (one float, so the buffer's length and
+        // hence every element's reduction order stay as they were): rank 0's clock adds 1, a
+        // rank that wants to stop adds 2; summed over the group, > 0 checkpoints and > 1.5
+        // (more than the clock alone can give) stops.
+        let bad_here = nonfinite(loss_value);
+        let mut flags = [
+            f32::from(u8::from(due_here)) + 2.0 * f32::from(u8::from(self.stop_wanted)),
+            if bad_here { 1.0 } else { 0.0 },
+        ];
+        self.checkpoints.time_due = due_here || self.stop_wanted;
+        self.stop_agreed = self.stop_wanted;
+        // Data parallel: the all-reduced gradient is checked too (a finite loss can still have
+        // an infinite gradient); alone, a non-finite gradient shows in the next step's loss,
+        // and the checkpoint refuses non-finite weights meanwhile.
+        let mut grads_finite = true;
+        if let Some(sync) = self.parallel.as_mut().filter(|p| p.world() > 1) {
+            let world = sync.world() as f32;
+            let synced = sync_gradients_with(
+                model,
+                grads,
+                sync.as_mut(),
+                &self.device,
+                &mut flags,
+                self.state.config.grad_wire,
+            )?;
+            self.last_allreduce_bytes = synced.bytes;
+            self.last_allreduce_saved_bytes = synced.saved_bytes;
+            grads_finite = synced.grads_finite;
+            // The all-reduce averages: back to the group's sum.
+            let sum = flags[0] * world;
+            self.checkpoints.time_due = sum > 0.5;
+            self.stop_agreed = sum > 1.5;
+        }
+        Ok(Agreed {
+            loss_nonfinite: flags[1] > 0.0,
+            grads_finite,
+        })
+    }
+
+    /// What the divergence guard makes of the step: apply it, skip it, roll back, or stop.
+    fn verdict(&mut self, agreed: &Agreed, loss_value: f32) -> Result<Verdict, TrainError> {
+        let policy = self.state.config.on_nonfinite;
+        let step = self.state.global_step + 1;
+        match self.guard.decide(
+            policy,
+            agreed.loss_nonfinite || !agreed.grads_finite,
+            step,
+            loss_value as f64,
+        ) {
+            Err(TrainError::NonFinite { step, loss, why }) if !agreed.grads_finite => {
+                Err(TrainError::NonFinite {
+                    step,
+                    loss,
+                    why: format!("the all-reduced gradient is not finite; {why}"),
+                })
+            }
+            other => other,
+        }
+    }
+
+    /// The optimizer step; fine-tuning drops frozen parameters' gradients and may give the
+    /// backbone a scaled learning rate.
+    fn apply_gradients(
+        &mut self,
+        model: ResNet<B>,
+        mut grads: GradientsParams,
+        lr: f64,
+    ) -> ResNet<B> {
+        let ft = &self.state.config.finetune;
+        ft.drop_frozen(&model, &mut grads);
+        if ft.splits_head() {
+            let head = take_head_grads(&model, &mut grads);
+            let model = self.optim.step(lr * ft.backbone_lr_scale, model, grads);
+            self.optim.step(lr, model, head)
+        } else {
+            self.optim.step(lr, model, grads)
+        }
     }
 }
