@@ -70,13 +70,59 @@ pub fn all_reduce_sum_wire<L: RingLink>(
     buf: &mut [f32],
     wire: Wire,
 ) -> Result<(), CollectiveError> {
+    let (n, len) = (link.world(), buf.len());
+    reduce_in_chunks(link, buf, |k| chunk(len, n, k), wire)
+}
+
+/// The all-reduce (sum) of one bucket of a flat buffer: `bucket` holds elements
+/// `offset..offset + bucket.len()` of a buffer of `total` elements, and every element ends
+/// **bit-identical** to what [`all_reduce_sum_wire`] of the whole buffer gives it. The bucket is
+/// cut at the flat buffer's chunk boundaries and each piece travels, and is added, exactly as
+/// its chunk does in the flat ring (same ranks, same order of additions, same roundings), so
+/// buckets reduced one by one, in any order, as the backward pass finishes them, reproduce the
+/// flat all-reduce (the exactness #21's overlap needs). Every rank must call it with the same
+/// `offset`, length and `total`.
+pub fn all_reduce_sum_bucket<L: RingLink>(
+    link: &mut L,
+    bucket: &mut [f32],
+    offset: usize,
+    total: usize,
+    wire: Wire,
+) -> Result<(), CollectiveError> {
+    let end = offset + bucket.len();
+    if end > total {
+        return Err(CollectiveError::Unsupported(format!(
+            "bucket {offset}..{end} lies outside the flat buffer of {total} elements"
+        )));
+    }
+    let n = link.world();
+    reduce_in_chunks(
+        link,
+        bucket,
+        |k| {
+            let c = chunk(total, n, k);
+            let (a, b) = (c.start.clamp(offset, end), c.end.clamp(offset, end));
+            (a - offset)..(b - offset)
+        },
+        wire,
+    )
+}
+
+/// The ring over `buf` with chunk `k` at `at(k)` (`k` in `0..world`; ranges in order, disjoint,
+/// covering `buf`, possibly empty).
+fn reduce_in_chunks<L: RingLink>(
+    link: &mut L,
+    buf: &mut [f32],
+    at: impl Fn(usize) -> std::ops::Range<usize>,
+    wire: Wire,
+) -> Result<(), CollectiveError> {
     let (n, r) = (link.world(), link.rank());
     if n <= 1 {
         return Ok(());
     }
-    let len = buf.len();
-    let at = |k: isize| chunk(len, n, k.rem_euclid(n as isize) as usize);
-    let mut scratch = vec![0f32; SEGMENT.min(len / n + 1)];
+    let at = |k: isize| at(k.rem_euclid(n as isize) as usize);
+    let widest = (0..n as isize).map(|k| at(k).len()).max().unwrap_or(0);
+    let mut scratch = vec![0f32; SEGMENT.min(widest)];
     for s in 0..n as isize - 1 {
         for seg in segments(at(r as isize - s)) {
             send_as(link, &buf[seg], wire)?;

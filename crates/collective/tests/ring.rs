@@ -9,6 +9,9 @@ use resnet_collective::memory::MemoryRing;
 use resnet_collective::ring::SEGMENT;
 use resnet_collective::tcp::{RingTls, TcpRing, TcpRingConfig};
 use resnet_collective::wire::round_bf16;
+
+mod common;
+use common::tcp_group;
 use resnet_collective::{Collective, CollectiveError, Wire};
 
 fn input(rank: usize, len: usize) -> Vec<f32> {
@@ -43,35 +46,6 @@ fn run_all<C: Collective + 'static>(group: Vec<C>, len: usize) -> Vec<Vec<f32>> 
                 assert_eq!(b, vec![42.0; 5]);
                 buf
             })
-        })
-        .collect();
-    handles
-        .into_iter()
-        .map(|h| h.join().expect("thread"))
-        .collect()
-}
-
-fn tcp_group(world: usize) -> Vec<TcpRing> {
-    let listeners: Vec<TcpListener> = (0..world)
-        .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind"))
-        .collect();
-    let peers: Vec<String> = listeners
-        .iter()
-        .map(|l| l.local_addr().expect("addr").to_string())
-        .collect();
-    let handles: Vec<_> = listeners
-        .into_iter()
-        .enumerate()
-        .map(|(rank, l)| {
-            let cfg = TcpRingConfig {
-                rank,
-                peers: peers.clone(),
-                generation: 1,
-                timeout: Duration::from_secs(10),
-                auth: [0; 32],
-                tls: None,
-            };
-            std::thread::spawn(move || TcpRing::connect(l, &cfg).expect("connect"))
         })
         .collect();
     handles
