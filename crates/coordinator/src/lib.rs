@@ -5,9 +5,11 @@
 //! through it.
 
 mod checkpoints;
+mod join;
 mod liveness;
 pub mod metrics;
 mod regroup;
+mod reports;
 mod service;
 mod state;
 pub mod store;

@@ -7,6 +7,10 @@
 //! becomes rank 0 and heals the others from a checkpoint it streams through the central store),
 //! bumps the generation and answers every rejoin. Replicas are identical up to the step in
 //! flight, so at most that step is lost. Needs a central store (`--out`) to heal through.
+//!
+//! (About 500 lines: the regroup's states — started by silence or by a leave, members
+//! rejoining, newcomers waiting for room, the deadline, the new generation — share one
+//! `Regroup` record and are easier to check against each other in one file.)
 
 use std::time::{Duration, Instant};
 
@@ -363,19 +367,10 @@ impl Coordinator {
             .position(|m| m.worker_id == req.worker_id)
             .filter(|_| inner.generation > old_generation)
             .ok_or_else(|| Refusal::Timeout("the group was not re-formed in time".into()))?;
-        Ok(Assignment {
-            rank,
-            world: inner.members.len(),
-            generation: inner.generation,
-            run_config_json: self.run_json.clone(),
-            peers: inner.members.iter().map(|m| m.data_addr.clone()).collect(),
-            central_checkpoints: true,
-            // Rank 0 (the most advanced replica) uploads its state at this step; the others
-            // download it.
-            resume_step: inner.members.first().map_or(0, |m| m.step),
-            heal: true,
-            nccl_id: crate::state::group_nccl_id(&inner.members, &self.cfg.run),
-        })
+        // Rank 0 (the most advanced replica) uploads its state at this step; the others
+        // download it.
+        let resume_step = inner.members.first().map_or(0, |m| m.step);
+        Ok(self.assignment(&inner, rank, resume_step, true))
     }
 
     /// Forms the new generation from the survivors that rejoined.

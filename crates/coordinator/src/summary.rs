@@ -110,3 +110,33 @@ pub struct RegroupRecord {
     /// `highest_step_seen - resumed_step`, floored at 0: steps done by the lost workers only.
     pub steps_lost: u64,
 }
+
+pub(crate) fn write_lines(path: &std::path::Path, epochs: &[ClusterEpoch]) {
+    let text: String = epochs
+        .iter()
+        .filter_map(|e| serde_json::to_string(e).ok())
+        .map(|l| l + "\n")
+        .collect();
+    if let Err(e) = std::fs::write(path, text) {
+        tracing::error!(path = %path.display(), error = %e, "cannot write metrics");
+    }
+}
+
+pub(crate) fn read_lines(path: &std::path::Path) -> Vec<ClusterEpoch> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+pub(crate) fn write_json<T: serde::Serialize>(path: &std::path::Path, v: &T) {
+    match serde_json::to_vec_pretty(v) {
+        Ok(bytes) => {
+            if let Err(e) = std::fs::write(path, bytes) {
+                tracing::error!(path = %path.display(), error = %e, "cannot write summary");
+            }
+        }
+        Err(e) => tracing::error!(error = %e, "cannot serialise summary"),
+    }
+}
