@@ -271,6 +271,40 @@ fn bf16_convolutions_train_are_recorded_and_resume_exactly() {
     );
 }
 
+/// `--grad-wire` alone: recorded (a checkpoint resumed on a cluster keeps it), the run is the
+/// f32 run bit for bit (a single process transfers nothing) and the log says the flag has no
+/// effect here; a bad value is a named error.
+#[test]
+fn grad_wire_on_a_single_process_is_recorded_warned_about_and_changes_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let p = |n: &str| dir.path().join(n);
+    let f32_run = run_small(&p("f32"), &["--max-steps", "4"]);
+    let mut args = SMALL.to_vec();
+    let out = p("bf16");
+    args.extend(["--out", out.to_str().expect("utf8"), "--max-steps", "4"]);
+    args.extend(["--grad-wire", "bf16"]);
+    let (ok, stdout, stderr) = resnet(&args);
+    assert!(ok, "resnet train failed:\n{stderr}");
+    assert_eq!(json(&stdout)["param_hash"], f32_run["param_hash"]);
+    assert!(
+        stderr.contains("--grad-wire applies to data-parallel runs"),
+        "{stderr}"
+    );
+    let cfg = std::fs::read_to_string(out.join("config.json")).expect("config.json");
+    assert!(cfg.contains("\"grad_wire\": \"bf16\""), "{cfg}");
+    let f32_cfg = std::fs::read_to_string(p("f32").join("config.json")).expect("config.json");
+    assert!(
+        !f32_cfg.contains("grad_wire"),
+        "f32 is the default and not written: {f32_cfg}"
+    );
+
+    let (ok, _, stderr) = resnet(&[SMALL, &["--grad-wire", "fp8"]].concat());
+    assert!(
+        !ok && stderr.contains("--grad-wire") && stderr.contains("fp8"),
+        "{stderr}"
+    );
+}
+
 #[test]
 fn sigterm_stops_at_a_step_boundary_with_a_checkpoint_and_exit_code_4() {
     use std::io::{BufRead, BufReader};

@@ -129,6 +129,14 @@ pub fn run(args: TrainArgs) -> Result<()> {
         Some((_, state)) => state.config.clone(),
         None => resolve(&args.run)?,
     };
+    if cfg.grad_wire != resnet_train::GradWire::F32 {
+        // Kept in the config (a checkpoint resumed on a cluster uses it), but alone there is
+        // nothing to transfer.
+        tracing::warn!(
+            grad_wire = cfg.grad_wire.name(),
+            "--grad-wire applies to data-parallel runs (coordinator and workers); a single process sends no gradients"
+        );
+    }
     let splits = load_data(&cfg)?;
     if resume.is_none() {
         cfg.model.num_classes = splits.train.classes.len();
