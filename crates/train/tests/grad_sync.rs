@@ -120,25 +120,24 @@ fn model_and_grads() -> (ResNet<B>, GradientsParams) {
 /// Each parameter's gradient (None: not trained), in module order.
 type PerParam = Vec<Option<Vec<f32>>>;
 
-/// Gradients before and after a sync through `path`, the sync, and the step flags after it.
-fn synced(path: Path) -> (PerParam, PerParam, Scale, Vec<f32>) {
+/// Gradients before and after a sync through `path` with `wire`, the sync, and the step flags
+/// after it; checks the bytes reported (the wire's size of the gradients, the rest saved).
+fn synced(path: Path, wire: GradWire) -> (PerParam, PerParam, Scale, Vec<f32>) {
     let (model, mut grads) = model_and_grads();
     let before = grads_of(&model, &grads);
     let mut sync = Scale::new(path);
     let mut flags = vec![4.0, -2.0];
     let device: burn::tensor::Device<B> = Default::default();
-    let synced = sync_gradients_with(
-        &model,
-        &mut grads,
-        &mut sync,
-        &device,
-        &mut flags,
-        GradWire::F32,
-    )
-    .expect("sync succeeds");
+    let synced = sync_gradients_with(&model, &mut grads, &mut sync, &device, &mut flags, wire)
+        .expect("sync succeeds");
     let n: usize = before.iter().flatten().map(Vec::len).sum();
-    assert_eq!(synced.bytes, 4 * n, "bytes reported = the gradients' size");
-    assert_eq!(synced.saved_bytes, 0, "the f32 wire saves nothing");
+    let on_wire = wire.bytes_per_element();
+    assert_eq!(
+        synced.bytes,
+        on_wire * n,
+        "bytes reported = the gradients' size"
+    );
+    assert_eq!(synced.saved_bytes, (4 - on_wire) * n, "saved against f32");
     assert!(synced.grads_finite);
     (before, grads_of(&model, &grads), sync, flags)
 }
@@ -161,7 +160,7 @@ fn assert_scaled(before: &[Option<Vec<f32>>], after: &[Option<Vec<f32>>]) {
 
 #[test]
 fn the_host_path_returns_every_gradient_to_its_parameter() {
-    let (before, after, sync, flags) = synced(Path::Host);
+    let (before, after, sync, flags) = synced(Path::Host, GradWire::F32);
     assert_eq!(
         (sync.host_calls, sync.device_calls),
         (1, 0),
@@ -177,7 +176,7 @@ fn the_host_path_returns_every_gradient_to_its_parameter() {
 
 #[test]
 fn a_device_sync_reduces_the_flat_tensor_without_the_host_path() {
-    let (before, after, sync, flags) = synced(Path::Device);
+    let (before, after, sync, flags) = synced(Path::Device, GradWire::F32);
     assert_eq!((sync.host_calls, sync.device_calls), (0, 1));
     assert_scaled(&before, &after);
     assert_eq!(flags, vec![2.0, -1.0]);
@@ -236,26 +235,11 @@ fn a_nonfinite_reduced_gradient_is_reported_on_both_paths() {
 fn the_bf16_wire_takes_the_host_path_even_where_the_device_path_exists() {
     // NCCL (the device path) has no bf16 wire: the gradients must go through the host's ring
     // with the wire named, and the bytes reported are 2 an element, the other 2 saved.
-    let (model, mut grads) = model_and_grads();
-    let before = grads_of(&model, &grads);
-    let mut sync = Scale::new(Path::Device);
-    let mut flags = vec![4.0, -2.0];
-    let device: burn::tensor::Device<B> = Default::default();
-    let synced = sync_gradients_with(
-        &model,
-        &mut grads,
-        &mut sync,
-        &device,
-        &mut flags,
-        GradWire::Bf16,
-    )
-    .expect("sync succeeds");
+    let (before, after, sync, flags) = synced(Path::Device, GradWire::Bf16);
     assert_eq!(
         (sync.host_calls, sync.device_calls, sync.bf16_calls),
         (1, 0, 1)
     );
-    let n: usize = before.iter().flatten().map(Vec::len).sum();
-    assert_eq!((synced.bytes, synced.saved_bytes), (2 * n, 2 * n));
-    assert_scaled(&before, &grads_of(&model, &grads));
+    assert_scaled(&before, &after);
     assert_eq!(flags, vec![2.0, -1.0]);
 }
