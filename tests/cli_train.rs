@@ -305,6 +305,48 @@ fn grad_wire_on_a_single_process_is_recorded_warned_about_and_changes_nothing() 
     );
 }
 
+/// `--overlap` and `--bucket-mb`: recorded when not the defaults (which are not written, so
+/// older runs' config fingerprints stay), a single process trains exactly as without them, and
+/// bad values are named errors.
+#[test]
+fn overlap_flags_are_recorded_only_when_set_and_bad_values_are_named() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let p = |n: &str| dir.path().join(n);
+    let plain = run_small(&p("plain"), &["--max-steps", "2"]);
+    let set = run_small(
+        &p("set"),
+        &["--max-steps", "2", "--overlap", "off", "--bucket-mb", "5"],
+    );
+    assert_eq!(set["param_hash"], plain["param_hash"]);
+    let cfg = |n: &str| std::fs::read_to_string(p(n).join("config.json")).expect("config.json");
+    let (plain_cfg, set_cfg) = (cfg("plain"), cfg("set"));
+    assert!(
+        !plain_cfg.contains("overlap") && !plain_cfg.contains("bucket_mb"),
+        "defaults are not written: {plain_cfg}"
+    );
+    assert!(
+        set_cfg.contains("\"overlap\": false") && set_cfg.contains("\"bucket_mb\": 5.0"),
+        "{set_cfg}"
+    );
+    for (bad, says) in [
+        (
+            &["--overlap", "maybe"][..],
+            "invalid value 'maybe' for '--overlap <on|off>'",
+        ),
+        (
+            &["--bucket-mb", "0"][..],
+            "bucket_mb must be a positive number of MB",
+        ),
+        (
+            &["--bucket-mb=-3"][..],
+            "bucket_mb must be a positive number of MB",
+        ),
+    ] {
+        let (ok, _, stderr) = resnet(&[SMALL, bad].concat());
+        assert!(!ok && stderr.contains(says), "{bad:?}: {stderr}");
+    }
+}
+
 #[test]
 fn sigterm_stops_at_a_step_boundary_with_a_checkpoint_and_exit_code_4() {
     use std::io::{BufRead, BufReader};

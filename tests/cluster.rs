@@ -162,6 +162,21 @@ fn the_bf16_gradient_wire_keeps_replicas_identical_and_changes_the_run() {
 }
 
 #[test]
+fn overlapped_buckets_over_tcp_equal_the_all_reduce_after_the_backward() {
+    // Many small buckets (0.002 MB: 500 floats) reduced by 2 and 3 processes over TCP while
+    // their backward passes run, against threads all-reducing after the backward.
+    for world in [2, 3] {
+        let (summary, results) = cluster_with(world, &["--bucket-mb", "0.002"]);
+        check(&summary, &results, world);
+        let off = local(world, &["--overlap", "off"]);
+        assert_eq!(
+            off["param_hashes"][0], summary["param_hashes"][0],
+            "world {world}: overlapped buckets over TCP differ from --overlap off"
+        );
+    }
+}
+
+#[test]
 fn unreachable_coordinator_is_a_clear_error_after_retries() {
     let port = free_port();
     let out = Command::new(env!("CARGO_BIN_EXE_worker"))

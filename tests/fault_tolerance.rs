@@ -30,7 +30,8 @@ fn run_args(rest: &[&'static str]) -> Vec<&'static str> {
 
 /// Six epochs with checkpoints every 10 steps: long enough after a kill at step 25 for the
 /// workers to notice a restart while training (faster CPUs finish 3 epochs within the
-/// detection window).
+/// detection window). Gradient buckets of 500 floats: the all-reduce overlaps the backward in
+/// dozens of buckets a step, so a kill lands in the middle of one.
 fn run() -> Vec<&'static str> {
     run_args(&[
         "--epochs",
@@ -39,6 +40,8 @@ fn run() -> Vec<&'static str> {
         "3",
         "--checkpoint-steps",
         "10",
+        "--bucket-mb",
+        "0.002",
         "--json",
     ])
 }

@@ -276,6 +276,23 @@ pub struct RunArgs {
         help_heading = "Precision and gradient transfer"
     )]
     pub grad_wire: Option<String>,
+    /// Data-parallel runs: all-reduce gradient buckets while the backward pass still runs
+    /// (`on`; bit-identical to `off`, which all-reduces after the backward). Groups on NCCL
+    /// do not overlap yet [default: on].
+    #[arg(
+        long,
+        value_name = "on|off",
+        help_heading = "Precision and gradient transfer"
+    )]
+    pub overlap: Option<Toggle>,
+    /// Data-parallel runs with overlap: the size a gradient bucket fills to before its
+    /// all-reduce starts, in MB of f32 gradients (PyTorch DDP's bucket_cap_mb) [default: 25].
+    #[arg(
+        long,
+        value_name = "MB",
+        help_heading = "Precision and gradient transfer"
+    )]
+    pub bucket_mb: Option<f64>,
     /// Cyclic schedule: epochs per full up-and-down cycle [default: 4].
     #[arg(long, value_name = "EPOCHS", help_heading = "Learning-rate schedule")]
     pub cycle_epochs: Option<f64>,

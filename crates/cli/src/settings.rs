@@ -108,6 +108,12 @@ fn apply_flags(cfg: &mut TrainConfig, a: &RunArgs) -> Result<()> {
             .parse()
             .map_err(|e: String| anyhow::anyhow!("--grad-wire: {e}"))?;
     }
+    if let Some(o) = a.overlap {
+        cfg.overlap = o == crate::args::Toggle::On;
+    }
+    if let Some(mb) = a.bucket_mb {
+        cfg.bucket_mb = mb;
+    }
     if let Some(p) = &a.conv_precision {
         cfg.conv_precision = p
             .parse()

@@ -130,6 +130,40 @@ pub trait Collective: Send {
     fn all_reduce_mean(&mut self, buf: &mut [f32]) -> Result<(), CollectiveError> {
         self.all_reduce_mean_wire(buf, Wire::F32)
     }
+    /// Whether [`Self::all_reduce_sum_bucket`] works (the rings; not NCCL yet).
+    fn reduces_buckets(&self) -> bool {
+        false
+    }
+    /// The sum of one bucket of a flat buffer, bit-identical to what the whole buffer's
+    /// [`Self::all_reduce_sum_wire`] gives its elements ([`ring::all_reduce_sum_bucket`]):
+    /// `bucket` holds elements `offset..offset + bucket.len()` of a buffer of `total`.
+    fn all_reduce_sum_bucket(
+        &mut self,
+        _bucket: &mut [f32],
+        _offset: usize,
+        _total: usize,
+        _wire: Wire,
+    ) -> Result<(), CollectiveError> {
+        Err(CollectiveError::Unsupported(
+            "this collective cannot reduce buckets of a buffer (overlap needs a ring)".into(),
+        ))
+    }
+    /// [`Self::all_reduce_sum_bucket`], then divided by the number of ranks, as
+    /// [`Self::all_reduce_mean_wire`] divides the whole buffer.
+    fn all_reduce_mean_bucket(
+        &mut self,
+        bucket: &mut [f32],
+        offset: usize,
+        total: usize,
+        wire: Wire,
+    ) -> Result<(), CollectiveError> {
+        self.all_reduce_sum_bucket(bucket, offset, total, wire)?;
+        let n = self.world() as f32;
+        if n > 1.0 {
+            bucket.iter_mut().for_each(|v| *v /= n);
+        }
+        Ok(())
+    }
 }
 
 /// Every ring link is a collective: the ring algorithm is written once, in [`ring`].
@@ -148,6 +182,18 @@ impl<L: ring::RingLink + Send> Collective for L {
     }
     fn broadcast(&mut self, buf: &mut [f32], root: usize) -> Result<(), CollectiveError> {
         ring::broadcast(self, buf, root)
+    }
+    fn reduces_buckets(&self) -> bool {
+        true
+    }
+    fn all_reduce_sum_bucket(
+        &mut self,
+        bucket: &mut [f32],
+        offset: usize,
+        total: usize,
+        wire: Wire,
+    ) -> Result<(), CollectiveError> {
+        ring::all_reduce_sum_bucket(self, bucket, offset, total, wire)
     }
 }
 

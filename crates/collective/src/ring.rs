@@ -45,14 +45,40 @@ fn recv_as<L: RingLink>(link: &mut L, out: &mut [f32], wire: Wire) -> Result<(),
     }
 }
 
-/// Chunk `i` of `n` over `len` elements: `[i*len/n, (i+1)*len/n)`. Sizes differ by at most one
-/// and may be zero when `len < n`.
-pub fn chunk(len: usize, n: usize, i: usize) -> std::ops::Range<usize> {
-    (i * len / n)..((i + 1) * len / n)
+/// The longest stripe: 64 Ki elements (256 KiB of f32).
+pub const STRIPE: usize = 64 * 1024;
+
+/// The stripe length of a buffer of `len` elements over `n` ranks: `len / n` rounded up (so a
+/// small buffer is cut into `n` contiguous chunks, as the textbook ring does), at most
+/// [`STRIPE`].
+pub fn stripe_len(len: usize, n: usize) -> usize {
+    len.div_ceil(n.max(1)).clamp(1, STRIPE)
 }
 
-/// In-place ring all-reduce (sum). Reduce-scatter: in step `s`, send chunk `r - s`, receive chunk
-/// `r - s - 1` and add it in; afterwards rank `r` holds the complete sum of chunk `r + 1`.
+/// The pieces of chunk `k` of `n` that lie in elements `start..end` of a buffer of `len`: chunk
+/// `k` is every stripe `j` ([`stripe_len`] elements) with `j % n == k`. Interleaving the chunks
+/// (rather than cutting the buffer into `n` contiguous ones) means any large enough part of the
+/// buffer — a bucket of the overlapped all-reduce — holds some of every chunk, so reducing it
+/// keeps every link of the ring busy in both directions (with contiguous chunks and two ranks,
+/// a bucket inside one chunk travels one way, then back: half the bandwidth).
+pub fn chunk_pieces(
+    len: usize,
+    n: usize,
+    k: usize,
+    start: usize,
+    end: usize,
+) -> impl Iterator<Item = std::ops::Range<usize>> {
+    let l = stripe_len(len, n);
+    let (first, last) = (start / l, end.div_ceil(l));
+    (first..last)
+        .filter(move |j| j % n.max(1) == k)
+        .map(move |j| (j * l).max(start)..((j + 1) * l).min(end))
+        .filter(|r| !r.is_empty())
+}
+
+/// In-place ring all-reduce (sum) over the chunks of [`chunk_pieces`]. Reduce-scatter: in step
+/// `s`, send chunk `r - s`, receive chunk `r - s - 1` and add it in; afterwards rank `r` holds
+/// the complete sum of chunk `r + 1`.
 /// All-gather: in step `s`, send chunk `r + 1 - s`, receive chunk `r - s` and overwrite it.
 ///
 /// Sends never block (see [`RingLink::send`]), so each step queues its chunk's segments and then
@@ -71,14 +97,19 @@ pub fn all_reduce_sum_wire<L: RingLink>(
     wire: Wire,
 ) -> Result<(), CollectiveError> {
     let (n, len) = (link.world(), buf.len());
-    reduce_in_chunks(link, buf, |k| chunk(len, n, k), wire)
+    reduce_in_chunks(
+        link,
+        buf,
+        |k| chunk_pieces(len, n, k, 0, len).collect(),
+        wire,
+    )
 }
 
 /// The all-reduce (sum) of one bucket of a flat buffer: `bucket` holds elements
 /// `offset..offset + bucket.len()` of a buffer of `total` elements, and every element ends
 /// **bit-identical** to what [`all_reduce_sum_wire`] of the whole buffer gives it. The bucket is
-/// cut at the flat buffer's chunk boundaries and each piece travels, and is added, exactly as
-/// its chunk does in the flat ring (same ranks, same order of additions, same roundings), so
+/// cut into the flat buffer's chunk pieces ([`chunk_pieces`]) and each piece travels, and is
+/// added, exactly as in the flat ring (same ranks, same order of additions, same roundings), so
 /// buckets reduced one by one, in any order, as the backward pass finishes them, reproduce the
 /// flat all-reduce (the exactness #21's overlap needs). Every rank must call it with the same
 /// `offset`, length and `total`.
@@ -100,34 +131,44 @@ pub fn all_reduce_sum_bucket<L: RingLink>(
         link,
         bucket,
         |k| {
-            let c = chunk(total, n, k);
-            let (a, b) = (c.start.clamp(offset, end), c.end.clamp(offset, end));
-            (a - offset)..(b - offset)
+            chunk_pieces(total, n, k, offset, end)
+                .map(|r| (r.start - offset)..(r.end - offset))
+                .collect()
         },
         wire,
     )
 }
 
-/// The ring over `buf` with chunk `k` at `at(k)` (`k` in `0..world`; ranges in order, disjoint,
-/// covering `buf`, possibly empty).
+/// The ring over `buf` with chunk `k` at the ranges `at(k)` (`k` in `0..world`; disjoint,
+/// together covering `buf`, any may be empty).
 fn reduce_in_chunks<L: RingLink>(
     link: &mut L,
     buf: &mut [f32],
-    at: impl Fn(usize) -> std::ops::Range<usize>,
+    at: impl Fn(usize) -> Vec<std::ops::Range<usize>>,
     wire: Wire,
 ) -> Result<(), CollectiveError> {
     let (n, r) = (link.world(), link.rank());
     if n <= 1 {
         return Ok(());
     }
-    let at = |k: isize| at(k.rem_euclid(n as isize) as usize);
-    let widest = (0..n as isize).map(|k| at(k).len()).max().unwrap_or(0);
-    let mut scratch = vec![0f32; SEGMENT.min(widest)];
+    let chunks: Vec<Vec<std::ops::Range<usize>>> = (0..n).map(&at).collect();
+    let at = |k: isize| {
+        chunks[k.rem_euclid(n as isize) as usize]
+            .iter()
+            .cloned()
+            .flat_map(segments)
+    };
+    let widest = (0..n as isize)
+        .flat_map(at)
+        .map(|s| s.len())
+        .max()
+        .unwrap_or(0);
+    let mut scratch = vec![0f32; widest];
     for s in 0..n as isize - 1 {
-        for seg in segments(at(r as isize - s)) {
+        for seg in at(r as isize - s) {
             send_as(link, &buf[seg], wire)?;
         }
-        for seg in segments(at(r as isize - s - 1)) {
+        for seg in at(r as isize - s - 1) {
             let tmp = &mut scratch[..seg.len()];
             recv_as(link, tmp, wire)?;
             for (d, v) in buf[seg].iter_mut().zip(tmp.iter()) {
@@ -137,15 +178,17 @@ fn reduce_in_chunks<L: RingLink>(
     }
     if wire == Wire::Bf16 {
         // The chunk this rank completed goes out rounded; its own copy must hold the same.
-        for v in &mut buf[at(r as isize + 1)] {
-            *v = round_bf16(*v);
+        for seg in at(r as isize + 1) {
+            for v in &mut buf[seg] {
+                *v = round_bf16(*v);
+            }
         }
     }
     for s in 0..n as isize - 1 {
-        for seg in segments(at(r as isize + 1 - s)) {
+        for seg in at(r as isize + 1 - s) {
             send_as(link, &buf[seg], wire)?;
         }
-        for seg in segments(at(r as isize - s)) {
+        for seg in at(r as isize - s) {
             recv_as(link, &mut buf[seg], wire)?;
         }
     }
@@ -181,4 +224,40 @@ pub fn broadcast<L: RingLink>(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pieces(len: usize, n: usize, k: usize, start: usize, end: usize) -> Vec<(usize, usize)> {
+        chunk_pieces(len, n, k, start, end)
+            .map(|r| (r.start, r.end))
+            .collect()
+    }
+
+    #[test]
+    fn small_buffers_get_contiguous_chunks_large_ones_interleaved_stripes() {
+        // 10 elements over 3 ranks: stripes of 4, one per rank (the textbook ring).
+        assert_eq!(stripe_len(10, 3), 4);
+        assert_eq!(pieces(10, 3, 0, 0, 10), [(0, 4)]);
+        assert_eq!(pieces(10, 3, 1, 0, 10), [(4, 8)]);
+        assert_eq!(pieces(10, 3, 2, 0, 10), [(8, 10)]);
+        // Fewer elements than ranks: the last chunks are empty.
+        assert_eq!(stripe_len(2, 4), 1);
+        assert!(pieces(2, 4, 3, 0, 2).is_empty());
+        // 5 stripes over 2 ranks: chunk 0 holds stripes 0, 2, 4 and chunk 1 stripes 1, 3.
+        let s = STRIPE;
+        assert_eq!(stripe_len(5 * s, 2), s);
+        assert_eq!(
+            pieces(5 * s, 2, 0, 0, 5 * s),
+            [(0, s), (2 * s, 3 * s), (4 * s, 5 * s)]
+        );
+        assert_eq!(pieces(5 * s, 2, 1, 0, 5 * s), [(s, 2 * s), (3 * s, 4 * s)]);
+        // A bucket straddling three stripes holds pieces of both chunks.
+        let (a, b) = (s / 2, 5 * s / 2);
+        assert_eq!(pieces(5 * s, 2, 0, a, b), [(a, s), (2 * s, b)]);
+        assert_eq!(pieces(5 * s, 2, 1, a, b), [(s, 2 * s)]);
+        assert!(pieces(5 * s, 2, 1, 0, 0).is_empty());
+    }
 }

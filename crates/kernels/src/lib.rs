@@ -14,6 +14,8 @@
 //! matmul.rs      the classifier's linear op and its matmul-kernel trait
 //! sgemm.rs       the CPU GEMM the convolutions run on; scratch.rs: its reusable buffers
 //! precision.rs   f32 or bf16 (autocast semantics) convolution arithmetic
+//! tap.rs         gradient taps: the nodes announce parameter gradients as the backward
+//!                computes them (data-parallel overlap)
 //! backends.rs    the backend types the kernels recognise
 //! ```
 //!
@@ -34,6 +36,7 @@ pub mod matmul;
 pub mod precision;
 mod scratch;
 mod sgemm;
+pub mod tap;
 
 pub use choice::{
     CpuBn, CpuConv, CudaBn, CudaConv, CudaMath, KernelChoice, DEFAULT_CUDNN_WORKSPACE_MB,

@@ -67,10 +67,13 @@ impl<B: Backend, M: MatmulKernel<B>> Backward<B, 3> for LinearBackward<M> {
             grads.register::<B>(node.id, M::matmul(dy.clone(), B::float_transpose(w)));
         }
         if let Some(node) = node_w {
-            grads.register::<B>(node.id, M::matmul(B::float_transpose(x), dy.clone()));
+            let dw = M::matmul(B::float_transpose(x), dy.clone());
+            crate::tap::announce::<B>(node.id, &dw);
+            grads.register::<B>(node.id, dw);
         }
         if let Some(node) = node_b {
             let db = B::float_reshape(B::float_sum_dim(dy, 0), Shape::new([d_out]));
+            crate::tap::announce::<B>(node.id, &db);
             grads.register::<B>(node.id, db);
         }
     }

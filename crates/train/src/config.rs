@@ -69,6 +69,27 @@ pub struct TrainConfig {
     /// written, so older runs' config fingerprints are unchanged).
     #[serde(skip_serializing_if = "GradWire::is_f32")]
     pub grad_wire: GradWire,
+    /// Data parallel: all-reduce the gradients in buckets while the backward pass still runs
+    /// (the result is bit-identical to one all-reduce after it). Default true; false keeps the
+    /// all-reduce after the backward. Groups on NCCL do not overlap yet. Written only when false.
+    #[serde(skip_serializing_if = "is_true")]
+    pub overlap: bool,
+    /// Data parallel, with `overlap`: the size a gradient bucket grows to before its
+    /// all-reduce starts, in MB (10^6 bytes) of f32 gradients. Default 25 (PyTorch DDP's).
+    /// Written only when not the default.
+    #[serde(skip_serializing_if = "is_default_bucket_mb")]
+    pub bucket_mb: f64,
+}
+
+/// PyTorch DDP's `bucket_cap_mb`.
+pub const DEFAULT_BUCKET_MB: f64 = 25.0;
+
+fn is_true(b: &bool) -> bool {
+    *b
+}
+
+fn is_default_bucket_mb(mb: &f64) -> bool {
+    *mb == DEFAULT_BUCKET_MB
 }
 
 impl Default for TrainConfig {
@@ -97,6 +118,8 @@ impl Default for TrainConfig {
             conv_precision: ConvPrecision::F32,
             on_nonfinite: NonFinitePolicy::Stop,
             grad_wire: GradWire::F32,
+            overlap: true,
+            bucket_mb: DEFAULT_BUCKET_MB,
         }
     }
 }
@@ -137,6 +160,9 @@ impl TrainConfig {
         }
         if !(0.0..1.0).contains(&self.label_smoothing) {
             return bad("label_smoothing must be in 0..1");
+        }
+        if !(self.bucket_mb > 0.0 && self.bucket_mb.is_finite()) {
+            return bad("bucket_mb must be a positive number of MB");
         }
         if self.max_steps == Some(0) {
             return bad("max_steps must be at least 1");

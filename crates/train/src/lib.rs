@@ -4,6 +4,7 @@
 //!
 //! The crate is generic over the Burn backend; the binaries choose the device.
 
+pub mod buckets;
 pub mod checkpoint;
 mod config;
 mod dropout;
@@ -29,7 +30,7 @@ pub use checkpoint::{
     config_fingerprint, list_checkpoints, resolve_checkpoint, verify, Manifest, ManifestInfo,
     FORMAT_VERSION,
 };
-pub use config::TrainConfig;
+pub use config::{TrainConfig, DEFAULT_BUCKET_MB};
 pub use eval::{batch_tensor, evaluate, predict};
 pub use finetune::{take_head_grads, FinetuneConfig, FREEZABLE};
 pub use guard::{Guard, NonFinitePolicy, Verdict, MAX_CONSECUTIVE_SKIPS, MAX_ROLLBACKS};

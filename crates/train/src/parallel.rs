@@ -110,6 +110,27 @@ pub trait GradSync: Send {
             )),
         }
     }
+    /// Whether [`Self::all_reduce_bucket_mean`] works: the step's gradients can then be
+    /// reduced in buckets while the backward pass runs (`overlap`). Default: no.
+    fn reduces_buckets(&self) -> bool {
+        false
+    }
+    /// The mean of one bucket of a step's flat gradient buffer (as [`Self::all_reduce_grads_mean`]
+    /// would reduce it whole): `bucket` holds elements `offset..offset + bucket.len()` of a
+    /// buffer of `total`, and ends bit-identical to what the whole buffer's all-reduce gives
+    /// them. Every rank makes the same calls in the same order.
+    fn all_reduce_bucket_mean(
+        &mut self,
+        _bucket: &mut [f32],
+        _offset: usize,
+        _total: usize,
+        _wire: GradWire,
+    ) -> Result<(), SyncError> {
+        Err(SyncError::Local(
+            "this gradient sync cannot reduce buckets (overlap needs the TCP or in-process ring)"
+                .into(),
+        ))
+    }
     /// [`Self::all_reduce_mean`] of a flat `Tensor<B, 1>` (B the trainer's inner backend) where
     /// it lives, without a copy to the host: `flat` is that tensor behind `Any`, since this
     /// trait knows no backend. Replaces it with the mean. `None` when this sync cannot reduce
@@ -123,31 +144,36 @@ pub trait GradSync: Send {
 struct Collect<'a, B: AutodiffBackend> {
     grads: &'a mut GradientsParams,
     parts: Vec<Tensor<B::InnerBackend, 1>>,
-    entries: Vec<(ParamId, Vec<usize>)>,
+    entries: Vec<Entry>,
+    offset: usize,
 }
+
+/// A gradient's parameter, shape and first element in the flat buffer.
+pub(crate) type Entry = (ParamId, Vec<usize>, usize);
 
 impl<B: AutodiffBackend> ModuleVisitor<B> for Collect<'_, B> {
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
         if let Some(g) = self.grads.remove::<B::InnerBackend, D>(param.id) {
             let n = g.shape().num_elements();
-            self.entries.push((param.id, g.dims().to_vec()));
+            self.entries
+                .push((param.id, g.dims().to_vec(), self.offset));
+            self.offset += n;
             self.parts.push(g.reshape([n]));
         }
     }
 }
 
-/// Puts the slices of the reduced flat tensor back as the gradients, in the same order.
-struct Register<'a, B: AutodiffBackend> {
-    grads: &'a mut GradientsParams,
-    flat: &'a Tensor<B::InnerBackend, 1>,
-    entries: &'a [(ParamId, Vec<usize>)],
-    next: usize,
-    offset: usize,
+/// Puts the slices of the reduced flat tensor back as the gradients (entries in module order).
+pub(crate) struct Register<'a, B: AutodiffBackend> {
+    pub(crate) grads: &'a mut GradientsParams,
+    pub(crate) flat: &'a Tensor<B::InnerBackend, 1>,
+    pub(crate) entries: &'a [Entry],
+    pub(crate) next: usize,
 }
 
 impl<B: AutodiffBackend> ModuleVisitor<B> for Register<'_, B> {
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
-        let Some((id, shape)) = self.entries.get(self.next) else {
+        let Some((id, shape, offset)) = self.entries.get(self.next) else {
             return;
         };
         if *id != param.id {
@@ -158,9 +184,8 @@ impl<B: AutodiffBackend> ModuleVisitor<B> for Register<'_, B> {
             Ok(d) => d,
             Err(_) => return, // unreachable: the entry was made from this parameter
         };
-        let g = self.flat.clone().narrow(0, self.offset, n).reshape(dims);
+        let g = self.flat.clone().narrow(0, *offset, n).reshape(dims);
         self.grads.register::<B::InnerBackend, D>(param.id, g);
-        self.offset += n;
         self.next += 1;
     }
 }
@@ -203,12 +228,14 @@ pub fn sync_gradients_with<B: AutodiffBackend>(
         grads,
         parts: Vec::new(),
         entries: Vec::new(),
+        offset: 0,
     };
     model.visit(&mut c);
     let Collect {
         grads,
         mut parts,
         entries,
+        ..
     } = c;
     let grads_len: usize = parts.iter().map(|p| p.dims()[0]).sum();
     if !flags.is_empty() {
@@ -271,7 +298,6 @@ pub fn sync_gradients_with<B: AutodiffBackend>(
         flat: &flat,
         entries: &entries,
         next: 0,
-        offset: 0,
     };
     model.visit(&mut r);
     Ok(Synced {

@@ -17,14 +17,19 @@ pub struct StepTiming {
     pub forward: f64,
     /// Backward pass.
     pub backward: f64,
-    /// Gradient all-reduce (data-parallel runs).
+    /// Gradient all-reduce (data-parallel runs): the time the step waited for it after the
+    /// backward pass — all of it without overlap, only the exposed rest with (`overlap`).
     pub allreduce: f64,
     /// Optimizer update.
     pub optimizer: f64,
+    /// Not a phase (not in [`Self::total`]): the collective's own time on the step's gradients,
+    /// whether hidden behind the backward pass or not. Without overlap it equals `allreduce`.
+    #[serde(default)]
+    pub communication: f64,
 }
 
 impl StepTiming {
-    /// Sum of all phases.
+    /// Sum of all phases (the step's wall time; `communication` overlaps them).
     pub fn total(&self) -> f64 {
         self.data + self.forward + self.backward + self.allreduce + self.optimizer
     }

@@ -38,6 +38,10 @@ pub struct StepRecord {
     /// Mean seconds per step of each phase: data, forward, backward, all-reduce, optimizer.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub phase_s: Option<[f64; 5]>,
+    /// Data parallel: mean seconds per step the collective spent on the gradients, hidden
+    /// behind the backward pass or not (the all-reduce phase above is the exposed part).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub communication_s: Option<f64>,
     /// Seconds since the Unix epoch when the line was written.
     pub unix_time: f64,
 }
@@ -50,6 +54,7 @@ struct Interval {
     loss: f64,
     images: usize,
     phases: [f64; 5],
+    communication: f64,
     last: Option<(usize, usize, f64)>,
 }
 
@@ -130,6 +135,7 @@ impl StepLog {
         {
             *sum += v;
         }
+        a.communication += t.communication;
         a.last = Some((s.step, s.epoch + 1, s.lr));
         if self.every > 0 && s.step.is_multiple_of(self.every) {
             self.flush();
@@ -152,6 +158,7 @@ impl StepLog {
             lr: Some(lr),
             images_per_sec: a.images as f64 / total.max(1e-9),
             phase_s: Some(a.phases.map(|p| p / n)),
+            communication_s: (a.communication > 0.0).then(|| a.communication / n),
             unix_time: now(),
         };
         if let Err(e) = append(&self.path, &r) {
@@ -186,6 +193,7 @@ pub fn heartbeat_record(step: usize, epoch: usize, loss: f64, images_per_sec: f6
         lr: None,
         images_per_sec,
         phase_s: None,
+        communication_s: None,
         unix_time: now(),
     }
 }
@@ -222,6 +230,7 @@ mod tests {
                 backward: 0.2,
                 allreduce: 0.0,
                 optimizer: 0.09,
+                communication: 0.0,
             },
             allreduce_bytes: 0,
             allreduce_saved_bytes: 0,

@@ -32,8 +32,12 @@ pub const ALLREDUCE_BYTES_TOTAL: &str = "resnet_cluster_allreduce_bytes_total";
 /// Gradient bytes the bf16 wire (`--grad-wire bf16`) kept off the network against f32 on this
 /// rank (0 on the f32 wire).
 pub const ALLREDUCE_SAVED_BYTES_TOTAL: &str = "resnet_cluster_allreduce_saved_bytes_total";
-/// Histogram of all-reduce durations.
+/// Histogram of all-reduce durations: the collective's own time on a step's gradients,
+/// overlapped with the backward pass or not.
 pub const ALLREDUCE_DURATION_SECONDS: &str = "resnet_cluster_allreduce_duration_seconds";
+/// Histogram of exposed communication: how long a step waited for its all-reduce after the
+/// backward pass (all of it without overlap).
+pub const ALLREDUCE_EXPOSED_SECONDS: &str = "resnet_cluster_allreduce_exposed_seconds";
 /// Ring bus bandwidth of the last all-reduce: 2(n-1)/n x bytes / seconds (NCCL's definition).
 pub const ALLREDUCE_BUS_BANDWIDTH: &str = "resnet_cluster_allreduce_bus_bandwidth_bytes_per_second";
 /// Histogram of checkpoint write durations.
@@ -67,6 +71,7 @@ pub struct WorkerMetrics {
     ar_bytes: Counter,
     ar_saved: Counter,
     ar_duration: Histogram,
+    ar_exposed: Histogram,
     ar_busbw: Gauge,
     cudnn_fallbacks: Gauge,
     /// Only on the rank that writes checkpoints, so the age alert never sees the others.
@@ -109,6 +114,7 @@ impl WorkerMetrics {
             ar_bytes: counter!(ALLREDUCE_BYTES_TOTAL, &l),
             ar_saved: counter!(ALLREDUCE_SAVED_BYTES_TOTAL, &l),
             ar_duration: histogram!(ALLREDUCE_DURATION_SECONDS, &l),
+            ar_exposed: histogram!(ALLREDUCE_EXPOSED_SECONDS, &l),
             ar_busbw: gauge!(ALLREDUCE_BUS_BANDWIDTH, &l),
             cudnn_fallbacks: gauge!(CUDNN_FALLBACK_PASSES, &l),
             ckpt: checkpoints.then(|| CheckpointSeries {
@@ -155,9 +161,10 @@ impl WorkerMetrics {
         if s.allreduce_bytes > 0 {
             self.ar_bytes.increment(s.allreduce_bytes as u64);
             self.ar_saved.increment(s.allreduce_saved_bytes as u64);
-            self.ar_duration.record(t.allreduce);
+            self.ar_duration.record(t.communication);
+            self.ar_exposed.record(t.allreduce);
             let n = s.world as f64;
-            let bus = 2.0 * (n - 1.0) / n * s.allreduce_bytes as f64 / t.allreduce.max(1e-9);
+            let bus = 2.0 * (n - 1.0) / n * s.allreduce_bytes as f64 / t.communication.max(1e-9);
             self.ar_busbw.set(bus);
         }
     }
@@ -223,7 +230,12 @@ fn describe() {
     describe_histogram!(
         ALLREDUCE_DURATION_SECONDS,
         Unit::Seconds,
-        "Duration of a gradient all-reduce."
+        "The collective's time on a step's gradients, overlapped with the backward or not."
+    );
+    describe_histogram!(
+        ALLREDUCE_EXPOSED_SECONDS,
+        Unit::Seconds,
+        "How long a step waited for its gradient all-reduce after the backward pass."
     );
     describe_gauge!(
         ALLREDUCE_BUS_BANDWIDTH,

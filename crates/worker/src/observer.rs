@@ -46,13 +46,14 @@ impl WorkerObserver<'_> {
         tracing::info!(
             rank = self.rank,
             steps = self.steps,
-            "mean step {:.4}s: data {:.4}s forward {:.4}s backward {:.4}s all-reduce {:.4}s optimizer {:.4}s",
+            "mean step {:.4}s: data {:.4}s forward {:.4}s backward {:.4}s all-reduce {:.4}s optimizer {:.4}s; communication {:.4}s (the all-reduce phase is its exposed part)",
             t.total() / n,
             t.data / n,
             t.forward / n,
             t.backward / n,
             t.allreduce / n,
-            t.optimizer / n
+            t.optimizer / n,
+            t.communication / n
         );
     }
 }
@@ -92,6 +93,7 @@ impl TrainObserver for WorkerObserver<'_> {
             a.backward += b.backward;
             a.allreduce += b.allreduce;
             a.optimizer += b.optimizer;
+            a.communication += b.communication;
             self.steps += 1;
         }
         *self.progress.lock().unwrap_or_else(|p| p.into_inner()) = Progress {

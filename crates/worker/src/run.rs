@@ -104,6 +104,13 @@ pub fn sync_error(e: resnet_collective::CollectiveError) -> SyncError {
     }
 }
 
+fn wire_of(w: GradWire) -> resnet_collective::Wire {
+    match w {
+        GradWire::F32 => resnet_collective::Wire::F32,
+        GradWire::Bf16 => resnet_collective::Wire::Bf16,
+    }
+}
+
 impl GradSync for CollectiveSync {
     fn rank(&self) -> usize {
         self.0.rank()
@@ -118,11 +125,23 @@ impl GradSync for CollectiveSync {
         self.0.broadcast(buf, root).map_err(sync_error)
     }
     fn all_reduce_grads_mean(&mut self, buf: &mut [f32], wire: GradWire) -> Result<(), SyncError> {
-        let wire = match wire {
-            GradWire::F32 => resnet_collective::Wire::F32,
-            GradWire::Bf16 => resnet_collective::Wire::Bf16,
-        };
-        self.0.all_reduce_mean_wire(buf, wire).map_err(sync_error)
+        self.0
+            .all_reduce_mean_wire(buf, wire_of(wire))
+            .map_err(sync_error)
+    }
+    fn reduces_buckets(&self) -> bool {
+        self.0.reduces_buckets()
+    }
+    fn all_reduce_bucket_mean(
+        &mut self,
+        bucket: &mut [f32],
+        offset: usize,
+        total: usize,
+        wire: GradWire,
+    ) -> Result<(), SyncError> {
+        self.0
+            .all_reduce_mean_bucket(bucket, offset, total, wire_of(wire))
+            .map_err(sync_error)
     }
     #[cfg(feature = "cuda")]
     fn all_reduce_mean_device(

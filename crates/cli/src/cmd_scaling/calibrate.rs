@@ -2,6 +2,8 @@
 //! (`scripts/netbed.sh` JSON lines). Each group of runs with the same width, batch and worker
 //! count needs an unthrottled (`rate: off`) run: its step is the compute the model adds the
 //! all-reduce to (it already holds the veth transfer, which is small next to a throttled one).
+//! Runs with `"overlap": "on"` (and their `bucket_mb`) are compared with the model's overlapped
+//! step for that bucket size, the others with its step without overlap.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -19,6 +21,8 @@ pub(crate) struct Run {
     batch: usize,
     workers: usize,
     rate: String,
+    /// Overlapped all-reduce: its bucket size, MB (None: all-reduce after the backward).
+    overlap_mb: Option<f64>,
     /// Seconds per step: global batch / images per second.
     step_s: f64,
 }
@@ -57,11 +61,27 @@ pub(crate) fn parse(text: &str, path: &Path, a: &ScalingArgs) -> Result<(Vec<Run
         );
         let ips = ips.iter().sum::<f64>() / ips.len() as f64;
         let batch = field("batch_size").unwrap_or(a.shape.batch_size);
+        let overlap_mb = match v.get("overlap").and_then(|o| o.as_str()) {
+            None | Some("off") => None,
+            Some("on") => Some(
+                v.get("bucket_mb")
+                    .and_then(|b| b.as_f64())
+                    .filter(|b| *b > 0.0)
+                    .with_context(|| {
+                        format!(
+                            "{}: \"overlap\": \"on\" needs a positive \"bucket_mb\"",
+                            at()
+                        )
+                    })?,
+            ),
+            Some(o) => anyhow::bail!("{}: \"overlap\": \"{o}\": expected \"on\" or \"off\"", at()),
+        };
         runs.push(Run {
             width: field("width").unwrap_or(a.shape.width),
             batch,
             workers,
             rate: rate.to_string(),
+            overlap_mb,
             step_s: (workers * batch) as f64 / ips,
         });
     }
@@ -86,17 +106,23 @@ pub(crate) struct Row {
     batch: usize,
     workers: usize,
     rate: String,
+    /// The runs' overlap bucket size, MB (None: no overlap).
+    overlap_mb: Option<f64>,
     runs: usize,
     /// Median measured step, seconds.
     measured_s: f64,
     /// The unthrottled step the prediction starts from.
     off_s: f64,
-    /// Predicted step without overlap (today's path): off + the ring all-reduce.
+    /// Predicted step in the runs' mode: without overlap, off + the ring all-reduce; with it,
+    /// off + what the buckets leave exposed.
     predicted_s: f64,
     /// (predicted - measured) / measured.
     error: f64,
-    /// Predicted step with the all-reduce bucketed and overlapped with the backward.
+    /// Predicted step with the all-reduce bucketed (at the runs' bucket size, or
+    /// `--bucket-mb`) and overlapped with the backward.
     overlap_predicted_s: f64,
+    /// Predicted step without overlap.
+    flat_predicted_s: f64,
 }
 
 /// Runs the comparison.
@@ -123,30 +149,48 @@ pub(crate) fn run(a: &ScalingArgs, path: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Predicts every throttled cell of `runs` from its group's unthrottled step.
+/// A cell: width, batch, workers, link, overlap bucket size in kB (None: off).
+type Cell = (usize, usize, usize, String, Option<u64>);
+
+/// Predicts every throttled cell of `runs` from its group's unthrottled step (runs at
+/// `rate: off` without overlap, or with it when there are none without).
 pub(crate) fn compare(a: &ScalingArgs, runs: &[Run]) -> Result<Vec<Row>> {
-    let mut cells: BTreeMap<(usize, usize, usize, String), Vec<f64>> = BTreeMap::new();
+    let kb = |mb: Option<f64>| mb.map(|m| (m * 1e3).round() as u64);
+    let mut cells: BTreeMap<Cell, Vec<f64>> = BTreeMap::new();
     for r in runs {
         cells
-            .entry((r.width, r.batch, r.workers, r.rate.clone()))
+            .entry((
+                r.width,
+                r.batch,
+                r.workers,
+                r.rate.clone(),
+                kb(r.overlap_mb),
+            ))
             .or_default()
             .push(r.step_s);
     }
     let mut layers_of: BTreeMap<usize, Layers> = BTreeMap::new();
     let mut rows = vec![];
-    for ((width, batch, workers, rate), steps) in &cells {
+    for ((width, batch, workers, rate, bucket_kb), steps) in &cells {
         if rate == "off" {
             continue;
         }
-        let off = cells
-            .get(&(*width, *batch, *workers, "off".to_string()))
-            .with_context(|| {
-                format!(
-                    "no `off` run for width {width}, batch {batch}, {workers} \
-                     workers: the model needs one as the compute it adds the all-reduce to"
-                )
-            })?;
-        let off_s = median(off.clone());
+        let off: Vec<f64> = match cells.get(&(*width, *batch, *workers, "off".into(), None)) {
+            Some(off) => off.clone(),
+            None => cells
+                .iter()
+                .filter(|((w, b, n, r, _), _)| {
+                    (w, b, n, r.as_str()) == (width, batch, workers, "off")
+                })
+                .flat_map(|(_, s)| s.iter().copied())
+                .collect(),
+        };
+        anyhow::ensure!(
+            !off.is_empty(),
+            "no `off` run for width {width}, batch {batch}, {workers} workers: the model needs \
+             one as the compute it adds the all-reduce to"
+        );
+        let off_s = median(off);
         if !layers_of.contains_key(width) {
             let shape = crate::args::ModelShapeArgs {
                 width: *width,
@@ -170,19 +214,26 @@ pub(crate) fn compare(a: &ScalingArgs, runs: &[Run]) -> Result<Vec<Row>> {
             optimizer_s: 0.0,
         };
         let grads = Layers::grads(&shares, compute.backward_s);
-        let p = cost::predict(*workers, &topo, &compute, &grads, a.bucket_mb * 1e6);
+        let bucket_mb = bucket_kb.map_or(a.bucket_mb, |k| k as f64 / 1e3);
+        let p = cost::predict(*workers, &topo, &compute, &grads, bucket_mb * 1e6);
         let measured_s = median(steps.clone());
+        let predicted_s = match bucket_kb {
+            None => p.step_s,
+            Some(_) => p.overlap_step_s,
+        };
         rows.push(Row {
             width: *width,
             batch: *batch,
             workers: *workers,
             rate: rate.clone(),
+            overlap_mb: bucket_kb.map(|k| k as f64 / 1e3),
             runs: steps.len(),
             measured_s,
             off_s,
-            predicted_s: p.step_s,
-            error: (p.step_s - measured_s) / measured_s,
+            predicted_s,
+            error: (predicted_s - measured_s) / measured_s,
             overlap_predicted_s: p.overlap_step_s,
+            flat_predicted_s: p.step_s,
         });
     }
     Ok(rows)
@@ -190,30 +241,35 @@ pub(crate) fn compare(a: &ScalingArgs, runs: &[Run]) -> Result<Vec<Row>> {
 
 fn print_rows(rows: &[Row]) {
     println!(
-        "{:>5} {:>5} {:>7} {:>9} {:>4} | {:>9} {:>9} {:>9} {:>7} | {:>9}",
+        "{:>5} {:>5} {:>7} {:>9} {:>9} {:>4} | {:>9} {:>9} {:>9} {:>7} | {:>9} {:>9}",
         "width",
         "batch",
         "workers",
         "link",
+        "overlap",
         "runs",
         "off",
         "measured",
         "predicted",
         "error",
+        "no overlap",
         "overlap"
     );
     for r in rows {
+        let overlap = r.overlap_mb.map_or("no".to_string(), |m| format!("{m} MB"));
         println!(
-            "{:>5} {:>5} {:>7} {:>9} {:>4} | {:>7.3} s {:>7.3} s {:>7.3} s {:>+6.1}% | {:>7.3} s",
+            "{:>5} {:>5} {:>7} {:>9} {:>9} {:>4} | {:>7.3} s {:>7.3} s {:>7.3} s {:>+6.1}% | {:>8.3} s {:>7.3} s",
             r.width,
             r.batch,
             r.workers,
             r.rate,
+            overlap,
             r.runs,
             r.off_s,
             r.measured_s,
             r.predicted_s,
             100.0 * r.error,
+            r.flat_predicted_s,
             r.overlap_predicted_s
         );
     }
@@ -300,6 +356,7 @@ mod tests {
             batch: 4,
             workers: 3,
             rate: rate.into(),
+            overlap_mb: None,
             step_s,
         };
         let runs = [
@@ -319,5 +376,47 @@ mod tests {
 
         let e = compare(&a, &runs[3..]).err().map(|e| e.to_string());
         assert!(e.is_some_and(|e| e.contains("no `off` run for width 8, batch 4, 3 workers")));
+    }
+
+    #[test]
+    fn overlapped_runs_are_compared_with_the_overlap_prediction_at_their_bucket_size() {
+        // Width 64: 44.7 MB of gradients, so the bucket size matters.
+        let a = args(&[]);
+        let text = [
+            "{\"width\": 64, \"batch_size\": 4, \"rate\": \"off\", \"workers\": 2, \"images_per_sec\": [8]}",
+            "{\"width\": 64, \"batch_size\": 4, \"rate\": \"1gbit\", \"workers\": 2, \"images_per_sec\": [5]}",
+            "{\"overlap\": \"on\", \"bucket_mb\": 5, \"width\": 64, \"batch_size\": 4, \"rate\": \"1gbit\", \"workers\": 2, \"images_per_sec\": [7]}",
+            "{\"overlap\": \"on\", \"bucket_mb\": 25, \"width\": 64, \"batch_size\": 4, \"rate\": \"1gbit\", \"workers\": 2, \"images_per_sec\": [6]}",
+        ]
+        .join("\n");
+        let (runs, _) = parse(&text, Path::new("bed.jsonl"), &a).expect("parse");
+        assert_eq!(runs[2].overlap_mb, Some(5.0));
+        let rows = compare(&a, &runs).expect("compare");
+        assert_eq!(rows.len(), 3);
+        let (flat, five, big) = (&rows[0], &rows[1], &rows[2]);
+        assert_eq!(
+            (flat.overlap_mb, five.overlap_mb, big.overlap_mb),
+            (None, Some(5.0), Some(25.0))
+        );
+        // Each row's prediction is its own mode's; the flat one is the same for all.
+        assert_eq!(flat.predicted_s, flat.flat_predicted_s);
+        assert_eq!(five.predicted_s, five.overlap_predicted_s);
+        assert_eq!(five.flat_predicted_s, flat.predicted_s);
+        // Smaller buckets leave less exposed; both beat no overlap.
+        assert!(five.predicted_s < big.predicted_s && big.predicted_s < flat.predicted_s);
+        assert_eq!((five.measured_s, five.off_s), (8.0 / 7.0, 1.0));
+
+        let bad =
+            "{\"overlap\": \"yes\", \"rate\": \"off\", \"workers\": 2, \"images_per_sec\": [1]}";
+        let e = parse(bad, Path::new("bed.jsonl"), &a)
+            .err()
+            .map(|e| format!("{e:#}"));
+        assert!(e.is_some_and(|e| e.contains("expected \"on\" or \"off\"")));
+        let bad =
+            "{\"overlap\": \"on\", \"rate\": \"off\", \"workers\": 2, \"images_per_sec\": [1]}";
+        let e = parse(bad, Path::new("bed.jsonl"), &a)
+            .err()
+            .map(|e| format!("{e:#}"));
+        assert!(e.is_some_and(|e| e.contains("needs a positive \"bucket_mb\"")));
     }
 }

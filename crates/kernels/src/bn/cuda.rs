@@ -100,11 +100,11 @@ impl Backward<CudaPlain, 3> for CudnnBnBackward {
         if let Some(node) = node_x {
             grads.register::<CudaPlain>(node.id, dx);
         }
-        if let Some(node) = node_gamma {
-            grads.register::<CudaPlain>(node.id, dgamma);
-        }
-        if let Some(node) = node_beta {
-            grads.register::<CudaPlain>(node.id, dbeta);
+        for (node, grad) in [(node_gamma, dgamma), (node_beta, dbeta)] {
+            if let Some(node) = node {
+                crate::tap::announce::<CudaPlain>(node.id, &grad);
+                grads.register::<CudaPlain>(node.id, grad);
+            }
         }
     }
 }

@@ -183,11 +183,12 @@ impl Backward<Flex, 3> for BnBackward {
             let len = dx.len();
             grads.register::<Flex>(node.id, flex(dx, [len]).reshape(shape));
         }
-        if let Some(node) = node_gamma {
-            grads.register::<Flex>(node.id, flex(dgamma, [s.geom.c]));
-        }
-        if let Some(node) = node_beta {
-            grads.register::<Flex>(node.id, flex(dbeta, [s.geom.c]));
+        for (node, grad) in [(node_gamma, dgamma), (node_beta, dbeta)] {
+            if let Some(node) = node {
+                let grad = flex(grad, [s.geom.c]);
+                crate::tap::announce::<Flex>(node.id, &grad);
+                grads.register::<Flex>(node.id, grad);
+            }
         }
     }
 }

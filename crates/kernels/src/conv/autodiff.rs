@@ -113,6 +113,7 @@ impl<B: Backend, K: ConvKernels<B>> Backward<B, 2> for ConvBackward<K> {
             } else {
                 kernels.grad_weight(&x, &dy, &g)
             };
+            crate::tap::announce::<B>(node.id, &dw);
             grads.register::<B>(node.id, dw);
         }
     }

@@ -30,6 +30,7 @@ use crate::saves::SaveLog;
 use crate::{AnyOptimizer, ScheduleKind, TrainConfig, TrainError};
 
 mod finish;
+mod overlap;
 mod policy;
 mod replicas;
 mod restore;

@@ -1,6 +1,7 @@
 //! One training step: batch -> tensors -> forward -> loss -> backward -> all-reduce (with the
 //! group's flags) -> divergence verdict -> optimizer, one function per phase; `train_step`
-//! strings them together and times them. (An `impl Trainer` split by purpose.)
+//! strings them together and times them. (An `impl Trainer` split by purpose.) With `overlap`
+//! the backward and the all-reduce run together (`overlap.rs`).
 
 use std::time::Instant;
 
@@ -29,6 +30,19 @@ struct Agreed {
     grads_finite: bool,
 }
 
+/// A step's gradients after the all-reduce, and what the step learnt on the way.
+struct Reduced {
+    grads: GradientsParams,
+    loss_value: f32,
+    correct: usize,
+    /// When the backward pass ended (and the wait for the all-reduce began).
+    backward_end: Instant,
+    agreed: Agreed,
+    /// The collective's own time when it overlapped the backward (None: it did not, and all
+    /// of it is the wait).
+    communication: Option<std::time::Duration>,
+}
+
 /// BatchNorm running statistics to put back when a step is dropped.
 type SavedStats<B> = Vec<(Tensor<B, 1>, Tensor<B, 1>)>;
 
@@ -50,18 +64,24 @@ impl<B: AutodiffBackend> Trainer<B> {
         // queueing and `backward` the device catching up; on the CPU both are exact.)
         let (loss_read, logits_read) = (loss.clone().detach(), logits.detach());
         let t1 = Instant::now();
-        let mut grads = GradientsParams::from_grads(loss.backward(), &model);
-        let loss_value: f32 = loss_read.into_scalar().elem();
-        let correct = self.count_correct(logits_read, batch);
-        let t2 = Instant::now();
-        let agreed = match self.all_reduce(&model, &mut grads, loss_value) {
-            Ok(a) => a,
+        let reduced = match self.backward_and_reduce(&model, loss, loss_read, logits_read, batch) {
+            Ok(r) => r,
             Err(e) => {
                 self.model = Some(model);
                 return Err(e);
             }
         };
+        let Reduced {
+            grads,
+            loss_value,
+            correct,
+            backward_end: t2,
+            agreed,
+            communication,
+        } = reduced;
         let t3 = Instant::now();
+        // Without overlap the all-reduce is all exposed.
+        let communication = communication.unwrap_or(t3 - t2);
         let verdict = match self.verdict(&agreed, loss_value) {
             Ok(v) => v,
             Err(e) => {
@@ -83,6 +103,7 @@ impl<B: AutodiffBackend> Trainer<B> {
                 backward: (t2 - t1).as_secs_f64(),
                 allreduce: (t3 - t2).as_secs_f64(),
                 optimizer: 0.0,
+                communication: communication.as_secs_f64(),
             };
             return Ok((loss_value as f64, correct, timing, verdict));
         }
@@ -94,8 +115,55 @@ impl<B: AutodiffBackend> Trainer<B> {
             backward: (t2 - t1).as_secs_f64(),
             allreduce: (t3 - t2).as_secs_f64(),
             optimizer: (t4 - t3).as_secs_f64(),
+            communication: communication.as_secs_f64(),
         };
         Ok((loss_value as f64, correct, timing, verdict))
+    }
+
+    /// Backward pass and gradient all-reduce: one after the other, or overlapped
+    /// (`overlap.rs`) where the group can.
+    fn backward_and_reduce(
+        &mut self,
+        model: &ResNet<B>,
+        loss: Tensor<B, 1>,
+        loss_read: Tensor<B, 1>,
+        logits_read: Tensor<B, 2>,
+        batch: &Batch,
+    ) -> Result<Reduced, TrainError> {
+        let Some(layout) = self.overlap_layout(model) else {
+            let mut grads = GradientsParams::from_grads(loss.backward(), model);
+            let loss_value: f32 = loss_read.into_scalar().elem();
+            let correct = self.count_correct(logits_read, batch);
+            let backward_end = Instant::now();
+            let agreed = self.all_reduce(model, &mut grads, loss_value)?;
+            return Ok(Reduced {
+                grads,
+                loss_value,
+                correct,
+                backward_end,
+                agreed,
+                communication: None,
+            });
+        };
+        let mut read = (0.0, 0);
+        let rank = self.rank_world().0;
+        let o = self.backward_overlapped(model, loss, layout, |me| {
+            let loss_value: f32 = loss_read.into_scalar().elem();
+            read = (loss_value, me.count_correct(logits_read, batch));
+            me.step_flags(loss_value, rank)
+        })?;
+        let wire = self.state.config.grad_wire;
+        self.last_allreduce_bytes = o.elements * wire.bytes_per_element();
+        self.last_allreduce_saved_bytes =
+            o.elements * (std::mem::size_of::<f32>() - wire.bytes_per_element());
+        Ok(Reduced {
+            grads: o.grads,
+            loss_value: read.0,
+            correct: read.1,
+            backward_end: o.backward_end,
+            agreed: self.agree(o.flags, o.grads_finite),
+            communication: Some(o.communication),
+        })
     }
 
     /// `skip-step` restores the BatchNorm statistics of a dropped step (the forward has
@@ -173,29 +241,13 @@ impl<B: AutodiffBackend> Trainer<B> {
     ) -> Result<Agreed, TrainError> {
         self.last_allreduce_bytes = 0;
         self.last_allreduce_saved_bytes = 0;
-        // Rank 0's clock decides time-based checkpoints; the flag rides on the all-reduce.
-        let due_here = self.rank_world().0 == 0
-            && self
-                .checkpoints
-                .clock_due(&self.state.config, Instant::now());
-        // The divergence flag rides on the same all-reduce, so every rank decides alike. So
-        // does a stop request, in the checkpoint flag (one float, so the buffer's length and
-        // hence every element's reduction order stay as they were): rank 0's clock adds 1, a
-        // rank that wants to stop adds 2; summed over the group, > 0 checkpoints and > 1.5
-        // (more than the clock alone can give) stops.
-        let bad_here = nonfinite(loss_value);
-        let mut flags = [
-            f32::from(u8::from(due_here)) + 2.0 * f32::from(u8::from(self.stop_wanted)),
-            if bad_here { 1.0 } else { 0.0 },
-        ];
-        self.checkpoints.time_due = due_here || self.stop_wanted;
-        self.stop_agreed = self.stop_wanted;
+        let rank = self.rank_world().0;
+        let mut flags = self.step_flags(loss_value, rank);
         // Data parallel: the all-reduced gradient is checked too (a finite loss can still have
         // an infinite gradient); alone, a non-finite gradient shows in the next step's loss,
         // and the checkpoint refuses non-finite weights meanwhile.
         let mut grads_finite = true;
         if let Some(sync) = self.parallel.as_mut().filter(|p| p.world() > 1) {
-            let world = sync.world() as f32;
             let synced = sync_gradients_with(
                 model,
                 grads,
@@ -207,15 +259,44 @@ impl<B: AutodiffBackend> Trainer<B> {
             self.last_allreduce_bytes = synced.bytes;
             self.last_allreduce_saved_bytes = synced.saved_bytes;
             grads_finite = synced.grads_finite;
+        }
+        Ok(self.agree(flags, grads_finite))
+    }
+
+    /// This rank's flags for the step's all-reduce. The divergence flag rides on it, so every
+    /// rank decides alike. So does a stop request, in the checkpoint flag (one float, so the
+    /// buffer's length and hence every element's reduction order stay as they were): rank 0's
+    /// clock adds 1, a rank that wants to stop adds 2; summed over the group, > 0 checkpoints
+    /// and > 1.5 (more than the clock alone can give) stops. Sets this rank's own decisions,
+    /// which [`Self::agree`] replaces with the group's.
+    /// (`rank` is passed in: while the overlapped all-reduce runs, the group's sync is lent
+    /// to its thread and `self` does not know its rank.)
+    fn step_flags(&mut self, loss_value: f32, rank: usize) -> [f32; 2] {
+        // Rank 0's clock decides time-based checkpoints.
+        let due_here = rank == 0
+            && self
+                .checkpoints
+                .clock_due(&self.state.config, Instant::now());
+        self.checkpoints.time_due = due_here || self.stop_wanted;
+        self.stop_agreed = self.stop_wanted;
+        [
+            f32::from(u8::from(due_here)) + 2.0 * f32::from(u8::from(self.stop_wanted)),
+            if nonfinite(loss_value) { 1.0 } else { 0.0 },
+        ]
+    }
+
+    /// The group's decisions from the all-reduced (averaged) flags; alone, this rank's.
+    fn agree(&mut self, flags: [f32; 2], grads_finite: bool) -> Agreed {
+        if let Some(sync) = self.parallel.as_ref().filter(|p| p.world() > 1) {
             // The all-reduce averages: back to the group's sum.
-            let sum = flags[0] * world;
+            let sum = flags[0] * sync.world() as f32;
             self.checkpoints.time_due = sum > 0.5;
             self.stop_agreed = sum > 1.5;
         }
-        Ok(Agreed {
+        Agreed {
             loss_nonfinite: flags[1] > 0.0,
             grads_finite,
-        })
+        }
     }
 
     /// What the divergence guard makes of the step: apply it, skip it, roll back, or stop.
