@@ -106,9 +106,9 @@ pub(crate) struct Row {
     batch: usize,
     workers: usize,
     rate: String,
+    runs: usize,
     /// The runs' overlap bucket size, MB (None: no overlap).
     overlap_mb: Option<f64>,
-    runs: usize,
     /// Median measured step, seconds.
     measured_s: f64,
     /// The unthrottled step the prediction starts from.
@@ -226,8 +226,8 @@ pub(crate) fn compare(a: &ScalingArgs, runs: &[Run]) -> Result<Vec<Row>> {
             batch: *batch,
             workers: *workers,
             rate: rate.clone(),
-            overlap_mb: bucket_kb.map(|k| k as f64 / 1e3),
             runs: steps.len(),
+            overlap_mb: bucket_kb.map(|k| k as f64 / 1e3),
             measured_s,
             off_s,
             predicted_s,
