@@ -73,8 +73,10 @@ fn bad_flags_and_config_values_are_named() {
     let (ok, _, stderr) = resnet(&["train", "--depth", "20", "--max-steps", "1"]);
     assert!(!ok && stderr.contains("depth 20"), "{stderr}");
     let (ok, _, stderr) = resnet(&["train", "--optimizer", "rmsprop"]);
+    // clap names the flag and lists what it takes.
     assert!(
-        !ok && stderr.contains("unknown optimizer 'rmsprop'"),
+        !ok && stderr.contains("invalid value 'rmsprop' for '--optimizer <OPTIMIZER>'")
+            && stderr.contains("[possible values: sgd, adam, adamw]"),
         "{stderr}"
     );
     let dir = tempfile::tempdir().expect("tempdir");

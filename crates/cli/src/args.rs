@@ -7,6 +7,10 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
+pub use crate::run_values::{
+    DatasetArg, FloatArg, NonFiniteArg, OptimizerArg, ScheduleArg, StemArg,
+};
+
 /// Train and evaluate ResNet-18..152 image classifiers (CIFAR-10/100, image folders, synthetic).
 #[derive(Parser, Debug)]
 #[command(
@@ -164,9 +168,9 @@ pub struct RunArgs {
     /// RESNET_CLUSTER__SECTION__FIELD environment variables sit between the two.
     #[arg(long, value_name = "FILE", help_heading = "Configuration")]
     pub config: Option<PathBuf>,
-    /// Dataset: cifar10, cifar100, folder or synthetic [default: synthetic].
-    #[arg(long, help_heading = "Data")]
-    pub dataset: Option<String>,
+    /// Dataset [default: synthetic].
+    #[arg(long, ignore_case = true, help_heading = "Data")]
+    pub dataset: Option<DatasetArg>,
     /// Data directory (CIFAR .bin files or their tarball folder; image-folder root) [default: data].
     #[arg(long, value_name = "DIR", help_heading = "Data")]
     pub data: Option<PathBuf>,
@@ -176,9 +180,9 @@ pub struct RunArgs {
     /// ResNet depth: 18, 34, 50, 101 or 152 [default: 18].
     #[arg(long, help_heading = "Model")]
     pub depth: Option<usize>,
-    /// Stem: cifar (3x3, no max-pool) or imagenet (7x7/2 + max-pool) [default: cifar].
-    #[arg(long, help_heading = "Model")]
-    pub stem: Option<String>,
+    /// Stem [default: cifar].
+    #[arg(long, ignore_case = true, help_heading = "Model")]
+    pub stem: Option<StemArg>,
     /// Base width (torchvision: 64) [default: 64].
     #[arg(long, help_heading = "Model")]
     pub width: Option<usize>,
@@ -191,9 +195,9 @@ pub struct RunArgs {
     /// Base learning rate [default: 0.1].
     #[arg(long, help_heading = "Optimization")]
     pub lr: Option<f64>,
-    /// Optimizer: sgd, adam or adamw [default: sgd].
-    #[arg(long, help_heading = "Optimization")]
-    pub optimizer: Option<String>,
+    /// Optimizer [default: sgd].
+    #[arg(long, ignore_case = true, help_heading = "Optimization")]
+    pub optimizer: Option<OptimizerArg>,
     /// Weight decay (L2 for sgd/adam, decoupled for adamw) [default: 5e-4].
     #[arg(long, help_heading = "Optimization")]
     pub weight_decay: Option<f64>,
@@ -203,9 +207,9 @@ pub struct RunArgs {
     /// Nesterov momentum.
     #[arg(long, help_heading = "Optimization")]
     pub nesterov: bool,
-    /// LR schedule: constant, step, cosine, onecycle, cyclic or plateau [default: cosine].
-    #[arg(long, help_heading = "Learning-rate schedule")]
-    pub schedule: Option<String>,
+    /// LR schedule [default: cosine].
+    #[arg(long, ignore_case = true, help_heading = "Learning-rate schedule")]
+    pub schedule: Option<ScheduleArg>,
     /// Step schedule: decay every N epochs [default: 30].
     #[arg(long, help_heading = "Learning-rate schedule")]
     pub step_epochs: Option<usize>,
@@ -256,7 +260,7 @@ pub struct RunArgs {
         value_name = "stop|skip-step|rollback",
         help_heading = "Checkpoints and divergence"
     )]
-    pub on_nonfinite: Option<String>,
+    pub on_nonfinite: Option<NonFiniteArg>,
     /// Convolution arithmetic: f32, or bf16 as autocast does it (operands and results rounded
     /// to bf16, f32 accumulation; weights, BatchNorm, classifier, loss and optimizer stay f32).
     /// On CUDA the convolution kernels then run on bf16 tensors [default: f32].
@@ -265,7 +269,7 @@ pub struct RunArgs {
         value_name = "f32|bf16",
         help_heading = "Precision and gradient transfer"
     )]
-    pub conv_precision: Option<String>,
+    pub conv_precision: Option<FloatArg>,
     /// Data-parallel runs: how gradients travel between workers. `bf16` rounds each transfer
     /// to bfloat16 (half the bytes on the wire) and sums in f32; the group then all-reduces over
     /// the TCP ring, never NCCL. Weights, BatchNorm statistics and metrics stay f32
@@ -275,7 +279,7 @@ pub struct RunArgs {
         value_name = "f32|bf16",
         help_heading = "Precision and gradient transfer"
     )]
-    pub grad_wire: Option<String>,
+    pub grad_wire: Option<FloatArg>,
     /// Data-parallel runs: all-reduce gradient buckets while the backward pass still runs
     /// (`on`; bit-identical to `off`, which all-reduces after the backward). Groups on NCCL
     /// do not overlap yet [default: on].

@@ -23,6 +23,7 @@ pub mod kernel_cache;
 pub mod kernels;
 pub mod progress;
 pub mod report;
+pub mod run_values;
 pub mod settings;
 pub mod supervise;
 

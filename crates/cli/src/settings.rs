@@ -51,27 +51,27 @@ fn apply_flags(cfg: &mut TrainConfig, a: &RunArgs) -> Result<()> {
             *slot = v.clone();
         }
     }
-    if let Some(d) = &a.dataset {
-        cfg.data.dataset = d.parse()?;
+    if let Some(d) = a.dataset {
+        cfg.data.dataset = d.into();
     }
     set(&mut cfg.data.dir, &a.data);
     cfg.data.download |= a.download;
     set(&mut cfg.model.depth, &a.depth);
-    if let Some(s) = &a.stem {
-        cfg.model.stem = s.parse()?;
+    if let Some(s) = a.stem {
+        cfg.model.stem = s.into();
     }
     set(&mut cfg.model.width, &a.width);
     set(&mut cfg.epochs, &a.epochs);
     set(&mut cfg.batch_size, &a.batch_size);
     set(&mut cfg.optim.lr, &a.lr);
-    if let Some(o) = &a.optimizer {
-        cfg.optim.kind = o.parse()?;
+    if let Some(o) = a.optimizer {
+        cfg.optim.kind = o.into();
     }
     set(&mut cfg.optim.weight_decay, &a.weight_decay);
     set(&mut cfg.optim.momentum, &a.momentum);
     cfg.optim.nesterov |= a.nesterov;
-    if let Some(s) = &a.schedule {
-        cfg.schedule.kind = s.parse()?;
+    if let Some(s) = a.schedule {
+        cfg.schedule.kind = s.into();
     }
     set(&mut cfg.schedule.step_epochs, &a.step_epochs);
     set(&mut cfg.schedule.gamma, &a.gamma);
@@ -98,15 +98,11 @@ fn apply_flags(cfg: &mut TrainConfig, a: &RunArgs) -> Result<()> {
         cfg.checkpoint_minutes = a.checkpoint_minutes;
     }
     cfg.freeze_bn |= a.freeze_bn;
-    if let Some(p) = &a.on_nonfinite {
-        cfg.on_nonfinite = p
-            .parse()
-            .map_err(|e: String| anyhow::anyhow!("--on-nonfinite: {e}"))?;
+    if let Some(p) = a.on_nonfinite {
+        cfg.on_nonfinite = p.into();
     }
-    if let Some(w) = &a.grad_wire {
-        cfg.grad_wire = w
-            .parse()
-            .map_err(|e: String| anyhow::anyhow!("--grad-wire: {e}"))?;
+    if let Some(w) = a.grad_wire {
+        cfg.grad_wire = w.into();
     }
     if let Some(o) = a.overlap {
         cfg.overlap = o == crate::args::Toggle::On;
@@ -114,10 +110,8 @@ fn apply_flags(cfg: &mut TrainConfig, a: &RunArgs) -> Result<()> {
     if let Some(mb) = a.bucket_mb {
         cfg.bucket_mb = mb;
     }
-    if let Some(p) = &a.conv_precision {
-        cfg.conv_precision = p
-            .parse()
-            .map_err(|e: String| anyhow::anyhow!("--conv-precision: {e}"))?;
+    if let Some(p) = a.conv_precision {
+        cfg.conv_precision = p.into();
     }
     set(&mut cfg.schedule.cycle_epochs, &a.cycle_epochs);
     set(&mut cfg.schedule.patience, &a.patience);
