@@ -22,11 +22,11 @@ impl<B: AutodiffBackend> Trainer<B> {
     ) -> Result<(), TrainError> {
         self.sync_replicas()?;
         let mut val_loss = None;
-        let test = if self.parallel.is_some() {
+        let test = if self.replicas.in_group() {
             let counts = self.epoch_counts(true, lr);
             obs.on_epoch_counts(&counts);
             if cfg.schedule.kind == ScheduleKind::Plateau {
-                val_loss = self.group_val_loss(counts.eval.as_ref())?;
+                val_loss = self.replicas.group_val_loss(counts.eval.as_ref())?;
             }
             None // only the coordinator sees the whole evaluation
         } else if cfg.eval_each_epoch {
@@ -84,7 +84,7 @@ impl<B: AutodiffBackend> Trainer<B> {
         let final_eval = if interrupted {
             // A stop has a deadline (Kubernetes' grace period): save, skip the evaluation.
             None
-        } else if self.parallel.is_some() {
+        } else if self.replicas.in_group() {
             // Each rank holds a slice of the evaluation and the coordinator sums the counts; a run
             // that stopped inside an epoch reports that partial epoch with its evaluation.
             if self.state.batch_in_epoch > 0 || self.state.history.is_empty() {

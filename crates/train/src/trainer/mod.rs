@@ -4,7 +4,8 @@
 //!
 //! This file holds the `Trainer` type, its construction and `fit`'s loop; the rest is split by
 //! purpose into `impl Trainer` blocks: `step.rs` (one step), `finish.rs` (the end of an epoch
-//! and of the run), `replicas.rs` (what a data-parallel group shares besides gradients),
+//! and of the run), `replicas.rs` (the data-parallel group as a type, `Replicas`, and what it
+//! shares besides gradients), `overlap.rs` (the all-reduce overlapped with the backward),
 //! `saving.rs` (checkpoints and the rollback snapshot) and `restore.rs` (models and state from
 //! the seed or a checkpoint). `fit` stays one function (~190 lines, over this crate's usual
 //! size): its exits — `max_steps`, an agreed stop, a rollback, a regroup — share the loop's
@@ -38,6 +39,7 @@ mod saving;
 mod step;
 
 use policy::CheckpointPolicy;
+use replicas::Replicas;
 use restore::{check_classes, prepare_out};
 pub(crate) use restore::{init_model, run_kernels};
 pub use restore::{load_model, load_state};
@@ -54,12 +56,11 @@ pub struct Trainer<B: AutodiffBackend> {
     norm: Normalization,
     out: Option<PathBuf>,
     last_saved: Option<(usize, PathBuf)>,
-    parallel: Option<Box<dyn GradSync>>,
+    /// The data-parallel group (alone: a group of none).
+    replicas: Replicas,
     /// Gradient bytes all-reduced by the last step (for throughput metrics).
     last_allreduce_bytes: usize,
     last_allreduce_saved_bytes: usize,
-    /// Step at which BatchNorm statistics were last averaged over the replicas.
-    bn_synced_at: Option<usize>,
     /// When to checkpoint, and the last checkpoint's step and time.
     checkpoints: CheckpointPolicy,
     /// This process was asked to stop (`TrainObserver::stop_requested`) before the step.
@@ -182,10 +183,9 @@ impl<B: AutodiffBackend> Trainer<B> {
             norm: splits.norm,
             out,
             last_saved: None,
-            parallel: None,
+            replicas: Replicas::alone(),
             last_allreduce_bytes: 0,
             last_allreduce_saved_bytes: 0,
-            bn_synced_at: None,
             checkpoints: CheckpointPolicy::new(Instant::now()),
             stop_wanted: false,
             stop_agreed: false,
@@ -218,14 +218,13 @@ impl<B: AutodiffBackend> Trainer<B> {
     /// test set, reported through [`TrainObserver::on_epoch_counts`]. Replicas start identical
     /// because every rank initialises from the same seed.
     pub fn with_parallel(mut self, sync: Box<dyn GradSync>) -> Self {
-        self.parallel = Some(sync);
+        self.replicas.join(sync);
         self
     }
 
     /// Replaces the data-parallel group (after the group was re-formed).
     pub fn set_parallel(&mut self, sync: Box<dyn GradSync>) {
-        self.parallel = Some(sync);
-        self.bn_synced_at = None;
+        self.replicas.join(sync);
     }
 
     /// Stops the run with [`TrainError::CheckpointLost`] after `n` checkpoints in a row could
@@ -257,16 +256,9 @@ impl<B: AutodiffBackend> Trainer<B> {
         &self.state
     }
 
-    /// The group to exchange with, if there is anyone to exchange with: a group of one skips
-    /// the flatten/copy work (it still reports through the observer like any replica).
-    fn peers(&mut self) -> Option<&mut Box<dyn GradSync>> {
-        self.parallel.as_mut().filter(|p| p.world() > 1)
-    }
-
+    /// This replica's rank and the group's size ((0, 1) alone).
     fn rank_world(&self) -> (usize, usize) {
-        self.parallel
-            .as_ref()
-            .map_or((0, 1), |p| (p.rank(), p.world()))
+        (self.replicas.rank(), self.replicas.world())
     }
 
     fn shard_plan(&self, epoch: usize) -> ShardPlan {
@@ -308,12 +300,12 @@ impl<B: AutodiffBackend> Trainer<B> {
         }
         let total = cfg.epochs * spe;
         let limit = cfg.max_steps.unwrap_or(usize::MAX).min(total);
-        if self.peers().is_some() {
+        if self.replicas.peers().is_some() {
             // A copy goes out (tensors are shared, not copied): a failed broadcast leaves this
             // replica's model in place for whoever heals or regroups next.
             let model = self.model().clone();
-            let sync = self.peers().expect("checked above");
-            self.model = Some(broadcast_model(model, sync.as_mut(), 0)?);
+            let sync = self.replicas.peers().expect("checked above");
+            self.model = Some(broadcast_model(model, sync, 0)?);
         }
         obs.on_start(spe, limit, self.state.global_step);
         self.take_snapshot();
@@ -395,7 +387,7 @@ impl<B: AutodiffBackend> Trainer<B> {
                     timing,
                     allreduce_bytes: self.last_allreduce_bytes,
                     allreduce_saved_bytes: self.last_allreduce_saved_bytes,
-                    world: self.parallel.as_ref().map_or(1, |p| p.world()),
+                    world: self.replicas.world(),
                 });
                 let step_due = CheckpointPolicy::step_due(&cfg, s.global_step);
                 // A finite loss can hide a non-finite gradient (a data-parallel group checks the
@@ -406,7 +398,7 @@ impl<B: AutodiffBackend> Trainer<B> {
                     || s.batch_in_epoch == spe
                     || s.global_step >= limit
                     || self.stop_agreed
-                    || (self.peers().is_none() && obs.stop_requested());
+                    || (self.replicas.peers_ref().is_none() && obs.stop_requested());
                 if saving && !crate::guard::weights_finite(&self.model().valid()) {
                     let step = self.state.global_step;
                     let policy = self.state.config.on_nonfinite;
@@ -443,7 +435,8 @@ impl<B: AutodiffBackend> Trainer<B> {
                 }
                 // A group stops at the step its all-reduce agreed on, so every rank saves the
                 // same state; a process on its own also stops on a request during the step.
-                if self.stop_agreed || (self.peers().is_none() && obs.stop_requested()) {
+                if self.stop_agreed || (self.replicas.peers_ref().is_none() && obs.stop_requested())
+                {
                     interrupted = true;
                     break;
                 }

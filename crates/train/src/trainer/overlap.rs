@@ -155,7 +155,7 @@ impl<B: AutodiffBackend> Trainer<B> {
     /// The layout to overlap this step's all-reduce with, when it does: a data-parallel group
     /// whose sync reduces buckets, with `overlap` on.
     pub(super) fn overlap_layout(&self, model: &ResNet<B>) -> Option<Layout> {
-        let sync = self.parallel.as_ref().filter(|p| p.world() > 1)?;
+        let sync = self.replicas.peers_ref()?;
         if !(self.state.config.overlap && sync.reduces_buckets()) {
             return None;
         }
@@ -179,8 +179,8 @@ impl<B: AutodiffBackend> Trainer<B> {
     }
 
     /// `loss.backward()` with the gradients' all-reduce running alongside. The group's sync is
-    /// lent to the collective thread meanwhile, so `self` is alone inside (its rank reads 0):
-    /// nothing called from here may ask it about the group. `flags` is called
+    /// lent to the collective thread meanwhile (`self` still knows its rank and world, but has
+    /// no peers to exchange with). `flags` is called
     /// once the backward is done and gives the step's flags (it may read the loss then; its
     /// time counts to the backward, as in the non-overlapped step).
     pub(super) fn backward_overlapped(
@@ -191,11 +191,11 @@ impl<B: AutodiffBackend> Trainer<B> {
         flags: impl FnOnce(&mut Self) -> [f32; 2],
     ) -> Result<Overlapped, TrainError> {
         let mut sync = self
-            .parallel
-            .take()
+            .replicas
+            .lend()
             .expect("overlap_layout found a data-parallel sync");
         let out = self.overlap_with(sync.as_mut(), model, loss, &layout, flags);
-        self.parallel = Some(sync);
+        self.replicas.give_back(sync);
         out
     }
 

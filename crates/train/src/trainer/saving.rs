@@ -50,9 +50,9 @@ impl<B: AutodiffBackend> Trainer<B> {
         // Data parallel: every rank takes part (the policy is a function of the step, so all
         // ranks get here together); the saved state must stand for the whole group. Only rank 0
         // has an output directory.
-        if self.peers().is_some() {
+        if self.replicas.peers().is_some() {
             self.sync_replicas()?;
-            self.pool_epoch_sums()?;
+            self.replicas.pool_epoch_sums(&mut self.state)?;
         }
         // On every rank, so all ranks agree whether the end of `fit` still needs one.
         self.checkpoints
@@ -74,7 +74,7 @@ impl<B: AutodiffBackend> Trainer<B> {
                 optim: self.optim.clone(),
                 state: self.state.clone(),
                 checkpointed_at: self.checkpoints.taken_at(),
-                bn_synced_at: self.bn_synced_at,
+                bn_synced_at: self.replicas.bn_synced_at(),
             });
         }
     }
@@ -89,7 +89,7 @@ impl<B: AutodiffBackend> Trainer<B> {
         self.optim = snap.optim.clone();
         self.state = snap.state.clone();
         self.checkpoints.restore_taken_at(snap.checkpointed_at);
-        self.bn_synced_at = snap.bn_synced_at;
+        self.replicas.set_bn_synced_at(snap.bn_synced_at);
         let back_to = self.state.global_step;
         self.skip_until = bad;
         tracing::warn!(

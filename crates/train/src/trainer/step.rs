@@ -146,11 +146,10 @@ impl<B: AutodiffBackend> Trainer<B> {
             });
         };
         let mut read = (0.0, 0);
-        let rank = self.rank_world().0;
         let o = self.backward_overlapped(model, loss, layout, |me| {
             let loss_value: f32 = loss_read.into_scalar().elem();
             read = (loss_value, me.count_correct(logits_read, batch));
-            me.step_flags(loss_value, rank)
+            me.step_flags(loss_value)
         })?;
         let wire = self.state.config.grad_wire;
         self.last_allreduce_bytes = o.elements * wire.bytes_per_element();
@@ -241,17 +240,16 @@ impl<B: AutodiffBackend> Trainer<B> {
     ) -> Result<Agreed, TrainError> {
         self.last_allreduce_bytes = 0;
         self.last_allreduce_saved_bytes = 0;
-        let rank = self.rank_world().0;
-        let mut flags = self.step_flags(loss_value, rank);
+        let mut flags = self.step_flags(loss_value);
         // Data parallel: the all-reduced gradient is checked too (a finite loss can still have
         // an infinite gradient); alone, a non-finite gradient shows in the next step's loss,
         // and the checkpoint refuses non-finite weights meanwhile.
         let mut grads_finite = true;
-        if let Some(sync) = self.parallel.as_mut().filter(|p| p.world() > 1) {
+        if let Some(sync) = self.replicas.peers() {
             let synced = sync_gradients_with(
                 model,
                 grads,
-                sync.as_mut(),
+                sync,
                 &self.device,
                 &mut flags,
                 self.state.config.grad_wire,
@@ -269,11 +267,10 @@ impl<B: AutodiffBackend> Trainer<B> {
     /// clock adds 1, a rank that wants to stop adds 2; summed over the group, > 0 checkpoints
     /// and > 1.5 (more than the clock alone can give) stops. Sets this rank's own decisions,
     /// which [`Self::agree`] replaces with the group's.
-    /// (`rank` is passed in: while the overlapped all-reduce runs, the group's sync is lent
-    /// to its thread and `self` does not know its rank.)
-    fn step_flags(&mut self, loss_value: f32, rank: usize) -> [f32; 2] {
-        // Rank 0's clock decides time-based checkpoints.
-        let due_here = rank == 0
+    fn step_flags(&mut self, loss_value: f32) -> [f32; 2] {
+        // Rank 0's clock decides time-based checkpoints. (The rank is known while the sync is
+        // lent to the overlapped all-reduce: `Replicas` keeps it.)
+        let due_here = self.rank_world().0 == 0
             && self
                 .checkpoints
                 .clock_due(&self.state.config, Instant::now());
@@ -287,9 +284,10 @@ impl<B: AutodiffBackend> Trainer<B> {
 
     /// The group's decisions from the all-reduced (averaged) flags; alone, this rank's.
     fn agree(&mut self, flags: [f32; 2], grads_finite: bool) -> Agreed {
-        if let Some(sync) = self.parallel.as_ref().filter(|p| p.world() > 1) {
+        let world = self.replicas.world();
+        if world > 1 {
             // The all-reduce averages: back to the group's sum.
-            let sum = flags[0] * sync.world() as f32;
+            let sum = flags[0] * world as f32;
             self.checkpoints.time_due = sum > 0.5;
             self.stop_agreed = sum > 1.5;
         }
