@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
 # One sitting of CPU benchmarks: `resnet bench` and the PyTorch baseline on the same cases,
-# back to back, same thread count. Ours runs in three variants of the same binary, so each CPU
+# back to back, same thread count. Ours runs in variants of the same binary, so each CPU
 # optimisation's effect is measured in the same sitting:
 #   burn        RESNET_CONV=burn RESNET_BN=burn   Burn's flex convolution and generic BatchNorm
 #   gemm-conv   RESNET_BN=burn                    + the model's im2col/GEMM convolution
-#   default                                       + fused BatchNorm/ReLU (what users get)
+#   all-taps-unfolded  RESNET_CONV=gemm-all-taps RESNET_BN=unfolded
+#                                                 + fused BatchNorm/ReLU (the default until 2026-12-06)
+#   all-taps    RESNET_CONV=gemm-all-taps         + BatchNorm folded into the convolution in eval
+#   default                                       + taps that read only padding skipped (what users get)
 # Writes JSON lines to $OUT (default benchmarks/cpu-results.jsonl).
 #   bash benchmarks/run_cpu.sh            # needs a built `resnet` (cargo build) and torch
 #   VARIANTS=default CASES=r18 bash benchmarks/run_cpu.sh   # just the default build, ResNet-18
@@ -20,6 +23,8 @@ variant_env() {
   case "$1" in
     burn) echo "RESNET_CONV=burn RESNET_BN=burn" ;;
     gemm-conv) echo "RESNET_CONV=gemm RESNET_BN=burn" ;;
+    all-taps-unfolded) echo "RESNET_CONV=gemm-all-taps RESNET_BN=unfolded" ;;
+    all-taps) echo "RESNET_CONV=gemm-all-taps RESNET_BN=fused" ;;
     default) echo "RESNET_CONV=gemm RESNET_BN=fused" ;;
     *) echo "unknown variant $1" >&2; exit 2 ;;
   esac
@@ -32,7 +37,7 @@ run() { # depth stem mode batch steps optimizer
       | sed "s/^{/{\"framework\":\"resnet-cluster (burn 0.21 flex)\",\"variant\":\"$v\",/" | tee -a "$OUT"
   done
   echo "== resnet$1 $2 $3 batch $4 ($6): PyTorch" >&2
-  python3 benchmarks/pytorch_baseline.py "${common[@]}" --threads "$THREADS" | tee -a "$OUT"
+  ${PYTHON:-python3} benchmarks/pytorch_baseline.py "${common[@]}" --threads "$THREADS" | tee -a "$OUT"
 }
 for c in $CASES; do
   case "$c" in

@@ -114,7 +114,14 @@ fn flex(data: Vec<f32>, shape: [usize; 4]) -> FlexTensor {
     FlexTensor::from_data(TensorData::new(data, shape))
 }
 
-fn profile_conv(g: &ConvGeom, first: bool, repeats: usize) -> (PassTimes, PassTimes) {
+/// Burn's three passes and this project's (`skip_taps`: without the taps that read only
+/// padding, as `RESNET_CONV=gemm`; with every tap, as `gemm-all-taps`).
+fn profile_conv(
+    g: &ConvGeom,
+    first: bool,
+    repeats: usize,
+    skip_taps: bool,
+) -> (PassTimes, PassTimes) {
     let x_shape = [g.batch, g.cin, g.in_hw[0], g.in_hw[1]];
     let w_shape = [g.cout, g.cin, g.kernel[0], g.kernel[1]];
     let y_shape = [g.batch, g.cout, g.out_hw[0], g.out_hw[1]];
@@ -144,17 +151,17 @@ fn profile_conv(g: &ConvGeom, first: bool, repeats: usize) -> (PassTimes, PassTi
     };
     let gemm = PassTimes {
         forward: time(repeats, || {
-            kernels::forward(g, &x, &w);
+            kernels::forward_with(g, &x, &w, skip_taps);
         }),
         grad_input: if first {
             0.0
         } else {
             time(repeats, || {
-                kernels::grad_input(g, &dy, &w);
+                kernels::grad_input_with(g, &dy, &w, skip_taps);
             })
         },
         grad_weight: time(repeats, || {
-            kernels::grad_weight(g, &x, &dy);
+            kernels::grad_weight_with(g, &x, &dy, skip_taps);
         }),
     };
     (burn, gemm)
@@ -235,7 +242,7 @@ pub fn run(a: ProfileArgs) -> Result<()> {
         if !a.json {
             crate::say!("profiling conv {}/{}: {shape}", i + 1, order.len());
         }
-        let (burn, gemm) = profile_conv(g, i == 0, a.repeats);
+        let (burn, gemm) = profile_conv(g, i == 0, a.repeats, k.cpu_conv == CpuConv::Gemm);
         let bn_relu = profile_bn_relu(&k, [g.batch, g.cout, g.out_hw[0], g.out_hw[1]], a.repeats);
         layers.push(LayerProfile {
             shape,
@@ -346,7 +353,7 @@ fn print_table(p: &Profile, per_layer: bool, cpu_conv: CpuConv) {
     println!("{:<26} {:>8} {:>10.3}", "BatchNorm+ReLU backward", "", bn_b);
     let [f, b, o] = p.step;
     let conv_now = match cpu_conv {
-        CpuConv::Gemm => rows.iter().map(|r| r.3).sum::<f64>(),
+        CpuConv::Gemm | CpuConv::GemmAllTaps => rows.iter().map(|r| r.3).sum::<f64>(),
         CpuConv::Burn => rows.iter().map(|r| r.2).sum::<f64>(),
     };
     println!(

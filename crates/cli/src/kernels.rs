@@ -6,8 +6,8 @@
 //! |---|---|---|
 //! | `--cuda-conv` / `RESNET_CUDA_CONV` | CUDA convolutions and classifier matmuls | cudnn (default), gemm, tuned, autotune, direct |
 //! | `--cuda-bn` / `RESNET_CUDA_BN` | CUDA training-mode BatchNorm | cudnn (default with cudnn convolutions), burn (default otherwise) |
-//! | `RESNET_CONV` | CPU convolutions | gemm (default), burn |
-//! | `RESNET_BN` | CPU BatchNorm | fused (default), burn |
+//! | `RESNET_CONV` | CPU convolutions | gemm (default), gemm-all-taps, burn |
+//! | `RESNET_BN` | CPU BatchNorm | fused (default; folded into the convolution in evaluation), unfolded, burn |
 //! | `RESNET_CUDA_DGRAD=spread` | experimental strided input gradient with `gemm` | spread |
 //! | `RESNET_CUDA_WGRAD=taps` | experimental weight gradient with `gemm` | taps |
 //! | `--cuda-math` / `RESNET_CUDA_MATH` | cuDNN's f32 arithmetic | tf32 (default), strict |
@@ -177,11 +177,11 @@ mod tests {
         for (pairs, want) in [
             (
                 &[("RESNET_CONV", "fast")][..],
-                "RESNET_CONV: unknown CPU convolution 'fast': expected gemm, burn",
+                "RESNET_CONV: unknown CPU convolution 'fast': expected gemm, gemm-all-taps, burn",
             ),
             (
                 &[("RESNET_BN", "off")][..],
-                "RESNET_BN: unknown CPU BatchNorm 'off': expected fused, burn",
+                "RESNET_BN: unknown CPU BatchNorm 'off': expected fused, unfolded, burn",
             ),
             (
                 &[("RESNET_CUDA_WGRAD", "tap")][..],

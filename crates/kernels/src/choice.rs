@@ -43,23 +43,45 @@ pub enum CpuConv {
     /// This crate's im2col + GEMM kernels ([`crate::conv::cpu`]).
     #[default]
     Gemm,
+    /// The same kernels with every kernel tap in the column matrix, also the taps that read
+    /// only padding (the same bits, slower on small maps; for A/B benchmarks).
+    GemmAllTaps,
     /// Burn's own convolution (for A/B benchmarks and bisecting).
     Burn,
 }
 
-named_enum!(CpuConv, "CPU convolution", { Gemm => "gemm", Burn => "burn" });
+named_enum!(CpuConv, "CPU convolution", {
+    Gemm => "gemm",
+    GemmAllTaps => "gemm-all-taps",
+    Burn => "burn",
+});
 
 /// How BatchNorm (+ ReLU) runs on the CPU.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum CpuBn {
-    /// One fused autodiff node, two passes forward and two backward ([`crate::bn`]).
+    /// One fused autodiff node, two passes forward and two backward ([`crate::bn`]); in
+    /// evaluation folded into the convolution before it ([`crate::conv::conv2d_bn_eval`]).
     #[default]
     Fused,
+    /// As `Fused`, but in evaluation a pass of its own after the convolution (for A/B
+    /// benchmarks and the folding's tests).
+    Unfolded,
     /// The model's generic composition of Burn ops.
     Burn,
 }
 
-named_enum!(CpuBn, "CPU BatchNorm", { Fused => "fused", Burn => "burn" });
+named_enum!(CpuBn, "CPU BatchNorm", {
+    Fused => "fused",
+    Unfolded => "unfolded",
+    Burn => "burn",
+});
+
+impl CpuBn {
+    /// Whether BatchNorm runs as this crate's fused kernels (folded or not).
+    pub fn fused(self) -> bool {
+        matches!(self, CpuBn::Fused | CpuBn::Unfolded)
+    }
+}
 
 /// How convolutions run on the plain (unfused) CUDA backend.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]

@@ -90,9 +90,78 @@ pub(crate) fn sgemm(
     }
     match path {
         #[cfg(target_arch = "x86_64")]
-        Path::Avx512 => blocked([m, n, k], dst, accumulate, a, b),
+        Path::Avx512 => blocked([m, n, k], dst, accumulate, a, b, None),
         _ => portable([m, n, k], dst, accumulate, a, b),
     }
+}
+
+/// The depth (k) of one block of the AVX-512 GEMM: it sums each block of KC products in its
+/// registers and then adds the block to the output. Callers that drop all-zero depth rows and
+/// must round as the full product did cut their depth where these blocks were cut
+/// ([`sgemm_rows_blocked`]).
+pub(crate) const DEPTH_BLOCK: usize = KC;
+
+/// [`sgemm_rows`] on the AVX-512 path with the depth cut into the given blocks (`ends`:
+/// ascending block ends, the last one `k`, each block at most [`DEPTH_BLOCK`] deep) instead of
+/// every KC. Only for [`Path::Avx512`]: the portable GEMM chooses its own blocks.
+pub(crate) fn sgemm_rows_blocked(
+    [m, n, k]: [usize; 3],
+    dst: &mut [f32],
+    a: View,
+    b: View,
+    splits: usize,
+    ends: &[usize],
+) {
+    assert_eq!(
+        best_path(),
+        Path::Avx512,
+        "depth blocks need the AVX-512 GEMM"
+    );
+    assert_eq!(dst.len(), m * n, "gemm destination length");
+    assert_eq!(
+        ends.last().copied().unwrap_or(0),
+        k,
+        "depth blocks end at k"
+    );
+    a.check(m, k);
+    b.check(k, n);
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        dst.fill(0.0);
+        return;
+    }
+    split_rows([m, n], dst, a, splits, |rows, block, a| {
+        blocked([rows, n, k], block, false, a, b, Some(ends));
+    });
+}
+
+/// Runs `gemm(rows, dst block, A rows)` on `splits` blocks of `dst`'s rows in parallel (each a
+/// multiple of the micro-kernel's MR rows), or once on all of them when `splits` is 1 or the
+/// matrix too short to split.
+fn split_rows(
+    [m, n]: [usize; 2],
+    dst: &mut [f32],
+    a: View,
+    splits: usize,
+    gemm: impl Fn(usize, &mut [f32], View) + Sync,
+) {
+    use rayon::prelude::*;
+    if splits <= 1 || m < 2 * MR || n == 0 {
+        return gemm(m, dst, a);
+    }
+    let rows = m.div_ceil(splits).next_multiple_of(MR);
+    dst.par_chunks_mut(rows * n)
+        .enumerate()
+        .for_each(|(i, block)| {
+            let sub = View {
+                data: &a.data[i * rows * a.rs..],
+                rs: a.rs,
+                cs: a.cs,
+            };
+            gemm(block.len() / n, block, sub);
+        });
 }
 
 /// [`sgemm`] with the rows of `dst` split into `splits` blocks computed in parallel on the
@@ -106,23 +175,13 @@ pub(crate) fn sgemm_rows(
     b: View,
     splits: usize,
 ) {
-    use rayon::prelude::*;
     let path = best_path();
-    if splits <= 1 || m < 2 * MR || n == 0 {
-        return sgemm([m, n, k], dst, accumulate, a, b, path);
+    if splits > 1 && n > 0 {
+        assert_eq!(dst.len(), m * n, "gemm destination length");
     }
-    assert_eq!(dst.len(), m * n, "gemm destination length");
-    let rows = m.div_ceil(splits).next_multiple_of(MR);
-    dst.par_chunks_mut(rows * n)
-        .enumerate()
-        .for_each(|(i, block)| {
-            let sub = View {
-                data: &a.data[i * rows * a.rs..],
-                rs: a.rs,
-                cs: a.cs,
-            };
-            sgemm([block.len() / n, n, k], block, accumulate, sub, b, path);
-        });
+    split_rows([m, n], dst, a, splits, |rows, block, a| {
+        sgemm([rows, n, k], block, accumulate, a, b, path);
+    });
 }
 
 #[allow(unsafe_code)]
@@ -168,15 +227,32 @@ const NC: usize = 1024;
 /// BLIS loop nest: for each NC-column block and KC-deep slice, pack B into NR-wide panels;
 /// for each MC-row block pack A into MR-tall panels; run the micro-kernel on every tile.
 #[cfg(target_arch = "x86_64")]
-fn blocked([m, n, k]: [usize; 3], dst: &mut [f32], accumulate: bool, a: View, b: View) {
+fn blocked(
+    [m, n, k]: [usize; 3],
+    dst: &mut [f32],
+    accumulate: bool,
+    a: View,
+    b: View,
+    ends: Option<&[usize]>,
+) {
+    let every_kc: Vec<usize>;
+    let ends = match ends {
+        Some(ends) => ends,
+        None => {
+            every_kc = (1..=k.div_ceil(KC)).map(|i| (i * KC).min(k)).collect();
+            &every_kc
+        }
+    };
     let mut pack_b = crate::scratch::Scratch::new(KC * NC.min(n.next_multiple_of(NR)));
     let mut pack_a = crate::scratch::Scratch::new(KC * MC.min(m.next_multiple_of(MR)));
     let mut edge = [0.0f32; MR * NR];
     for j0 in (0..n).step_by(NC) {
         let nc = NC.min(n - j0);
-        for p0 in (0..k).step_by(KC) {
-            let kc = KC.min(k - p0);
-            let add = accumulate || p0 > 0;
+        for (block, &end) in ends.iter().enumerate() {
+            let p0 = if block == 0 { 0 } else { ends[block - 1] };
+            let kc = end - p0;
+            assert!(kc > 0 && kc <= KC, "depth block of {kc}");
+            let add = accumulate || block > 0;
             pack_panels_b(&b, p0, kc, j0, nc, &mut pack_b);
             for i0 in (0..m).step_by(MC) {
                 let mc = MC.min(m - i0);
@@ -342,7 +418,7 @@ unsafe fn micro_kernel_avx512(
 }
 
 #[cfg(not(target_arch = "x86_64"))]
-fn blocked(_: [usize; 3], _: &mut [f32], _: bool, _: View, _: View) {
+fn blocked(_: [usize; 3], _: &mut [f32], _: bool, _: View, _: View, _: Option<&[usize]>) {
     unreachable!("the AVX-512 path is only chosen on x86_64")
 }
 

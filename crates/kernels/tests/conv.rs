@@ -117,6 +117,13 @@ fn gemm_convolution_matches_burn_forward_and_gradients() {
         (3, 2, 1, [9, 34]),
         (7, 2, 3, [12, 37]),
         (1, 2, 0, [6, 33]),
+        // Taps that read only padding (skipped on AVX-512): 1x1 and 2x2 -> 1x1 maps, a
+        // one-row strip in both im2col variants, a 5x5 kernel on a 2x3 map.
+        (3, 1, 1, [1, 1]),
+        (3, 2, 1, [2, 2]),
+        (3, 1, 1, [1, 6]),
+        (3, 1, 1, [1, 17]),
+        (5, 1, 2, [2, 3]),
     ];
     for (kernel, stride, pad, hw) in cases {
         for (batch, cin, cout) in [(3, 5, 4), (1, 2, 7)] {

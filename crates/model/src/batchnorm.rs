@@ -8,8 +8,9 @@
 //! runs them as its per-row-scalar SIMD kernel.
 
 use burn::module::{Initializer, Module, Param, RunningState};
+use burn::nn::conv::Conv2d;
 use burn::tensor::{backend::Backend, Tensor};
-use resnet_kernels::{bn, KernelChoice};
+use resnet_kernels::{bn, conv, KernelChoice};
 
 /// 2-D batch normalisation over `[N, C, H, W]`, field names as in `torch.nn.BatchNorm2d`.
 #[derive(Module, Debug)]
@@ -89,6 +90,44 @@ impl<B: Backend> BatchNorm2d<B> {
     /// `relu(self.forward(k, x))`, fused into the same pass on the CPU.
     pub fn forward_relu(&self, k: &KernelChoice, x: Tensor<B, 4>) -> Tensor<B, 4> {
         self.forward_act(k, x, true)
+    }
+
+    /// `self.forward(k, conv(x))`, plus `residual`, then a ReLU when `relu`: the convolution
+    /// this BatchNorm follows and what the block does after it. In evaluation on the CPU the
+    /// BatchNorm is folded into the convolution and the add and ReLU happen as it writes its
+    /// output ([`conv::conv2d_bn_eval`]; exact to float rounding); everywhere else these are
+    /// the same ops one after another.
+    pub fn after_conv(
+        &self,
+        k: &KernelChoice,
+        conv: &Conv2d<B>,
+        x: Tensor<B, 4>,
+        residual: Option<Tensor<B, 4>>,
+        relu: bool,
+    ) -> Tensor<B, 4> {
+        if conv::folds(k, conv, &x) {
+            let (mean, var) = self.running_stats();
+            let bn = conv::BnEval {
+                gamma: self.weight.val(),
+                beta: self.bias.val(),
+                mean,
+                var,
+                eps: self.eps,
+            };
+            return conv::conv2d_bn_eval(k, conv, x, bn, residual, relu);
+        }
+        let y = conv::conv2d(k, conv, x);
+        match residual {
+            None => self.forward_act(k, y, relu),
+            Some(r) => {
+                let y = self.forward(k, y) + r;
+                if relu {
+                    burn::tensor::activation::relu(y)
+                } else {
+                    y
+                }
+            }
+        }
     }
 
     fn forward_act(&self, k: &KernelChoice, x: Tensor<B, 4>, relu: bool) -> Tensor<B, 4> {

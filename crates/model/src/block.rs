@@ -4,8 +4,7 @@
 use burn::module::{Initializer, Module};
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::PaddingConfig2d;
-use burn::tensor::{activation::relu, backend::Backend, Tensor};
-use resnet_kernels::conv::conv2d;
+use burn::tensor::{backend::Backend, Tensor};
 use resnet_kernels::KernelChoice;
 
 use crate::batchnorm::BatchNorm2d;
@@ -112,20 +111,25 @@ impl<B: Backend> Block<B> {
     }
 
     /// `x: [N, C_in, H, W]` -> `[N, C_out, H / stride, W / stride]`, with the kernels `k` chose.
+    ///
+    /// Each convolution goes through its BatchNorm's [`BatchNorm2d::after_conv`], the last one
+    /// with the residual and the ReLU, so evaluation on the CPU folds all of it into the
+    /// convolutions; training runs conv, BatchNorm(+ReLU), add, ReLU as separate ops.
     pub fn forward(&self, k: &KernelChoice, x: Tensor<B, 4>) -> Tensor<B, 4> {
         let identity = match &self.downsample {
-            Some(d) => d.bn.forward(k, conv2d(k, &d.conv, x.clone())),
+            Some(d) => d.bn.after_conv(k, &d.conv, x.clone(), None, false),
             None => x.clone(),
         };
-        let out = self.bn1.forward_relu(k, conv2d(k, &self.conv1, x));
-        let out = match (&self.conv3, &self.bn3) {
+        let out = self.bn1.after_conv(k, &self.conv1, x, None, true);
+        match (&self.conv3, &self.bn3) {
             (Some(conv3), Some(bn3)) => {
-                let out = self.bn2.forward_relu(k, conv2d(k, &self.conv2, out));
-                bn3.forward(k, conv2d(k, conv3, out))
+                let out = self.bn2.after_conv(k, &self.conv2, out, None, true);
+                bn3.after_conv(k, conv3, out, Some(identity), true)
             }
-            _ => self.bn2.forward(k, conv2d(k, &self.conv2, out)),
-        };
-        relu(out + identity)
+            _ => self
+                .bn2
+                .after_conv(k, &self.conv2, out, Some(identity), true),
+        }
     }
 
     /// Every BatchNorm of the block, shortcut included.

@@ -5,7 +5,6 @@ use burn::nn::conv::Conv2d;
 use burn::nn::pool::{MaxPool2d, MaxPool2dConfig};
 use burn::nn::{Dropout, DropoutConfig, Linear, LinearConfig, PaddingConfig2d};
 use burn::tensor::{backend::Backend, Tensor};
-use resnet_kernels::conv::conv2d;
 use resnet_kernels::matmul::linear;
 use resnet_kernels::KernelChoice;
 
@@ -120,7 +119,7 @@ impl<B: Backend> ResNet<B> {
 
     fn stem(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
         let k = &self.kernels;
-        let x = self.bn1.forward_relu(k, conv2d(k, &self.conv1, x));
+        let x = self.bn1.after_conv(k, &self.conv1, x, None, true);
         match &self.maxpool {
             Some(pool) => pool.forward(x),
             None => x,

@@ -38,7 +38,7 @@ use burn::tensor::ops::FloatTensor;
 use burn::tensor::{DType, Tensor, TensorData, TensorPrimitive};
 
 use crate::cast::cast;
-use crate::choice::{CpuBn, KernelChoice};
+use crate::choice::KernelChoice;
 use cpu::BnGeom;
 
 type AdTensor = FloatTensor<Autodiff<Flex>>;
@@ -51,7 +51,7 @@ pub fn handles<B: Backend>(k: &KernelChoice, x: &Tensor<B, 4>, train: bool) -> b
     } else {
         TypeId::of::<Flex>()
     };
-    k.cpu_bn == CpuBn::Fused && TypeId::of::<B>() == wanted && x.dtype() == DType::F32
+    k.cpu_bn.fused() && TypeId::of::<B>() == wanted && x.dtype() == DType::F32
 }
 
 /// Training-mode BatchNorm through cuDNN when `k` chose it (`cuda_bn = cudnn`), the backend is

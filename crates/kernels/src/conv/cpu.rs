@@ -16,12 +16,18 @@
 //! with K = Cin·kh·kw, P = Hout·Wout and G images per chunk (about 512 columns). Chunks run in
 //! parallel on the rayon pool (the one Burn's flex backend uses); when a layer has too few
 //! chunks to occupy every thread, each chunk's GEMM is split by rows instead.
+//!
+//! On the AVX-512 GEMM the column matrix holds only the taps that read inside the image
+//! ([`Taps`]; 1 of 9 on a 1x1 map), with the same bits as the full one. The portable GEMM
+//! (CPUs without AVX-512) picks its own depth blocks, so there every tap is kept.
 
 use rayon::prelude::*;
 
+use super::im2col::{col2im, im2col};
+use super::taps::Taps;
 use super::ConvGeom;
 use crate::scratch::Scratch;
-use crate::sgemm::{sgemm_rows, View};
+use crate::sgemm::{best_path, sgemm_rows, sgemm_rows_blocked, Path, View, DEPTH_BLOCK};
 
 /// Output columns (G·P) a chunk aims for: enough for the GEMM micro-kernels to run full
 /// tiles, small enough that the column buffer stays in cache.
@@ -46,11 +52,69 @@ fn gemm_splits(g: &ConvGeom) -> usize {
     }
 }
 
+/// The taps the column matrix holds: the active ones where the GEMM can keep the full
+/// product's rounding (AVX-512), else every tap.
+fn taps_for(g: &ConvGeom, skip: bool) -> Taps {
+    if skip && best_path() == Path::Avx512 {
+        Taps::active(g)
+    } else {
+        Taps::every(g)
+    }
+}
+
 /// Forward convolution: `x` [N, Cin, H, W], `w` [Cout, Cin, kh, kw] → [N, Cout, Ho, Wo].
 pub fn forward(g: &ConvGeom, x: &[f32], w: &[f32]) -> Vec<f32> {
+    forward_with(g, x, w, true)
+}
+
+/// [`forward`], with `skip` false keeping every tap (the tests compare both).
+pub fn forward_with(g: &ConvGeom, x: &[f32], w: &[f32], skip: bool) -> Vec<f32> {
+    forward_then(g, x, w, skip, None)
+}
+
+/// What the forward applies to each output value as it writes it: a per-channel shift, then
+/// a residual added, then a ReLU. With a BatchNorm folded into the weights (evaluation) this
+/// is the BatchNorm's shift and the block's `relu(bn(conv(x)) + identity)`, in the one write
+/// of the output instead of two more passes over it.
+#[derive(Clone, Copy, Debug)]
+pub struct Epilogue<'a> {
+    /// Added per output channel, `[Cout]`.
+    pub shift: &'a [f32],
+    /// Added element-wise after the shift, the output's shape.
+    pub residual: Option<&'a [f32]>,
+    /// `max(·, 0)` last.
+    pub relu: bool,
+}
+
+/// [`forward_with`] with an [`Epilogue`] applied to every output value.
+pub fn forward_then(
+    g: &ConvGeom,
+    x: &[f32],
+    w: &[f32],
+    skip: bool,
+    epilogue: Option<&Epilogue>,
+) -> Vec<f32> {
+    if let Some(e) = epilogue {
+        assert_eq!(e.shift.len(), g.cout, "conv epilogue: shift length");
+        if let Some(r) = e.residual {
+            assert_eq!(
+                r.len(),
+                g.batch * g.out_len(),
+                "conv epilogue: residual length"
+            );
+        }
+    }
     assert_eq!(x.len(), g.batch * g.in_len(), "conv forward: input length");
     assert_eq!(w.len(), g.cout * g.k(), "conv forward: weight length");
-    let (k, p, per) = (g.k(), g.p(), images_per_chunk(g));
+    let taps = taps_for(g, skip);
+    let compact;
+    let (w, blocks) = if taps.is_every() {
+        (w, None)
+    } else {
+        compact = taps.compact_weight(g, w);
+        (&compact[..], Some(taps.depth_blocks(g, DEPTH_BLOCK)))
+    };
+    let (k, p, per) = (taps.k(g), g.p(), images_per_chunk(g));
     let mut y = vec![0.0f32; g.batch * g.out_len()];
     y.par_chunks_mut((per * g.out_len()).max(1))
         .enumerate()
@@ -61,32 +125,48 @@ pub fn forward(g: &ConvGeom, x: &[f32], w: &[f32]) -> Vec<f32> {
             let mut col = Scratch::new(k * cols);
             for i in 0..imgs {
                 let img = &x[(first + i) * g.in_len()..][..g.in_len()];
-                im2col(g, img, &mut col, cols, i * p);
+                im2col(g, &taps, img, &mut col, cols, i * p);
             }
             let mut out = Scratch::new(g.cout * cols);
             // out[Cout, cols] = W[Cout, K] · col[K, cols]
-            sgemm_rows(
-                [g.cout, cols, k],
-                &mut out,
-                false,
-                View::row_major(w, k),
-                View::row_major(&col, cols),
-                gemm_splits(g),
-            );
-            scatter_images(g, &out, y_chunk, cols);
+            let (wv, cv) = (View::row_major(w, k), View::row_major(&col, cols));
+            let dims = [g.cout, cols, k];
+            match &blocks {
+                None => sgemm_rows(dims, &mut out, false, wv, cv, gemm_splits(g)),
+                Some(ends) => sgemm_rows_blocked(dims, &mut out, wv, cv, gemm_splits(g), ends),
+            }
+            match epilogue {
+                None => scatter_images(g, &out, y_chunk, cols),
+                Some(e) => scatter_images_then(g, &out, y_chunk, cols, first, e),
+            }
         });
     y
 }
 
 /// Gradient with respect to the input: `dy` [N, Cout, Ho, Wo], `w` → [N, Cin, H, W].
 pub fn grad_input(g: &ConvGeom, dy: &[f32], w: &[f32]) -> Vec<f32> {
+    grad_input_with(g, dy, w, true)
+}
+
+/// [`grad_input`], with `skip` false keeping every tap. The rows of dcol are independent
+/// GEMM rows, and an inactive tap's row is only ever added to padding: dropping it changes
+/// no bit.
+pub fn grad_input_with(g: &ConvGeom, dy: &[f32], w: &[f32], skip: bool) -> Vec<f32> {
     assert_eq!(
         dy.len(),
         g.batch * g.out_len(),
         "conv grad input: gradient length"
     );
     assert_eq!(w.len(), g.cout * g.k(), "conv grad input: weight length");
-    let (k, p, per) = (g.k(), g.p(), images_per_chunk(g));
+    let taps = taps_for(g, skip);
+    let compact;
+    let w = if taps.is_every() {
+        w
+    } else {
+        compact = taps.compact_weight(g, w);
+        &compact[..]
+    };
+    let (k, p, per) = (taps.k(g), g.p(), images_per_chunk(g));
     let mut dx = vec![0.0f32; g.batch * g.in_len()];
     dx.par_chunks_mut((per * g.in_len()).max(1))
         .enumerate()
@@ -107,7 +187,7 @@ pub fn grad_input(g: &ConvGeom, dy: &[f32], w: &[f32]) -> Vec<f32> {
             );
             for i in 0..imgs {
                 let img = &mut dx_chunk[i * g.in_len()..][..g.in_len()];
-                col2im(g, &dcol, cols, i * p, img);
+                col2im(g, &taps, &dcol, cols, i * p, img);
             }
         });
     dx
@@ -118,6 +198,13 @@ pub fn grad_input(g: &ConvGeom, dy: &[f32], w: &[f32]) -> Vec<f32> {
 /// Computed transposed, dWᵀ[K, Cout] = col[K, cols] · dYᵀ[cols, Cout]: the operand that has
 /// to be read across its rows while packing is then the small dY, not the K-row column matrix.
 pub fn grad_weight(g: &ConvGeom, x: &[f32], dy: &[f32]) -> Vec<f32> {
+    grad_weight_with(g, x, dy, true)
+}
+
+/// [`grad_weight`], with `skip` false keeping every tap. Each row of dWᵀ is its own GEMM row
+/// over the same depth (the batch's pixels), and an inactive tap's row is all `+0`: the
+/// compact product spread back ([`Taps::expand_weight`]) has the same bits.
+pub fn grad_weight_with(g: &ConvGeom, x: &[f32], dy: &[f32], skip: bool) -> Vec<f32> {
     assert_eq!(
         x.len(),
         g.batch * g.in_len(),
@@ -128,7 +215,8 @@ pub fn grad_weight(g: &ConvGeom, x: &[f32], dy: &[f32]) -> Vec<f32> {
         g.batch * g.out_len(),
         "conv grad weight: gradient length"
     );
-    let (k, p, per) = (g.k(), g.p(), images_per_chunk(g));
+    let taps = taps_for(g, skip);
+    let (k, p, per) = (taps.k(g), g.p(), images_per_chunk(g));
     let chunks: Vec<usize> = (0..g.batch).step_by(per).collect();
     // Contiguous runs of chunks, one per thread, each with its own accumulator.
     let runs = chunks.len().min(rayon::current_num_threads()).max(1);
@@ -143,7 +231,7 @@ pub fn grad_weight(g: &ConvGeom, x: &[f32], dy: &[f32]) -> Vec<f32> {
                 let mut col = Scratch::new(k * cols);
                 for i in 0..imgs {
                     let img = &x[(first + i) * g.in_len()..][..g.in_len()];
-                    im2col(g, img, &mut col, cols, i * p);
+                    im2col(g, &taps, img, &mut col, cols, i * p);
                 }
                 let dy_packed = gather_images(g, dy, first, imgs);
                 sgemm_rows(
@@ -162,7 +250,12 @@ pub fn grad_weight(g: &ConvGeom, x: &[f32], dy: &[f32]) -> Vec<f32> {
             a
         })
         .unwrap_or_else(|| vec![0.0f32; k * g.cout]);
-    transpose(&dwt, k, g.cout)
+    let dw = transpose(&dwt, k, g.cout);
+    if taps.is_every() {
+        dw
+    } else {
+        taps.expand_weight(g, &dw)
+    }
 }
 
 /// The transpose of a row-major `rows x cols` matrix, in 32x32 tiles so that both the reads
@@ -181,167 +274,6 @@ fn transpose(src: &[f32], rows: usize, cols: usize) -> Vec<f32> {
         }
     }
     dst
-}
-
-/// Writes one image's patches into columns `offset..offset + P` of `col` [K, ld].
-fn im2col(g: &ConvGeom, img: &[f32], col: &mut [f32], ld: usize, offset: usize) {
-    if g.out_hw[1] < NARROW {
-        return im2col_narrow(g, img, col, ld, offset);
-    }
-    let ([h, w], [kh, kw], [oh, ow]) = (g.in_hw, g.kernel, g.out_hw);
-    for c in 0..g.cin {
-        let plane = &img[c * h * w..][..h * w];
-        for ki in 0..kh {
-            for kj in 0..kw {
-                let row = (c * kh + ki) * kw + kj;
-                let dst = &mut col[row * ld + offset..][..oh * ow];
-                for oy in 0..oh {
-                    let out_row = &mut dst[oy * ow..][..ow];
-                    match source_row(oy, ki, g.stride[0], g.pad[0], h) {
-                        Some(iy) => {
-                            let src = &plane[iy * w..][..w];
-                            let (lo, hi) = valid_columns(kj, g.stride[1], g.pad[1], w, ow);
-                            out_row[..lo].fill(0.0);
-                            out_row[hi..].fill(0.0);
-                            if lo == hi {
-                                continue;
-                            }
-                            let start = lo * g.stride[1] + kj - g.pad[1];
-                            if g.stride[1] == 1 {
-                                out_row[lo..hi].copy_from_slice(&src[start..start + hi - lo]);
-                            } else {
-                                let picked = src[start..].iter().step_by(g.stride[1]);
-                                out_row[lo..hi]
-                                    .iter_mut()
-                                    .zip(picked)
-                                    .for_each(|(d, s)| *d = *s);
-                            }
-                        }
-                        None => out_row.fill(0.0),
-                    }
-                }
-            }
-        }
-    }
-}
-
-/// Adds columns `offset..offset + P` of `dcol` [K, ld] back onto one image's pixels.
-fn col2im(g: &ConvGeom, dcol: &[f32], ld: usize, offset: usize, img: &mut [f32]) {
-    if g.out_hw[1] < NARROW {
-        return col2im_narrow(g, dcol, ld, offset, img);
-    }
-    let ([h, w], [kh, kw], [oh, ow]) = (g.in_hw, g.kernel, g.out_hw);
-    for c in 0..g.cin {
-        let plane = &mut img[c * h * w..][..h * w];
-        for ki in 0..kh {
-            for kj in 0..kw {
-                let row = (c * kh + ki) * kw + kj;
-                let src = &dcol[row * ld + offset..][..oh * ow];
-                let (lo, hi) = valid_columns(kj, g.stride[1], g.pad[1], w, ow);
-                if lo == hi {
-                    continue;
-                }
-                for oy in 0..oh {
-                    let Some(iy) = source_row(oy, ki, g.stride[0], g.pad[0], h) else {
-                        continue;
-                    };
-                    let dst = &mut plane[iy * w..][..w];
-                    let from = &src[oy * ow..][lo..hi];
-                    let start = lo * g.stride[1] + kj - g.pad[1];
-                    if g.stride[1] == 1 {
-                        dst[start..start + hi - lo]
-                            .iter_mut()
-                            .zip(from)
-                            .for_each(|(d, s)| *d += s);
-                    } else {
-                        dst[start..]
-                            .iter_mut()
-                            .step_by(g.stride[1])
-                            .zip(from)
-                            .for_each(|(d, s)| *d += s);
-                    }
-                }
-            }
-        }
-    }
-}
-
-/// Output widths below this use the gather-table im2col/col2im: with rows of 1–8 pixels the
-/// per-row slicing and copy calls of the row-wise version cost more than the data movement.
-const NARROW: usize = 16;
-
-/// For each kernel tap (ki, kj) and output pixel, the offset of the input pixel it reads within
-/// a channel plane; reads of padding point one past the plane, where the narrow im2col keeps a
-/// zero (so the gather loop has no branch). Same for every channel and image.
-fn gather_table(g: &ConvGeom) -> Vec<u32> {
-    let ([h, w], [kh, kw], [oh, ow]) = (g.in_hw, g.kernel, g.out_hw);
-    let pad_slot = (h * w) as u32;
-    let mut table = Vec::with_capacity(kh * kw * oh * ow);
-    for ki in 0..kh {
-        for kj in 0..kw {
-            for oy in 0..oh {
-                let iy = source_row(oy, ki, g.stride[0], g.pad[0], h);
-                for ox in 0..ow {
-                    let ix = source_row(ox, kj, g.stride[1], g.pad[1], w);
-                    table.push(iy.zip(ix).map_or(pad_slot, |(y, x)| (y * w + x) as u32));
-                }
-            }
-        }
-    }
-    table
-}
-
-fn im2col_narrow(g: &ConvGeom, img: &[f32], col: &mut [f32], ld: usize, offset: usize) {
-    let (plane_len, p) = (g.in_hw[0] * g.in_hw[1], g.p());
-    let table = gather_table(g);
-    let taps = g.kernel[0] * g.kernel[1];
-    // The plane plus one zero at `plane_len`, the slot padding reads point to.
-    let mut ext = vec![0.0f32; plane_len + 1];
-    for c in 0..g.cin {
-        ext[..plane_len].copy_from_slice(&img[c * plane_len..][..plane_len]);
-        for t in 0..taps {
-            let dst = &mut col[(c * taps + t) * ld + offset..][..p];
-            for (d, at) in dst.iter_mut().zip(&table[t * p..][..p]) {
-                *d = ext[*at as usize];
-            }
-        }
-    }
-}
-
-fn col2im_narrow(g: &ConvGeom, dcol: &[f32], ld: usize, offset: usize, img: &mut [f32]) {
-    let (plane_len, p) = (g.in_hw[0] * g.in_hw[1], g.p());
-    let table = gather_table(g);
-    let taps = g.kernel[0] * g.kernel[1];
-    // Accumulate into the plane plus a discard slot for the taps that read padding.
-    let mut ext = vec![0.0f32; plane_len + 1];
-    for c in 0..g.cin {
-        let plane = &mut img[c * plane_len..][..plane_len];
-        ext[..plane_len].copy_from_slice(plane);
-        for t in 0..taps {
-            let src = &dcol[(c * taps + t) * ld + offset..][..p];
-            for (v, at) in src.iter().zip(&table[t * p..][..p]) {
-                ext[*at as usize] += v;
-            }
-        }
-        plane.copy_from_slice(&ext[..plane_len]);
-    }
-}
-
-/// The input row read by output row `o` at kernel row `k`, if it lies inside the image.
-fn source_row(o: usize, k: usize, stride: usize, pad: usize, size: usize) -> Option<usize> {
-    (o * stride + k).checked_sub(pad).filter(|&i| i < size)
-}
-
-/// The output columns `lo..hi` whose input column (at kernel column `k`) is inside the image.
-fn valid_columns(k: usize, stride: usize, pad: usize, size: usize, out: usize) -> (usize, usize) {
-    // First o with o·s + k >= pad; last o with o·s + k - pad <= size - 1.
-    let lo = pad.saturating_sub(k).div_ceil(stride).min(out);
-    let hi = if size + pad > k {
-        ((size + pad - k - 1) / stride + 1).min(out)
-    } else {
-        0
-    };
-    (lo, hi.max(lo))
 }
 
 /// Copies images `first..first + imgs` of an NCHW output-shaped tensor into [Cout, imgs·P].
@@ -363,6 +295,109 @@ fn scatter_images(g: &ConvGeom, packed: &[f32], out: &mut [f32], cols: usize) {
     for (i, img) in out.chunks_mut(g.out_len()).enumerate() {
         for c in 0..g.cout {
             img[c * p..][..p].copy_from_slice(&packed[c * cols + i * p..][..p]);
+        }
+    }
+}
+
+/// [`scatter_images`] applying `e` on the way; `first` is the chunk's first image (for the
+/// residual's offset).
+fn scatter_images_then(
+    g: &ConvGeom,
+    packed: &[f32],
+    out: &mut [f32],
+    cols: usize,
+    first: usize,
+    e: &Epilogue,
+) {
+    let p = g.p();
+    for (i, img) in out.chunks_mut(g.out_len()).enumerate() {
+        let residual = e
+            .residual
+            .map(|r| &r[(first + i) * g.out_len()..][..g.out_len()]);
+        for c in 0..g.cout {
+            let dst = &mut img[c * p..][..p];
+            let src = &packed[c * cols + i * p..][..p];
+            let shift = e.shift[c];
+            match residual {
+                Some(r) => {
+                    let r = &r[c * p..][..p];
+                    for ((d, s), r) in dst.iter_mut().zip(src).zip(r) {
+                        *d = *s + shift + *r;
+                    }
+                }
+                None => dst.iter_mut().zip(src).for_each(|(d, s)| *d = *s + shift),
+            }
+            if e.relu {
+                dst.iter_mut().for_each(|d| *d = d.max(0.0));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn values(n: usize, seed: u32) -> Vec<f32> {
+        (0..n)
+            .map(|i| {
+                let h = (i as u32 ^ seed).wrapping_mul(2654435761) >> 8;
+                (h % 2001) as f32 / 1000.0 - 1.0
+            })
+            .collect()
+    }
+
+    fn bits(v: &[f32]) -> Vec<u32> {
+        v.iter().map(|x| x.to_bits()).collect()
+    }
+
+    /// Skipping the taps that read only padding changes no bit of any pass, also when the
+    /// depth (Cin · taps) spans several GEMM depth blocks and the batch several chunks.
+    #[test]
+    fn skipping_padding_taps_gives_the_same_bits_in_every_pass() {
+        if best_path() != Path::Avx512 {
+            eprintln!("no AVX-512 on this CPU: every tap is kept, nothing to compare");
+            return;
+        }
+        // (batch, cin, cout, input, kernel, stride, pad): 1x1 maps (centre tap only), 2x2 -> 1x1
+        // with stride 2 (4 of 9 taps), a strip whose rows only partly reach the image, a 5x5
+        // kernel, a batch of more than one chunk, and one where no tap reaches the image.
+        let cases = [
+            (3, 200, 13, [1, 1], 3, 1, 1),
+            (5, 70, 9, [2, 2], 3, 2, 1),
+            (2, 30, 7, [1, 9], 3, 1, 1),
+            (2, 20, 5, [2, 3], 5, 1, 2),
+            (600, 40, 6, [1, 1], 3, 1, 1),
+            (2, 4, 3, [2, 2], 1, 5, 3),
+        ];
+        for (batch, cin, cout, hw, kernel, stride, pad) in cases {
+            let g = ConvGeom::new(
+                [batch, cin, hw[0], hw[1]],
+                [cout, cin, kernel, kernel],
+                [stride; 2],
+                [pad; 2],
+            )
+            .expect("fits");
+            assert!(!Taps::active(&g).is_every(), "{g:?} should skip taps");
+            let x = values(batch * g.in_len(), 1);
+            let w = values(cout * g.k(), 2);
+            let dy = values(batch * g.out_len(), 3);
+            let name = g.key(batch);
+            assert_eq!(
+                bits(&forward_with(&g, &x, &w, true)),
+                bits(&forward_with(&g, &x, &w, false)),
+                "{name}: forward"
+            );
+            assert_eq!(
+                bits(&grad_input_with(&g, &dy, &w, true)),
+                bits(&grad_input_with(&g, &dy, &w, false)),
+                "{name}: input gradient"
+            );
+            assert_eq!(
+                bits(&grad_weight_with(&g, &x, &dy, true)),
+                bits(&grad_weight_with(&g, &x, &dy, false)),
+                "{name}: weight gradient"
+            );
         }
     }
 }

@@ -11,7 +11,10 @@ use crate::precision::round_bf16_slice;
 
 /// This crate's CPU kernels on the flex backend.
 #[derive(Clone, Copy, Debug)]
-pub(crate) struct FlexKernels;
+pub(crate) struct FlexKernels {
+    /// Leave the kernel taps that read only padding out of the column matrix (same bits).
+    pub skip_taps: bool,
+}
 
 /// A flex tensor's elements as one contiguous f32 buffer (copied only when strided).
 fn contiguous(t: &FlexTensor) -> FlexTensor {
@@ -25,19 +28,19 @@ fn from_vec(data: Vec<f32>, shape: [usize; 4]) -> FlexTensor {
 impl ConvKernels<Flex> for FlexKernels {
     fn forward(&self, x: &FlexTensor, w: &FlexTensor, g: &ConvGeom) -> FlexTensor {
         let (x, w) = (contiguous(x), contiguous(w));
-        let y = cpu::forward(g, x.storage::<f32>(), w.storage::<f32>());
+        let y = cpu::forward_with(g, x.storage::<f32>(), w.storage::<f32>(), self.skip_taps);
         from_vec(y, [g.batch, g.cout, g.out_hw[0], g.out_hw[1]])
     }
 
     fn grad_input(&self, dy: &FlexTensor, w: &FlexTensor, g: &ConvGeom) -> FlexTensor {
         let w = contiguous(w);
-        let dx = cpu::grad_input(g, dy.storage::<f32>(), w.storage::<f32>());
+        let dx = cpu::grad_input_with(g, dy.storage::<f32>(), w.storage::<f32>(), self.skip_taps);
         from_vec(dx, [g.batch, g.cin, g.in_hw[0], g.in_hw[1]])
     }
 
     fn grad_weight(&self, x: &FlexTensor, dy: &FlexTensor, g: &ConvGeom) -> FlexTensor {
         let x = contiguous(x);
-        let dw = cpu::grad_weight(g, x.storage::<f32>(), dy.storage::<f32>());
+        let dw = cpu::grad_weight_with(g, x.storage::<f32>(), dy.storage::<f32>(), self.skip_taps);
         from_vec(dw, [g.cout, g.cin, g.kernel[0], g.kernel[1]])
     }
 

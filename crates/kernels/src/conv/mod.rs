@@ -12,6 +12,9 @@
 //! geom.rs      ConvGeom, the shape every kernel and cache key is built from
 //! autodiff.rs  the convolution as one autodiff node over a ConvKernels implementation
 //! flex.rs      ConvKernels on the CPU, over cpu.rs (im2col + GEMM on slices)
+//! folded.rs    evaluation on the CPU: the BatchNorm after a convolution folded into it
+//! im2col.rs    the CPU column matrix and its adjoint, over the taps of taps.rs
+//! taps.rs      which kernel taps read inside the image (the rest are skipped on the CPU)
 //! cuda/        ConvKernels on CUDA: fixed strategies (gemm.rs), tuned.rs, implicit.rs
 //! dilate.rs    strided input gradient as a stride-1 one (backend-generic, CPU-tested)
 //! wgrad.rs     weight gradient as batched matmuls per kernel tap (backend-generic, CPU-tested)
@@ -25,8 +28,11 @@ pub mod cuda;
 #[cfg(any(test, feature = "cuda"))]
 pub mod dilate;
 mod flex;
+mod folded;
 mod geom;
+mod im2col;
 mod record;
+mod taps;
 pub mod tune_plan;
 #[cfg(any(test, feature = "cuda"))]
 pub mod wgrad;
@@ -43,6 +49,7 @@ use crate::backends::FlexTrain;
 use crate::cast::{cast, float_primitive};
 use crate::choice::{CpuConv, KernelChoice};
 
+pub use folded::{conv2d_bn_eval, folds, BnEval};
 pub use geom::ConvGeom;
 pub use record::record_geometries;
 
@@ -66,7 +73,10 @@ pub fn conv2d<B: Backend>(k: &KernelChoice, conv: &Conv2d<B>, x: Tensor<B, 4>) -
         if k.cpu_conv == CpuConv::Burn {
             return conv.forward(x);
         }
-        return run::<B, Flex, _>(flex::FlexKernels, k, conv, x, geom);
+        let kernels = flex::FlexKernels {
+            skip_taps: k.cpu_conv == CpuConv::Gemm,
+        };
+        return run::<B, Flex, _>(kernels, k, conv, x, geom);
     }
     #[cfg(feature = "cuda")]
     if k.cuda_fixed() {
