@@ -23,7 +23,7 @@
 
 use rayon::prelude::*;
 
-use super::im2col::{col2im, im2col};
+use super::im2col::{col2im, im2col, Layout};
 use super::taps::Taps;
 use super::ConvGeom;
 use crate::scratch::Scratch;
@@ -107,6 +107,7 @@ pub fn forward_then(
     assert_eq!(x.len(), g.batch * g.in_len(), "conv forward: input length");
     assert_eq!(w.len(), g.cout * g.k(), "conv forward: weight length");
     let taps = taps_for(g, skip);
+    let layout = Layout::of(g);
     let compact;
     let (w, blocks) = if taps.is_every() {
         (w, None)
@@ -125,7 +126,7 @@ pub fn forward_then(
             let mut col = Scratch::new(k * cols);
             for i in 0..imgs {
                 let img = &x[(first + i) * g.in_len()..][..g.in_len()];
-                im2col(g, &taps, img, &mut col, cols, i * p);
+                im2col(g, &taps, &layout, img, &mut col, cols, i * p);
             }
             let mut out = Scratch::new(g.cout * cols);
             // out[Cout, cols] = W[Cout, K] · col[K, cols]
@@ -159,6 +160,7 @@ pub fn grad_input_with(g: &ConvGeom, dy: &[f32], w: &[f32], skip: bool) -> Vec<f
     );
     assert_eq!(w.len(), g.cout * g.k(), "conv grad input: weight length");
     let taps = taps_for(g, skip);
+    let layout = Layout::of(g);
     let compact;
     let w = if taps.is_every() {
         w
@@ -187,7 +189,7 @@ pub fn grad_input_with(g: &ConvGeom, dy: &[f32], w: &[f32], skip: bool) -> Vec<f
             );
             for i in 0..imgs {
                 let img = &mut dx_chunk[i * g.in_len()..][..g.in_len()];
-                col2im(g, &taps, &dcol, cols, i * p, img);
+                col2im(g, &taps, &layout, &dcol, cols, i * p, img);
             }
         });
     dx
@@ -216,6 +218,7 @@ pub fn grad_weight_with(g: &ConvGeom, x: &[f32], dy: &[f32], skip: bool) -> Vec<
         "conv grad weight: gradient length"
     );
     let taps = taps_for(g, skip);
+    let layout = Layout::of(g);
     let (k, p, per) = (taps.k(g), g.p(), images_per_chunk(g));
     let chunks: Vec<usize> = (0..g.batch).step_by(per).collect();
     // Contiguous runs of chunks, one per thread, each with its own accumulator.
@@ -231,7 +234,7 @@ pub fn grad_weight_with(g: &ConvGeom, x: &[f32], dy: &[f32], skip: bool) -> Vec<
                 let mut col = Scratch::new(k * cols);
                 for i in 0..imgs {
                     let img = &x[(first + i) * g.in_len()..][..g.in_len()];
-                    im2col(g, &taps, img, &mut col, cols, i * p);
+                    im2col(g, &taps, &layout, img, &mut col, cols, i * p);
                 }
                 let dy_packed = gather_images(g, dy, first, imgs);
                 sgemm_rows(
