@@ -12,6 +12,7 @@
 //! cudnn/         cuDNN for the convolutions and BatchNorm: descriptors, algorithm choice and
 //!                cache (pure, CPU-tested), FFI, per-thread handles and stream ordering
 //! matmul.rs      the classifier's linear op and its matmul-kernel trait
+//! pool.rs        max pooling in evaluation on the CPU (the ImageNet stem's pool)
 //! sgemm.rs       the CPU GEMM the convolutions run on; scratch.rs: its reusable buffers
 //! precision.rs   f32 or bf16 (autocast semantics) convolution arithmetic
 //! tap.rs         gradient taps: the nodes announce parameter gradients as the backward
@@ -33,6 +34,7 @@ mod choice;
 pub mod conv;
 pub mod cudnn;
 pub mod matmul;
+pub mod pool;
 pub mod precision;
 mod scratch;
 mod sgemm;

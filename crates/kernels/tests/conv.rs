@@ -199,3 +199,44 @@ fn the_kernel_choice_selects_the_implementation() {
     );
     assert_ne!(bits(conv::conv2d(&choose(CpuConv::Gemm), &layer, x)), burn);
 }
+
+/// The evaluation max pool equals Burn's bit for bit: the ImageNet stem's 3x3/2 pad 1 on even
+/// and odd sizes, a 2x2/2 unpadded pool, a 3x3/1 pad 1 one, and a 1-pixel plane.
+#[test]
+fn evaluation_max_pool_equals_burns() {
+    use burn::nn::pool::MaxPool2dConfig;
+    use resnet_kernels::pool::max_pool2d;
+    let device = Default::default();
+    for (kernel, stride, pad, hw) in [
+        (3, 2, 1, [16, 16]),
+        (3, 2, 1, [9, 7]),
+        (2, 2, 0, [8, 6]),
+        (3, 1, 1, [5, 5]),
+        (3, 2, 1, [1, 1]),
+    ] {
+        let pool = MaxPool2dConfig::new([kernel; 2])
+            .with_strides([stride; 2])
+            .with_padding(PaddingConfig2d::Explicit(pad, pad, pad, pad))
+            .init();
+        let shape = [3, 5, hw[0], hw[1]];
+        let x = Tensor::<Flex, 4>::from_data(
+            TensorData::new(values(shape.iter().product(), 17), shape),
+            &device,
+        );
+        let bits = |t: Tensor<Flex, 4>| -> Vec<u32> {
+            let v = t.into_data().to_vec::<f32>().expect("f32");
+            v.iter().map(|x| x.to_bits()).collect()
+        };
+        let ours = max_pool2d(&KernelChoice::default(), &pool, x.clone());
+        assert_eq!(
+            ours.dims(),
+            pool.forward(x.clone()).dims(),
+            "k{kernel} s{stride} p{pad} {hw:?}"
+        );
+        assert_eq!(
+            bits(ours),
+            bits(pool.forward(x)),
+            "k{kernel} s{stride} p{pad} {hw:?}"
+        );
+    }
+}

@@ -121,7 +121,7 @@ impl<B: Backend> ResNet<B> {
         let k = &self.kernels;
         let x = self.bn1.after_conv(k, &self.conv1, x, None, true);
         match &self.maxpool {
-            Some(pool) => pool.forward(x),
+            Some(pool) => resnet_kernels::pool::max_pool2d(k, pool, x),
             None => x,
         }
     }
