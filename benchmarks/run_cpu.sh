@@ -7,7 +7,9 @@
 #   all-taps-unfolded  RESNET_CONV=gemm-all-taps RESNET_BN=unfolded
 #                                                 + fused BatchNorm/ReLU (the default until 2026-12-06)
 #   all-taps    RESNET_CONV=gemm-all-taps         + BatchNorm folded into the convolution in eval
-#   default                                       + taps that read only padding skipped (what users get)
+#   burn-optim  RESNET_OPTIM=burn                 + taps that read only padding skipped (2026-12-06)
+#   default                                       + the fused optimizer update (what users get)
+# Every variant but `default` runs Burn's optimizer (RESNET_OPTIM=burn), as they were measured.
 # Writes JSON lines to $OUT (default benchmarks/cpu-results.jsonl).
 #   bash benchmarks/run_cpu.sh            # needs a built `resnet` (cargo build) and torch
 #   VARIANTS=default CASES=r18 bash benchmarks/run_cpu.sh   # just the default build, ResNet-18
@@ -21,11 +23,12 @@ THREADS=$(nproc)
 : > "$OUT"
 variant_env() {
   case "$1" in
-    burn) echo "RESNET_CONV=burn RESNET_BN=burn" ;;
-    gemm-conv) echo "RESNET_CONV=gemm RESNET_BN=burn" ;;
-    all-taps-unfolded) echo "RESNET_CONV=gemm-all-taps RESNET_BN=unfolded" ;;
-    all-taps) echo "RESNET_CONV=gemm-all-taps RESNET_BN=fused" ;;
-    default) echo "RESNET_CONV=gemm RESNET_BN=fused" ;;
+    burn) echo "RESNET_CONV=burn RESNET_BN=burn RESNET_OPTIM=burn" ;;
+    gemm-conv) echo "RESNET_CONV=gemm RESNET_BN=burn RESNET_OPTIM=burn" ;;
+    all-taps-unfolded) echo "RESNET_CONV=gemm-all-taps RESNET_BN=unfolded RESNET_OPTIM=burn" ;;
+    all-taps) echo "RESNET_CONV=gemm-all-taps RESNET_BN=fused RESNET_OPTIM=burn" ;;
+    burn-optim) echo "RESNET_CONV=gemm RESNET_BN=fused RESNET_OPTIM=burn" ;;
+    default) echo "RESNET_CONV=gemm RESNET_BN=fused RESNET_OPTIM=fused" ;;
     *) echo "unknown variant $1" >&2; exit 2 ;;
   esac
 }

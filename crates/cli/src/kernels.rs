@@ -8,6 +8,7 @@
 //! | `--cuda-bn` / `RESNET_CUDA_BN` | CUDA training-mode BatchNorm | cudnn (default with cudnn convolutions), burn (default otherwise) |
 //! | `RESNET_CONV` | CPU convolutions | gemm (default), gemm-all-taps, burn |
 //! | `RESNET_BN` | CPU BatchNorm | fused (default; folded into the convolution in evaluation), unfolded, burn |
+//! | `RESNET_OPTIM` | CPU optimizer update | fused (default; one pass per parameter, Burn's bits), burn |
 //! | `RESNET_CUDA_DGRAD=spread` | experimental strided input gradient with `gemm` | spread |
 //! | `RESNET_CUDA_WGRAD=taps` | experimental weight gradient with `gemm` | taps |
 //! | `--cuda-math` / `RESNET_CUDA_MATH` | cuDNN's f32 arithmetic | tf32 (default), strict |
@@ -18,7 +19,7 @@
 //! (`--conv-precision`), and the trainer applies it.
 
 use anyhow::{bail, Result};
-use resnet_kernels::{CpuBn, CpuConv, CudaBn, CudaConv, CudaMath, KernelChoice};
+use resnet_kernels::{CpuBn, CpuConv, CpuOptim, CudaBn, CudaConv, CudaMath, KernelChoice};
 
 use crate::args::{CudaBnArg, CudaConvArg, CudaMathArg, DeviceArgs};
 
@@ -73,6 +74,11 @@ pub fn choose_with(
             .parse::<CpuBn>()
             .map_err(|e| anyhow::anyhow!("RESNET_BN: {e}"))?;
     }
+    if let Some(v) = parse("RESNET_OPTIM")? {
+        k.cpu_optim = v
+            .parse::<CpuOptim>()
+            .map_err(|e| anyhow::anyhow!("RESNET_OPTIM: {e}"))?;
+    }
     k.cuda_spread_dgrad = switch(&env, "RESNET_CUDA_DGRAD", "spread")?;
     k.cuda_taps_wgrad = switch(&env, "RESNET_CUDA_WGRAD", "taps")?;
     Ok(k)
@@ -110,6 +116,7 @@ mod tests {
         let k = choose_with(&args, env(&[])).expect("defaults");
         assert_eq!(k.cpu_conv, CpuConv::Gemm);
         assert_eq!(k.cpu_bn, CpuBn::Fused);
+        assert_eq!(k.cpu_optim, CpuOptim::Fused);
         assert_eq!(
             (k.cuda_conv, k.cuda_bn),
             (CudaConv::Cudnn, CudaBn::Cudnn),
@@ -131,12 +138,14 @@ mod tests {
             env(&[
                 ("RESNET_CONV", "burn"),
                 ("RESNET_BN", "burn"),
+                ("RESNET_OPTIM", "burn"),
                 ("RESNET_CUDA_DGRAD", "spread"),
                 ("RESNET_CUDA_WGRAD", "taps"),
             ]),
         )
         .expect("overrides");
         assert_eq!((k.cpu_conv, k.cpu_bn), (CpuConv::Burn, CpuBn::Burn));
+        assert_eq!(k.cpu_optim, CpuOptim::Burn);
         assert!(k.cuda_spread_dgrad && k.cuda_taps_wgrad);
 
         let tuned = DeviceArgs {
@@ -182,6 +191,10 @@ mod tests {
             (
                 &[("RESNET_BN", "off")][..],
                 "RESNET_BN: unknown CPU BatchNorm 'off': expected fused, unfolded, burn",
+            ),
+            (
+                &[("RESNET_OPTIM", "sgd")][..],
+                "RESNET_OPTIM: unknown CPU optimizer 'sgd': expected fused, burn",
             ),
             (
                 &[("RESNET_CUDA_WGRAD", "tap")][..],

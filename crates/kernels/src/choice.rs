@@ -83,6 +83,22 @@ impl CpuBn {
     }
 }
 
+/// How the optimizer updates parameters on the CPU.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum CpuOptim {
+    /// One pass over each parameter, in place ([`crate::optim`]): Burn's arithmetic, the
+    /// same bits.
+    #[default]
+    Fused,
+    /// Burn's optimizers: a chain of whole-tensor ops per parameter (for A/B benchmarks).
+    Burn,
+}
+
+named_enum!(CpuOptim, "CPU optimizer", {
+    Fused => "fused",
+    Burn => "burn",
+});
+
 /// How convolutions run on the plain (unfused) CUDA backend.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum CudaConv {
@@ -143,6 +159,8 @@ pub struct KernelChoice {
     pub cpu_conv: CpuConv,
     /// BatchNorm on the CPU.
     pub cpu_bn: CpuBn,
+    /// The optimizer's parameter update on the CPU.
+    pub cpu_optim: CpuOptim,
     /// Convolutions (and the classifier's matmuls) on the plain CUDA backend.
     pub cuda_conv: CudaConv,
     /// Training-mode BatchNorm on the plain CUDA backend.
@@ -174,6 +192,7 @@ impl Default for KernelChoice {
         Self {
             cpu_conv: CpuConv::default(),
             cpu_bn: CpuBn::default(),
+            cpu_optim: CpuOptim::default(),
             cuda_conv: CudaConv::default(),
             cuda_bn: CudaBn::default(),
             cuda_spread_dgrad: false,
@@ -212,6 +231,9 @@ mod tests {
         }
         for v in CpuBn::ALL {
             assert_eq!(v.name().parse::<CpuBn>(), Ok(*v));
+        }
+        for v in CpuOptim::ALL {
+            assert_eq!(v.name().parse::<CpuOptim>(), Ok(*v));
         }
         for v in CudaConv::ALL {
             assert_eq!(v.name().parse::<CudaConv>(), Ok(*v));

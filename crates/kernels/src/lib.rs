@@ -12,6 +12,7 @@
 //! cudnn/         cuDNN for the convolutions and BatchNorm: descriptors, algorithm choice and
 //!                cache (pure, CPU-tested), FFI, per-thread handles and stream ordering
 //! matmul.rs      the classifier's linear op and its matmul-kernel trait
+//! optim.rs       the optimizer update in one pass over each parameter (CPU)
 //! pool.rs        max pooling in evaluation on the CPU (the ImageNet stem's pool)
 //! sgemm.rs       the CPU GEMM the convolutions run on; scratch.rs: its reusable buffers
 //! precision.rs   f32 or bf16 (autocast semantics) convolution arithmetic
@@ -34,6 +35,7 @@ mod choice;
 pub mod conv;
 pub mod cudnn;
 pub mod matmul;
+pub mod optim;
 pub mod pool;
 pub mod precision;
 mod scratch;
@@ -41,7 +43,7 @@ mod sgemm;
 pub mod tap;
 
 pub use choice::{
-    CpuBn, CpuConv, CudaBn, CudaConv, CudaMath, KernelChoice, DEFAULT_CUDNN_WORKSPACE_MB,
+    CpuBn, CpuConv, CpuOptim, CudaBn, CudaConv, CudaMath, KernelChoice, DEFAULT_CUDNN_WORKSPACE_MB,
 };
 pub use conv::ConvGeom;
 pub use precision::ConvPrecision;

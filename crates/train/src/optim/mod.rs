@@ -1,10 +1,16 @@
-//! Optimizers with PyTorch's defaults, chosen at run time, with checkpointable state.
+//! Optimizers with PyTorch's defaults, chosen at run time, with checkpointable state; on the CPU
+//! the update runs fused ([`fused`]), in Burn's arithmetic.
 //!
 //! Burn's defaults differ from PyTorch's in places that silently change training: SGD momentum
 //! dampening (Burn 0.1, PyTorch 0), Adam epsilon (Burn 1e-5, PyTorch 1e-8), AdamW weight decay
 //! (Burn 1e-4, PyTorch 1e-2). Every value is set explicitly here.
 
+mod fused;
+
+use std::any::TypeId;
 use std::path::Path;
+
+use burn::backend::Flex;
 
 use burn::optim::adaptor::OptimizerAdaptor;
 use burn::optim::decay::WeightDecayConfig;
@@ -14,10 +20,13 @@ use burn::optim::{
 };
 use burn::record::{FullPrecisionSettings, NamedMpkFileRecorder, Recorder};
 use burn::tensor::backend::AutodiffBackend;
+use resnet_kernels::optim::UpdateRule;
+use resnet_kernels::CpuOptim;
 use resnet_model::ResNet;
 use serde::{Deserialize, Serialize};
 
 use crate::TrainError;
+pub use fused::FusedOptimizer;
 
 /// Which optimizer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -110,8 +119,18 @@ impl OptimConfig {
         Ok(())
     }
 
-    /// Builds the optimizer for a ResNet on backend `B`.
+    /// Builds the optimizer for a ResNet on backend `B`. Which implementation updates the
+    /// parameters follows the model's [`KernelChoice`](resnet_kernels::KernelChoice) at each
+    /// step (see [`AnyOptimizer`]).
     pub fn init<B: AutodiffBackend>(&self) -> AnyOptimizer<B> {
+        AnyOptimizer {
+            config: self.clone(),
+            imp: Imp::Burn(self.burn()),
+        }
+    }
+
+    /// Burn's optimizer with these settings.
+    fn burn<B: AutodiffBackend>(&self) -> BurnOptim<B> {
         let wd = (self.weight_decay > 0.0).then_some(WeightDecayConfig {
             penalty: self.weight_decay as f32,
         });
@@ -122,14 +141,14 @@ impl OptimConfig {
                     dampening: 0.0,
                     nesterov: self.nesterov,
                 });
-                AnyOptimizer::Sgd(
+                BurnOptim::Sgd(
                     SgdConfig::new()
                         .with_momentum(momentum)
                         .with_weight_decay(wd)
                         .init(),
                 )
             }
-            OptimizerKind::Adam => AnyOptimizer::Adam(
+            OptimizerKind::Adam => BurnOptim::Adam(
                 AdamConfig::new()
                     .with_beta_1(self.beta1 as f32)
                     .with_beta_2(self.beta2 as f32)
@@ -137,7 +156,7 @@ impl OptimConfig {
                     .with_weight_decay(wd)
                     .init(),
             ),
-            OptimizerKind::Adamw => AnyOptimizer::AdamW(
+            OptimizerKind::Adamw => BurnOptim::AdamW(
                 AdamWConfig::new()
                     .with_beta_1(self.beta1 as f32)
                     .with_beta_2(self.beta2 as f32)
@@ -147,11 +166,37 @@ impl OptimConfig {
             ),
         }
     }
+
+    /// The per-element rule of the fused CPU update: the values Burn's optimizer above holds,
+    /// converted as Burn converts them (momentum f64 -> f32, dampening 0 -> factor 1).
+    pub(crate) fn rule(&self) -> UpdateRule {
+        let wd = (self.weight_decay > 0.0).then_some(self.weight_decay as f32);
+        match self.kind {
+            OptimizerKind::Sgd => UpdateRule::Sgd {
+                momentum: (self.momentum > 0.0).then_some(self.momentum as f32),
+                keep: 1.0,
+                nesterov: self.nesterov,
+                weight_decay: wd,
+            },
+            OptimizerKind::Adam => UpdateRule::Adam {
+                beta_1: self.beta1 as f32,
+                beta_2: self.beta2 as f32,
+                epsilon: self.eps as f32,
+                weight_decay: wd,
+            },
+            OptimizerKind::Adamw => UpdateRule::AdamW {
+                beta_1: self.beta1 as f32,
+                beta_2: self.beta2 as f32,
+                epsilon: self.eps as f32,
+                weight_decay: self.weight_decay as f32,
+            },
+        }
+    }
 }
 
-/// One of the supported optimizers over a ResNet.
+/// Burn's optimizer of one kind over a ResNet: the state format of `optim.mpk`.
 #[derive(Clone)]
-pub enum AnyOptimizer<B: AutodiffBackend> {
+pub(crate) enum BurnOptim<B: AutodiffBackend> {
     /// SGD.
     Sgd(OptimizerAdaptor<Sgd<B::InnerBackend>, ResNet<B>, B>),
     /// Adam.
@@ -160,13 +205,59 @@ pub enum AnyOptimizer<B: AutodiffBackend> {
     AdamW(OptimizerAdaptor<AdamW, ResNet<B>, B>),
 }
 
+/// The run's optimizer over a ResNet, with checkpointable state.
+///
+/// Two implementations hold the state: Burn's optimizers (a chain of tensor ops per parameter,
+/// any backend) and, on the CPU, [`FusedOptimizer`] (one in-place pass per parameter, the same
+/// bits). Each step uses the one the model's `KernelChoice::cpu_optim` names, converting the
+/// state once when the choice changes; checkpoints are always written in Burn's format, so
+/// either reads what the other wrote.
+#[derive(Clone)]
+pub struct AnyOptimizer<B: AutodiffBackend> {
+    config: OptimConfig,
+    imp: Imp<B>,
+}
+
+#[derive(Clone)]
+enum Imp<B: AutodiffBackend> {
+    Burn(BurnOptim<B>),
+    Fused(FusedOptimizer<B>),
+}
+
 impl<B: AutodiffBackend> AnyOptimizer<B> {
     /// Applies one update with learning rate `lr`.
     pub fn step(&mut self, lr: f64, model: ResNet<B>, grads: GradientsParams) -> ResNet<B> {
-        match self {
-            AnyOptimizer::Sgd(o) => o.step(lr, model, grads),
-            AnyOptimizer::Adam(o) => o.step(lr, model, grads),
-            AnyOptimizer::AdamW(o) => o.step(lr, model, grads),
+        let fused = model.kernels.cpu_optim == CpuOptim::Fused
+            && TypeId::of::<B::InnerBackend>() == TypeId::of::<Flex>();
+        self.use_fused(fused);
+        match &mut self.imp {
+            Imp::Fused(f) => f.step(lr, model, grads),
+            Imp::Burn(BurnOptim::Sgd(o)) => o.step(lr, model, grads),
+            Imp::Burn(BurnOptim::Adam(o)) => o.step(lr, model, grads),
+            Imp::Burn(BurnOptim::AdamW(o)) => o.step(lr, model, grads),
+        }
+    }
+
+    /// Whether the fused CPU update runs the steps (for tests and logs).
+    pub fn is_fused(&self) -> bool {
+        matches!(self.imp, Imp::Fused(_))
+    }
+
+    /// Moves the state to the implementation asked for (a no-op when it is there already).
+    fn use_fused(&mut self, fused: bool) {
+        let imp = match (&self.imp, fused) {
+            (Imp::Burn(b), true) => Imp::Fused(FusedOptimizer::new(self.config.rule(), b.clone())),
+            (Imp::Fused(f), false) => Imp::Burn(f.to_burn()),
+            _ => return,
+        };
+        self.imp = imp;
+    }
+
+    /// Burn's optimizer holding the current state (the checkpoint format).
+    fn burn_state(&self) -> BurnOptim<B> {
+        match &self.imp {
+            Imp::Burn(b) => b.clone(),
+            Imp::Fused(f) => f.to_burn(),
         }
     }
 
@@ -174,10 +265,10 @@ impl<B: AutodiffBackend> AnyOptimizer<B> {
     pub fn save(&self, path: &Path) -> Result<(), TrainError> {
         // Through `record_io`: Burn's file recorder would hide a full disk's cause.
         let what = "optimizer state";
-        match self {
-            AnyOptimizer::Sgd(o) => crate::record_io::write::<B, _>(path, o.to_record(), what),
-            AnyOptimizer::Adam(o) => crate::record_io::write::<B, _>(path, o.to_record(), what),
-            AnyOptimizer::AdamW(o) => crate::record_io::write::<B, _>(path, o.to_record(), what),
+        match self.burn_state() {
+            BurnOptim::Sgd(o) => crate::record_io::write::<B, _>(path, o.to_record(), what),
+            BurnOptim::Adam(o) => crate::record_io::write::<B, _>(path, o.to_record(), what),
+            BurnOptim::AdamW(o) => crate::record_io::write::<B, _>(path, o.to_record(), what),
         }
     }
 
@@ -190,16 +281,21 @@ impl<B: AutodiffBackend> AnyOptimizer<B> {
                 path.display()
             ))
         };
-        Ok(match self {
-            AnyOptimizer::Sgd(o) => {
-                AnyOptimizer::Sgd(o.load_record(rec.load(path.to_path_buf(), device).map_err(err)?))
+        let burn = match self.config.burn::<B>() {
+            BurnOptim::Sgd(o) => {
+                BurnOptim::Sgd(o.load_record(rec.load(path.to_path_buf(), device).map_err(err)?))
             }
-            AnyOptimizer::Adam(o) => AnyOptimizer::Adam(
-                o.load_record(rec.load(path.to_path_buf(), device).map_err(err)?),
-            ),
-            AnyOptimizer::AdamW(o) => AnyOptimizer::AdamW(
-                o.load_record(rec.load(path.to_path_buf(), device).map_err(err)?),
-            ),
+            BurnOptim::Adam(o) => {
+                BurnOptim::Adam(o.load_record(rec.load(path.to_path_buf(), device).map_err(err)?))
+            }
+            BurnOptim::AdamW(o) => {
+                BurnOptim::AdamW(o.load_record(rec.load(path.to_path_buf(), device).map_err(err)?))
+            }
+        };
+        // The next step moves it to the fused update if the model's kernels ask for that.
+        Ok(Self {
+            config: self.config,
+            imp: Imp::Burn(burn),
         })
     }
 }

@@ -1,0 +1,289 @@
+//! The optimizer update as one pass over each parameter's memory (the CPU's fused optimizer).
+//!
+//! Burn 0.21's optimizers update a parameter with a chain of whole-tensor ops: SGD with momentum
+//! and weight decay is 6 passes over the parameter's size, Adam ~11, each reading and writing
+//! memory and allocating its result. Here every element goes through the same arithmetic in one
+//! pass, in place. The order of the f32 operations is exactly Burn's (each comment quotes the
+//! op chain it reproduces, from `burn-optim` 0.21.0), with the scalars converted as Burn's CPU
+//! backend converts them, so the results are the same bits: the trainer's tests compare the
+//! two on whole models, and the golden hashes did not move.
+//!
+//! Work is split over the rayon pool in fixed chunks; elements are independent, so the split
+//! cannot change a bit.
+
+use std::any::TypeId;
+
+use burn::backend::flex::FlexTensor;
+use burn::backend::Flex;
+use burn::tensor::backend::Backend;
+use burn::tensor::{DType, Tensor, TensorPrimitive};
+use rayon::prelude::*;
+
+use crate::cast::{cast, float_primitive};
+
+/// Elements per rayon task: big enough that a task outweighs its scheduling, small enough that
+/// a 2-core machine splits even a 64-channel 3x3 weight (36K elements).
+const CHUNK: usize = 16 * 1024;
+
+/// One optimizer's per-element rule, with its hyper-parameters as Burn's ops see them.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum UpdateRule {
+    /// SGD with optional momentum (`velocity` state) and L2 weight decay.
+    Sgd {
+        /// Momentum (Burn converts its f64 to the float element: f32); `None`: no momentum.
+        momentum: Option<f32>,
+        /// `1 - dampening`, the factor on the gradient in the velocity update.
+        keep: f32,
+        /// Nesterov momentum.
+        nesterov: bool,
+        /// L2 penalty added to the gradient.
+        weight_decay: Option<f32>,
+    },
+    /// Adam with L2 weight decay added to the gradient (two moment buffers).
+    Adam {
+        /// First-moment decay.
+        beta_1: f32,
+        /// Second-moment decay.
+        beta_2: f32,
+        /// Denominator epsilon.
+        epsilon: f32,
+        /// L2 penalty added to the gradient.
+        weight_decay: Option<f32>,
+    },
+    /// AdamW: decoupled weight decay (two moment buffers).
+    AdamW {
+        /// First-moment decay.
+        beta_1: f32,
+        /// Second-moment decay.
+        beta_2: f32,
+        /// Denominator epsilon.
+        epsilon: f32,
+        /// Decoupled decay rate (multiplied by the learning rate).
+        weight_decay: f32,
+    },
+}
+
+impl UpdateRule {
+    /// How many state buffers of the parameter's size the rule keeps (velocity; moments).
+    pub fn buffers(&self) -> usize {
+        match self {
+            UpdateRule::Sgd { momentum: None, .. } => 0,
+            UpdateRule::Sgd { .. } => 1,
+            UpdateRule::Adam { .. } | UpdateRule::AdamW { .. } => 2,
+        }
+    }
+}
+
+/// One parameter's update: its values, gradient and state, and its step count.
+pub struct ParamUpdate<'a> {
+    /// The parameter, updated in place.
+    pub param: &'a mut [f32],
+    /// Its gradient.
+    pub grad: &'a [f32],
+    /// SGD's velocity, or Adam's first moment (empty when the rule keeps none).
+    pub state_1: &'a mut [f32],
+    /// Adam's second moment (empty otherwise).
+    pub state_2: &'a mut [f32],
+    /// Steps this parameter had before this one (0: the state buffers hold nothing yet, and
+    /// are initialised as Burn initialises its state on a parameter's first step).
+    pub steps_before: usize,
+}
+
+/// Applies `rule` with learning rate `lr` to one parameter (see the module docs).
+///
+/// # Panics
+/// When the slices' lengths disagree with each other or with the rule's buffer count.
+pub fn apply(rule: &UpdateRule, lr: f64, u: ParamUpdate<'_>) {
+    let n = u.param.len();
+    assert_eq!(u.grad.len(), n, "optimizer: gradient length");
+    let want = |k: usize| if rule.buffers() > k { n } else { 0 };
+    assert_eq!(
+        u.state_1.len(),
+        want(0),
+        "optimizer: first state buffer length"
+    );
+    assert_eq!(
+        u.state_2.len(),
+        want(1),
+        "optimizer: second state buffer length"
+    );
+    let first = u.steps_before == 0;
+    // Burn's CPU backend converts every scalar operand to the element type (`as f32`).
+    let lr32 = lr as f32;
+    match *rule {
+        UpdateRule::Sgd {
+            momentum,
+            keep,
+            nesterov,
+            weight_decay,
+        } => {
+            let one = |p: &mut f32, g: f32, v: Option<&mut f32>| {
+                // WeightDecay::transform: tensor.mul_scalar(penalty).add(grad)
+                let g = match weight_decay {
+                    Some(wd) => *p * wd + g,
+                    None => g,
+                };
+                let step = match (momentum, v) {
+                    (Some(m), Some(v)) => {
+                        // Momentum::transform: first step `grad`, then
+                        // grad.mul_scalar(1 - dampening).add(velocity.mul_scalar(momentum))
+                        *v = if first { g } else { g * keep + *v * m };
+                        // Nesterov: velocity.mul_scalar(momentum).add(grad)
+                        if nesterov {
+                            *v * m + g
+                        } else {
+                            *v
+                        }
+                    }
+                    _ => g,
+                };
+                // Sgd::step: tensor - grad.mul_scalar(lr)
+                *p -= step * lr32;
+            };
+            if momentum.is_some() {
+                par3(u.param, u.grad, u.state_1, |p, g, v| {
+                    for ((p, g), v) in p.iter_mut().zip(g).zip(v) {
+                        one(p, *g, Some(v));
+                    }
+                });
+            } else {
+                par3(u.param, u.grad, &mut [], |p, g, _| {
+                    for (p, g) in p.iter_mut().zip(g) {
+                        one(p, *g, None);
+                    }
+                });
+            }
+        }
+        UpdateRule::Adam {
+            beta_1,
+            beta_2,
+            epsilon,
+            weight_decay,
+        } => {
+            // AdaptiveMomentum::transform, with `time` the step count after this step.
+            let time = (u.steps_before + 1) as i32;
+            let bias_correction2_sqrt = (1.0 - beta_2.powi(time)).sqrt();
+            let combined_factor = bias_correction2_sqrt / (1.0 - beta_1.powi(time));
+            let eps = epsilon * bias_correction2_sqrt;
+            par4(u.param, u.grad, u.state_1, u.state_2, |p, g, m, v| {
+                for (((p, g), m), v) in p.iter_mut().zip(g).zip(m).zip(v) {
+                    let g = match weight_decay {
+                        Some(wd) => *p * wd + *g,
+                        None => *g,
+                    };
+                    moments(first, g, m, v, [beta_1, beta_2]);
+                    // moment_1.mul_scalar(cf).div(moment_2.sqrt().add_scalar(eps * bc2s)),
+                    // then tensor - delta.mul_scalar(lr)
+                    let delta = (*m * combined_factor) / (v.sqrt() + eps);
+                    *p -= delta * lr32;
+                }
+            });
+        }
+        UpdateRule::AdamW {
+            beta_1,
+            beta_2,
+            epsilon,
+            weight_decay,
+        } => {
+            let time = (u.steps_before + 1) as i32;
+            let c1 = 1f32 - beta_1.powi(time);
+            let c2 = 1f32 - beta_2.powi(time);
+            // AdamW::step: decay_rate = lr * weight_decay in f64; the tensor times
+            // (1 - decay_rate), skipped when the rate is 0.
+            let decay_rate = lr * (weight_decay as f64);
+            let keep = (decay_rate != 0.0).then_some((1.0 - decay_rate) as f32);
+            par4(u.param, u.grad, u.state_1, u.state_2, |p, g, m, v| {
+                for (((p, g), m), v) in p.iter_mut().zip(g).zip(m).zip(v) {
+                    moments(first, *g, m, v, [beta_1, beta_2]);
+                    // AdaptiveMomentumW: (m / c1).div((v / c2).sqrt().add_scalar(eps))
+                    let delta = (*m / c1) / ((*v / c2).sqrt() + epsilon);
+                    let decayed = match keep {
+                        Some(k) => *p * k,
+                        None => *p,
+                    };
+                    // decayed_tensor - raw_delta.mul_scalar(lr)
+                    *p = decayed - delta * lr32;
+                }
+            });
+        }
+    }
+}
+
+/// Adam's and AdamW's moment update of one element (the same in both, from `burn-optim`):
+/// `moment_1.mul_scalar(beta_1).add(grad.mul_scalar(1 - beta_1))`, on the first step
+/// `grad.mul_scalar(1 - beta_1)`; the same for `moment_2` on `grad.square()`.
+#[inline(always)]
+fn moments(first: bool, g: f32, m: &mut f32, v: &mut f32, [beta_1, beta_2]: [f32; 2]) {
+    let (f1, f2) = (1.0 - beta_1, 1.0 - beta_2);
+    let g2 = g * g;
+    if first {
+        *m = g * f1;
+        *v = g2 * f2;
+    } else {
+        *m = *m * beta_1 + g * f1;
+        *v = *v * beta_2 + g2 * f2;
+    }
+}
+
+/// `f` over matching chunks of a parameter, its gradient and one state buffer (may be empty).
+fn par3(
+    p: &mut [f32],
+    g: &[f32],
+    s: &mut [f32],
+    f: impl Fn(&mut [f32], &[f32], &mut [f32]) + Sync,
+) {
+    if s.is_empty() {
+        p.par_chunks_mut(CHUNK)
+            .zip(g.par_chunks(CHUNK))
+            .for_each(|(p, g)| f(p, g, &mut []));
+    } else {
+        p.par_chunks_mut(CHUNK)
+            .zip(g.par_chunks(CHUNK))
+            .zip(s.par_chunks_mut(CHUNK))
+            .for_each(|((p, g), s)| f(p, g, s));
+    }
+}
+
+/// `f` over matching chunks of a parameter, its gradient and two state buffers.
+fn par4(
+    p: &mut [f32],
+    g: &[f32],
+    a: &mut [f32],
+    b: &mut [f32],
+    f: impl Fn(&mut [f32], &[f32], &mut [f32], &mut [f32]) + Sync,
+) {
+    p.par_chunks_mut(CHUNK)
+        .zip(g.par_chunks(CHUNK))
+        .zip(a.par_chunks_mut(CHUNK))
+        .zip(b.par_chunks_mut(CHUNK))
+        .for_each(|(((p, g), a), b)| f(p, g, a, b));
+}
+
+/// Runs `f` on the f32 memory of `param` (made contiguous and unshared first: a parameter
+/// that a snapshot still shares is copied, never changed under it) and of `grad`, when `B` is
+/// the flex CPU backend and both are f32. Otherwise gives both back untouched.
+pub fn update_flex_param<B: Backend, const D: usize>(
+    param: Tensor<B, D>,
+    grad: Tensor<B, D>,
+    f: impl FnOnce(&mut [f32], &[f32]),
+) -> Result<Tensor<B, D>, (Tensor<B, D>, Tensor<B, D>)> {
+    let usable = TypeId::of::<B>() == TypeId::of::<Flex>()
+        && param.dtype() == DType::F32
+        && grad.dtype() == DType::F32
+        && param.shape() == grad.shape();
+    if !usable {
+        return Err((param, grad));
+    }
+    // `to_contiguous` returns the tensor itself (shared, not copied) when it already owns
+    // exactly its elements; the old handle is dropped before the write, so an unshared
+    // parameter is updated without a copy.
+    let p = cast::<_, FlexTensor>(float_primitive(param)).expect("checked: B is Flex");
+    let mut p = p.to_contiguous();
+    let g = cast::<_, FlexTensor>(float_primitive(grad))
+        .expect("checked: B is Flex")
+        .to_contiguous();
+    f(p.storage_mut::<f32>(), g.storage::<f32>());
+    Ok(Tensor::from_primitive(TensorPrimitive::Float(
+        cast(p).expect("same type"),
+    )))
+}
