@@ -94,6 +94,7 @@ pub struct ParamUpdate<'a> {
 /// # Panics
 /// When the slices' lengths disagree with each other or with the rule's buffer count.
 pub fn apply(rule: &UpdateRule, lr: f64, u: ParamUpdate<'_>) {
+    let lr_f64 = lr;
     let n = u.param.len();
     assert_eq!(u.grad.len(), n, "optimizer: gradient length");
     let want = |k: usize| if rule.buffers() > k { n } else { 0 };
@@ -109,50 +110,54 @@ pub fn apply(rule: &UpdateRule, lr: f64, u: ParamUpdate<'_>) {
     );
     let first = u.steps_before == 0;
     // Burn's CPU backend converts every scalar operand to the element type (`as f32`).
-    let lr32 = lr as f32;
+    let lr = lr as f32;
+    // Each case below is its own loop (const generics), without a branch per element, so the
+    // compiler vectorises it; vector lanes do the same IEEE operations as scalar code.
     match *rule {
         UpdateRule::Sgd {
-            momentum,
+            momentum: Some(momentum),
             keep,
             nesterov,
             weight_decay,
         } => {
-            let one = |p: &mut f32, g: f32, v: Option<&mut f32>| {
-                // WeightDecay::transform: tensor.mul_scalar(penalty).add(grad)
-                let g = match weight_decay {
-                    Some(wd) => *p * wd + g,
-                    None => g,
-                };
-                let step = match (momentum, v) {
-                    (Some(m), Some(v)) => {
-                        // Momentum::transform: first step `grad`, then
-                        // grad.mul_scalar(1 - dampening).add(velocity.mul_scalar(momentum))
-                        *v = if first { g } else { g * keep + *v * m };
-                        // Nesterov: velocity.mul_scalar(momentum).add(grad)
-                        if nesterov {
-                            *v * m + g
-                        } else {
-                            *v
-                        }
-                    }
-                    _ => g,
-                };
-                // Sgd::step: tensor - grad.mul_scalar(lr)
-                *p -= step * lr32;
+            let c = Sgd {
+                lr,
+                wd: weight_decay.unwrap_or(0.0),
+                momentum,
+                keep,
             };
-            if momentum.is_some() {
-                par3(u.param, u.grad, u.state_1, |p, g, v| {
-                    for ((p, g), v) in p.iter_mut().zip(g).zip(v) {
-                        one(p, *g, Some(v));
-                    }
-                });
-            } else {
-                par3(u.param, u.grad, &mut [], |p, g, _| {
-                    for (p, g) in p.iter_mut().zip(g) {
-                        one(p, *g, None);
-                    }
-                });
+            macro_rules! go {
+                ($f:literal, $w:literal, $n:literal) => {
+                    par3(u.param, u.grad, u.state_1, |p, g, v| {
+                        sgd_momentum::<$f, $w, $n>(&c, p, g, v)
+                    })
+                };
             }
+            match (first, weight_decay.is_some(), nesterov) {
+                (false, false, false) => go!(false, false, false),
+                (false, false, true) => go!(false, false, true),
+                (false, true, false) => go!(false, true, false),
+                (false, true, true) => go!(false, true, true),
+                (true, false, false) => go!(true, false, false),
+                (true, false, true) => go!(true, false, true),
+                (true, true, false) => go!(true, true, false),
+                (true, true, true) => go!(true, true, true),
+            }
+        }
+        UpdateRule::Sgd {
+            momentum: None,
+            weight_decay,
+            ..
+        } => {
+            let (wd, has_wd) = (weight_decay.unwrap_or(0.0), weight_decay.is_some());
+            par3(u.param, u.grad, &mut [], |p, g, _| {
+                for (p, g) in p.iter_mut().zip(g) {
+                    // WeightDecay::transform: tensor.mul_scalar(penalty).add(grad)
+                    let g = if has_wd { *p * wd + *g } else { *g };
+                    // Sgd::step: tensor - grad.mul_scalar(lr)
+                    *p -= g * lr;
+                }
+            });
         }
         UpdateRule::Adam {
             beta_1,
@@ -163,21 +168,26 @@ pub fn apply(rule: &UpdateRule, lr: f64, u: ParamUpdate<'_>) {
             // AdaptiveMomentum::transform, with `time` the step count after this step.
             let time = (u.steps_before + 1) as i32;
             let bias_correction2_sqrt = (1.0 - beta_2.powi(time)).sqrt();
-            let combined_factor = bias_correction2_sqrt / (1.0 - beta_1.powi(time));
-            let eps = epsilon * bias_correction2_sqrt;
-            par4(u.param, u.grad, u.state_1, u.state_2, |p, g, m, v| {
-                for (((p, g), m), v) in p.iter_mut().zip(g).zip(m).zip(v) {
-                    let g = match weight_decay {
-                        Some(wd) => *p * wd + *g,
-                        None => *g,
-                    };
-                    moments(first, g, m, v, [beta_1, beta_2]);
-                    // moment_1.mul_scalar(cf).div(moment_2.sqrt().add_scalar(eps * bc2s)),
-                    // then tensor - delta.mul_scalar(lr)
-                    let delta = (*m * combined_factor) / (v.sqrt() + eps);
-                    *p -= delta * lr32;
-                }
-            });
+            let c = Adam {
+                lr,
+                wd: weight_decay.unwrap_or(0.0),
+                betas: [beta_1, beta_2],
+                combined_factor: bias_correction2_sqrt / (1.0 - beta_1.powi(time)),
+                eps: epsilon * bias_correction2_sqrt,
+            };
+            macro_rules! go {
+                ($f:literal, $w:literal) => {
+                    par4(u.param, u.grad, u.state_1, u.state_2, |p, g, m, v| {
+                        adam::<$f, $w>(&c, p, g, m, v)
+                    })
+                };
+            }
+            match (first, weight_decay.is_some()) {
+                (false, false) => go!(false, false),
+                (false, true) => go!(false, true),
+                (true, false) => go!(true, false),
+                (true, true) => go!(true, true),
+            }
         }
         UpdateRule::AdamW {
             beta_1,
@@ -186,26 +196,121 @@ pub fn apply(rule: &UpdateRule, lr: f64, u: ParamUpdate<'_>) {
             weight_decay,
         } => {
             let time = (u.steps_before + 1) as i32;
-            let c1 = 1f32 - beta_1.powi(time);
-            let c2 = 1f32 - beta_2.powi(time);
-            // AdamW::step: decay_rate = lr * weight_decay in f64; the tensor times
-            // (1 - decay_rate), skipped when the rate is 0.
-            let decay_rate = lr * (weight_decay as f64);
-            let keep = (decay_rate != 0.0).then_some((1.0 - decay_rate) as f32);
-            par4(u.param, u.grad, u.state_1, u.state_2, |p, g, m, v| {
-                for (((p, g), m), v) in p.iter_mut().zip(g).zip(m).zip(v) {
-                    moments(first, *g, m, v, [beta_1, beta_2]);
-                    // AdaptiveMomentumW: (m / c1).div((v / c2).sqrt().add_scalar(eps))
-                    let delta = (*m / c1) / ((*v / c2).sqrt() + epsilon);
-                    let decayed = match keep {
-                        Some(k) => *p * k,
-                        None => *p,
-                    };
-                    // decayed_tensor - raw_delta.mul_scalar(lr)
-                    *p = decayed - delta * lr32;
-                }
-            });
+            // AdamW::step: decay_rate = lr * weight_decay in f64 (the f64 learning rate); the
+            // tensor times (1 - decay_rate), skipped when the rate is 0.
+            let decay_rate = lr_f64 * (weight_decay as f64);
+            let c = AdamW {
+                lr,
+                betas: [beta_1, beta_2],
+                c1: 1f32 - beta_1.powi(time),
+                c2: 1f32 - beta_2.powi(time),
+                epsilon,
+                keep: (1.0 - decay_rate) as f32,
+            };
+            macro_rules! go {
+                ($f:literal, $d:literal) => {
+                    par4(u.param, u.grad, u.state_1, u.state_2, |p, g, m, v| {
+                        adamw::<$f, $d>(&c, p, g, m, v)
+                    })
+                };
+            }
+            match (first, decay_rate != 0.0) {
+                (false, false) => go!(false, false),
+                (false, true) => go!(false, true),
+                (true, false) => go!(true, false),
+                (true, true) => go!(true, true),
+            }
         }
+    }
+}
+
+/// SGD's scalars.
+struct Sgd {
+    lr: f32,
+    wd: f32,
+    momentum: f32,
+    keep: f32,
+}
+
+/// SGD with momentum over one chunk.
+#[inline(always)]
+fn sgd_momentum<const FIRST: bool, const WD: bool, const NESTEROV: bool>(
+    c: &Sgd,
+    p: &mut [f32],
+    g: &[f32],
+    v: &mut [f32],
+) {
+    for ((p, g), v) in p.iter_mut().zip(g).zip(v) {
+        // WeightDecay::transform: tensor.mul_scalar(penalty).add(grad)
+        let g = if WD { *p * c.wd + *g } else { *g };
+        // Momentum::transform: first step `grad`, then
+        // grad.mul_scalar(1 - dampening).add(velocity.mul_scalar(momentum))
+        *v = if FIRST {
+            g
+        } else {
+            g * c.keep + *v * c.momentum
+        };
+        // Nesterov: velocity.mul_scalar(momentum).add(grad)
+        let step = if NESTEROV { *v * c.momentum + g } else { *v };
+        // Sgd::step: tensor - grad.mul_scalar(lr)
+        *p -= step * c.lr;
+    }
+}
+
+/// Adam's scalars for one step.
+struct Adam {
+    lr: f32,
+    wd: f32,
+    betas: [f32; 2],
+    combined_factor: f32,
+    eps: f32,
+}
+
+/// Adam over one chunk.
+#[inline(always)]
+fn adam<const FIRST: bool, const WD: bool>(
+    c: &Adam,
+    p: &mut [f32],
+    g: &[f32],
+    m: &mut [f32],
+    v: &mut [f32],
+) {
+    for (((p, g), m), v) in p.iter_mut().zip(g).zip(m).zip(v) {
+        let g = if WD { *p * c.wd + *g } else { *g };
+        moments::<FIRST>(g, m, v, c.betas);
+        // moment_1.mul_scalar(cf).div(moment_2.sqrt().add_scalar(eps * bc2s)),
+        // then tensor - delta.mul_scalar(lr)
+        let delta = (*m * c.combined_factor) / (v.sqrt() + c.eps);
+        *p -= delta * c.lr;
+    }
+}
+
+/// AdamW's scalars for one step.
+struct AdamW {
+    lr: f32,
+    betas: [f32; 2],
+    c1: f32,
+    c2: f32,
+    epsilon: f32,
+    keep: f32,
+}
+
+/// AdamW over one chunk.
+#[inline(always)]
+fn adamw<const FIRST: bool, const DECAY: bool>(
+    c: &AdamW,
+    p: &mut [f32],
+    g: &[f32],
+    m: &mut [f32],
+    v: &mut [f32],
+) {
+    for (((p, g), m), v) in p.iter_mut().zip(g).zip(m).zip(v) {
+        moments::<FIRST>(*g, m, v, c.betas);
+        // AdaptiveMomentumW: (m / c1).div((v / c2).sqrt().add_scalar(eps))
+        let delta = (*m / c.c1) / ((*v / c.c2).sqrt() + c.epsilon);
+        let decayed = if DECAY { *p * c.keep } else { *p };
+        // decayed_tensor - raw_delta.mul_scalar(lr)
+        *p = decayed - delta * c.lr;
     }
 }
 
@@ -213,10 +318,10 @@ pub fn apply(rule: &UpdateRule, lr: f64, u: ParamUpdate<'_>) {
 /// `moment_1.mul_scalar(beta_1).add(grad.mul_scalar(1 - beta_1))`, on the first step
 /// `grad.mul_scalar(1 - beta_1)`; the same for `moment_2` on `grad.square()`.
 #[inline(always)]
-fn moments(first: bool, g: f32, m: &mut f32, v: &mut f32, [beta_1, beta_2]: [f32; 2]) {
+fn moments<const FIRST: bool>(g: f32, m: &mut f32, v: &mut f32, [beta_1, beta_2]: [f32; 2]) {
     let (f1, f2) = (1.0 - beta_1, 1.0 - beta_2);
     let g2 = g * g;
-    if first {
+    if FIRST {
         *m = g * f1;
         *v = g2 * f2;
     } else {
