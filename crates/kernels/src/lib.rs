@@ -13,7 +13,8 @@
 //!                cache (pure, CPU-tested), FFI, per-thread handles and stream ordering
 //! matmul.rs      the classifier's linear op and its matmul-kernel trait
 //! optim.rs       the optimizer update in one pass over each parameter (CPU)
-//! pool.rs        max pooling in evaluation on the CPU (the ImageNet stem's pool)
+//! pool.rs        max pooling on the CPU (the ImageNet stem's pool): evaluation here,
+//!                training's autodiff node in pool_train.rs
 //! sgemm.rs       the CPU GEMM the convolutions run on; scratch.rs: its reusable buffers
 //! precision.rs   f32 or bf16 (autocast semantics) convolution arithmetic
 //! tap.rs         gradient taps: the nodes announce parameter gradients as the backward
@@ -37,6 +38,7 @@ pub mod cudnn;
 pub mod matmul;
 pub mod optim;
 pub mod pool;
+mod pool_train;
 pub mod precision;
 mod scratch;
 mod sgemm;

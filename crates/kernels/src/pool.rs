@@ -7,7 +7,8 @@
 //! time. The values are exactly Burn's: the maximum of the window's elements inside the image
 //! (padding never wins: Burn pads with −∞), found with the same `v > max` comparison from −∞
 //! (so a NaN never wins, as in Burn's loop).
-//! Training keeps Burn's op (its backward needs the indices).
+//! Training (`Autodiff<Flex>`) runs [`crate::pool_train`]'s node: Burn's with-indices values
+//! and gradient, bit for bit, without its 64-bit index loop and single-threaded scatter.
 
 use std::any::TypeId;
 
@@ -16,8 +17,10 @@ use burn::backend::Flex;
 use burn::nn::pool::MaxPool2d;
 use burn::nn::PaddingConfig2d;
 use burn::tensor::backend::Backend;
+use burn::tensor::ops::FloatTensor;
 use burn::tensor::{DType, Tensor, TensorData, TensorPrimitive};
 
+use crate::backends::FlexTrain;
 use crate::cast::{cast, float_primitive};
 use crate::choice::{CpuConv, KernelChoice};
 
@@ -70,7 +73,8 @@ pub fn max_pool2d<B: Backend>(k: &KernelChoice, pool: &MaxPool2d, x: Tensor<B, 4
         }
         _ => None,
     };
-    let ours = TypeId::of::<B>() == TypeId::of::<Flex>()
+    let training = TypeId::of::<B>() == TypeId::of::<FlexTrain>();
+    let ours = (TypeId::of::<B>() == TypeId::of::<Flex>() || training)
         && x.dtype() == DType::F32
         && k.cpu_conv != CpuConv::Burn
         && pool.dilation == [1, 1]
@@ -79,6 +83,12 @@ pub fn max_pool2d<B: Backend>(k: &KernelChoice, pool: &MaxPool2d, x: Tensor<B, 4
     let (true, Some(g)) = (ours, geom) else {
         return pool.forward(x);
     };
+    if training {
+        let x =
+            cast::<_, FloatTensor<FlexTrain>>(float_primitive(x)).expect("checked: B is FlexTrain");
+        let y = crate::pool_train::max_pool2d(x, g);
+        return Tensor::from_primitive(TensorPrimitive::Float(cast(y).expect("same type")));
+    }
     let x = cast::<_, FlexTensor>(float_primitive(x))
         .expect("checked: B is Flex")
         .to_contiguous();

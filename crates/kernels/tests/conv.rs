@@ -240,3 +240,62 @@ fn evaluation_max_pool_equals_burns() {
         );
     }
 }
+
+/// The training max pool (an autodiff node of this crate's) equals Burn's op bit for bit:
+/// values and the input gradient, on inputs full of ties (values rounded to a coarse grid, as
+/// after a ReLU: the first of equal maxima must win) and with NaNs (Burn's rule: a NaN that
+/// comes first in its window stays, a later one never wins), on the shapes above.
+#[test]
+fn training_max_pool_equals_burns_values_and_gradient() {
+    use burn::nn::pool::MaxPool2dConfig;
+    use resnet_kernels::pool::max_pool2d;
+    use resnet_kernels::CpuConv;
+    let device = Default::default();
+    let burn_ops = KernelChoice {
+        cpu_conv: CpuConv::Burn,
+        ..KernelChoice::default()
+    };
+    let bits = |v: Vec<f32>| -> Vec<u32> { v.iter().map(|x| x.to_bits()).collect() };
+    for (kernel, stride, pad, hw, batch) in [
+        (3, 2, 1, [16, 16], 3),
+        (3, 2, 1, [9, 7], 1),
+        (2, 2, 0, [8, 6], 2),
+        (3, 1, 1, [5, 5], 3),
+        (3, 2, 1, [1, 1], 2),
+    ] {
+        let pool = MaxPool2dConfig::new([kernel; 2])
+            .with_strides([stride; 2])
+            .with_padding(PaddingConfig2d::Explicit(pad, pad, pad, pad))
+            .init();
+        let shape = [batch, 4, hw[0], hw[1]];
+        let n: usize = shape.iter().product();
+        let mut v: Vec<f32> = values(n, 23)
+            .into_iter()
+            .map(|x| (x * 3.0).round().max(0.0))
+            .collect();
+        for i in (0..n).step_by(13) {
+            v[i] = f32::NAN;
+        }
+        let run = |k: &KernelChoice| {
+            let x = Tensor::<B, 4>::from_data(TensorData::new(v.clone(), shape), &device)
+                .require_grad();
+            let y = max_pool2d(k, &pool, x.clone());
+            let dims = y.dims();
+            let weights = Tensor::<B, 4>::from_data(
+                TensorData::new(values(dims.iter().product(), 5), dims),
+                &device,
+            );
+            let grads = (y.clone() * weights).sum().backward();
+            let dx = x.grad(&grads).expect("x has a gradient");
+            (
+                y.into_data().to_vec::<f32>().expect("f32"),
+                dx.into_data().to_vec::<f32>().expect("f32"),
+            )
+        };
+        let (y, dx) = run(&KernelChoice::default());
+        let (y_burn, dx_burn) = run(&burn_ops);
+        let case = format!("k{kernel} s{stride} p{pad} {hw:?} batch {batch}");
+        assert_eq!(bits(y), bits(y_burn), "values, {case}");
+        assert_eq!(bits(dx), bits(dx_burn), "input gradient, {case}");
+    }
+}
