@@ -325,3 +325,44 @@ fn image_folder_trains_and_resume_refuses_config_changes_but_not_a_repeated_comm
         "{stderr}"
     );
 }
+
+/// A CPU benchmark line names the kernels that ran, so A/B lines describe themselves, and the
+/// optimizer variant follows `RESNET_OPTIM` (the fused and Burn's updates give the same losses).
+#[test]
+fn bench_lines_name_the_cpu_kernels_and_the_optimizer_variants_agree() {
+    let run = |optim: &str| -> serde_json::Value {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_resnet"))
+            .args([
+                "bench",
+                "--width",
+                "4",
+                "--batch-size",
+                "2",
+                "--warmup",
+                "0",
+                "--steps",
+                "1",
+                "--optimizer",
+                "adam",
+                "--json",
+            ])
+            .env("RESNET_OPTIM", optim)
+            .output()
+            .expect("run resnet");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_str(stdout.trim()).expect("one JSON line")
+    };
+    let fused = run("fused");
+    let burn = run("burn");
+    assert_eq!(fused["cpu_kernels"], "conv=gemm bn=fused optim=fused");
+    assert_eq!(burn["cpu_kernels"], "conv=gemm bn=fused optim=burn");
+    assert_eq!(
+        fused["losses"], burn["losses"],
+        "same bits, so the same losses"
+    );
+}

@@ -75,6 +75,9 @@ pub struct BenchResult {
     pub cuda_bn: Option<String>,
     /// Convolution arithmetic (`--conv-precision`).
     pub conv_precision: String,
+    /// On the CPU, the kernels that ran (`RESNET_CONV`, `RESNET_BN`, `RESNET_OPTIM`), so a
+    /// result line says which A/B variant it is: e.g. `conv=gemm bn=fused optim=fused`.
+    pub cpu_kernels: Option<String>,
     /// CPU threads available to the process.
     pub threads: usize,
     /// Timed steps.
@@ -317,6 +320,16 @@ pub fn run(a: BenchArgs) -> Result<()> {
             crate::device::Selected::Gpu { .. } => Some(k.cuda_bn.name().to_string()),
         },
         conv_precision: precision.name().to_string(),
+        cpu_kernels: match sel {
+            crate::device::Selected::Cpu => Some(format!(
+                "conv={} bn={} optim={}",
+                k.cpu_conv.name(),
+                k.cpu_bn.name(),
+                k.cpu_optim.name()
+            )),
+            #[cfg(feature = "cuda")]
+            crate::device::Selected::Gpu { .. } => None,
+        },
         threads: std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(1),
