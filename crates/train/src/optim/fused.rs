@@ -128,6 +128,15 @@ impl<B: AutodiffBackend> FusedOptimizer<B> {
                 self.state[offset..offset + a.len()].copy_from_slice(&a);
                 self.state[offset + a.len()..offset + a.len() + b.len()].copy_from_slice(&b);
                 steps = s;
+            } else if !a.is_empty() || !b.is_empty() {
+                // (An SGD record without a velocity is Burn's normal "no momentum yet".)
+                tracing::warn!(
+                    parameter = %id,
+                    shape = ?dims,
+                    saved_elements = a.len() + b.len(),
+                    expected_elements = len * bufs,
+                    "optimizer state in the checkpoint does not fit this parameter: its state starts afresh"
+                );
             }
         }
         let slot = Slot {
@@ -198,12 +207,12 @@ fn host_update<Bk: Backend, const D: usize>(
         .into_data()
         .convert::<f32>()
         .into_vec::<f32>()
-        .unwrap_or_default();
+        .expect("converted to f32 above");
     let g = grad
         .into_data()
         .convert::<f32>()
         .into_vec::<f32>()
-        .unwrap_or_default();
+        .expect("converted to f32 above");
     f(&mut p, &g);
     Tensor::from_data(TensorData::new(p, shape).convert_dtype(dtype), &device)
 }
@@ -254,7 +263,7 @@ fn values<Bk: Backend, const D: usize>(t: Tensor<Bk, D>) -> Vec<f32> {
     t.into_data()
         .convert::<f32>()
         .into_vec::<f32>()
-        .unwrap_or_default()
+        .expect("converted to f32 above")
 }
 
 /// A state tensor of `shape` holding `v`.
