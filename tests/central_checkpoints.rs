@@ -7,6 +7,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use resnet_model::BuildResNet;
 use resnet_proto::{CheckpointFiles, ControlPlane, GrpcControlPlane};
 use serde_json::Value;
 

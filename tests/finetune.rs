@@ -8,7 +8,9 @@ use burn::backend::{Autodiff, Flex};
 use burn::module::{AutodiffModule, Module, ModuleVisitor, Param};
 use burn::tensor::Tensor;
 use resnet_data::DataConfig;
-use resnet_model::{export_torchvision_safetensors, import_torchvision, ResNet, ResNetConfig};
+use resnet_model::{
+    export_torchvision_safetensors, import_torchvision, BuildResNet, ResNet, ResNetConfig,
+};
 use resnet_train::{OptimizerKind, Quiet, TrainConfig, Trainer};
 
 type B = Autodiff<Flex>;

@@ -2,7 +2,7 @@
 //! the CIFAR stem changes exactly conv1.
 
 use burn::backend::Flex;
-use resnet_model::{ResNetConfig, Stem};
+use resnet_model::{BuildResNet, ResNetConfig, Stem};
 
 #[test]
 fn trainable_params_match_torchvision() {

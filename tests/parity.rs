@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use burn::backend::{Autodiff, Flex};
 use burn::tensor::{Tensor, TensorData};
-use resnet_model::{import_torchvision, ResNet, ResNetConfig, Stem};
+use resnet_model::{import_torchvision, BuildResNet, ResNet, ResNetConfig, Stem};
 
 type B = Flex;
 type AD = Autodiff<Flex>;

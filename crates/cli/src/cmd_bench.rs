@@ -9,8 +9,10 @@ use burn::optim::GradientsParams;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Distribution, ElementConversion, Tensor};
 use resnet_kernels::{ConvPrecision, KernelChoice};
-use resnet_model::ResNetConfig;
-use resnet_train::{smoothed_targets, soft_cross_entropy, targets_tensor, OptimConfig};
+use resnet_model::{BuildResNet, ResNetConfig};
+use resnet_train::{
+    smoothed_targets, soft_cross_entropy, targets_tensor, BuildOptimizer, OptimConfig,
+};
 use serde::Serialize;
 
 use clap::Args;

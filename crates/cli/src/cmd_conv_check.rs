@@ -19,7 +19,7 @@ use burn::tensor::{Tensor, TensorData};
 use clap::Args;
 use resnet_kernels::conv::{conv2d, record_geometries};
 use resnet_kernels::{ConvGeom, ConvPrecision, CpuBn, CpuConv, CudaConv, CudaMath, KernelChoice};
-use resnet_model::BatchNorm2d;
+use resnet_model::{BatchNorm2d, BuildResNet};
 use serde::Serialize;
 
 use crate::args::{DeviceArgs, ModelShapeArgs};

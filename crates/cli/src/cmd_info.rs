@@ -2,7 +2,7 @@
 
 use anyhow::Result;
 use burn::module::Module;
-use resnet_model::{stage_shapes, ResNetConfig};
+use resnet_model::{stage_shapes, BuildResNet, ResNetConfig};
 use serde_json::json;
 
 use clap::Args;

@@ -18,7 +18,7 @@ use burn::tensor::{Distribution, Tensor, TensorData};
 use clap::Args;
 use resnet_kernels::conv::{self, cpu as kernels};
 use resnet_kernels::{ConvGeom, CpuConv, KernelChoice};
-use resnet_model::{BatchNorm2d, ResNetConfig};
+use resnet_model::{BatchNorm2d, BuildResNet, ResNetConfig};
 use serde::{Deserialize, Serialize};
 
 /// `resnet profile`.

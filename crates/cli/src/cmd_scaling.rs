@@ -17,7 +17,7 @@ use burn::tensor::Tensor;
 use clap::Args;
 use resnet_collective::cost::{self, Compute, Grad, Link, Prediction, Topology};
 use resnet_kernels::{conv, ConvGeom, KernelChoice};
-use resnet_model::ResNetConfig;
+use resnet_model::{BuildResNet, ResNetConfig};
 
 mod calibrate;
 #[cfg(test)]

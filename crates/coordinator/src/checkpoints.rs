@@ -2,7 +2,7 @@
 //! storing with metrics, and serving the resume checkpoint to joining workers.
 
 use resnet_proto::CheckpointFiles;
-use resnet_train::ManifestInfo;
+use resnet_spec::ManifestInfo;
 
 use crate::state::{Coordinator, Refusal};
 use crate::store::Stored;
@@ -58,7 +58,7 @@ impl Coordinator {
     /// logged like a failed store; the refusal to answer with.
     pub fn store_failed(&self, step: Option<u64>, error: String) -> Refusal {
         if let Some(step) = step {
-            self.lock().failed_stores.push(resnet_train::FailedSave {
+            self.lock().failed_stores.push(resnet_spec::FailedSave {
                 step: step as usize,
                 error: error.clone(),
             });
@@ -71,7 +71,7 @@ impl Coordinator {
     fn manifest_info(&self) -> ManifestInfo {
         ManifestInfo {
             world_size: Some(self.lock().members.len()),
-            config_fingerprint: Some(resnet_train::config_fingerprint(&self.cfg.run)),
+            config_fingerprint: Some(resnet_spec::config_fingerprint(&self.cfg.run)),
         }
     }
 
@@ -135,8 +135,8 @@ impl Coordinator {
                 .unwrap_or_else(|p| p.into_inner())
                 .root()
                 .to_path_buf();
-            let dir = root.join(resnet_train::checkpoint::checkpoint_name(step as usize));
-            let m = resnet_train::verify(&dir).map_err(|e| Refusal::Unknown(e.to_string()))?;
+            let dir = root.join(resnet_spec::checkpoint::checkpoint_name(step as usize));
+            let m = resnet_spec::verify(&dir).map_err(|e| Refusal::Unknown(e.to_string()))?;
             (dir, step, m.epoch as u32)
         };
         crate::store::read_checkpoint(&dir, step, epoch).map_err(Refusal::Storage)

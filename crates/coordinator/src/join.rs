@@ -5,7 +5,7 @@
 use std::time::Instant;
 
 use resnet_proto::{Assignment, JoinRequest, PROTOCOL_VERSION};
-use resnet_train::TrainConfig;
+use resnet_spec::TrainConfig;
 
 use crate::state::{Coordinator, Inner, Member, Phase, Refusal};
 
@@ -13,7 +13,7 @@ use crate::state::{Coordinator, Inner, Member, Phase, Refusal};
 /// ring), counted and logged when only some members could have used NCCL.
 pub(crate) fn group_nccl_id(members: &[Member], run: &TrainConfig) -> Vec<u8> {
     // The bf16 gradient wire is the ring's: such a group never gets NCCL.
-    if run.grad_wire != resnet_train::GradWire::F32 {
+    if run.grad_wire != resnet_spec::GradWire::F32 {
         return Vec::new();
     }
     let capable = |m: &Member| m.device.starts_with("cuda") && m.nccl_id.len() == 128;

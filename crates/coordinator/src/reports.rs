@@ -48,8 +48,8 @@ impl Coordinator {
                 inner.step_logged = hb.step;
                 let epoch = inner.epochs.len() + 1;
                 Some((
-                    out.join(resnet_train::STEP_LOG),
-                    resnet_train::step_log::heartbeat_record(
+                    out.join(resnet_spec::STEP_LOG),
+                    resnet_spec::step_log::heartbeat_record(
                         hb.step as usize,
                         epoch,
                         hb.loss,
@@ -61,7 +61,7 @@ impl Coordinator {
         };
         drop(inner);
         if let Some((path, r)) = line {
-            if let Err(e) = resnet_train::step_log::append(&path, &r) {
+            if let Err(e) = resnet_spec::step_log::append(&path, &r) {
                 tracing::warn!(file = %path.display(), error = %e, "cannot write the step metrics (the run goes on; not retried)");
                 self.lock().step_log_failed = true;
             }

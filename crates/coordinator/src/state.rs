@@ -10,7 +10,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use resnet_proto::{EpochReport, Finish};
-use resnet_train::TrainConfig;
+use resnet_spec::TrainConfig;
 use tokio::sync::watch;
 
 use crate::summary::{ClusterEpoch, RunSummary};
@@ -114,7 +114,7 @@ pub(crate) struct Inner {
     /// Step of the newest checkpoint this coordinator stored.
     pub(crate) stored_step: Option<u64>,
     /// Uploads that could not be stored, oldest first.
-    pub(crate) failed_stores: Vec<resnet_train::FailedSave>,
+    pub(crate) failed_stores: Vec<resnet_spec::FailedSave>,
     /// The operator asked the run to stop (SIGTERM): heartbeat replies tell the workers.
     pub(crate) stopping: bool,
     /// Last step written to `steps.jsonl` (from rank 0's heartbeats).
@@ -174,13 +174,13 @@ impl Coordinator {
         crate::metrics::init(cfg.workers);
         let resume = match &cfg.resume {
             Some(dir) => {
-                let m = resnet_train::verify(dir).map_err(|e| e.to_string())?;
+                let m = resnet_spec::verify(dir).map_err(|e| e.to_string())?;
                 Some((dir.clone(), m.step as u64, m.epoch as u32))
             }
             None => None,
         };
         // Uploads are held in memory until verified: no more than this run's checkpoints weigh.
-        let max_bytes = resnet_train::checkpoint_bytes_bound(&cfg.run)
+        let max_bytes = resnet_spec::checkpoint_bytes_bound(&cfg.run)
             .map_err(|e| e.to_string())?
             .min(crate::store::MAX_UPLOAD_BYTES);
         let store = cfg.out.as_ref().map(|o| {
@@ -210,7 +210,7 @@ impl Coordinator {
         if let Some(out) = &cfg.out {
             let step = resume.as_ref().map_or(0, |r| r.1);
             inner.step_logged = step;
-            if let Err(e) = resnet_train::step_log::truncate_after(out, step as usize) {
+            if let Err(e) = resnet_spec::step_log::truncate_after(out, step as usize) {
                 tracing::warn!(error = %e, "cannot trim steps.jsonl to the resumed step");
             }
         }

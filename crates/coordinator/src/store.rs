@@ -7,9 +7,10 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use resnet_proto::CheckpointFiles;
-use resnet_train::checkpoint::{
+use resnet_spec::checkpoint::{
     checkpoint_name, list_checkpoints, prune_except, write_checkpoint_with, ManifestInfo,
 };
+use resnet_spec::SpecError;
 
 /// Largest checkpoint upload the coordinator accepts (ResNet-152 with Adam state is ~0.7 GB).
 pub const MAX_UPLOAD_BYTES: u64 = 16 << 30;
@@ -89,15 +90,14 @@ impl CheckpointStore {
             |d| {
                 for (name, data) in c.files.iter().filter(|(n, _)| n != MANIFEST) {
                     let path = d.join(name);
-                    std::fs::write(&path, data).map_err(|e| {
-                        resnet_train::TrainError::Checkpoint(format!("{}: {e}", path.display()))
-                    })?;
+                    std::fs::write(&path, data)
+                        .map_err(|e| SpecError::Checkpoint(format!("{}: {e}", path.display())))?;
                     bytes += data.len() as u64;
                 }
                 Ok(())
             },
         )
-        .map_err(|e| e.to_string())?;
+        .map_err(|e: SpecError| e.to_string())?;
         Ok(self.after_store(dir, bytes, started))
     }
 
@@ -134,15 +134,14 @@ impl CheckpointStore {
             |d| {
                 for (name, size) in s.files.iter().filter(|(n, _)| n != MANIFEST) {
                     let (from, to) = (s.dir.join(name), d.join(name));
-                    std::fs::rename(&from, &to).map_err(|e| {
-                        resnet_train::TrainError::Checkpoint(format!("{}: {e}", to.display()))
-                    })?;
+                    std::fs::rename(&from, &to)
+                        .map_err(|e| SpecError::Checkpoint(format!("{}: {e}", to.display())))?;
                     bytes += size;
                 }
                 Ok(())
             },
         )
-        .map_err(|e| e.to_string())?;
+        .map_err(|e: SpecError| e.to_string())?;
         Ok(self.after_store(dir, bytes, started))
     }
 
@@ -280,7 +279,7 @@ mod tests {
             .collect();
         assert_eq!(names, ["step-00000040", "step-00000030", "step-00000010"]);
         assert_eq!(store.best(), Some(root.join("step-00000010")));
-        let m = resnet_train::verify(&root.join("step-00000040")).expect("verifies");
+        let m = resnet_spec::verify(&root.join("step-00000040")).expect("verifies");
         assert_eq!(m.world_size, Some(3));
         assert_eq!(m.config_fingerprint.as_deref(), Some("abc"));
         assert_eq!(m.files.len(), 2);
@@ -309,6 +308,6 @@ mod tests {
             .save(&upload(20), &ManifestInfo::default())
             .expect_err("blocked");
         assert!(e.contains("step-00000020"), "{e}");
-        resnet_train::verify(&root.join("step-00000010")).expect("earlier one intact");
+        resnet_spec::verify(&root.join("step-00000010")).expect("earlier one intact");
     }
 }

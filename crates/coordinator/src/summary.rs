@@ -1,7 +1,7 @@
 //! Turning the ranks' exact counts into the cluster's epoch records and run summary.
 
 use resnet_proto::EpochReport;
-use resnet_train::{EvalCounts, EvalReport};
+use resnet_spec::{EvalCounts, EvalReport};
 use serde::{Deserialize, Serialize};
 
 /// One epoch of the whole cluster (all ranks' counts summed).
@@ -82,7 +82,7 @@ pub struct RunSummary {
     pub regroups: Vec<RegroupRecord>,
     /// Checkpoint uploads this coordinator could not store, oldest first.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub failed_checkpoints: Vec<resnet_train::FailedSave>,
+    pub failed_checkpoints: Vec<resnet_spec::FailedSave>,
     /// Step of the newest checkpoint stored centrally (absent: none, or no `--out`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stored_step: Option<u64>,

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use resnet_proto::v1;
 use resnet_proto::v1::trial_assignment::Kind;
-use resnet_train::sweep::{Next, SweepScheduler, TrialResult};
+use resnet_spec::sweep::{Next, SweepScheduler, TrialResult};
 use tonic::{Request, Response, Status};
 
 /// Shared state of a sweep coordinator.

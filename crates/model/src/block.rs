@@ -8,7 +8,7 @@ use burn::tensor::{backend::Backend, Tensor};
 use resnet_kernels::KernelChoice;
 
 use crate::batchnorm::BatchNorm2d;
-use crate::config::{BlockKind, ResNetConfig};
+use resnet_spec::{BlockKind, ResNetConfig};
 
 /// A bias-free convolution initialised as torchvision does:
 /// `kaiming_normal_(mode="fan_out", nonlinearity="relu")`, i.e. std = sqrt(2 / fan_out).

@@ -14,16 +14,15 @@
 
 mod batchnorm;
 mod block;
-mod config;
 mod resnet;
 mod shapes;
 mod weights;
 
 pub use batchnorm::BatchNorm2d;
 pub use block::{Block, Downsample};
-pub use config::{BlockKind, ResNetConfig, Stem};
-pub use resnet::ResNet;
+pub use resnet::{BuildResNet, ResNet};
 pub use resnet_kernels::KernelChoice;
+pub use resnet_spec::{BlockKind, ResNetConfig, Stem};
 pub use shapes::{stage_shapes, StageShape};
 pub use weights::{
     export_torchvision_safetensors, import_backbone, import_torchvision, ImportReport,
@@ -43,4 +42,14 @@ pub enum ModelError {
         /// What went wrong.
         message: String,
     },
+}
+
+impl From<resnet_spec::SpecError> for ModelError {
+    /// The configuration's own checks (`ResNetConfig::validate`) keep their message.
+    fn from(e: resnet_spec::SpecError) -> Self {
+        match e {
+            resnet_spec::SpecError::Model(m) => ModelError::Config(m),
+            other => ModelError::Config(other.to_string()),
+        }
+    }
 }

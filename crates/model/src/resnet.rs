@@ -10,8 +10,8 @@ use resnet_kernels::KernelChoice;
 
 use crate::batchnorm::BatchNorm2d;
 use crate::block::{bn, conv, Block};
-use crate::config::{ResNetConfig, Stem};
 use crate::ModelError;
+use resnet_spec::{ResNetConfig, Stem};
 
 /// ResNet 18/34/50/101/152 with torchvision's module names
 /// (`conv1 bn1 layer1..layer4 fc`; `maxpool` has no parameters).
@@ -41,9 +41,15 @@ pub struct ResNet<B: Backend> {
     pub kernels: KernelChoice,
 }
 
-impl ResNetConfig {
+/// Builds a network from its configuration: `cfg.init::<B>(&device)`. A trait because the
+/// configuration is the Burn-free [`ResNetConfig`] of `resnet-spec`.
+pub trait BuildResNet {
     /// Builds the network with freshly initialised weights on `device`.
-    pub fn init<B: Backend>(&self, device: &B::Device) -> Result<ResNet<B>, ModelError> {
+    fn init<B: Backend>(&self, device: &B::Device) -> Result<ResNet<B>, ModelError>;
+}
+
+impl BuildResNet for ResNetConfig {
+    fn init<B: Backend>(&self, device: &B::Device) -> Result<ResNet<B>, ModelError> {
         self.validate()?;
         let (blocks, kind) = self.stage_plan()?;
         let w = self.width;

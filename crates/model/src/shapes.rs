@@ -2,8 +2,8 @@
 
 use serde::Serialize;
 
-use crate::config::{ResNetConfig, Stem};
 use crate::ModelError;
+use resnet_spec::{ResNetConfig, Stem};
 
 /// The shape of one named stage's output for a single image, `[C, H, W]`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

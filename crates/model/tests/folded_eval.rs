@@ -7,7 +7,7 @@ use burn::backend::Flex;
 use burn::module::Param;
 use burn::tensor::{Distribution, Tensor};
 use resnet_kernels::{CpuBn, CpuConv, KernelChoice};
-use resnet_model::{ResNet, ResNetConfig, Stem};
+use resnet_model::{BuildResNet, ResNet, ResNetConfig, Stem};
 
 type B = Flex;
 

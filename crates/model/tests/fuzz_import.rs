@@ -3,7 +3,7 @@
 
 use burn::backend::Flex;
 use proptest::prelude::*;
-use resnet_model::{import_torchvision, ResNetConfig};
+use resnet_model::{import_torchvision, BuildResNet, ResNetConfig};
 
 type B = Flex;
 

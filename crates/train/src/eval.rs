@@ -8,7 +8,7 @@ use resnet_data::{
 };
 use resnet_model::ResNet;
 
-use crate::metrics::{count_batch, EvalCounts};
+use crate::{count_batch, EvalCounts};
 
 /// A host batch as an input tensor `[n, 3, h, w]`.
 pub fn batch_tensor<B: Backend>(batch: &Batch, device: &B::Device) -> Tensor<B, 4> {

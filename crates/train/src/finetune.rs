@@ -7,113 +7,61 @@
 //! with two learning rates over disjoint parameter sets (per-parameter state is keyed by id, so
 //! momentum and Adam moments are unaffected by the split).
 
-use std::path::PathBuf;
-
 use burn::module::{Module, ModuleVisitor, Param};
 use burn::optim::GradientsParams;
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::Tensor;
 use resnet_model::ResNet;
-use serde::{Deserialize, Serialize};
 
-use crate::TrainError;
+use crate::FinetuneConfig;
+use resnet_spec::FREEZABLE;
 
-/// Parts of the network that can be frozen, by torchvision name.
-pub const FREEZABLE: [&str; 5] = ["stem", "layer1", "layer2", "layer3", "layer4"];
-
-/// Fine-tuning settings; all off by default.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct FinetuneConfig {
-    /// torchvision ResNet weights (`.pth`, `.pt` or `.safetensors`, any head size) to start from;
-    /// the classifier is freshly initialised for the dataset's classes. Default: none.
-    pub pretrained: Option<PathBuf>,
-    /// Parts whose parameters and BatchNorm statistics stay fixed: any of `stem` (conv1 + bn1),
-    /// `layer1` .. `layer4`. The classifier always trains. Default: none.
-    pub freeze: Vec<String>,
-    /// Backbone LR = scheduled LR x this (the head gets the scheduled LR). Default 1.
-    pub backbone_lr_scale: f64,
-}
-
-impl Default for FinetuneConfig {
-    fn default() -> Self {
-        Self {
-            pretrained: None,
-            freeze: Vec::new(),
-            backbone_lr_scale: 1.0,
-        }
+/// Freezes the BatchNorm statistics of the parts `cfg` freezes.
+pub fn freeze_batchnorm<B: AutodiffBackend>(
+    cfg: &FinetuneConfig,
+    mut model: ResNet<B>,
+) -> ResNet<B> {
+    if cfg.freezes("stem") {
+        model.bn1.frozen_stats = true;
     }
-}
-
-impl FinetuneConfig {
-    /// Checks names and ranges; errors name the field.
-    pub fn validate(&self) -> Result<(), TrainError> {
-        for f in &self.freeze {
-            if !FREEZABLE.contains(&f.as_str()) {
-                return Err(TrainError::Config(format!(
-                    "finetune.freeze: unknown part '{f}', expected any of {}",
-                    FREEZABLE.join(", ")
-                )));
-            }
-        }
-        let s = self.backbone_lr_scale;
-        if !(s >= 0.0) || !s.is_finite() {
-            return Err(TrainError::Config(
-                "finetune.backbone_lr_scale must be >= 0".into(),
-            ));
-        }
-        Ok(())
-    }
-
-    /// True when the optimizer must run separately for the head.
-    pub fn splits_head(&self) -> bool {
-        self.backbone_lr_scale != 1.0
-    }
-
-    /// Freezes the BatchNorm statistics of the frozen parts.
-    pub fn freeze_batchnorm<B: AutodiffBackend>(&self, mut model: ResNet<B>) -> ResNet<B> {
-        if self.freezes("stem") {
-            model.bn1.frozen_stats = true;
-        }
-        for (i, stage) in [
-            &mut model.layer1,
-            &mut model.layer2,
-            &mut model.layer3,
-            &mut model.layer4,
-        ]
-        .into_iter()
-        .enumerate()
-        {
-            if self.freezes(FREEZABLE[i + 1]) {
-                for block in stage.iter_mut() {
-                    for bn in block.batchnorms_mut() {
-                        bn.frozen_stats = true;
-                    }
+    for (i, stage) in [
+        &mut model.layer1,
+        &mut model.layer2,
+        &mut model.layer3,
+        &mut model.layer4,
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        if cfg.freezes(FREEZABLE[i + 1]) {
+            for block in stage.iter_mut() {
+                for bn in block.batchnorms_mut() {
+                    bn.frozen_stats = true;
                 }
             }
         }
-        model
     }
+    model
+}
 
-    fn freezes(&self, part: &str) -> bool {
-        self.freeze.iter().any(|f| f == part)
+/// Drops the gradients of the parameters `cfg` freezes.
+pub fn drop_frozen<B: AutodiffBackend>(
+    cfg: &FinetuneConfig,
+    model: &ResNet<B>,
+    grads: &mut GradientsParams,
+) {
+    if cfg.freeze.is_empty() {
+        return;
     }
-
-    /// Drops the gradients of frozen parameters.
-    pub fn drop_frozen<B: AutodiffBackend>(&self, model: &ResNet<B>, grads: &mut GradientsParams) {
-        if self.freeze.is_empty() {
-            return;
-        }
-        let mut drop = Drop { grads };
-        if self.freezes("stem") {
-            model.conv1.visit(&mut drop);
-            model.bn1.visit(&mut drop);
-        }
-        for (i, stage) in model.stages().into_iter().enumerate() {
-            if self.freezes(FREEZABLE[i + 1]) {
-                for block in stage {
-                    block.visit(&mut drop);
-                }
+    let mut drop = Drop { grads };
+    if cfg.freezes("stem") {
+        model.conv1.visit(&mut drop);
+        model.bn1.visit(&mut drop);
+    }
+    for (i, stage) in model.stages().into_iter().enumerate() {
+        if cfg.freezes(FREEZABLE[i + 1]) {
+            for block in stage {
+                block.visit(&mut drop);
             }
         }
     }

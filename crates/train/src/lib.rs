@@ -1,56 +1,51 @@
-//! Training for resnet-cluster: the step, optimizers with PyTorch's defaults, stateless LR
-//! schedules, soft-target cross-entropy, exact evaluation counts, and an atomic, verified
-//! checkpoint format that resumes bit-exactly.
+//! Training for resnet-cluster: the step, optimizers with PyTorch's defaults, soft-target
+//! cross-entropy, evaluation, data-parallel synchronisation, and checkpoints that resume
+//! bit-exactly. What a run is without tensors (its configuration, checkpoint manifest, records,
+//! LR schedules, sweep plan) is `resnet-spec`, re-exported here.
 //!
 //! The crate is generic over the Burn backend; the binaries choose the device.
 
 pub mod buckets;
-pub mod checkpoint;
-mod config;
 mod dropout;
 mod eval;
 mod finetune;
 mod guard;
 mod hash;
 mod loss;
-mod metrics;
 mod mix;
+mod observer;
 mod optim;
 mod parallel;
 pub mod record_io;
-mod records;
 mod saves;
-mod schedule;
-pub mod step_log;
-pub mod sweep;
 mod trainer;
 mod warmup;
 
-pub use checkpoint::{
-    config_fingerprint, list_checkpoints, resolve_checkpoint, verify, Manifest, ManifestInfo,
-    FORMAT_VERSION,
+// The run without tensors (configuration, checkpoint manifest, records, step log, sweep plan,
+// evaluation counts) is `resnet-spec`; re-exported so the trainer's users find it here too.
+pub use resnet_spec::{argmax, count_batch, ClassMetrics, EvalCounts, EvalReport};
+pub use resnet_spec::{
+    checkpoint, checkpoint_bytes_bound, config_fingerprint, list_checkpoints, resolve_checkpoint,
+    step_log, sweep, verify, CheckpointInfo, EpochCounts, EpochRecord, EvalSummary, FailedSave,
+    FinetuneConfig, GradWire, Manifest, ManifestInfo, MixConfig, MixDraw, NonFinitePolicy,
+    OptimConfig, OptimizerKind, ScheduleConfig, ScheduleKind, SpecError, StepLog, StepRecord,
+    StepStats, StepTiming, TrainConfig, TrainState, TrainSummary, DEFAULT_BUCKET_MB,
+    DEFAULT_STEP_METRICS_EVERY, FORMAT_VERSION, FREEZABLE, STEP_LOG,
 };
-pub use config::{TrainConfig, DEFAULT_BUCKET_MB};
+
 pub use eval::{batch_tensor, evaluate, predict};
-pub use finetune::{take_head_grads, FinetuneConfig, FREEZABLE};
-pub use guard::{Guard, NonFinitePolicy, Verdict, MAX_CONSECUTIVE_SKIPS, MAX_ROLLBACKS};
+pub use finetune::{drop_frozen, freeze_batchnorm, take_head_grads};
+pub use guard::{Guard, Verdict, MAX_CONSECUTIVE_SKIPS, MAX_ROLLBACKS};
 pub use hash::param_hash;
 pub use loss::{smoothed_targets, soft_cross_entropy, targets_tensor};
-pub use metrics::{argmax, count_batch, ClassMetrics, EvalCounts, EvalReport};
-pub use mix::{mix_images, mixed_targets, MixConfig, MixDraw};
-pub use optim::{AnyOptimizer, OptimConfig, OptimizerKind};
+pub use mix::{mix_images, mixed_targets};
+pub use observer::{Quiet, TrainObserver};
+pub use optim::{AnyOptimizer, BuildOptimizer};
 pub use parallel::{
-    broadcast_model, sync_batchnorm, sync_gradients, sync_gradients_with, GradSync, GradWire,
-    SyncError, Synced,
+    broadcast_model, sync_batchnorm, sync_gradients, sync_gradients_with, GradSync, SyncError,
+    Synced,
 };
-pub use record_io::checkpoint_bytes_bound;
-pub use records::{
-    CheckpointInfo, EpochCounts, EpochRecord, EvalSummary, Quiet, StepStats, StepTiming,
-    TrainObserver, TrainState, TrainSummary,
-};
-pub use saves::{FailedSave, DEFAULT_MAX_CHECKPOINT_FAILURES};
-pub use schedule::{ScheduleConfig, ScheduleKind};
-pub use step_log::{StepLog, StepRecord, DEFAULT_STEP_METRICS_EVERY, STEP_LOG};
+pub use saves::DEFAULT_MAX_CHECKPOINT_FAILURES;
 pub use trainer::{load_model, load_state, Trainer};
 pub use warmup::{warm_up, WarmUp};
 
@@ -101,4 +96,17 @@ pub enum TrainError {
         /// Which rule stopped the run.
         why: String,
     },
+}
+
+impl From<SpecError> for TrainError {
+    /// The same variant and message as before the run's files moved to `resnet-spec`.
+    fn from(e: SpecError) -> Self {
+        match e {
+            SpecError::Config(m) => TrainError::Config(m),
+            // `TrainConfig::validate` wraps model errors into `Config`; elsewhere a model
+            // configuration error reads as the model crate writes it.
+            SpecError::Model(_) => TrainError::Config(e.to_string()),
+            SpecError::Checkpoint(m) => TrainError::Checkpoint(m),
+        }
+    }
 }

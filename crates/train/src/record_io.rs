@@ -91,27 +91,6 @@ pub fn check_fits<B: Backend, M: Module<B>>(bytes: &[u8], model: &M) -> Result<(
     Ok(())
 }
 
-/// An upper bound on the bytes of one checkpoint of a run with `cfg`: twice its tensors (the
-/// model, BatchNorm statistics and the optimizer's slots per parameter, as f32) plus 64 MiB for
-/// `state.json` and encoding. Checkpoint uploads and downloads above it are refused before any
-/// memory is committed to them. Builds the model lazily: no parameter is allocated.
-pub fn checkpoint_bytes_bound(cfg: &crate::TrainConfig) -> Result<u64, crate::TrainError> {
-    let model = cfg
-        .model
-        .init::<burn::backend::Flex>(&Default::default())
-        .map_err(|e| crate::TrainError::Config(e.to_string()))?;
-    let elems: u64 = model_shapes::<burn::backend::Flex, _>(&model)
-        .iter()
-        .map(|s| s.iter().product::<usize>() as u64)
-        .sum();
-    let slots = match cfg.optim.kind {
-        crate::OptimizerKind::Sgd if cfg.optim.momentum > 0.0 => 1,
-        crate::OptimizerKind::Sgd => 0,
-        crate::OptimizerKind::Adam | crate::OptimizerKind::Adamw => 2,
-    };
-    Ok(2 * elems * 4 * (1 + slots) + (64 << 20))
-}
-
 /// Collects the value of every `shape` key, depth first, skipping everything else.
 struct Shapes<'a>(&'a mut Vec<Vec<usize>>);
 
@@ -175,9 +154,10 @@ impl<'de> Visitor<'de> for Shapes<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::checkpoint_bytes_bound;
     use burn::backend::Flex;
     use burn::module::Module;
-    use resnet_model::ResNetConfig;
+    use resnet_model::{BuildResNet, ResNetConfig};
 
     type B = Flex;
 
@@ -296,5 +276,27 @@ mod tests {
         assert!((400 << 20..600 << 20).contains(&r50), "{r50}");
         cfg.optim.kind = crate::OptimizerKind::Adamw;
         assert!(checkpoint_bytes_bound(&cfg).expect("bound") > r50);
+    }
+
+    #[test]
+    fn the_counted_tensor_elements_are_those_of_the_burn_models_record() {
+        // The bound above counts from the configuration (the coordinator links no Burn); the
+        // count must be the record's, for every depth, both stems and a width that is not 64.
+        for depth in [18, 34, 50, 101, 152] {
+            for stem in [resnet_model::Stem::Cifar, resnet_model::Stem::Imagenet] {
+                let cfg = resnet_model::ResNetConfig {
+                    stem,
+                    width: 8,
+                    ..resnet_model::ResNetConfig::new(depth, 7)
+                };
+                let model = cfg.init::<B>(&Default::default()).expect("model");
+                let record: u64 = model_shapes::<B, _>(&model)
+                    .iter()
+                    .map(|s| s.iter().product::<usize>() as u64)
+                    .sum();
+                let counted = cfg.tensor_elements().expect("count");
+                assert_eq!(counted, record, "ResNet-{depth} {stem}");
+            }
+        }
     }
 }

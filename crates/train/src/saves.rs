@@ -10,10 +10,8 @@
 use std::path::Path;
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
-
 use crate::checkpoint::list_checkpoints;
-use crate::TrainError;
+use crate::{FailedSave, TrainError};
 
 /// Consecutive failed checkpoints after which `resnet train` stops (`--max-checkpoint-failures`).
 pub const DEFAULT_MAX_CHECKPOINT_FAILURES: usize = 3;
@@ -23,15 +21,6 @@ pub(crate) const SAVE_ATTEMPTS: usize = 2;
 
 /// Pause before the retry.
 pub(crate) const RETRY_PAUSE: Duration = Duration::from_millis(500);
-
-/// One checkpoint that could not be written, as `summary.json` lists it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct FailedSave {
-    /// The step it was taken at.
-    pub step: usize,
-    /// Why the last attempt failed (names the file and the operating system's cause).
-    pub error: String,
-}
 
 /// The failed checkpoints of this process and the stop rule.
 #[derive(Debug, Clone, Default)]

@@ -8,10 +8,10 @@ use burn::module::{Module, ModuleVisitor, Param};
 use burn::optim::GradientsParams;
 use burn::tensor::{Tensor, TensorData};
 use resnet_kernels::{CpuOptim, KernelChoice};
-use resnet_model::{ResNet, ResNetConfig};
+use resnet_model::{BuildResNet, ResNet, ResNetConfig};
 use resnet_train::{
     smoothed_targets, soft_cross_entropy, take_head_grads, targets_tensor, AnyOptimizer,
-    OptimConfig, OptimizerKind,
+    BuildOptimizer, OptimConfig, OptimizerKind,
 };
 
 type B = Autodiff<Flex>;

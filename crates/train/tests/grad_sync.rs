@@ -11,7 +11,7 @@ use burn::module::{Module, ModuleVisitor, Param};
 use burn::optim::GradientsParams;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Distribution, Tensor};
-use resnet_model::{ResNet, ResNetConfig};
+use resnet_model::{BuildResNet, ResNet, ResNetConfig};
 use resnet_train::{sync_gradients_with, GradSync, GradWire, SyncError, TrainError};
 
 type B = Autodiff<Flex>;

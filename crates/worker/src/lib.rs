@@ -50,3 +50,10 @@ pub enum WorkerError {
         source: std::io::Error,
     },
 }
+
+impl From<resnet_train::SpecError> for WorkerError {
+    /// A checkpoint or configuration file's error reads as the trainer reports it.
+    fn from(e: resnet_train::SpecError) -> Self {
+        WorkerError::Train(e.into())
+    }
+}

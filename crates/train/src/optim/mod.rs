@@ -3,7 +3,8 @@
 //!
 //! Burn's defaults differ from PyTorch's in places that silently change training: SGD momentum
 //! dampening (Burn 0.1, PyTorch 0), Adam epsilon (Burn 1e-5, PyTorch 1e-8), AdamW weight decay
-//! (Burn 1e-4, PyTorch 1e-2). Every value is set explicitly here.
+//! (Burn 1e-4, PyTorch 1e-2). Every value is set explicitly here, from the settings in
+//! [`OptimConfig`].
 
 mod fused;
 
@@ -12,6 +13,8 @@ use std::path::Path;
 
 use burn::backend::Flex;
 
+use crate::TrainError;
+use crate::{OptimConfig, OptimizerKind};
 use burn::optim::adaptor::OptimizerAdaptor;
 use burn::optim::decay::WeightDecayConfig;
 use burn::optim::momentum::MomentumConfig;
@@ -20,177 +23,90 @@ use burn::optim::{
 };
 use burn::record::{FullPrecisionSettings, NamedMpkFileRecorder, Recorder};
 use burn::tensor::backend::AutodiffBackend;
+pub use fused::FusedOptimizer;
 use resnet_kernels::optim::UpdateRule;
 use resnet_kernels::CpuOptim;
 use resnet_model::ResNet;
-use serde::{Deserialize, Serialize};
 
-use crate::TrainError;
-pub use fused::FusedOptimizer;
-
-/// Which optimizer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum OptimizerKind {
-    /// SGD with (Nesterov) momentum and L2 weight decay.
-    #[default]
-    Sgd,
-    /// Adam with L2 weight decay added to the gradient (PyTorch `Adam(weight_decay=...)`).
-    Adam,
-    /// AdamW: decoupled weight decay.
-    Adamw,
-}
-
-impl std::str::FromStr for OptimizerKind {
-    type Err = TrainError;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s.to_ascii_lowercase().as_str() {
-            "sgd" => Ok(Self::Sgd),
-            "adam" => Ok(Self::Adam),
-            "adamw" => Ok(Self::Adamw),
-            o => Err(TrainError::Config(format!(
-                "unknown optimizer '{o}', expected sgd, adam or adamw"
-            ))),
-        }
-    }
-}
-
-/// Optimizer configuration; every field has a documented default.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct OptimConfig {
-    /// Optimizer. Default `sgd`.
-    pub kind: OptimizerKind,
-    /// Base learning rate (before the schedule). Default 0.1 (SGD on CIFAR, batch 128).
-    pub lr: f64,
-    /// SGD momentum; 0 disables. Default 0.9.
-    pub momentum: f64,
-    /// Nesterov momentum. Default false.
-    pub nesterov: bool,
-    /// Weight decay: L2 for SGD/Adam, decoupled for AdamW. Default 5e-4.
-    pub weight_decay: f64,
-    /// Adam beta1. Default 0.9.
-    pub beta1: f64,
-    /// Adam beta2. Default 0.999.
-    pub beta2: f64,
-    /// Adam epsilon. Default 1e-8 (PyTorch; Burn's own default is 1e-5).
-    pub eps: f64,
-}
-
-impl Default for OptimConfig {
-    fn default() -> Self {
-        Self {
-            kind: OptimizerKind::Sgd,
-            lr: 0.1,
-            momentum: 0.9,
-            nesterov: false,
-            weight_decay: 5e-4,
-            beta1: 0.9,
-            beta2: 0.999,
-            eps: 1e-8,
-        }
-    }
-}
-
-impl OptimConfig {
-    /// Checks ranges; errors name the field.
-    pub fn validate(&self) -> Result<(), TrainError> {
-        let bad = |f: &str, w: &str| Err(TrainError::Config(format!("optim.{f}: {w}")));
-        // `!(x > 0.0)` also refuses NaN; infinity is refused by name (an infinite LR passed
-        // validation once and trained on NaN).
-        if !(self.lr > 0.0) || !self.lr.is_finite() {
-            return bad("lr", "must be a finite number > 0");
-        }
-        if !(0.0..1.0).contains(&self.momentum) {
-            return bad("momentum", "must be in 0..1");
-        }
-        if !(self.weight_decay >= 0.0) || !self.weight_decay.is_finite() {
-            return bad("weight_decay", "must be a finite number >= 0");
-        }
-        if !(self.eps > 0.0) || !self.eps.is_finite() {
-            return bad("eps", "must be a finite number > 0");
-        }
-        if !(0.0..1.0).contains(&self.beta1) || !(0.0..1.0).contains(&self.beta2) {
-            return bad("beta1/beta2", "must be in 0..1");
-        }
-        if self.nesterov && self.momentum == 0.0 {
-            return bad("nesterov", "needs momentum > 0");
-        }
-        Ok(())
-    }
-
+/// Builds the run's optimizer from its settings: `cfg.optim.init::<B>()`. A trait because the
+/// settings are the Burn-free [`OptimConfig`] of `resnet-spec`.
+pub trait BuildOptimizer {
     /// Builds the optimizer for a ResNet on backend `B`. Which implementation updates the
     /// parameters follows the model's [`KernelChoice`](resnet_kernels::KernelChoice) at each
     /// step (see [`AnyOptimizer`]).
-    pub fn init<B: AutodiffBackend>(&self) -> AnyOptimizer<B> {
+    fn init<B: AutodiffBackend>(&self) -> AnyOptimizer<B>;
+}
+
+impl BuildOptimizer for OptimConfig {
+    fn init<B: AutodiffBackend>(&self) -> AnyOptimizer<B> {
         AnyOptimizer {
             config: self.clone(),
-            imp: Imp::Burn(self.burn()),
+            imp: Imp::Burn(burn_optim(self)),
         }
     }
+}
 
-    /// Burn's optimizer with these settings.
-    fn burn<B: AutodiffBackend>(&self) -> BurnOptim<B> {
-        let wd = (self.weight_decay > 0.0).then_some(WeightDecayConfig {
-            penalty: self.weight_decay as f32,
-        });
-        match self.kind {
-            OptimizerKind::Sgd => {
-                let momentum = (self.momentum > 0.0).then_some(MomentumConfig {
-                    momentum: self.momentum,
-                    dampening: 0.0,
-                    nesterov: self.nesterov,
-                });
-                BurnOptim::Sgd(
-                    SgdConfig::new()
-                        .with_momentum(momentum)
-                        .with_weight_decay(wd)
-                        .init(),
-                )
-            }
-            OptimizerKind::Adam => BurnOptim::Adam(
-                AdamConfig::new()
-                    .with_beta_1(self.beta1 as f32)
-                    .with_beta_2(self.beta2 as f32)
-                    .with_epsilon(self.eps as f32)
+/// Burn's optimizer with these settings.
+fn burn_optim<B: AutodiffBackend>(c: &OptimConfig) -> BurnOptim<B> {
+    let wd = (c.weight_decay > 0.0).then_some(WeightDecayConfig {
+        penalty: c.weight_decay as f32,
+    });
+    match c.kind {
+        OptimizerKind::Sgd => {
+            let momentum = (c.momentum > 0.0).then_some(MomentumConfig {
+                momentum: c.momentum,
+                dampening: 0.0,
+                nesterov: c.nesterov,
+            });
+            BurnOptim::Sgd(
+                SgdConfig::new()
+                    .with_momentum(momentum)
                     .with_weight_decay(wd)
                     .init(),
-            ),
-            OptimizerKind::Adamw => BurnOptim::AdamW(
-                AdamWConfig::new()
-                    .with_beta_1(self.beta1 as f32)
-                    .with_beta_2(self.beta2 as f32)
-                    .with_epsilon(self.eps as f32)
-                    .with_weight_decay(self.weight_decay as f32)
-                    .init(),
-            ),
+            )
         }
+        OptimizerKind::Adam => BurnOptim::Adam(
+            AdamConfig::new()
+                .with_beta_1(c.beta1 as f32)
+                .with_beta_2(c.beta2 as f32)
+                .with_epsilon(c.eps as f32)
+                .with_weight_decay(wd)
+                .init(),
+        ),
+        OptimizerKind::Adamw => BurnOptim::AdamW(
+            AdamWConfig::new()
+                .with_beta_1(c.beta1 as f32)
+                .with_beta_2(c.beta2 as f32)
+                .with_epsilon(c.eps as f32)
+                .with_weight_decay(c.weight_decay as f32)
+                .init(),
+        ),
     }
+}
 
-    /// The per-element rule of the fused CPU update: the values Burn's optimizer above holds,
-    /// converted as Burn converts them (momentum f64 -> f32, dampening 0 -> factor 1).
-    pub(crate) fn rule(&self) -> UpdateRule {
-        let wd = (self.weight_decay > 0.0).then_some(self.weight_decay as f32);
-        match self.kind {
-            OptimizerKind::Sgd => UpdateRule::Sgd {
-                momentum: (self.momentum > 0.0).then_some(self.momentum as f32),
-                keep: 1.0,
-                nesterov: self.nesterov,
-                weight_decay: wd,
-            },
-            OptimizerKind::Adam => UpdateRule::Adam {
-                beta_1: self.beta1 as f32,
-                beta_2: self.beta2 as f32,
-                epsilon: self.eps as f32,
-                weight_decay: wd,
-            },
-            OptimizerKind::Adamw => UpdateRule::AdamW {
-                beta_1: self.beta1 as f32,
-                beta_2: self.beta2 as f32,
-                epsilon: self.eps as f32,
-                weight_decay: self.weight_decay as f32,
-            },
-        }
+/// The per-element rule of the fused CPU update: the values Burn's optimizer above holds,
+/// converted as Burn converts them (momentum f64 -> f32, dampening 0 -> factor 1).
+pub(crate) fn rule(c: &OptimConfig) -> UpdateRule {
+    let wd = (c.weight_decay > 0.0).then_some(c.weight_decay as f32);
+    match c.kind {
+        OptimizerKind::Sgd => UpdateRule::Sgd {
+            momentum: (c.momentum > 0.0).then_some(c.momentum as f32),
+            keep: 1.0,
+            nesterov: c.nesterov,
+            weight_decay: wd,
+        },
+        OptimizerKind::Adam => UpdateRule::Adam {
+            beta_1: c.beta1 as f32,
+            beta_2: c.beta2 as f32,
+            epsilon: c.eps as f32,
+            weight_decay: wd,
+        },
+        OptimizerKind::Adamw => UpdateRule::AdamW {
+            beta_1: c.beta1 as f32,
+            beta_2: c.beta2 as f32,
+            epsilon: c.eps as f32,
+            weight_decay: c.weight_decay as f32,
+        },
     }
 }
 
@@ -246,7 +162,7 @@ impl<B: AutodiffBackend> AnyOptimizer<B> {
     /// Moves the state to the implementation asked for (a no-op when it is there already).
     fn use_fused(&mut self, fused: bool) {
         let imp = match (&self.imp, fused) {
-            (Imp::Burn(b), true) => Imp::Fused(FusedOptimizer::new(self.config.rule(), b.clone())),
+            (Imp::Burn(b), true) => Imp::Fused(FusedOptimizer::new(rule(&self.config), b.clone())),
             (Imp::Fused(f), false) => Imp::Burn(f.to_burn()),
             _ => return,
         };
@@ -281,7 +197,7 @@ impl<B: AutodiffBackend> AnyOptimizer<B> {
                 path.display()
             ))
         };
-        let burn = match self.config.burn::<B>() {
+        let burn = match burn_optim::<B>(&self.config) {
             BurnOptim::Sgd(o) => {
                 BurnOptim::Sgd(o.load_record(rec.load(path.to_path_buf(), device).map_err(err)?))
             }

@@ -7,9 +7,9 @@ use burn::tensor::backend::AutodiffBackend;
 use super::saving::write_metrics;
 use super::Trainer;
 use crate::checkpoint::write_json_synced;
-use crate::records::{EpochRecord, EvalSummary, TrainObserver, TrainSummary};
 use crate::saves::lost;
 use crate::{param_hash, ScheduleKind, TrainConfig, TrainError};
+use crate::{EpochRecord, EvalSummary, TrainObserver, TrainSummary};
 
 impl<B: AutodiffBackend> Trainer<B> {
     /// The end of an epoch: statistics synced, its record (with the evaluation, or this rank's

@@ -24,11 +24,12 @@ use resnet_kernels::KernelChoice;
 use resnet_model::ResNet;
 
 use crate::checkpoint::FORMAT_VERSION;
+use crate::finetune::freeze_batchnorm;
 use crate::guard::{Guard, Verdict};
 use crate::parallel::{broadcast_model, GradSync};
-use crate::records::{EpochRecord, StepStats, TrainObserver, TrainState, TrainSummary};
 use crate::saves::SaveLog;
-use crate::{AnyOptimizer, ScheduleKind, TrainConfig, TrainError};
+use crate::{AnyOptimizer, BuildOptimizer, ScheduleKind, TrainConfig, TrainError};
+use crate::{EpochRecord, StepStats, TrainObserver, TrainState, TrainSummary};
 
 mod finish;
 mod overlap;
@@ -114,9 +115,7 @@ impl<B: AutodiffBackend> Trainer<B> {
                 "loaded pretrained backbone; the classifier starts fresh"
             );
         }
-        let model = cfg
-            .finetune
-            .freeze_batchnorm(model.set_frozen_batchnorm(cfg.freeze_bn));
+        let model = freeze_batchnorm(&cfg.finetune, model.set_frozen_batchnorm(cfg.freeze_bn));
         let optim = cfg.optim.init::<B>();
         let state = TrainState {
             format_version: FORMAT_VERSION,
@@ -145,10 +144,10 @@ impl<B: AutodiffBackend> Trainer<B> {
         state.config.validate()?;
         check_classes(&state.config, &splits)?;
         let (model, _) = load_model::<B>(dir, &device)?;
-        let model = state
-            .config
-            .finetune
-            .freeze_batchnorm(model.set_frozen_batchnorm(state.config.freeze_bn));
+        let model = freeze_batchnorm(
+            &state.config.finetune,
+            model.set_frozen_batchnorm(state.config.freeze_bn),
+        );
         let optim = state
             .config
             .optim

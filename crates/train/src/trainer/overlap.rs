@@ -26,7 +26,8 @@ use resnet_model::ResNet;
 
 use super::Trainer;
 use crate::buckets::{bucket_elems, plan, Bucket, FillError, Filler};
-use crate::parallel::{Entry, GradSync, GradWire, Register, SyncError};
+use crate::parallel::{Entry, GradSync, Register, SyncError};
+use crate::GradWire;
 use crate::TrainError;
 
 /// The gradients the step all-reduces: parameters that require one, in module order (the flat

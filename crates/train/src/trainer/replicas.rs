@@ -13,10 +13,10 @@ use resnet_model::ResNet;
 
 use super::Trainer;
 use crate::eval::evaluate;
-use crate::metrics::{EvalCounts, EvalReport};
 use crate::parallel::{sync_batchnorm, GradSync};
-use crate::records::{EpochCounts, TrainState};
 use crate::TrainError;
+use crate::{EpochCounts, TrainState};
+use crate::{EvalCounts, EvalReport};
 
 /// This replica's group: alone, or a rank of `world` with a sync to the others.
 pub(crate) struct Replicas {

@@ -7,11 +7,11 @@ use burn::module::Module;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use resnet_data::Splits;
 use resnet_kernels::KernelChoice;
-use resnet_model::ResNet;
+use resnet_model::{BuildResNet, ResNet};
 
 use crate::checkpoint::{verify, write_json_synced};
 use crate::record_io;
-use crate::records::TrainState;
+use crate::TrainState;
 use crate::{param_hash, TrainConfig, TrainError};
 
 static INIT_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());

@@ -14,10 +14,10 @@ use crate::checkpoint::{
     config_fingerprint, prune, write_checkpoint_with, write_json_synced, ManifestInfo,
 };
 use crate::record_io;
-use crate::records::CheckpointInfo;
-use crate::records::{EpochRecord, TrainObserver, TrainState};
 use crate::saves::{RETRY_PAUSE, SAVE_ATTEMPTS};
+use crate::CheckpointInfo;
 use crate::{AnyOptimizer, NonFinitePolicy, TrainError};
+use crate::{EpochRecord, TrainObserver, TrainState};
 
 /// What `on_nonfinite = rollback` returns to: the state of the newest checkpoint (or epoch end),
 /// kept in memory on every rank (tensors are shared, not copied, until training replaces them).
@@ -133,7 +133,7 @@ impl<B: AutodiffBackend> Trainer<B> {
             let written = write_checkpoint_with(&root, step, epoch, &info, |d| {
                 record_io::write::<B, _>(&d.join("model"), model.clone().into_record(), "model")?;
                 self.optim.save(&d.join("optim"))?;
-                write_json_synced(&d.join("state.json"), &self.state)
+                Ok::<_, TrainError>(write_json_synced(&d.join("state.json"), &self.state)?)
             });
             match written {
                 Ok(dir) => break dir,

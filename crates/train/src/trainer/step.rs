@@ -12,14 +12,14 @@ use resnet_data::Batch;
 use resnet_model::ResNet;
 
 use super::Trainer;
+use crate::argmax;
 use crate::eval::batch_tensor;
-use crate::finetune::take_head_grads;
+use crate::finetune::{drop_frozen, take_head_grads};
 use crate::guard::{nonfinite, Verdict};
 use crate::loss::{smoothed_targets, soft_cross_entropy, targets_tensor};
-use crate::metrics::argmax;
 use crate::mix::{mix_images, mixed_targets};
 use crate::parallel::sync_gradients_with;
-use crate::records::StepTiming;
+use crate::StepTiming;
 use crate::{NonFinitePolicy, TrainError};
 
 /// What the group agreed in a step's all-reduce.
@@ -327,7 +327,7 @@ impl<B: AutodiffBackend> Trainer<B> {
         lr: f64,
     ) -> ResNet<B> {
         let ft = &self.state.config.finetune;
-        ft.drop_frozen(&model, &mut grads);
+        drop_frozen(ft, &model, &mut grads);
         if ft.splits_head() {
             let head = take_head_grads(&model, &mut grads);
             let model = self.optim.step(lr * ft.backbone_lr_scale, model, grads);

@@ -6,7 +6,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::TrainError;
+use crate::SpecError;
 
 /// Shape of the schedule after warm-up.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -32,7 +32,7 @@ pub enum ScheduleKind {
 }
 
 impl std::str::FromStr for ScheduleKind {
-    type Err = TrainError;
+    type Err = SpecError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s.to_ascii_lowercase().replace(['-', '_'], "").as_str() {
             "constant" => Ok(Self::Constant),
@@ -41,7 +41,7 @@ impl std::str::FromStr for ScheduleKind {
             "onecycle" => Ok(Self::Onecycle),
             "cyclic" | "cyclical" | "triangular" => Ok(Self::Cyclic),
             "plateau" | "reduceonplateau" => Ok(Self::Plateau),
-            o => Err(TrainError::Config(format!(
+            o => Err(SpecError::Config(format!(
                 "unknown schedule '{o}', expected constant, step, cosine, onecycle, cyclic or plateau"
             ))),
         }
@@ -166,37 +166,37 @@ impl ScheduleConfig {
     }
 
     /// Checks ranges; errors name the field.
-    pub fn validate(&self) -> Result<(), TrainError> {
+    pub fn validate(&self) -> Result<(), SpecError> {
         if !(self.cycle_epochs > 0.0)
             || !self.cycle_epochs.is_finite()
             || !(0.0..=1.0).contains(&self.cycle_low)
         {
-            return Err(TrainError::Config(
+            return Err(SpecError::Config(
                 "schedule.cycle_epochs must be > 0 and schedule.cycle_low in 0..=1".into(),
             ));
         }
         if !(0.0..1.0).contains(&self.threshold) {
-            return Err(TrainError::Config(
+            return Err(SpecError::Config(
                 "schedule.threshold must be in 0..1".into(),
             ));
         }
         if !(self.warmup_epochs >= 0.0) || !self.warmup_epochs.is_finite() {
-            return Err(TrainError::Config(
+            return Err(SpecError::Config(
                 "schedule.warmup_epochs must be a finite number >= 0".into(),
             ));
         }
         if !(self.gamma > 0.0) || !self.gamma.is_finite() {
-            return Err(TrainError::Config(
+            return Err(SpecError::Config(
                 "schedule.gamma must be a finite number > 0".into(),
             ));
         }
         if !(self.min_lr >= 0.0) || !self.min_lr.is_finite() {
-            return Err(TrainError::Config(
+            return Err(SpecError::Config(
                 "schedule.min_lr must be a finite number >= 0".into(),
             ));
         }
         if !(0.0..1.0).contains(&self.pct_start) {
-            return Err(TrainError::Config(
+            return Err(SpecError::Config(
                 "schedule.pct_start must be in 0..1".into(),
             ));
         }

@@ -5,7 +5,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::Trial;
-use crate::TrainError;
+use crate::SpecError;
 
 /// Search strategy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -19,12 +19,12 @@ pub enum SweepMethod {
 }
 
 impl std::str::FromStr for SweepMethod {
-    type Err = TrainError;
+    type Err = SpecError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s {
             "random" => Ok(Self::Random),
             "halving" | "asha" => Ok(Self::Halving),
-            o => Err(TrainError::Config(format!(
+            o => Err(SpecError::Config(format!(
                 "unknown sweep method '{o}', expected random or halving"
             ))),
         }
@@ -101,17 +101,15 @@ impl SweepScheduler {
         min_epochs: usize,
         eta: usize,
         max_epochs: usize,
-    ) -> Result<Self, TrainError> {
+    ) -> Result<Self, SpecError> {
         if trials.is_empty() {
-            return Err(TrainError::Config(
-                "a sweep needs at least one trial".into(),
-            ));
+            return Err(SpecError::Config("a sweep needs at least one trial".into()));
         }
         let rungs = match method {
             SweepMethod::Random => vec![max_epochs],
             SweepMethod::Halving => {
                 if eta < 2 || min_epochs == 0 || min_epochs > max_epochs {
-                    return Err(TrainError::Config(format!(
+                    return Err(SpecError::Config(format!(
                         "halving needs eta >= 2 and 1 <= min_epochs <= epochs (got eta {eta}, min_epochs {min_epochs}, epochs {max_epochs})"
                     )));
                 }

@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::ModelError;
+use crate::SpecError;
 
 /// How the network looks at its input before the four residual stages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -17,12 +17,12 @@ pub enum Stem {
 }
 
 impl std::str::FromStr for Stem {
-    type Err = ModelError;
+    type Err = SpecError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s.to_ascii_lowercase().as_str() {
             "cifar" => Ok(Stem::Cifar),
             "imagenet" => Ok(Stem::Imagenet),
-            other => Err(ModelError::Config(format!(
+            other => Err(SpecError::Model(format!(
                 "unknown stem '{other}', expected 'cifar' or 'imagenet'"
             ))),
         }
@@ -105,23 +105,23 @@ impl ResNetConfig {
     }
 
     /// Blocks per stage and the block type, from the ResNet paper's table.
-    pub fn stage_plan(&self) -> Result<([usize; 4], BlockKind), ModelError> {
+    pub fn stage_plan(&self) -> Result<([usize; 4], BlockKind), SpecError> {
         match self.depth {
             18 => Ok(([2, 2, 2, 2], BlockKind::Basic)),
             34 => Ok(([3, 4, 6, 3], BlockKind::Basic)),
             50 => Ok(([3, 4, 6, 3], BlockKind::Bottleneck)),
             101 => Ok(([3, 4, 23, 3], BlockKind::Bottleneck)),
             152 => Ok(([3, 8, 36, 3], BlockKind::Bottleneck)),
-            d => Err(ModelError::Config(format!(
+            d => Err(SpecError::Model(format!(
                 "depth {d} is not supported, expected one of 18, 34, 50, 101, 152"
             ))),
         }
     }
 
     /// Checks every field; the error names the field and the expected range.
-    pub fn validate(&self) -> Result<(), ModelError> {
+    pub fn validate(&self) -> Result<(), SpecError> {
         self.stage_plan()?;
-        let bad = |field: &str, what: String| Err(ModelError::Config(format!("{field}: {what}")));
+        let bad = |field: &str, what: String| Err(SpecError::Model(format!("{field}: {what}")));
         if self.num_classes == 0 {
             return bad("num_classes", "must be at least 1".into());
         }
@@ -144,8 +144,73 @@ impl ResNetConfig {
     }
 
     /// Channels leaving the last stage (the classifier's input).
-    pub fn feature_dim(&self) -> Result<usize, ModelError> {
+    pub fn feature_dim(&self) -> Result<usize, SpecError> {
         let (_, kind) = self.stage_plan()?;
         Ok(self.width * 8 * kind.expansion())
+    }
+
+    /// Elements of every tensor the model's record holds: the parameters (convolutions without
+    /// bias, BatchNorm weight and bias, classifier weight and bias) plus the BatchNorm running
+    /// mean and variance. Counted from the architecture, so nothing is built; `resnet-train`
+    /// tests it against the Burn model's record for every depth and stem.
+    pub fn tensor_elements(&self) -> Result<u64, SpecError> {
+        let (blocks, kind) = self.stage_plan()?;
+        let w = self.width as u64;
+        let conv = |i: u64, o: u64, k: u64| i * o * k * k;
+        let bn = |c: u64| 4 * c;
+        let stem_k = match self.stem {
+            Stem::Cifar => 3,
+            Stem::Imagenet => 7,
+        };
+        let mut n = conv(3, w, stem_k) + bn(w);
+        let mut in_ch = w;
+        for (stage, count) in blocks.into_iter().enumerate() {
+            let planes = w << stage;
+            let out = planes * kind.expansion() as u64;
+            for i in 0..count {
+                let stride = if stage > 0 && i == 0 { 2 } else { 1 };
+                n += match kind {
+                    BlockKind::Basic => {
+                        conv(in_ch, planes, 3) + bn(planes) + conv(planes, planes, 3) + bn(planes)
+                    }
+                    BlockKind::Bottleneck => {
+                        conv(in_ch, planes, 1)
+                            + bn(planes)
+                            + conv(planes, planes, 3)
+                            + bn(planes)
+                            + conv(planes, out, 1)
+                            + bn(out)
+                    }
+                };
+                if stride != 1 || in_ch != out {
+                    n += conv(in_ch, out, 1) + bn(out);
+                }
+                in_ch = out;
+            }
+        }
+        let classes = self.num_classes as u64;
+        Ok(n + in_ch * classes + classes)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tensor_elements_match_torchvision_parameter_counts_plus_running_statistics() {
+        // torchvision's parameter counts (ImageNet stem, 1000 classes); the record also holds
+        // each BatchNorm's running mean and variance (2 per BatchNorm channel).
+        for (depth, params, bn_channels) in
+            [(18u64, 11_689_512u64, 4_800u64), (50, 25_557_032, 26_560)]
+        {
+            let cfg = ResNetConfig {
+                stem: Stem::Imagenet,
+                ..ResNetConfig::new(depth as usize, 1000)
+            };
+            let n = cfg.tensor_elements().expect("valid depth");
+            assert_eq!(n, params + 2 * bn_channels, "ResNet-{depth}");
+        }
+        assert!(ResNetConfig::new(19, 10).tensor_elements().is_err());
     }
 }

@@ -1,7 +1,8 @@
 //! What the training loop reports and records: per-step stats, per-epoch records, the state saved
-//! in checkpoints, and the observer interface the CLI and the worker implement.
+//! in checkpoints and the summary of a run. The observer the training loop reports to is
+//! `resnet_train::TrainObserver`.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
@@ -147,35 +148,6 @@ pub struct TrainState {
     pub epoch_seconds: f64,
 }
 
-/// Called by the loop; the CLI draws progress bars with it.
-pub trait TrainObserver {
-    /// Before the first step: steps per epoch, steps planned in this invocation, step resumed at.
-    fn on_start(&mut self, _steps_per_epoch: usize, _last_step: usize, _start_step: usize) {}
-    /// After every step.
-    fn on_step(&mut self, _s: &StepStats) {}
-    /// After every epoch (and its evaluation).
-    fn on_epoch(&mut self, _e: &EpochRecord) {}
-    /// After a checkpoint is written.
-    fn on_checkpoint(&mut self, _dir: &Path, _info: &CheckpointInfo) {}
-    /// After a checkpoint could not be written (training goes on).
-    fn on_checkpoint_failed(&mut self, _error: &str) {}
-    /// After every epoch, and at the end of a run stopped mid-epoch: this rank's exact counts
-    /// (data-parallel workers forward them to the coordinator, which sums them).
-    fn on_epoch_counts(&mut self, _c: &EpochCounts) {}
-    /// Asked before and after every step: true stops the run with a checkpoint (the answer to
-    /// SIGTERM). A process on its own stops after the step; data-parallel ranks pass the
-    /// request through the step's all-reduce and all stop after the same step.
-    fn stop_requested(&self) -> bool {
-        false
-    }
-    /// Asked before every step: true ends `fit` there with a collective error, as a broken ring
-    /// would (the coordinator is re-forming the group). A replica alone in its group has no
-    /// collective to break, so this is how it learns that a worker joins.
-    fn regroup_requested(&self) -> bool {
-        false
-    }
-}
-
 /// What one checkpoint write cost.
 #[derive(Debug, Clone, Copy)]
 pub struct CheckpointInfo {
@@ -212,11 +184,7 @@ pub struct EpochCounts {
     pub eval: Option<EvalCounts>,
 }
 
-/// An observer that does nothing (tests, library use).
-pub struct Quiet;
-impl TrainObserver for Quiet {}
-
-/// The result of [`Trainer::fit`].
+/// The result of `Trainer::fit` (`resnet-train`), written as `summary.json`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct TrainSummary {
     /// Steps completed in total.
@@ -229,10 +197,11 @@ pub struct TrainSummary {
     pub final_eval: Option<EvalReport>,
     /// The last checkpoint written.
     pub checkpoint: Option<PathBuf>,
-    /// [`param_hash`] of the final model.
+    /// `resnet_train::param_hash` of the final model.
     pub param_hash: String,
-    /// The observer asked the run to stop ([`TrainObserver::stop_requested`], e.g. on SIGTERM):
-    /// it stopped at a step boundary, saved a checkpoint and skipped the final evaluation.
+    /// The observer asked the run to stop (`resnet_train::TrainObserver::stop_requested`, e.g.
+    /// on SIGTERM): it stopped at a step boundary, saved a checkpoint and skipped the final
+    /// evaluation.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub interrupted: bool,
     /// Checkpoints that could not be written, oldest first.
@@ -244,4 +213,13 @@ pub struct TrainSummary {
     /// Returns to the newest checkpoint's state in this process (`on_nonfinite = rollback`).
     #[serde(default)]
     pub rollbacks: usize,
+}
+
+/// One checkpoint that could not be written, as `summary.json` lists it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FailedSave {
+    /// The step it was taken at.
+    pub step: usize,
+    /// Why the last attempt failed (names the file and the operating system's cause).
+    pub error: String,
 }

@@ -8,7 +8,7 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::{TrainConfig, TrainError};
+use crate::{SpecError, TrainConfig};
 
 /// How one parameter is drawn.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -56,14 +56,14 @@ pub fn trial_seed(sweep_seed: u64, i: usize) -> u64 {
 
 impl SweepSpace {
     /// Reads a TOML space: a `[params]` table of `path = { log_uniform = [lo, hi] }` entries.
-    pub fn from_toml(text: &str) -> Result<Self, TrainError> {
+    pub fn from_toml(text: &str) -> Result<Self, SpecError> {
         let space: SweepSpace =
-            toml::from_str(text).map_err(|e| TrainError::Config(format!("sweep space: {e}")))?;
+            toml::from_str(text).map_err(|e| SpecError::Config(format!("sweep space: {e}")))?;
         if space.params.is_empty() {
-            return Err(TrainError::Config("sweep space: [params] is empty".into()));
+            return Err(SpecError::Config("sweep space: [params] is empty".into()));
         }
         for (name, d) in &space.params {
-            let bad = |m: &str| Err(TrainError::Config(format!("sweep space: {name}: {m}")));
+            let bad = |m: &str| Err(SpecError::Config(format!("sweep space: {name}: {m}")));
             match d {
                 Dist::Uniform([lo, hi]) if !(lo <= hi) => return bad("needs lo <= hi"),
                 Dist::LogUniform([lo, hi]) if !(*lo > 0.0 && lo <= hi) => {
@@ -99,12 +99,7 @@ impl SweepSpace {
 
     /// Trial `i` of a sweep: its seed, sample and validated config (`base` with the sample set
     /// and the trial seed as the training seed).
-    pub fn trial(
-        &self,
-        base: &TrainConfig,
-        sweep_seed: u64,
-        i: usize,
-    ) -> Result<Trial, TrainError> {
+    pub fn trial(&self, base: &TrainConfig, sweep_seed: u64, i: usize) -> Result<Trial, SpecError> {
         let seed = trial_seed(sweep_seed, i);
         let params = self.sample(seed);
         let mut config = apply(base, &params)?;
@@ -124,8 +119,8 @@ impl SweepSpace {
 pub fn apply(
     base: &TrainConfig,
     params: &BTreeMap<String, Value>,
-) -> Result<TrainConfig, TrainError> {
-    let mut doc = serde_json::to_value(base).map_err(|e| TrainError::Config(e.to_string()))?;
+) -> Result<TrainConfig, SpecError> {
+    let mut doc = serde_json::to_value(base).map_err(|e| SpecError::Config(e.to_string()))?;
     for (path, v) in params {
         let mut slot = &mut doc;
         for part in path.split('.') {
@@ -133,7 +128,7 @@ pub fn apply(
                 .as_object_mut()
                 .and_then(|o| o.get_mut(part))
                 .ok_or_else(|| {
-                    TrainError::Config(format!(
+                    SpecError::Config(format!(
                         "sweep parameter '{path}': the run config has no field '{part}' there"
                     ))
                 })?;
@@ -141,7 +136,7 @@ pub fn apply(
         *slot = v.clone();
     }
     serde_json::from_value(doc).map_err(|e| {
-        TrainError::Config(format!(
+        SpecError::Config(format!(
             "sweep parameters {params:?} do not fit the run config: {e}"
         ))
     })

@@ -1,12 +1,11 @@
 //! The resolved configuration of a training run; saved in `--out` and inside every checkpoint.
 
 use resnet_data::DataConfig;
-use resnet_kernels::ConvPrecision;
-use resnet_model::ResNetConfig;
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    FinetuneConfig, GradWire, MixConfig, NonFinitePolicy, OptimConfig, ScheduleConfig, TrainError,
+    ConvPrecision, FinetuneConfig, GradWire, MixConfig, NonFinitePolicy, OptimConfig, ResNetConfig,
+    ScheduleConfig, SpecError,
 };
 
 /// Everything that determines a run. Every field has a documented default.
@@ -126,26 +125,26 @@ impl Default for TrainConfig {
 
 impl TrainConfig {
     /// Checks every section; errors name the field.
-    pub fn validate(&self) -> Result<(), TrainError> {
+    pub fn validate(&self) -> Result<(), SpecError> {
         self.model
             .validate()
-            .map_err(|e| TrainError::Config(e.to_string()))?;
+            .map_err(|e| SpecError::Config(e.to_string()))?;
         self.optim.validate()?;
         self.schedule.validate()?;
-        self.data.augment.validate().map_err(TrainError::Config)?;
+        self.data.augment.validate().map_err(SpecError::Config)?;
         self.data.validate().map_err(|e| match e {
-            resnet_data::DataError::Config(m) => TrainError::Config(m),
-            other => TrainError::Config(other.to_string()),
+            resnet_data::DataError::Config(m) => SpecError::Config(m),
+            other => SpecError::Config(other.to_string()),
         })?;
         self.mix.validate()?;
         self.finetune.validate()?;
         if self.schedule.kind == crate::ScheduleKind::Plateau && !self.eval_each_epoch {
-            return Err(TrainError::Config(
+            return Err(SpecError::Config(
                 "schedule.kind = plateau needs eval_each_epoch = true (it reads the validation loss)"
                     .into(),
             ));
         }
-        let bad = |m: &str| Err(TrainError::Config(m.to_string()));
+        let bad = |m: &str| Err(SpecError::Config(m.to_string()));
         if self.epochs == 0 {
             return bad("epochs must be at least 1");
         }

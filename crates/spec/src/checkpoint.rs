@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::TrainError;
+use crate::SpecError;
 
 /// Bumped whenever the layout or a file's meaning changes.
 pub const FORMAT_VERSION: u32 = 1;
@@ -74,11 +74,11 @@ pub fn config_fingerprint<T: Serialize>(config: &T) -> String {
         .collect()
 }
 
-fn io(path: &Path, e: std::io::Error) -> TrainError {
-    TrainError::Checkpoint(format!("{}: {e}", path.display()))
+fn io(path: &Path, e: std::io::Error) -> SpecError {
+    SpecError::Checkpoint(format!("{}: {e}", path.display()))
 }
 
-fn sha256_file(path: &Path) -> Result<(String, u64), TrainError> {
+fn sha256_file(path: &Path) -> Result<(String, u64), SpecError> {
     let bytes = std::fs::read(path).map_err(|e| io(path, e))?;
     let digest = Sha256::digest(&bytes);
     Ok((
@@ -102,29 +102,30 @@ pub fn checkpoint_name(step: usize) -> String {
 /// Writes a checkpoint into `root` (the `checkpoints/` folder). `write_files` fills the staging
 /// directory it is given; the manifest, the atomic rename and `LATEST` are handled here.
 /// Returns the final directory.
-pub fn write_checkpoint(
+pub fn write_checkpoint<E: From<SpecError>>(
     root: &Path,
     step: usize,
     epoch: usize,
-    write_files: impl FnOnce(&Path) -> Result<(), TrainError>,
-) -> Result<PathBuf, TrainError> {
+    write_files: impl FnOnce(&Path) -> Result<(), E>,
+) -> Result<PathBuf, E> {
     write_checkpoint_with(root, step, epoch, &ManifestInfo::default(), write_files)
 }
 
-/// [`write_checkpoint`] with the run's identity recorded in the manifest.
-pub fn write_checkpoint_with(
+/// [`write_checkpoint`] with the run's identity recorded in the manifest. `write_files` may fail
+/// with the caller's own error type (the trainer's, which encodes tensors).
+pub fn write_checkpoint_with<E: From<SpecError>>(
     root: &Path,
     step: usize,
     epoch: usize,
     info: &ManifestInfo,
-    write_files: impl FnOnce(&Path) -> Result<(), TrainError>,
-) -> Result<PathBuf, TrainError> {
+    write_files: impl FnOnce(&Path) -> Result<(), E>,
+) -> Result<PathBuf, E> {
     std::fs::create_dir_all(root).map_err(|e| io(root, e))?;
     let name = checkpoint_name(step);
     let staging = root.join(format!(".tmp-{name}"));
     let _ = std::fs::remove_dir_all(&staging);
     std::fs::create_dir_all(&staging).map_err(|e| io(&staging, e))?;
-    let result = (|| {
+    let result = (|| -> Result<PathBuf, E> {
         write_files(&staging)?;
         let mut files = Vec::new();
         let mut names: Vec<PathBuf> = std::fs::read_dir(&staging)
@@ -172,16 +173,16 @@ pub fn write_checkpoint_with(
 }
 
 /// Writes `value` as pretty JSON and fsyncs it.
-pub fn write_json_synced<T: Serialize>(path: &Path, value: &T) -> Result<(), TrainError> {
+pub fn write_json_synced<T: Serialize>(path: &Path, value: &T) -> Result<(), SpecError> {
     let json =
-        serde_json::to_vec_pretty(value).map_err(|e| TrainError::Checkpoint(e.to_string()))?;
+        serde_json::to_vec_pretty(value).map_err(|e| SpecError::Checkpoint(e.to_string()))?;
     let mut f = std::fs::File::create(path).map_err(|e| io(path, e))?;
     f.write_all(&json)
         .and_then(|()| f.sync_all())
         .map_err(|e| io(path, e))
 }
 
-fn write_latest(root: &Path, name: &str) -> Result<(), TrainError> {
+fn write_latest(root: &Path, name: &str) -> Result<(), SpecError> {
     let tmp = root.join(".LATEST.tmp");
     std::fs::write(&tmp, name).map_err(|e| io(&tmp, e))?;
     std::fs::File::open(&tmp)
@@ -193,14 +194,14 @@ fn write_latest(root: &Path, name: &str) -> Result<(), TrainError> {
 }
 
 /// Checks every file against the manifest; the error names the file and what differed.
-pub fn verify(dir: &Path) -> Result<Manifest, TrainError> {
+pub fn verify(dir: &Path) -> Result<Manifest, SpecError> {
     let mpath = dir.join(MANIFEST);
     let text = std::fs::read_to_string(&mpath).map_err(|e| io(&mpath, e))?;
     let manifest: Manifest = serde_json::from_str(&text).map_err(|e| {
-        TrainError::Checkpoint(format!("{}: malformed manifest: {e}", mpath.display()))
+        SpecError::Checkpoint(format!("{}: malformed manifest: {e}", mpath.display()))
     })?;
     if manifest.format_version != FORMAT_VERSION {
-        return Err(TrainError::Checkpoint(format!(
+        return Err(SpecError::Checkpoint(format!(
             "{}: format version {}, this build reads {FORMAT_VERSION}",
             mpath.display(),
             manifest.format_version
@@ -210,7 +211,7 @@ pub fn verify(dir: &Path) -> Result<Manifest, TrainError> {
         let path = dir.join(&f.name);
         let (sha, bytes) = sha256_file(&path)?;
         if bytes != f.bytes || sha != f.sha256 {
-            return Err(TrainError::Checkpoint(format!(
+            return Err(SpecError::Checkpoint(format!(
                 "{}: checksum mismatch ({bytes} bytes, sha256 {sha}; manifest says {} bytes, {})",
                 path.display(),
                 f.bytes,
@@ -241,7 +242,7 @@ pub fn list_checkpoints(root: &Path) -> Vec<PathBuf> {
 /// Resolves what a user passed to `--resume`/`--checkpoint`: a checkpoint directory, a run
 /// directory (its newest valid checkpoint) or a `checkpoints/` folder. Corrupt checkpoints are
 /// skipped with a warning naming them; the newest one that verifies is returned.
-pub fn resolve_checkpoint(path: &Path) -> Result<PathBuf, TrainError> {
+pub fn resolve_checkpoint(path: &Path) -> Result<PathBuf, SpecError> {
     if path.join(MANIFEST).is_file() {
         verify(path)?;
         return Ok(path.to_path_buf());
@@ -259,7 +260,7 @@ pub fn resolve_checkpoint(path: &Path) -> Result<PathBuf, TrainError> {
         candidates.insert(0, latest);
     }
     if candidates.is_empty() {
-        return Err(TrainError::Checkpoint(format!(
+        return Err(SpecError::Checkpoint(format!(
             "{}: no checkpoint found (expected a checkpoint directory with {MANIFEST}, or a run \
              directory with checkpoints/)",
             path.display()
@@ -277,7 +278,7 @@ pub fn resolve_checkpoint(path: &Path) -> Result<PathBuf, TrainError> {
             Err(e) => errors.push(e.to_string()),
         }
     }
-    Err(TrainError::Checkpoint(format!(
+    Err(SpecError::Checkpoint(format!(
         "no valid checkpoint under {}: {}",
         root.display(),
         errors.join("; ")
@@ -313,6 +314,23 @@ pub fn dir_size(dir: &Path) -> u64 {
                 .sum()
         })
         .unwrap_or(0)
+}
+
+/// An upper bound on the bytes of one checkpoint of a run with `cfg`: twice its tensors (the
+/// model, BatchNorm statistics and the optimizer's slots per parameter, as f32) plus 64 MiB for
+/// `state.json` and encoding. Checkpoint uploads and downloads above it are refused before any
+/// memory is committed to them. Counted from the configuration; nothing is built.
+pub fn checkpoint_bytes_bound(cfg: &crate::TrainConfig) -> Result<u64, SpecError> {
+    let elems = cfg
+        .model
+        .tensor_elements()
+        .map_err(|e| SpecError::Config(e.to_string()))?;
+    let slots = match cfg.optim.kind {
+        crate::OptimizerKind::Sgd if cfg.optim.momentum > 0.0 => 1,
+        crate::OptimizerKind::Sgd => 0,
+        crate::OptimizerKind::Adam | crate::OptimizerKind::Adamw => 2,
+    };
+    Ok(2 * elems * 4 * (1 + slots) + (64 << 20))
 }
 
 #[cfg(test)]
@@ -356,7 +374,7 @@ mod tests {
         let root = dir.path().join("checkpoints");
         let good = write(&root, 1, "one");
         let r = write_checkpoint(&root, 2, 0, |_| {
-            Err(TrainError::Checkpoint("disk full".into()))
+            Err(SpecError::Checkpoint("disk full".into()))
         });
         assert!(r.is_err());
         assert_eq!(resolve_checkpoint(&root).expect("resolve"), good);
