@@ -1,4 +1,6 @@
 //! End-to-end runs of the `resnet` binary on synthetic data with tiny widths.
+//!
+//! (Over 400 lines: one end-to-end scenario per test, sharing the run helpers.)
 
 mod common;
 

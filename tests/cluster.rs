@@ -1,6 +1,8 @@
 //! Real clusters on 127.0.0.1: a `coordinator` process and `worker` processes training over the
 //! TCP ring. Every replica must end bit-identical, the loss must fall, the coordinator's summary
 //! must match the workers, and local mode must reproduce the multi-process run exactly.
+//!
+//! (Over 400 lines: one cluster scenario per test, sharing the process helpers.)
 
 use std::io::Write;
 use std::net::TcpStream;

@@ -1,6 +1,9 @@
 //! Faults injected into real clusters on loopback: `kill -9` of a worker process mid-run. The
 //! survivors re-form the group and finish; they end bit-identical, at most the step in flight is
 //! lost, and training still converges like an undisturbed run.
+//!
+//! (Over 400 lines: one scenario per failure, each a whole cluster run, sharing the helpers above
+//! them.)
 
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};

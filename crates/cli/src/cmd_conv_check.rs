@@ -8,6 +8,9 @@
 //! The error of a pass is `max |ours - reference| / max |reference|`, which is scale-free and
 //! large (order 1) for any indexing or layout bug. The tolerance depends on what the kernels may
 //! legitimately round ([`tolerance`]).
+//!
+//! (Over 400 lines: one command whose convolution and BatchNorm checks share the inputs,
+//! the tolerance rules and the report; tests are the last 70.)
 
 use anyhow::{bail, Result};
 use burn::backend::{Autodiff, Flex};

@@ -1,5 +1,7 @@
 //! The coordinator's admission and bookkeeping rules, driven in-process (no network): every bad
 //! request is refused with a precise reason, and nothing is left half-registered.
+//!
+//! (Over 400 lines: one scenario per rule of the rendezvous, sharing the fixtures.)
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

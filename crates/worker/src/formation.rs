@@ -1,6 +1,7 @@
 //! Forming and re-forming the group: the ring of an assignment, a rejoin when it cannot form (a
-//! peer died after joining, before connecting), and healing every replica from the new rank 0
-//! once it has formed.
+//! peer died after joining, before connecting), healing every replica from the new rank 0
+//! once it has formed, and the training loop around them that re-forms the group when a
+//! collective fails mid-run ([`Group::fit`]).
 //!
 //! Formation is as robust as the running ring: the heartbeat thread runs from the join on, so
 //! a peer that dies while the others load data or connect is noticed by the coordinator, whose
@@ -15,10 +16,12 @@ use std::time::Duration;
 use burn::tensor::backend::AutodiffBackend;
 use resnet_collective::tcp::RingAbort;
 use resnet_proto::{Assignment, ControlPlane, JoinRequest};
-use resnet_train::{TrainConfig, Trainer};
+use resnet_train::{SyncError, TrainConfig, TrainError, TrainSummary, Trainer};
 
-use crate::group::{fetch_checkpoint, form_ring, Membership, RingSource, Signals};
-use crate::run::CollectiveSync;
+use crate::group::{fetch_checkpoint, form_ring, RingSource};
+use crate::heartbeat::{Membership, Signals};
+use crate::observer::WorkerObserver;
+use crate::sync::CollectiveSync;
 use crate::{WorkerError, WorkerOptions};
 
 /// What (re-)forming the group needs besides the trainer and the assignment.
@@ -152,6 +155,73 @@ impl Group<'_> {
         }
     }
 
+    /// Trains to the end of the run, re-forming the group whenever a collective fails in a way
+    /// another group can fix (a lost or misbehaving peer, a regroup the coordinator asked
+    /// for) and `regroupable`. Returns the training's own result (a failure of this replica's
+    /// side, a divergence, a stop) with the replica it ended with; errors of re-forming the
+    /// group end the worker.
+    pub fn fit<B: AutodiffBackend>(
+        &self,
+        mut trainer: Trainer<B>,
+        obs: &mut WorkerObserver<'_>,
+        a: &mut Assignment,
+        regroupable: bool,
+        device: &B::Device,
+    ) -> Result<(Result<TrainSummary, TrainError>, Trainer<B>), WorkerError> {
+        loop {
+            let e = match trainer.fit(obs) {
+                Err(TrainError::Collective(_)) if self.signals.has_left() => {
+                    return Ok((Err(TrainError::Collective(SyncError::Left)), trainer))
+                }
+                Err(TrainError::Collective(e)) if regroupable && e.regroup_may_help() => e,
+                other => return Ok((other, trainer)),
+            };
+            tracing::warn!(rank = a.rank, generation = a.generation, error = %e, "collective failed: rejoining to re-form the group");
+            let step = trainer.state().global_step as u64;
+            *a = self.rejoin(&mut *obs.control, step, a.generation)?;
+            tracing::info!(
+                rank = a.rank,
+                world = a.world,
+                generation = a.generation,
+                resume_step = a.resume_step,
+                heal = a.heal,
+                "group re-formed"
+            );
+            self.set_membership(a, None);
+            // Reports that failed while the coordinator was away are superseded: the new
+            // group reports its epochs afresh.
+            obs.error = None;
+            let out = self.out_for(a.rank, true);
+            if !a.heal {
+                drop(trainer);
+                // A restarted coordinator: everyone rolls back to its checkpoint, or starts
+                // the run over when it has none.
+                let from = (a.resume_step > 0).then_some(0);
+                let splits = self
+                    .splits
+                    .clone()
+                    .ok_or_else(|| WorkerError::Config("no data kept for healing".into()))?;
+                trainer = self.trainer::<B>(&mut *obs.control, a, from, splits, device, out)?;
+                if from.is_some() {
+                    tracing::warn!(
+                        rank = a.rank,
+                        step = trainer.state().global_step,
+                        "rolled back to the restarted coordinator's checkpoint"
+                    );
+                } else {
+                    tracing::warn!(
+                        rank = a.rank,
+                        "the restarted coordinator has no checkpoint: starting the run over"
+                    );
+                }
+            }
+            let heal = a.heal;
+            trainer = self.form(&mut *obs.control, trainer, a, heal, device)?;
+            obs.rank = a.rank;
+            obs.generation = a.generation;
+        }
+    }
+
     /// Rejoins with this replica's `step`, as a member of `generation`.
     pub fn rejoin(
         &self,
@@ -184,7 +254,7 @@ fn rejoin_with_retry(
         match control.join(req.clone()) {
             Ok(a) => return Ok(a),
             Err(e)
-                if crate::group::unreachable(&e)
+                if crate::heartbeat::unreachable(&e)
                     && std::time::Instant::now() + delay < deadline =>
             {
                 tracing::warn!(error = %e, "coordinator unreachable, retrying the rejoin");

@@ -7,12 +7,17 @@
 pub mod device_reduce;
 mod formation;
 mod group;
+mod heartbeat;
 pub mod metrics;
 mod observer;
+mod options;
 mod run;
+mod sync;
 pub mod upload;
 
-pub use run::{run_worker, CollectiveSync, Transport, WorkerOptions, WorkerResult};
+pub use options::{Transport, WorkerOptions, WorkerResult};
+pub use run::run_worker;
+pub use sync::CollectiveSync;
 
 /// Worker errors; each says which step failed.
 #[derive(Debug, thiserror::Error)]

@@ -35,7 +35,7 @@ pub(crate) struct WorkerObserver<'a> {
     pub uploader: Option<crate::upload::Uploader>,
     /// The coordinator asked the run to stop (a heartbeat reply said so), or this worker left
     /// the group (a signal; a worker on its own then stops at the step boundary).
-    pub signals: crate::group::Signals,
+    pub signals: crate::heartbeat::Signals,
 }
 
 impl WorkerObserver<'_> {

@@ -20,6 +20,8 @@
 //! On the AVX-512 GEMM the column matrix holds only the taps that read inside the image
 //! ([`Taps`]; 1 of 9 on a 1x1 map), with the same bits as the full one. The portable GEMM
 //! (CPUs without AVX-512) picks its own depth blocks, so there every tap is kept.
+//!
+//! (About 400 lines with its unit tests; the code is ~340.)
 
 use rayon::prelude::*;
 
