@@ -4,8 +4,9 @@
 # gpu-check.sh and its Python helpers (pytorch_baseline.py, summarize_*.py). On the GPU machine:
 # bash dist/gpu-check.sh.
 #
-# The build uses the workspace's one profile (dev: dependencies at opt-level 3, ours at 2), so it
-# shares artifacts with the tests and clippy; GPU step time is in the kernels, not in host code.
+# The build uses the workspace's one profile (dev: dependencies at opt-level 3, ours at 2;
+# dependencies and resnet-kernels without debug assertions or overflow checks), so it shares
+# artifacts with the tests and clippy; GPU step time is in the kernels, not in host code.
 # The three binaries are mostly the same code: xz with a dictionary larger than one binary
 # stores the second and third almost for free (about 22 MB for the three, from 230 MB stripped).
 set -euo pipefail

@@ -1,10 +1,13 @@
 //! Single-threaded f32 GEMM for the convolution kernels: a BLIS-style blocked loop around an
 //! AVX-512 6x64 micro-kernel, with the `gemm` crate as the fallback on CPUs without AVX-512.
 //!
-//! Why not only the `gemm` crate: its AVX-512 micro-kernel, as compiled here, spills its
-//! accumulators to the stack after every FMA (seen in `perf annotate`), which holds one core
+//! Why not only the `gemm` crate: its AVX-512 micro-kernel, as compiled here, spilled its
+//! accumulators to the stack after every FMA (seen in `perf annotate`), which held one core
 //! to ~31 GFLOP/s where PyTorch's GEMM reaches ~85 on the same core. Keeping the 24
-//! accumulators of a 6x64 tile in registers is the whole trick.
+//! accumulators of a 6x64 tile in registers was the trick. (Those measurements were taken with
+//! the dev profile's debug assertions on in every crate, which also put pointer checks into
+//! both loops; the profile now builds dependencies and this crate without them — Cargo.toml —
+//! and the two have not been compared since.)
 //!
 //! (Over 400 lines: the packing, the blocked loop and the micro-kernel are one algorithm whose
 //! tile sizes and index arithmetic must agree, so they are read together; tests are the last 60.)
