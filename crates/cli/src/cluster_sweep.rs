@@ -18,15 +18,31 @@ use resnet_train::sweep::{Trial, TrialTask};
 use crate::cmd_sweep::{run_trial, SweepPlanArgs};
 use crate::settings::resolve;
 
+/// The `coordinator` flags a sweep coordinator uses.
+pub struct SweepServe<'a> {
+    /// The run flags every trial starts from.
+    pub run: &'a crate::args::RunArgs,
+    /// `--listen`.
+    pub listen: &'a str,
+    /// `--heartbeat-timeout`, seconds.
+    pub heartbeat_timeout: u64,
+    /// `--out` (default: the `resnet sweep` default).
+    pub out: Option<PathBuf>,
+    /// `--json`: the leaderboard as JSON instead of a table.
+    pub json: bool,
+    /// `--tls-*`.
+    pub tls: &'a crate::cluster_security::TlsArgs,
+}
+
 /// `coordinator --sweep`: serves the sweep until every trial is done; writes results.csv and
 /// sweep.json into `out`.
 pub fn coordinate_sweep(
-    a: &crate::cmd_coordinator::CoordinatorCli,
+    a: &SweepServe<'_>,
     space: &Path,
     plan: &SweepPlanArgs,
     token: Option<String>,
 ) -> Result<()> {
-    let base = resolve(&a.run)?;
+    let base = resolve(a.run)?;
     let sched = plan.scheduler(&base, space)?;
     let out = a.out.clone().unwrap_or_else(crate::cmd_sweep::default_out);
     let rungs = sched.rungs().to_vec();
@@ -41,7 +57,7 @@ pub fn coordinate_sweep(
         .enable_all()
         .build()?;
     let listener = rt
-        .block_on(tokio::net::TcpListener::bind(&a.listen))
+        .block_on(tokio::net::TcpListener::bind(a.listen))
         .with_context(|| format!("--listen {}", a.listen))?;
     let addr = listener.local_addr()?;
     crate::say!(

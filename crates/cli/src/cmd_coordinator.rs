@@ -125,7 +125,15 @@ fn coordinate(a: &CoordinatorCli, sel: Selected, kernels: KernelChoice) -> Resul
             !a.local && a.resume.is_none(),
             "--sweep runs trials on separate workers; it does not combine with --local or --resume"
         );
-        return crate::cluster_sweep::coordinate_sweep(a, space, &a.plan, token);
+        let serve = crate::cluster_sweep::SweepServe {
+            run: &a.run,
+            listen: &a.listen,
+            heartbeat_timeout: a.heartbeat_timeout,
+            out: a.out.clone(),
+            json: a.json,
+            tls: &a.tls,
+        };
+        return crate::cluster_sweep::coordinate_sweep(&serve, space, &a.plan, token);
     }
     let target = match a.resume.as_deref() {
         Some(spec) => crate::settings::resume_target(spec, a.out.as_deref())?,

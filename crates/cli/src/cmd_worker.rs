@@ -112,11 +112,24 @@ pub(crate) fn default_worker_id() -> String {
     format!("{host}-{}", std::process::id())
 }
 
+impl WorkerCli {
+    /// The flags `--gpus`' supervisor passes on to its children, with the worker id resolved.
+    pub fn child_flags(&self) -> crate::supervise::ChildFlags {
+        crate::supervise::ChildFlags {
+            cpu: self.device.cpu,
+            metrics_addr: self.metrics_addr,
+            listen: self.listen.clone(),
+            advertise: self.advertise.clone(),
+            worker_id: self.worker_id.clone().unwrap_or_else(default_worker_id),
+        }
+    }
+}
+
 /// Runs `worker`.
 pub fn run_worker_cli(a: WorkerCli) -> Result<()> {
     if let Some(spec) = &a.gpus {
         let gpus = crate::supervise::parse_gpus(spec, crate::device::cuda_device_count)?;
-        let code = crate::supervise::supervise(&a, &gpus, a.max_restarts)?;
+        let code = crate::supervise::supervise(&a.child_flags(), &gpus, a.max_restarts)?;
         if code != 0 {
             return Err(crate::ExitWith(
                 code,

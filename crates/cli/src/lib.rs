@@ -17,6 +17,7 @@ pub mod cmd_schedule;
 pub mod cmd_sweep;
 pub mod cmd_train;
 pub mod cmd_worker;
+pub mod command;
 pub mod device;
 pub mod endpoint;
 pub mod kernel_cache;

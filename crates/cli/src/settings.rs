@@ -195,7 +195,7 @@ pub fn resume_target(spec: &str, out: Option<&Path>) -> Result<Option<String>> {
 /// what a resumed run may change (`--epochs`, `--max-steps`, `--data`). The error lists every
 /// setting that would change.
 pub fn check_resume_unchanged(a: &RunArgs, saved: &TrainConfig) -> Result<()> {
-    let given = crate::cmd_train::fixed_by_resume_run(a);
+    let given = fixed_by_resume_run(a);
     if given.is_empty() {
         return Ok(());
     }
@@ -279,4 +279,55 @@ pub fn load_resume(
         state.epoch + 1
     );
     Ok((dir, state))
+}
+
+/// Run flags given that a resumed run takes from its checkpoint instead (they may only repeat
+/// it: [`check_resume_unchanged`]).
+pub fn fixed_by_resume_run(a: &RunArgs) -> Vec<&'static str> {
+    let given = [
+        ("--freeze-bn", a.freeze_bn),
+        ("--on-nonfinite", a.on_nonfinite.is_some()),
+        ("--conv-precision", a.conv_precision.is_some()),
+        ("--config", a.config.is_some()),
+        ("--dataset", a.dataset.is_some()),
+        ("--download", a.download),
+        ("--depth", a.depth.is_some()),
+        ("--stem", a.stem.is_some()),
+        ("--width", a.width.is_some()),
+        ("--batch-size", a.batch_size.is_some()),
+        ("--lr", a.lr.is_some()),
+        ("--optimizer", a.optimizer.is_some()),
+        ("--weight-decay", a.weight_decay.is_some()),
+        ("--momentum", a.momentum.is_some()),
+        ("--nesterov", a.nesterov),
+        ("--schedule", a.schedule.is_some()),
+        ("--step-epochs", a.step_epochs.is_some()),
+        ("--gamma", a.gamma.is_some()),
+        ("--warmup-epochs", a.warmup_epochs.is_some()),
+        ("--label-smoothing", a.label_smoothing.is_some()),
+        ("--train-limit", a.train_limit.is_some()),
+        ("--test-limit", a.test_limit.is_some()),
+        ("--seed", a.seed.is_some()),
+        ("--no-augment", a.no_augment),
+        ("--loader-workers", a.loader_workers.is_some()),
+        ("--checkpoint-steps", a.checkpoint_steps.is_some()),
+        ("--checkpoint-minutes", a.checkpoint_minutes.is_some()),
+        ("--cycle-epochs", a.cycle_epochs.is_some()),
+        ("--patience", a.patience.is_some()),
+        ("--dropout", a.dropout.is_some()),
+        ("--cutout", a.cutout.is_some()),
+        ("--rotation", a.rotation.is_some()),
+        ("--scale", a.scale.is_some()),
+        ("--color-jitter", a.color_jitter.is_some()),
+        ("--mixup", a.mixup.is_some()),
+        ("--cutmix", a.cutmix.is_some()),
+        ("--pretrained", a.pretrained.is_some()),
+        ("--freeze", a.freeze.is_some()),
+        ("--backbone-lr-scale", a.backbone_lr_scale.is_some()),
+    ];
+    given
+        .into_iter()
+        .filter(|(_, g)| *g)
+        .map(|(n, _)| n)
+        .collect()
 }

@@ -18,8 +18,6 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 
-use crate::cmd_worker::WorkerCli;
-
 /// Flags the supervisor sets per child (removed from the inherited command line).
 const PER_CHILD: &[&str] = &[
     "--gpus",
@@ -88,9 +86,24 @@ pub fn offset_port(addr: &str, offset: usize) -> Result<String> {
     Ok(format!("{host}:{moved}"))
 }
 
+/// What the supervisor needs of the `worker` flags to start its children.
+#[derive(Debug, Clone)]
+pub struct ChildFlags {
+    /// `--cpu`: a stand-in on a machine without GPUs (the children get no `--gpu`).
+    pub cpu: bool,
+    /// `--metrics-addr`, its port offset per child.
+    pub metrics_addr: Option<SocketAddr>,
+    /// `--listen`, its port offset per child.
+    pub listen: String,
+    /// `--advertise`, its port offset per child.
+    pub advertise: Option<String>,
+    /// The worker id the children's ids derive from (`<id>-gpuN`).
+    pub worker_id: String,
+}
+
 /// One child's command line (after the binary).
 pub fn child_args(
-    a: &WorkerCli,
+    a: &ChildFlags,
     inherited: &[String],
     base_id: &str,
     gpu: usize,
@@ -98,7 +111,7 @@ pub fn child_args(
     restart: usize,
 ) -> Result<Vec<String>> {
     let mut v = inherited.to_vec();
-    if !a.device.cpu {
+    if !a.cpu {
         v.extend(["--gpu".into(), gpu.to_string()]);
     }
     let id = match restart {
@@ -158,14 +171,11 @@ struct Slot {
 }
 
 /// Runs one worker per GPU of `gpus` until all have ended; returns the combined exit code.
-pub fn supervise(a: &WorkerCli, gpus: &[usize], max_restarts: usize) -> Result<u8> {
+pub fn supervise(a: &ChildFlags, gpus: &[usize], max_restarts: usize) -> Result<u8> {
     let exe = std::env::current_exe().context("finding this program to start the workers")?;
     let args: Vec<String> = std::env::args().skip(1).collect();
     let inherited = inherited_args(&args);
-    let base_id = a
-        .worker_id
-        .clone()
-        .unwrap_or_else(crate::cmd_worker::default_worker_id);
+    let base_id = a.worker_id.clone();
     let stop = crate::stop_on_signals()?;
     let json = crate::json_logs();
     let spawn = |slot: &Slot| -> Result<Child> {
@@ -284,8 +294,11 @@ mod tests {
     use super::*;
     use clap::Parser;
 
-    fn cli(args: &[&str]) -> WorkerCli {
-        WorkerCli::parse_from(std::iter::once("worker").chain(args.iter().copied()))
+    fn cli(args: &[&str]) -> ChildFlags {
+        crate::cmd_worker::WorkerCli::parse_from(
+            std::iter::once("worker").chain(args.iter().copied()),
+        )
+        .child_flags()
     }
 
     #[test]

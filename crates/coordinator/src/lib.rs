@@ -8,6 +8,7 @@ mod checkpoints;
 mod join;
 mod liveness;
 pub mod metrics;
+mod phase;
 mod regroup;
 mod reports;
 mod service;

@@ -6,7 +6,7 @@ use metrics::{
     counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram, Unit,
 };
 
-use crate::state::Phase;
+use crate::phase::Phase;
 use crate::summary::ClusterEpoch;
 
 /// Workers the run needs (`--workers`).

@@ -38,18 +38,7 @@ pub enum Refusal {
     Storage(String),
 }
 
-/// Where the run is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Phase {
-    /// Waiting for workers to join.
-    Waiting,
-    /// All workers joined; training.
-    Running,
-    /// Every worker finished.
-    Finished,
-    /// The run cannot complete (a worker died or failed); see [`Coordinator::failure`].
-    Failed,
-}
+pub use crate::phase::Phase;
 
 /// Coordinator settings.
 #[derive(Debug, Clone)]

@@ -35,6 +35,7 @@ mod cast;
 mod choice;
 pub mod conv;
 pub mod cudnn;
+pub mod geom;
 pub mod matmul;
 pub mod optim;
 pub mod pool;

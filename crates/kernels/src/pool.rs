@@ -24,44 +24,7 @@ use crate::backends::FlexTrain;
 use crate::cast::{cast, float_primitive};
 use crate::choice::{CpuConv, KernelChoice};
 
-/// The window geometry of one max pool over `[N·C planes, H, W]`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct PoolGeom {
-    /// Input height and width.
-    pub in_hw: [usize; 2],
-    /// Window height and width.
-    pub kernel: [usize; 2],
-    /// Stride (height, width).
-    pub stride: [usize; 2],
-    /// Padding before each spatial axis (symmetric).
-    pub pad: [usize; 2],
-    /// Output height and width.
-    pub out_hw: [usize; 2],
-}
-
-impl PoolGeom {
-    /// The geometry, or `None` when the window does not fit or a stride is 0.
-    pub fn new(
-        in_hw: [usize; 2],
-        kernel: [usize; 2],
-        stride: [usize; 2],
-        pad: [usize; 2],
-    ) -> Option<Self> {
-        let out = |i: usize| {
-            (in_hw[i] + 2 * pad[i])
-                .checked_sub(kernel[i])
-                .filter(|_| stride[i] > 0 && kernel[i] > 0)
-                .map(|span| span / stride[i] + 1)
-        };
-        Some(Self {
-            in_hw,
-            kernel,
-            stride,
-            pad,
-            out_hw: [out(0)?, out(1)?],
-        })
-    }
-}
+pub use crate::geom::PoolGeom;
 
 /// `pool.forward(x)` by this crate's kernel where it applies (see the module docs), else Burn's.
 pub fn max_pool2d<B: Backend>(k: &KernelChoice, pool: &MaxPool2d, x: Tensor<B, 4>) -> Tensor<B, 4> {

@@ -24,7 +24,7 @@ use burn::tensor::ops::FloatTensor;
 use burn::tensor::TensorData;
 use rayon::prelude::*;
 
-use crate::pool::PoolGeom;
+use crate::geom::PoolGeom;
 
 /// Output values per rayon task, as in the evaluation pool.
 const PER_TASK: usize = 16384;

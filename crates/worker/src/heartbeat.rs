@@ -9,8 +9,18 @@ use std::time::Duration;
 use resnet_collective::tcp::RingAbort;
 use resnet_proto::{ControlPlane, Heartbeat, Leave};
 
-use crate::observer::Progress;
 use crate::WorkerOptions;
+
+/// Latest progress: written by the observer after every step, sent by the heartbeat thread.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Progress {
+    /// Steps completed.
+    pub step: u64,
+    /// Last loss.
+    pub loss: f64,
+    /// Images per second of the last step.
+    pub images_per_sec: f64,
+}
 
 /// What the heartbeat thread needs to know about the current generation.
 #[derive(Default)]

@@ -6,16 +6,7 @@ use std::sync::{Arc, Mutex};
 use resnet_proto::{ControlPlane, EpochReport};
 use resnet_train::{EpochCounts, EpochRecord, StepStats, TrainObserver};
 
-/// Latest progress, read by the heartbeat thread.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Progress {
-    /// Steps completed.
-    pub step: u64,
-    /// Last loss.
-    pub loss: f64,
-    /// Images per second of the last step.
-    pub images_per_sec: f64,
-}
+use crate::heartbeat::Progress;
 
 pub(crate) struct WorkerObserver<'a> {
     pub control: &'a mut dyn ControlPlane,

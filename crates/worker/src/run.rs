@@ -12,8 +12,8 @@ use resnet_train::{TrainConfig, TrainError, TrainSummary, Trainer};
 
 use crate::formation::Group;
 use crate::group::{form_ring, RingSource};
-use crate::heartbeat::{Heartbeats, Membership, Signals};
-use crate::observer::{Progress, WorkerObserver};
+use crate::heartbeat::{Heartbeats, Membership, Progress, Signals};
+use crate::observer::WorkerObserver;
 use crate::sync::CollectiveSync;
 use crate::upload::UploadOutcome;
 use crate::{Transport, WorkerError, WorkerOptions, WorkerResult};

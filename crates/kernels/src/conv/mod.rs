@@ -9,7 +9,6 @@
 //!
 //! ```text
 //! mod.rs       conv2d(): which implementation runs, from the KernelChoice and the backend type
-//! geom.rs      ConvGeom, the shape every kernel and cache key is built from
 //! autodiff.rs  the convolution as one autodiff node over a ConvKernels implementation
 //! flex.rs      ConvKernels on the CPU, over cpu.rs (im2col + GEMM on slices)
 //! folded.rs    evaluation on the CPU: the BatchNorm after a convolution folded into it
@@ -29,7 +28,6 @@ pub mod cuda;
 pub mod dilate;
 mod flex;
 mod folded;
-mod geom;
 mod im2col;
 mod record;
 mod taps;
@@ -49,8 +47,8 @@ use crate::backends::FlexTrain;
 use crate::cast::{cast, float_primitive};
 use crate::choice::{CpuConv, KernelChoice};
 
+pub use crate::geom::ConvGeom;
 pub use folded::{conv2d_bn_eval, folds, BnEval};
-pub use geom::ConvGeom;
 pub use record::record_geometries;
 
 /// `conv.forward(x)` by the implementation `k` chooses for backend `B`.

@@ -21,27 +21,7 @@
 
 use super::ConvGeom;
 
-/// One of a convolution's three computations.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Pass {
-    /// The output from the input and the weights.
-    Forward,
-    /// The input's gradient from the output's.
-    InputGrad,
-    /// The weights' gradient from the input and the output's gradient.
-    WeightGrad,
-}
-
-impl Pass {
-    /// A short name, used in tuning keys and logs.
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::Forward => "forward",
-            Self::InputGrad => "input-grad",
-            Self::WeightGrad => "weight-grad",
-        }
-    }
-}
+pub use crate::geom::Pass;
 
 /// A cubek implicit-GEMM algorithm and the tensor-core instructions it runs on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

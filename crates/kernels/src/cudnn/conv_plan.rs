@@ -7,8 +7,8 @@
 //! (Over 400 lines with its unit tests; the code is ~280.)
 
 pub use crate::choice::CudaMath;
-use crate::conv::tune_plan::Pass;
-use crate::conv::ConvGeom;
+use crate::geom::ConvGeom;
+use crate::geom::Pass;
 
 /// Memory layout of a 4-D activation or filter. Both describe the same logical
 /// `[N, C, H, W]` (filters: `[K, C, R, S]`) tensor; only the strides differ.

@@ -17,8 +17,8 @@ use super::cache::{AlgoCache, Entry, FILE_NAME};
 use super::conv_plan::{self as plan, CudaMath, Layout, Workspace};
 use super::device::{contiguous, dtype_of, timed_sync, with_device, Stream};
 use super::ffi::{self, Descriptors, DeviceBuffer, Handle};
-use crate::conv::tune_plan::Pass;
-use crate::conv::ConvGeom;
+use crate::geom::ConvGeom;
+use crate::geom::Pass;
 
 type Tensor = CubeTensor<CudaRuntime>;
 

@@ -33,7 +33,7 @@ use burn_cubecl::tensor::CubeTensor;
 use super::conv_plan::{CudaMath, Dtype, Workspace};
 use super::ffi::{self, BnDescriptors, Descriptors, DeviceBuffer, Handle};
 use super::{decide, Availability};
-use crate::conv::ConvGeom;
+use crate::geom::ConvGeom;
 
 type Tensor = CubeTensor<CudaRuntime>;
 

@@ -5,8 +5,8 @@ use std::ffi::c_void;
 use cudarc::cudnn::sys;
 
 use super::{check, Descriptors, Handle, Result};
-use crate::conv::tune_plan::Pass;
 use crate::cudnn::conv_plan::Measured;
+use crate::geom::Pass;
 
 /// The three performance structs of cuDNN share one layout; reading it through plain integers
 /// means a value cuDNN adds in a later version can never be an invalid Rust enum.

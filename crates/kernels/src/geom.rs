@@ -1,5 +1,7 @@
-//! The shape of one bias-free 2-D convolution, the one description every kernel (CPU, CUDA,
-//! cuDNN) and every cache key is built from.
+//! Shapes the kernels share: one bias-free 2-D convolution ([`ConvGeom`], the description every
+//! convolution kernel — CPU, CUDA, cuDNN — and every cache key is built from), which of its
+//! three computations runs ([`Pass`]), and one max pool's windows ([`PoolGeom`]). Their own
+//! file so that `conv`, `cudnn` and the pools depend on it rather than on each other.
 
 /// The shape of one 2-D convolution (groups = 1, dilation = 1).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -98,5 +100,66 @@ impl ConvGeom {
             self.pad[0],
             self.pad[1],
         )
+    }
+}
+
+/// One of a convolution's three computations.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Pass {
+    /// The output from the input and the weights.
+    Forward,
+    /// The input's gradient from the output's.
+    InputGrad,
+    /// The weights' gradient from the input and the output's gradient.
+    WeightGrad,
+}
+
+impl Pass {
+    /// A short name, used in tuning keys and logs.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Forward => "forward",
+            Self::InputGrad => "input-grad",
+            Self::WeightGrad => "weight-grad",
+        }
+    }
+}
+
+/// The window geometry of one max pool over `[N·C planes, H, W]`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PoolGeom {
+    /// Input height and width.
+    pub in_hw: [usize; 2],
+    /// Window height and width.
+    pub kernel: [usize; 2],
+    /// Stride (height, width).
+    pub stride: [usize; 2],
+    /// Padding before each spatial axis (symmetric).
+    pub pad: [usize; 2],
+    /// Output height and width.
+    pub out_hw: [usize; 2],
+}
+
+impl PoolGeom {
+    /// The geometry, or `None` when the window does not fit or a stride is 0.
+    pub fn new(
+        in_hw: [usize; 2],
+        kernel: [usize; 2],
+        stride: [usize; 2],
+        pad: [usize; 2],
+    ) -> Option<Self> {
+        let out = |i: usize| {
+            (in_hw[i] + 2 * pad[i])
+                .checked_sub(kernel[i])
+                .filter(|_| stride[i] > 0 && kernel[i] > 0)
+                .map(|span| span / stride[i] + 1)
+        };
+        Some(Self {
+            in_hw,
+            kernel,
+            stride,
+            pad,
+            out_hw: [out(0)?, out(1)?],
+        })
     }
 }
