@@ -41,7 +41,8 @@ fn start(
     args.extend(common::SMALL_RUN);
     args.extend(RUN);
     let coord = spawn(env!("CARGO_BIN_EXE_coordinator"), &args);
-    let metrics = free_port();
+    // Two children: the second serves its metrics one port above the first.
+    let metrics = common::free_ports(2);
     let m = format!("127.0.0.1:{metrics}");
     let node = spawn(
         env!("CARGO_BIN_EXE_worker"),

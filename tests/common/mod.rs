@@ -5,6 +5,7 @@
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 /// The data and model of the multi-process runs: synthetic data, width 4, batch 16, 960 train
@@ -24,11 +25,31 @@ pub const SMALL_RUN: &[&str] = &[
 
 /// A port that was free a moment ago.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
+    free_ports(1)
+}
+
+/// The first of `n` consecutive ports that were all free a moment ago (`worker --gpus` serves
+/// child i's metrics on the given port + i).
+///
+/// The ports come from below Linux's ephemeral range (32768-60999): a port the kernel hands
+/// out for `bind(0)` is also a candidate source port of every outgoing connection, so between
+/// this check and the server's bind a client (another worker, another test) could take it.
+/// A per-process counter keeps the tests of one binary apart; the process id spreads binaries.
+pub fn free_ports(n: u16) -> u16 {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    const LOW: u32 = 20_000;
+    const SPAN: u32 = 12_000;
+    let spread = std::process::id().wrapping_mul(2_654_435_761) % SPAN;
+    for _ in 0..1_000 {
+        let offset = NEXT.fetch_add(u32::from(n), Ordering::Relaxed);
+        let first = LOW + (spread + offset) % (SPAN - u32::from(n));
+        let first = u16::try_from(first).expect("below 32768");
+        let free = (first..first + n).all(|p| TcpListener::bind(("127.0.0.1", p)).is_ok());
+        if free {
+            return first;
+        }
+    }
+    panic!("no {n} consecutive free ports in {LOW}..{}", LOW + SPAN);
 }
 
 /// Starts `bin` with piped stdout and stderr.
