@@ -37,6 +37,7 @@ pub mod conv;
 pub mod cudnn;
 pub mod geom;
 pub mod matmul;
+pub mod memory;
 pub mod optim;
 pub mod pool;
 mod pool_train;

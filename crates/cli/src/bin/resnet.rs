@@ -4,6 +4,7 @@ use clap::Parser;
 use resnet_cli::{cmd_bench, cmd_eval, cmd_export, cmd_info, cmd_train, command};
 
 fn main() -> std::process::ExitCode {
+    resnet_kernels::memory::keep_freed_memory();
     let cli = command::Cli::parse();
     resnet_cli::init_logging(&cli.log_format);
     let result = match cli.command {

@@ -29,7 +29,7 @@ use super::im2col::{col2im, im2col, Layout};
 use super::taps::Taps;
 use super::ConvGeom;
 use crate::scratch::Scratch;
-use crate::sgemm::{best_path, sgemm_rows, sgemm_rows_blocked, Path, View, DEPTH_BLOCK};
+use crate::sgemm::{best_path, sgemm_rows, sgemm_rows_packed, PackedA, Path, View, DEPTH_BLOCK};
 
 /// Output columns (G·P) a chunk aims for: enough for the GEMM micro-kernels to run full
 /// tiles, small enough that the column buffer stays in cache.
@@ -118,6 +118,9 @@ pub fn forward_then(
         (&compact[..], Some(taps.depth_blocks(g, DEPTH_BLOCK)))
     };
     let (k, p, per) = (taps.k(g), g.p(), images_per_chunk(g));
+    // The weight is every chunk's A operand: packed once here, not once per chunk.
+    let packed = (best_path() == Path::Avx512)
+        .then(|| PackedA::new(View::row_major(w, k), [g.cout, k], blocks.as_deref()));
     let mut y = vec![0.0f32; g.batch * g.out_len()];
     y.par_chunks_mut((per * g.out_len()).max(1))
         .enumerate()
@@ -134,9 +137,9 @@ pub fn forward_then(
             // out[Cout, cols] = W[Cout, K] · col[K, cols]
             let (wv, cv) = (View::row_major(w, k), View::row_major(&col, cols));
             let dims = [g.cout, cols, k];
-            match &blocks {
+            match &packed {
+                Some(wp) => sgemm_rows_packed(dims, &mut out, false, wp, cv, gemm_splits(g)),
                 None => sgemm_rows(dims, &mut out, false, wv, cv, gemm_splits(g)),
-                Some(ends) => sgemm_rows_blocked(dims, &mut out, wv, cv, gemm_splits(g), ends),
             }
             match epilogue {
                 None => scatter_images(g, &out, y_chunk, cols),
@@ -171,6 +174,8 @@ pub fn grad_input_with(g: &ConvGeom, dy: &[f32], w: &[f32], skip: bool) -> Vec<f
         &compact[..]
     };
     let (k, p, per) = (taps.k(g), g.p(), images_per_chunk(g));
+    let wt = View::transposed(w, k);
+    let packed = (best_path() == Path::Avx512).then(|| PackedA::new(wt, [k, g.cout], None));
     let mut dx = vec![0.0f32; g.batch * g.in_len()];
     dx.par_chunks_mut((per * g.in_len()).max(1))
         .enumerate()
@@ -181,14 +186,15 @@ pub fn grad_input_with(g: &ConvGeom, dy: &[f32], w: &[f32], skip: bool) -> Vec<f
             let dy_packed = gather_images(g, dy, first, imgs);
             let mut dcol = Scratch::new(k * cols);
             // dcol[K, cols] = Wᵀ[K, Cout] · dY[Cout, cols]
-            sgemm_rows(
+            let (dims, dyv, splits) = (
                 [k, cols, g.cout],
-                &mut dcol,
-                false,
-                View::transposed(w, k),
                 View::row_major(&dy_packed, cols),
                 gemm_splits(g),
             );
+            match &packed {
+                Some(wp) => sgemm_rows_packed(dims, &mut dcol, false, wp, dyv, splits),
+                None => sgemm_rows(dims, &mut dcol, false, wt, dyv, splits),
+            }
             for i in 0..imgs {
                 let img = &mut dx_chunk[i * g.in_len()..][..g.in_len()];
                 col2im(g, &taps, &layout, &dcol, cols, i * p, img);
