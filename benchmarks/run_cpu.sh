@@ -8,8 +8,10 @@
 #                                                 + fused BatchNorm/ReLU (the default until 2026-12-06)
 #   all-taps    RESNET_CONV=gemm-all-taps         + BatchNorm folded into the convolution in eval
 #   burn-optim  RESNET_OPTIM=burn                 + taps that read only padding skipped (2026-12-06)
-#   default                                       + the fused optimizer update (what users get)
-# Every variant but `default` runs Burn's optimizer (RESNET_OPTIM=burn), as they were measured.
+#   no-winograd RESNET_CONV=gemm                  + the fused optimizer update
+#   default                                       + Winograd F(2x2,3x3) for 3x3 stride-1 layers
+#                                                   with outputs >= 8x8 (2026-12-07; what users get)
+# Every variant before `no-winograd` runs Burn's optimizer (RESNET_OPTIM=burn), as they were measured.
 # Writes JSON lines to $OUT (default benchmarks/cpu-results.jsonl).
 #   bash benchmarks/run_cpu.sh            # needs a built `resnet` (cargo build) and torch
 #   VARIANTS=default CASES=r18 bash benchmarks/run_cpu.sh   # just the default build, ResNet-18
@@ -28,7 +30,8 @@ variant_env() {
     all-taps-unfolded) echo "RESNET_CONV=gemm-all-taps RESNET_BN=unfolded RESNET_OPTIM=burn" ;;
     all-taps) echo "RESNET_CONV=gemm-all-taps RESNET_BN=fused RESNET_OPTIM=burn" ;;
     burn-optim) echo "RESNET_CONV=gemm RESNET_BN=fused RESNET_OPTIM=burn" ;;
-    default) echo "RESNET_CONV=gemm RESNET_BN=fused RESNET_OPTIM=fused" ;;
+    no-winograd) echo "RESNET_CONV=gemm RESNET_BN=fused RESNET_OPTIM=fused" ;;
+    default) echo "RESNET_CONV=winograd RESNET_BN=fused RESNET_OPTIM=fused" ;;
     *) echo "unknown variant $1" >&2; exit 2 ;;
   esac
 }

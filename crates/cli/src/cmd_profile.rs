@@ -114,14 +114,17 @@ fn flex(data: Vec<f32>, shape: [usize; 4]) -> FlexTensor {
     FlexTensor::from_data(TensorData::new(data, shape))
 }
 
-/// Burn's three passes and this project's (`skip_taps`: without the taps that read only
-/// padding, as `RESNET_CONV=gemm`; with every tap, as `gemm-all-taps`).
+/// Burn's three passes and this project's as `cpu_conv` runs them (the "gemm" columns): without
+/// the taps that read only padding (`gemm`), with every tap (`gemm-all-taps`), and with
+/// Winograd's forward and input gradient where it pays (`winograd`, the default).
 fn profile_conv(
     g: &ConvGeom,
     first: bool,
     repeats: usize,
-    skip_taps: bool,
+    cpu_conv: CpuConv,
 ) -> (PassTimes, PassTimes) {
+    let skip_taps = cpu_conv != CpuConv::GemmAllTaps;
+    let winograd = cpu_conv == CpuConv::Winograd && conv::winograd::pays(g);
     let x_shape = [g.batch, g.cin, g.in_hw[0], g.in_hw[1]];
     let w_shape = [g.cout, g.cin, g.kernel[0], g.kernel[1]];
     let y_shape = [g.batch, g.cout, g.out_hw[0], g.out_hw[1]];
@@ -151,13 +154,21 @@ fn profile_conv(
     };
     let gemm = PassTimes {
         forward: time(repeats, || {
-            kernels::forward_with(g, &x, &w, skip_taps);
+            if winograd {
+                conv::winograd::forward(g, &x, &w);
+            } else {
+                kernels::forward_with(g, &x, &w, skip_taps);
+            }
         }),
         grad_input: if first {
             0.0
         } else {
             time(repeats, || {
-                kernels::grad_input_with(g, &dy, &w, skip_taps);
+                if winograd {
+                    conv::winograd::grad_input(g, &dy, &w);
+                } else {
+                    kernels::grad_input_with(g, &dy, &w, skip_taps);
+                }
             })
         },
         grad_weight: time(repeats, || {
@@ -242,7 +253,7 @@ pub fn run(a: ProfileArgs) -> Result<()> {
         if !a.json {
             crate::say!("profiling conv {}/{}: {shape}", i + 1, order.len());
         }
-        let (burn, gemm) = profile_conv(g, i == 0, a.repeats, k.cpu_conv == CpuConv::Gemm);
+        let (burn, gemm) = profile_conv(g, i == 0, a.repeats, k.cpu_conv);
         let bn_relu = profile_bn_relu(&k, [g.batch, g.cout, g.out_hw[0], g.out_hw[1]], a.repeats);
         layers.push(LayerProfile {
             shape,
@@ -353,7 +364,9 @@ fn print_table(p: &Profile, per_layer: bool, cpu_conv: CpuConv) {
     println!("{:<26} {:>8} {:>10.3}", "BatchNorm+ReLU backward", "", bn_b);
     let [f, b, o] = p.step;
     let conv_now = match cpu_conv {
-        CpuConv::Gemm | CpuConv::GemmAllTaps => rows.iter().map(|r| r.3).sum::<f64>(),
+        CpuConv::Gemm | CpuConv::GemmAllTaps | CpuConv::Winograd => {
+            rows.iter().map(|r| r.3).sum::<f64>()
+        }
         CpuConv::Burn => rows.iter().map(|r| r.2).sum::<f64>(),
     };
     println!(

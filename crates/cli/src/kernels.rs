@@ -6,7 +6,7 @@
 //! |---|---|---|
 //! | `--cuda-conv` / `RESNET_CUDA_CONV` | CUDA convolutions and classifier matmuls | cudnn (default), gemm, tuned, autotune, direct |
 //! | `--cuda-bn` / `RESNET_CUDA_BN` | CUDA training-mode BatchNorm | cudnn (default with cudnn convolutions), burn (default otherwise) |
-//! | `RESNET_CONV` | CPU convolutions | gemm (default), gemm-all-taps, burn |
+//! | `RESNET_CONV` | CPU convolutions | winograd (default; GEMM elsewhere), gemm, gemm-all-taps, burn |
 //! | `RESNET_BN` | CPU BatchNorm | fused (default; folded into the convolution in evaluation), unfolded, burn |
 //! | `RESNET_OPTIM` | CPU optimizer update | fused (default; one pass per parameter, Burn's bits), burn |
 //! | `RESNET_CUDA_DGRAD=spread` | experimental strided input gradient with `gemm` | spread |
@@ -114,7 +114,7 @@ mod tests {
     fn defaults_flags_and_overrides_end_up_in_one_value() {
         let args = DeviceArgs::default();
         let k = choose_with(&args, env(&[])).expect("defaults");
-        assert_eq!(k.cpu_conv, CpuConv::Gemm);
+        assert_eq!(k.cpu_conv, CpuConv::Winograd);
         assert_eq!(k.cpu_bn, CpuBn::Fused);
         assert_eq!(k.cpu_optim, CpuOptim::Fused);
         assert_eq!(
@@ -186,7 +186,7 @@ mod tests {
         for (pairs, want) in [
             (
                 &[("RESNET_CONV", "fast")][..],
-                "RESNET_CONV: unknown CPU convolution 'fast': expected gemm, gemm-all-taps, burn",
+                "RESNET_CONV: unknown CPU convolution 'fast': expected gemm, gemm-all-taps, burn, winograd",
             ),
             (
                 &[("RESNET_BN", "off")][..],

@@ -40,20 +40,26 @@ macro_rules! named_enum {
 /// How convolutions run on the CPU (Burn's flex backend, f32).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum CpuConv {
-    /// This crate's im2col + GEMM kernels ([`crate::conv::cpu`]).
-    #[default]
+    /// This crate's im2col + GEMM kernels ([`crate::conv::cpu`]) for every convolution.
     Gemm,
     /// The same kernels with every kernel tap in the column matrix, also the taps that read
     /// only padding (the same bits, slower on small maps; for A/B benchmarks).
     GemmAllTaps,
     /// Burn's own convolution (for A/B benchmarks and bisecting).
     Burn,
+    /// The GEMM kernels, except that 3x3 stride-1 convolutions with outputs of at least 8x8
+    /// run their forward pass (also folded evaluation) and input gradient as Winograd
+    /// F(2x2, 3x3) ([`crate::conv::winograd`]): fewer multiplications, other rounding. Only
+    /// where the AVX-512 GEMM runs (measured there); elsewhere the same as `Gemm`.
+    #[default]
+    Winograd,
 }
 
 named_enum!(CpuConv, "CPU convolution", {
     Gemm => "gemm",
     GemmAllTaps => "gemm-all-taps",
     Burn => "burn",
+    Winograd => "winograd",
 });
 
 /// How BatchNorm (+ ReLU) runs on the CPU.
@@ -251,7 +257,7 @@ mod tests {
     #[test]
     fn the_default_is_the_libraries_own_behaviour() {
         let k = KernelChoice::default();
-        assert_eq!(k.cpu_conv, CpuConv::Gemm);
+        assert_eq!(k.cpu_conv, CpuConv::Winograd);
         assert_eq!(k.cpu_bn, CpuBn::Fused);
         assert_eq!(k.cuda_conv, CudaConv::Autotune);
         assert_eq!(k.cuda_bn, CudaBn::Burn);

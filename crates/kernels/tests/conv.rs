@@ -124,6 +124,11 @@ fn gemm_convolution_matches_burn_forward_and_gradients() {
         (3, 1, 1, [1, 6]),
         (3, 1, 1, [1, 17]),
         (5, 1, 2, [2, 3]),
+        // 3x3 stride 1 with outputs of 8x8 or more: Winograd by default on AVX-512 (odd
+        // sizes crop the last tile row and column; padding 0 to 2).
+        (3, 1, 0, [11, 13]),
+        (3, 1, 2, [8, 9]),
+        (3, 1, 1, [32, 32]),
     ];
     for (kernel, stride, pad, hw) in cases {
         for (batch, cin, cout) in [(3, 5, 4), (1, 2, 7)] {

@@ -6,7 +6,7 @@ use burn::backend::Flex;
 use burn::tensor::TensorData;
 
 use super::autodiff::ConvKernels;
-use super::{cpu, ConvGeom};
+use super::{cpu, winograd, ConvGeom};
 use crate::precision::round_bf16_slice;
 
 /// This crate's CPU kernels on the flex backend.
@@ -14,6 +14,8 @@ use crate::precision::round_bf16_slice;
 pub(crate) struct FlexKernels {
     /// Leave the kernel taps that read only padding out of the column matrix (same bits).
     pub skip_taps: bool,
+    /// Winograd F(2x2, 3x3) where it pays ([`winograd::pays`]), forward and input gradient.
+    pub winograd: bool,
 }
 
 /// A flex tensor's elements as one contiguous f32 buffer (copied only when strided).
@@ -28,13 +30,23 @@ fn from_vec(data: Vec<f32>, shape: [usize; 4]) -> FlexTensor {
 impl ConvKernels<Flex> for FlexKernels {
     fn forward(&self, x: &FlexTensor, w: &FlexTensor, g: &ConvGeom) -> FlexTensor {
         let (x, w) = (contiguous(x), contiguous(w));
-        let y = cpu::forward_with(g, x.storage::<f32>(), w.storage::<f32>(), self.skip_taps);
+        let (x, w) = (x.storage::<f32>(), w.storage::<f32>());
+        let y = if self.winograd && winograd::pays(g) {
+            winograd::forward(g, x, w)
+        } else {
+            cpu::forward_with(g, x, w, self.skip_taps)
+        };
         from_vec(y, [g.batch, g.cout, g.out_hw[0], g.out_hw[1]])
     }
 
     fn grad_input(&self, dy: &FlexTensor, w: &FlexTensor, g: &ConvGeom) -> FlexTensor {
         let w = contiguous(w);
-        let dx = cpu::grad_input_with(g, dy.storage::<f32>(), w.storage::<f32>(), self.skip_taps);
+        let (dy, w) = (dy.storage::<f32>(), w.storage::<f32>());
+        let dx = if self.winograd && winograd::pays(g) {
+            winograd::grad_input(g, dy, w)
+        } else {
+            cpu::grad_input_with(g, dy, w, self.skip_taps)
+        };
         from_vec(dx, [g.batch, g.cin, g.in_hw[0], g.in_hw[1]])
     }
 

@@ -15,7 +15,7 @@ use burn::nn::conv::Conv2d;
 use burn::tensor::backend::Backend;
 use burn::tensor::{DType, Tensor, TensorData, TensorPrimitive};
 
-use super::{cpu, geometry, record};
+use super::{cpu, geometry, record, winograd};
 use crate::bn::cpu::fold;
 use crate::cast::{cast, float_primitive};
 use crate::choice::{CpuBn, CpuConv, KernelChoice};
@@ -85,8 +85,13 @@ pub fn conv2d_bn_eval<B: Backend>(
         residual: residual.as_ref().map(|r| r.storage::<f32>()),
         relu,
     };
-    let skip = k.cpu_conv == CpuConv::Gemm;
-    let y = cpu::forward_then(&g, x.storage::<f32>(), &w, skip, Some(&epilogue));
+    let x = x.storage::<f32>();
+    let y = if k.cpu_conv == CpuConv::Winograd && winograd::pays(&g) {
+        winograd::forward_then(&g, x, &w, Some(&epilogue))
+    } else {
+        let skip = k.cpu_conv != CpuConv::GemmAllTaps;
+        cpu::forward_then(&g, x, &w, skip, Some(&epilogue))
+    };
     let shape = [g.batch, g.cout, g.out_hw[0], g.out_hw[1]];
     let y = FlexTensor::from_data(TensorData::new(y, shape));
     Tensor::from_primitive(TensorPrimitive::Float(cast(y).expect("same type")))

@@ -1,6 +1,7 @@
 //! The model's convolutions. On the CPU (Burn's flex backend, f32) they run through [`cpu`]:
 //! im2col + GEMM for the forward pass and both gradients, about three times faster in training
-//! than flex's own path (see benchmarks/RESULTS.md). On the plain CUDA backend with fixed kernels
+//! than flex's own path (see benchmarks/RESULTS.md), with the 3x3 stride-1 layers' forward and
+//! input gradient through [`winograd`] where it pays. On the plain CUDA backend with fixed kernels
 //! chosen, `cuda` runs them with a fixed strategy instead of Burn's autotuning (`gemm`,
 //! `direct`), with the fastest of a few fixed candidates per shape (`tuned`, [`tune_plan`]), or
 //! through cuDNN (`cudnn`, [`crate::cudnn`]).
@@ -13,6 +14,7 @@
 //! flex.rs      ConvKernels on the CPU, over cpu.rs (im2col + GEMM on slices)
 //! folded.rs    evaluation on the CPU: the BatchNorm after a convolution folded into it
 //! im2col.rs    the CPU column matrix and its adjoint, over the taps of taps.rs
+//! winograd.rs  CPU Winograd F(2x2, 3x3) for 3x3 stride-1 layers (forward, input gradient)
 //! taps.rs      which kernel taps read inside the image (the rest are skipped on the CPU)
 //! cuda/        ConvKernels on CUDA: fixed strategies (gemm.rs), tuned.rs, implicit.rs
 //! dilate.rs    strided input gradient as a stride-1 one (backend-generic, CPU-tested)
@@ -34,6 +36,7 @@ mod taps;
 pub mod tune_plan;
 #[cfg(any(test, feature = "cuda"))]
 pub mod wgrad;
+pub mod winograd;
 
 use std::any::TypeId;
 
@@ -72,7 +75,8 @@ pub fn conv2d<B: Backend>(k: &KernelChoice, conv: &Conv2d<B>, x: Tensor<B, 4>) -
             return conv.forward(x);
         }
         let kernels = flex::FlexKernels {
-            skip_taps: k.cpu_conv == CpuConv::Gemm,
+            skip_taps: k.cpu_conv != CpuConv::GemmAllTaps,
+            winograd: k.cpu_conv == CpuConv::Winograd,
         };
         return run::<B, Flex, _>(kernels, k, conv, x, geom);
     }
