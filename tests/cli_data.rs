@@ -359,8 +359,8 @@ fn bench_lines_name_the_cpu_kernels_and_the_optimizer_variants_agree() {
     };
     let fused = run("fused");
     let burn = run("burn");
-    assert_eq!(fused["cpu_kernels"], "conv=gemm bn=fused optim=fused");
-    assert_eq!(burn["cpu_kernels"], "conv=gemm bn=fused optim=burn");
+    assert_eq!(fused["cpu_kernels"], "conv=winograd bn=fused optim=fused");
+    assert_eq!(burn["cpu_kernels"], "conv=winograd bn=fused optim=burn");
     assert_eq!(
         fused["losses"], burn["losses"],
         "same bits, so the same losses"

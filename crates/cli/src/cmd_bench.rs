@@ -78,7 +78,7 @@ pub struct BenchResult {
     /// Convolution arithmetic (`--conv-precision`).
     pub conv_precision: String,
     /// On the CPU, the kernels that ran (`RESNET_CONV`, `RESNET_BN`, `RESNET_OPTIM`), so a
-    /// result line says which A/B variant it is: e.g. `conv=gemm bn=fused optim=fused`.
+    /// result line says which A/B variant it is: e.g. `conv=winograd bn=fused optim=fused`.
     pub cpu_kernels: Option<String>,
     /// CPU threads available to the process.
     pub threads: usize,
