@@ -96,18 +96,7 @@ pub fn forward_then(
     skip: bool,
     epilogue: Option<&Epilogue>,
 ) -> Vec<f32> {
-    if let Some(e) = epilogue {
-        assert_eq!(e.shift.len(), g.cout, "conv epilogue: shift length");
-        if let Some(r) = e.residual {
-            assert_eq!(
-                r.len(),
-                g.batch * g.out_len(),
-                "conv epilogue: residual length"
-            );
-        }
-    }
-    assert_eq!(x.len(), g.batch * g.in_len(), "conv forward: input length");
-    assert_eq!(w.len(), g.cout * g.k(), "conv forward: weight length");
+    check_forward(g, x, w, epilogue);
     let taps = taps_for(g, skip);
     let layout = Layout::of(g);
     let compact;
@@ -147,6 +136,22 @@ pub fn forward_then(
             }
         });
     y
+}
+
+/// Panics unless the forward's operands (and epilogue) have `g`'s sizes.
+pub(crate) fn check_forward(g: &ConvGeom, x: &[f32], w: &[f32], epilogue: Option<&Epilogue>) {
+    if let Some(e) = epilogue {
+        assert_eq!(e.shift.len(), g.cout, "conv epilogue: shift length");
+        if let Some(r) = e.residual {
+            assert_eq!(
+                r.len(),
+                g.batch * g.out_len(),
+                "conv epilogue: residual length"
+            );
+        }
+    }
+    assert_eq!(x.len(), g.batch * g.in_len(), "conv forward: input length");
+    assert_eq!(w.len(), g.cout * g.k(), "conv forward: weight length");
 }
 
 /// Gradient with respect to the input: `dy` [N, Cout, Ho, Wo], `w` → [N, Cin, H, W].

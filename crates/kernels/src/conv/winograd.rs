@@ -15,7 +15,7 @@
 
 use rayon::prelude::*;
 
-use super::cpu::Epilogue;
+use super::cpu::{check_forward, Epilogue};
 use super::ConvGeom;
 use crate::scratch::Scratch;
 use crate::sgemm::{best_path, sgemm_rows, sgemm_rows_packed, PackedA, Path, View};
@@ -250,18 +250,7 @@ pub fn forward_then(g: &ConvGeom, x: &[f32], w: &[f32], epilogue: Option<&Epilog
         handles(g),
         "Winograd F(2x2, 3x3) needs a 3x3 stride-1 convolution"
     );
-    if let Some(e) = epilogue {
-        assert_eq!(e.shift.len(), g.cout, "conv epilogue: shift length");
-        if let Some(r) = e.residual {
-            assert_eq!(
-                r.len(),
-                g.batch * g.out_len(),
-                "conv epilogue: residual length"
-            );
-        }
-    }
-    assert_eq!(x.len(), g.batch * g.in_len(), "conv forward: input length");
-    assert_eq!(w.len(), g.cout * g.k(), "conv forward: weight length");
+    check_forward(g, x, w, epilogue);
     let (cin, cout) = (g.cin, g.cout);
     let u = transform_weight(cout, cin, w);
     let packed: Option<Vec<PackedA>> = (best_path() == Path::Avx512).then(|| {

@@ -100,13 +100,7 @@ pub(crate) fn sgemm(
     assert_eq!(dst.len(), m * n, "gemm destination length");
     a.check(m, k);
     b.check(k, n);
-    if m == 0 || n == 0 {
-        return;
-    }
-    if k == 0 {
-        if !accumulate {
-            dst.fill(0.0);
-        }
+    if empty([m, n, k], dst, accumulate) {
         return;
     }
     match path {
@@ -114,6 +108,15 @@ pub(crate) fn sgemm(
         Path::Avx512 => blocked([m, n, k], dst, accumulate, ASource::View(a), b, None),
         _ => portable([m, n, k], dst, accumulate, a, b),
     }
+}
+
+/// Finishes a product with no rows, columns or depth (an empty sum is zero, added or
+/// written); returns whether it was one.
+fn empty([m, n, k]: [usize; 3], dst: &mut [f32], accumulate: bool) -> bool {
+    if k == 0 && !accumulate {
+        dst.fill(0.0);
+    }
+    m == 0 || n == 0 || k == 0
 }
 
 /// The depth (k) of one block of the AVX-512 GEMM: it sums each block of KC products in its
@@ -136,13 +139,7 @@ pub(crate) fn sgemm_rows_packed(
     assert_eq!(a.dims(), [m, k], "packed A dimensions");
     assert_eq!(dst.len(), m * n, "gemm destination length");
     b.check(k, n);
-    if m == 0 || n == 0 {
-        return;
-    }
-    if k == 0 {
-        if !accumulate {
-            dst.fill(0.0);
-        }
+    if empty([m, n, k], dst, accumulate) {
         return;
     }
     split_rows([m, n], dst, splits, |rows, block, row0| {
