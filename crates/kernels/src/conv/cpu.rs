@@ -351,10 +351,11 @@ fn scatter_images_then(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn values(n: usize, seed: u32) -> Vec<f32> {
+    /// Deterministic values in [-1, 1] (shared with the Winograd tests).
+    pub(crate) fn values(n: usize, seed: u32) -> Vec<f32> {
         (0..n)
             .map(|i| {
                 let h = (i as u32 ^ seed).wrapping_mul(2654435761) >> 8;

@@ -334,15 +334,7 @@ pub fn grad_input(g: &ConvGeom, dy: &[f32], w: &[f32]) -> Vec<f32> {
 mod tests {
     use super::*;
     use crate::conv::cpu;
-
-    fn values(n: usize, seed: u32) -> Vec<f32> {
-        (0..n)
-            .map(|i| {
-                let h = (i as u32 ^ seed).wrapping_mul(2654435761) >> 8;
-                (h % 2001) as f32 / 1000.0 - 1.0
-            })
-            .collect()
-    }
+    use crate::conv::cpu::tests::values;
 
     fn close(got: &[f32], want: &[f32], k: usize, what: &str) {
         assert_eq!(got.len(), want.len(), "{what}: length");
