@@ -100,12 +100,12 @@ fn transform_input(g: &ConvGeom, x: &[f32], imgs: usize, v: &mut [f32]) {
             for (y, src) in plane.chunks_exact(w).enumerate() {
                 let e = &mut even[(y + ph) * half..][..half];
                 let o = &mut odd[(y + ph) * half..][..half];
-                for (xx, &val) in src.iter().enumerate() {
-                    let col = xx + pw;
-                    if col % 2 == 0 {
-                        e[col / 2] = val;
-                    } else {
-                        o[col / 2] = val;
+                // Source column xx lands on padded column xx + pw: every other one, from
+                // the first that lands on an even (odd) column, goes to `even` (`odd`).
+                for (first, dst) in [(pw % 2, e), (1 - pw % 2, o)] {
+                    let picked = src.iter().skip(first).step_by(2);
+                    for (d, &val) in dst[(first + pw) / 2..].iter_mut().zip(picked) {
+                        *d = val;
                     }
                 }
             }
