@@ -116,7 +116,7 @@ fn flex(data: Vec<f32>, shape: [usize; 4]) -> FlexTensor {
 
 /// Burn's three passes and this project's as `cpu_conv` runs them (the "gemm" columns): without
 /// the taps that read only padding (`gemm`), with every tap (`gemm-all-taps`), and with
-/// Winograd's forward and input gradient where it pays (`winograd`, the default).
+/// Winograd where it pays (`winograd`, the default).
 fn profile_conv(
     g: &ConvGeom,
     first: bool,
@@ -172,7 +172,11 @@ fn profile_conv(
             })
         },
         grad_weight: time(repeats, || {
-            kernels::grad_weight_with(g, &x, &dy, skip_taps);
+            if cpu_conv == CpuConv::Winograd && conv::winograd::pays_for_weight(g) {
+                conv::winograd::grad_weight(g, &x, &dy);
+            } else {
+                kernels::grad_weight_with(g, &x, &dy, skip_taps);
+            }
         }),
     };
     (burn, gemm)

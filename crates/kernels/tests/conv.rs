@@ -160,6 +160,23 @@ fn gemm_convolution_matches_burn_on_a_large_batch_of_small_images() {
 }
 
 #[test]
+fn winograd_weight_gradient_matches_burn_on_wide_layers() {
+    // Wide enough for the weight gradient to run as Winograd too (`pays_for_weight`), with an
+    // odd map (cropped edge tiles) and several chunks of tiles.
+    for (batch, hw) in [(2, [16, 16]), (5, [9, 11])] {
+        check(&Case {
+            batch,
+            cin: 128,
+            cout: 16,
+            hw,
+            kernel: 3,
+            stride: 1,
+            pad: 1,
+        });
+    }
+}
+
+#[test]
 fn geometry_rejects_kernels_larger_than_the_padded_input() {
     assert!(conv::ConvGeom::new([1, 3, 4, 4], [8, 3, 7, 7], [1, 1], [1, 1]).is_none());
     assert!(conv::ConvGeom::new([1, 3, 4, 4], [8, 2, 3, 3], [1, 1], [1, 1]).is_none());

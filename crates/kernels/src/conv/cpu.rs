@@ -234,44 +234,59 @@ pub fn grad_weight_with(g: &ConvGeom, x: &[f32], dy: &[f32], skip: bool) -> Vec<
     let layout = Layout::of(g);
     let (k, p, per) = (taps.k(g), g.p(), images_per_chunk(g));
     let chunks: Vec<usize> = (0..g.batch).step_by(per).collect();
-    // Contiguous runs of chunks, one per thread, each with its own accumulator.
-    let runs = chunks.len().min(rayon::current_num_threads()).max(1);
-    let per_run = chunks.len().div_ceil(runs).max(1);
-    let dwt = chunks
-        .par_chunks(per_run)
-        .map(|run| {
-            let mut dwt = vec![0.0f32; k * g.cout];
-            for &first in run {
-                let imgs = per.min(g.batch - first);
-                let cols = imgs * p;
-                let mut col = Scratch::new(k * cols);
-                for i in 0..imgs {
-                    let img = &x[(first + i) * g.in_len()..][..g.in_len()];
-                    im2col(g, &taps, &layout, img, &mut col, cols, i * p);
-                }
-                let dy_packed = gather_images(g, dy, first, imgs);
-                sgemm_rows(
-                    [k, g.cout, cols],
-                    &mut dwt,
-                    true,
-                    View::row_major(&col, cols),
-                    View::transposed(&dy_packed, cols),
-                    gemm_splits(g),
-                );
-            }
-            dwt
-        })
-        .reduce_with(|mut a, b| {
-            a.iter_mut().zip(&b).for_each(|(a, b)| *a += b);
-            a
-        })
-        .unwrap_or_else(|| vec![0.0f32; k * g.cout]);
+    let dwt = sum_runs(&chunks, k * g.cout, |first, dwt| {
+        let imgs = per.min(g.batch - first);
+        let cols = imgs * p;
+        let mut col = Scratch::new(k * cols);
+        for i in 0..imgs {
+            let img = &x[(first + i) * g.in_len()..][..g.in_len()];
+            im2col(g, &taps, &layout, img, &mut col, cols, i * p);
+        }
+        let dy_packed = gather_images(g, dy, first, imgs);
+        sgemm_rows(
+            [k, g.cout, cols],
+            dwt,
+            true,
+            View::row_major(&col, cols),
+            View::transposed(&dy_packed, cols),
+            gemm_splits(g),
+        );
+    });
     let dw = transpose(&dwt, k, g.cout);
     if taps.is_every() {
         dw
     } else {
         taps.expand_weight(g, &dw)
     }
+}
+
+/// A weight gradient's sum over chunks of images (`chunks` holds each chunk's first image):
+/// contiguous runs of chunks, one per thread, each adding its chunks into its own accumulator of
+/// `len` zeros, then the runs' accumulators summed in run order — so the bits depend on the
+/// thread count only, never on which thread finished first.
+pub(super) fn sum_runs(
+    chunks: &[usize],
+    len: usize,
+    add: impl Fn(usize, &mut [f32]) + Sync,
+) -> Vec<f32> {
+    let runs = chunks.len().min(rayon::current_num_threads()).max(1);
+    let per_run = chunks.len().div_ceil(runs).max(1);
+    let parts: Vec<Vec<f32>> = chunks
+        .par_chunks(per_run)
+        .map(|run| {
+            let mut acc = vec![0.0f32; len];
+            for &first in run {
+                add(first, &mut acc);
+            }
+            acc
+        })
+        .collect();
+    let mut parts = parts.into_iter();
+    let mut sum = parts.next().unwrap_or_else(|| vec![0.0f32; len]);
+    for part in parts {
+        sum.iter_mut().zip(&part).for_each(|(s, p)| *s += p);
+    }
+    sum
 }
 
 /// The transpose of a row-major `rows x cols` matrix, in 32x32 tiles so that both the reads

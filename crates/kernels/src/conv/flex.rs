@@ -14,7 +14,8 @@ use crate::precision::round_bf16_slice;
 pub(crate) struct FlexKernels {
     /// Leave the kernel taps that read only padding out of the column matrix (same bits).
     pub skip_taps: bool,
-    /// Winograd F(2x2, 3x3) where it pays ([`winograd::pays`]), forward and input gradient.
+    /// Winograd F(2x2, 3x3) where it pays: forward and input gradient ([`winograd::pays`]),
+    /// weight gradient ([`winograd::pays_for_weight`]).
     pub winograd: bool,
 }
 
@@ -52,7 +53,12 @@ impl ConvKernels<Flex> for FlexKernels {
 
     fn grad_weight(&self, x: &FlexTensor, dy: &FlexTensor, g: &ConvGeom) -> FlexTensor {
         let x = contiguous(x);
-        let dw = cpu::grad_weight_with(g, x.storage::<f32>(), dy.storage::<f32>(), self.skip_taps);
+        let (x, dy) = (x.storage::<f32>(), dy.storage::<f32>());
+        let dw = if self.winograd && winograd::pays_for_weight(g) {
+            winograd::grad_weight(g, x, dy)
+        } else {
+            cpu::grad_weight_with(g, x, dy, self.skip_taps)
+        };
         from_vec(dw, [g.cout, g.cin, g.kernel[0], g.kernel[1]])
     }
 

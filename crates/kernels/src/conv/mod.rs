@@ -14,7 +14,8 @@
 //! flex.rs      ConvKernels on the CPU, over cpu.rs (im2col + GEMM on slices)
 //! folded.rs    evaluation on the CPU: the BatchNorm after a convolution folded into it
 //! im2col.rs    the CPU column matrix and its adjoint, over the taps of taps.rs
-//! winograd.rs  CPU Winograd F(2x2, 3x3) for 3x3 stride-1 layers (forward, input gradient)
+//! winograd.rs  CPU Winograd F(2x2, 3x3) for 3x3 stride-1 layers (forward, input gradient;
+//!              the weight gradient, its adjoint, in winograd_wgrad.rs)
 //! taps.rs      which kernel taps read inside the image (the rest are skipped on the CPU)
 //! cuda/        ConvKernels on CUDA: fixed strategies (gemm.rs), tuned.rs, implicit.rs
 //! dilate.rs    strided input gradient as a stride-1 one (backend-generic, CPU-tested)
@@ -37,6 +38,7 @@ pub mod tune_plan;
 #[cfg(any(test, feature = "cuda"))]
 pub mod wgrad;
 pub mod winograd;
+mod winograd_wgrad;
 
 use std::any::TypeId;
 

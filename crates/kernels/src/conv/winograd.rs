@@ -1,5 +1,6 @@
 //! Winograd F(2x2, 3x3) for 3x3 stride-1 convolutions on the CPU: the forward pass and the
-//! input gradient (a 3x3 stride-1 convolution itself, with the weight flipped and transposed).
+//! input gradient (a 3x3 stride-1 convolution itself, with the weight flipped and transposed);
+//! the weight gradient, the forward's adjoint, is `winograd_wgrad.rs`.
 //!
 //! A 2x2 output tile needs 16 multiplications per channel pair instead of 36: the input is cut
 //! into overlapping 4x4 tiles and transformed (`V = Bᵀ d B`), the weight likewise
@@ -15,13 +16,15 @@
 
 use rayon::prelude::*;
 
+pub use super::winograd_wgrad::grad_weight;
+
 use super::cpu::{check_forward, Epilogue};
 use super::ConvGeom;
 use crate::scratch::Scratch;
 use crate::sgemm::{best_path, sgemm_rows, sgemm_rows_packed, PackedA, Path, View};
 
 /// Transformed positions of a 4x4 tile.
-const XI: usize = 16;
+pub(super) const XI: usize = 16;
 
 /// Tiles a chunk aims for. The transforms are bound by memory (the transformed input and the
 /// GEMMs' outputs are 16 floats per tile and channel), so small chunks that stay in cache win
@@ -43,8 +46,16 @@ pub fn pays(g: &ConvGeom) -> bool {
     handles(g) && g.out_hw[0] >= 8 && g.out_hw[1] >= 8 && best_path() == Path::Avx512
 }
 
+/// Whether the weight gradient pays as Winograd too: as [`pays`], with at least 32 input
+/// channels — its GEMMs have Cin columns, and a 3-channel stem was 9x slower. Measured on two
+/// Zen 4 cores (ResNet-18 CIFAR stem, batch 64, per convolution): 64 ch 32x32 30 -> 24 ms,
+/// 128 ch 16x16 29 -> 21 ms, 256 ch 8x8 32 -> 23 ms (RESULTS.md, 2026-12-07).
+pub fn pays_for_weight(g: &ConvGeom) -> bool {
+    pays(g) && g.cin >= 32
+}
+
 /// Output tiles of one image: (rows, columns).
-fn tiles(g: &ConvGeom) -> [usize; 2] {
+pub(super) fn tiles(g: &ConvGeom) -> [usize; 2] {
     [g.out_hw[0].div_ceil(2), g.out_hw[1].div_ceil(2)]
 }
 
@@ -80,7 +91,7 @@ fn transform_weight(cout: usize, cin: usize, w: &[f32]) -> Vec<f32> {
 
 /// `V_ξ[c, t]` for the tiles of `imgs` images from `x` (each [Cin, H, W]): the chunk's
 /// transformed input, XI matrices [Cin, T] one after the other (T = imgs · tiles per image).
-fn transform_input(g: &ConvGeom, x: &[f32], imgs: usize, v: &mut [f32]) {
+pub(super) fn transform_input(g: &ConvGeom, x: &[f32], imgs: usize, v: &mut [f32]) {
     let ([h, w], [ph, pw]) = (g.in_hw, g.pad);
     let [th, tw] = tiles(g);
     let per_img = th * tw;
