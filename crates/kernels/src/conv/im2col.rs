@@ -3,6 +3,8 @@
 //! `(channel, tap)` over the taps in a [`Taps`] (every tap, or only those that read inside the
 //! image).
 
+#[cfg(target_arch = "x86_64")]
+use super::im2col_register::RegisterPermutes;
 use super::taps::{source_row, Taps};
 use super::ConvGeom;
 
@@ -116,6 +118,10 @@ pub(crate) struct Layout {
     table: Vec<u32>,
     /// The plane's length plus the padding slot.
     slots: usize,
+    /// The same table as register permutes, where a plane and the output fit one AVX-512
+    /// register (then the narrow im2col/col2im use these).
+    #[cfg(target_arch = "x86_64")]
+    registers: Option<RegisterPermutes>,
 }
 
 impl Layout {
@@ -127,6 +133,8 @@ impl Layout {
             return Self {
                 table: Vec::new(),
                 slots,
+                #[cfg(target_arch = "x86_64")]
+                registers: None,
             };
         }
         let pad_slot = (h * w) as u32;
@@ -142,7 +150,26 @@ impl Layout {
                 }
             }
         }
-        Self { table, slots }
+        Self {
+            #[cfg(target_arch = "x86_64")]
+            registers: RegisterPermutes::of(&table, h * w, oh * ow),
+            table,
+            slots,
+        }
+    }
+
+    /// This layout without its register permutes: the gather table only (to test one
+    /// against the other).
+    #[cfg(all(test, target_arch = "x86_64"))]
+    pub fn without_registers(mut self) -> Self {
+        self.registers = None;
+        self
+    }
+
+    /// Whether the narrow passes run as register permutes.
+    #[cfg(all(test, target_arch = "x86_64"))]
+    pub fn has_registers(&self) -> bool {
+        self.registers.is_some()
     }
 
     /// The table entries of kernel tap `tap` for `p` output pixels.
@@ -198,6 +225,10 @@ fn im2col_narrow(
     ld: usize,
     offset: usize,
 ) {
+    #[cfg(target_arch = "x86_64")]
+    if let Some(r) = &layout.registers {
+        return r.im2col(taps.list(), g.cin, img, col, ld, offset);
+    }
     let (plane_len, p) = (g.in_hw[0] * g.in_hw[1], g.p());
     let ta = taps.list().len();
     // The plane plus one zero at `plane_len`, the slot padding reads point to.
@@ -220,6 +251,10 @@ fn col2im_narrow(
     offset: usize,
     img: &mut [f32],
 ) {
+    #[cfg(target_arch = "x86_64")]
+    if let Some(r) = &layout.registers {
+        return r.col2im(taps.list(), g.cin, dcol, ld, offset, img);
+    }
     let (plane_len, p) = (g.in_hw[0] * g.in_hw[1], g.p());
     let ta = taps.list().len();
     // Accumulate into the plane plus a discard slot for the taps that read padding.

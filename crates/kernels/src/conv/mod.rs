@@ -14,6 +14,7 @@
 //! flex.rs      ConvKernels on the CPU, over cpu.rs (im2col + GEMM on slices)
 //! folded.rs    evaluation on the CPU: the BatchNorm after a convolution folded into it
 //! im2col.rs    the CPU column matrix and its adjoint, over the taps of taps.rs
+//! im2col_register.rs  the same for planes of <= 16 floats as AVX-512 register permutes
 //! winograd.rs  CPU Winograd F(2x2, 3x3) for 3x3 stride-1 layers (forward, input gradient;
 //!              the weight gradient, its adjoint, in winograd_wgrad.rs)
 //! taps.rs      which kernel taps read inside the image (the rest are skipped on the CPU)
@@ -32,6 +33,8 @@ pub mod dilate;
 mod flex;
 mod folded;
 mod im2col;
+#[cfg(target_arch = "x86_64")]
+mod im2col_register;
 mod record;
 mod taps;
 pub mod tune_plan;
