@@ -220,16 +220,7 @@ pub fn grad_weight(g: &ConvGeom, x: &[f32], dy: &[f32]) -> Vec<f32> {
 /// over the same depth (the batch's pixels), and an inactive tap's row is all `+0`: the
 /// compact product spread back ([`Taps::expand_weight`]) has the same bits.
 pub fn grad_weight_with(g: &ConvGeom, x: &[f32], dy: &[f32], skip: bool) -> Vec<f32> {
-    assert_eq!(
-        x.len(),
-        g.batch * g.in_len(),
-        "conv grad weight: input length"
-    );
-    assert_eq!(
-        dy.len(),
-        g.batch * g.out_len(),
-        "conv grad weight: gradient length"
-    );
+    check_grad_weight(g, x, dy);
     let taps = taps_for(g, skip);
     let layout = Layout::of(g);
     let (k, p, per) = (taps.k(g), g.p(), images_per_chunk(g));
@@ -258,6 +249,20 @@ pub fn grad_weight_with(g: &ConvGeom, x: &[f32], dy: &[f32], skip: bool) -> Vec<
     } else {
         taps.expand_weight(g, &dw)
     }
+}
+
+/// Panics unless `x` and `dy` hold a batch of `g`'s inputs and output gradients.
+pub(super) fn check_grad_weight(g: &ConvGeom, x: &[f32], dy: &[f32]) {
+    assert_eq!(
+        x.len(),
+        g.batch * g.in_len(),
+        "conv grad weight: input length"
+    );
+    assert_eq!(
+        dy.len(),
+        g.batch * g.out_len(),
+        "conv grad weight: gradient length"
+    );
 }
 
 /// A weight gradient's sum over chunks of images (`chunks` holds each chunk's first image):

@@ -342,12 +342,12 @@ pub fn grad_input(g: &ConvGeom, dy: &[f32], w: &[f32]) -> Vec<f32> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use crate::conv::cpu;
     use crate::conv::cpu::tests::values;
 
-    fn close(got: &[f32], want: &[f32], k: usize, what: &str) {
+    pub(in crate::conv) fn close(got: &[f32], want: &[f32], k: usize, what: &str) {
         assert_eq!(got.len(), want.len(), "{what}: length");
         // Sums of k products of values in [-1, 1]: a few ulps of the sum's magnitude.
         let tol = 1e-5 * (k as f32).sqrt() * 4.0;
@@ -359,21 +359,24 @@ mod tests {
         }
     }
 
+    /// (batch, cin, cout, h, w, pad) of the tests of all three passes: even and odd sizes
+    /// (cropped edge tiles), 1x1 and 2x2 maps, pads 0-2, batches of one and of several chunks
+    /// and runs.
+    pub(in crate::conv) const CASES: [(usize, usize, usize, usize, usize, usize); 9] = [
+        (1, 3, 8, 32, 32, 1),
+        (37, 5, 7, 9, 11, 1),
+        (2, 16, 9, 4, 4, 1),
+        (3, 7, 5, 1, 1, 1),
+        (2, 4, 6, 2, 2, 1),
+        (2, 6, 4, 7, 5, 0),
+        (3, 5, 3, 6, 3, 2),
+        (40, 12, 10, 8, 8, 1),
+        (70, 12, 10, 8, 8, 1),
+    ];
+
     #[test]
     fn forward_and_input_gradient_match_the_gemm_kernel() {
-        // (batch, cin, cout, h, w, pad): even and odd sizes, 1x1 and 2x2 maps, pads 0-2,
-        // batches of one and of several chunks.
-        let cases = [
-            (1, 3, 8, 32, 32, 1),
-            (37, 5, 7, 9, 11, 1),
-            (2, 16, 9, 4, 4, 1),
-            (3, 7, 5, 1, 1, 1),
-            (2, 4, 6, 2, 2, 1),
-            (2, 6, 4, 7, 5, 0),
-            (3, 5, 3, 6, 3, 2),
-            (40, 12, 10, 8, 8, 1),
-        ];
-        for (batch, cin, cout, h, w, pad) in cases {
+        for (batch, cin, cout, h, w, pad) in CASES {
             let g = ConvGeom::new([batch, cin, h, w], [cout, cin, 3, 3], [1, 1], [pad, pad])
                 .expect("fits");
             assert!(handles(&g));

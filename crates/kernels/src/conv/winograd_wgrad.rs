@@ -13,7 +13,7 @@
 //! and was a wash (RESULTS.md, 2026-12-07). The chunks' sums are added in a fixed order
 //! ([`sum_runs`]), so the bits depend on the thread count only.
 
-use super::cpu::sum_runs;
+use super::cpu::{check_grad_weight, sum_runs};
 use super::winograd::{handles, tiles, transform_input, XI};
 use super::ConvGeom;
 use crate::scratch::Scratch;
@@ -127,16 +127,7 @@ pub fn grad_weight(g: &ConvGeom, x: &[f32], dy: &[f32]) -> Vec<f32> {
         handles(g),
         "Winograd F(2x2, 3x3) needs a 3x3 stride-1 convolution"
     );
-    assert_eq!(
-        x.len(),
-        g.batch * g.in_len(),
-        "conv grad weight: input length"
-    );
-    assert_eq!(
-        dy.len(),
-        g.batch * g.out_len(),
-        "conv grad weight: gradient length"
-    );
+    check_grad_weight(g, x, dy);
     let (cin, cout) = (g.cin, g.cout);
     let [th, tw] = tiles(g);
     let per = CHUNK_TILES
@@ -180,37 +171,22 @@ mod tests {
     use super::*;
     use crate::conv::cpu;
     use crate::conv::cpu::tests::values;
+    use crate::conv::winograd::tests::{close, CASES};
 
     #[test]
     fn weight_gradient_matches_the_gemm_kernel() {
-        // (batch, cin, cout, h, w, pad): odd sizes (cropped edge tiles), pads 0-2, 1x1 and 2x2
-        // maps, a batch of several chunks and runs.
-        let cases = [
-            (1, 3, 8, 32, 32, 1),
-            (37, 5, 7, 9, 11, 1),
-            (2, 16, 9, 4, 4, 1),
-            (3, 7, 5, 1, 1, 1),
-            (2, 6, 4, 7, 5, 0),
-            (3, 5, 3, 6, 3, 2),
-            (70, 12, 10, 8, 8, 1),
-        ];
-        for (batch, cin, cout, h, w, pad) in cases {
+        for (batch, cin, cout, h, w, pad) in CASES {
             let g = ConvGeom::new([batch, cin, h, w], [cout, cin, 3, 3], [1, 1], [pad, pad])
                 .expect("fits");
             let x = values(batch * g.in_len(), 1);
             let dy = values(batch * g.out_len(), 3);
-            let got = grad_weight(&g, &x, &dy);
-            let want = cpu::grad_weight(&g, &x, &dy);
-            // Sums over batch · Ho · Wo products of values in [-1, 1].
-            let n = (batch * g.out_len() / cout) as f32;
-            let tol = 1e-5 * n.sqrt() * 8.0;
-            for (i, (a, b)) in got.iter().zip(&want).enumerate() {
-                assert!(
-                    (a - b).abs() <= tol * (1.0 + b.abs()),
-                    "{} [{i}]: {a} vs {b}",
-                    g.key(batch)
-                );
-            }
+            // Each entry sums batch · Ho · Wo products.
+            close(
+                &grad_weight(&g, &x, &dy),
+                &cpu::grad_weight(&g, &x, &dy),
+                batch * g.out_hw[0] * g.out_hw[1],
+                &format!("{} weight gradient", g.key(batch)),
+            );
         }
     }
 }
