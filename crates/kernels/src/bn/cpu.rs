@@ -53,21 +53,45 @@ pub fn stats(g: &BnGeom, x: &[f32]) -> (Vec<f32>, Vec<f32>) {
 }
 
 /// `y = x · scale[c] + shift[c]`, then `max(y, 0)` when `relu`.
+///
+/// Written straight into a fresh buffer by the parallel tasks: a copy of `x` first (then an
+/// in-place pass) was a single-threaded memcpy of every activation.
+#[allow(unsafe_code)]
 pub fn scale_shift(g: &BnGeom, x: &[f32], scale: &[f32], shift: &[f32], relu: bool) -> Vec<f32> {
-    assert_eq!(x.len(), g.len(), "batchnorm input length");
-    let mut y = x.to_vec();
-    scale_shift_in_place(g, &mut y, scale, shift, relu);
+    check_scale_shift(g, x, scale, shift);
+    let mut y: Vec<f32> = Vec::with_capacity(x.len());
+    let out = &mut y.spare_capacity_mut()[..x.len()];
+    let (per, hw) = (g.planes_per_task(), g.hw.max(1));
+    out.par_chunks_mut(per * hw)
+        .zip(x.par_chunks(per * hw))
+        .enumerate()
+        .for_each(|(task, (out, x))| {
+            for (i, (out, x)) in out.chunks_mut(hw).zip(x.chunks(hw)).enumerate() {
+                let ch = (task * per + i) % g.c;
+                let (a, b) = (scale[ch], shift[ch]);
+                let pairs = out.iter_mut().zip(x);
+                if relu {
+                    pairs.for_each(|(o, x)| {
+                        o.write((x * a + b).max(0.0));
+                    });
+                } else {
+                    pairs.for_each(|(o, x)| {
+                        o.write(x * a + b);
+                    });
+                }
+            }
+        });
+    // SAFETY: `out` is the first x.len() slots of y's capacity, and the chunks above cover it
+    // exactly (both sides are cut into the same chunk and plane lengths), each slot written
+    // once.
+    unsafe { y.set_len(x.len()) };
     y
 }
 
 /// [`scale_shift`] overwriting its input (evaluation, where the input is not needed again:
 /// no fresh multi-megabyte allocation to fault in).
 pub fn scale_shift_in_place(g: &BnGeom, x: &mut [f32], scale: &[f32], shift: &[f32], relu: bool) {
-    assert_eq!(x.len(), g.len(), "batchnorm input length");
-    assert!(
-        scale.len() == g.c && shift.len() == g.c,
-        "batchnorm channel count"
-    );
+    check_scale_shift(g, x, scale, shift);
     let per = g.planes_per_task();
     x.par_chunks_mut(per * g.hw.max(1))
         .enumerate()
@@ -82,6 +106,14 @@ pub fn scale_shift_in_place(g: &BnGeom, x: &mut [f32], scale: &[f32], shift: &[f
                 }
             }
         });
+}
+
+fn check_scale_shift(g: &BnGeom, x: &[f32], scale: &[f32], shift: &[f32]) {
+    assert_eq!(x.len(), g.len(), "batchnorm input length");
+    assert!(
+        scale.len() == g.c && shift.len() == g.c,
+        "batchnorm channel count"
+    );
 }
 
 /// `scale = gamma / sqrt(var + eps)`, `shift = beta - mean · scale`.
@@ -197,4 +229,27 @@ fn lane_sums(
         b[l] += v;
     }
     (a.iter().sum(), b.iter().sum())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::conv::cpu::tests::values;
+
+    #[test]
+    fn scale_shift_into_a_fresh_buffer_equals_the_in_place_pass() {
+        // Planes of 1, 7 and 1024 pixels: one task, and several tasks with partial last ones.
+        for (n, c, hw) in [(3, 5, 1), (2, 3, 7), (5, 4, 1024), (7, 3, 1024), (0, 3, 4)] {
+            let g = BnGeom { n, c, hw };
+            let x = values(g.len(), 1);
+            let (scale, shift) = (values(c, 2), values(c, 3));
+            for relu in [false, true] {
+                let mut want = x.clone();
+                scale_shift_in_place(&g, &mut want, &scale, &shift, relu);
+                let got = scale_shift(&g, &x, &scale, &shift, relu);
+                let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(&got), bits(&want), "{n}x{c}x{hw} relu {relu}");
+            }
+        }
+    }
 }
