@@ -16,7 +16,8 @@
 //! im2col.rs    the CPU column matrix and its adjoint, over the taps of taps.rs
 //! im2col_register.rs  the same for planes of <= 16 floats as AVX-512 register permutes
 //! winograd.rs  CPU Winograd F(2x2, 3x3) for 3x3 stride-1 layers (forward, input gradient;
-//!              the weight gradient, its adjoint, in winograd_wgrad.rs)
+//!              the weight gradient, its adjoint, in winograd_wgrad.rs; the transforms
+//!              of maps up to 16x16, vectorised over all tiles, in winograd_small.rs)
 //! taps.rs      which kernel taps read inside the image (the rest are skipped on the CPU)
 //! cuda/        ConvKernels on CUDA: fixed strategies (gemm.rs), tuned.rs, implicit.rs
 //! dilate.rs    strided input gradient as a stride-1 one (backend-generic, CPU-tested)
@@ -41,6 +42,7 @@ pub mod tune_plan;
 #[cfg(any(test, feature = "cuda"))]
 pub mod wgrad;
 pub mod winograd;
+mod winograd_small;
 mod winograd_wgrad;
 
 use std::any::TypeId;

@@ -19,7 +19,7 @@ use rayon::prelude::*;
 pub use super::winograd_wgrad::grad_weight;
 
 use super::cpu::{check_forward, Epilogue};
-use super::ConvGeom;
+use super::{winograd_small, ConvGeom};
 use crate::scratch::Scratch;
 use crate::sgemm::{best_path, sgemm_rows, sgemm_rows_packed, PackedA, Path, View};
 
@@ -36,23 +36,43 @@ pub fn handles(g: &ConvGeom) -> bool {
     g.kernel == [3, 3] && g.stride == [1, 1] && g.pad[0] <= 2 && g.pad[1] <= 2
 }
 
-/// Whether Winograd is faster than the GEMM kernels for `g`: measured on two Zen 4 cores at
-/// ResNet-18's sizes (forward, batch 64 and 256), 1.4-1.8x on 32x32, 16x16 and 8x8 maps,
-/// slower on 4x4 and 2x2, where a chunk's tiles are too few for the GEMMs (RESULTS.md,
-/// 2026-12-07).
+/// Tiles a batch needs for Winograd to pay: the weight's transform and packing (16 matrices
+/// of Cout x Cin) cost the same at any batch, and the GEMMs save 20 of every 36 multiply-adds
+/// per tile. Measured on two Zen 4 cores (forward, ms, GEMM -> Winograd): 64 tiles 512 ch 2x2
+/// b64 7.7 -> 10-12, 256 ch 8x8 b4 1.8-2.1 -> 2.5; 128 tiles about even (512 ch 4x4 b32
+/// 14.2 -> 13.2-17.2, 512 ch 2x2 b128 15.7-16.3 -> 18-23); 256 tiles faster everywhere
+/// (512 ch 4x4 b64 26.7 -> 18-20, 512 ch 2x2 b256 28-32 -> 20-21, 256 ch 8x8 b16 7.1-7.9 ->
+/// 4.9-5.1, 64 ch 32x32 b4 1.9 -> 1.2-1.3). RESULTS.md, 2026-12-07.
+const MIN_TILES: usize = 256;
+
+/// Whether Winograd is faster than the GEMM kernels for `g`: a batch of at least
+/// [`MIN_TILES`] tiles, on maps of at least 2x2 (a 1x1 map with padding reads one tap of
+/// nine, which the GEMM kernels skip the rest of).
 /// Only where the AVX-512 GEMM runs: that is where it was measured (elsewhere `winograd`
 /// gives the `gemm` kernels, and their bits).
 pub fn pays(g: &ConvGeom) -> bool {
-    handles(g) && g.out_hw[0] >= 8 && g.out_hw[1] >= 8 && best_path() == Path::Avx512
+    let [th, tw] = tiles(g);
+    handles(g)
+        && g.out_hw[0] >= 2
+        && g.out_hw[1] >= 2
+        && g.batch * th * tw >= MIN_TILES
+        && best_path() == Path::Avx512
 }
 
 /// Whether the weight gradient pays as Winograd too: as [`pays`], with at least 32 input
-/// channels — its GEMMs have Cin columns, and a 3-channel stem was 9x slower. Measured on two
-/// Zen 4 cores (ResNet-18 CIFAR stem, batch 64, per convolution): 64 ch 32x32 30 -> 24 ms,
-/// 128 ch 16x16 29 -> 21 ms, 256 ch 8x8 32 -> 23 ms (RESULTS.md, 2026-12-07).
+/// channels — its GEMMs have Cin columns, and a 3-channel stem was 9x slower — on maps of at
+/// least 8x8, or of 4x4 with 512 channels or more. Measured on two Zen 4 cores (ResNet-18
+/// CIFAR stem, batch 64, per convolution): 64 ch 32x32 30 -> 24 ms, 128 ch 16x16 29 -> 21 ms,
+/// 256 ch 8x8 31 -> 19 ms, 512 ch 4x4 36 -> 28-30 ms; but 128 ch 4x4 1.8 -> 2.2 ms and 256 ch
+/// 4x4 7-9 -> 9-10 ms (its input transforms grow with the channels, its GEMMs with their
+/// square). RESULTS.md, 2026-12-07.
 pub fn pays_for_weight(g: &ConvGeom) -> bool {
-    pays(g) && g.cin >= 32
+    let small = g.out_hw[0] < 8 || g.out_hw[1] < 8;
+    pays(g) && g.cin >= 32 && (!small || (g.out_hw[0] >= 4 && g.out_hw[1] >= 4 && g.cin >= 512))
 }
+
+/// Channel pairs [`transform_weight`] transforms together.
+const LANES: usize = 16;
 
 /// Output tiles of one image: (rows, columns).
 pub(super) fn tiles(g: &ConvGeom) -> [usize; 2] {
@@ -60,38 +80,81 @@ pub(super) fn tiles(g: &ConvGeom) -> [usize; 2] {
 }
 
 /// `U_ξ[co, ci] = (G g Gᵀ)_ξ` for the weight `w` [Cout, Cin, 3, 3], as XI matrices
-/// [Cout, Cin] one after the other.
-fn transform_weight(cout: usize, cin: usize, w: &[f32]) -> Vec<f32> {
+/// [Cout, Cin] one after the other; with `flip`, of every 3x3 kernel rotated by 180° (the
+/// input gradient's weight, whose channel axes its GEMMs swap by reading U transposed).
+/// Flipping here computes the same expression on the same values as transforming a flipped
+/// copy: the same bits, without the copy.
+///
+/// In parallel over blocks of output channels: on the 4x4 maps of a 512-channel layer the
+/// weight is four times the activation, and this loop was a fifth of the forward pass.
+fn transform_weight(cout: usize, cin: usize, w: &[f32], flip: bool) -> Vec<f32> {
     let mut u = vec![0.0f32; XI * cout * cin];
-    for (pair, g) in w.chunks_exact(9).enumerate() {
-        // G g: 4x3. G = [[1,0,0], [½,½,½], [½,-½,½], [0,0,1]].
-        let mut t = [[0.0f32; 3]; 4];
-        for j in 0..3 {
-            let (g0, g1, g2) = (g[j], g[3 + j], g[6 + j]);
-            t[0][j] = g0;
-            t[1][j] = 0.5 * (g0 + g1 + g2);
-            t[2][j] = 0.5 * (g0 - g1 + g2);
-            t[3][j] = g2;
-        }
-        // (G g) Gᵀ: 4x4.
-        for (i, r) in t.iter().enumerate() {
-            let row = [
-                r[0],
-                0.5 * (r[0] + r[1] + r[2]),
-                0.5 * (r[0] - r[1] + r[2]),
-                r[2],
-            ];
-            for (j, v) in row.into_iter().enumerate() {
-                u[(i * 4 + j) * cout * cin + pair] = v;
-            }
+    let rows = cout.div_ceil(4 * rayon::current_num_threads()).max(1);
+    let block = rows * cin;
+    // blocks[b][ξ]: output-channel block b of matrix U_ξ.
+    let mut blocks: Vec<Vec<&mut [f32]>> = (0..cout.div_ceil(rows)).map(|_| Vec::new()).collect();
+    for u_xi in u.chunks_mut((cout * cin).max(1)) {
+        for (b, part) in u_xi.chunks_mut(block.max(1)).enumerate() {
+            blocks[b].push(part);
         }
     }
+    blocks
+        .into_par_iter()
+        .enumerate()
+        .for_each(|(b, mut outs)| {
+            let pairs = &w[b * block * 9..][..outs[0].len() * 9];
+            // LANES channel pairs at a time, tap-major, so that every line below is one vector
+            // operation and every store a run of LANES floats (the same operations per pair as
+            // one at a time: the same bits).
+            for (run, ks) in pairs.chunks(9 * LANES).enumerate() {
+                let n = ks.len() / 9;
+                let mut g = [[0.0f32; LANES]; 9];
+                for (l, k) in ks.chunks_exact(9).enumerate() {
+                    for (i, gi) in g.iter_mut().enumerate() {
+                        gi[l] = if flip { k[8 - i] } else { k[i] };
+                    }
+                }
+                let lanes = |f: &dyn Fn(usize) -> f32| -> [f32; LANES] { std::array::from_fn(f) };
+                // G g: 4x3. G = [[1,0,0], [½,½,½], [½,-½,½], [0,0,1]].
+                let mut t = [[[0.0f32; LANES]; 3]; 4];
+                for j in 0..3 {
+                    let (g0, g1, g2) = (&g[j], &g[3 + j], &g[6 + j]);
+                    t[0][j] = *g0;
+                    t[1][j] = lanes(&|l| 0.5 * (g0[l] + g1[l] + g2[l]));
+                    t[2][j] = lanes(&|l| 0.5 * (g0[l] - g1[l] + g2[l]));
+                    t[3][j] = *g2;
+                }
+                // (G g) Gᵀ: 4x4.
+                for (i, r) in t.iter().enumerate() {
+                    let row = [
+                        r[0],
+                        lanes(&|l| 0.5 * (r[0][l] + r[1][l] + r[2][l])),
+                        lanes(&|l| 0.5 * (r[0][l] - r[1][l] + r[2][l])),
+                        r[2],
+                    ];
+                    for (j, v) in row.iter().enumerate() {
+                        outs[i * 4 + j][run * LANES..][..n].copy_from_slice(&v[..n]);
+                    }
+                }
+            }
+        });
     u
 }
 
 /// `V_ξ[c, t]` for the tiles of `imgs` images from `x` (each [Cin, H, W]): the chunk's
 /// transformed input, XI matrices [Cin, T] one after the other (T = imgs · tiles per image).
+/// Maps of up to [`winograd_small::MAX_TILES_PER_ROW`] tiles a row go through
+/// [`winograd_small`], the rest a row of tiles at a time; the same bits either way.
 pub(super) fn transform_input(g: &ConvGeom, x: &[f32], imgs: usize, v: &mut [f32]) {
+    if tiles(g)[1] <= winograd_small::MAX_TILES_PER_ROW {
+        winograd_small::transform_input(g, x, imgs, v);
+    } else {
+        transform_input_rows(g, x, imgs, v);
+    }
+}
+
+/// [`transform_input`] a row of tiles at a time.
+pub(super) fn transform_input_rows(g: &ConvGeom, x: &[f32], imgs: usize, v: &mut [f32]) {
     let ([h, w], [ph, pw]) = (g.in_hw, g.pad);
     let [th, tw] = tiles(g);
     let per_img = th * tw;
@@ -166,7 +229,23 @@ fn combine(dst: &mut [f32], p: &[f32], q: &[f32], f: impl Fn(f32, f32) -> f32) {
 /// [Cout, T].
 /// With an epilogue (`residual` already offset to the chunk's first image), each output row
 /// gets it as it is written, as the GEMM kernels' `scatter_images_then` applies it.
+/// Through [`winograd_small`] on maps of few tiles a row, as [`transform_input`].
 fn transform_output(
+    g: &ConvGeom,
+    m: &[f32],
+    imgs: usize,
+    y: &mut [f32],
+    epilogue: Option<(&Epilogue, Option<&[f32]>)>,
+) {
+    if tiles(g)[1] <= winograd_small::MAX_TILES_PER_ROW {
+        winograd_small::transform_output(g, m, imgs, y, epilogue);
+    } else {
+        transform_output_rows(g, m, imgs, y, epilogue);
+    }
+}
+
+/// [`transform_output`] a row of tiles at a time.
+pub(super) fn transform_output_rows(
     g: &ConvGeom,
     m: &[f32],
     imgs: usize,
@@ -237,15 +316,25 @@ fn transform_output(
     }
 }
 
-/// Images per chunk: about CHUNK_TILES tiles, but at least two chunks per thread when the
-/// batch allows (the chunks are the parallel work).
+/// Images per chunk: about CHUNK_TILES tiles.
 fn images_per_chunk(g: &ConvGeom) -> usize {
     let [th, tw] = tiles(g);
-    let spread = g.batch / (2 * rayon::current_num_threads());
     CHUNK_TILES
         .div_ceil((th * tw).max(1))
-        .min(spread.max(1))
         .clamp(1, g.batch.max(1))
+}
+
+/// How many parallel row blocks each chunk's GEMMs use: one when there are enough chunks to
+/// keep every thread busy, else one per thread. Every chunk streams all 16 transformed
+/// weight matrices through its GEMMs; on small maps (few tiles, a large weight) more and
+/// smaller chunks would each stream all of them again.
+fn gemm_splits(g: &ConvGeom) -> usize {
+    let threads = rayon::current_num_threads();
+    if g.batch.div_ceil(images_per_chunk(g)) >= 2 * threads {
+        1
+    } else {
+        threads
+    }
 }
 
 /// The forward convolution `x` [N, Cin, H, W] * `w` [Cout, Cin, 3, 3] → [N, Cout, Ho, Wo] of
@@ -262,21 +351,65 @@ pub fn forward_then(g: &ConvGeom, x: &[f32], w: &[f32], epilogue: Option<&Epilog
         "Winograd F(2x2, 3x3) needs a 3x3 stride-1 convolution"
     );
     check_forward(g, x, w, epilogue);
+    let u = transform_weight(g.cout, g.cin, w, false);
+    run(g, x, &u, false, epilogue)
+}
+
+/// The input gradient of a geometry [`handles`] accepts: `dy` [N, Cout, Ho, Wo] and `w` →
+/// [N, Cin, H, W], as the forward convolution of `dy` with the weight flipped and its channel
+/// axes swapped, padded by 2 - pad.
+pub fn grad_input(g: &ConvGeom, dy: &[f32], w: &[f32]) -> Vec<f32> {
+    assert!(
+        handles(g),
+        "Winograd F(2x2, 3x3) needs a 3x3 stride-1 convolution"
+    );
+    assert_eq!(
+        dy.len(),
+        g.batch * g.out_len(),
+        "conv grad input: gradient length"
+    );
+    assert_eq!(w.len(), g.cout * g.k(), "conv grad input: weight length");
+    let adjoint = ConvGeom::new(
+        [g.batch, g.cout, g.out_hw[0], g.out_hw[1]],
+        [g.cin, g.cout, 3, 3],
+        [1, 1],
+        [2 - g.pad[0], 2 - g.pad[1]],
+    )
+    .expect("the adjoint of a valid stride-1 convolution is valid");
+    assert_eq!(
+        adjoint.out_hw, g.in_hw,
+        "adjoint output is the input's size"
+    );
+    // U of the flipped kernels, [Cout, Cin] per ξ: the adjoint's [Cin, Cout] read transposed.
+    let u = transform_weight(g.cout, g.cin, w, true);
+    run(&adjoint, dy, &u, true, None)
+}
+
+/// The forward convolution of `g` from its transformed weight: `u` holds XI matrices
+/// [Cout, Cin], or with `transposed` XI matrices [Cin, Cout] that the GEMMs read transposed.
+fn run(
+    g: &ConvGeom,
+    x: &[f32],
+    u: &[f32],
+    transposed: bool,
+    epilogue: Option<&Epilogue>,
+) -> Vec<f32> {
     let (cin, cout) = (g.cin, g.cout);
-    let u = transform_weight(cout, cin, w);
+    let u_view = |xi: usize| {
+        let u_xi = &u[xi * cout * cin..][..cout * cin];
+        if transposed {
+            View::transposed(u_xi, cout)
+        } else {
+            View::row_major(u_xi, cin)
+        }
+    };
     let packed: Option<Vec<PackedA>> = (best_path() == Path::Avx512).then(|| {
         (0..XI)
-            .map(|xi| {
-                PackedA::new(
-                    View::row_major(&u[xi * cout * cin..][..cout * cin], cin),
-                    [cout, cin],
-                    None,
-                )
-            })
+            .map(|xi| PackedA::new(u_view(xi), [cout, cin], None))
             .collect()
     });
     let [th, tw] = tiles(g);
-    let per = images_per_chunk(g);
+    let (per, splits) = (images_per_chunk(g), gemm_splits(g));
     let mut y = vec![0.0f32; g.batch * g.out_len()];
     y.par_chunks_mut((per * g.out_len()).max(1))
         .enumerate()
@@ -291,15 +424,8 @@ pub fn forward_then(g: &ConvGeom, x: &[f32], w: &[f32], epilogue: Option<&Epilog
                 let vb = View::row_major(&v[xi * cin * t..][..cin * t], t);
                 let mb = &mut m[xi * cout * t..][..cout * t];
                 match &packed {
-                    Some(p) => sgemm_rows_packed([cout, t, cin], mb, false, &p[xi], vb, 1),
-                    None => sgemm_rows(
-                        [cout, t, cin],
-                        mb,
-                        false,
-                        View::row_major(&u[xi * cout * cin..][..cout * cin], cin),
-                        vb,
-                        1,
-                    ),
+                    Some(p) => sgemm_rows_packed([cout, t, cin], mb, false, &p[xi], vb, splits),
+                    None => sgemm_rows([cout, t, cin], mb, false, u_view(xi), vb, splits),
                 }
             }
             let epilogue = epilogue.map(|e| {
@@ -309,36 +435,6 @@ pub fn forward_then(g: &ConvGeom, x: &[f32], w: &[f32], epilogue: Option<&Epilog
             transform_output(g, &m, imgs, y_chunk, epilogue);
         });
     y
-}
-
-/// The input gradient of a geometry [`handles`] accepts: `dy` [N, Cout, Ho, Wo] and `w` →
-/// [N, Cin, H, W], as the forward convolution of `dy` with the weight flipped and its channel
-/// axes swapped, padded by 2 - pad.
-pub fn grad_input(g: &ConvGeom, dy: &[f32], w: &[f32]) -> Vec<f32> {
-    assert!(
-        handles(g),
-        "Winograd F(2x2, 3x3) needs a 3x3 stride-1 convolution"
-    );
-    let mut wt = vec![0.0f32; w.len()];
-    for co in 0..g.cout {
-        for ci in 0..g.cin {
-            for t in 0..9 {
-                wt[(ci * g.cout + co) * 9 + 8 - t] = w[(co * g.cin + ci) * 9 + t];
-            }
-        }
-    }
-    let adjoint = ConvGeom::new(
-        [g.batch, g.cout, g.out_hw[0], g.out_hw[1]],
-        [g.cin, g.cout, 3, 3],
-        [1, 1],
-        [2 - g.pad[0], 2 - g.pad[1]],
-    )
-    .expect("the adjoint of a valid stride-1 convolution is valid");
-    assert_eq!(
-        adjoint.out_hw, g.in_hw,
-        "adjoint output is the input's size"
-    );
-    forward(&adjoint, dy, &wt)
 }
 
 #[cfg(test)]
@@ -362,7 +458,7 @@ pub(super) mod tests {
     /// (batch, cin, cout, h, w, pad) of the tests of all three passes: even and odd sizes
     /// (cropped edge tiles), 1x1 and 2x2 maps, pads 0-2, batches of one and of several chunks
     /// and runs.
-    pub(in crate::conv) const CASES: [(usize, usize, usize, usize, usize, usize); 9] = [
+    pub(in crate::conv) const CASES: [(usize, usize, usize, usize, usize, usize); 10] = [
         (1, 3, 8, 32, 32, 1),
         (37, 5, 7, 9, 11, 1),
         (2, 16, 9, 4, 4, 1),
@@ -372,7 +468,27 @@ pub(super) mod tests {
         (3, 5, 3, 6, 3, 2),
         (40, 12, 10, 8, 8, 1),
         (70, 12, 10, 8, 8, 1),
+        // One chunk, its GEMMs split by rows across the threads.
+        (3, 6, 70, 4, 4, 1),
     ];
+
+    #[test]
+    fn pays_needs_a_batch_of_enough_tiles() {
+        let g = |batch, hw, c| {
+            ConvGeom::new([batch, c, hw, hw], [c, c, 3, 3], [1, 1], [1, 1]).expect("fits")
+        };
+        // Only the AVX-512 GEMM was measured: elsewhere never.
+        let avx = best_path() == Path::Avx512;
+        assert_eq!(pays(&g(64, 4, 512)), avx, "256 tiles");
+        assert!(!pays(&g(63, 4, 512)), "252 tiles");
+        assert!(!pays(&g(1, 8, 256)), "16 tiles");
+        assert_eq!(pays(&g(1, 32, 64)), avx, "256 tiles in one image");
+        assert!(!pays(&g(1024, 1, 512)), "1x1 maps");
+        assert_eq!(pays_for_weight(&g(64, 4, 512)), avx, "512 channels on 4x4");
+        assert!(!pays_for_weight(&g(256, 4, 256)), "256 channels on 4x4");
+        assert_eq!(pays_for_weight(&g(16, 8, 64)), avx, "8x8");
+        assert!(!pays_for_weight(&g(16, 8, 16)), "16 input channels");
+    }
 
     #[test]
     fn forward_and_input_gradient_match_the_gemm_kernel() {

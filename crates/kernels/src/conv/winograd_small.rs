@@ -1,0 +1,239 @@
+//! Winograd F(2x2, 3x3)'s input and output transforms for maps of at most 8 tiles a row (up to
+//! 16x16 outputs), vectorised over all the chunk's tiles of one channel instead of over the
+//! tiles of one row.
+//!
+//! The row-vectorised transforms of `winograd.rs` run their loops over the one to eight tiles
+//! of a row here, and write a few floats of each of 16·C rows per image: partial cache lines,
+//! evicted and fetched again (a quarter of a 2x2 layer's forward). Here, for a block of
+//! channels, the 16 inputs of every tile are gathered through an index table (padding reads a
+//! zero), image by image; then each channel is transformed with whole-row operations over the
+//! chunk's tiles and written as whole rows of V (the output: the reverse, scattered into the
+//! planes). The operations are the same, in the same order, as the row-vectorised versions:
+//! the same bits (tested).
+
+use super::cpu::Epilogue;
+use super::winograd::tiles;
+use super::ConvGeom;
+
+/// Tiles per row up to which these transforms are used. Forward, ms, rows -> these (two
+/// Zen 4 cores, alternating): 256 ch 8x8 b64 16.4-17.2 -> 14.2-14.8, 64 ch 8x8 b256 7.4-7.5
+/// -> 5.0-5.9, 128 ch 16x16 b64 16.7-16.9 -> 15.3-15.8; on 32x32 maps within noise.
+pub(super) const MAX_TILES_PER_ROW: usize = 8;
+
+/// Channels gathered (input) or scattered (output) together, image by image.
+const BLOCK: usize = 8;
+
+/// Where each of a tile's 16 inputs (row-major 4x4, offset by `-pad`) or 4 outputs (2x2)
+/// lies in a `[h, w]` plane, for every tile of one image: `idx[k · tiles + j]`, or `usize::MAX`
+/// outside the plane.
+fn positions(side: usize, [th, tw]: [usize; 2], [h, w]: [usize; 2], pad: [usize; 2]) -> Vec<usize> {
+    let per_img = th * tw;
+    (0..side * side * per_img)
+        .map(|i| {
+            let (k, j) = (i / per_img, i % per_img);
+            let y = (2 * (j / tw) + k / side).checked_sub(pad[0]);
+            let x = (2 * (j % tw) + k % side).checked_sub(pad[1]);
+            match (y, x) {
+                (Some(y), Some(x)) if y < h && x < w => y * w + x,
+                _ => usize::MAX,
+            }
+        })
+        .collect()
+}
+
+/// `dst[t] = f(p[t], q[t])` over whole rows (a loop the compiler vectorises).
+#[inline(always)]
+fn rows(dst: &mut [f32], p: &[f32], q: &[f32], f: impl Fn(f32, f32) -> f32) {
+    for ((d, &a), &b) in dst.iter_mut().zip(p).zip(q) {
+        *d = f(a, b);
+    }
+}
+
+/// `V_ξ[c, t] = (Bᵀ d_t B)_ξ` for the tiles of `imgs` images from `x` (each [Cin, H, W]), as
+/// `winograd::transform_input` lays it out.
+pub(super) fn transform_input(g: &ConvGeom, x: &[f32], imgs: usize, v: &mut [f32]) {
+    let [h, w] = g.in_hw;
+    let [th, tw] = tiles(g);
+    let (per_img, cin) = (th * tw, g.cin);
+    let t_all = imgs * per_img;
+    let idx = positions(4, [th, tw], g.in_hw, g.pad);
+    // d[cc][k]: input k of every tile, for a block of channels; b[i · 4 + col]: row i of Bᵀ d.
+    let mut d = vec![0.0f32; BLOCK * 16 * t_all];
+    let mut b = vec![0.0f32; 16 * t_all];
+    for c0 in (0..cin).step_by(BLOCK) {
+        let cb = BLOCK.min(cin - c0);
+        // Image-major over the block: each image's planes of the block are contiguous (one
+        // plane at a time would read one cache line per Cin·H·W floats).
+        for img in 0..imgs {
+            for cc in 0..cb {
+                let plane = &x[(img * cin + c0 + cc) * h * w..][..h * w];
+                for k in 0..16 {
+                    let dst = &mut d[(cc * 16 + k) * t_all + img * per_img..][..per_img];
+                    for (o, &i) in dst.iter_mut().zip(&idx[k * per_img..][..per_img]) {
+                        *o = plane.get(i).copied().unwrap_or(0.0);
+                    }
+                }
+            }
+        }
+        for cc in 0..cb {
+            let c = c0 + cc;
+            let row = |k: usize| &d[(cc * 16 + k) * t_all..][..t_all];
+            // Bᵀ d, Bᵀ = [[1,0,-1,0], [0,1,1,0], [0,-1,1,0], [0,1,0,-1]].
+            for col in 0..4 {
+                let (d0, d1, d2, d3) = (row(col), row(4 + col), row(8 + col), row(12 + col));
+                let at = |i: usize| (i * 4 + col) * t_all;
+                rows(&mut b[at(0)..][..t_all], d0, d2, |p, q| p - q);
+                rows(&mut b[at(1)..][..t_all], d1, d2, |p, q| p + q);
+                rows(&mut b[at(2)..][..t_all], d2, d1, |p, q| p - q);
+                rows(&mut b[at(3)..][..t_all], d1, d3, |p, q| p - q);
+            }
+            // (Bᵀ d) B over each row, written as whole rows of V.
+            for i in 0..4 {
+                let r = |col: usize| &b[(i * 4 + col) * t_all..][..t_all];
+                let at = |j: usize| ((i * 4 + j) * cin + c) * t_all;
+                rows(&mut v[at(0)..][..t_all], r(0), r(2), |p, q| p - q);
+                rows(&mut v[at(1)..][..t_all], r(1), r(2), |p, q| p + q);
+                rows(&mut v[at(2)..][..t_all], r(2), r(1), |p, q| p - q);
+                rows(&mut v[at(3)..][..t_all], r(1), r(3), |p, q| p - q);
+            }
+        }
+    }
+}
+
+/// `Y = Aᵀ M A` for every tile, written into `imgs` output images `y` (each [Cout, Ho, Wo]),
+/// as `winograd::transform_output` does it, epilogue included.
+pub(super) fn transform_output(
+    g: &ConvGeom,
+    m: &[f32],
+    imgs: usize,
+    y: &mut [f32],
+    epilogue: Option<(&Epilogue, Option<&[f32]>)>,
+) {
+    let [oh, ow] = g.out_hw;
+    let [th, tw] = tiles(g);
+    let (per_img, cout) = (th * tw, g.cout);
+    let t_all = imgs * per_img;
+    let idx = positions(2, [th, tw], g.out_hw, [0, 0]);
+    // s[r · 4 + j]: row r of Aᵀ M; out[cc][r · 2 + c]: output (r, c) of every tile, for a
+    // block of channels.
+    let mut s = vec![0.0f32; 8 * t_all];
+    let mut out = vec![0.0f32; BLOCK * 4 * t_all];
+    let mut p = vec![0.0f32; t_all];
+    for co0 in (0..cout).step_by(BLOCK) {
+        let cb = BLOCK.min(cout - co0);
+        for cc in 0..cb {
+            let row = |xi: usize| &m[(xi * cout + co0 + cc) * t_all..][..t_all];
+            // Aᵀ M, Aᵀ = [[1,1,1,0], [0,1,-1,-1]], then each row times A.
+            for j in 0..4 {
+                rows(&mut p, row(j), row(4 + j), |a, b| a + b);
+                rows(&mut s[j * t_all..][..t_all], &p, row(8 + j), |a, b| a + b);
+                rows(&mut p, row(4 + j), row(8 + j), |a, b| a - b);
+                rows(
+                    &mut s[(4 + j) * t_all..][..t_all],
+                    &p,
+                    row(12 + j),
+                    |a, b| a - b,
+                );
+            }
+            let out = &mut out[cc * 4 * t_all..][..4 * t_all];
+            for r in 0..2 {
+                let sr = |j: usize| &s[(r * 4 + j) * t_all..][..t_all];
+                rows(&mut p, sr(0), sr(1), |a, b| a + b);
+                rows(&mut out[2 * r * t_all..][..t_all], &p, sr(2), |a, b| a + b);
+                rows(&mut p, sr(1), sr(2), |a, b| a - b);
+                rows(
+                    &mut out[(2 * r + 1) * t_all..][..t_all],
+                    &p,
+                    sr(3),
+                    |a, b| a - b,
+                );
+            }
+        }
+        // Image-major, as the input's gather: the block's planes of an image are contiguous.
+        for img in 0..imgs {
+            for cc in 0..cb {
+                let co = co0 + cc;
+                let plane = &mut y[(img * cout + co) * oh * ow..][..oh * ow];
+                for q in 0..4 {
+                    let vals = &out[(cc * 4 + q) * t_all + img * per_img..][..per_img];
+                    for (&i, &val) in idx[q * per_img..][..per_img].iter().zip(vals) {
+                        if let Some(o) = plane.get_mut(i) {
+                            *o = val;
+                        }
+                    }
+                }
+                if let Some((e, residual)) = epilogue {
+                    let shift = e.shift[co];
+                    match residual {
+                        Some(res) => {
+                            let res = &res[(img * cout + co) * oh * ow..][..oh * ow];
+                            for (d, r) in plane.iter_mut().zip(res) {
+                                *d = *d + shift + *r;
+                            }
+                        }
+                        None => plane.iter_mut().for_each(|d| *d += shift),
+                    }
+                    if e.relu {
+                        plane.iter_mut().for_each(|d| *d = d.max(0.0));
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::conv::cpu::tests::values;
+    use crate::conv::winograd::{self, XI};
+
+    /// Bit for bit against the row-vectorised transforms, on every map these take (and wider
+    /// ones, which they also compute correctly), odd sizes and pads 0-2.
+    #[test]
+    fn small_transforms_give_the_row_vectorised_bits() {
+        for (batch, c, h, w, pad) in [
+            (3, 5, 4, 4, 1),
+            (2, 3, 2, 2, 1),
+            (2, 4, 1, 1, 1),
+            (3, 2, 3, 5, 0),
+            (2, 3, 3, 2, 2),
+            (1, 2, 9, 7, 1),
+        ] {
+            let g = ConvGeom::new([batch, c, h, w], [c + 1, c, 3, 3], [1, 1], [pad, pad])
+                .expect("fits");
+            let [th, tw] = tiles(&g);
+            let t = batch * th * tw;
+            let x = values(batch * g.in_len(), 1);
+            let (mut want, mut got) = (vec![0.0; XI * c * t], vec![1.0; XI * c * t]);
+            winograd::transform_input_rows(&g, &x, batch, &mut want);
+            transform_input(&g, &x, batch, &mut got);
+            let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&got), bits(&want), "{} input", g.key(batch));
+
+            let m = values(XI * g.cout * t, 2);
+            let shift = values(g.cout, 3);
+            let residual = values(batch * g.out_len(), 4);
+            for e in [
+                None,
+                Some(Epilogue {
+                    shift: &shift,
+                    residual: Some(&residual),
+                    relu: true,
+                }),
+                Some(Epilogue {
+                    shift: &shift,
+                    residual: None,
+                    relu: false,
+                }),
+            ] {
+                let e = e.as_ref().map(|e| (e, e.residual));
+                let n = batch * g.out_len();
+                let (mut want, mut got) = (vec![0.0; n], vec![1.0; n]);
+                winograd::transform_output_rows(&g, &m, batch, &mut want, e);
+                transform_output(&g, &m, batch, &mut got, e);
+                assert_eq!(bits(&got), bits(&want), "{} output", g.key(batch));
+            }
+        }
+    }
+}
