@@ -45,6 +45,7 @@ pub mod precision;
 mod scratch;
 mod sgemm;
 pub mod tap;
+mod wide;
 
 pub use choice::{
     CpuBn, CpuConv, CpuOptim, CudaBn, CudaConv, CudaMath, KernelChoice, DEFAULT_CUDNN_WORKSPACE_MB,

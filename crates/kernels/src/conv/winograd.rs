@@ -22,6 +22,7 @@ use super::cpu::{check_forward, Epilogue};
 use super::{winograd_small, ConvGeom};
 use crate::scratch::Scratch;
 use crate::sgemm::{best_path, sgemm_rows, sgemm_rows_packed, PackedA, Path, View};
+use crate::wide::avx512_too;
 
 /// Transformed positions of a 4x4 tile.
 pub(super) const XI: usize = 16;
@@ -153,8 +154,14 @@ pub(super) fn transform_input(g: &ConvGeom, x: &[f32], imgs: usize, v: &mut [f32
     }
 }
 
-/// [`transform_input`] a row of tiles at a time.
-pub(super) fn transform_input_rows(g: &ConvGeom, x: &[f32], imgs: usize, v: &mut [f32]) {
+avx512_too!(
+    /// [`transform_input`] a row of tiles at a time.
+    pub(super) fn transform_input_rows(g: &ConvGeom, x: &[f32], imgs: usize, v: &mut [f32])
+        => transform_input_rows_body
+);
+
+#[inline(always)]
+fn transform_input_rows_body(g: &ConvGeom, x: &[f32], imgs: usize, v: &mut [f32]) {
     let ([h, w], [ph, pw]) = (g.in_hw, g.pad);
     let [th, tw] = tiles(g);
     let per_img = th * tw;
@@ -244,8 +251,20 @@ fn transform_output(
     }
 }
 
-/// [`transform_output`] a row of tiles at a time.
-pub(super) fn transform_output_rows(
+avx512_too!(
+    /// [`transform_output`] a row of tiles at a time.
+    pub(super) fn transform_output_rows(
+        g: &ConvGeom,
+        m: &[f32],
+        imgs: usize,
+        y: &mut [f32],
+        epilogue: Option<(&Epilogue, Option<&[f32]>)>,
+    )
+        => transform_output_rows_body
+);
+
+#[inline(always)]
+fn transform_output_rows_body(
     g: &ConvGeom,
     m: &[f32],
     imgs: usize,

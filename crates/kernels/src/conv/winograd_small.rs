@@ -12,8 +12,11 @@
 //! the same bits (tested).
 
 use super::cpu::Epilogue;
+use super::im2col::{im2col, Layout};
+use super::taps::Taps;
 use super::winograd::tiles;
 use super::ConvGeom;
+use crate::wide::avx512_too;
 
 /// Tiles per row up to which these transforms are used. Forward, ms, rows -> these (two
 /// Zen 4 cores, alternating): 256 ch 8x8 b64 16.4-17.2 -> 14.2-14.8, 64 ch 8x8 b256 7.4-7.5
@@ -21,42 +24,163 @@ use super::ConvGeom;
 pub(super) const MAX_TILES_PER_ROW: usize = 8;
 
 /// Channels gathered (input) or scattered (output) together, image by image.
-const BLOCK: usize = 8;
+pub(super) const BLOCK: usize = 8;
 
-/// Where each of a tile's 16 inputs (row-major 4x4, offset by `-pad`) or 4 outputs (2x2)
-/// lies in a `[h, w]` plane, for every tile of one image: `idx[k · tiles + j]`, or `usize::MAX`
-/// outside the plane.
-fn positions(side: usize, [th, tw]: [usize; 2], [h, w]: [usize; 2], pad: [usize; 2]) -> Vec<usize> {
+/// Where each of a tile's `side`² inputs (row-major, offset by `-pad`) or outputs lies in a
+/// `[h, w]` plane, for every tile of one image (tiles `step` apart): `idx[k · tiles + j]`, or
+/// `h · w` (one past the plane) outside it.
+pub(super) fn positions(
+    side: usize,
+    step: usize,
+    [th, tw]: [usize; 2],
+    [h, w]: [usize; 2],
+    pad: [usize; 2],
+) -> Vec<u32> {
     let per_img = th * tw;
+    let outside = u32::try_from(h * w).expect("a plane of fewer than 2^32 floats");
     (0..side * side * per_img)
         .map(|i| {
             let (k, j) = (i / per_img, i % per_img);
-            let y = (2 * (j / tw) + k / side).checked_sub(pad[0]);
-            let x = (2 * (j % tw) + k % side).checked_sub(pad[1]);
+            let y = (step * (j / tw) + k / side).checked_sub(pad[0]);
+            let x = (step * (j % tw) + k % side).checked_sub(pad[1]);
             match (y, x) {
-                (Some(y), Some(x)) if y < h && x < w => y * w + x,
-                _ => usize::MAX,
+                // y · w + x < h · w = outside, which fits u32.
+                (Some(y), Some(x)) if y < h && x < w => (y * w + x) as u32,
+                _ => outside,
             }
         })
         .collect()
 }
 
+/// One plane's tile inputs: row k of `d` (rows `stride` apart) gets `plane[idx[k·per + j]]`
+/// for its `per` tiles, zero where the index is past the plane. `buf` (the plane's length
+/// plus one) holds the plane and a zero, so the loop reads without a branch or a bounds check
+/// (the index is clamped) and, compiled for AVX-512, as vector gathers.
+#[inline(always)]
+pub(super) fn gather_plane(
+    plane: &[f32],
+    buf: &mut [f32],
+    idx: &[u32],
+    per: usize,
+    d: &mut [f32],
+    stride: usize,
+) {
+    let last = plane.len();
+    buf[..last].copy_from_slice(plane);
+    buf[last] = 0.0;
+    let buf = &buf[..=last];
+    for (k, ix) in idx.chunks_exact(per).enumerate() {
+        let dst = &mut d[k * stride..][..per];
+        for (o, &i) in dst.iter_mut().zip(ix) {
+            *o = buf[(i as usize).min(last)];
+        }
+    }
+}
+
+/// How a transform gathers its tiles' inputs (d[c · side² + k][offset + j], rows `ld` apart):
+/// as the column matrix of a `side`x`side` convolution with stride `step` where that
+/// convolution's output is exactly the tile grid (even-sized maps, every ResNet layer) — the
+/// im2col code, with its AVX-512 register permutes for planes of up to 16 floats — else through
+/// an index table ([`gather_plane`]). The same values either way.
+pub(super) struct Gather {
+    im2col: Option<(ConvGeom, Taps, Layout)>,
+    idx: Vec<u32>,
+    per: usize,
+}
+
+impl Gather {
+    /// The gather of `g`'s `side`x`side` input tiles, `step` apart.
+    pub fn new(g: &ConvGeom, side: usize, step: usize, tiles: [usize; 2]) -> Self {
+        let im2col = ConvGeom::new(
+            [1, 1, g.in_hw[0], g.in_hw[1]],
+            [1, 1, side, side],
+            [step, step],
+            g.pad,
+        )
+        .filter(|gg| gg.out_hw == tiles)
+        .map(|gg| (gg, Taps::every(&gg), Layout::of(&gg)));
+        let idx = match im2col {
+            Some(_) => Vec::new(),
+            None => positions(side, step, tiles, g.in_hw, g.pad),
+        };
+        Self {
+            im2col,
+            idx,
+            per: tiles[0] * tiles[1],
+        }
+    }
+
+    /// The tiles of one image's `channels` consecutive planes into `d`.
+    #[inline(always)]
+    pub fn planes(&self, planes: &[f32], channels: usize, d: &mut [f32], ld: usize, offset: usize) {
+        match &self.im2col {
+            Some((gg, taps, layout)) => {
+                let gg = ConvGeom {
+                    cin: channels,
+                    ..*gg
+                };
+                im2col(&gg, taps, layout, planes, d, ld, offset);
+            }
+            None => {
+                let hw = planes.len() / channels.max(1);
+                let rows = self.idx.len() / self.per.max(1);
+                let mut buf = vec![0.0f32; hw + 1];
+                for (c, plane) in planes.chunks_exact(hw.max(1)).enumerate() {
+                    let d = &mut d[c * rows * ld + offset..];
+                    gather_plane(plane, &mut buf, &self.idx, self.per, d, ld);
+                }
+            }
+        }
+    }
+}
+
+/// The epilogue on one finished output plane (`plane` of the chunk's planes, channel `co`):
+/// the shift, the residual, the ReLU, as the row-vectorised transform applies them.
+#[inline(always)]
+pub(super) fn apply_epilogue(
+    e: &Epilogue,
+    residual: Option<&[f32]>,
+    out: &mut [f32],
+    plane: usize,
+    co: usize,
+) {
+    let shift = e.shift[co];
+    match residual {
+        Some(res) => {
+            let res = &res[plane * out.len()..][..out.len()];
+            for (d, r) in out.iter_mut().zip(res) {
+                *d = *d + shift + *r;
+            }
+        }
+        None => out.iter_mut().for_each(|d| *d += shift),
+    }
+    if e.relu {
+        out.iter_mut().for_each(|d| *d = d.max(0.0));
+    }
+}
+
 /// `dst[t] = f(p[t], q[t])` over whole rows (a loop the compiler vectorises).
 #[inline(always)]
-fn rows(dst: &mut [f32], p: &[f32], q: &[f32], f: impl Fn(f32, f32) -> f32) {
+pub(super) fn rows(dst: &mut [f32], p: &[f32], q: &[f32], f: impl Fn(f32, f32) -> f32) {
     for ((d, &a), &b) in dst.iter_mut().zip(p).zip(q) {
         *d = f(a, b);
     }
 }
 
-/// `V_ξ[c, t] = (Bᵀ d_t B)_ξ` for the tiles of `imgs` images from `x` (each [Cin, H, W]), as
-/// `winograd::transform_input` lays it out.
-pub(super) fn transform_input(g: &ConvGeom, x: &[f32], imgs: usize, v: &mut [f32]) {
+avx512_too!(
+    /// `V_ξ[c, t] = (Bᵀ d_t B)_ξ` for the tiles of `imgs` images from `x` (each [Cin, H, W]),
+    /// as `winograd::transform_input` lays it out.
+    pub(super) fn transform_input(g: &ConvGeom, x: &[f32], imgs: usize, v: &mut [f32])
+        => transform_input_body
+);
+
+#[inline(always)]
+fn transform_input_body(g: &ConvGeom, x: &[f32], imgs: usize, v: &mut [f32]) {
     let [h, w] = g.in_hw;
     let [th, tw] = tiles(g);
     let (per_img, cin) = (th * tw, g.cin);
     let t_all = imgs * per_img;
-    let idx = positions(4, [th, tw], g.in_hw, g.pad);
+    let gather = Gather::new(g, 4, 2, [th, tw]);
     // d[cc][k]: input k of every tile, for a block of channels; b[i · 4 + col]: row i of Bᵀ d.
     let mut d = vec![0.0f32; BLOCK * 16 * t_all];
     let mut b = vec![0.0f32; 16 * t_all];
@@ -65,15 +189,8 @@ pub(super) fn transform_input(g: &ConvGeom, x: &[f32], imgs: usize, v: &mut [f32
         // Image-major over the block: each image's planes of the block are contiguous (one
         // plane at a time would read one cache line per Cin·H·W floats).
         for img in 0..imgs {
-            for cc in 0..cb {
-                let plane = &x[(img * cin + c0 + cc) * h * w..][..h * w];
-                for k in 0..16 {
-                    let dst = &mut d[(cc * 16 + k) * t_all + img * per_img..][..per_img];
-                    for (o, &i) in dst.iter_mut().zip(&idx[k * per_img..][..per_img]) {
-                        *o = plane.get(i).copied().unwrap_or(0.0);
-                    }
-                }
-            }
+            let planes = &x[(img * cin + c0) * h * w..][..cb * h * w];
+            gather.planes(planes, cb, &mut d, t_all, img * per_img);
         }
         for cc in 0..cb {
             let c = c0 + cc;
@@ -100,9 +217,20 @@ pub(super) fn transform_input(g: &ConvGeom, x: &[f32], imgs: usize, v: &mut [f32
     }
 }
 
-/// `Y = Aᵀ M A` for every tile, written into `imgs` output images `y` (each [Cout, Ho, Wo]),
-/// as `winograd::transform_output` does it, epilogue included.
-pub(super) fn transform_output(
+avx512_too!(
+    /// `Y = Aᵀ M A` for every tile, written into `imgs` output images `y` (each
+    /// [Cout, Ho, Wo]), as `winograd::transform_output` does it, epilogue included.
+    pub(super) fn transform_output(
+        g: &ConvGeom,
+        m: &[f32],
+        imgs: usize,
+        y: &mut [f32],
+        epilogue: Option<(&Epilogue, Option<&[f32]>)>,
+    ) => transform_output_body
+);
+
+#[inline(always)]
+fn transform_output_body(
     g: &ConvGeom,
     m: &[f32],
     imgs: usize,
@@ -113,7 +241,7 @@ pub(super) fn transform_output(
     let [th, tw] = tiles(g);
     let (per_img, cout) = (th * tw, g.cout);
     let t_all = imgs * per_img;
-    let idx = positions(2, [th, tw], g.out_hw, [0, 0]);
+    let idx = positions(2, 2, [th, tw], g.out_hw, [0, 0]);
     // s[r · 4 + j]: row r of Aᵀ M; out[cc][r · 2 + c]: output (r, c) of every tile, for a
     // block of channels.
     let mut s = vec![0.0f32; 8 * t_all];
@@ -157,25 +285,13 @@ pub(super) fn transform_output(
                 for q in 0..4 {
                     let vals = &out[(cc * 4 + q) * t_all + img * per_img..][..per_img];
                     for (&i, &val) in idx[q * per_img..][..per_img].iter().zip(vals) {
-                        if let Some(o) = plane.get_mut(i) {
+                        if let Some(o) = plane.get_mut(i as usize) {
                             *o = val;
                         }
                     }
                 }
                 if let Some((e, residual)) = epilogue {
-                    let shift = e.shift[co];
-                    match residual {
-                        Some(res) => {
-                            let res = &res[(img * cout + co) * oh * ow..][..oh * ow];
-                            for (d, r) in plane.iter_mut().zip(res) {
-                                *d = *d + shift + *r;
-                            }
-                        }
-                        None => plane.iter_mut().for_each(|d| *d += shift),
-                    }
-                    if e.relu {
-                        plane.iter_mut().for_each(|d| *d = d.max(0.0));
-                    }
+                    apply_epilogue(e, residual, plane, img * cout + co, co);
                 }
             }
         }

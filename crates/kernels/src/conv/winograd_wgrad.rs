@@ -18,15 +18,22 @@ use super::winograd::{handles, tiles, transform_input, XI};
 use super::ConvGeom;
 use crate::scratch::Scratch;
 use crate::sgemm::{sgemm_rows, View};
+use crate::wide::avx512_too;
 
 /// Tiles a chunk aims for: as in the forward pass, the transforms are bound by memory, so a
 /// chunk's transformed input and output gradient should stay in the core's cache.
 const CHUNK_TILES: usize = 128;
 
-/// `dM_ξ[co, t] = (A dY_t Aᵀ)_ξ` for the 2x2 output-gradient tiles of `imgs` images from `dy`
-/// (each [Cout, Ho, Wo]; positions past an odd edge are zero), as XI matrices [Cout, T] one
-/// after the other — laid out as [`transform_input`]'s V, so every loop runs at unit stride.
-fn transform_grad(g: &ConvGeom, dy: &[f32], imgs: usize, dm: &mut [f32]) {
+avx512_too!(
+    /// `dM_ξ[co, t] = (A dY_t Aᵀ)_ξ` for the 2x2 output-gradient tiles of `imgs` images from `dy`
+    /// (each [Cout, Ho, Wo]; positions past an odd edge are zero), as XI matrices [Cout, T] one
+    /// after the other — laid out as [`transform_input`]'s V, so every loop runs at unit stride.
+    fn transform_grad(g: &ConvGeom, dy: &[f32], imgs: usize, dm: &mut [f32])
+        => transform_grad_body
+);
+
+#[inline(always)]
+fn transform_grad_body(g: &ConvGeom, dy: &[f32], imgs: usize, dm: &mut [f32]) {
     let [oh, ow] = g.out_hw;
     let [th, tw] = tiles(g);
     let per_img = th * tw;
