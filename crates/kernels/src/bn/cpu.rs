@@ -1,7 +1,11 @@
 //! BatchNorm (+ optional ReLU) on plain NCHW f32 slices: statistics, normalisation and the
 //! backward pass in two memory passes each, parallel over channels / planes.
 
+use std::mem::MaybeUninit;
+
 use rayon::prelude::*;
+
+use crate::wide::avx512_too;
 
 /// `[N, C, H·W]`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -42,7 +46,7 @@ pub fn stats(g: &BnGeom, x: &[f32]) -> (Vec<f32>, Vec<f32>) {
             let (mut s, mut ss) = (0.0f64, 0.0f64);
             for plane in g.planes(x, ch) {
                 // f32 partial sums per plane (at most a few thousand values), f64 across planes.
-                let (ps, pss) = lane_sums(plane, plane, plane, |x, _, _| (x, x * x));
+                let (ps, pss) = plane_sums(plane);
                 s += ps as f64;
                 ss += pss as f64;
             }
@@ -68,17 +72,7 @@ pub fn scale_shift(g: &BnGeom, x: &[f32], scale: &[f32], shift: &[f32], relu: bo
         .for_each(|(task, (out, x))| {
             for (i, (out, x)) in out.chunks_mut(hw).zip(x.chunks(hw)).enumerate() {
                 let ch = (task * per + i) % g.c;
-                let (a, b) = (scale[ch], shift[ch]);
-                let pairs = out.iter_mut().zip(x);
-                if relu {
-                    pairs.for_each(|(o, x)| {
-                        o.write((x * a + b).max(0.0));
-                    });
-                } else {
-                    pairs.for_each(|(o, x)| {
-                        o.write(x * a + b);
-                    });
-                }
+                plane_scale_shift(out, x, scale[ch], shift[ch], relu);
             }
         });
     // SAFETY: `out` is the first x.len() slots of y's capacity, and the chunks above cover it
@@ -98,12 +92,7 @@ pub fn scale_shift_in_place(g: &BnGeom, x: &mut [f32], scale: &[f32], shift: &[f
         .for_each(|(task, x)| {
             for (i, x) in x.chunks_mut(g.hw.max(1)).enumerate() {
                 let ch = (task * per + i) % g.c;
-                let (a, b) = (scale[ch], shift[ch]);
-                if relu {
-                    x.iter_mut().for_each(|x| *x = (*x * a + b).max(0.0));
-                } else {
-                    x.iter_mut().for_each(|x| *x = *x * a + b);
-                }
+                plane_scale_shift_in_place(x, scale[ch], shift[ch], relu);
             }
         });
 }
@@ -156,19 +145,13 @@ pub fn backward(
     relu: bool,
 ) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
     assert!(x.len() == g.len() && y.len() == g.len() && dy.len() == g.len());
-    let grad = |y: f32, dy: f32| if relu && y <= 0.0 { 0.0 } else { dy };
     let (dgamma, dbeta): (Vec<f32>, Vec<f32>) = (0..g.c)
         .into_par_iter()
         .map(|ch| {
             let (m, is) = (mean[ch], invstd[ch]);
             let (mut sg, mut sb) = (0.0f64, 0.0f64);
             for ((x, y), dy) in g.planes(x, ch).zip(g.planes(y, ch)).zip(g.planes(dy, ch)) {
-                // The ReLU's mask applied inside the sum: no buffer per plane (with 1x1 to 8x8
-                // planes, allocating one was most of the ImageNet stem's BatchNorm backward).
-                let (pg, pb) = lane_sums(x, y, dy, |x, y, dy| {
-                    let d = grad(y, dy);
-                    (d * (x - m) * is, d)
-                });
+                let (pg, pb) = plane_grad_sums(x, y, dy, m, is, relu);
                 sg += pg as f64;
                 sb += pb as f64;
             }
@@ -192,16 +175,112 @@ pub fn backward(
             let (db, dg) = (dbeta[ch] / count, dgamma[ch] / count);
             let at = plane * g.hw;
             let (x, y, dy) = (&x[at..][..g.hw], &y[at..][..g.hw], &dy[at..][..g.hw]);
-            for (i, dx) in dx.iter_mut().enumerate() {
-                let xhat = (x[i] - m) * is;
-                *dx = k * (grad(y[i], dy[i]) - db - xhat * dg);
-            }
+            plane_dx(dx, x, y, dy, [m, is, k, db, dg], relu);
         });
     (dx, dgamma, dbeta)
 }
 
+// The per-plane loops, compiled for AVX-512 where the CPU has it (crate::wide): element-wise
+// or in 16 explicit lanes, so the same bits at either width.
+
+avx512_too!(
+    /// (Σ x, Σ x²) of one plane, in f32 lanes.
+    fn plane_sums(x: &[f32]) -> (f32, f32) => plane_sums_body
+);
+
+#[inline(always)]
+fn plane_sums_body(x: &[f32]) -> (f32, f32) {
+    lane_sums(x, x, x, |x, _, _| (x, x * x))
+}
+
+avx512_too!(
+    /// `out = x · a + b` (then the ReLU) for one plane, into uninitialised memory.
+    fn plane_scale_shift(out: &mut [MaybeUninit<f32>], x: &[f32], a: f32, b: f32, relu: bool)
+        => plane_scale_shift_body
+);
+
+#[inline(always)]
+fn plane_scale_shift_body(out: &mut [MaybeUninit<f32>], x: &[f32], a: f32, b: f32, relu: bool) {
+    let pairs = out.iter_mut().zip(x);
+    if relu {
+        pairs.for_each(|(o, x)| {
+            o.write((x * a + b).max(0.0));
+        });
+    } else {
+        pairs.for_each(|(o, x)| {
+            o.write(x * a + b);
+        });
+    }
+}
+
+avx512_too!(
+    /// [`plane_scale_shift`] in place.
+    fn plane_scale_shift_in_place(x: &mut [f32], a: f32, b: f32, relu: bool)
+        => plane_scale_shift_in_place_body
+);
+
+#[inline(always)]
+fn plane_scale_shift_in_place_body(x: &mut [f32], a: f32, b: f32, relu: bool) {
+    if relu {
+        x.iter_mut().for_each(|x| *x = (*x * a + b).max(0.0));
+    } else {
+        x.iter_mut().for_each(|x| *x = *x * a + b);
+    }
+}
+
+/// The output gradient through the ReLU: zero where the ReLU clipped.
+#[inline(always)]
+fn through_relu(relu: bool, y: f32, dy: f32) -> f32 {
+    if relu && y <= 0.0 {
+        0.0
+    } else {
+        dy
+    }
+}
+
+avx512_too!(
+    /// (Σ dŷ·x̂, Σ dŷ) of one plane. The ReLU's mask is applied inside the sum: no buffer per
+    /// plane (with 1x1 to 8x8 planes, allocating one was most of the ImageNet stem's
+    /// BatchNorm backward).
+    fn plane_grad_sums(x: &[f32], y: &[f32], dy: &[f32], m: f32, is: f32, relu: bool) -> (f32, f32)
+        => plane_grad_sums_body
+);
+
+#[inline(always)]
+fn plane_grad_sums_body(
+    x: &[f32],
+    y: &[f32],
+    dy: &[f32],
+    m: f32,
+    is: f32,
+    relu: bool,
+) -> (f32, f32) {
+    lane_sums(x, y, dy, |x, y, dy| {
+        let d = through_relu(relu, y, dy);
+        (d * (x - m) * is, d)
+    })
+}
+
+avx512_too!(
+    /// dx of one plane from the channel's `[mean, invstd, gamma·invstd, dbeta/M, dgamma/M]`.
+    fn plane_dx(dx: &mut [f32], x: &[f32], y: &[f32], dy: &[f32], c: [f32; 5], relu: bool)
+        => plane_dx_body
+);
+
+#[inline(always)]
+fn plane_dx_body(dx: &mut [f32], x: &[f32], y: &[f32], dy: &[f32], c: [f32; 5], relu: bool) {
+    let [m, is, k, db, dg] = c;
+    let n = dx.len();
+    let (x, y, dy) = (&x[..n], &y[..n], &dy[..n]);
+    for (i, dx) in dx.iter_mut().enumerate() {
+        let xhat = (x[i] - m) * is;
+        *dx = k * (through_relu(relu, y[i], dy[i]) - db - xhat * dg);
+    }
+}
+
 /// Σ f(x_i, y_i, z_i) over three equally long slices, as two sums kept in 16 independent lanes:
 /// a single accumulator serialises every addition on its latency and cannot be vectorised.
+#[inline(always)]
 fn lane_sums(
     x: &[f32],
     y: &[f32],
