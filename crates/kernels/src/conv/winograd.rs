@@ -315,19 +315,9 @@ fn transform_output_rows_body(
                         row[ow - 1] = c0[t] + c1[t] + c2[t];
                     }
                     if let Some((e, residual)) = epilogue {
-                        let shift = e.shift[co];
-                        match residual {
-                            Some(res) => {
-                                let res = &res[(img * g.cout + co) * oh * ow + oy * ow..][..ow];
-                                for (d, r) in row.iter_mut().zip(res) {
-                                    *d = *d + shift + *r;
-                                }
-                            }
-                            None => row.iter_mut().for_each(|d| *d += shift),
-                        }
-                        if e.relu {
-                            row.iter_mut().for_each(|d| *d = d.max(0.0));
-                        }
+                        let at = (img * g.cout + co) * oh * ow + oy * ow;
+                        let res = residual.map(|r| &r[at..][..ow]);
+                        winograd_small::apply_epilogue(e, res, row, 0, co);
                     }
                 }
             }

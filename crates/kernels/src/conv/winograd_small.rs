@@ -134,8 +134,8 @@ impl Gather {
     }
 }
 
-/// The epilogue on one finished output plane (`plane` of the chunk's planes, channel `co`):
-/// the shift, the residual, the ReLU, as the row-vectorised transform applies them.
+/// The epilogue on finished outputs `out` of channel `co` (a plane, or a row of one), the
+/// residual's matching values at `plane · out.len()`: the shift, the residual, the ReLU.
 #[inline(always)]
 pub(super) fn apply_epilogue(
     e: &Epilogue,
