@@ -32,6 +32,10 @@ pub(super) const XI: usize = 16;
 /// until the GEMMs get too narrow: of 64-1024, 128 was fastest on ResNet-18's layers.
 const CHUNK_TILES: usize = 128;
 
+/// The epilogue of one chunk's output transform: the [`Epilogue`], with its residual already
+/// offset to the chunk's first image.
+pub(super) type ChunkEpilogue<'a> = Option<(&'a Epilogue<'a>, Option<&'a [f32]>)>;
+
 /// Whether a convolution is one this kernel computes: 3x3, stride 1, padding at most 2.
 pub fn handles(g: &ConvGeom) -> bool {
     g.kernel == [3, 3] && g.stride == [1, 1] && g.pad[0] <= 2 && g.pad[1] <= 2
@@ -242,7 +246,7 @@ fn transform_output(
     m: &[f32],
     imgs: usize,
     y: &mut [f32],
-    epilogue: Option<(&Epilogue, Option<&[f32]>)>,
+    epilogue: ChunkEpilogue<'_>,
 ) {
     if tiles(g)[1] <= winograd_small::MAX_TILES_PER_ROW {
         winograd_small::transform_output(g, m, imgs, y, epilogue);
@@ -258,7 +262,7 @@ avx512_too!(
         m: &[f32],
         imgs: usize,
         y: &mut [f32],
-        epilogue: Option<(&Epilogue, Option<&[f32]>)>,
+        epilogue: ChunkEpilogue<'_>,
     )
         => transform_output_rows_body
 );
@@ -269,7 +273,7 @@ fn transform_output_rows_body(
     m: &[f32],
     imgs: usize,
     y: &mut [f32],
-    epilogue: Option<(&Epilogue, Option<&[f32]>)>,
+    epilogue: ChunkEpilogue<'_>,
 ) {
     let [oh, ow] = g.out_hw;
     let [th, tw] = tiles(g);

@@ -14,7 +14,7 @@
 use super::cpu::Epilogue;
 use super::im2col::{im2col, Layout};
 use super::taps::Taps;
-use super::winograd::tiles;
+use super::winograd::{tiles, ChunkEpilogue};
 use super::ConvGeom;
 use crate::wide::avx512_too;
 
@@ -225,7 +225,7 @@ avx512_too!(
         m: &[f32],
         imgs: usize,
         y: &mut [f32],
-        epilogue: Option<(&Epilogue, Option<&[f32]>)>,
+        epilogue: ChunkEpilogue<'_>,
     ) => transform_output_body
 );
 
@@ -235,7 +235,7 @@ fn transform_output_body(
     m: &[f32],
     imgs: usize,
     y: &mut [f32],
-    epilogue: Option<(&Epilogue, Option<&[f32]>)>,
+    epilogue: ChunkEpilogue<'_>,
 ) {
     let [oh, ow] = g.out_hw;
     let [th, tw] = tiles(g);
