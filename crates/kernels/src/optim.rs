@@ -20,6 +20,7 @@ use burn::tensor::{DType, Tensor, TensorPrimitive};
 use rayon::prelude::*;
 
 use crate::cast::{cast, float_primitive};
+use crate::wide::avx512_too;
 
 /// Elements per rayon task: big enough that a task outweighs its scheduling, small enough that
 /// a 2-core machine splits even a 64-channel 3x3 weight (36K elements).
@@ -111,8 +112,10 @@ pub fn apply(rule: &UpdateRule, lr: f64, u: ParamUpdate<'_>) {
     let first = u.steps_before == 0;
     // Burn's CPU backend converts every scalar operand to the element type (`as f32`).
     let lr = lr as f32;
-    // Each case below is its own loop (const generics), without a branch per element, so the
-    // compiler vectorises it; vector lanes do the same IEEE operations as scalar code.
+    // Each case is its own loop (const generics, chosen per chunk by the `*_chunk` functions
+    // below), without a branch per element, so the compiler vectorises it — 16-wide where the
+    // CPU has AVX-512 (crate::wide); vector lanes do the same IEEE operations as scalar code,
+    // square roots and divisions included.
     match *rule {
         UpdateRule::Sgd {
             momentum: Some(momentum),
@@ -126,37 +129,20 @@ pub fn apply(rule: &UpdateRule, lr: f64, u: ParamUpdate<'_>) {
                 momentum,
                 keep,
             };
-            macro_rules! go {
-                ($f:literal, $w:literal, $n:literal) => {
-                    par3(u.param, u.grad, u.state_1, |p, g, v| {
-                        sgd_momentum::<$f, $w, $n>(&c, p, g, v)
-                    })
-                };
-            }
-            match (first, weight_decay.is_some(), nesterov) {
-                (false, false, false) => go!(false, false, false),
-                (false, false, true) => go!(false, false, true),
-                (false, true, false) => go!(false, true, false),
-                (false, true, true) => go!(false, true, true),
-                (true, false, false) => go!(true, false, false),
-                (true, false, true) => go!(true, false, true),
-                (true, true, false) => go!(true, true, false),
-                (true, true, true) => go!(true, true, true),
-            }
+            let flags = [first, weight_decay.is_some(), nesterov];
+            par3(u.param, u.grad, u.state_1, |p, g, v| {
+                sgd_momentum_chunk(&c, flags, p, g, v)
+            });
         }
         UpdateRule::Sgd {
             momentum: None,
             weight_decay,
             ..
         } => {
-            let (wd, has_wd) = (weight_decay.unwrap_or(0.0), weight_decay.is_some());
+            let wd = weight_decay.unwrap_or(0.0);
+            let has_wd = weight_decay.is_some();
             par3(u.param, u.grad, &mut [], |p, g, _| {
-                for (p, g) in p.iter_mut().zip(g) {
-                    // WeightDecay::transform: tensor.mul_scalar(penalty).add(grad)
-                    let g = if has_wd { *p * wd + *g } else { *g };
-                    // Sgd::step: tensor - grad.mul_scalar(lr)
-                    *p -= g * lr;
-                }
+                sgd_chunk([lr, wd], has_wd, p, g)
             });
         }
         UpdateRule::Adam {
@@ -175,19 +161,10 @@ pub fn apply(rule: &UpdateRule, lr: f64, u: ParamUpdate<'_>) {
                 combined_factor: bias_correction2_sqrt / (1.0 - beta_1.powi(time)),
                 eps: epsilon * bias_correction2_sqrt,
             };
-            macro_rules! go {
-                ($f:literal, $w:literal) => {
-                    par4(u.param, u.grad, u.state_1, u.state_2, |p, g, m, v| {
-                        adam::<$f, $w>(&c, p, g, m, v)
-                    })
-                };
-            }
-            match (first, weight_decay.is_some()) {
-                (false, false) => go!(false, false),
-                (false, true) => go!(false, true),
-                (true, false) => go!(true, false),
-                (true, true) => go!(true, true),
-            }
+            let flags = [first, weight_decay.is_some()];
+            par4(u.param, u.grad, u.state_1, u.state_2, |p, g, m, v| {
+                adam_chunk(&c, flags, p, g, m, v)
+            });
         }
         UpdateRule::AdamW {
             beta_1,
@@ -207,20 +184,81 @@ pub fn apply(rule: &UpdateRule, lr: f64, u: ParamUpdate<'_>) {
                 epsilon,
                 keep: (1.0 - decay_rate) as f32,
             };
-            macro_rules! go {
-                ($f:literal, $d:literal) => {
-                    par4(u.param, u.grad, u.state_1, u.state_2, |p, g, m, v| {
-                        adamw::<$f, $d>(&c, p, g, m, v)
-                    })
-                };
-            }
-            match (first, decay_rate != 0.0) {
-                (false, false) => go!(false, false),
-                (false, true) => go!(false, true),
-                (true, false) => go!(true, false),
-                (true, true) => go!(true, true),
-            }
+            let flags = [first, decay_rate != 0.0];
+            par4(u.param, u.grad, u.state_1, u.state_2, |p, g, m, v| {
+                adamw_chunk(&c, flags, p, g, m, v)
+            });
         }
+    }
+}
+
+// One chunk of each update, compiled for AVX-512 where the CPU has it; the flags pick the
+// const-generic loop (one branch per chunk, none per element).
+
+avx512_too!(
+    /// Plain SGD (`[lr, weight decay]`, whether there is weight decay) over one chunk.
+    fn sgd_chunk(c: [f32; 2], has_wd: bool, p: &mut [f32], g: &[f32]) => sgd_any
+);
+
+#[inline(always)]
+fn sgd_any([lr, wd]: [f32; 2], has_wd: bool, p: &mut [f32], g: &[f32]) {
+    for (p, g) in p.iter_mut().zip(g) {
+        // WeightDecay::transform: tensor.mul_scalar(penalty).add(grad)
+        let g = if has_wd { *p * wd + *g } else { *g };
+        // Sgd::step: tensor - grad.mul_scalar(lr)
+        *p -= g * lr;
+    }
+}
+
+avx512_too!(
+    /// SGD with momentum over one chunk; flags `[first step, weight decay, Nesterov]`.
+    fn sgd_momentum_chunk(c: &Sgd, flags: [bool; 3], p: &mut [f32], g: &[f32], v: &mut [f32])
+        => sgd_momentum_any
+);
+
+#[inline(always)]
+fn sgd_momentum_any(c: &Sgd, flags: [bool; 3], p: &mut [f32], g: &[f32], v: &mut [f32]) {
+    match flags {
+        [false, false, false] => sgd_momentum::<false, false, false>(c, p, g, v),
+        [false, false, true] => sgd_momentum::<false, false, true>(c, p, g, v),
+        [false, true, false] => sgd_momentum::<false, true, false>(c, p, g, v),
+        [false, true, true] => sgd_momentum::<false, true, true>(c, p, g, v),
+        [true, false, false] => sgd_momentum::<true, false, false>(c, p, g, v),
+        [true, false, true] => sgd_momentum::<true, false, true>(c, p, g, v),
+        [true, true, false] => sgd_momentum::<true, true, false>(c, p, g, v),
+        [true, true, true] => sgd_momentum::<true, true, true>(c, p, g, v),
+    }
+}
+
+avx512_too!(
+    /// Adam over one chunk; flags `[first step, weight decay]`.
+    fn adam_chunk(c: &Adam, flags: [bool; 2], p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32])
+        => adam_any
+);
+
+#[inline(always)]
+fn adam_any(c: &Adam, flags: [bool; 2], p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32]) {
+    match flags {
+        [false, false] => adam::<false, false>(c, p, g, m, v),
+        [false, true] => adam::<false, true>(c, p, g, m, v),
+        [true, false] => adam::<true, false>(c, p, g, m, v),
+        [true, true] => adam::<true, true>(c, p, g, m, v),
+    }
+}
+
+avx512_too!(
+    /// AdamW over one chunk; flags `[first step, decay]`.
+    fn adamw_chunk(c: &AdamW, flags: [bool; 2], p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32])
+        => adamw_any
+);
+
+#[inline(always)]
+fn adamw_any(c: &AdamW, flags: [bool; 2], p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32]) {
+    match flags {
+        [false, false] => adamw::<false, false>(c, p, g, m, v),
+        [false, true] => adamw::<false, true>(c, p, g, m, v),
+        [true, false] => adamw::<true, false>(c, p, g, m, v),
+        [true, true] => adamw::<true, true>(c, p, g, m, v),
     }
 }
 

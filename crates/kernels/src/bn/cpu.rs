@@ -43,13 +43,7 @@ pub fn stats(g: &BnGeom, x: &[f32]) -> (Vec<f32>, Vec<f32>) {
     (0..g.c)
         .into_par_iter()
         .map(|ch| {
-            let (mut s, mut ss) = (0.0f64, 0.0f64);
-            for plane in g.planes(x, ch) {
-                // f32 partial sums per plane (at most a few thousand values), f64 across planes.
-                let (ps, pss) = plane_sums(plane);
-                s += ps as f64;
-                ss += pss as f64;
-            }
+            let (s, ss) = channel_sums(g, x, ch);
             let mean = s / count;
             ((mean) as f32, (ss / count - mean * mean).max(0.0) as f32)
         })
@@ -69,12 +63,7 @@ pub fn scale_shift(g: &BnGeom, x: &[f32], scale: &[f32], shift: &[f32], relu: bo
     out.par_chunks_mut(per * hw)
         .zip(x.par_chunks(per * hw))
         .enumerate()
-        .for_each(|(task, (out, x))| {
-            for (i, (out, x)) in out.chunks_mut(hw).zip(x.chunks(hw)).enumerate() {
-                let ch = (task * per + i) % g.c;
-                plane_scale_shift(out, x, scale[ch], shift[ch], relu);
-            }
-        });
+        .for_each(|(task, (out, x))| task_scale_shift(g, task * per, out, x, [scale, shift], relu));
     // SAFETY: `out` is the first x.len() slots of y's capacity, and the chunks above cover it
     // exactly (both sides are cut into the same chunk and plane lengths), each slot written
     // once.
@@ -89,12 +78,7 @@ pub fn scale_shift_in_place(g: &BnGeom, x: &mut [f32], scale: &[f32], shift: &[f
     let per = g.planes_per_task();
     x.par_chunks_mut(per * g.hw.max(1))
         .enumerate()
-        .for_each(|(task, x)| {
-            for (i, x) in x.chunks_mut(g.hw.max(1)).enumerate() {
-                let ch = (task * per + i) % g.c;
-                plane_scale_shift_in_place(x, scale[ch], shift[ch], relu);
-            }
-        });
+        .for_each(|(task, x)| task_scale_shift_in_place(g, task * per, x, [scale, shift], relu));
 }
 
 fn check_scale_shift(g: &BnGeom, x: &[f32], scale: &[f32], shift: &[f32]) {
@@ -148,83 +132,137 @@ pub fn backward(
     let (dgamma, dbeta): (Vec<f32>, Vec<f32>) = (0..g.c)
         .into_par_iter()
         .map(|ch| {
-            let (m, is) = (mean[ch], invstd[ch]);
-            let (mut sg, mut sb) = (0.0f64, 0.0f64);
-            for ((x, y), dy) in g.planes(x, ch).zip(g.planes(y, ch)).zip(g.planes(dy, ch)) {
-                let (pg, pb) = plane_grad_sums(x, y, dy, m, is, relu);
-                sg += pg as f64;
-                sb += pb as f64;
-            }
+            let (sg, sb) = channel_grad_sums(g, [x, y, dy], ch, [mean[ch], invstd[ch]], relu);
             (sg as f32, sb as f32)
         })
         .unzip();
     let count = (g.n * g.hw).max(1) as f32;
     let mut dx = vec![0.0f32; g.len()];
     let per = g.planes_per_task();
+    // Per channel: [mean, invstd, gamma·invstd, dbeta/M, dgamma/M].
+    let consts: Vec<[f32; 5]> = (0..g.c)
+        .map(|ch| {
+            let (m, is) = (mean[ch], invstd[ch]);
+            [m, is, gamma[ch] * is, dbeta[ch] / count, dgamma[ch] / count]
+        })
+        .collect();
     dx.par_chunks_mut(per * g.hw.max(1))
         .enumerate()
-        .flat_map_iter(|(task, dx)| {
-            dx.chunks_mut(g.hw.max(1))
-                .enumerate()
-                .map(move |(i, dx)| (task * per + i, dx))
-        })
-        .for_each(|(plane, dx)| {
-            let ch = plane % g.c;
-            let (m, is) = (mean[ch], invstd[ch]);
-            let k = gamma[ch] * is;
-            let (db, dg) = (dbeta[ch] / count, dgamma[ch] / count);
-            let at = plane * g.hw;
-            let (x, y, dy) = (&x[at..][..g.hw], &y[at..][..g.hw], &dy[at..][..g.hw]);
-            plane_dx(dx, x, y, dy, [m, is, k, db, dg], relu);
-        });
+        .for_each(|(task, dx)| task_dx(g, task * per, dx, [x, y, dy], &consts, relu));
     (dx, dgamma, dbeta)
 }
 
-// The per-plane loops, compiled for AVX-512 where the CPU has it (crate::wide): element-wise
-// or in 16 explicit lanes, so the same bits at either width.
+// The loops over a channel's planes or a task's planes, compiled for AVX-512 where the CPU
+// has it (crate::wide), entered once per channel or task rather than once per plane (the
+// ImageNet stem's last stages have 1x1 to 4x4 planes). Element-wise or in 16 explicit lanes:
+// the same bits at either width.
 
 avx512_too!(
-    /// (Σ x, Σ x²) of one plane, in f32 lanes.
-    fn plane_sums(x: &[f32]) -> (f32, f32) => plane_sums_body
+    /// (Σ x, Σ x²) of channel `ch`: f32 lanes within a plane (at most a few thousand values),
+    /// f64 across planes.
+    fn channel_sums(g: &BnGeom, x: &[f32], ch: usize) -> (f64, f64) => channel_sums_body
 );
 
 #[inline(always)]
-fn plane_sums_body(x: &[f32]) -> (f32, f32) {
-    lane_sums(x, x, x, |x, _, _| (x, x * x))
+fn channel_sums_body(g: &BnGeom, x: &[f32], ch: usize) -> (f64, f64) {
+    let (mut s, mut ss) = (0.0f64, 0.0f64);
+    for plane in g.planes(x, ch) {
+        let (ps, pss) = lane_sums(plane, plane, plane, |x, _, _| (x, x * x));
+        s += ps as f64;
+        ss += pss as f64;
+    }
+    (s, ss)
 }
 
 avx512_too!(
-    /// `out = x · a + b` (then the ReLU) for one plane, into uninitialised memory.
-    fn plane_scale_shift(out: &mut [MaybeUninit<f32>], x: &[f32], a: f32, b: f32, relu: bool)
-        => plane_scale_shift_body
+    /// (Σ dŷ·x̂, Σ dŷ) of channel `ch` from `[x, y, dy]` and its `[mean, invstd]`. The ReLU's
+    /// mask is applied inside the sum: no buffer per plane (with 1x1 to 8x8 planes, allocating
+    /// one was most of the ImageNet stem's BatchNorm backward).
+    fn channel_grad_sums(g: &BnGeom, t: [&[f32]; 3], ch: usize, c: [f32; 2], relu: bool) -> (f64, f64)
+        => channel_grad_sums_body
 );
 
 #[inline(always)]
-fn plane_scale_shift_body(out: &mut [MaybeUninit<f32>], x: &[f32], a: f32, b: f32, relu: bool) {
-    let pairs = out.iter_mut().zip(x);
-    if relu {
-        pairs.for_each(|(o, x)| {
-            o.write((x * a + b).max(0.0));
+fn channel_grad_sums_body(
+    g: &BnGeom,
+    [x, y, dy]: [&[f32]; 3],
+    ch: usize,
+    [m, is]: [f32; 2],
+    relu: bool,
+) -> (f64, f64) {
+    let (mut sg, mut sb) = (0.0f64, 0.0f64);
+    for ((x, y), dy) in g.planes(x, ch).zip(g.planes(y, ch)).zip(g.planes(dy, ch)) {
+        let (pg, pb) = lane_sums(x, y, dy, |x, y, dy| {
+            let d = through_relu(relu, y, dy);
+            (d * (x - m) * is, d)
         });
-    } else {
-        pairs.for_each(|(o, x)| {
-            o.write(x * a + b);
-        });
+        sg += pg as f64;
+        sb += pb as f64;
+    }
+    (sg, sb)
+}
+
+avx512_too!(
+    /// `out = x · scale[c] + shift[c]` (then the ReLU) for a task's planes, the first being
+    /// plane `first` of the tensor, into uninitialised memory.
+    fn task_scale_shift(
+        g: &BnGeom,
+        first: usize,
+        out: &mut [MaybeUninit<f32>],
+        x: &[f32],
+        affine: [&[f32]; 2],
+        relu: bool,
+    ) => task_scale_shift_body
+);
+
+#[inline(always)]
+fn task_scale_shift_body(
+    g: &BnGeom,
+    first: usize,
+    out: &mut [MaybeUninit<f32>],
+    x: &[f32],
+    [scale, shift]: [&[f32]; 2],
+    relu: bool,
+) {
+    let hw = g.hw.max(1);
+    for (i, (out, x)) in out.chunks_mut(hw).zip(x.chunks(hw)).enumerate() {
+        let ch = (first + i) % g.c;
+        let (a, b) = (scale[ch], shift[ch]);
+        let pairs = out.iter_mut().zip(x);
+        if relu {
+            pairs.for_each(|(o, x)| {
+                o.write((x * a + b).max(0.0));
+            });
+        } else {
+            pairs.for_each(|(o, x)| {
+                o.write(x * a + b);
+            });
+        }
     }
 }
 
 avx512_too!(
-    /// [`plane_scale_shift`] in place.
-    fn plane_scale_shift_in_place(x: &mut [f32], a: f32, b: f32, relu: bool)
-        => plane_scale_shift_in_place_body
+    /// [`task_scale_shift`] in place.
+    fn task_scale_shift_in_place(g: &BnGeom, first: usize, x: &mut [f32], affine: [&[f32]; 2], relu: bool)
+        => task_scale_shift_in_place_body
 );
 
 #[inline(always)]
-fn plane_scale_shift_in_place_body(x: &mut [f32], a: f32, b: f32, relu: bool) {
-    if relu {
-        x.iter_mut().for_each(|x| *x = (*x * a + b).max(0.0));
-    } else {
-        x.iter_mut().for_each(|x| *x = *x * a + b);
+fn task_scale_shift_in_place_body(
+    g: &BnGeom,
+    first: usize,
+    x: &mut [f32],
+    [scale, shift]: [&[f32]; 2],
+    relu: bool,
+) {
+    for (i, x) in x.chunks_mut(g.hw.max(1)).enumerate() {
+        let ch = (first + i) % g.c;
+        let (a, b) = (scale[ch], shift[ch]);
+        if relu {
+            x.iter_mut().for_each(|x| *x = (*x * a + b).max(0.0));
+        } else {
+            x.iter_mut().for_each(|x| *x = *x * a + b);
+        }
     }
 }
 
@@ -239,42 +277,32 @@ fn through_relu(relu: bool, y: f32, dy: f32) -> f32 {
 }
 
 avx512_too!(
-    /// (Σ dŷ·x̂, Σ dŷ) of one plane. The ReLU's mask is applied inside the sum: no buffer per
-    /// plane (with 1x1 to 8x8 planes, allocating one was most of the ImageNet stem's
-    /// BatchNorm backward).
-    fn plane_grad_sums(x: &[f32], y: &[f32], dy: &[f32], m: f32, is: f32, relu: bool) -> (f32, f32)
-        => plane_grad_sums_body
+    /// dx for a task's planes (the first is plane `first`) from `[x, y, dy]` and each channel's
+    /// `[mean, invstd, gamma·invstd, dbeta/M, dgamma/M]`.
+    fn task_dx(g: &BnGeom, first: usize, dx: &mut [f32], t: [&[f32]; 3], consts: &[[f32; 5]], relu: bool)
+        => task_dx_body
 );
 
 #[inline(always)]
-fn plane_grad_sums_body(
-    x: &[f32],
-    y: &[f32],
-    dy: &[f32],
-    m: f32,
-    is: f32,
+fn task_dx_body(
+    g: &BnGeom,
+    first: usize,
+    dx: &mut [f32],
+    [x, y, dy]: [&[f32]; 3],
+    consts: &[[f32; 5]],
     relu: bool,
-) -> (f32, f32) {
-    lane_sums(x, y, dy, |x, y, dy| {
-        let d = through_relu(relu, y, dy);
-        (d * (x - m) * is, d)
-    })
-}
-
-avx512_too!(
-    /// dx of one plane from the channel's `[mean, invstd, gamma·invstd, dbeta/M, dgamma/M]`.
-    fn plane_dx(dx: &mut [f32], x: &[f32], y: &[f32], dy: &[f32], c: [f32; 5], relu: bool)
-        => plane_dx_body
-);
-
-#[inline(always)]
-fn plane_dx_body(dx: &mut [f32], x: &[f32], y: &[f32], dy: &[f32], c: [f32; 5], relu: bool) {
-    let [m, is, k, db, dg] = c;
-    let n = dx.len();
-    let (x, y, dy) = (&x[..n], &y[..n], &dy[..n]);
-    for (i, dx) in dx.iter_mut().enumerate() {
-        let xhat = (x[i] - m) * is;
-        *dx = k * (through_relu(relu, y[i], dy[i]) - db - xhat * dg);
+) {
+    let hw = g.hw.max(1);
+    for (i, dx) in dx.chunks_mut(hw).enumerate() {
+        let plane = first + i;
+        let [m, is, k, db, dg] = consts[plane % g.c];
+        let at = plane * g.hw;
+        let n = dx.len();
+        let (x, y, dy) = (&x[at..][..n], &y[at..][..n], &dy[at..][..n]);
+        for (i, dx) in dx.iter_mut().enumerate() {
+            let xhat = (x[i] - m) * is;
+            *dx = k * (through_relu(relu, y[i], dy[i]) - db - xhat * dg);
+        }
     }
 }
 
