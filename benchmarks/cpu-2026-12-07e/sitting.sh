@@ -4,6 +4,8 @@
 # gather through im2col, the transforms and BatchNorm loops compiled for AVX-512), against
 # PyTorch, back to back in each round (benchmarks/sitting-lib.sh).
 #   OLD=/tmp/resnet-aa1ffa7 NEW=/tmp/resnet-af859ae PYTHON=/tmp/torchenv/bin/python bash sitting.sh
+# and again at the end of the session with NEW = d684bb4 (also the optimizer update at AVX-512
+# width) into OUT=benchmarks/cpu-2026-12-07e/sitting-final.jsonl (the README table).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-benchmarks/cpu-2026-12-07e/sitting.jsonl}
