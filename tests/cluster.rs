@@ -207,16 +207,22 @@ fn unreachable_coordinator_is_a_clear_error_after_retries() {
     // Pointed at something that is not a gRPC server (here: a metrics-like HTTP/1 endpoint).
     let http = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let http_port = http.local_addr().expect("addr").port();
+    // Every connection gets the HTTP/1 answer, each on its own thread, for as long as the test
+    // runs: gRPC's channel reconnects a number of times that depends on timing, and a server
+    // that stopped after three connections made the fourth one's "connection refused" the
+    // reported error now and then (a flaky test, 2026-12-07).
     let server = std::thread::spawn(move || {
         use std::io::{Read, Write};
-        for s in http.incoming().take(3).flatten() {
-            let mut s = s;
-            let mut buf = [0u8; 1024];
-            let _ = s.read(&mut buf);
-            let _ = s.write_all(b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n");
-            // Drain until the client hangs up, so it reads the answer rather than a reset.
-            let _ = s.set_read_timeout(Some(std::time::Duration::from_secs(5)));
-            while matches!(s.read(&mut buf), Ok(n) if n > 0) {}
+        for s in http.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut s = s;
+                let mut buf = [0u8; 1024];
+                let _ = s.read(&mut buf);
+                let _ = s.write_all(b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n");
+                // Drain until the client hangs up, so it reads the answer rather than a reset.
+                let _ = s.set_read_timeout(Some(std::time::Duration::from_secs(5)));
+                while matches!(s.read(&mut buf), Ok(n) if n > 0) {}
+            });
         }
     });
     let out = Command::new(env!("CARGO_BIN_EXE_worker"))
