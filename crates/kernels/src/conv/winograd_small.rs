@@ -24,25 +24,19 @@ use crate::wide::avx512_too;
 pub(super) const MAX_TILES_PER_ROW: usize = 8;
 
 /// Channels gathered (input) or scattered (output) together, image by image.
-pub(super) const BLOCK: usize = 8;
+const BLOCK: usize = 8;
 
-/// Where each of a tile's `side`² inputs (row-major, offset by `-pad`) or outputs lies in a
-/// `[h, w]` plane, for every tile of one image (tiles `step` apart): `idx[k · tiles + j]`, or
+/// Where each of a tile's `side`² inputs (4x4, offset by `-pad`) or outputs (2x2) lies in a
+/// `[h, w]` plane, for every tile of one image (tiles 2 apart): `idx[k · tiles + j]`, or
 /// `h · w` (one past the plane) outside it.
-pub(super) fn positions(
-    side: usize,
-    step: usize,
-    [th, tw]: [usize; 2],
-    [h, w]: [usize; 2],
-    pad: [usize; 2],
-) -> Vec<u32> {
+fn positions(side: usize, [th, tw]: [usize; 2], [h, w]: [usize; 2], pad: [usize; 2]) -> Vec<u32> {
     let per_img = th * tw;
     let outside = u32::try_from(h * w).expect("a plane of fewer than 2^32 floats");
     (0..side * side * per_img)
         .map(|i| {
             let (k, j) = (i / per_img, i % per_img);
-            let y = (step * (j / tw) + k / side).checked_sub(pad[0]);
-            let x = (step * (j % tw) + k % side).checked_sub(pad[1]);
+            let y = (2 * (j / tw) + k / side).checked_sub(pad[0]);
+            let x = (2 * (j % tw) + k % side).checked_sub(pad[1]);
             match (y, x) {
                 // y · w + x < h · w = outside, which fits u32.
                 (Some(y), Some(x)) if y < h && x < w => (y * w + x) as u32,
@@ -55,9 +49,9 @@ pub(super) fn positions(
 /// One plane's tile inputs: row k of `d` (rows `stride` apart) gets `plane[idx[k·per + j]]`
 /// for its `per` tiles, zero where the index is past the plane. `buf` (the plane's length
 /// plus one) holds the plane and a zero, so the loop reads without a branch or a bounds check
-/// (the index is clamped) and, compiled for AVX-512, as vector gathers.
+/// (the index is clamped).
 #[inline(always)]
-pub(super) fn gather_plane(
+fn gather_plane(
     plane: &[f32],
     buf: &mut [f32],
     idx: &[u32],
@@ -77,42 +71,43 @@ pub(super) fn gather_plane(
     }
 }
 
-/// How a transform gathers its tiles' inputs (d[c · side² + k][offset + j], rows `ld` apart):
-/// as the column matrix of a `side`x`side` convolution with stride `step` where that
+/// How the input transform gathers its tiles' inputs (d[c · 16 + k][offset + j], rows `ld`
+/// apart): as the column matrix of a 4x4 convolution with stride 2 where that
 /// convolution's output is exactly the tile grid (even-sized maps, every ResNet layer) — the
 /// im2col code, with its AVX-512 register permutes for planes of up to 16 floats — else through
 /// an index table ([`gather_plane`]). The same values either way.
-pub(super) struct Gather {
+struct Gather {
     im2col: Option<(ConvGeom, Taps, Layout)>,
     idx: Vec<u32>,
     per: usize,
+    /// The index table's plane buffer (a plane and a zero), allocated once per call.
+    buf: Vec<f32>,
 }
 
 impl Gather {
-    /// The gather of `g`'s `side`x`side` input tiles, `step` apart.
-    pub fn new(g: &ConvGeom, side: usize, step: usize, tiles: [usize; 2]) -> Self {
-        let im2col = ConvGeom::new(
-            [1, 1, g.in_hw[0], g.in_hw[1]],
-            [1, 1, side, side],
-            [step, step],
-            g.pad,
-        )
-        .filter(|gg| gg.out_hw == tiles)
-        .map(|gg| (gg, Taps::every(&gg), Layout::of(&gg)));
-        let idx = match im2col {
-            Some(_) => Vec::new(),
-            None => positions(side, step, tiles, g.in_hw, g.pad),
+    /// The gather of `g`'s 4x4 input tiles, 2 apart.
+    fn new(g: &ConvGeom, tiles: [usize; 2]) -> Self {
+        let im2col = ConvGeom::new([1, 1, g.in_hw[0], g.in_hw[1]], [1, 1, 4, 4], [2, 2], g.pad)
+            .filter(|gg| gg.out_hw == tiles)
+            .map(|gg| (gg, Taps::every(&gg), Layout::of(&gg)));
+        let (idx, buf) = match im2col {
+            Some(_) => (Vec::new(), Vec::new()),
+            None => (
+                positions(4, tiles, g.in_hw, g.pad),
+                vec![0.0f32; g.in_hw[0] * g.in_hw[1] + 1],
+            ),
         };
         Self {
             im2col,
             idx,
             per: tiles[0] * tiles[1],
+            buf,
         }
     }
 
     /// The tiles of one image's `channels` consecutive planes into `d`.
     #[inline(always)]
-    pub fn planes(&self, planes: &[f32], channels: usize, d: &mut [f32], ld: usize, offset: usize) {
+    fn planes(&mut self, planes: &[f32], channels: usize, d: &mut [f32], ld: usize, offset: usize) {
         match &self.im2col {
             Some((gg, taps, layout)) => {
                 let gg = ConvGeom {
@@ -124,10 +119,9 @@ impl Gather {
             None => {
                 let hw = planes.len() / channels.max(1);
                 let rows = self.idx.len() / self.per.max(1);
-                let mut buf = vec![0.0f32; hw + 1];
                 for (c, plane) in planes.chunks_exact(hw.max(1)).enumerate() {
                     let d = &mut d[c * rows * ld + offset..];
-                    gather_plane(plane, &mut buf, &self.idx, self.per, d, ld);
+                    gather_plane(plane, &mut self.buf, &self.idx, self.per, d, ld);
                 }
             }
         }
@@ -161,7 +155,7 @@ pub(super) fn apply_epilogue(
 
 /// `dst[t] = f(p[t], q[t])` over whole rows (a loop the compiler vectorises).
 #[inline(always)]
-pub(super) fn rows(dst: &mut [f32], p: &[f32], q: &[f32], f: impl Fn(f32, f32) -> f32) {
+fn rows(dst: &mut [f32], p: &[f32], q: &[f32], f: impl Fn(f32, f32) -> f32) {
     for ((d, &a), &b) in dst.iter_mut().zip(p).zip(q) {
         *d = f(a, b);
     }
@@ -180,7 +174,7 @@ fn transform_input_body(g: &ConvGeom, x: &[f32], imgs: usize, v: &mut [f32]) {
     let [th, tw] = tiles(g);
     let (per_img, cin) = (th * tw, g.cin);
     let t_all = imgs * per_img;
-    let gather = Gather::new(g, 4, 2, [th, tw]);
+    let mut gather = Gather::new(g, [th, tw]);
     // d[cc][k]: input k of every tile, for a block of channels; b[i · 4 + col]: row i of Bᵀ d.
     let mut d = vec![0.0f32; BLOCK * 16 * t_all];
     let mut b = vec![0.0f32; 16 * t_all];
@@ -241,7 +235,7 @@ fn transform_output_body(
     let [th, tw] = tiles(g);
     let (per_img, cout) = (th * tw, g.cout);
     let t_all = imgs * per_img;
-    let idx = positions(2, 2, [th, tw], g.out_hw, [0, 0]);
+    let idx = positions(2, [th, tw], g.out_hw, [0, 0]);
     // s[r · 4 + j]: row r of Aᵀ M; out[cc][r · 2 + c]: output (r, c) of every tile, for a
     // block of channels.
     let mut s = vec![0.0f32; 8 * t_all];
