@@ -23,6 +23,7 @@ def key_numbers(r):
     keys = [
         ("images_per_sec", "images/s"), ("first_step_s", "first step s"),
         ("median_step_s", "step s"), ("phases", "fwd/bwd/opt s"), ("cuda_conv", "kernels"),
+        ("cuda_optim", "optimizer"),
         ("conv_precision", "precision"), ("precision", "precision"),
         ("bit_exact", "bit-exact"), ("median_s", "median s"), ("device_bit_exact", "device bit-exact"),
         ("device_median_s", "device median s"), ("identical", "same hash"), ("host_s", "host s"),
@@ -46,6 +47,9 @@ def key_numbers(r):
         c = r["cudnn"]
         cells.append(f"host syncs/step {fmt(c.get('host_syncs_per_step'))} "
                      f"({fmt(c.get('host_sync_s_per_step'))} s), fallbacks {c.get('fallbacks')}")
+    if r.get("optim"):  # conv-check's optimizer part: the fused update against Burn's
+        cells.append(f"{r.get('optim_kernels')} optimizer vs Burn's: " + ", ".join(
+            f"{o['optimizer']} {fmt(o['error'])}" for o in r["optim"]))
     if "per_pass" in r:  # the tuning summary
         for p, s in r["per_pass"].items():
             cells.append(f"{p}: {s['shapes']} shapes, chosen {s['chosen_us']} µs "

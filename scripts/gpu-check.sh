@@ -24,7 +24,8 @@
 # Steps, most important first: GPU facts (nvidia-smi); the NCCL world-size-1 check; cuDNN's
 # numbers: every convolution pass of every ResNet-18 shape (f32 with TF32, f32 strict, bf16) and
 # ResNet-50 shape (ImageNet stem at 64x64) against Burn's f32 convolution on the CPU
-# (`resnet conv-check`, failing above its stated tolerance); the cold
+# (`resnet conv-check`, failing above its stated tolerance); the fused CUDA optimizer update
+# against Burn's optimizer (`optim-check-r18`); the cold
 # first training step of ResNet-18 (CIFAR stem, batch 256) in each kernel configuration, each
 # with an empty kernel cache and a log of the kernels it compiles and tunes (`tuned`: fusion
 # off, each convolution pass and shape timed over a few fixed candidates, gemm's among them, the
@@ -36,7 +37,8 @@
 # (`cudnn`: convolutions and training-mode BatchNorm through cuDNN, gemm and Burn's ops where
 # it is missing);
 # with the best configuration: ResNet-18 again in a new process with the cache the cold run left
-# (a restarted worker's first step) and its steady-state images/s; when `cudnn` is the best, at
+# (a restarted worker's first step) and its steady-state images/s, then the same with the fused
+# optimizer (`bench-r18-cifar-fused-optim`); when `cudnn` is the best, at
 # the end (gemm compiles cold), `gemm` in the same sitting and a short training run with each
 # from one seed whose losses and accuracy must agree (`train-cudnn-vs-gemm`); after `tuned`, its choices
 # per shape (summarize_tuning.py) and `gemm-spread` from the same cache as the same-sitting
@@ -194,10 +196,17 @@ conv_check() { # conv_check NAME LIMIT ARGS...
   run "$name" "$limit" env RESNET_CUDA_CONV=cudnn RESNET_CUDA_BN=cudnn \
     RESNET_KERNEL_CACHE="$out/kernels-cudnn" "$bin/resnet" conv-check "${dev[@]}" --width "$width" --batch-size "$cbatch" --json "$@"
 }
-conv_check conv-check-r18 60 --depth 18 --stem cifar
-conv_check conv-check-r18-strict 60 --depth 18 --stem cifar --cuda-math strict
-conv_check conv-check-r18-bf16 60 --depth 18 --stem cifar --conv-precision bf16
-conv_check conv-check-r50 90 --depth 50 --stem imagenet --image-size 64
+conv_check conv-check-r18 60 --depth 18 --stem cifar --checks conv,bn
+conv_check conv-check-r18-strict 60 --depth 18 --stem cifar --cuda-math strict --checks conv,bn
+conv_check conv-check-r18-bf16 60 --depth 18 --stem cifar --conv-precision bf16 --checks conv,bn
+conv_check conv-check-r50 90 --depth 50 --stem imagenet --image-size 64 --checks conv,bn
+# The fused optimizer update (--cuda-optim fused: one kernel per parameter) against Burn's
+# optimizer on the GPU, every rule over ResNet-18's parameters with the same synthetic gradients
+# (tolerance 1e-4 of the update: fused multiply-adds; a wrong update is off by order 1). A step
+# of its own, so a failure here cannot cost the convolution numbers above.
+run optim-check-r18 60 env RESNET_CUDA_CONV=cudnn RESNET_CUDA_OPTIM=fused \
+  RESNET_KERNEL_CACHE="$out/kernels-cudnn" "$bin/resnet" conv-check "${dev[@]}" --width "$width" \
+  --batch-size "$cbatch" --depth 18 --stem cifar --checks optim --json
 
 # The PyTorch baseline (benchmarks/pytorch_baseline.py), when torch with CUDA imports here:
 # ResNet-18 fp32 right after our steady-state numbers (the ratio must come from one sitting even
@@ -310,6 +319,15 @@ else
     *) run bench-r18-cifar-gemm-spread-taps 90 env $(conv_env gemm-spread-taps "$out/kernels-$best") \
          "$bin/resnet" bench "${dev[@]}" --depth 18 --stem cifar --width "$width" \
          --batch-size "$batch" --warmup 2 --steps "$steps" --json ;;
+  esac
+  # The fused optimizer (one kernel per parameter instead of Burn's ~400 launches a step), from
+  # the same cache: only its own kernels compile. Its numbers were checked by optim-check-r18.
+  case "$best" in
+    cudnn|gemm*|tuned|direct)
+      run bench-r18-cifar-fused-optim 60 "${best_env[@]}" RESNET_CUDA_OPTIM=fused "$bin/resnet" \
+        bench "${dev[@]}" --depth 18 --stem cifar --width "$width" --batch-size "$batch" \
+        --warmup 2 --steps "$steps" --json ;;
+    *) skip bench-r18-cifar-fused-optim "the fused optimizer needs fusion off ($best has it on)" ;;
   esac
   if [ "$torch_ok" = 1 ]; then pytorch_case 18 cifar fp32; r18_fp32=1; fi
   run local-1-worker 60 "${best_env[@]}" "$bin/coordinator" --local --workers 1 "${dev[@]}" \

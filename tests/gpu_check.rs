@@ -64,8 +64,10 @@ fn gpu_check_script_runs_its_non_gpu_steps_and_writes_the_summary() {
         "conv-check-r18-strict",
         "conv-check-r18-bf16",
         "conv-check-r50",
+        "optim-check-r18",
         "first-step-cudnn",
         "bench-r18-cifar",
+        "bench-r18-cifar-fused-optim",
         "bench-r18-cifar-gemm",
         "train-cudnn-vs-gemm",
         "profile-r18-cifar",
@@ -81,6 +83,7 @@ fn gpu_check_script_runs_its_non_gpu_steps_and_writes_the_summary() {
     for name in [
         "first-step-cudnn",
         "bench-r18-cifar",
+        "bench-r18-cifar-fused-optim",
         "bench-r18-cifar-gemm",
         "bench-r50-imagenet-stem",
     ] {
@@ -103,6 +106,12 @@ fn gpu_check_script_runs_its_non_gpu_steps_and_writes_the_summary() {
         assert!(n >= shapes.max(1), "{name}: {n} shapes: {r}");
         assert!(r["worst"].as_f64().expect("worst") <= tol, "{name}: {r}");
     }
+    // The optimizer check ran every rule (on the CPU: the fused update is Burn's bits).
+    let o = &by_name("optim-check-r18")["result"];
+    assert_eq!(o["ok"], true, "{o}");
+    assert_eq!(o["optim"].as_array().expect("rules").len(), 5, "{o}");
+    assert_eq!(o["optim_tolerance"], 0.0, "{o}");
+    assert!(o["shapes"].as_array().expect("shapes").is_empty(), "{o}");
     let agree = &by_name("train-cudnn-vs-gemm")["result"];
     assert_eq!(agree["agree"], true, "{agree}");
     assert_eq!(

@@ -43,6 +43,13 @@ pub struct DeviceArgs {
     /// convolutions, burn with the others].
     #[arg(long, value_name = "burn|cudnn", env = "RESNET_CUDA_BN")]
     pub cuda_bn: Option<CudaBnArg>,
+    /// CUDA only: how the optimizer updates the parameters. `fused` runs one kernel per
+    /// parameter over its gradient and state (SGD, Adam, AdamW; Burn's arithmetic up to fused
+    /// multiply-adds); `burn` is Burn's optimizers, a chain of whole-tensor kernels per
+    /// parameter. Needs fusion off. `fused` has not run on a GPU yet: `scripts/gpu-check.sh`
+    /// compares the two [default: burn].
+    #[arg(long, value_name = "burn|fused", env = "RESNET_CUDA_OPTIM")]
+    pub cuda_optim: Option<CudaOptimArg>,
     /// CUDA with `--cuda-conv cudnn`: `tf32` runs f32 convolutions on the TF32 tensor cores
     /// (PyTorch's default, `allow_tf32`); `strict` keeps true f32 arithmetic, slower. bf16
     /// convolutions (`--conv-precision bf16`) always use the tensor cores [default: tf32].
@@ -96,6 +103,15 @@ pub enum CudaBnArg {
     Burn,
     /// cuDNN's batch-norm forward and backward.
     Cudnn,
+}
+
+/// `--cuda-optim` values.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CudaOptimArg {
+    /// Burn's optimizers.
+    Burn,
+    /// One kernel per parameter.
+    Fused,
 }
 
 /// `--cuda-math` values.

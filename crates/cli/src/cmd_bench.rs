@@ -75,6 +75,8 @@ pub struct BenchResult {
     pub cuda_conv: Option<String>,
     /// CUDA training-mode BatchNorm (`--cuda-bn`), on a GPU.
     pub cuda_bn: Option<String>,
+    /// CUDA optimizer update (`--cuda-optim`), on a GPU.
+    pub cuda_optim: Option<String>,
     /// Convolution arithmetic (`--conv-precision`).
     pub conv_precision: String,
     /// On the CPU, the kernels that ran (`RESNET_CONV`, `RESNET_BN`, `RESNET_OPTIM`), so a
@@ -320,6 +322,11 @@ pub fn run(a: BenchArgs) -> Result<()> {
             crate::device::Selected::Cpu => None,
             #[cfg(feature = "cuda")]
             crate::device::Selected::Gpu { .. } => Some(k.cuda_bn.name().to_string()),
+        },
+        cuda_optim: match sel {
+            crate::device::Selected::Cpu => None,
+            #[cfg(feature = "cuda")]
+            crate::device::Selected::Gpu { .. } => Some(k.cuda_optim.name().to_string()),
         },
         conv_precision: precision.name().to_string(),
         cpu_kernels: match sel {

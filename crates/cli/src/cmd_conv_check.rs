@@ -2,7 +2,8 @@
 //! gradient, weight gradient), run with the chosen kernels on the chosen device and compared
 //! with Burn's own f32 convolution on the CPU; then every BatchNorm shape in training mode
 //! (output, the three gradients, the running statistics) against the model's generic BatchNorm
-//! on the CPU. The GPU check runs it first, so a wrong descriptor, layout or stream order shows
+//! on the CPU; then the optimizer's fused update against Burn's optimizer on the same device
+//! ([`crate::optim_check`]). The GPU check runs it first, so a wrong descriptor, layout or stream order shows
 //! up as a number before any benchmark.
 //!
 //! The error of a pass is `max |ours - reference| / max |reference|`, which is scale-free and
@@ -27,6 +28,7 @@ use serde::Serialize;
 
 use crate::args::{DeviceArgs, ModelShapeArgs};
 use crate::device::{select, Selected};
+use crate::optim_check::{optim_tolerance, OptimErrors};
 
 /// `resnet conv-check`.
 #[derive(Args, Debug)]
@@ -42,12 +44,31 @@ pub struct ConvCheckArgs {
     /// cuDNN's strict f32, 1e-2 for TF32, 3e-2 for bf16].
     #[arg(long)]
     pub tolerance: Option<f64>,
+    /// Which checks run, comma-separated [default: conv,bn,optim].
+    #[arg(
+        long,
+        value_delimiter = ',',
+        value_name = "LIST",
+        default_value = "conv,bn,optim"
+    )]
+    pub checks: Vec<Check>,
     /// JSON output.
     #[arg(long)]
     pub json: bool,
     /// Where to run the kernels under test.
     #[command(flatten)]
     pub device: DeviceArgs,
+}
+
+/// One part of `resnet conv-check`.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Check {
+    /// Every convolution shape, all three passes, against Burn's f32 convolution on the CPU.
+    Conv,
+    /// Every BatchNorm shape in training mode against the generic code on the CPU.
+    Bn,
+    /// The optimizer's fused update against Burn's optimizer on the same device.
+    Optim,
 }
 
 /// The errors of one convolution shape's three passes.
@@ -99,6 +120,12 @@ pub struct ConvCheck {
     pub bn_tolerance: f64,
     /// Per distinct BatchNorm shape.
     pub bn: Vec<BnErrors>,
+    /// The optimizer update under test (`fused` or `burn`), checked against Burn's.
+    pub optim_kernels: String,
+    /// Largest accepted optimizer error.
+    pub optim_tolerance: f64,
+    /// Per update rule.
+    pub optim: Vec<OptimErrors>,
     /// The largest error of any pass, as a share of its tolerance (ok when at most 1).
     pub worst_share: f64,
     /// The largest convolution error.
@@ -164,7 +191,7 @@ pub fn relative_error(a: &[f32], b: &[f32]) -> f64 {
 }
 
 /// Deterministic values in [-1, 1).
-fn values(n: usize, seed: u64) -> Vec<f32> {
+pub(crate) fn values(n: usize, seed: u64) -> Vec<f32> {
     let mut s = seed
         .wrapping_mul(6364136223846793005)
         .wrapping_add(1442695040888963407);
@@ -285,7 +312,8 @@ pub fn run(a: ConvCheckArgs) -> Result<()> {
         ..KernelChoice::default()
     };
     let mut shapes = Vec::new();
-    for (i, g) in distinct.iter().enumerate() {
+    let run_conv = a.checks.contains(&Check::Conv);
+    for (i, g) in distinct.iter().enumerate().filter(|_| run_conv) {
         let name = g.key(g.batch);
         if !a.json {
             crate::say!("conv {}/{}: {name}", i + 1, distinct.len());
@@ -312,7 +340,8 @@ pub fn run(a: ConvCheckArgs) -> Result<()> {
         ..KernelChoice::default()
     };
     let mut bn = Vec::new();
-    for (i, shape) in bn_shapes.iter().enumerate() {
+    let run_bn = a.checks.contains(&Check::Bn);
+    for (i, shape) in bn_shapes.iter().enumerate().filter(|_| run_bn) {
         if !a.json {
             crate::say!("batchnorm {}/{}: {shape:?}", i + 1, bn_shapes.len());
         }
@@ -328,6 +357,22 @@ pub fn run(a: ConvCheckArgs) -> Result<()> {
             running_stats: e(4).max(e(5)),
         });
     }
+    let optim = if a.checks.contains(&Check::Optim) {
+        if !a.json {
+            let n = crate::optim_check::rules().len();
+            crate::say!("optimizer: the fused update against Burn's, {n} rules");
+        }
+        crate::with_train_backend!(sel, |B, device| {
+            let m = cfg.init::<B>(&device)?;
+            // Materialise the lazily initialised parameters, so both runs start from them.
+            let _ = resnet_train::param_hash(&m);
+            anyhow::Ok(crate::optim_check::check::<B>(&k, &m, &device))
+        })?
+    } else {
+        Vec::new()
+    };
+    let optim_tol = a.tolerance.unwrap_or_else(|| optim_tolerance(gpu));
+    let worst_optim = optim.iter().map(|o| o.error).fold(0.0, f64::max);
     let bn_tol = a.tolerance.unwrap_or_else(|| bn_tolerance(gpu));
     let worst = shapes
         .iter()
@@ -354,7 +399,9 @@ pub fn run(a: ConvCheckArgs) -> Result<()> {
             f64::INFINITY
         }
     };
-    let worst_share = share(worst, tol).max(share(worst_bn, bn_tol));
+    let worst_share = share(worst, tol)
+        .max(share(worst_bn, bn_tol))
+        .max(share(worst_optim, optim_tol));
     let report = ConvCheck {
         device: format!("{sel:?}"),
         kernels: if gpu {
@@ -372,9 +419,16 @@ pub fn run(a: ConvCheckArgs) -> Result<()> {
         },
         bn_tolerance: bn_tol,
         bn,
+        optim_kernels: if gpu {
+            k.cuda_optim.name().to_string()
+        } else {
+            k.cpu_optim.name().to_string()
+        },
+        optim_tolerance: optim_tol,
+        optim,
         worst_share,
         worst,
-        ok: worst <= tol && worst_bn <= bn_tol,
+        ok: worst <= tol && worst_bn <= bn_tol && worst_optim <= optim_tol,
     };
     if a.json {
         println!("{}", serde_json::to_string(&report)?);
@@ -388,11 +442,19 @@ pub fn run(a: ConvCheckArgs) -> Result<()> {
             report.tolerance
         );
     }
-    if !report.ok {
+    if worst_bn > report.bn_tolerance {
         bail!(
             "a BatchNorm result differs from the reference by {:.3e} (tolerance {:.1e})",
             worst_bn,
             report.bn_tolerance
+        );
+    }
+    if !report.ok {
+        bail!(
+            "the {} optimizer update differs from Burn's by {:.3e} (tolerance {:.1e})",
+            report.optim_kernels,
+            worst_optim,
+            report.optim_tolerance
         );
     }
     Ok(())
@@ -403,24 +465,28 @@ fn print_table(r: &ConvCheck) {
         "{} kernels on {}, {}: error = max|ours - reference| / max|reference| (tolerance {:.1e})",
         r.kernels, r.device, r.conv_precision, r.tolerance
     );
-    println!(
-        "{:<52} {:>10} {:>10} {:>10}",
-        "shape", "forward", "input grad", "weight grad"
-    );
+    if !r.shapes.is_empty() {
+        println!(
+            "{:<52} {:>10} {:>10} {:>10}",
+            "shape", "forward", "input grad", "weight grad"
+        );
+    }
     for s in &r.shapes {
         println!(
             "{:<52} {:>10.2e} {:>10.2e} {:>10.2e}",
             s.shape, s.forward, s.input_grad, s.weight_grad
         );
     }
-    println!(
-        "{} BatchNorm (+ReLU) in training mode against the generic f32 code (tolerance {:.1e})",
-        r.bn_kernels, r.bn_tolerance
-    );
-    println!(
-        "{:<24} {:>10} {:>10} {:>10} {:>10} {:>10}",
-        "shape", "forward", "input grad", "gamma grad", "beta grad", "running"
-    );
+    if !r.bn.is_empty() {
+        println!(
+            "{} BatchNorm (+ReLU) in training mode against the generic f32 code (tolerance {:.1e})",
+            r.bn_kernels, r.bn_tolerance
+        );
+        println!(
+            "{:<24} {:>10} {:>10} {:>10} {:>10} {:>10}",
+            "shape", "forward", "input grad", "gamma grad", "beta grad", "running"
+        );
+    }
     for s in &r.bn {
         println!(
             "{:<24} {:>10.2e} {:>10.2e} {:>10.2e} {:>10.2e} {:>10.2e}",
@@ -431,6 +497,17 @@ fn print_table(r: &ConvCheck) {
             s.beta_grad,
             s.running_stats
         );
+    }
+    if !r.optim.is_empty() {
+        println!(
+            "{} optimizer update against Burn's, {} steps (tolerance {:.1e})",
+            r.optim_kernels,
+            crate::optim_check::STEPS,
+            r.optim_tolerance
+        );
+    }
+    for o in &r.optim {
+        println!("{:<30} {:>10.2e}", o.optimizer, o.error);
     }
     println!(
         "worst {:.2e} of the tolerance: {}",

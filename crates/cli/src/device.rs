@@ -61,6 +61,9 @@ pub fn select(args: &DeviceArgs) -> Result<Selected> {
             if fusion && args.cuda_bn == Some(crate::args::CudaBnArg::Cudnn) {
                 bail!("--cuda-bn cudnn needs --cuda-fusion off (and a --cuda-conv other than autotune)");
             }
+            if fusion && args.cuda_optim == Some(crate::args::CudaOptimArg::Fused) {
+                bail!("--cuda-optim fused needs --cuda-fusion off (and a --cuda-conv other than autotune)");
+            }
             tracing::info!(
                 gpu = n,
                 fusion,

@@ -11,6 +11,7 @@
 //! | `RESNET_OPTIM` | CPU optimizer update | fused (default; one pass per parameter, Burn's bits), burn |
 //! | `RESNET_CUDA_DGRAD=spread` | experimental strided input gradient with `gemm` | spread |
 //! | `RESNET_CUDA_WGRAD=taps` | experimental weight gradient with `gemm` | taps |
+//! | `--cuda-optim` / `RESNET_CUDA_OPTIM` | CUDA optimizer update | burn (default), fused (one kernel per parameter) |
 //! | `--cuda-math` / `RESNET_CUDA_MATH` | cuDNN's f32 arithmetic | tf32 (default), strict |
 //! | `--deterministic` / `RESNET_DETERMINISTIC` | cuDNN: deterministic algorithms only | flag |
 //! | `--cudnn-workspace-mb` / `RESNET_CUDNN_WORKSPACE_MB` | cuDNN workspace cap | MiB (default 1024) |
@@ -19,9 +20,11 @@
 //! (`--conv-precision`), and the trainer applies it.
 
 use anyhow::{bail, Result};
-use resnet_kernels::{CpuBn, CpuConv, CpuOptim, CudaBn, CudaConv, CudaMath, KernelChoice};
+use resnet_kernels::{
+    CpuBn, CpuConv, CpuOptim, CudaBn, CudaConv, CudaMath, CudaOptim, KernelChoice,
+};
 
-use crate::args::{CudaBnArg, CudaConvArg, CudaMathArg, DeviceArgs};
+use crate::args::{CudaBnArg, CudaConvArg, CudaMathArg, CudaOptimArg, DeviceArgs};
 
 /// `--cuda-conv` when not given. cuDNN: on an H200 it matched Burn's f32 convolution on every
 /// ResNet-18/50 shape and trained 3x faster than gemm (benchmarks/RESULTS.md, 2026-12-04);
@@ -53,6 +56,10 @@ pub fn choose_with(
         cuda_bn: match (args.cuda_bn, conv) {
             (Some(CudaBnArg::Cudnn), _) | (None, CudaConvArg::Cudnn) => CudaBn::Cudnn,
             (Some(CudaBnArg::Burn), _) | (None, _) => CudaBn::Burn,
+        },
+        cuda_optim: match args.cuda_optim {
+            Some(CudaOptimArg::Fused) => CudaOptim::Fused,
+            Some(CudaOptimArg::Burn) | None => CudaOptim::Burn,
         },
         cuda_math: match args.cuda_math {
             Some(CudaMathArg::Strict) => CudaMath::Strict,
@@ -163,9 +170,11 @@ mod tests {
             deterministic: true,
             cudnn_workspace_mb: Some(64),
             cuda_bn: Some(CudaBnArg::Cudnn),
+            cuda_optim: Some(CudaOptimArg::Fused),
             ..DeviceArgs::default()
         };
         let k = choose_with(&cudnn, env(&[])).expect("cudnn");
+        assert_eq!(k.cuda_optim, CudaOptim::Fused);
         assert_eq!(k.cuda_conv, CudaConv::Cudnn);
         assert_eq!(k.cuda_bn, CudaBn::Cudnn);
         assert_eq!(k.cuda_math, CudaMath::Strict);
@@ -173,6 +182,8 @@ mod tests {
         assert_eq!(k.cudnn_workspace_mb, 64);
         let k = choose_with(&args, env(&[])).expect("defaults");
         assert_eq!(k.cuda_math, CudaMath::Tf32);
+        // Not measured on a GPU yet: Burn's optimizer stays the default.
+        assert_eq!(k.cuda_optim, CudaOptim::Burn);
         assert_eq!(k.cuda_bn, CudaBn::Cudnn);
         assert_eq!(
             k.cudnn_workspace_mb,

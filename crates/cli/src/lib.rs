@@ -22,6 +22,7 @@ pub mod device;
 pub mod endpoint;
 pub mod kernel_cache;
 pub mod kernels;
+pub mod optim_check;
 pub mod progress;
 pub mod report;
 pub mod run_values;

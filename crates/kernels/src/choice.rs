@@ -105,6 +105,20 @@ named_enum!(CpuOptim, "CPU optimizer", {
     Burn => "burn",
 });
 
+/// How the optimizer updates parameters on the plain CUDA backend (`--cuda-optim`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum CudaOptim {
+    /// Burn's optimizers: a chain of whole-tensor kernels per parameter (the default until a
+    /// GPU run has measured the fused update).
+    #[default]
+    Burn,
+    /// One kernel per parameter ([`crate::optim::update_device_param`]), the state on the
+    /// device; Burn's arithmetic up to fused multiply-adds.
+    Fused,
+}
+
+named_enum!(CudaOptim, "CUDA optimizer", { Burn => "burn", Fused => "fused" });
+
 /// How convolutions run on the plain (unfused) CUDA backend.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum CudaConv {
@@ -167,6 +181,8 @@ pub struct KernelChoice {
     pub cpu_bn: CpuBn,
     /// The optimizer's parameter update on the CPU.
     pub cpu_optim: CpuOptim,
+    /// The optimizer's parameter update on the plain CUDA backend.
+    pub cuda_optim: CudaOptim,
     /// Convolutions (and the classifier's matmuls) on the plain CUDA backend.
     pub cuda_conv: CudaConv,
     /// Training-mode BatchNorm on the plain CUDA backend.
@@ -199,6 +215,7 @@ impl Default for KernelChoice {
             cpu_conv: CpuConv::default(),
             cpu_bn: CpuBn::default(),
             cpu_optim: CpuOptim::default(),
+            cuda_optim: CudaOptim::default(),
             cuda_conv: CudaConv::default(),
             cuda_bn: CudaBn::default(),
             cuda_spread_dgrad: false,
@@ -247,6 +264,9 @@ mod tests {
         for v in CudaBn::ALL {
             assert_eq!(v.name().parse::<CudaBn>(), Ok(*v));
         }
+        for v in CudaOptim::ALL {
+            assert_eq!(v.name().parse::<CudaOptim>(), Ok(*v));
+        }
         let e = "fast".parse::<CudaConv>().expect_err("not a kernel");
         assert_eq!(
             e,
@@ -261,6 +281,7 @@ mod tests {
         assert_eq!(k.cpu_bn, CpuBn::Fused);
         assert_eq!(k.cuda_conv, CudaConv::Autotune);
         assert_eq!(k.cuda_bn, CudaBn::Burn);
+        assert_eq!(k.cuda_optim, CudaOptim::Burn);
         assert!(!k.cuda_fixed());
         assert_eq!(k.precision, ConvPrecision::F32);
         assert_eq!(k.cuda_math, CudaMath::Tf32);

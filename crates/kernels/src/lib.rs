@@ -12,7 +12,8 @@
 //! cudnn/         cuDNN for the convolutions and BatchNorm: descriptors, algorithm choice and
 //!                cache (pure, CPU-tested), FFI, per-thread handles and stream ordering
 //! matmul.rs      the classifier's linear op and its matmul-kernel trait
-//! optim.rs       the optimizer update in one pass over each parameter (CPU)
+//! optim/         the optimizer update in one pass over each parameter: CPU (mod.rs), one
+//!                kernel per parameter on CUDA (cuda.rs)
 //! pool.rs        max pooling on the CPU (the ImageNet stem's pool): evaluation here,
 //!                training's autodiff node in pool_train.rs
 //! sgemm.rs       the CPU GEMM the convolutions run on; scratch.rs: its reusable buffers
@@ -48,7 +49,8 @@ pub mod tap;
 mod wide;
 
 pub use choice::{
-    CpuBn, CpuConv, CpuOptim, CudaBn, CudaConv, CudaMath, KernelChoice, DEFAULT_CUDNN_WORKSPACE_MB,
+    CpuBn, CpuConv, CpuOptim, CudaBn, CudaConv, CudaMath, CudaOptim, KernelChoice,
+    DEFAULT_CUDNN_WORKSPACE_MB,
 };
 pub use conv::ConvGeom;
 pub use precision::ConvPrecision;

@@ -24,8 +24,8 @@ use burn::optim::{
 use burn::record::{FullPrecisionSettings, NamedMpkFileRecorder, Recorder};
 use burn::tensor::backend::AutodiffBackend;
 pub use fused::FusedOptimizer;
-use resnet_kernels::optim::UpdateRule;
-use resnet_kernels::CpuOptim;
+use resnet_kernels::optim::{updates_on_device, UpdateRule};
+use resnet_kernels::{CpuOptim, CudaOptim, KernelChoice};
 use resnet_model::ResNet;
 
 /// Builds the run's optimizer from its settings: `cfg.optim.init::<B>()`. A trait because the
@@ -110,6 +110,14 @@ pub(crate) fn rule(c: &OptimConfig) -> UpdateRule {
     }
 }
 
+/// Whether the model's kernels ask for the fused update on this backend: `cpu_optim` on the
+/// flex CPU backend, `cuda_optim` on the plain CUDA backend; Burn's optimizers elsewhere.
+fn fused_applies<B: AutodiffBackend>(k: &KernelChoice) -> bool {
+    let cpu = TypeId::of::<B::InnerBackend>() == TypeId::of::<Flex>();
+    (cpu && k.cpu_optim == CpuOptim::Fused)
+        || (updates_on_device::<B::InnerBackend>() && k.cuda_optim == CudaOptim::Fused)
+}
+
 /// Burn's optimizer of one kind over a ResNet: the state format of `optim.mpk`.
 #[derive(Clone)]
 pub(crate) enum BurnOptim<B: AutodiffBackend> {
@@ -124,8 +132,9 @@ pub(crate) enum BurnOptim<B: AutodiffBackend> {
 /// The run's optimizer over a ResNet, with checkpointable state.
 ///
 /// Two implementations hold the state: Burn's optimizers (a chain of tensor ops per parameter,
-/// any backend) and, on the CPU, [`FusedOptimizer`] (one in-place pass per parameter, the same
-/// bits). Each step uses the one the model's `KernelChoice::cpu_optim` names, converting the
+/// any backend) and [`FusedOptimizer`] (on the CPU one in-place pass per parameter, the same
+/// bits; on the plain CUDA backend one kernel per parameter). Each step uses the one the
+/// model's `KernelChoice::cpu_optim` / `cuda_optim` names, converting the
 /// state once when the choice changes; checkpoints are always written in Burn's format, so
 /// either reads what the other wrote.
 #[derive(Clone)]
@@ -143,9 +152,7 @@ enum Imp<B: AutodiffBackend> {
 impl<B: AutodiffBackend> AnyOptimizer<B> {
     /// Applies one update with learning rate `lr`.
     pub fn step(&mut self, lr: f64, model: ResNet<B>, grads: GradientsParams) -> ResNet<B> {
-        let fused = model.kernels.cpu_optim == CpuOptim::Fused
-            && TypeId::of::<B::InnerBackend>() == TypeId::of::<Flex>();
-        self.use_fused(fused);
+        self.use_fused(fused_applies::<B>(&model.kernels));
         match &mut self.imp {
             Imp::Fused(f) => f.step(lr, model, grads),
             Imp::Burn(BurnOptim::Sgd(o)) => o.step(lr, model, grads),
@@ -154,7 +161,7 @@ impl<B: AutodiffBackend> AnyOptimizer<B> {
         }
     }
 
-    /// Whether the fused CPU update runs the steps (for tests and logs).
+    /// Whether the fused update (CPU or CUDA) runs the steps (for tests and logs).
     pub fn is_fused(&self) -> bool {
         matches!(self.imp, Imp::Fused(_))
     }

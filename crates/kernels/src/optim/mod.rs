@@ -22,6 +22,9 @@ use rayon::prelude::*;
 use crate::cast::{cast, float_primitive};
 use crate::wide::avx512_too;
 
+#[cfg(feature = "cuda")]
+mod cuda;
+
 /// Elements per rayon task: big enough that a task outweighs its scheduling, small enough that
 /// a 2-core machine splits even a 64-channel 3x3 weight (36K elements).
 const CHUNK: usize = 16 * 1024;
@@ -151,16 +154,7 @@ pub fn apply(rule: &UpdateRule, lr: f64, u: ParamUpdate<'_>) {
             epsilon,
             weight_decay,
         } => {
-            // AdaptiveMomentum::transform, with `time` the step count after this step.
-            let time = (u.steps_before + 1) as i32;
-            let bias_correction2_sqrt = (1.0 - beta_2.powi(time)).sqrt();
-            let c = Adam {
-                lr,
-                wd: weight_decay.unwrap_or(0.0),
-                betas: [beta_1, beta_2],
-                combined_factor: bias_correction2_sqrt / (1.0 - beta_1.powi(time)),
-                eps: epsilon * bias_correction2_sqrt,
-            };
+            let c = Adam::for_step([beta_1, beta_2], epsilon, weight_decay, lr, u.steps_before);
             let flags = [first, weight_decay.is_some()];
             par4(u.param, u.grad, u.state_1, u.state_2, |p, g, m, v| {
                 adam_chunk(&c, flags, p, g, m, v)
@@ -172,19 +166,14 @@ pub fn apply(rule: &UpdateRule, lr: f64, u: ParamUpdate<'_>) {
             epsilon,
             weight_decay,
         } => {
-            let time = (u.steps_before + 1) as i32;
-            // AdamW::step: decay_rate = lr * weight_decay in f64 (the f64 learning rate); the
-            // tensor times (1 - decay_rate), skipped when the rate is 0.
-            let decay_rate = lr_f64 * (weight_decay as f64);
-            let c = AdamW {
-                lr,
-                betas: [beta_1, beta_2],
-                c1: 1f32 - beta_1.powi(time),
-                c2: 1f32 - beta_2.powi(time),
+            let c = AdamW::for_step(
+                [beta_1, beta_2],
                 epsilon,
-                keep: (1.0 - decay_rate) as f32,
-            };
-            let flags = [first, decay_rate != 0.0];
+                weight_decay,
+                lr_f64,
+                u.steps_before,
+            );
+            let flags = [first, c.decays];
             par4(u.param, u.grad, u.state_1, u.state_2, |p, g, m, v| {
                 adamw_chunk(&c, flags, p, g, m, v)
             });
@@ -263,11 +252,11 @@ fn adamw_any(c: &AdamW, flags: [bool; 2], p: &mut [f32], g: &[f32], m: &mut [f32
 }
 
 /// SGD's scalars.
-struct Sgd {
-    lr: f32,
-    wd: f32,
-    momentum: f32,
-    keep: f32,
+pub(crate) struct Sgd {
+    pub lr: f32,
+    pub wd: f32,
+    pub momentum: f32,
+    pub keep: f32,
 }
 
 /// SGD with momentum over one chunk.
@@ -296,12 +285,34 @@ fn sgd_momentum<const FIRST: bool, const WD: bool, const NESTEROV: bool>(
 }
 
 /// Adam's scalars for one step.
-struct Adam {
-    lr: f32,
-    wd: f32,
-    betas: [f32; 2],
-    combined_factor: f32,
-    eps: f32,
+pub(crate) struct Adam {
+    pub lr: f32,
+    pub wd: f32,
+    pub betas: [f32; 2],
+    pub combined_factor: f32,
+    pub eps: f32,
+}
+
+impl Adam {
+    /// The scalars of the step after `steps_before` steps, computed on the host as Burn's
+    /// `AdaptiveMomentum::transform` does (`time` is the step count after this step).
+    pub(crate) fn for_step(
+        [beta_1, beta_2]: [f32; 2],
+        epsilon: f32,
+        weight_decay: Option<f32>,
+        lr: f32,
+        steps_before: usize,
+    ) -> Self {
+        let time = (steps_before + 1) as i32;
+        let bias_correction2_sqrt = (1.0 - beta_2.powi(time)).sqrt();
+        Self {
+            lr,
+            wd: weight_decay.unwrap_or(0.0),
+            betas: [beta_1, beta_2],
+            combined_factor: bias_correction2_sqrt / (1.0 - beta_1.powi(time)),
+            eps: epsilon * bias_correction2_sqrt,
+        }
+    }
 }
 
 /// Adam over one chunk.
@@ -324,13 +335,40 @@ fn adam<const FIRST: bool, const WD: bool>(
 }
 
 /// AdamW's scalars for one step.
-struct AdamW {
-    lr: f32,
-    betas: [f32; 2],
-    c1: f32,
-    c2: f32,
-    epsilon: f32,
-    keep: f32,
+pub(crate) struct AdamW {
+    pub lr: f32,
+    pub betas: [f32; 2],
+    pub c1: f32,
+    pub c2: f32,
+    pub epsilon: f32,
+    pub keep: f32,
+    /// Whether the parameter decays this step (Burn skips the multiplication at rate 0).
+    pub decays: bool,
+}
+
+impl AdamW {
+    /// The scalars of the step after `steps_before` steps with the f64 learning rate `lr`,
+    /// as Burn's `AdamW::step` computes them: decay_rate = lr * weight_decay in f64; the
+    /// tensor times (1 - decay_rate), skipped when the rate is 0.
+    pub(crate) fn for_step(
+        [beta_1, beta_2]: [f32; 2],
+        epsilon: f32,
+        weight_decay: f32,
+        lr: f64,
+        steps_before: usize,
+    ) -> Self {
+        let time = (steps_before + 1) as i32;
+        let decay_rate = lr * (weight_decay as f64);
+        Self {
+            lr: lr as f32,
+            betas: [beta_1, beta_2],
+            c1: 1f32 - beta_1.powi(time),
+            c2: 1f32 - beta_2.powi(time),
+            epsilon,
+            keep: (1.0 - decay_rate) as f32,
+            decays: decay_rate != 0.0,
+        }
+    }
 }
 
 /// AdamW over one chunk.
@@ -429,4 +467,126 @@ pub fn update_flex_param<B: Backend, const D: usize>(
     Ok(Tensor::from_primitive(TensorPrimitive::Float(
         cast(p).expect("same type"),
     )))
+}
+
+/// Whether [`update_device_param`] runs on backend `B`: the plain CUDA backend in a build with
+/// `cuda`. The fused optimizer then keeps its state on the device.
+pub fn updates_on_device<B: Backend>() -> bool {
+    #[cfg(feature = "cuda")]
+    {
+        TypeId::of::<B>() == TypeId::of::<crate::backends::CudaPlain>()
+    }
+    #[cfg(not(feature = "cuda"))]
+    {
+        false
+    }
+}
+
+/// What [`update_device_param`] returns: the new parameter and state buffers.
+pub type DeviceUpdate<B, const D: usize> = (Tensor<B, D>, Vec<Tensor<B, 1>>);
+
+/// The inputs of [`update_device_param`] (parameter, gradient, state), handed back when it
+/// does not apply.
+pub type DeviceUpdateInputs<B, const D: usize> = (Tensor<B, D>, Tensor<B, D>, Vec<Tensor<B, 1>>);
+
+/// One parameter's update with `rule` at learning rate `lr` after `steps_before` steps, on the
+/// device in one kernel (`cuda.rs`): the new parameter and state buffers (`rule.buffers()` of
+/// them, flat). `state` holds the previous ones; it may be empty on a parameter's first step.
+/// When `B` is not the plain CUDA backend, a tensor is not f32 or the sizes disagree, the inputs
+/// come back untouched.
+pub fn update_device_param<B: Backend, const D: usize>(
+    rule: &UpdateRule,
+    lr: f64,
+    steps_before: usize,
+    param: Tensor<B, D>,
+    grad: Tensor<B, D>,
+    state: Vec<Tensor<B, 1>>,
+) -> Result<DeviceUpdate<B, D>, DeviceUpdateInputs<B, D>> {
+    let n = param.shape().num_elements();
+    let state_fits = (steps_before == 0 && state.is_empty())
+        || (state.len() == rule.buffers()
+            && state
+                .iter()
+                .all(|s| s.dtype() == DType::F32 && s.shape().num_elements() == n));
+    let usable = updates_on_device::<B>()
+        && param.dtype() == DType::F32
+        && grad.dtype() == DType::F32
+        && param.shape() == grad.shape()
+        && state_fits;
+    if !usable {
+        return Err((param, grad, state));
+    }
+    #[cfg(feature = "cuda")]
+    {
+        use burn_cubecl::cubecl::cuda::CudaRuntime;
+        use burn_cubecl::tensor::CubeTensor;
+        type Cube = CubeTensor<CudaRuntime>;
+        let cube = |t: B::FloatTensorPrimitive| cast::<_, Cube>(t).expect("checked: B is CUDA");
+        let back = |t: Cube| -> B::FloatTensorPrimitive { cast(t).expect("same type") };
+        let (p, s) = cuda::update(
+            rule,
+            lr,
+            steps_before,
+            cube(float_primitive(param)),
+            cube(float_primitive(grad)),
+            state
+                .into_iter()
+                .map(|t| cube(float_primitive(t)))
+                .collect(),
+        );
+        Ok((
+            Tensor::from_primitive(TensorPrimitive::Float(back(p))),
+            s.into_iter()
+                .map(|t| Tensor::from_primitive(TensorPrimitive::Float(back(t))))
+                .collect(),
+        ))
+    }
+    #[cfg(not(feature = "cuda"))]
+    {
+        let _ = (rule, lr, steps_before);
+        unreachable!("updates_on_device is false without the cuda feature")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_device_update_hands_cpu_tensors_back_untouched() {
+        type F = Flex;
+        assert!(!updates_on_device::<F>(), "the CPU backend is not a device");
+        let dev = Default::default();
+        let p = Tensor::<F, 2>::from_data([[1.0f32, 2.0], [3.0, 4.0]], &dev);
+        let g = Tensor::<F, 2>::from_data([[0.5f32, 0.5], [0.5, 0.5]], &dev);
+        let rule = UpdateRule::Sgd {
+            momentum: Some(0.9),
+            keep: 1.0,
+            nesterov: false,
+            weight_decay: None,
+        };
+        let Err((p2, g2, s2)) = update_device_param(&rule, 0.1, 0, p.clone(), g.clone(), vec![])
+        else {
+            panic!("the flex backend must not take the device path");
+        };
+        assert_eq!(p2.into_data(), p.into_data());
+        assert_eq!(g2.into_data(), g.into_data());
+        assert!(s2.is_empty());
+    }
+
+    #[test]
+    fn step_scalars_follow_burns_host_arithmetic() {
+        // Adam, step 3: bias corrections with time = 3, epsilon scaled by sqrt(1 - beta_2^3).
+        let a = Adam::for_step([0.9, 0.999], 1e-8, Some(0.01), 0.5, 2);
+        let bc2 = (1.0f32 - 0.999f32.powi(3)).sqrt();
+        assert_eq!(a.combined_factor, bc2 / (1.0 - 0.9f32.powi(3)));
+        assert_eq!(a.eps, 1e-8 * bc2);
+        assert_eq!((a.lr, a.wd), (0.5, 0.01));
+        // AdamW: the decay rate in f64, then (1 - rate) as f32; no decay at rate 0.
+        let w = AdamW::for_step([0.9, 0.999], 1e-8, 0.05, 0.1, 0);
+        assert_eq!(w.keep, (1.0 - 0.1f64 * 0.05f32 as f64) as f32);
+        assert!(w.decays);
+        assert_eq!((w.c1, w.c2), (1.0 - 0.9f32, 1.0 - 0.999f32));
+        assert!(!AdamW::for_step([0.9, 0.999], 1e-8, 0.0, 0.1, 0).decays);
+    }
 }
