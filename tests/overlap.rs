@@ -17,6 +17,7 @@ use burn::tensor::{Distribution, Tensor, TensorMetadata, TensorPrimitive};
 use resnet_collective::memory::MemoryRing;
 use resnet_data::DatasetKind;
 use resnet_kernels::tap::{node_id, with_tap};
+use resnet_kernels::{CpuBn, KernelChoice};
 use resnet_train::{
     param_hash, GradSync, GradWire, Quiet, SyncError, TrainConfig, TrainError, Trainer,
 };
@@ -250,10 +251,30 @@ impl ModuleVisitor<B> for Final<'_> {
 
 #[test]
 fn the_kernels_announce_every_gradient_they_compute_as_final() {
+    announce_every_gradient(KernelChoice::default());
+}
+
+/// Burn's BatchNorm composition (`RESNET_BN=burn`, `--cuda-bn burn`): its gamma and beta pass
+/// through gradient taps (identity nodes), so they are announced too.
+#[test]
+fn the_generic_batchnorm_announces_through_taps() {
+    announce_every_gradient(KernelChoice {
+        cpu_bn: CpuBn::Burn,
+        ..KernelChoice::default()
+    });
+}
+
+fn announce_every_gradient(kernels: KernelChoice) {
     let c = cfg(true, 25.0, GradWire::F32);
     let splits = c.data.load(c.seed, &mut |_, _| {}).expect("data");
-    let t = Trainer::<B>::new(c, splits, Default::default(), None).expect("trainer");
+    let t = Trainer::<B>::new(c, splits, Default::default(), None)
+        .expect("trainer")
+        .with_kernels(kernels);
     let model = t.model().clone();
+    assert_eq!(
+        model.kernels.cpu_bn, kernels.cpu_bn,
+        "the model runs the kernels asked for"
+    );
     let x = Tensor::<B, 4>::random(
         [3, 3, 32, 32],
         Distribution::Normal(0.0, 1.0),

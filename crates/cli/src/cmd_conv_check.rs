@@ -89,7 +89,8 @@ pub struct ShapeErrors {
 pub struct BnErrors {
     /// `[n, c, h, w]`.
     pub shape: [usize; 4],
-    /// The output (with ReLU, as the blocks run it).
+    /// The output (with ReLU, as the blocks run it). Each field is the worse of two runs:
+    /// BatchNorm + ReLU, and BatchNorm + residual + ReLU.
     pub forward: f64,
     /// The input's gradient.
     pub input_grad: f64,
@@ -99,6 +100,9 @@ pub struct BnErrors {
     pub beta_grad: f64,
     /// The running mean and variance after the step (the worse of the two).
     pub running_stats: f64,
+    /// The residual's gradient in the run with a residual add before the ReLU (as the blocks'
+    /// second BatchNorm runs it; on CUDA with cuDNN the add is inside the node).
+    pub residual_grad: f64,
 }
 
 /// The whole check.
@@ -242,13 +246,15 @@ fn passes<B: AutodiffBackend>(
     (host(y.inner()), dx, dw)
 }
 
-/// One training step of BatchNorm (+ReLU) over `shape` on backend `B` with kernels `k`: the
-/// output, the input/gamma/beta gradients and the running mean and variance afterwards.
+/// One training step of BatchNorm (+ a residual when `residual`) + ReLU over `shape` on
+/// backend `B` with kernels `k`: the output, the input/gamma/beta gradients, the running mean
+/// and variance afterwards, and the residual's gradient (empty without one).
 fn bn_passes<B: AutodiffBackend>(
     k: &KernelChoice,
     shape: [usize; 4],
+    residual: bool,
     device: &B::Device,
-) -> [Vec<f32>; 6] {
+) -> [Vec<f32>; 7] {
     let c = shape[1];
     let n: usize = shape.iter().product();
     let mut bn = BatchNorm2d::<B>::new(c, 0.1, 1e-5, false, device);
@@ -262,7 +268,11 @@ fn bn_passes<B: AutodiffBackend>(
     let x_values = values(n, 6).iter().map(|v| 3.0 * v + 0.5).collect();
     let x = Tensor::<B, 4>::from_data(TensorData::new(x_values, shape), device).require_grad();
     let r = Tensor::<B, 4>::from_data(TensorData::new(values(n, 7), shape), device);
-    let y = bn.forward_relu(k, x.clone());
+    // A residual of the same scale as the normalised output, so the ReLU cuts both.
+    let res = residual.then(|| {
+        Tensor::<B, 4>::from_data(TensorData::new(values(n, 8), shape), device).require_grad()
+    });
+    let y = bn.forward_add_act(k, x.clone(), res.clone(), true);
     let grads = (y.clone() * r).sum().backward();
     let host = |t: Tensor<B::InnerBackend, 4>| {
         t.into_data()
@@ -279,9 +289,13 @@ fn bn_passes<B: AutodiffBackend>(
     let dx = x.grad(&grads).map(host).unwrap_or_default();
     let dg = bn.weight.grad(&grads).map(host1).unwrap_or_default();
     let db = bn.bias.grad(&grads).map(host1).unwrap_or_default();
+    let dres = res
+        .and_then(|t| t.grad(&grads))
+        .map(host)
+        .unwrap_or_default();
     let (mean, var) = bn.running_stats();
     let stat = |t: Tensor<B, 1>| host1(t.inner());
-    [host(y.inner()), dx, dg, db, stat(mean), stat(var)]
+    [host(y.inner()), dx, dg, db, stat(mean), stat(var), dres]
 }
 
 /// Runs `resnet conv-check`.
@@ -345,16 +359,28 @@ pub fn run(a: ConvCheckArgs) -> Result<()> {
         if !a.json {
             crate::say!("batchnorm {}/{}: {shape:?}", i + 1, bn_shapes.len());
         }
-        let ours = crate::with_train_backend!(sel, |B, device| bn_passes::<B>(&k, *shape, &device));
-        let reference = bn_passes::<Autodiff<Flex>>(&bn_reference, *shape, &Default::default());
-        let e = |i: usize| relative_error(&ours[i], &reference[i]);
+        let mut worst = [0.0f64; 7];
+        for residual in [false, true] {
+            let ours = crate::with_train_backend!(sel, |B, device| {
+                bn_passes::<B>(&k, *shape, residual, &device)
+            });
+            let cpu = Default::default();
+            let reference = bn_passes::<Autodiff<Flex>>(&bn_reference, *shape, residual, &cpu);
+            for (i, w) in worst.iter_mut().enumerate() {
+                // The residual's gradient exists only in the run with one.
+                if i < 6 || residual {
+                    *w = w.max(relative_error(&ours[i], &reference[i]));
+                }
+            }
+        }
         bn.push(BnErrors {
             shape: *shape,
-            forward: e(0),
-            input_grad: e(1),
-            gamma_grad: e(2),
-            beta_grad: e(3),
-            running_stats: e(4).max(e(5)),
+            forward: worst[0],
+            input_grad: worst[1],
+            gamma_grad: worst[2],
+            beta_grad: worst[3],
+            running_stats: worst[4].max(worst[5]),
+            residual_grad: worst[6],
         });
     }
     let optim = if a.checks.contains(&Check::Optim) {
@@ -387,6 +413,7 @@ pub fn run(a: ConvCheckArgs) -> Result<()> {
                 s.gamma_grad,
                 s.beta_grad,
                 s.running_stats,
+                s.residual_grad,
             ]
         })
         .fold(0.0, f64::max);
@@ -483,19 +510,20 @@ fn print_table(r: &ConvCheck) {
             r.bn_kernels, r.bn_tolerance
         );
         println!(
-            "{:<24} {:>10} {:>10} {:>10} {:>10} {:>10}",
-            "shape", "forward", "input grad", "gamma grad", "beta grad", "running"
+            "{:<24} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10}",
+            "shape", "forward", "input grad", "gamma grad", "beta grad", "running", "residual"
         );
     }
     for s in &r.bn {
         println!(
-            "{:<24} {:>10.2e} {:>10.2e} {:>10.2e} {:>10.2e} {:>10.2e}",
+            "{:<24} {:>10.2e} {:>10.2e} {:>10.2e} {:>10.2e} {:>10.2e} {:>10.2e}",
             format!("{:?}", s.shape),
             s.forward,
             s.input_grad,
             s.gamma_grad,
             s.beta_grad,
-            s.running_stats
+            s.running_stats,
+            s.residual_grad
         );
     }
     if !r.optim.is_empty() {
@@ -546,13 +574,22 @@ mod tests {
         };
         let dev = Default::default();
         let shape = [3, 4, 5, 5];
-        let ours = bn_passes::<Autodiff<Flex>>(&fused, shape, &dev);
-        let reference = bn_passes::<Autodiff<Flex>>(&generic, shape, &dev);
-        for (i, (a, b)) in ours.iter().zip(&reference).enumerate() {
-            assert!(!b.is_empty(), "result {i} is missing");
-            let e = relative_error(a, b);
-            assert!(e <= bn_tolerance(false), "result {i}: {e}");
+        for residual in [false, true] {
+            let ours = bn_passes::<Autodiff<Flex>>(&fused, shape, residual, &dev);
+            let reference = bn_passes::<Autodiff<Flex>>(&generic, shape, residual, &dev);
+            for (i, (a, b)) in ours
+                .iter()
+                .zip(&reference)
+                .enumerate()
+                .take(6 + residual as usize)
+            {
+                assert!(!b.is_empty(), "result {i} is missing (residual {residual})");
+                let e = relative_error(a, b);
+                assert!(e <= bn_tolerance(false), "result {i}: {e}");
+            }
         }
+        let ours = bn_passes::<Autodiff<Flex>>(&fused, shape, false, &dev);
+        let reference = bn_passes::<Autodiff<Flex>>(&generic, shape, false, &dev);
         // The check can fail: a channel mix-up in gamma shows as an error of order 1.
         let mut swapped = ours[2].clone();
         swapped.swap(0, 1);

@@ -12,18 +12,28 @@
 //! costs one thread-local read and does nothing. No configuration travels this way: the tap is
 //! a listener, and what the kernels compute is the same with or without one.
 //!
+//! Parameters that reach the loss through Burn's own ops (the generic BatchNorm composition,
+//! `--cuda-bn burn` or `RESNET_BN=burn`) pass through [`tapped`], an identity node whose
+//! backward announces the parameter's whole gradient once every use of it is summed.
+//!
 //! A tap sees a gradient as the node registers it. Every parameter of a ResNet feeds exactly one
 //! node, so that is its final gradient; a parameter used twice would be announced once per use
 //! (the tap's owner must then not treat the first announcement as final).
 
-use std::any::Any;
+use std::any::{Any, TypeId};
 use std::cell::RefCell;
 
+use burn::backend::autodiff::checkpoint::base::Checkpointer;
+use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
+use burn::backend::autodiff::grads::Gradients;
+use burn::backend::autodiff::ops::{Backward, Ops};
 use burn::backend::autodiff::NodeId;
-use burn::backend::Autodiff;
+use burn::backend::{Autodiff, Flex};
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::ops::FloatTensor;
-use burn::tensor::Tensor;
+use burn::tensor::{Tensor, TensorPrimitive};
+
+use crate::cast::{cast, float_primitive};
 
 /// What a tap is handed: the graph node of the parameter (see [`node_id`]) and its gradient,
 /// a `FloatTensor<B>` of the inner backend behind `Any` (the tap knows its backend; this crate's
@@ -71,6 +81,59 @@ pub fn node_id<B: AutodiffBackend, const D: usize>(t: &Tensor<B, D>) -> Option<N
     (&prim as &dyn Any)
         .downcast_ref::<FloatTensor<Autodiff<B::InnerBackend>>>()
         .map(|a| a.node.id)
+}
+
+/// The identity node of [`tapped`]: its backward hands the gradient on to the parameter and
+/// announces it.
+#[derive(Debug)]
+struct TapBackward;
+
+impl<I: Backend> Backward<I, 1> for TapBackward {
+    type State = ();
+
+    fn backward(self, ops: Ops<(), 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let [parent] = ops.parents;
+        let grad = grads.consume::<I>(&ops.node);
+        if let Some(node) = parent {
+            announce::<I>(node.id, &grad);
+            grads.register::<I>(node.id, grad);
+        }
+    }
+}
+
+fn tapped_on<I: Backend>(t: FloatTensor<Autodiff<I>>) -> FloatTensor<Autodiff<I>> {
+    TapBackward
+        .prepare::<NoCheckpointing>([t.node.clone()])
+        .compute_bound()
+        .stateless(t.primitive)
+}
+
+/// `t` unchanged, through an identity node whose backward announces `t`'s gradient (summed
+/// over every use of `t`) to the tap, on the training backends the project runs
+/// (`Autodiff<Flex>`, and on CUDA builds the plain and the fusion backends); any other
+/// backend, or a `t` without a gradient, gets `t` back as it is. Costs no kernel: the node's
+/// output is `t`'s own tensor.
+pub fn tapped<B: Backend, const D: usize>(t: Tensor<B, D>) -> Tensor<B, D> {
+    fn on<B: Backend, I: Backend, const D: usize>(t: Tensor<B, D>) -> Tensor<B, D> {
+        let a: FloatTensor<Autodiff<I>> = cast(float_primitive(t)).expect("checked by TypeId");
+        Tensor::from_primitive(TensorPrimitive::Float(
+            cast(tapped_on::<I>(a)).expect("same type"),
+        ))
+    }
+    let b = TypeId::of::<B>();
+    if b == TypeId::of::<Autodiff<Flex>>() {
+        return on::<B, Flex, D>(t);
+    }
+    #[cfg(feature = "cuda")]
+    {
+        if b == TypeId::of::<Autodiff<crate::backends::CudaPlain>>() {
+            return on::<B, crate::backends::CudaPlain, D>(t);
+        }
+        if b == TypeId::of::<Autodiff<burn::backend::Cuda>>() {
+            return on::<B, burn::backend::Cuda, D>(t);
+        }
+    }
+    t
 }
 
 #[cfg(test)]

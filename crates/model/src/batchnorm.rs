@@ -10,7 +10,7 @@
 use burn::module::{Initializer, Module, Param, RunningState};
 use burn::nn::conv::Conv2d;
 use burn::tensor::{backend::Backend, Tensor};
-use resnet_kernels::{bn, conv, KernelChoice};
+use resnet_kernels::{bn, conv, tap, KernelChoice};
 
 /// 2-D batch normalisation over `[N, C, H, W]`, field names as in `torch.nn.BatchNorm2d`.
 #[derive(Module, Debug)]
@@ -117,16 +117,30 @@ impl<B: Backend> BatchNorm2d<B> {
             return conv::conv2d_bn_eval(k, conv, x, bn, residual, relu);
         }
         let y = conv::conv2d(k, conv, x);
-        match residual {
-            None => self.forward_act(k, y, relu),
-            Some(r) => {
-                let y = self.forward(k, y) + r;
-                if relu {
-                    burn::tensor::activation::relu(y)
-                } else {
-                    y
-                }
-            }
+        self.forward_add_act(k, y, residual, relu)
+    }
+
+    /// `self.forward(k, x)`, plus `residual`, then a ReLU when `relu`. In CUDA training with
+    /// cuDNN's BatchNorm the three are one autodiff node; elsewhere they are the same ops one
+    /// after another.
+    pub fn forward_add_act(
+        &self,
+        k: &KernelChoice,
+        x: Tensor<B, 4>,
+        residual: Option<Tensor<B, 4>>,
+        relu: bool,
+    ) -> Tensor<B, 4> {
+        let Some(r) = residual else {
+            return self.forward_act(k, x, relu);
+        };
+        if let Some(out) = self.train_cudnn(k, &x, Some(&r), relu) {
+            return out;
+        }
+        let y = self.forward(k, x) + r;
+        if relu {
+            burn::tensor::activation::relu(y)
+        } else {
+            y
         }
     }
 
@@ -138,17 +152,8 @@ impl<B: Backend> BatchNorm2d<B> {
             self.update_running(mean, var, n * h * w);
             return y;
         }
-        if train {
-            let (gamma, beta) = (self.weight.val(), self.bias.val());
-            if let Some((y, mean, var)) = bn::train_cudnn(k, &x, &gamma, &beta, self.eps) {
-                let [n, _, h, w] = x.dims();
-                self.update_running(mean, var, n * h * w);
-                return if relu {
-                    burn::tensor::activation::relu(y)
-                } else {
-                    y
-                };
-            }
+        if let Some(out) = self.train_cudnn(k, &x, None, relu) {
+            return out;
         }
         if !train && bn::handles(k, &x, false) {
             let (mean, var) = self.running_stats();
@@ -167,11 +172,30 @@ impl<B: Backend> BatchNorm2d<B> {
         }
     }
 
+    /// Training-mode BatchNorm through cuDNN with the residual add and the ReLU in its node,
+    /// when the kernels and the backend allow it (`None`: run another path).
+    fn train_cudnn(
+        &self,
+        k: &KernelChoice,
+        x: &Tensor<B, 4>,
+        residual: Option<&Tensor<B, 4>>,
+        relu: bool,
+    ) -> Option<Tensor<B, 4>> {
+        if !B::ad_enabled(&x.device()) || self.frozen_stats {
+            return None;
+        }
+        let (gamma, beta) = (self.weight.val(), self.bias.val());
+        let (y, mean, var) = bn::train_cudnn(k, x, &gamma, &beta, self.eps, residual, relu)?;
+        let [n, _, h, w] = x.dims();
+        self.update_running(mean, var, n * h * w);
+        Some(y)
+    }
+
     fn forward_eval(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
         let device = x.device();
         let mean = self.running_mean.value().to_device(&device);
         let var = self.running_var.value().to_device(&device);
-        self.apply(x, mean, var)
+        self.apply(x, [self.weight.val(), self.bias.val()], mean, var)
     }
 
     fn forward_train(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
@@ -186,7 +210,10 @@ impl<B: Backend> BatchNorm2d<B> {
         let var = (mean_sq - mean.clone().square()).clamp_min(0.0);
 
         self.update_running(mean.clone().detach(), var.clone().detach(), count);
-        self.apply(x, mean, var)
+        // Through gradient taps: the data-parallel overlap hears gamma's and beta's gradients
+        // as soon as the backward has them (the fused kernels announce their own).
+        let params = [tap::tapped(self.weight.val()), tap::tapped(self.bias.val())];
+        self.apply(x, params, mean, var)
     }
 
     fn update_running(&self, mean: Tensor<B, 1>, biased_var: Tensor<B, 1>, count: usize) {
@@ -211,10 +238,16 @@ impl<B: Backend> BatchNorm2d<B> {
     /// `x` is viewed as `[N*C, H*W]` rows and scale/shift are repeated to one scalar per row
     /// (`[N*C, 1]`, a few KB): that is the broadcast flex runs as an in-place SIMD loop, while a
     /// `[1, C, 1, 1]` operand falls back to a strided element-wise walk several times slower.
-    fn apply(&self, x: Tensor<B, 4>, mean: Tensor<B, 1>, var: Tensor<B, 1>) -> Tensor<B, 4> {
+    fn apply(
+        &self,
+        x: Tensor<B, 4>,
+        [gamma, beta]: [Tensor<B, 1>; 2],
+        mean: Tensor<B, 1>,
+        var: Tensor<B, 1>,
+    ) -> Tensor<B, 4> {
         let [n, c, h, w] = x.dims();
-        let scale = self.weight.val() / var.add_scalar(self.eps).sqrt();
-        let shift = self.bias.val() - mean * scale.clone();
+        let scale = gamma / var.add_scalar(self.eps).sqrt();
+        let shift = beta - mean * scale.clone();
         let per_row = |t: Tensor<B, 1>| t.reshape([1, c]).repeat_dim(0, n).reshape([n * c, 1]);
         let y = x.reshape([n * c, h * w]) * per_row(scale) + per_row(shift);
         y.reshape([n, c, h, w])

@@ -16,13 +16,16 @@
 //! ```text
 //! mod.rs      which path runs; the CPU autodiff node
 //! cpu.rs      the CPU kernels on slices
-//! cuda.rs     the cuDNN autodiff node (CUDA builds)
+//! cuda.rs     the cuDNN autodiff node, with the residual add and ReLU (CUDA builds)
+//! cuda_act.rs the add + ReLU kernel and the ReLU backward in that node (CUDA builds)
 //! generic.rs  the maths from saved statistics in Burn ops (cuDNN's fallback; CPU-tested)
 //! ```
 
 pub mod cpu;
 #[cfg(feature = "cuda")]
 mod cuda;
+#[cfg(feature = "cuda")]
+mod cuda_act;
 pub mod generic;
 
 use std::any::TypeId;
@@ -54,21 +57,25 @@ pub fn handles<B: Backend>(k: &KernelChoice, x: &Tensor<B, 4>, train: bool) -> b
     k.cpu_bn.fused() && TypeId::of::<B>() == wanted && x.dtype() == DType::F32
 }
 
-/// Training-mode BatchNorm through cuDNN when `k` chose it (`cuda_bn = cudnn`), the backend is
-/// `Autodiff<CudaPlain>`, `x` is f32 and cuDNN takes the shape: `Some((y, batch mean, biased
-/// batch variance))`. `None` (always, in builds without CUDA) means the caller runs another path.
+/// Training-mode BatchNorm through cuDNN, then `+ residual` and a ReLU when asked, as one
+/// autodiff node, when `k` chose it (`cuda_bn = cudnn`), the backend is `Autodiff<CudaPlain>`,
+/// `x` (and the residual) are f32 and cuDNN takes the shape: `Some((y, batch mean, biased
+/// batch variance))`. `None` (always, in builds without CUDA) means the caller runs another
+/// path.
 pub fn train_cudnn<B: Backend>(
     k: &KernelChoice,
     x: &Tensor<B, 4>,
     gamma: &Tensor<B, 1>,
     beta: &Tensor<B, 1>,
     eps: f64,
+    residual: Option<&Tensor<B, 4>>,
+    relu: bool,
 ) -> Option<(Tensor<B, 4>, Tensor<B, 1>, Tensor<B, 1>)> {
     #[cfg(feature = "cuda")]
     if cuda::handles(k, x) {
-        return cuda::train(k, x, gamma, beta, eps);
+        return cuda::train(k, x, gamma, beta, eps, residual, relu);
     }
-    let _ = (k, x, gamma, beta, eps);
+    let _ = (k, x, gamma, beta, eps, residual, relu);
     None
 }
 
