@@ -355,8 +355,13 @@ SH
   # One CUDA worker over NCCL (world size 1), gradients staged through the host and then
   # reduced in GPU memory (--nccl-buffers device): NCCL copies out of place at world size 1, so
   # the same seed must give the same final parameter hash; seconds show what staging costs.
-  port=$(free_port); port2=$(free_port)
+  # With device buffers the all-reduce overlaps the backward by default (buckets queued on
+  # NCCL's stream behind an event on cubecl's, crates/train/src/trainer/overlap_device.rs);
+  # a third run with --overlap off (one flat device all-reduce after the backward) must give
+  # the same hash too.
+  port=$(free_port); port2=$(free_port); port3=$(free_port)
   while [ "$port2" = "$port" ]; do port2=$(free_port); done
+  while [ "$port3" = "$port" ] || [ "$port3" = "$port2" ]; do port3=$(free_port); done
   cat >"$out/nccl-buffers.sh" <<SH
 set -u
 trap 'kill \$(jobs -p) 2>/dev/null' EXIT TERM
@@ -364,30 +369,32 @@ export $(conv_env "$best" "$out/kernels-$best")
 # cuDNN's fastest weight-gradient algorithms accumulate with atomics, so two runs differ in the
 # last bits; the comparison needs the deterministic ones (the flag changes nothing elsewhere).
 export RESNET_DETERMINISTIC=true
-one() { # one host|device: a 1-worker cluster; prints the worker's JSON line
-  local p=\$( [ "\$1" = host ] && echo $port || echo $port2)
+one() { # one host|device PORT [RUN FLAGS]: a 1-worker cluster; prints the worker's JSON line
+  local b=\$1 p=\$2; shift 2
   "$bin/coordinator" --workers 1 --listen 127.0.0.1:\$p --dataset synthetic --width $width \\
     --batch-size $batch --epochs 1 --train-limit $((limit / 4)) --test-limit 256 --lr 0.05 \\
-    --seed 3 >/dev/null &
+    --seed 3 "\$@" >/dev/null &
   local c=\$!
-  "$bin/worker" --coordinator http://127.0.0.1:\$p ${dev[*]} --nccl-buffers "\$1" \\
-    --worker-id "w-\$1" --json | grep '^{'
+  "$bin/worker" --coordinator http://127.0.0.1:\$p ${dev[*]} --nccl-buffers "\$b" \\
+    --worker-id "w-\$b" --json | grep '^{'
   local rc=\$?
   wait \$c || rc=\$?
   return \$rc
 }
-t0=\$(date +%s.%N); h=\$(one host) || exit 1; t1=\$(date +%s.%N)
-d=\$(one device) || exit 1; t2=\$(date +%s.%N)
+t0=\$(date +%s.%N); h=\$(one host $port) || exit 1; t1=\$(date +%s.%N)
+d=\$(one device $port2) || exit 1; t2=\$(date +%s.%N)
+f=\$(one device $port3 --overlap off) || exit 1; t3=\$(date +%s.%N)
 python3 -c '
 import json, sys
-h, d = json.loads(sys.argv[1]), json.loads(sys.argv[2])
-t0, t1, t2 = map(float, sys.argv[3:6])
-same = h["param_hash"] == d["param_hash"]
-print(json.dumps({"host_hash": h["param_hash"], "device_hash": d["param_hash"], "identical": same,
-                  "steps": h["steps"], "host_s": t1 - t0, "device_s": t2 - t1}))
-sys.exit(0 if same else 3)' "\$h" "\$d" "\$t0" "\$t1" "\$t2"
+h, d, f = (json.loads(a) for a in sys.argv[1:4])
+t0, t1, t2, t3 = map(float, sys.argv[4:8])
+same = h["param_hash"] == d["param_hash"] == f["param_hash"]
+print(json.dumps({"host_hash": h["param_hash"], "device_hash": d["param_hash"],
+                  "device_flat_hash": f["param_hash"], "identical": same, "steps": h["steps"],
+                  "host_s": t1 - t0, "device_s": t2 - t1, "device_flat_s": t3 - t2}))
+sys.exit(0 if same else 3)' "\$h" "\$d" "\$f" "\$t0" "\$t1" "\$t2" "\$t3"
 SH
-  run nccl-buffers-host-vs-device 90 bash "$out/nccl-buffers.sh"
+  run nccl-buffers-host-vs-device 120 bash "$out/nccl-buffers.sh"
   # Where the steady-state step goes: every kernel timed on the device (cached kernels, so no
   # compilation in the profile), summed per kernel in $logs/profile-r18.log.
   run profile-r18-cifar 45 "${best_env[@]}" RESNET_CUDA_PROFILE="$logs/profile-r18.log" \

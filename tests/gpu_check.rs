@@ -137,6 +137,7 @@ fn gpu_check_script_runs_its_non_gpu_steps_and_writes_the_summary() {
     assert_eq!(b["identical"], true, "{b}");
     assert!(b["steps"].as_u64().expect("steps") > 0, "{b}");
     assert!(b["host_hash"].as_str().is_some_and(|h| h.len() > 8), "{b}");
+    assert_eq!(b["device_flat_hash"], b["host_hash"], "{b}");
     // `cudnn` finished, so its fallbacks did not run.
     for name in [
         "nvidia-smi",

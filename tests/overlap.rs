@@ -3,6 +3,7 @@
 //! and a peer lost in the middle of a bucket must fail the step as before, model untouched.
 //! (Processes over TCP: `cluster.rs`.)
 
+use std::any::Any;
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
@@ -13,8 +14,9 @@ use burn::backend::{Autodiff, Flex};
 use burn::module::{Module, ModuleVisitor, Param};
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::ops::FloatTensor;
-use burn::tensor::{Distribution, Tensor, TensorMetadata, TensorPrimitive};
+use burn::tensor::{Distribution, Tensor, TensorData, TensorMetadata, TensorPrimitive};
 use resnet_collective::memory::MemoryRing;
+use resnet_collective::Wire;
 use resnet_data::DatasetKind;
 use resnet_kernels::tap::{node_id, with_tap};
 use resnet_kernels::{CpuBn, KernelChoice};
@@ -56,10 +58,44 @@ struct Calls {
 
 /// A ring end that records its calls.
 struct Recording {
-    inner: Box<dyn GradSync>,
+    inner: CollectiveSync,
     calls: Arc<Mutex<Calls>>,
     /// Fail the bucket call with this index, as a lost peer (None: never).
     fail_at: Option<usize>,
+    /// Take the trainer's buckets as device tensors (`Tensor<Flex, 1>`), as NCCL with device
+    /// buffers does, and sum each through the ring (the CPU stand-in for NCCL's queued sums).
+    device: bool,
+}
+
+impl Recording {
+    fn new(
+        ring: MemoryRing,
+        calls: Arc<Mutex<Calls>>,
+        fail_at: Option<usize>,
+        device: bool,
+    ) -> Self {
+        Self {
+            inner: CollectiveSync(Box::new(ring)),
+            calls,
+            fail_at,
+            device,
+        }
+    }
+
+    /// Records a bucket call; the lost peer when it is the one to fail.
+    fn record(&self, offset: usize, len: usize, total: usize) -> Result<(), SyncError> {
+        let k = {
+            let mut c = self.calls.lock().expect("calls");
+            c.buckets.push((offset, len, total));
+            c.buckets.len() - 1
+        };
+        if self.fail_at == Some(k) {
+            return Err(SyncError::PeerLost(
+                "rank 0 disconnected: connection reset by peer 10.0.0.9:7070".into(),
+            ));
+        }
+        Ok(())
+    }
 }
 
 impl GradSync for Recording {
@@ -80,7 +116,7 @@ impl GradSync for Recording {
         self.inner.all_reduce_grads_mean(buf, wire)
     }
     fn reduces_buckets(&self) -> bool {
-        self.inner.reduces_buckets()
+        !self.device && self.inner.reduces_buckets()
     }
     fn all_reduce_bucket_mean(
         &mut self,
@@ -89,23 +125,37 @@ impl GradSync for Recording {
         total: usize,
         wire: GradWire,
     ) -> Result<(), SyncError> {
-        let k = {
-            let mut c = self.calls.lock().expect("calls");
-            c.buckets.push((offset, bucket.len(), total));
-            c.buckets.len() - 1
-        };
-        if self.fail_at == Some(k) {
-            return Err(SyncError::PeerLost(
-                "rank 0 disconnected: connection reset by peer 10.0.0.9:7070".into(),
-            ));
-        }
+        self.record(offset, bucket.len(), total)?;
         self.inner
             .all_reduce_bucket_mean(bucket, offset, total, wire)
     }
+    fn reduces_device_buckets(&mut self, probe: &dyn Any) -> bool {
+        self.device && probe.is::<Tensor<Flex, 1>>()
+    }
+    fn start_device_bucket_sum(
+        &mut self,
+        bucket: &mut dyn Any,
+        offset: usize,
+        total: usize,
+    ) -> Result<(), SyncError> {
+        let t = bucket
+            .downcast_mut::<Tensor<Flex, 1>>()
+            .expect("the trainer hands over its own tensors");
+        self.record(offset, t.dims()[0], total)?;
+        let mut v: Vec<f32> = t.clone().into_data().to_vec().expect("f32");
+        self.inner
+            .0
+            .all_reduce_sum_bucket(&mut v, offset, total, Wire::F32)
+            .map_err(resnet_worker::sync_error)?;
+        let n = v.len();
+        *t = Tensor::from_data(TensorData::new(v, [n]), &Default::default());
+        Ok(())
+    }
 }
 
-/// `world` replicas over the in-memory ring: each one's parameter hash and recorded calls.
-fn train(world: usize, c: &TrainConfig) -> Vec<(String, Calls)> {
+/// `world` replicas over the in-memory ring: each one's parameter hash and recorded calls
+/// (`device`: the buckets as device tensors, see [`Recording`]).
+fn train(world: usize, c: &TrainConfig, device: bool) -> Vec<(String, Calls)> {
     let rings = MemoryRing::group(world, Duration::from_secs(60));
     let handles: Vec<_> = rings
         .into_iter()
@@ -114,11 +164,7 @@ fn train(world: usize, c: &TrainConfig) -> Vec<(String, Calls)> {
             std::thread::spawn(move || {
                 let splits = c.data.load(c.seed, &mut |_, _| {}).expect("data");
                 let calls = Arc::new(Mutex::new(Calls::default()));
-                let sync = Recording {
-                    inner: Box::new(CollectiveSync(Box::new(ring))),
-                    calls: calls.clone(),
-                    fail_at: None,
-                };
+                let sync = Recording::new(ring, calls.clone(), None, device);
                 let mut t = Trainer::<B>::new(c, splits, Default::default(), None)
                     .expect("trainer")
                     .with_parallel(Box::new(sync));
@@ -138,11 +184,34 @@ fn train(world: usize, c: &TrainConfig) -> Vec<(String, Calls)> {
 fn buckets_reduced_during_the_backward_equal_one_all_reduce_after_it_bit_for_bit() {
     for wire in [GradWire::F32, GradWire::Bf16] {
         for world in [2, 3] {
-            let flat = train(world, &cfg(false, 25.0, wire));
+            let flat = train(world, &cfg(false, 25.0, wire), false);
             // 0.002 MB = 500 f32: a width-4 ResNet-18 (~44k gradients) cuts into many buckets.
-            let buckets = train(world, &cfg(true, 0.002, wire));
+            let buckets = train(world, &cfg(true, 0.002, wire), false);
             let case = format!("world {world}, {} wire", wire.name());
-            for (hash, _) in flat.iter().chain(&buckets) {
+            check_overlapped(&case, &flat, &buckets);
+        }
+    }
+}
+
+/// The device-bucket path (`overlap_device.rs`, NCCL's on a GPU) with the buckets summed
+/// through the ring: the same calls, and the same bits, as the host buckets and the flat
+/// all-reduce.
+#[test]
+fn device_buckets_equal_one_all_reduce_after_the_backward_bit_for_bit() {
+    for world in [2, 3] {
+        let flat = train(world, &cfg(false, 25.0, GradWire::F32), true);
+        let buckets = train(world, &cfg(true, 0.002, GradWire::F32), true);
+        check_overlapped(&format!("device buckets, world {world}"), &flat, &buckets);
+    }
+}
+
+/// Every replica of both runs ends with the same parameters; the overlapped one made no
+/// whole-buffer all-reduce, and per step its buckets ran from the classifier's backwards,
+/// contiguous, covering the buffer, then the classifier's, then the flags.
+fn check_overlapped(case: &str, flat: &[(String, Calls)], buckets: &[(String, Calls)]) {
+    {
+        {
+            for (hash, _) in flat.iter().chain(buckets) {
                 assert_eq!(hash, &flat[0].0, "{case}: overlap changed the run");
             }
             let (off, on) = (&flat[0].1, &buckets[0].1);
@@ -177,6 +246,15 @@ fn buckets_reduced_during_the_backward_equal_one_all_reduce_after_it_bit_for_bit
 
 #[test]
 fn a_peer_lost_in_the_middle_of_the_buckets_fails_the_step_and_keeps_the_model() {
+    lose_a_peer_mid_bucket(false);
+}
+
+#[test]
+fn a_peer_lost_in_the_middle_of_the_device_buckets_fails_the_step_and_keeps_the_model() {
+    lose_a_peer_mid_bucket(true);
+}
+
+fn lose_a_peer_mid_bucket(device: bool) {
     let c = cfg(true, 0.002, GradWire::F32);
     let splits = c.data.load(c.seed, &mut |_, _| {}).expect("data");
     // A one-rank "group" of two whose ring is the identity would hide nothing: use a real pair
@@ -188,20 +266,17 @@ fn a_peer_lost_in_the_middle_of_the_buckets_fails_the_step_and_keeps_the_model()
         let c = c.clone();
         let splits = splits.clone();
         move || {
+            let calls = Arc::new(Mutex::new(Calls::default()));
             let mut t = Trainer::<B>::new(c, splits, Default::default(), None)
                 .expect("trainer")
-                .with_parallel(Box::new(CollectiveSync(Box::new(r0))));
+                .with_parallel(Box::new(Recording::new(r0, calls, None, device)));
             t.fit(&mut Quiet).map(|_| ())
         }
     });
     let calls = Arc::new(Mutex::new(Calls::default()));
     let mut t = Trainer::<B>::new(c, splits, Default::default(), None)
         .expect("trainer")
-        .with_parallel(Box::new(Recording {
-            inner: Box::new(CollectiveSync(Box::new(r1))),
-            calls: calls.clone(),
-            fail_at: Some(4),
-        }));
+        .with_parallel(Box::new(Recording::new(r1, calls.clone(), Some(4), device)));
     let before = param_hash(t.model());
     match t.fit(&mut Quiet) {
         Err(TrainError::Collective(e)) => assert!(

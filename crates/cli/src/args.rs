@@ -243,8 +243,10 @@ pub struct RunArgs {
     )]
     pub grad_wire: Option<FloatArg>,
     /// Data-parallel runs: all-reduce gradient buckets while the backward pass still runs
-    /// (`on`; bit-identical to `off`, which all-reduces after the backward). Groups on NCCL
-    /// do not overlap yet [default: on].
+    /// (`on`; bit-identical to `off`, which all-reduces after the backward). NCCL groups
+    /// overlap with `--nccl-buffers device` (buckets stay on the GPU; bit-identical for 2
+    /// workers, NCCL's own order beyond) and reduce after the backward with host buffers
+    /// [default: on].
     #[arg(
         long,
         value_name = "on|off",

@@ -78,8 +78,9 @@ pub struct WorkerCli {
     pub collective: String,
     /// Where NCCL reduces the gradients: host (copied to host memory and staged through one
     /// device buffer; measured) or device (in GPU memory where the backward pass left them, no
-    /// host copies; needs --cuda-conv gemm or direct, experimental until a multi-GPU run has
-    /// measured it). The TCP ring always works on host memory.
+    /// host copies, and with the run's overlap on, bucket by bucket during the backward; needs
+    /// the unfused CUDA backend: --cuda-conv cudnn, gemm or direct; experimental until a
+    /// multi-GPU run has measured it). The TCP ring always works on host memory.
     #[arg(long, default_value = "host", value_parser = ["host", "device"], env = "RESNET_NCCL_BUFFERS")]
     pub nccl_buffers: String,
     /// Before joining, fetch the run configuration and run one throwaway training step at its

@@ -50,6 +50,8 @@ pub fn device_arch(gpu: usize) -> Result<String, CollectiveError> {
 
 /// One rank of an NCCL communicator.
 pub struct NcclCollective {
+    // (Field order is drop order: the communicator, whose drop aborts it, goes before `kept`,
+    // so buffers an unfinished operation may still write are released only after the abort.)
     comm: Comm,
     stream: Arc<CudaStream>,
     staging: Option<CudaSlice<f32>>,
@@ -61,6 +63,9 @@ pub struct NcclCollective {
     abort: RingAbort,
     /// Whether callers should hand over device buffers ([`Self::all_reduce_sum_device`]).
     device_buffers: bool,
+    /// What the queued operations read and write, held until they are known to be done
+    /// ([`Self::finish_queued`]).
+    kept: Vec<Box<dyn std::any::Any + Send>>,
 }
 
 /// Device memory that belongs to someone else (cubecl's allocator), seen by cudarc as a slice
@@ -119,6 +124,7 @@ impl NcclCollective {
             timeout: Duration::from_secs(300),
             abort: RingAbort::default(),
             device_buffers: false,
+            kept: Vec::new(),
         })
     }
 
@@ -179,6 +185,76 @@ impl NcclCollective {
         };
         r.map_err(|e| setup("all-reduce (device buffers)", e))?;
         self.wait()
+    }
+
+    /// Makes this communicator's stream wait, on the device (no host wait), for everything
+    /// queued on `foreign` so far: an event recorded there, waited on here.
+    ///
+    /// # Safety
+    /// `foreign` must be a live stream of this communicator's device and primary context.
+    #[allow(unsafe_code)]
+    pub unsafe fn wait_for_stream(&self, foreign: sys::CUstream) -> Result<(), CollectiveError> {
+        use cudarc::driver::result::{event, stream};
+        let e = event::create(sys::CUevent_flags::CU_EVENT_DISABLE_TIMING)
+            .map_err(|e| setup("event", e))?;
+        // SAFETY: `e` was just created; `foreign` is live (the caller's contract) and so is this
+        // communicator's stream. Destroying an event that a stream still waits on is allowed:
+        // the wait keeps the state recorded at the call, and CUDA releases the event afterwards.
+        let r = unsafe {
+            event::record(e, foreign).and_then(|()| {
+                stream::wait_event(
+                    self.stream.cu_stream(),
+                    e,
+                    sys::CUevent_wait_flags::CU_EVENT_WAIT_DEFAULT,
+                )
+            })
+        };
+        // SAFETY: `e` is ours and used by nothing after this (see above).
+        let d = unsafe { event::destroy(e) };
+        r.and(d)
+            .map_err(|e| setup("ordering after the compute stream", e))
+    }
+
+    /// Queues the element-wise sum over all ranks of `len` f32 at device address `send` into
+    /// `recv` on this communicator's stream and returns at once; `keep` (what owns the two
+    /// buffers) is held until [`Self::finish_queued`]. Call [`Self::wait_for_stream`] first
+    /// for the stream that wrote `send`.
+    ///
+    /// # Safety
+    /// `send` and `recv` must each address `len` f32 of device memory on this communicator's
+    /// device, in its primary context, kept alive by `keep`; nothing may write `send` or touch
+    /// `recv` until [`Self::finish_queued`] has returned `Ok`.
+    #[allow(unsafe_code)]
+    pub unsafe fn all_reduce_sum_device_queued(
+        &mut self,
+        send: u64,
+        recv: u64,
+        len: usize,
+        keep: Box<dyn std::any::Any + Send>,
+    ) -> Result<(), CollectiveError> {
+        self.kept.push(keep);
+        if len == 0 {
+            return Ok(());
+        }
+        let foreign = |ptr| Foreign {
+            ptr,
+            len,
+            stream: self.stream.clone(),
+        };
+        let mut dst = foreign(recv);
+        self.comm
+            .all_reduce(&foreign(send), &mut dst, &ReduceOp::Sum)
+            .map_err(|e| setup("all-reduce (queued device bucket)", e))?;
+        Ok(())
+    }
+
+    /// Waits, under the timeout and the abort flag, until every queued operation is done, then
+    /// releases what [`Self::all_reduce_sum_device_queued`] kept. On an error the buffers stay
+    /// held until the communicator is dropped (and aborted): NCCL may still write them.
+    pub fn finish_queued(&mut self) -> Result<(), CollectiveError> {
+        self.wait()?;
+        self.kept.clear();
+        Ok(())
     }
 
     /// The device buffer for `n` floats, holding `buf`.

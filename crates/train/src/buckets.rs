@@ -57,26 +57,50 @@ pub struct Bucket {
     pub data: Vec<f32>,
 }
 
-struct Filling {
+/// A gradient part the buckets hold (host values, or a device tensor): its element count is
+/// checked against its parameter's.
+pub trait Part {
+    /// Elements in the part.
+    fn elems(&self) -> usize;
+}
+
+impl Part for Vec<f32> {
+    fn elems(&self) -> usize {
+        self.len()
+    }
+}
+
+/// A complete bucket, released by [`Slots`]: elements `offset..` of the flat buffer, one part
+/// per parameter in module order (`None`: that parameter had no gradient; zeros stand in).
+pub struct Released<T> {
+    /// First element's index in the flat buffer.
+    pub offset: usize,
+    /// The parameters' lengths (elements).
+    pub lens: Vec<usize>,
+    /// The parameters' gradients.
+    pub parts: Vec<Option<T>>,
+}
+
+struct Filling<T> {
     /// Parameter indices.
     params: Range<usize>,
     /// Flat element offset of the first parameter.
     offset: usize,
-    data: Vec<f32>,
+    parts: Vec<Option<T>>,
     missing: usize,
 }
 
-/// Fills the buckets of [`plan`] as gradients arrive (in any order) and releases them to `send`
-/// in plan order: bucket `k + 1` only after bucket `k`, each as soon as it and all before it
-/// are complete.
-pub struct Filler<S: FnMut(Bucket)> {
+/// The bookkeeping of the buckets of [`plan`]: gradients arrive in any order and buckets are
+/// released in plan order (bucket `k + 1` only after bucket `k`), each as soon as it and all
+/// before it are complete. Generic over what a gradient is ([`Filler`]: host values; the
+/// trainer's device buckets: tensors).
+pub struct Slots<T> {
     offsets: Vec<usize>,
     lens: Vec<usize>,
     bucket_of: Vec<usize>,
     filled: Vec<bool>,
-    buckets: Vec<Option<Filling>>,
+    buckets: Vec<Option<Filling<T>>>,
     next: usize,
-    send: S,
 }
 
 /// Why a gradient could not be placed (a caller's bug, reported rather than panicking).
@@ -100,10 +124,10 @@ pub enum FillError {
     Twice(usize),
 }
 
-impl<S: FnMut(Bucket)> Filler<S> {
+impl<T: Part> Slots<T> {
     /// Buckets `plan` over parameters of lengths `lens` (module order; the flat buffer is their
-    /// concatenation), releasing complete ones to `send`.
-    pub fn new(lens: &[usize], plan: &[Range<usize>], send: S) -> Self {
+    /// concatenation). Buckets without parameters are due at once ([`Self::due`]).
+    pub fn new(lens: &[usize], plan: &[Range<usize>]) -> Self {
         let mut offsets = Vec::with_capacity(lens.len());
         let mut at = 0;
         for &n in lens {
@@ -116,26 +140,22 @@ impl<S: FnMut(Bucket)> Filler<S> {
             .enumerate()
             .map(|(k, r)| {
                 r.clone().for_each(|p| bucket_of[p] = k);
-                let elems: usize = lens[r.clone()].iter().sum();
                 Some(Filling {
                     params: r.clone(),
                     offset: offsets.get(r.start).copied().unwrap_or(at),
-                    data: vec![0.0; elems],
+                    parts: (0..r.len()).map(|_| None).collect(),
                     missing: r.len(),
                 })
             })
             .collect();
-        let mut f = Self {
+        Self {
             offsets,
             lens: lens.to_vec(),
             bucket_of,
             filled: vec![false; lens.len()],
             buckets,
             next: 0,
-            send,
-        };
-        f.release();
-        f
+        }
     }
 
     /// Whether parameter `p`'s gradient has been placed.
@@ -143,18 +163,18 @@ impl<S: FnMut(Bucket)> Filler<S> {
         self.filled.get(p).copied().unwrap_or(false)
     }
 
-    /// Places parameter `p`'s gradient (`None`: it has none this step, zeros stand in) and
-    /// releases every bucket that is now due.
-    pub fn put(&mut self, p: usize, grad: Option<&[f32]>) -> Result<(), FillError> {
+    /// Places parameter `p`'s gradient (`None`: it has none this step) and returns every
+    /// bucket that is now due, in plan order.
+    pub fn put(&mut self, p: usize, grad: Option<T>) -> Result<Vec<Released<T>>, FillError> {
         let expected = *self.lens.get(p).ok_or(FillError::Unknown(p))?;
         if self.filled[p] {
             return Err(FillError::Twice(p));
         }
-        if let Some(g) = grad {
-            if g.len() != expected {
+        if let Some(g) = &grad {
+            if g.elems() != expected {
                 return Err(FillError::Length {
                     param: p,
-                    got: g.len(),
+                    got: g.elems(),
                     expected,
                 });
             }
@@ -163,14 +183,10 @@ impl<S: FnMut(Bucket)> Filler<S> {
         let Some(b) = self.buckets[k].as_mut() else {
             return Err(FillError::Twice(p)); // unreachable: a released bucket has no gaps
         };
-        if let Some(g) = grad {
-            let at = self.offsets[p] - b.offset;
-            b.data[at..at + expected].copy_from_slice(g);
-        }
+        b.parts[p - b.params.start] = grad;
         b.missing -= 1;
         self.filled[p] = true;
-        self.release();
-        Ok(())
+        Ok(self.due())
     }
 
     /// Parameters not yet placed, in module order.
@@ -185,20 +201,83 @@ impl<S: FnMut(Bucket)> Filler<S> {
         self.next
     }
 
-    fn release(&mut self) {
+    /// Takes the buckets that are due now, in plan order.
+    pub fn due(&mut self) -> Vec<Released<T>> {
+        let mut out = Vec::new();
         while let Some(slot) = self.buckets.get_mut(self.next) {
             match slot {
                 Some(b) if b.missing == 0 => {
                     let b = slot.take().expect("matched Some");
-                    debug_assert!(b.params.end <= self.lens.len());
-                    (self.send)(Bucket {
+                    out.push(Released {
                         offset: b.offset,
-                        data: b.data,
+                        lens: self.lens[b.params.clone()].to_vec(),
+                        parts: b.parts,
                     });
                     self.next += 1;
                 }
                 _ => break,
             }
+        }
+        debug_assert!(self.offsets.len() == self.lens.len());
+        out
+    }
+}
+
+/// [`Slots`] of host values: releases each due bucket to `send` as one contiguous [`Bucket`].
+pub struct Filler<S: FnMut(Bucket)> {
+    slots: Slots<Vec<f32>>,
+    send: S,
+}
+
+impl<S: FnMut(Bucket)> Filler<S> {
+    /// Buckets `plan` over parameters of lengths `lens` (module order; the flat buffer is their
+    /// concatenation), releasing complete ones to `send`.
+    pub fn new(lens: &[usize], plan: &[Range<usize>], send: S) -> Self {
+        let mut f = Self {
+            slots: Slots::new(lens, plan),
+            send,
+        };
+        let due = f.slots.due();
+        f.emit(due);
+        f
+    }
+
+    /// Whether parameter `p`'s gradient has been placed.
+    pub fn has(&self, p: usize) -> bool {
+        self.slots.has(p)
+    }
+
+    /// Places parameter `p`'s gradient (`None`: it has none this step, zeros stand in) and
+    /// releases every bucket that is now due.
+    pub fn put(&mut self, p: usize, grad: Option<Vec<f32>>) -> Result<(), FillError> {
+        let due = self.slots.put(p, grad)?;
+        self.emit(due);
+        Ok(())
+    }
+
+    /// Parameters not yet placed, in module order.
+    pub fn missing(&self) -> Vec<usize> {
+        self.slots.missing()
+    }
+
+    /// Buckets released so far.
+    pub fn released(&self) -> usize {
+        self.slots.released()
+    }
+
+    fn emit(&mut self, due: Vec<Released<Vec<f32>>>) {
+        for r in due {
+            let mut data = Vec::with_capacity(r.lens.iter().sum());
+            for (part, &n) in r.parts.iter().zip(&r.lens) {
+                match part {
+                    Some(g) => data.extend_from_slice(g),
+                    None => data.resize(data.len() + n, 0.0),
+                }
+            }
+            (self.send)(Bucket {
+                offset: r.offset,
+                data,
+            });
         }
     }
 }
@@ -242,10 +321,10 @@ mod tests {
     fn buckets_go_out_in_plan_order_as_soon_as_they_and_all_before_are_complete() {
         // lens 2 1 2 3, cap 3: buckets [3, 4) (elements 5..8), [1, 3) (2..5), [0, 1) (0..2).
         let (mut f, sent) = filler(&[2, 1, 2, 3], 3);
-        f.put(1, Some(&[10.0])).expect("placed");
-        f.put(2, Some(&[20.0, 21.0])).expect("placed");
+        f.put(1, Some(vec![10.0])).expect("placed");
+        f.put(2, Some(vec![20.0, 21.0])).expect("placed");
         assert!(sent.borrow().is_empty(), "bucket 1 waits for bucket 0");
-        f.put(3, Some(&[30.0, 31.0, 32.0])).expect("placed");
+        f.put(3, Some(vec![30.0, 31.0, 32.0])).expect("placed");
         assert_eq!(
             *sent.borrow(),
             vec![
@@ -277,15 +356,15 @@ mod tests {
         let (mut f, _) = filler(&[2, 1], 1);
         assert_eq!(f.put(5, None), Err(FillError::Unknown(5)));
         assert_eq!(
-            f.put(0, Some(&[1.0])),
+            f.put(0, Some(vec![1.0])),
             Err(FillError::Length {
                 param: 0,
                 got: 1,
                 expected: 2
             })
         );
-        f.put(1, Some(&[1.0])).expect("placed");
-        assert_eq!(f.put(1, Some(&[1.0])), Err(FillError::Twice(1)));
+        f.put(1, Some(vec![1.0])).expect("placed");
+        assert_eq!(f.put(1, Some(vec![1.0])), Err(FillError::Twice(1)));
         assert!(f.has(1) && !f.has(0));
     }
 }

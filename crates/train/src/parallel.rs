@@ -90,6 +90,33 @@ pub trait GradSync: Send {
     fn all_reduce_mean_device(&mut self, _flat: &mut dyn Any) -> Option<Result<(), SyncError>> {
         None
     }
+    /// Whether [`Self::start_device_bucket_sum`] takes the trainer's gradient tensors: `probe`
+    /// is an empty flat `Tensor<B, 1>` of its inner backend behind `Any`. The overlapped
+    /// all-reduce then keeps its buckets on the device. Default: no.
+    fn reduces_device_buckets(&mut self, _probe: &dyn Any) -> bool {
+        false
+    }
+    /// Queues the element-wise sum over all replicas of one bucket of a step's gradients (a
+    /// flat `Tensor<B, 1>` behind `Any`: elements `offset..` of a buffer of `total`) on its
+    /// device and returns without waiting; `bucket` is replaced by the tensor that will hold
+    /// the sum, readable once [`Self::finish_device_buckets`] has returned `Ok`. Every rank
+    /// makes the same calls in the same order.
+    fn start_device_bucket_sum(
+        &mut self,
+        _bucket: &mut dyn Any,
+        _offset: usize,
+        _total: usize,
+    ) -> Result<(), SyncError> {
+        Err(SyncError::Local(
+            "this gradient sync cannot reduce device buckets (NCCL with --nccl-buffers device)"
+                .into(),
+        ))
+    }
+    /// Waits until every bucket started since the last call is reduced, under the
+    /// collective's timeout and abort (a lost peer fails the step here).
+    fn finish_device_buckets(&mut self) -> Result<(), SyncError> {
+        Ok(())
+    }
 }
 
 /// Takes the gradients out of `grads` in module order, flattened, still on the device.

@@ -17,7 +17,7 @@ pub mod upload;
 
 pub use options::{Transport, WorkerOptions, WorkerResult};
 pub use run::run_worker;
-pub use sync::CollectiveSync;
+pub use sync::{sync_error, CollectiveSync};
 
 /// Worker errors; each says which step failed.
 #[derive(Debug, thiserror::Error)]

@@ -67,6 +67,23 @@ impl GradSync for CollectiveSync {
     ) -> Option<Result<(), SyncError>> {
         crate::device_reduce::all_reduce_mean(&mut *self.0, flat)
     }
+    #[cfg(feature = "cuda")]
+    fn reduces_device_buckets(&mut self, probe: &dyn std::any::Any) -> bool {
+        crate::device_reduce::takes_buckets(&mut *self.0, probe)
+    }
+    #[cfg(feature = "cuda")]
+    fn start_device_bucket_sum(
+        &mut self,
+        bucket: &mut dyn std::any::Any,
+        _offset: usize,
+        _total: usize,
+    ) -> Result<(), SyncError> {
+        crate::device_reduce::start_bucket_sum(&mut *self.0, bucket)
+    }
+    #[cfg(feature = "cuda")]
+    fn finish_device_buckets(&mut self) -> Result<(), SyncError> {
+        crate::device_reduce::finish_buckets(&mut *self.0)
+    }
 }
 
 #[cfg(test)]

@@ -33,6 +33,7 @@ use crate::{EpochRecord, StepStats, TrainObserver, TrainState, TrainSummary};
 
 mod finish;
 mod overlap;
+mod overlap_device;
 mod policy;
 mod replicas;
 mod restore;

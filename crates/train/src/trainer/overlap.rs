@@ -33,19 +33,21 @@ use crate::TrainError;
 /// The gradients the step all-reduces: parameters that require one, in module order (the flat
 /// buffer's order in the non-overlapped path too).
 pub(super) struct Layout {
-    ids: Vec<ParamId>,
-    dims: Vec<Vec<usize>>,
-    lens: Vec<usize>,
+    pub(super) ids: Vec<ParamId>,
+    pub(super) dims: Vec<Vec<usize>>,
+    pub(super) lens: Vec<usize>,
     /// Graph node of each parameter's value, for the kernels' announcements.
-    nodes: HashMap<NodeId, usize>,
+    pub(super) nodes: HashMap<NodeId, usize>,
     /// The classifier's parameters, which go in the last bucket ([`plan`]).
     late_ids: Vec<ParamId>,
     /// The first parameter of the run of late ones that ends the layout (`lens.len()`: none).
-    late: usize,
+    pub(super) late: usize,
+    /// The buckets stay on the device (`overlap_device.rs`) instead of going through the host.
+    pub(super) device: bool,
 }
 
 impl Layout {
-    fn grads_len(&self) -> usize {
+    pub(super) fn grads_len(&self) -> usize {
         self.lens.iter().sum()
     }
 }
@@ -123,7 +125,7 @@ impl<B: AutodiffBackend, S: FnMut(Bucket)> ModuleVisitor<B> for FillRest<'_, S> 
         if values.is_none() {
             self.absent.push(p);
         }
-        if let Err(e) = self.filler.put(p, values.as_deref()) {
+        if let Err(e) = self.filler.put(p, values) {
             self.error.get_or_insert(e);
         }
     }
@@ -154,10 +156,15 @@ fn reduce_all(
 
 impl<B: AutodiffBackend> Trainer<B> {
     /// The layout to overlap this step's all-reduce with, when it does: a data-parallel group
-    /// whose sync reduces buckets, with `overlap` on.
-    pub(super) fn overlap_layout(&self, model: &ResNet<B>) -> Option<Layout> {
-        let sync = self.replicas.peers_ref()?;
-        if !(self.state.config.overlap && sync.reduces_buckets()) {
+    /// whose sync reduces buckets (on the host, or of this backend's tensors on the device:
+    /// f32 wire only), with `overlap` on.
+    pub(super) fn overlap_layout(&mut self, model: &ResNet<B>) -> Option<Layout> {
+        let f32_wire = self.state.config.grad_wire == GradWire::F32;
+        let overlap = self.state.config.overlap;
+        let sync = self.replicas.peers()?;
+        let probe = Tensor::<B::InnerBackend, 1>::empty([0], &self.device);
+        let device = overlap && f32_wire && sync.reduces_device_buckets(&probe);
+        if !(overlap && (device || sync.reduces_buckets())) {
             return None;
         }
         // The classifier is the model's last module: its gradients end the buffer. On the CPU
@@ -174,6 +181,7 @@ impl<B: AutodiffBackend> Trainer<B> {
             nodes: HashMap::new(),
             late_ids,
             late: 0,
+            device,
         };
         model.visit(&mut layout);
         Some(layout)
@@ -195,6 +203,11 @@ impl<B: AutodiffBackend> Trainer<B> {
             .replicas
             .lend()
             .expect("overlap_layout found a data-parallel sync");
+        if layout.device {
+            let (sync, out) = self.overlap_on_device(sync, model, loss, &layout, flags);
+            self.replicas.give_back(sync);
+            return out;
+        }
         let out = self.overlap_with(sync.as_mut(), model, loss, &layout, flags);
         self.replicas.give_back(sync);
         out
@@ -232,7 +245,7 @@ impl<B: AutodiffBackend> Trainer<B> {
                 Box::new(move |node, grad| {
                     let Some(&p) = nodes.get(&node) else { return };
                     if let Some(values) = host::<B::InnerBackend>(grad) {
-                        if let Err(e) = filler.borrow_mut().put(p, Some(&values)) {
+                        if let Err(e) = filler.borrow_mut().put(p, Some(values)) {
                             tap_error.borrow_mut().get_or_insert(e);
                         }
                     }
