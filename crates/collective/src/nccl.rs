@@ -168,23 +168,10 @@ impl NcclCollective {
         recv: u64,
         len: usize,
     ) -> Result<(), CollectiveError> {
-        if len == 0 {
-            return Ok(());
-        }
-        let foreign = |ptr| Foreign {
-            ptr,
-            len,
-            stream: self.stream.clone(),
-        };
-        let mut dst = foreign(recv);
-        let r = if send == recv {
-            self.comm.all_reduce_in_place(&mut dst, &ReduceOp::Sum)
-        } else {
-            self.comm
-                .all_reduce(&foreign(send), &mut dst, &ReduceOp::Sum)
-        };
-        r.map_err(|e| setup("all-reduce (device buffers)", e))?;
-        self.wait()
+        // SAFETY: the caller's contract (above) covers the queued call's; the buffers are the
+        // caller's, so nothing needs keeping, and this waits for completion before returning.
+        unsafe { self.all_reduce_sum_device_queued(send, recv, len, Box::new(())) }?;
+        self.finish_queued()
     }
 
     /// Makes this communicator's stream wait, on the device (no host wait), for everything
@@ -216,7 +203,8 @@ impl NcclCollective {
     }
 
     /// Queues the element-wise sum over all ranks of `len` f32 at device address `send` into
-    /// `recv` on this communicator's stream and returns at once; `keep` (what owns the two
+    /// `recv` (the same address for in place) on this communicator's stream and returns at
+    /// once; `keep` (what owns the two
     /// buffers) is held until [`Self::finish_queued`]. Call [`Self::wait_for_stream`] first
     /// for the stream that wrote `send`.
     ///
@@ -242,9 +230,13 @@ impl NcclCollective {
             stream: self.stream.clone(),
         };
         let mut dst = foreign(recv);
-        self.comm
-            .all_reduce(&foreign(send), &mut dst, &ReduceOp::Sum)
-            .map_err(|e| setup("all-reduce (queued device bucket)", e))?;
+        let r = if send == recv {
+            self.comm.all_reduce_in_place(&mut dst, &ReduceOp::Sum)
+        } else {
+            self.comm
+                .all_reduce(&foreign(send), &mut dst, &ReduceOp::Sum)
+        };
+        r.map_err(|e| setup("all-reduce (device buffers)", e))?;
         Ok(())
     }
 

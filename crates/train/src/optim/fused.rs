@@ -208,26 +208,17 @@ impl<B: AutodiffBackend> FusedOptimizer<B> {
         let bufs = rule.buffers();
         let region = &mut self.state[slot.offset..slot.offset + slot.len * bufs];
         let (state_1, state_2) = region.split_at_mut(slot.len * bufs.min(1));
-        let run = move |param: &mut [f32], grad: &[f32]| {
-            let u = ParamUpdate {
-                param,
-                grad,
-                state_1,
-                state_2,
-                steps_before: slot.steps,
-            };
-            apply(&rule, lr, u)
-        };
+        let run = updater(rule, lr, slot.steps, state_1, state_2);
         // The closure is handed on untouched when the in-place path does not apply.
         let mut run = Some(run);
         let out = match update_flex_param(param, grad, |p, g| {
-            if let Some(mut f) = run.take() {
+            if let Some(f) = run.take() {
                 f(p, g)
             }
         }) {
             Ok(p) => p,
             Err((param, grad)) => host_update(param, grad, |p, g| {
-                if let Some(mut f) = run.take() {
+                if let Some(f) = run.take() {
                     f(p, g)
                 }
             }),
@@ -267,20 +258,32 @@ impl<B: AutodiffBackend> FusedOptimizer<B> {
         let (first, second) = host.split_at_mut(rule.buffers().min(1));
         let state_1 = first.first_mut().map_or(&mut [][..], |v| &mut v[..]);
         let state_2 = second.first_mut().map_or(&mut [][..], |v| &mut v[..]);
-        let out = host_update(param, grad, |p, g| {
-            let u = ParamUpdate {
-                param: p,
-                grad: g,
-                state_1,
-                state_2,
-                steps_before: slot.steps,
-            };
-            apply(&rule, lr, u)
-        });
+        let out = host_update(param, grad, updater(rule, lr, slot.steps, state_1, state_2));
         let upload = |v: Vec<f32>| Tensor::from_data(TensorData::new(v, [n]), &device);
         self.device
             .insert(id, host.into_iter().map(upload).collect());
         out
+    }
+}
+
+/// `rule`'s update at `lr` after `steps_before` steps, with these state buffers, as a function
+/// of the parameter's and the gradient's memory.
+fn updater<'a>(
+    rule: UpdateRule,
+    lr: f64,
+    steps_before: usize,
+    state_1: &'a mut [f32],
+    state_2: &'a mut [f32],
+) -> impl FnOnce(&mut [f32], &[f32]) + 'a {
+    move |param, grad| {
+        let u = ParamUpdate {
+            param,
+            grad,
+            state_1,
+            state_2,
+            steps_before,
+        };
+        apply(&rule, lr, u)
     }
 }
 

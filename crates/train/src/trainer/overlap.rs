@@ -305,29 +305,41 @@ impl<B: AutodiffBackend> Trainer<B> {
     fn register(
         &self,
         model: &ResNet<B>,
-        mut grads: GradientsParams,
+        grads: GradientsParams,
         layout: &Layout,
         flat: Vec<f32>,
         absent: &[usize],
     ) -> GradientsParams {
-        let mut offset = 0;
-        let mut entries: Vec<Entry> = Vec::with_capacity(layout.ids.len());
-        for (p, (id, dims)) in layout.ids.iter().zip(&layout.dims).enumerate() {
-            if !absent.contains(&p) {
-                entries.push((*id, dims.clone(), offset));
-            }
-            offset += layout.lens[p];
-        }
         let n = flat.len();
         let flat =
             Tensor::<B::InnerBackend, 1>::from_data(TensorData::new(flat, [n]), &self.device);
-        let mut r = Register::<B> {
-            grads: &mut grads,
-            flat: &flat,
-            entries: &entries,
-            next: 0,
-        };
-        model.visit(&mut r);
-        grads
+        register_flat(model, grads, layout, &flat, absent)
     }
+}
+
+/// The reduced flat gradient tensor's slices as the step's gradients (parameters listed in
+/// `absent` had none and stay without).
+pub(super) fn register_flat<B: AutodiffBackend>(
+    model: &ResNet<B>,
+    mut grads: GradientsParams,
+    layout: &Layout,
+    flat: &Tensor<B::InnerBackend, 1>,
+    absent: &[usize],
+) -> GradientsParams {
+    let mut offset = 0;
+    let mut entries: Vec<Entry> = Vec::with_capacity(layout.ids.len());
+    for (p, (id, dims)) in layout.ids.iter().zip(&layout.dims).enumerate() {
+        if !absent.contains(&p) {
+            entries.push((*id, dims.clone(), offset));
+        }
+        offset += layout.lens[p];
+    }
+    let mut r = Register::<B> {
+        grads: &mut grads,
+        flat,
+        entries: &entries,
+        next: 0,
+    };
+    model.visit(&mut r);
+    grads
 }

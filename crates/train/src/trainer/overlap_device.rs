@@ -24,10 +24,10 @@ use burn::tensor::{Shape, Tensor, TensorData, TensorPrimitive};
 use resnet_kernels::tap::{with_tap, Tap};
 use resnet_model::ResNet;
 
-use super::overlap::{Layout, Overlapped};
+use super::overlap::{register_flat, Layout, Overlapped};
 use super::Trainer;
 use crate::buckets::{bucket_elems, plan, Part, Released, Slots};
-use crate::parallel::{Entry, GradSync, Register, SyncError};
+use crate::parallel::{GradSync, SyncError};
 use crate::TrainError;
 
 /// A flat tensor of the trainer's inner backend.
@@ -230,7 +230,7 @@ impl<B: AutodiffBackend> Trainer<B> {
     fn assemble_device_buckets(
         &self,
         model: &ResNet<B>,
-        mut grads: GradientsParams,
+        grads: GradientsParams,
         layout: &Layout,
         mut started: Vec<(usize, Flat<B>)>,
         absent: &[usize],
@@ -280,21 +280,7 @@ impl<B: AutodiffBackend> Trainer<B> {
                     "reading the step flags back: {e:?}"
                 )))
             })?;
-        let mut offset = 0;
-        let mut entries: Vec<Entry> = Vec::with_capacity(layout.ids.len());
-        for (p, (id, dims)) in layout.ids.iter().zip(&layout.dims).enumerate() {
-            if !absent.contains(&p) {
-                entries.push((*id, dims.clone(), offset));
-            }
-            offset += layout.lens[p];
-        }
-        let mut r = Register::<B> {
-            grads: &mut grads,
-            flat: &flat,
-            entries: &entries,
-            next: 0,
-        };
-        model.visit(&mut r);
+        let grads = register_flat(model, grads, layout, &flat, absent);
         Ok((grads, [tail[0], tail[1]], tail[2] == 0.0))
     }
 }
