@@ -85,17 +85,20 @@ def main():
             secs = fmt(s.get("seconds", ""))
         print(f"| {s['step']} | {status} | {secs} | {key_numbers(s.get('result'))} |")
     by = {s["step"]: s.get("result") for s in steps if isinstance(s.get("result"), dict)}
-    pairs = [("ResNet-18 CIFAR stem", "bench-r18-cifar", "pytorch-r18-cifar"),
-             ("ResNet-50 ImageNet stem", "bench-r50-imagenet-stem", "pytorch-r50-imagenet")]
+    pairs = [("ResNet-18 CIFAR stem", "bench-r18-cifar", "pytorch-r18-cifar", ""),
+             ("ResNet-18, fused optimizer", "bench-r18-cifar-fused-optim", "pytorch-r18-cifar",
+              ""),
+             ("ResNet-18 CIFAR stem, eval", "bench-r18-cifar-eval", "pytorch-r18-cifar", "-eval"),
+             ("ResNet-50 ImageNet stem", "bench-r50-imagenet-stem", "pytorch-r50-imagenet", "")]
     rows = []
-    for name, ours, theirs in pairs:
-        o, t = by.get(ours), by.get(theirs + "-fp32")
+    for name, ours, theirs, mode in pairs:
+        o, t = by.get(ours), by.get(theirs + "-fp32" + mode)
         if o and t and t.get("images_per_sec"):
-            amp = (by.get(theirs + "-bf16-channels-last") or {}).get("images_per_sec")
+            amp = (by.get(theirs + "-bf16-channels-last" + mode) or {}).get("images_per_sec")
             rows.append(f"| {name} | {fmt(o['images_per_sec'])} | {fmt(t['images_per_sec'])} | "
                         f"{fmt(amp) if amp else '—'} | {o['images_per_sec'] / t['images_per_sec']:.3f} |")
     if rows:
-        print("\n| model (train, batch 256) | ours images/s | PyTorch fp32 | PyTorch bf16 AMP | ours / fp32 |")
+        print("\n| model (batch 256; train unless said) | ours images/s | PyTorch fp32 | PyTorch bf16 AMP | ours / fp32 |")
         print("|---|---|---|---|---|")
         print("\n".join(rows))
     return 0

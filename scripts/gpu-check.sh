@@ -38,7 +38,8 @@
 # it is missing);
 # with the best configuration: ResNet-18 again in a new process with the cache the cold run left
 # (a restarted worker's first step) and its steady-state images/s, then the same with the fused
-# optimizer (`bench-r18-cifar-fused-optim`); when `cudnn` is the best, at
+# optimizer (`bench-r18-cifar-fused-optim`) and inference (`bench-r18-cifar-eval`, PyTorch's
+# eval in the same sitting when torch is there); when `cudnn` is the best, at
 # the end (gemm compiles cold), `gemm` in the same sitting and a short training run with each
 # from one seed whose losses and accuracy must agree (`train-cudnn-vs-gemm`); after `tuned`, its choices
 # per shape (summarize_tuning.py) and `gemm-spread` from the same cache as the same-sitting
@@ -219,9 +220,10 @@ if [ "$pytorch" = 1 ] && [ "$dry" = 0 ] && [ -f "$baseline" ] \
   && python3 -c "import torch; assert torch.cuda.is_available()" >/dev/null 2>&1; then
   torch_ok=1
 fi
-pytorch_case() { # pytorch_case DEPTH STEM fp32|bf16
+pytorch_case() { # pytorch_case DEPTH STEM fp32|bf16 [eval]
   local extra=() name="pytorch-r$1-$2-fp32"
   if [ "$3" = bf16 ]; then extra=(--amp-bf16 --channels-last); name="pytorch-r$1-$2-bf16-channels-last"; fi
+  if [ "${4:-}" = eval ]; then extra+=(--mode eval); name="$name-eval"; fi
   run "$name" 45 python3 "$baseline" --cuda --depth "$1" --stem "$2" --batch-size "$batch" \
     --warmup 3 --steps "$steps" "${extra[@]}" --json
 }
@@ -329,7 +331,14 @@ else
         --warmup 2 --steps "$steps" --json ;;
     *) skip bench-r18-cifar-fused-optim "the fused optimizer needs fusion off ($best has it on)" ;;
   esac
-  if [ "$torch_ok" = 1 ]; then pytorch_case 18 cifar fp32; r18_fp32=1; fi
+  # Inference (#18's target: eval >= 1.0x PyTorch): the forward alone, no autodiff.
+  run bench-r18-cifar-eval 60 "${best_env[@]}" "$bin/resnet" bench "${dev[@]}" --depth 18 \
+    --stem cifar --width "$width" --batch-size "$batch" --warmup 2 --steps "$steps" \
+    --mode eval --json
+  if [ "$torch_ok" = 1 ]; then
+    pytorch_case 18 cifar fp32; r18_fp32=1
+    pytorch_case 18 cifar fp32 eval
+  fi
   run local-1-worker 60 "${best_env[@]}" "$bin/coordinator" --local --workers 1 "${dev[@]}" \
     --dataset synthetic --width "$width" --batch-size "$batch" --epochs 1 --train-limit "$limit" \
     --test-limit 512 --lr 0.05 --json

@@ -68,6 +68,7 @@ fn gpu_check_script_runs_its_non_gpu_steps_and_writes_the_summary() {
         "first-step-cudnn",
         "bench-r18-cifar",
         "bench-r18-cifar-fused-optim",
+        "bench-r18-cifar-eval",
         "bench-r18-cifar-gemm",
         "train-cudnn-vs-gemm",
         "profile-r18-cifar",
@@ -84,6 +85,7 @@ fn gpu_check_script_runs_its_non_gpu_steps_and_writes_the_summary() {
         "first-step-cudnn",
         "bench-r18-cifar",
         "bench-r18-cifar-fused-optim",
+        "bench-r18-cifar-eval",
         "bench-r18-cifar-gemm",
         "bench-r50-imagenet-stem",
     ] {
