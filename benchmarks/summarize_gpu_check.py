@@ -88,6 +88,9 @@ def main():
     pairs = [("ResNet-18 CIFAR stem", "bench-r18-cifar", "pytorch-r18-cifar", ""),
              ("ResNet-18, fused optimizer", "bench-r18-cifar-fused-optim", "pytorch-r18-cifar",
               ""),
+             ("ResNet-18, BatchNorm+add+ReLU node", "bench-r18-cifar-bn-fused",
+              "pytorch-r18-cifar", ""),
+             ("ResNet-18, both fused", "bench-r18-cifar-all-fused", "pytorch-r18-cifar", ""),
              ("ResNet-18 CIFAR stem, eval", "bench-r18-cifar-eval", "pytorch-r18-cifar", "-eval"),
              ("ResNet-50 ImageNet stem", "bench-r50-imagenet-stem", "pytorch-r50-imagenet", "")]
     rows = []

@@ -205,6 +205,9 @@ conv_check conv-check-r50 90 --depth 50 --stem imagenet --image-size 64 --checks
 # optimizer on the GPU, every rule over ResNet-18's parameters with the same synthetic gradients
 # (tolerance 1e-4 of the update: fused multiply-adds; a wrong update is off by order 1). A step
 # of its own, so a failure here cannot cost the convolution numbers above.
+# The BatchNorm node with the residual add and the ReLU inside (--cuda-bn cudnn-fused), every
+# ResNet-18 BatchNorm shape with and without a residual, against the generic code on the CPU.
+conv_check conv-check-r18-bn-fused 60 --depth 18 --stem cifar --checks bn --cuda-bn cudnn-fused
 run optim-check-r18 60 env RESNET_CUDA_CONV=cudnn RESNET_CUDA_OPTIM=fused \
   RESNET_KERNEL_CACHE="$out/kernels-cudnn" "$bin/resnet" conv-check "${dev[@]}" --width "$width" \
   --batch-size "$cbatch" --depth 18 --stem cifar --checks optim --json
@@ -331,6 +334,16 @@ else
         --warmup 2 --steps "$steps" --json ;;
     *) skip bench-r18-cifar-fused-optim "the fused optimizer needs fusion off ($best has it on)" ;;
   esac
+  # The add+ReLU inside cuDNN's BatchNorm node, alone and with the fused optimizer (checked by
+  # conv-check-r18-bn-fused above).
+  if [ "$best" = cudnn ]; then
+    run bench-r18-cifar-bn-fused 60 "${best_env[@]}" RESNET_CUDA_BN=cudnn-fused "$bin/resnet" \
+      bench "${dev[@]}" --depth 18 --stem cifar --width "$width" --batch-size "$batch" \
+      --warmup 2 --steps "$steps" --json
+    run bench-r18-cifar-all-fused 60 "${best_env[@]}" RESNET_CUDA_BN=cudnn-fused \
+      RESNET_CUDA_OPTIM=fused "$bin/resnet" bench "${dev[@]}" --depth 18 --stem cifar \
+      --width "$width" --batch-size "$batch" --warmup 2 --steps "$steps" --json
+  fi
   # Inference (#18's target: eval >= 1.0x PyTorch): the forward alone, no autodiff.
   run bench-r18-cifar-eval 60 "${best_env[@]}" "$bin/resnet" bench "${dev[@]}" --depth 18 \
     --stem cifar --width "$width" --batch-size "$batch" --warmup 2 --steps "$steps" \

@@ -37,11 +37,13 @@ pub struct DeviceArgs {
     #[arg(long, value_name = "KIND", env = "RESNET_CUDA_CONV")]
     pub cuda_conv: Option<CudaConvArg>,
     /// CUDA only: how training-mode BatchNorm runs. `cudnn` is one cuDNN call forward and one
-    /// backward (libcudnn.so.9; Burn's ops where cuDNN is missing, with a warning); `burn` is
-    /// the model's composition of Burn ops (about ten passes over the activation). Needs
-    /// fusion off, as `gemm`/`tuned`/`cudnn` convolutions do [default: cudnn with cudnn
-    /// convolutions, burn with the others].
-    #[arg(long, value_name = "burn|cudnn", env = "RESNET_CUDA_BN")]
+    /// backward (libcudnn.so.9; Burn's ops where cuDNN is missing, with a warning);
+    /// `cudnn-fused` also puts the residual add and the ReLU after it in that node (one kernel
+    /// each way instead of Burn's add and ReLU nodes; not yet run on a GPU); `burn` is the
+    /// model's composition of Burn ops (about ten passes over the activation). Needs fusion
+    /// off, as `gemm`/`tuned`/`cudnn` convolutions do [default: cudnn with cudnn convolutions,
+    /// burn with the others].
+    #[arg(long, value_name = "burn|cudnn|cudnn-fused", env = "RESNET_CUDA_BN")]
     pub cuda_bn: Option<CudaBnArg>,
     /// CUDA only: how the optimizer updates the parameters. `fused` runs one kernel per
     /// parameter over its gradient and state (SGD, Adam, AdamW; Burn's arithmetic up to fused
@@ -103,6 +105,8 @@ pub enum CudaBnArg {
     Burn,
     /// cuDNN's batch-norm forward and backward.
     Cudnn,
+    /// cuDNN's, with the residual add and ReLU in the same node.
+    CudnnFused,
 }
 
 /// `--cuda-optim` values.

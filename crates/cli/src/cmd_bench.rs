@@ -279,8 +279,7 @@ fn bench_eval<B: Backend>(
 
 fn uses_cudnn(sel: &crate::device::Selected, k: &KernelChoice) -> bool {
     !matches!(sel, crate::device::Selected::Cpu)
-        && (k.cuda_conv == resnet_kernels::CudaConv::Cudnn
-            || k.cuda_bn == resnet_kernels::CudaBn::Cudnn)
+        && (k.cuda_conv == resnet_kernels::CudaConv::Cudnn || k.cuda_bn.cudnn())
 }
 
 /// Runs `resnet bench`.

@@ -58,8 +58,16 @@ pub fn select(args: &DeviceArgs) -> Result<Selected> {
             cuda_driver_present()?;
             crate::kernel_cache::configure(args.kernel_cache.as_deref(), n)?;
             let (fusion, conv) = cuda_flags(args.cuda_conv, args.cuda_fusion)?;
-            if fusion && args.cuda_bn == Some(crate::args::CudaBnArg::Cudnn) {
-                bail!("--cuda-bn cudnn needs --cuda-fusion off (and a --cuda-conv other than autotune)");
+            use crate::args::CudaBnArg;
+            if let (true, Some(bn @ (CudaBnArg::Cudnn | CudaBnArg::CudnnFused))) =
+                (fusion, args.cuda_bn)
+            {
+                let name = if bn == CudaBnArg::Cudnn {
+                    "cudnn"
+                } else {
+                    "cudnn-fused"
+                };
+                bail!("--cuda-bn {name} needs --cuda-fusion off (and a --cuda-conv other than autotune)");
             }
             if fusion && args.cuda_optim == Some(crate::args::CudaOptimArg::Fused) {
                 bail!("--cuda-optim fused needs --cuda-fusion off (and a --cuda-conv other than autotune)");

@@ -5,7 +5,7 @@
 //! | source | field | values |
 //! |---|---|---|
 //! | `--cuda-conv` / `RESNET_CUDA_CONV` | CUDA convolutions and classifier matmuls | cudnn (default), gemm, tuned, autotune, direct |
-//! | `--cuda-bn` / `RESNET_CUDA_BN` | CUDA training-mode BatchNorm | cudnn (default with cudnn convolutions), burn (default otherwise) |
+//! | `--cuda-bn` / `RESNET_CUDA_BN` | CUDA training-mode BatchNorm | cudnn (default with cudnn convolutions), cudnn-fused (+ residual add and ReLU in the node), burn (default otherwise) |
 //! | `RESNET_CONV` | CPU convolutions | winograd (default; GEMM elsewhere), gemm, gemm-all-taps, burn |
 //! | `RESNET_BN` | CPU BatchNorm | fused (default; folded into the convolution in evaluation), unfolded, burn |
 //! | `RESNET_OPTIM` | CPU optimizer update | fused (default; one pass per parameter, Burn's bits), burn |
@@ -55,6 +55,7 @@ pub fn choose_with(
         // other kernel sets keep the Burn ops they were measured with.
         cuda_bn: match (args.cuda_bn, conv) {
             (Some(CudaBnArg::Cudnn), _) | (None, CudaConvArg::Cudnn) => CudaBn::Cudnn,
+            (Some(CudaBnArg::CudnnFused), _) => CudaBn::CudnnFused,
             (Some(CudaBnArg::Burn), _) | (None, _) => CudaBn::Burn,
         },
         cuda_optim: match args.cuda_optim {
@@ -175,6 +176,14 @@ mod tests {
         };
         let k = choose_with(&cudnn, env(&[])).expect("cudnn");
         assert_eq!(k.cuda_optim, CudaOptim::Fused);
+        let fused_bn = DeviceArgs {
+            cuda_bn: Some(CudaBnArg::CudnnFused),
+            ..DeviceArgs::default()
+        };
+        assert_eq!(
+            choose_with(&fused_bn, env(&[])).expect("fused").cuda_bn,
+            CudaBn::CudnnFused
+        );
         assert_eq!(k.cuda_conv, CudaConv::Cudnn);
         assert_eq!(k.cuda_bn, CudaBn::Cudnn);
         assert_eq!(k.cuda_math, CudaMath::Strict);

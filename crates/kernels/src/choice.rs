@@ -153,9 +153,23 @@ pub enum CudaBn {
     Burn,
     /// cuDNN's batch-norm forward and backward as one autodiff node ([`crate::bn`]).
     Cudnn,
+    /// As `Cudnn`, with the residual add and the ReLU after it inside the node (one cubecl
+    /// kernel each way); not the default until a GPU run has checked and timed it.
+    CudnnFused,
 }
 
-named_enum!(CudaBn, "CUDA BatchNorm", { Burn => "burn", Cudnn => "cudnn" });
+named_enum!(CudaBn, "CUDA BatchNorm", {
+    Burn => "burn",
+    Cudnn => "cudnn",
+    CudnnFused => "cudnn-fused",
+});
+
+impl CudaBn {
+    /// Whether cuDNN runs the BatchNorm (with or without the fused add and ReLU).
+    pub fn cudnn(self) -> bool {
+        matches!(self, CudaBn::Cudnn | CudaBn::CudnnFused)
+    }
+}
 
 /// How f32 products are computed (`--cuda-math`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -264,6 +278,7 @@ mod tests {
         for v in CudaBn::ALL {
             assert_eq!(v.name().parse::<CudaBn>(), Ok(*v));
         }
+        assert!(CudaBn::Cudnn.cudnn() && CudaBn::CudnnFused.cudnn() && !CudaBn::Burn.cudnn());
         for v in CudaOptim::ALL {
             assert_eq!(v.name().parse::<CudaOptim>(), Ok(*v));
         }

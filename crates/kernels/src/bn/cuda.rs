@@ -37,7 +37,7 @@ type Cube = CubeTensor<CudaRuntime>;
 
 /// Whether [`train`] may take `x`: `Autodiff<CudaPlain>`, f32, `cudnn` chosen, cuDNN loaded.
 pub(crate) fn handles<B: Backend>(k: &KernelChoice, x: &Tensor<B, 4>) -> bool {
-    k.cuda_bn == CudaBn::Cudnn
+    k.cuda_bn.cudnn()
         && TypeId::of::<B>() == TypeId::of::<Autodiff<CudaPlain>>()
         && x.dtype() == DType::F32
         && available()
@@ -171,6 +171,20 @@ pub(crate) fn train<B: Backend>(
     let dims = x.dims();
     if residual.is_some_and(|r| r.dims() != dims || r.dtype() != DType::F32) {
         return None;
+    }
+    if k.cuda_bn != CudaBn::CudnnFused && (residual.is_some() || relu) {
+        // The add and the ReLU as Burn's ops after the node (the measured `cudnn` path).
+        let (y, mean, var) = train(k, x, gamma, beta, eps, None, false)?;
+        let y = match residual {
+            Some(r) => y + r.clone(),
+            None => y,
+        };
+        let y = if relu {
+            burn::tensor::activation::relu(y)
+        } else {
+            y
+        };
+        return Some((y, mean, var));
     }
     let ad = |t: FloatTensor<B>| cast::<_, AdTensor>(t).expect("B is Autodiff<CudaPlain>");
     let ra = residual.map(|r| ad(float_primitive(r.clone())));
