@@ -12,7 +12,6 @@ use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
 use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
-use burn::backend::autodiff::NodeId;
 use burn::backend::Autodiff;
 use burn::tensor::backend::Backend;
 use burn::tensor::ops::FloatTensor;
@@ -30,9 +29,18 @@ pub(crate) trait ConvKernels<B: Backend>: Clone + Debug + Send + Sync + 'static 
     fn grad_input(&self, dy: &FloatTensor<B>, w: &FloatTensor<B>, g: &ConvGeom) -> FloatTensor<B>;
     /// The weight's gradient from the output's.
     fn grad_weight(&self, x: &FloatTensor<B>, dy: &FloatTensor<B>, g: &ConvGeom) -> FloatTensor<B>;
-    /// The output gradient in the form both gradient functions read (default: as it comes).
-    fn prepare(&self, dy: FloatTensor<B>) -> FloatTensor<B> {
+    /// The output gradient in the form both gradient functions read in arithmetic `p`
+    /// (default: as it comes).
+    fn prepare(&self, dy: FloatTensor<B>, p: ConvPrecision) -> FloatTensor<B> {
+        let _ = p;
         dy
+    }
+    /// An operand (`x` or `w`) in the form the kernels read in arithmetic `p`, made once in the
+    /// forward and kept for the backward (default: as it comes). On CUDA this is where a weight
+    /// is packed for cuDNN or cast to bf16, once per step instead of once per pass.
+    fn prepare_operand(&self, t: FloatTensor<B>, p: ConvPrecision) -> FloatTensor<B> {
+        let _ = p;
+        t
     }
     /// `t` with every element rounded to bf16, in `t`'s dtype (default: Burn's casts there and
     /// back).
@@ -85,19 +93,14 @@ pub(crate) fn forward<B: Backend, K: ConvKernels<B>>(
 struct ConvBackward<K>(PhantomData<K>);
 
 impl<B: Backend, K: ConvKernels<B>> Backward<B, 2> for ConvBackward<K> {
-    type State = (NodeId, NodeId, ConvGeom, K, ConvPrecision);
+    /// The prepared input and weight ([`ConvKernels::prepare_operand`]), the geometry, the
+    /// kernels and the arithmetic.
+    type State = (FloatTensor<B>, FloatTensor<B>, ConvGeom, K, ConvPrecision);
 
-    fn backward(
-        self,
-        ops: Ops<Self::State, 2>,
-        grads: &mut Gradients,
-        checkpointer: &mut Checkpointer,
-    ) {
+    fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
         let [node_x, node_w] = ops.parents;
-        let (x_state, w_state, g, kernels, precision) = ops.state;
-        let dy = kernels.prepare(grads.consume::<B>(&ops.node));
-        let x: FloatTensor<B> = checkpointer.retrieve_node_output(x_state);
-        let w: FloatTensor<B> = checkpointer.retrieve_node_output(w_state);
+        let (x, w, g, kernels, precision) = ops.state;
+        let dy = kernels.prepare(grads.consume::<B>(&ops.node), precision);
         let bf16 = precision == ConvPrecision::Bf16;
         if let Some(node) = node_x {
             let dx = if bf16 {
@@ -133,11 +136,12 @@ pub(crate) fn conv2d<B: Backend, K: ConvKernels<B>>(
         .compute_bound()
         .stateful()
     {
-        OpsKind::Tracked(mut prep) => {
-            let x_state = prep.checkpoint(&x);
-            let w_state = prep.checkpoint(&w);
-            let y = forward::<B, K>(&kernels, p, &x.primitive, &w.primitive, &g);
-            prep.finish((x_state, w_state, g, kernels, p), y)
+        OpsKind::Tracked(prep) => {
+            // Prepared once: the forward reads them, the backward keeps them.
+            let xp = kernels.prepare_operand(x.primitive, p);
+            let wp = kernels.prepare_operand(w.primitive, p);
+            let y = forward::<B, K>(&kernels, p, &xp, &wp, &g);
+            prep.finish((xp, wp, g, kernels, p), y)
         }
         OpsKind::UnTracked(prep) => {
             prep.finish(forward::<B, K>(&kernels, p, &x.primitive, &w.primitive, &g))

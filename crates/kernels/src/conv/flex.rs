@@ -7,7 +7,7 @@ use burn::tensor::TensorData;
 
 use super::autodiff::ConvKernels;
 use super::{cpu, winograd, ConvGeom};
-use crate::precision::round_bf16_slice;
+use crate::precision::{round_bf16_slice, ConvPrecision};
 
 /// This crate's CPU kernels on the flex backend.
 #[derive(Clone, Copy, Debug)]
@@ -62,7 +62,7 @@ impl ConvKernels<Flex> for FlexKernels {
         from_vec(dw, [g.cout, g.cin, g.kernel[0], g.kernel[1]])
     }
 
-    fn prepare(&self, dy: FlexTensor) -> FlexTensor {
+    fn prepare(&self, dy: FlexTensor, _: ConvPrecision) -> FlexTensor {
         // Both kernels read dy as one contiguous buffer: copy a strided one once, not twice.
         contiguous(&dy)
     }

@@ -21,6 +21,7 @@ use crate::conv::tune_plan::Pass;
 use crate::cudnn::conv_run::{self as cudnn_run, Settings};
 use crate::cudnn::device as cudnn_device;
 use crate::matmul::FixedMatmul;
+use crate::precision::ConvPrecision;
 use gemm::Fixed;
 
 type Tensor = CubeTensor<CudaRuntime>;
@@ -117,6 +118,26 @@ impl CudaKernels {
 }
 
 impl ConvKernels<CudaPlain> for CudaKernels {
+    // Burn allocates a 3x3 kernel's rows padded to 16 bytes (cubecl's pitched layout), and
+    // cuDNN takes only packed filters: on the H200 each step copied every 3x3 weight twice,
+    // 33 copy launches per ResNet-18 step (benchmarks/RESULTS.md, 2026-12-04). Packed (and, in
+    // bf16, cast) once here, the backward reuses the forward's operand.
+    fn prepare_operand(&self, t: Tensor, p: ConvPrecision) -> Tensor {
+        let t = match p {
+            ConvPrecision::F32 => t,
+            ConvPrecision::Bf16 => to_bf16(&t),
+        };
+        match self.conv {
+            CudaConv::Cudnn => cudnn_device::contiguous(t),
+            _ => t,
+        }
+    }
+
+    fn prepare(&self, dy: Tensor, p: ConvPrecision) -> Tensor {
+        // Both gradient passes read it: cast and pack once, not once each.
+        self.prepare_operand(dy, p)
+    }
+
     fn forward(&self, x: &Tensor, w: &Tensor, g: &ConvGeom) -> Tensor {
         self.forward_pass(x.clone(), w.clone(), g)
     }
@@ -153,7 +174,9 @@ impl ConvKernels<CudaPlain> for CudaKernels {
     // bf16: the kernels run on bf16 tensors (tensor-core inputs at half the bytes; cubecl
     // accumulates in f32) and the result is cast back, so everything around the convolution
     // stays f32. `tuned` tunes the bf16 shapes separately (the dtype is part of the key); the
-    // experimental spread/taps gradient paths are f32-only and not used here.
+    // experimental spread/taps gradient paths are f32-only and not used here. In training the
+    // operands arrive already cast (`prepare_operand`, `prepare`), and casting a bf16 tensor
+    // to bf16 hands it back as it is (no launch).
     fn forward_bf16(&self, x: &Tensor, w: &Tensor, g: &ConvGeom) -> Tensor {
         to_f32(self.forward_pass(to_bf16(x), to_bf16(w), g))
     }
