@@ -39,7 +39,9 @@ pub struct DeviceArgs {
     /// CUDA only: how training-mode BatchNorm runs. `cudnn` is one cuDNN call forward and one
     /// backward (libcudnn.so.9; Burn's ops where cuDNN is missing, with a warning);
     /// `cudnn-fused` also puts the residual add and the ReLU after it in that node (one kernel
-    /// each way instead of Burn's add and ReLU nodes; not yet run on a GPU); `burn` is the
+    /// each way instead of Burn's add and ReLU nodes), updates the running statistics in one
+    /// kernel instead of about a dozen Burn ops, and runs evaluation-mode BatchNorm with the
+    /// add and ReLU as one kernel (not yet run on a GPU); `burn` is the
     /// model's composition of Burn ops (about ten passes over the activation). Needs fusion
     /// off, as `gemm`/`tuned`/`cudnn` convolutions do [default: cudnn with cudnn convolutions,
     /// burn with the others].

@@ -1,17 +1,17 @@
 //! `resnet conv-check`: every convolution shape of a model, all three passes (forward, input
 //! gradient, weight gradient), run with the chosen kernels on the chosen device and compared
-//! with Burn's own f32 convolution on the CPU; then every BatchNorm shape in training mode
-//! (output, the three gradients, the running statistics) against the model's generic BatchNorm
-//! on the CPU; then the optimizer's fused update against Burn's optimizer on the same device
-//! ([`crate::optim_check`]). The GPU check runs it first, so a wrong descriptor, layout or stream order shows
-//! up as a number before any benchmark.
+//! with Burn's own f32 convolution on the CPU; then every BatchNorm shape, a training step and
+//! evaluation, against the model's generic BatchNorm on the CPU ([`crate::bn_check`]); then the
+//! optimizer's fused update against Burn's optimizer on the same device
+//! ([`crate::optim_check`]). The GPU check runs it first, so a wrong descriptor, layout or
+//! stream order shows up as a number before any benchmark.
 //!
 //! The error of a pass is `max |ours - reference| / max |reference|`, which is scale-free and
 //! large (order 1) for any indexing or layout bug. The tolerance depends on what the kernels may
 //! legitimately round ([`tolerance`]).
 //!
-//! (Over 400 lines: one command whose convolution and BatchNorm checks share the inputs,
-//! the tolerance rules and the report; tests are the last 70.)
+//! (Over 400 lines: one command whose three checks share the inputs, the tolerance rules and
+//! the report; tests are the last 50.)
 
 use anyhow::{bail, Result};
 use burn::backend::{Autodiff, Flex};
@@ -22,11 +22,12 @@ use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{Tensor, TensorData};
 use clap::Args;
 use resnet_kernels::conv::{conv2d, record_geometries};
-use resnet_kernels::{ConvGeom, ConvPrecision, CpuBn, CpuConv, CudaConv, CudaMath, KernelChoice};
-use resnet_model::{BatchNorm2d, BuildResNet};
+use resnet_kernels::{ConvGeom, ConvPrecision, CpuConv, CudaConv, CudaMath, KernelChoice};
+use resnet_model::BuildResNet;
 use serde::Serialize;
 
 use crate::args::{DeviceArgs, ModelShapeArgs};
+use crate::bn_check::{bn_tolerance, BnErrors};
 use crate::device::{select, Selected};
 use crate::optim_check::{optim_tolerance, OptimErrors};
 
@@ -65,7 +66,8 @@ pub struct ConvCheckArgs {
 pub enum Check {
     /// Every convolution shape, all three passes, against Burn's f32 convolution on the CPU.
     Conv,
-    /// Every BatchNorm shape in training mode against the generic code on the CPU.
+    /// Every BatchNorm shape, a training step then evaluation, against the generic code on the
+    /// CPU.
     Bn,
     /// The optimizer's fused update against Burn's optimizer on the same device.
     Optim,
@@ -82,27 +84,6 @@ pub struct ShapeErrors {
     pub input_grad: f64,
     /// See `forward`.
     pub weight_grad: f64,
-}
-
-/// The errors of one BatchNorm shape in training mode.
-#[derive(Debug, Serialize)]
-pub struct BnErrors {
-    /// `[n, c, h, w]`.
-    pub shape: [usize; 4],
-    /// The output (with ReLU, as the blocks run it). Each field is the worse of two runs:
-    /// BatchNorm + ReLU, and BatchNorm + residual + ReLU.
-    pub forward: f64,
-    /// The input's gradient.
-    pub input_grad: f64,
-    /// gamma's gradient.
-    pub gamma_grad: f64,
-    /// beta's gradient.
-    pub beta_grad: f64,
-    /// The running mean and variance after the step (the worse of the two).
-    pub running_stats: f64,
-    /// The residual's gradient in the run with a residual add before the ReLU (as the blocks'
-    /// second BatchNorm runs it; on CUDA with cuDNN the add is inside the node).
-    pub residual_grad: f64,
 }
 
 /// The whole check.
@@ -156,18 +137,6 @@ pub fn tolerance(gpu: bool, k: &KernelChoice) -> f64 {
             1e-3
         }
         (ConvPrecision::F32, true) => 1e-2,
-    }
-}
-
-/// The error BatchNorm may show against the CPU's generic f32 code: sums over up to a few
-/// hundred thousand values per channel in another order (1e-4 on the CPU; 1e-3 on a GPU, whose
-/// reductions are trees of a different shape). BatchNorm never runs on the tensor cores, so
-/// TF32 and bf16 convolution settings do not change it.
-pub fn bn_tolerance(gpu: bool) -> f64 {
-    if gpu {
-        1e-3
-    } else {
-        1e-4
     }
 }
 
@@ -246,58 +215,6 @@ fn passes<B: AutodiffBackend>(
     (host(y.inner()), dx, dw)
 }
 
-/// One training step of BatchNorm (+ a residual when `residual`) + ReLU over `shape` on
-/// backend `B` with kernels `k`: the output, the input/gamma/beta gradients, the running mean
-/// and variance afterwards, and the residual's gradient (empty without one).
-fn bn_passes<B: AutodiffBackend>(
-    k: &KernelChoice,
-    shape: [usize; 4],
-    residual: bool,
-    device: &B::Device,
-) -> [Vec<f32>; 7] {
-    let c = shape[1];
-    let n: usize = shape.iter().product();
-    let mut bn = BatchNorm2d::<B>::new(c, 0.1, 1e-5, false, device);
-    let param = |v: Vec<f32>| {
-        Param::from_tensor(Tensor::<B, 1>::from_data(TensorData::new(v, [c]), device))
-    };
-    // gamma around 1, beta around 0, both varied per channel so a channel mix-up shows.
-    bn.weight = param(values(c, 4).iter().map(|v| 1.0 + 0.5 * v).collect());
-    bn.bias = param(values(c, 5));
-    // Inputs off zero mean and unit scale, as a convolution's output is.
-    let x_values = values(n, 6).iter().map(|v| 3.0 * v + 0.5).collect();
-    let x = Tensor::<B, 4>::from_data(TensorData::new(x_values, shape), device).require_grad();
-    let r = Tensor::<B, 4>::from_data(TensorData::new(values(n, 7), shape), device);
-    // A residual of the same scale as the normalised output, so the ReLU cuts both.
-    let res = residual.then(|| {
-        Tensor::<B, 4>::from_data(TensorData::new(values(n, 8), shape), device).require_grad()
-    });
-    let y = bn.forward_add_act(k, x.clone(), res.clone(), true);
-    let grads = (y.clone() * r).sum().backward();
-    let host = |t: Tensor<B::InnerBackend, 4>| {
-        t.into_data()
-            .convert::<f32>()
-            .into_vec::<f32>()
-            .unwrap_or_default()
-    };
-    let host1 = |t: Tensor<B::InnerBackend, 1>| {
-        t.into_data()
-            .convert::<f32>()
-            .into_vec::<f32>()
-            .unwrap_or_default()
-    };
-    let dx = x.grad(&grads).map(host).unwrap_or_default();
-    let dg = bn.weight.grad(&grads).map(host1).unwrap_or_default();
-    let db = bn.bias.grad(&grads).map(host1).unwrap_or_default();
-    let dres = res
-        .and_then(|t| t.grad(&grads))
-        .map(host)
-        .unwrap_or_default();
-    let (mean, var) = bn.running_stats();
-    let stat = |t: Tensor<B, 1>| host1(t.inner());
-    [host(y.inner()), dx, dg, db, stat(mean), stat(var), dres]
-}
-
 /// Runs `resnet conv-check`.
 pub fn run(a: ConvCheckArgs) -> Result<()> {
     let cfg = a.shape.config(10)?;
@@ -349,40 +266,11 @@ pub fn run(a: ConvCheckArgs) -> Result<()> {
             bn_shapes.push(s);
         }
     }
-    let bn_reference = KernelChoice {
-        cpu_bn: CpuBn::Burn,
-        ..KernelChoice::default()
+    let bn = if a.checks.contains(&Check::Bn) {
+        crate::bn_check::check(sel, &k, &bn_shapes, a.json)
+    } else {
+        Vec::new()
     };
-    let mut bn = Vec::new();
-    let run_bn = a.checks.contains(&Check::Bn);
-    for (i, shape) in bn_shapes.iter().enumerate().filter(|_| run_bn) {
-        if !a.json {
-            crate::say!("batchnorm {}/{}: {shape:?}", i + 1, bn_shapes.len());
-        }
-        let mut worst = [0.0f64; 7];
-        for residual in [false, true] {
-            let ours = crate::with_train_backend!(sel, |B, device| {
-                bn_passes::<B>(&k, *shape, residual, &device)
-            });
-            let cpu = Default::default();
-            let reference = bn_passes::<Autodiff<Flex>>(&bn_reference, *shape, residual, &cpu);
-            for (i, w) in worst.iter_mut().enumerate() {
-                // The residual's gradient exists only in the run with one.
-                if i < 6 || residual {
-                    *w = w.max(relative_error(&ours[i], &reference[i]));
-                }
-            }
-        }
-        bn.push(BnErrors {
-            shape: *shape,
-            forward: worst[0],
-            input_grad: worst[1],
-            gamma_grad: worst[2],
-            beta_grad: worst[3],
-            running_stats: worst[4].max(worst[5]),
-            residual_grad: worst[6],
-        });
-    }
     let optim = if a.checks.contains(&Check::Optim) {
         if !a.json {
             let n = crate::optim_check::rules().len();
@@ -414,6 +302,7 @@ pub fn run(a: ConvCheckArgs) -> Result<()> {
                 s.beta_grad,
                 s.running_stats,
                 s.residual_grad,
+                s.eval,
             ]
         })
         .fold(0.0, f64::max);
@@ -506,24 +395,32 @@ fn print_table(r: &ConvCheck) {
     }
     if !r.bn.is_empty() {
         println!(
-            "{} BatchNorm (+ReLU) in training mode against the generic f32 code (tolerance {:.1e})",
+            "{} BatchNorm (+ReLU), a training step then evaluation, against the generic f32 code (tolerance {:.1e})",
             r.bn_kernels, r.bn_tolerance
         );
         println!(
-            "{:<24} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10}",
-            "shape", "forward", "input grad", "gamma grad", "beta grad", "running", "residual"
+            "{:<24} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10}",
+            "shape",
+            "forward",
+            "input grad",
+            "gamma grad",
+            "beta grad",
+            "running",
+            "residual",
+            "eval"
         );
     }
     for s in &r.bn {
         println!(
-            "{:<24} {:>10.2e} {:>10.2e} {:>10.2e} {:>10.2e} {:>10.2e} {:>10.2e}",
+            "{:<24} {:>10.2e} {:>10.2e} {:>10.2e} {:>10.2e} {:>10.2e} {:>10.2e} {:>10.2e}",
             format!("{:?}", s.shape),
             s.forward,
             s.input_grad,
             s.gamma_grad,
             s.beta_grad,
             s.running_stats,
-            s.residual_grad
+            s.residual_grad,
+            s.eval
         );
     }
     if !r.optim.is_empty() {
@@ -562,38 +459,6 @@ mod tests {
             "a missing gradient"
         );
         assert_eq!(relative_error(&[f32::NAN], &[1.0]), f64::INFINITY);
-    }
-
-    #[test]
-    fn fused_cpu_batchnorm_agrees_with_the_generic_code_and_a_wrong_one_would_not() {
-        let fused = KernelChoice::default();
-        assert_eq!(fused.cpu_bn, CpuBn::Fused);
-        let generic = KernelChoice {
-            cpu_bn: CpuBn::Burn,
-            ..fused
-        };
-        let dev = Default::default();
-        let shape = [3, 4, 5, 5];
-        for residual in [false, true] {
-            let ours = bn_passes::<Autodiff<Flex>>(&fused, shape, residual, &dev);
-            let reference = bn_passes::<Autodiff<Flex>>(&generic, shape, residual, &dev);
-            for (i, (a, b)) in ours
-                .iter()
-                .zip(&reference)
-                .enumerate()
-                .take(6 + residual as usize)
-            {
-                assert!(!b.is_empty(), "result {i} is missing (residual {residual})");
-                let e = relative_error(a, b);
-                assert!(e <= bn_tolerance(false), "result {i}: {e}");
-            }
-        }
-        let ours = bn_passes::<Autodiff<Flex>>(&fused, shape, false, &dev);
-        let reference = bn_passes::<Autodiff<Flex>>(&generic, shape, false, &dev);
-        // The check can fail: a channel mix-up in gamma shows as an error of order 1.
-        let mut swapped = ours[2].clone();
-        swapped.swap(0, 1);
-        assert!(relative_error(&swapped, &reference[2]) > 1e-2);
     }
 
     #[test]

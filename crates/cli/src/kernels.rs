@@ -5,7 +5,7 @@
 //! | source | field | values |
 //! |---|---|---|
 //! | `--cuda-conv` / `RESNET_CUDA_CONV` | CUDA convolutions and classifier matmuls | cudnn (default), gemm, tuned, autotune, direct |
-//! | `--cuda-bn` / `RESNET_CUDA_BN` | CUDA training-mode BatchNorm | cudnn (default with cudnn convolutions), cudnn-fused (+ residual add and ReLU in the node), burn (default otherwise) |
+//! | `--cuda-bn` / `RESNET_CUDA_BN` | CUDA training-mode BatchNorm | cudnn (default with cudnn convolutions), cudnn-fused (+ residual add and ReLU in the node, running statistics and evaluation in one kernel each), burn (default otherwise) |
 //! | `RESNET_CONV` | CPU convolutions | winograd (default; GEMM elsewhere), gemm, gemm-all-taps, burn |
 //! | `RESNET_BN` | CPU BatchNorm | fused (default; folded into the convolution in evaluation), unfolded, burn |
 //! | `RESNET_OPTIM` | CPU optimizer update | fused (default; one pass per parameter, Burn's bits), burn |

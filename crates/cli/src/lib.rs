@@ -2,6 +2,7 @@
 //! progress output, and the command implementations of `resnet`, `coordinator` and `worker`.
 
 pub mod args;
+pub mod bn_check;
 pub mod cluster_security;
 pub mod cluster_sweep;
 pub mod cmd_allreduce;

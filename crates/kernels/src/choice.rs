@@ -154,7 +154,8 @@ pub enum CudaBn {
     /// cuDNN's batch-norm forward and backward as one autodiff node ([`crate::bn`]).
     Cudnn,
     /// As `Cudnn`, with the residual add and the ReLU after it inside the node (one cubecl
-    /// kernel each way); not the default until a GPU run has checked and timed it.
+    /// kernel each way), the running statistics in one kernel, and evaluation-mode BatchNorm
+    /// (+ add + ReLU) as one kernel; not the default until a GPU run has checked and timed it.
     CudnnFused,
 }
 

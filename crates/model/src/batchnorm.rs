@@ -10,7 +10,8 @@
 use burn::module::{Initializer, Module, Param, RunningState};
 use burn::nn::conv::Conv2d;
 use burn::tensor::{backend::Backend, Tensor};
-use resnet_kernels::{bn, conv, tap, KernelChoice};
+use resnet_kernels::bn::{self, BatchStats};
+use resnet_kernels::{conv, tap, KernelChoice};
 
 /// 2-D batch normalisation over `[N, C, H, W]`, field names as in `torch.nn.BatchNorm2d`.
 #[derive(Module, Debug)]
@@ -136,6 +137,9 @@ impl<B: Backend> BatchNorm2d<B> {
         if let Some(out) = self.train_cudnn(k, &x, Some(&r), relu) {
             return out;
         }
+        if let Some(out) = self.eval_cuda(k, &x, Some(&r), relu) {
+            return out;
+        }
         let y = self.forward(k, x) + r;
         if relu {
             burn::tensor::activation::relu(y)
@@ -149,10 +153,13 @@ impl<B: Backend> BatchNorm2d<B> {
         if train && bn::handles(k, &x, true) {
             let [n, _, h, w] = x.dims();
             let (y, mean, var) = bn::train(x, self.weight.val(), self.bias.val(), self.eps, relu);
-            self.update_running(mean, var, n * h * w);
+            self.update_running(k, BatchStats::Variance { mean, var }, n * h * w);
             return y;
         }
         if let Some(out) = self.train_cudnn(k, &x, None, relu) {
+            return out;
+        }
+        if let Some(out) = self.eval_cuda(k, &x, None, relu) {
             return out;
         }
         if !train && bn::handles(k, &x, false) {
@@ -161,7 +168,7 @@ impl<B: Backend> BatchNorm2d<B> {
             return bn::eval(x, params, self.eps, relu);
         }
         let y = if train {
-            self.forward_train(x)
+            self.forward_train(k, x)
         } else {
             self.forward_eval(x)
         };
@@ -185,10 +192,29 @@ impl<B: Backend> BatchNorm2d<B> {
             return None;
         }
         let (gamma, beta) = (self.weight.val(), self.bias.val());
-        let (y, mean, var) = bn::train_cudnn(k, x, &gamma, &beta, self.eps, residual, relu)?;
+        let (y, stats) = bn::train_cudnn(k, x, &gamma, &beta, self.eps, residual, relu)?;
         let [n, _, h, w] = x.dims();
-        self.update_running(mean, var, n * h * w);
+        self.update_running(k, stats, n * h * w);
         Some(y)
+    }
+
+    /// Evaluation-mode BatchNorm (+ residual, + ReLU) as one CUDA kernel, when the kernels
+    /// and the backend allow it (`None`: run another path).
+    fn eval_cuda(
+        &self,
+        k: &KernelChoice,
+        x: &Tensor<B, 4>,
+        residual: Option<&Tensor<B, 4>>,
+        relu: bool,
+    ) -> Option<Tensor<B, 4>> {
+        if B::ad_enabled(&x.device()) {
+            return None;
+        }
+        let params = || {
+            let (mean, var) = self.running_stats();
+            [self.weight.val(), self.bias.val(), mean, var]
+        };
+        bn::eval_cuda(k, x, params, self.eps, residual, relu)
     }
 
     fn forward_eval(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
@@ -198,7 +224,7 @@ impl<B: Backend> BatchNorm2d<B> {
         self.apply(x, [self.weight.val(), self.bias.val()], mean, var)
     }
 
-    fn forward_train(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
+    fn forward_train(&self, k: &KernelChoice, x: Tensor<B, 4>) -> Tensor<B, 4> {
         let [n, c, h, w] = x.dims();
         let count = n * h * w;
         // Per-channel statistics over N, H and W. E[x^2] - E[x]^2 avoids a third full-size
@@ -209,26 +235,26 @@ impl<B: Backend> BatchNorm2d<B> {
         let mean_sq = x3.square().mean_dim(2).mean_dim(0).reshape([c]);
         let var = (mean_sq - mean.clone().square()).clamp_min(0.0);
 
-        self.update_running(mean.clone().detach(), var.clone().detach(), count);
+        let stats = BatchStats::Variance {
+            mean: mean.clone().detach(),
+            var: var.clone().detach(),
+        };
+        self.update_running(k, stats, count);
         // Through gradient taps: the data-parallel overlap hears gamma's and beta's gradients
         // as soon as the backward has them (the fused kernels announce their own).
         let params = [tap::tapped(self.weight.val()), tap::tapped(self.bias.val())];
         self.apply(x, params, mean, var)
     }
 
-    fn update_running(&self, mean: Tensor<B, 1>, biased_var: Tensor<B, 1>, count: usize) {
-        let device = mean.device();
-        let m = self.momentum;
-        // PyTorch stores the unbiased variance; a single-element batch has none, keep the biased one.
-        let correction = if count > 1 {
-            count as f64 / (count as f64 - 1.0)
-        } else {
-            1.0
-        };
-        let running_mean = self.running_mean.value_sync().to_device(&device);
-        let running_var = self.running_var.value_sync().to_device(&device);
-        let running_mean = running_mean.mul_scalar(1.0 - m) + mean.mul_scalar(m);
-        let running_var = running_var.mul_scalar(1.0 - m) + biased_var.mul_scalar(m * correction);
+    /// PyTorch's update with the unbiased variance ([`bn::update_running`]).
+    fn update_running(&self, k: &KernelChoice, stats: BatchStats<B>, count: usize) {
+        let device = stats.device();
+        let running = [
+            self.running_mean.value_sync().to_device(&device),
+            self.running_var.value_sync().to_device(&device),
+        ];
+        let [running_mean, running_var] =
+            bn::update_running(k, stats, running, self.momentum, count);
         self.running_mean.update(running_mean.detach());
         self.running_var.update(running_var.detach());
     }
@@ -311,7 +337,7 @@ mod fused_tests {
             let k = KernelChoice::default();
             let y = bn.forward_act(&k, x.clone(), relu_after);
             let g = (y.clone() * r.clone()).sum().backward();
-            let y_ref = reference.forward_train(x.clone());
+            let y_ref = reference.forward_train(&KernelChoice::default(), x.clone());
             let y_ref = if relu_after { relu(y_ref) } else { y_ref };
             let g_ref = (y_ref.clone() * r).sum().backward();
 

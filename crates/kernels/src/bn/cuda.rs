@@ -1,7 +1,8 @@
 //! Training-mode BatchNorm on CUDA through cuDNN (`--cuda-bn cudnn`) as one autodiff node on
 //! `Autodiff<CudaPlain>`: one cuDNN call forward, one backward, where Burn's composition records
 //! about ten nodes with a full pass over the activation each. The running statistics stay the
-//! model's: the node returns the batch mean and biased variance as the CPU kernels do. The
+//! model's: the node returns the batch mean and inverse deviation cuDNN saved (`super::running`
+//! turns them into the running statistics). The
 //! residual add and the ReLU that follow a ResNet's BatchNorm are in the node too: one cubecl
 //! kernel forward over cuDNN's output, one backward (`cuda_act.rs`; cuDNN's own fused
 //! add+ReLU takes only NHWC half-precision inputs).
@@ -31,6 +32,7 @@ use crate::cudnn::bn_run::{self, Forward};
 use crate::cudnn::device::{available, count_fallback};
 
 use super::cuda_act;
+use super::running::BatchStats;
 
 type AdTensor = FloatTensor<Autodiff<CudaPlain>>;
 type Cube = CubeTensor<CudaRuntime>;
@@ -156,7 +158,7 @@ impl Backward<CudaPlain, 4> for CudnnBnAddBackward {
 }
 
 /// Training-mode BatchNorm of `x` through cuDNN, then `+ residual` and a ReLU when asked,
-/// all one node: `(y, batch mean, biased batch variance)`, or `None` when cuDNN declined or the
+/// all one node: `(y, the batch statistics cuDNN saved)`, or `None` when cuDNN declined or the
 /// residual does not fit (nothing recorded; the caller runs the generic code). Call only when
 /// [`handles`] said yes.
 pub(crate) fn train<B: Backend>(
@@ -167,14 +169,14 @@ pub(crate) fn train<B: Backend>(
     eps: f64,
     residual: Option<&Tensor<B, 4>>,
     relu: bool,
-) -> Option<(Tensor<B, 4>, Tensor<B, 1>, Tensor<B, 1>)> {
+) -> Option<(Tensor<B, 4>, BatchStats<B>)> {
     let dims = x.dims();
     if residual.is_some_and(|r| r.dims() != dims || r.dtype() != DType::F32) {
         return None;
     }
     if k.cuda_bn != CudaBn::CudnnFused && (residual.is_some() || relu) {
         // The add and the ReLU as Burn's ops after the node (the measured `cudnn` path).
-        let (y, mean, var) = train(k, x, gamma, beta, eps, None, false)?;
+        let (y, stats) = train(k, x, gamma, beta, eps, None, false)?;
         let y = match residual {
             Some(r) => y + r.clone(),
             None => y,
@@ -184,7 +186,7 @@ pub(crate) fn train<B: Backend>(
         } else {
             y
         };
-        return Some((y, mean, var));
+        return Some((y, stats));
     }
     let ad = |t: FloatTensor<B>| cast::<_, AdTensor>(t).expect("B is Autodiff<CudaPlain>");
     let ra = residual.map(|r| ad(float_primitive(r.clone())));
@@ -209,7 +211,7 @@ pub(crate) fn train<B: Backend>(
         }
     };
     let mean = plain::<1>(forward.mean.clone());
-    let var = super::generic::biased_var(plain::<1>(forward.invstd.clone()), eps);
+    let invstd = plain::<1>(forward.invstd.clone());
     let y = forward.y.clone();
     // The add and the ReLU write over cuDNN's fresh output, which nothing has read yet (the
     // backward reads x and the saved statistics, never the pre-activation output).
@@ -249,9 +251,13 @@ pub(crate) fn train<B: Backend>(
         let t = Tensor::<Autodiff<CudaPlain>, 1>::from_inner(t);
         Tensor::from_primitive(TensorPrimitive::Float(back(float_primitive(t))))
     };
+    let stats = BatchStats::InvStd {
+        mean: stat(mean),
+        invstd: stat(invstd),
+        eps,
+    };
     Some((
         Tensor::from_primitive(TensorPrimitive::Float(back(y))),
-        stat(mean),
-        stat(var),
+        stats,
     ))
 }

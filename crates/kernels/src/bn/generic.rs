@@ -1,6 +1,6 @@
 //! Training-mode BatchNorm maths from saved statistics, in Burn operations on any backend: the
-//! biased batch variance from cuDNN's saved inverse deviation, and the backward pass. The cuDNN
-//! node ([`super::cuda`]) uses the first for the running statistics and the second when cuDNN
+//! biased batch variance from cuDNN's saved inverse deviation, and the backward pass. The
+//! running statistics (`super::running`) use the first, the cuDNN node the second when cuDNN
 //! declines a backward call; both are tested here on the CPU against Burn's autodiff.
 
 use burn::tensor::backend::Backend;

@@ -11,14 +11,18 @@
 //! model's tests check; BatchNorm's parameters and running statistics stay the model's.
 //!
 //! On CUDA, `CudaBn::Cudnn` runs training-mode BatchNorm through cuDNN ([`train_cudnn`],
-//! `cuda.rs`); evaluation there stays the model's two-broadcast generic code.
+//! `cuda.rs`); `CudaBn::CudnnFused` also fuses what surrounds it and runs evaluation as one
+//! kernel ([`eval_cuda`]); otherwise evaluation there is the model's generic code.
 //!
 //! ```text
 //! mod.rs      which path runs; the CPU autodiff node
 //! cpu.rs      the CPU kernels on slices
 //! cuda.rs     the cuDNN autodiff node, with the residual add and ReLU (CUDA builds)
 //! cuda_act.rs the add + ReLU kernel and the ReLU backward in that node (CUDA builds)
+//! cuda_running.rs  the running-statistics update as one kernel (CUDA builds)
+//! cuda_eval.rs     evaluation-mode BatchNorm (+ add, + ReLU) as one kernel (CUDA builds)
 //! generic.rs  the maths from saved statistics in Burn ops (cuDNN's fallback; CPU-tested)
+//! running.rs  the running statistics, PyTorch's way (Burn's ops; CPU-tested)
 //! ```
 
 pub mod cpu;
@@ -26,7 +30,14 @@ pub mod cpu;
 mod cuda;
 #[cfg(feature = "cuda")]
 mod cuda_act;
+#[cfg(feature = "cuda")]
+mod cuda_eval;
+#[cfg(feature = "cuda")]
+mod cuda_running;
 pub mod generic;
+mod running;
+
+pub use running::{unbiased_factor, update_running, BatchStats};
 
 use std::any::TypeId;
 
@@ -59,9 +70,9 @@ pub fn handles<B: Backend>(k: &KernelChoice, x: &Tensor<B, 4>, train: bool) -> b
 
 /// Training-mode BatchNorm through cuDNN, then `+ residual` and a ReLU when asked, as one
 /// autodiff node, when `k` chose it (`cuda_bn = cudnn`), the backend is `Autodiff<CudaPlain>`,
-/// `x` (and the residual) are f32 and cuDNN takes the shape: `Some((y, batch mean, biased
-/// batch variance))`. `None` (always, in builds without CUDA) means the caller runs another
-/// path.
+/// `x` (and the residual) are f32 and cuDNN takes the shape: `Some((y, the batch statistics))`
+/// (for [`update_running`]). `None` (always, in builds without CUDA) means the caller runs
+/// another path.
 pub fn train_cudnn<B: Backend>(
     k: &KernelChoice,
     x: &Tensor<B, 4>,
@@ -70,13 +81,35 @@ pub fn train_cudnn<B: Backend>(
     eps: f64,
     residual: Option<&Tensor<B, 4>>,
     relu: bool,
-) -> Option<(Tensor<B, 4>, Tensor<B, 1>, Tensor<B, 1>)> {
+) -> Option<(Tensor<B, 4>, BatchStats<B>)> {
     #[cfg(feature = "cuda")]
     if cuda::handles(k, x) {
         return cuda::train(k, x, gamma, beta, eps, residual, relu);
     }
     let _ = (k, x, gamma, beta, eps, residual, relu);
     None
+}
+
+/// Evaluation-mode BatchNorm with `params()` = `[gamma, beta, running mean, running var]`
+/// (asked for only when this path runs), then `+ residual` and a ReLU when asked, as one
+/// CUDA kernel, when `k` chose `cuda_bn = cudnn-fused`, the backend is `CudaPlain` and the
+/// tensors are f32: `Some(y)`. `None` (always, in builds without CUDA) means the caller runs
+/// another path.
+pub fn eval_cuda<B: Backend>(
+    k: &KernelChoice,
+    x: &Tensor<B, 4>,
+    params: impl FnOnce() -> [Tensor<B, 1>; 4],
+    eps: f64,
+    residual: Option<&Tensor<B, 4>>,
+    relu: bool,
+) -> Option<Tensor<B, 4>> {
+    #[cfg(feature = "cuda")]
+    return cuda_eval::eval(k, x, params, eps, residual, relu);
+    #[cfg(not(feature = "cuda"))]
+    {
+        let _ = (k, x, params, eps, residual, relu);
+        None
+    }
 }
 
 fn geom(dims: [usize; 4]) -> BnGeom {
