@@ -92,6 +92,8 @@ def main():
               "pytorch-r18-cifar", ""),
              ("ResNet-18, both fused", "bench-r18-cifar-all-fused", "pytorch-r18-cifar", ""),
              ("ResNet-18 CIFAR stem, eval", "bench-r18-cifar-eval", "pytorch-r18-cifar", "-eval"),
+             ("ResNet-18 eval, fused BatchNorm", "bench-r18-cifar-eval-fused", "pytorch-r18-cifar",
+              "-eval"),
              ("ResNet-50 ImageNet stem", "bench-r50-imagenet-stem", "pytorch-r50-imagenet", "")]
     rows = []
     for name, ours, theirs, mode in pairs:

@@ -348,6 +348,13 @@ else
   run bench-r18-cifar-eval 60 "${best_env[@]}" "$bin/resnet" bench "${dev[@]}" --depth 18 \
     --stem cifar --width "$width" --batch-size "$batch" --warmup 2 --steps "$steps" \
     --mode eval --json
+  # The same with BatchNorm (+ add + ReLU) as one kernel (checked by conv-check-r18-bn-fused's
+  # eval column).
+  if [ "$best" = cudnn ]; then
+    run bench-r18-cifar-eval-fused 60 "${best_env[@]}" RESNET_CUDA_BN=cudnn-fused \
+      "$bin/resnet" bench "${dev[@]}" --depth 18 --stem cifar --width "$width" \
+      --batch-size "$batch" --warmup 2 --steps "$steps" --mode eval --json
+  fi
   if [ "$torch_ok" = 1 ]; then
     pytorch_case 18 cifar fp32; r18_fp32=1
     pytorch_case 18 cifar fp32 eval
@@ -422,12 +429,24 @@ SH
   run profile-r18-cifar 45 "${best_env[@]}" RESNET_CUDA_PROFILE="$logs/profile-r18.log" \
     "$bin/resnet" bench "${dev[@]}" --depth 18 --stem cifar --width "$width" \
     --batch-size "$batch" --warmup 1 --steps 2 --json
+  # What is left with everything fused (BatchNorm's add+ReLU and running statistics, the
+  # optimizer; packed weights): the launches per step next to the default's.
+  if [ "$best" = cudnn ]; then
+    run profile-r18-all-fused 45 "${best_env[@]}" RESNET_CUDA_BN=cudnn-fused \
+      RESNET_CUDA_OPTIM=fused RESNET_CUDA_PROFILE="$logs/profile-r18-all-fused.log" \
+      "$bin/resnet" bench "${dev[@]}" --depth 18 --stem cifar --width "$width" \
+      --batch-size "$batch" --warmup 1 --steps 2 --json
+  fi
   summarize="$here/summarize_profile.py"
   [ -f "$summarize" ] || summarize="$here/../benchmarks/summarize_profile.py"
   if [ "$dry" = 1 ]; then
     skip profile-r18-top "CPU dry run (cubecl's profiler is CUDA's)"
   else
     run profile-r18-top 30 python3 "$summarize" "$logs/profile-r18.log" --steps 3 --top 25 --json
+    if [ "$best" = cudnn ]; then
+      run profile-r18-all-fused-top 30 python3 "$summarize" "$logs/profile-r18-all-fused.log" \
+        --steps 3 --top 25 --json
+    fi
     # The same for plain `gemm` when another configuration won: kernel by kernel, what changed.
     if [ "$best" != gemm ] && grep -q '^{' "$logs/first-step-gemm.out" 2>/dev/null; then
       run profile-r18-cifar-gemm 45 env $(conv_env gemm "$out/kernels-gemm") \

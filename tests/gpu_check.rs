@@ -72,9 +72,11 @@ fn gpu_check_script_runs_its_non_gpu_steps_and_writes_the_summary() {
         "bench-r18-cifar-all-fused",
         "conv-check-r18-bn-fused",
         "bench-r18-cifar-eval",
+        "bench-r18-cifar-eval-fused",
         "bench-r18-cifar-gemm",
         "train-cudnn-vs-gemm",
         "profile-r18-cifar",
+        "profile-r18-all-fused",
         "bench-r50-imagenet-stem",
         "local-1-worker",
         "two-workers-tcp-ring",
@@ -89,6 +91,7 @@ fn gpu_check_script_runs_its_non_gpu_steps_and_writes_the_summary() {
         "bench-r18-cifar",
         "bench-r18-cifar-fused-optim",
         "bench-r18-cifar-eval",
+        "bench-r18-cifar-eval-fused",
         "bench-r18-cifar-gemm",
         "bench-r50-imagenet-stem",
     ] {
@@ -110,6 +113,19 @@ fn gpu_check_script_runs_its_non_gpu_steps_and_writes_the_summary() {
         let n = r["shapes"].as_array().expect("shapes").len();
         assert!(n >= shapes.max(1), "{name}: {n} shapes: {r}");
         assert!(r["worst"].as_f64().expect("worst") <= tol, "{name}: {r}");
+    }
+    // Every BatchNorm shape: a training step and evaluation, each result within tolerance.
+    for name in ["conv-check-r18", "conv-check-r18-bn-fused"] {
+        let r = &by_name(name)["result"];
+        let bn = r["bn"].as_array().expect("bn");
+        assert!(!bn.is_empty(), "{name}: {r}");
+        let tol = r["bn_tolerance"].as_f64().expect("bn tolerance");
+        for s in bn {
+            for field in ["forward", "input_grad", "running_stats", "residual_grad", "eval"] {
+                let e = s[field].as_f64().unwrap_or_else(|| panic!("{name}: {field}: {s}"));
+                assert!(e <= tol, "{name}: {field}: {s}");
+            }
+        }
     }
     // The optimizer check ran every rule (on the CPU: the fused update is Burn's bits).
     let o = &by_name("optim-check-r18")["result"];
