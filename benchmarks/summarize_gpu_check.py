@@ -94,7 +94,11 @@ def main():
              ("ResNet-18 CIFAR stem, eval", "bench-r18-cifar-eval", "pytorch-r18-cifar", "-eval"),
              ("ResNet-18 eval, fused BatchNorm", "bench-r18-cifar-eval-fused", "pytorch-r18-cifar",
               "-eval"),
-             ("ResNet-50 ImageNet stem", "bench-r50-imagenet-stem", "pytorch-r50-imagenet", "")]
+             ("ResNet-18, bf16 convolutions, all fused", "bench-r18-cifar-bf16-all-fused",
+              "pytorch-r18-cifar", ""),
+             ("ResNet-50 ImageNet stem", "bench-r50-imagenet-stem", "pytorch-r50-imagenet", ""),
+             ("ResNet-50, all fused", "bench-r50-imagenet-stem-all-fused", "pytorch-r50-imagenet",
+              "")]
     rows = []
     for name, ours, theirs, mode in pairs:
         o, t = by.get(ours), by.get(theirs + "-fp32" + mode)

@@ -461,9 +461,22 @@ SH
   run bench-r18-cifar-bf16 150 "${best_env[@]}" "$bin/resnet" bench "${dev[@]}" --depth 18 \
     --stem cifar --width "$width" --batch-size "$batch" --warmup 2 --steps "$steps" \
     --conv-precision bf16 --json
+  if [ "$best" = cudnn ]; then
+    run bench-r18-cifar-bf16-all-fused 60 "${best_env[@]}" RESNET_CUDA_BN=cudnn-fused \
+      RESNET_CUDA_OPTIM=fused "$bin/resnet" bench "${dev[@]}" --depth 18 --stem cifar \
+      --width "$width" --batch-size "$batch" --warmup 2 --steps "$steps" \
+      --conv-precision bf16 --json
+  fi
   # New shapes: this one compiles (and with autotune, tunes) its own kernels.
   run bench-r50-imagenet-stem 150 "${best_env[@]}" "$bin/resnet" bench "${dev[@]}" --depth 50 \
     --stem imagenet --width "$width" --batch-size "$batch" --warmup 2 --steps "$steps" --json
+  # ResNet-50 has 53 BatchNorms and 161 parameters (~2,000 launches a step unfused, estimated
+  # from the ResNet-18 profile), so fusion should matter more than for ResNet-18.
+  if [ "$best" = cudnn ]; then
+    run bench-r50-imagenet-stem-all-fused 60 "${best_env[@]}" RESNET_CUDA_BN=cudnn-fused \
+      RESNET_CUDA_OPTIM=fused "$bin/resnet" bench "${dev[@]}" --depth 50 --stem imagenet \
+      --width "$width" --batch-size "$batch" --warmup 2 --steps "$steps" --json
+  fi
   # Last, because gemm compiles cold here (about 110 s on an H200) and the convolution passes
   # were already checked shape by shape against the CPU (conv-check above).
   if [ "$best" = cudnn ]; then

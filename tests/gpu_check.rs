@@ -78,10 +78,12 @@ fn gpu_check_script_runs_its_non_gpu_steps_and_writes_the_summary() {
         "profile-r18-cifar",
         "profile-r18-all-fused",
         "bench-r50-imagenet-stem",
+        "bench-r50-imagenet-stem-all-fused",
         "local-1-worker",
         "two-workers-tcp-ring",
         "nccl-buffers-host-vs-device",
         "bench-r18-cifar-bf16",
+        "bench-r18-cifar-bf16-all-fused",
     ] {
         let s = by_name(name);
         assert_eq!(s["ok"], true, "{name}: {s}");
@@ -121,8 +123,16 @@ fn gpu_check_script_runs_its_non_gpu_steps_and_writes_the_summary() {
         assert!(!bn.is_empty(), "{name}: {r}");
         let tol = r["bn_tolerance"].as_f64().expect("bn tolerance");
         for s in bn {
-            for field in ["forward", "input_grad", "running_stats", "residual_grad", "eval"] {
-                let e = s[field].as_f64().unwrap_or_else(|| panic!("{name}: {field}: {s}"));
+            for field in [
+                "forward",
+                "input_grad",
+                "running_stats",
+                "residual_grad",
+                "eval",
+            ] {
+                let e = s[field]
+                    .as_f64()
+                    .unwrap_or_else(|| panic!("{name}: {field}: {s}"));
                 assert!(e <= tol, "{name}: {field}: {s}");
             }
         }
