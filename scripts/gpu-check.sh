@@ -200,6 +200,10 @@ conv_check() { # conv_check NAME LIMIT ARGS...
 conv_check conv-check-r18 60 --depth 18 --stem cifar --checks conv,bn
 conv_check conv-check-r18-strict 60 --depth 18 --stem cifar --cuda-math strict --checks conv,bn
 conv_check conv-check-r18-bf16 60 --depth 18 --stem cifar --conv-precision bf16 --checks conv,bn
+# The same passes channels-last (--cuda-layout nhwc): cuDNN's NHWC descriptors on operands laid
+# out by the convolution node's casts.
+conv_check conv-check-r18-bf16-nhwc 60 --depth 18 --stem cifar --conv-precision bf16 \
+  --cuda-layout nhwc --checks conv
 conv_check conv-check-r50 90 --depth 50 --stem imagenet --image-size 64 --checks conv,bn
 # The fused optimizer update (--cuda-optim fused: one kernel per parameter) against Burn's
 # optimizer on the GPU, every rule over ResNet-18's parameters with the same synthetic gradients
@@ -462,6 +466,9 @@ SH
     --stem cifar --width "$width" --batch-size "$batch" --warmup 2 --steps "$steps" \
     --conv-precision bf16 --json
   if [ "$best" = cudnn ]; then
+    run bench-r18-cifar-bf16-nhwc 60 "${best_env[@]}" RESNET_CUDA_LAYOUT=nhwc "$bin/resnet" \
+      bench "${dev[@]}" --depth 18 --stem cifar --width "$width" --batch-size "$batch" \
+      --warmup 2 --steps "$steps" --conv-precision bf16 --json
     run bench-r18-cifar-bf16-all-fused 60 "${best_env[@]}" RESNET_CUDA_BN=cudnn-fused \
       RESNET_CUDA_OPTIM=fused "$bin/resnet" bench "${dev[@]}" --depth 18 --stem cifar \
       --width "$width" --batch-size "$batch" --warmup 2 --steps "$steps" \

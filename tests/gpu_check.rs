@@ -84,6 +84,8 @@ fn gpu_check_script_runs_its_non_gpu_steps_and_writes_the_summary() {
         "nccl-buffers-host-vs-device",
         "bench-r18-cifar-bf16",
         "bench-r18-cifar-bf16-all-fused",
+        "bench-r18-cifar-bf16-nhwc",
+        "conv-check-r18-bf16-nhwc",
     ] {
         let s = by_name(name);
         assert_eq!(s["ok"], true, "{name}: {s}");
@@ -107,6 +109,7 @@ fn gpu_check_script_runs_its_non_gpu_steps_and_writes_the_summary() {
         ("conv-check-r18", 7, 1e-4),
         ("conv-check-r18-strict", 7, 1e-4),
         ("conv-check-r18-bf16", 7, 3e-2),
+        ("conv-check-r18-bf16-nhwc", 7, 3e-2),
         ("conv-check-r50", 0, 1e-4),
     ] {
         let r = &by_name(name)["result"];

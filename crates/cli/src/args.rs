@@ -54,6 +54,13 @@ pub struct DeviceArgs {
     /// compares the two [default: burn].
     #[arg(long, value_name = "burn|fused", env = "RESNET_CUDA_OPTIM")]
     pub cuda_optim: Option<CudaOptimArg>,
+    /// CUDA with `--cuda-conv cudnn` and bf16 convolutions (`--conv-precision bf16`): the
+    /// memory layout cuDNN runs them in. `nhwc` (channels-last, what cuDNN's bf16 tensor-core
+    /// kernels prefer) lays the operands out on the cast to bf16 the convolution makes anyway
+    /// and back on the cast to f32; the model's tensors stay NCHW. No effect on f32
+    /// convolutions. `nhwc` has not run on a GPU yet [default: nchw].
+    #[arg(long, value_name = "nchw|nhwc", env = "RESNET_CUDA_LAYOUT")]
+    pub cuda_layout: Option<CudaLayoutArg>,
     /// CUDA with `--cuda-conv cudnn`: `tf32` runs f32 convolutions on the TF32 tensor cores
     /// (PyTorch's default, `allow_tf32`); `strict` keeps true f32 arithmetic, slower. bf16
     /// convolutions (`--conv-precision bf16`) always use the tensor cores [default: tf32].
@@ -118,6 +125,15 @@ pub enum CudaOptimArg {
     Burn,
     /// One kernel per parameter.
     Fused,
+}
+
+/// `--cuda-layout` values.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CudaLayoutArg {
+    /// Channels before rows.
+    Nchw,
+    /// Channels innermost.
+    Nhwc,
 }
 
 /// `--cuda-math` values.

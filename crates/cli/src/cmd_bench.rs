@@ -77,6 +77,8 @@ pub struct BenchResult {
     pub cuda_bn: Option<String>,
     /// CUDA optimizer update (`--cuda-optim`), on a GPU.
     pub cuda_optim: Option<String>,
+    /// cuDNN's layout for bf16 convolutions (`--cuda-layout`), on a GPU.
+    pub cuda_layout: Option<String>,
     /// Convolution arithmetic (`--conv-precision`).
     pub conv_precision: String,
     /// On the CPU, the kernels that ran (`RESNET_CONV`, `RESNET_BN`, `RESNET_OPTIM`), so a
@@ -326,6 +328,11 @@ pub fn run(a: BenchArgs) -> Result<()> {
             crate::device::Selected::Cpu => None,
             #[cfg(feature = "cuda")]
             crate::device::Selected::Gpu { .. } => Some(k.cuda_optim.name().to_string()),
+        },
+        cuda_layout: match sel {
+            crate::device::Selected::Cpu => None,
+            #[cfg(feature = "cuda")]
+            crate::device::Selected::Gpu { .. } => Some(k.cuda_layout.name().to_string()),
         },
         conv_precision: precision.name().to_string(),
         cpu_kernels: match sel {

@@ -72,6 +72,14 @@ pub fn select(args: &DeviceArgs) -> Result<Selected> {
             if fusion && args.cuda_optim == Some(crate::args::CudaOptimArg::Fused) {
                 bail!("--cuda-optim fused needs --cuda-fusion off (and a --cuda-conv other than autotune)");
             }
+            if args.cuda_layout == Some(crate::args::CudaLayoutArg::Nhwc)
+                && crate::kernels::cuda_conv(conv) != resnet_kernels::CudaConv::Cudnn
+            {
+                bail!(
+                    "--cuda-layout nhwc is for cuDNN's convolutions (--cuda-conv cudnn), not --cuda-conv {}",
+                    crate::kernels::cuda_conv(conv).name()
+                );
+            }
             tracing::info!(
                 gpu = n,
                 fusion,

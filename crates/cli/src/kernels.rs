@@ -12,6 +12,7 @@
 //! | `RESNET_CUDA_DGRAD=spread` | experimental strided input gradient with `gemm` | spread |
 //! | `RESNET_CUDA_WGRAD=taps` | experimental weight gradient with `gemm` | taps |
 //! | `--cuda-optim` / `RESNET_CUDA_OPTIM` | CUDA optimizer update | burn (default), fused (one kernel per parameter) |
+//! | `--cuda-layout` / `RESNET_CUDA_LAYOUT` | cuDNN's layout for bf16 convolutions | nchw (default), nhwc (channels-last; cuDNN convolutions only) |
 //! | `--cuda-math` / `RESNET_CUDA_MATH` | cuDNN's f32 arithmetic | tf32 (default), strict |
 //! | `--deterministic` / `RESNET_DETERMINISTIC` | cuDNN: deterministic algorithms only | flag |
 //! | `--cudnn-workspace-mb` / `RESNET_CUDNN_WORKSPACE_MB` | cuDNN workspace cap | MiB (default 1024) |
@@ -21,10 +22,10 @@
 
 use anyhow::{bail, Result};
 use resnet_kernels::{
-    CpuBn, CpuConv, CpuOptim, CudaBn, CudaConv, CudaMath, CudaOptim, KernelChoice,
+    CpuBn, CpuConv, CpuOptim, CudaBn, CudaConv, CudaLayout, CudaMath, CudaOptim, KernelChoice,
 };
 
-use crate::args::{CudaBnArg, CudaConvArg, CudaMathArg, CudaOptimArg, DeviceArgs};
+use crate::args::{CudaBnArg, CudaConvArg, CudaLayoutArg, CudaMathArg, CudaOptimArg, DeviceArgs};
 
 /// `--cuda-conv` when not given. cuDNN: on an H200 it matched Burn's f32 convolution on every
 /// ResNet-18/50 shape and trained 3x faster than gemm (benchmarks/RESULTS.md, 2026-12-04);
@@ -66,9 +67,14 @@ pub fn choose_with(
             Some(CudaMathArg::Strict) => CudaMath::Strict,
             Some(CudaMathArg::Tf32) | None => CudaMath::Tf32,
         },
+        cuda_layout: match args.cuda_layout {
+            Some(CudaLayoutArg::Nhwc) => CudaLayout::Nhwc,
+            Some(CudaLayoutArg::Nchw) | None => CudaLayout::Nchw,
+        },
         deterministic: args.deterministic,
         ..KernelChoice::default()
     };
+
     if let Some(mb) = args.cudnn_workspace_mb {
         k.cudnn_workspace_mb = mb;
     }
@@ -176,6 +182,15 @@ mod tests {
         };
         let k = choose_with(&cudnn, env(&[])).expect("cudnn");
         assert_eq!(k.cuda_optim, CudaOptim::Fused);
+        assert_eq!(k.cuda_layout, CudaLayout::Nchw, "the default");
+        let nhwc = DeviceArgs {
+            cuda_layout: Some(CudaLayoutArg::Nhwc),
+            ..DeviceArgs::default()
+        };
+        assert_eq!(
+            choose_with(&nhwc, env(&[])).expect("nhwc").cuda_layout,
+            CudaLayout::Nhwc
+        );
         let fused_bn = DeviceArgs {
             cuda_bn: Some(CudaBnArg::CudnnFused),
             ..DeviceArgs::default()

@@ -186,6 +186,21 @@ pub enum CudaMath {
 
 named_enum!(CudaMath, "CUDA math", { Tf32 => "tf32", Strict => "strict" });
 
+/// Memory layout of a 4-D activation or filter. Both describe the same logical `[N, C, H, W]`
+/// (filters: `[K, C, R, S]`) tensor; only the strides differ. As a kernel choice
+/// (`--cuda-layout`): the layout cuDNN's bf16 convolutions run in — the model's tensors stay
+/// NCHW, and the convolution node converts its operands on the cast it makes anyway.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum CudaLayout {
+    /// Channels before rows (Burn's and PyTorch's default).
+    #[default]
+    Nchw,
+    /// Channels innermost (what cuDNN's tensor-core kernels prefer).
+    Nhwc,
+}
+
+named_enum!(CudaLayout, "CUDA layout", { Nchw => "nchw", Nhwc => "nhwc" });
+
 /// Which implementation runs each kernel. Built once by the binaries, handed to the model
 /// (`ResNet::with_kernels`), and from there to every convolution, BatchNorm and matmul.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -217,6 +232,8 @@ pub struct KernelChoice {
     pub deterministic: bool,
     /// With `cudnn`: the most workspace memory one pass's algorithm may use, in MiB.
     pub cudnn_workspace_mb: usize,
+    /// With `cudnn` and bf16 convolutions: the layout cuDNN runs them in.
+    pub cuda_layout: CudaLayout,
 }
 
 /// The default cap on cuDNN's workspace (`--cudnn-workspace-mb`, 1 GiB): generous on the
@@ -237,6 +254,7 @@ impl Default for KernelChoice {
             cuda_taps_wgrad: false,
             precision: ConvPrecision::default(),
             cuda_math: CudaMath::default(),
+            cuda_layout: CudaLayout::default(),
             deterministic: false,
             cudnn_workspace_mb: DEFAULT_CUDNN_WORKSPACE_MB,
         }
@@ -301,6 +319,9 @@ mod tests {
         assert!(!k.cuda_fixed());
         assert_eq!(k.precision, ConvPrecision::F32);
         assert_eq!(k.cuda_math, CudaMath::Tf32);
+        assert_eq!(k.cuda_layout, CudaLayout::Nchw);
+        assert_eq!("nhwc".parse::<CudaLayout>(), Ok(CudaLayout::Nhwc));
+        assert!("chwn".parse::<CudaLayout>().is_err());
         assert!(!k.deterministic);
         assert_eq!(k.cudnn_workspace_mb, DEFAULT_CUDNN_WORKSPACE_MB);
         let bf = k.with_precision(ConvPrecision::Bf16);

@@ -49,7 +49,7 @@ pub mod tap;
 mod wide;
 
 pub use choice::{
-    CpuBn, CpuConv, CpuOptim, CudaBn, CudaConv, CudaMath, CudaOptim, KernelChoice,
+    CpuBn, CpuConv, CpuOptim, CudaBn, CudaConv, CudaLayout, CudaMath, CudaOptim, KernelChoice,
     DEFAULT_CUDNN_WORKSPACE_MB,
 };
 pub use conv::ConvGeom;

@@ -36,8 +36,9 @@ pub(crate) trait ConvKernels<B: Backend>: Clone + Debug + Send + Sync + 'static 
         dy
     }
     /// An operand (`x` or `w`) in the form the kernels read in arithmetic `p`, made once in the
-    /// forward and kept for the backward (default: as it comes). On CUDA this is where a weight
-    /// is packed for cuDNN or cast to bf16, once per step instead of once per pass.
+    /// forward and kept for the backward (default: as it comes). Every other method receives
+    /// its operands in this form. On CUDA this is where a weight is packed for cuDNN, cast to
+    /// bf16, or laid out channels-last, once per step instead of once per pass.
     fn prepare_operand(&self, t: FloatTensor<B>, p: ConvPrecision) -> FloatTensor<B> {
         let _ = p;
         t
@@ -75,8 +76,22 @@ pub(crate) trait ConvKernels<B: Backend>: Clone + Debug + Send + Sync + 'static 
     }
 }
 
-/// [`ConvKernels::forward`] in arithmetic `p`.
+/// [`ConvKernels::forward`] in arithmetic `p`, operands prepared here.
 pub(crate) fn forward<B: Backend, K: ConvKernels<B>>(
+    kernels: &K,
+    p: ConvPrecision,
+    x: &FloatTensor<B>,
+    w: &FloatTensor<B>,
+    g: &ConvGeom,
+) -> FloatTensor<B> {
+    let x = kernels.prepare_operand(x.clone(), p);
+    let w = kernels.prepare_operand(w.clone(), p);
+    forward_prepared(kernels, p, &x, &w, g)
+}
+
+/// [`ConvKernels::forward`] in arithmetic `p` on operands [`ConvKernels::prepare_operand`]
+/// made.
+fn forward_prepared<B: Backend, K: ConvKernels<B>>(
     kernels: &K,
     p: ConvPrecision,
     x: &FloatTensor<B>,
@@ -140,7 +155,7 @@ pub(crate) fn conv2d<B: Backend, K: ConvKernels<B>>(
             // Prepared once: the forward reads them, the backward keeps them.
             let xp = kernels.prepare_operand(x.primitive, p);
             let wp = kernels.prepare_operand(w.primitive, p);
-            let y = forward::<B, K>(&kernels, p, &xp, &wp, &g);
+            let y = forward_prepared::<B, K>(&kernels, p, &xp, &wp, &g);
             prep.finish((xp, wp, g, kernels, p), y)
         }
         OpsKind::UnTracked(prep) => {

@@ -22,6 +22,7 @@
 //! cuda/        ConvKernels on CUDA: fixed strategies (gemm.rs), tuned.rs, implicit.rs
 //! dilate.rs    strided input gradient as a stride-1 one (backend-generic, CPU-tested)
 //! wgrad.rs     weight gradient as batched matmuls per kernel tap (backend-generic, CPU-tested)
+//! layout.rs    NCHW <-> NHWC for channels-last bf16 on cuDNN (backend-generic, CPU-tested)
 //! tune_plan.rs what `tuned` chooses between (plain data, CPU-tested)
 //! ```
 
@@ -36,6 +37,8 @@ mod folded;
 mod im2col;
 #[cfg(target_arch = "x86_64")]
 mod im2col_register;
+#[cfg(any(test, feature = "cuda"))]
+mod layout;
 mod record;
 mod taps;
 pub mod tune_plan;

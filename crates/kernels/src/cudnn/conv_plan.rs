@@ -10,31 +10,25 @@ pub use crate::choice::CudaMath;
 use crate::geom::ConvGeom;
 use crate::geom::Pass;
 
-/// Memory layout of a 4-D activation or filter. Both describe the same logical
-/// `[N, C, H, W]` (filters: `[K, C, R, S]`) tensor; only the strides differ.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Layout {
-    /// Channels before rows (Burn's and PyTorch's default).
-    Nchw,
-    /// Channels innermost (what cuDNN's tensor-core kernels prefer).
-    Nhwc,
-}
+pub use crate::choice::CudaLayout as Layout;
 
 impl Layout {
-    /// A short name for keys and logs.
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::Nchw => "nchw",
-            Self::Nhwc => "nhwc",
-        }
-    }
-
     /// Element strides of a `[n, c, h, w]` tensor in this layout, in `[n, c, h, w]` order (the
     /// order cuDNN's Nd descriptors take them).
     pub fn strides(self, [_, c, h, w]: [usize; 4]) -> [usize; 4] {
         match self {
             Self::Nchw => [c * h * w, h * w, w, 1],
             Self::Nhwc => [h * w * c, 1, w * c, c],
+        }
+    }
+
+    /// The shape a dense tensor of logical dimensions `[n, c, h, w]` has in memory in this
+    /// layout: itself for NCHW, `[n, h, w, c]` for NHWC (filters: `[k, r, s, c]`). The
+    /// convolution node holds NHWC operands as Burn tensors of that shape.
+    pub fn physical(self, [n, c, h, w]: [usize; 4]) -> [usize; 4] {
+        match self {
+            Self::Nchw => [n, c, h, w],
+            Self::Nhwc => [n, h, w, c],
         }
     }
 }
@@ -289,6 +283,27 @@ mod tests {
 
     fn geom(input: [usize; 4], weight: [usize; 4], s: usize, p: usize) -> ConvGeom {
         ConvGeom::new(input, weight, [s, s], [p, p]).expect("fits")
+    }
+
+    #[test]
+    fn a_dense_tensor_of_the_physical_shape_has_the_layouts_strides() {
+        let dims = [2, 3, 4, 5];
+        for layout in [Layout::Nchw, Layout::Nhwc] {
+            let p = layout.physical(dims);
+            // Row-major strides of the physical shape...
+            let row_major = [p[1] * p[2] * p[3], p[2] * p[3], p[3], 1];
+            // ...put back in logical [n, c, h, w] order.
+            let logical = match layout {
+                Layout::Nchw => row_major,
+                Layout::Nhwc => [row_major[0], row_major[3], row_major[1], row_major[2]],
+            };
+            assert_eq!(logical, layout.strides(dims), "{layout:?}");
+        }
+        assert_eq!(
+            Layout::Nhwc.physical([64, 3, 7, 7]),
+            [64, 7, 7, 3],
+            "filters: KRSC"
+        );
     }
 
     #[test]

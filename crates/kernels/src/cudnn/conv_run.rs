@@ -31,6 +31,9 @@ pub(crate) struct Settings {
     pub deterministic: bool,
     /// `--cudnn-workspace-mb`.
     pub workspace_mb: usize,
+    /// The operands' layout: NCHW tensors, or NHWC ones held as Burn tensors of the physical
+    /// shape ([`Layout::physical`]).
+    pub layout: Layout,
 }
 
 /// The process-wide algorithm cache and where it is stored (None: memory only).
@@ -71,12 +74,15 @@ fn cache_dir() -> Option<PathBuf> {
     }
 }
 
-/// The shape of `pass`'s output.
-fn out_shape(pass: Pass, g: &ConvGeom) -> [usize; 4] {
+/// The logical `[n, c, h, w]` shapes of `pass`'s operands `(a, b)` and output.
+pub(crate) fn shapes(pass: Pass, g: &ConvGeom) -> [[usize; 4]; 3] {
+    let x = [g.batch, g.cin, g.in_hw[0], g.in_hw[1]];
+    let w = [g.cout, g.cin, g.kernel[0], g.kernel[1]];
+    let y = [g.batch, g.cout, g.out_hw[0], g.out_hw[1]];
     match pass {
-        Pass::Forward => [g.batch, g.cout, g.out_hw[0], g.out_hw[1]],
-        Pass::InputGrad => [g.batch, g.cin, g.in_hw[0], g.in_hw[1]],
-        Pass::WeightGrad => [g.cout, g.cin, g.kernel[0], g.kernel[1]],
+        Pass::Forward => [x, w, y],
+        Pass::InputGrad => [w, y, x],
+        Pass::WeightGrad => [x, y, w],
     }
 }
 
@@ -94,14 +100,26 @@ pub(crate) fn pass(
     if dtype_of(&b) != Some(dtype) {
         return Err(format!("mixed dtypes {:?} and {:?}", a.dtype, b.dtype));
     }
-    let layout = Layout::Nchw;
+    let layout = s.layout;
     let conv_plan = plan::plan(g, layout, dtype, s.math).map_err(|e| e.to_string())?;
+    // The descriptors describe dense tensors of these physical shapes: anything else would be
+    // read as garbage, so it is refused (the caller falls back) rather than run.
+    let [sa, sb, so] = shapes(pass, g).map(|d| layout.physical(d));
+    for (t, want, what) in [(&a, sa, "first operand"), (&b, sb, "second operand")] {
+        if t.meta.shape().as_slice() != want.as_slice() {
+            return Err(format!(
+                "{} {what} has shape {:?}, the {} descriptors expect {want:?}",
+                pass.name(),
+                t.meta.shape().as_slice(),
+                layout.name()
+            ));
+        }
+    }
     let (a, b) = (contiguous(a), contiguous(b));
     let client = a.client.clone();
     let device = a.device.clone();
-    let shape = out_shape(pass, g);
     let out =
-        empty_device_contiguous_dtype(client.clone(), device.clone(), Shape::new(shape), a.dtype);
+        empty_device_contiguous_dtype(client.clone(), device.clone(), Shape::new(so), a.dtype);
     let resource = |t: &Tensor| {
         client
             .get_resource(t.handle.clone())
@@ -117,7 +135,7 @@ pub(crate) fn pass(
     let stream = Stream::new(ro.resource().stream);
     let key = plan::algo_key(pass, g, layout, dtype, s.math, s.deterministic);
     with_device(device.index, s.workspace_mb, stream, |dev| {
-        let d = match dev.conv.entry((*g, dtype, s.math)) {
+        let d = match dev.conv.entry((*g, dtype, s.math, layout)) {
             std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
             std::collections::hash_map::Entry::Vacant(e) => {
                 e.insert(Descriptors::new(&conv_plan, dtype, layout)?)

@@ -30,7 +30,7 @@ use burn_cubecl::cubecl::cuda::CudaRuntime;
 use burn_cubecl::kernel::into_contiguous;
 use burn_cubecl::tensor::CubeTensor;
 
-use super::conv_plan::{CudaMath, Dtype, Workspace};
+use super::conv_plan::{CudaMath, Dtype, Layout, Workspace};
 use super::ffi::{self, BnDescriptors, Descriptors, DeviceBuffer, Handle};
 use super::{decide, Availability};
 use crate::geom::ConvGeom;
@@ -77,7 +77,7 @@ pub(crate) struct PerDevice {
     pub workspace: DeviceBuffer,
     pub plan: Workspace,
     /// Convolution descriptors per shape, dtype and math.
-    pub conv: HashMap<(ConvGeom, Dtype, CudaMath), Descriptors>,
+    pub conv: HashMap<(ConvGeom, Dtype, CudaMath, Layout), Descriptors>,
     /// BatchNorm descriptors per input shape `[n, c, h, w]`.
     pub bn: HashMap<[usize; 4], BnDescriptors>,
 }

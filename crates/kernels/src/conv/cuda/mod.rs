@@ -14,10 +14,11 @@ use burn_cubecl::kernel::conv::conv_data_backward;
 use burn_cubecl::tensor::CubeTensor;
 
 use super::autodiff::ConvKernels;
-use super::ConvGeom;
+use super::{layout, ConvGeom};
 use crate::backends::CudaPlain;
 use crate::choice::{CudaConv, KernelChoice};
 use crate::conv::tune_plan::Pass;
+use crate::cudnn::conv_plan::Layout;
 use crate::cudnn::conv_run::{self as cudnn_run, Settings};
 use crate::cudnn::device as cudnn_device;
 use crate::matmul::FixedMatmul;
@@ -34,6 +35,8 @@ pub(crate) struct CudaKernels {
     spread_dgrad: bool,
     taps_wgrad: bool,
     cudnn: Settings,
+    /// bf16 operands channels-last, through cuDNN's NHWC descriptors (`--cuda-layout nhwc`).
+    bf16_nhwc: bool,
 }
 
 impl CudaKernels {
@@ -47,7 +50,9 @@ impl CudaKernels {
                 math: k.cuda_math,
                 deterministic: k.deterministic,
                 workspace_mb: k.cudnn_workspace_mb,
+                layout: Layout::Nchw,
             },
+            bf16_nhwc: k.cuda_conv == CudaConv::Cudnn && k.cuda_layout == Layout::Nhwc,
         }
     }
 
@@ -55,6 +60,19 @@ impl CudaKernels {
     /// kernels (cuDNN absent: warned once at the probe; a shape it declines: warned once per
     /// reason, counted in `crate::cudnn::stats`).
     fn cudnn(&self, pass: Pass, a: &Tensor, b: &Tensor, g: &ConvGeom) -> Option<Tensor> {
+        self.cudnn_in(Layout::Nchw, pass, a, b, g)
+    }
+
+    /// As [`Self::cudnn`], on operands in `layout` (NHWC: Burn tensors of the physical shape),
+    /// the result in the same layout.
+    fn cudnn_in(
+        &self,
+        layout: Layout,
+        pass: Pass,
+        a: &Tensor,
+        b: &Tensor,
+        g: &ConvGeom,
+    ) -> Option<Tensor> {
         if self.conv != CudaConv::Cudnn {
             return None;
         }
@@ -62,7 +80,11 @@ impl CudaKernels {
             cudnn_device::count_fallback();
             return None;
         }
-        match cudnn_run::pass(pass, a.clone(), b.clone(), g, self.cudnn) {
+        let settings = Settings {
+            layout,
+            ..self.cudnn
+        };
+        match cudnn_run::pass(pass, a.clone(), b.clone(), g, settings) {
             Ok(t) => Some(t),
             Err(why) => {
                 cudnn_device::count_fallback();
@@ -122,9 +144,14 @@ impl ConvKernels<CudaPlain> for CudaKernels {
     // cuDNN takes only packed filters: on the H200 each step copied every 3x3 weight twice,
     // 33 copy launches per ResNet-18 step (benchmarks/RESULTS.md, 2026-12-04). Packed (and, in
     // bf16, cast) once here, the backward reuses the forward's operand.
+    // With `--cuda-layout nhwc`, bf16 operands are also laid out channels-last here: the
+    // permutation rides on the cast (`super::layout`).
     fn prepare_operand(&self, t: Tensor, p: ConvPrecision) -> Tensor {
         let t = match p {
             ConvPrecision::F32 => t,
+            ConvPrecision::Bf16 if self.bf16_nhwc => {
+                layout::to_nhwc::<CudaPlain>(t, FloatDType::BF16)
+            }
             ConvPrecision::Bf16 => to_bf16(&t),
         };
         match self.conv {
@@ -178,15 +205,48 @@ impl ConvKernels<CudaPlain> for CudaKernels {
     // operands arrive already cast (`prepare_operand`, `prepare`), and casting a bf16 tensor
     // to bf16 hands it back as it is (no launch).
     fn forward_bf16(&self, x: &Tensor, w: &Tensor, g: &ConvGeom) -> Tensor {
+        if self.bf16_nhwc {
+            return self.nhwc_pass(Pass::Forward, x, w, g, Self::forward_pass);
+        }
         to_f32(self.forward_pass(to_bf16(x), to_bf16(w), g))
     }
 
     fn grad_input_bf16(&self, dy: &Tensor, w: &Tensor, g: &ConvGeom) -> Tensor {
+        if self.bf16_nhwc {
+            // cuDNN's backward-data takes (w, dy); the fallback (dy, w).
+            return self.nhwc_pass(Pass::InputGrad, w, dy, g, |k, w, dy, g| {
+                k.grad_input_pass(dy, w, g)
+            });
+        }
         to_f32(self.grad_input_pass(to_bf16(dy), to_bf16(w), g))
     }
 
     fn grad_weight_bf16(&self, x: &Tensor, dy: &Tensor, g: &ConvGeom) -> Tensor {
+        if self.bf16_nhwc {
+            return self.nhwc_pass(Pass::WeightGrad, x, dy, g, Self::grad_weight_pass);
+        }
         to_f32(self.grad_weight_pass(to_bf16(x), to_bf16(dy), g))
+    }
+}
+
+impl CudaKernels {
+    /// `pass` on channels-last bf16 operands `(a, b)` (cuDNN's order, as prepared) through
+    /// cuDNN's NHWC descriptors, the result back to NCHW f32 in its one cast. Where cuDNN
+    /// declines, `fallback` runs on NCHW views of the same operands (the NCHW cuDNN call packs
+    /// them; the gemm kernels read strides).
+    fn nhwc_pass(
+        &self,
+        pass: Pass,
+        a: &Tensor,
+        b: &Tensor,
+        g: &ConvGeom,
+        fallback: impl FnOnce(&Self, Tensor, Tensor, &ConvGeom) -> Tensor,
+    ) -> Tensor {
+        if let Some(out) = self.cudnn_in(Layout::Nhwc, pass, a, b, g) {
+            return layout::from_nhwc::<CudaPlain>(out, FloatDType::F32);
+        }
+        let view = |t: &Tensor| layout::nchw_view::<CudaPlain>(t.clone());
+        to_f32(fallback(self, view(a), view(b), g))
     }
 }
 
