@@ -12,7 +12,7 @@ use resnet_kernels::{CpuBn, KernelChoice};
 use resnet_model::BatchNorm2d;
 use serde::Serialize;
 
-use crate::cmd_conv_check::{relative_error, values};
+use crate::cmd_conv_check::{host, relative_error, values};
 use crate::device::Selected;
 
 /// The errors of one BatchNorm shape: a training step, then evaluation.
@@ -81,27 +81,15 @@ fn bn_passes<B: AutodiffBackend>(
     });
     let y = bn.forward_add_act(k, x.clone(), res.clone(), true);
     let grads = (y.clone() * r).sum().backward();
-    let host = |t: Tensor<B::InnerBackend, 4>| {
-        t.into_data()
-            .convert::<f32>()
-            .into_vec::<f32>()
-            .unwrap_or_default()
-    };
-    let host1 = |t: Tensor<B::InnerBackend, 1>| {
-        t.into_data()
-            .convert::<f32>()
-            .into_vec::<f32>()
-            .unwrap_or_default()
-    };
     let dx = x.grad(&grads).map(host).unwrap_or_default();
-    let dg = bn.weight.grad(&grads).map(host1).unwrap_or_default();
-    let db = bn.bias.grad(&grads).map(host1).unwrap_or_default();
+    let dg = bn.weight.grad(&grads).map(host).unwrap_or_default();
+    let db = bn.bias.grad(&grads).map(host).unwrap_or_default();
     let dres = res
         .and_then(|t| t.grad(&grads))
         .map(host)
         .unwrap_or_default();
     let (mean, var) = bn.running_stats();
-    let stat = |t: Tensor<B, 1>| host1(t.inner());
+    let stat = |t: Tensor<B, 1>| host(t.inner());
     // Evaluation on the inner backend, as `model.valid()` runs it.
     let eval = bn.valid();
     let inner = |seed| {

@@ -18,7 +18,7 @@ use burn::backend::{Autodiff, Flex};
 use burn::module::Param;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::PaddingConfig2d;
-use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Tensor, TensorData};
 use clap::Args;
 use resnet_kernels::conv::{conv2d, record_geometries};
@@ -163,6 +163,15 @@ pub fn relative_error(a: &[f32], b: &[f32]) -> f64 {
     }
 }
 
+/// `t`'s values on the host as f32 (empty when they cannot be read, which the comparison
+/// reports as an infinite error).
+pub(crate) fn host<B: Backend, const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
+    t.into_data()
+        .convert::<f32>()
+        .into_vec::<f32>()
+        .unwrap_or_default()
+}
+
 /// Deterministic values in [-1, 1).
 pub(crate) fn values(n: usize, seed: u64) -> Vec<f32> {
     let mut s = seed
@@ -204,12 +213,6 @@ fn passes<B: AutodiffBackend>(
     let r = Tensor::<B, 4>::from_data(TensorData::new(values(n(y_shape), 3), y_shape), device);
     let y = conv2d(k, &conv, x.clone());
     let grads = (y.clone() * r).sum().backward();
-    let host = |t: Tensor<B::InnerBackend, 4>| {
-        t.into_data()
-            .convert::<f32>()
-            .into_vec::<f32>()
-            .unwrap_or_default()
-    };
     let dx = x.grad(&grads).map(host).unwrap_or_default();
     let dw = conv.weight.grad(&grads).map(host).unwrap_or_default();
     (host(y.inner()), dx, dw)
